@@ -1,0 +1,5 @@
+/** `fleet ca`: placeholder until its issue lands. */
+export async function run(_argv: string[]): Promise<number> {
+  console.error("fleet ca: not implemented yet");
+  return 2;
+}
