@@ -1,0 +1,292 @@
+/**
+ * CA issuance and validation (RFC 5280 4.2.1.9 basicConstraints/pathLen, 4.2.1.10 name
+ * constraints, 4.2.1.3 keyUsage, 6.1 path validation rules we pre-check at declaration
+ * time). Authorize (validate the request against the parent), then options (extensions),
+ * then sign: the signer never branches on a role name beyond choosing defaults.
+ */
+import * as crypto from "node:crypto";
+import { FleetError, invalid } from "../errors";
+import { encodeTbs, randomSerial, signTbs } from "../x509/cert";
+import {
+  authorityKeyIdentifier,
+  basicConstraints,
+  crlDistributionPoints,
+  KEY_USAGES,
+  type KeyUsage,
+  keyIdentifier,
+  keyUsage,
+  type NameConstraints,
+  nameConstraints,
+  subjectKeyIdentifier,
+} from "../x509/ext";
+import { algorithmOf, generateKey, isKeyAlgorithm, KEY_ALGORITHMS, type KeyAlgorithm, loadPrivateKey, privateKeyPem, spkiDer } from "../x509/keys";
+import { encodeSubject, type Subject, subjectErrors, subjectString } from "../x509/names";
+import { basicConstraintsOf, nameConstraintsOf, parseCertificate, subjectKeyIdOf } from "../x509/parse";
+import { pemBlocks, pemOne, toPem } from "../x509/pem";
+
+export const CA_ROLES = ["root", "intermediate", "issuing"] as const;
+export type CaRole = (typeof CA_ROLES)[number];
+
+export interface CaRequest {
+  name: string;
+  role: CaRole;
+  algorithm: KeyAlgorithm;
+  subject: Subject;
+  validityDays: number;
+  pathLen?: number;
+  keyUsage?: KeyUsage[];
+  nameConstraints?: NameConstraints;
+  crlDistributionPoint?: string;
+}
+
+/** What a child needs from its parent: its certificate chain and key (a secret). */
+export interface CaMaterial {
+  certificatePem: string;
+  chainPem: string;
+  keyPem: string;
+}
+
+export interface IssuedCa extends CaMaterial {
+  algorithm: KeyAlgorithm;
+  subjectDn: string;
+  serialNumber: string;
+  fingerprintSha256: string;
+  subjectKeyId: string;
+  authorityKeyId: string;
+  notBefore: string;
+  notAfter: string;
+  pathLen: number | null;
+}
+
+export interface Deps {
+  now: () => Date;
+  rng: (n: number) => Uint8Array;
+}
+export const defaultDeps = (): Deps => ({ now: () => new Date(), rng: crypto.randomBytes });
+
+export const DEFAULT_CA_KEY_USAGE: KeyUsage[] = ["digitalSignature", "keyCertSign", "cRLSign"];
+const DAY_MS = 86_400_000;
+const MAX_VALIDITY_DAYS = 36_500;
+
+export interface Failure {
+  field: string;
+  message: string;
+}
+
+/** The facts about a parent CA that a child's declaration is checked against. */
+export interface ParentFacts {
+  name: string;
+  notAfter: Date;
+  pathLen?: number;
+  ca: boolean;
+  nameConstraints?: NameConstraints;
+}
+
+export function parentFacts(name: string, certificatePem: string, field = "issuer.certificatePem"): ParentFacts {
+  const der = pemOne(certificatePem, "CERTIFICATE", field);
+  const c = parseCertificate(der, field);
+  const x = new crypto.X509Certificate(der);
+  const bc = basicConstraintsOf(c);
+  const nc = nameConstraintsOf(c);
+  return { name, notAfter: new Date(x.validTo), ca: bc?.ca ?? false, pathLen: bc?.pathLen, nameConstraints: nc };
+}
+
+function within(name: string, base: string): boolean {
+  const n = name.toLowerCase();
+  const b = base.toLowerCase();
+  if (b.startsWith(".")) return n.endsWith(b);
+  return n === b || n.endsWith(`.${b}`);
+}
+
+const DNS_NAME = /^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/i;
+
+/** Validate a CA declaration on its own and, when known, against its parent. */
+export function validateCaRequest(req: unknown, parent?: ParentFacts, deps: Pick<Deps, "now"> = defaultDeps()): Failure[] {
+  const f: Failure[] = [];
+  const add = (field: string, got: unknown, want: string) => f.push({ field, message: invalid(field, got, want).message });
+  if (typeof req !== "object" || req === null) return [{ field: "ca", message: invalid("ca", req, "an object").message }];
+  const r = req as Partial<CaRequest>;
+  if (typeof r.name !== "string" || !/^[a-z0-9][a-z0-9-]{0,62}$/.test(r.name)) {
+    add("name", r.name, "a lowercase name of letters, digits and dashes (it becomes part of the resource name)");
+  }
+  if (!CA_ROLES.includes(r.role as CaRole)) add("role", r.role, `one of ${CA_ROLES.join(", ")}`);
+  if (!isKeyAlgorithm(r.algorithm)) add("algorithm", r.algorithm, `one of ${KEY_ALGORITHMS.join(", ")}`);
+  for (const m of subjectErrors(r.subject, "subject")) f.push({ field: m.split(":")[0]!, message: m });
+  if (!Number.isInteger(r.validityDays) || r.validityDays! < 1 || r.validityDays! > MAX_VALIDITY_DAYS) {
+    add("validityDays", r.validityDays, `an integer from 1 to ${MAX_VALIDITY_DAYS}`);
+  }
+  if (r.pathLen !== undefined && (!Number.isInteger(r.pathLen) || r.pathLen < 0 || r.pathLen > 16)) {
+    add("pathLen", r.pathLen, "an integer from 0 to 16, or absent for no limit");
+  }
+  if (r.keyUsage !== undefined) {
+    if (!Array.isArray(r.keyUsage)) add("keyUsage", r.keyUsage, `a list of ${KEY_USAGES.join(", ")}`);
+    else {
+      r.keyUsage.forEach((u, i) => {
+        if (!KEY_USAGES.includes(u)) add(`keyUsage[${i}]`, u, `one of ${KEY_USAGES.join(", ")}`);
+      });
+      if (!r.keyUsage.includes("keyCertSign")) add("keyUsage", r.keyUsage.join(","), "a list that includes keyCertSign (it is a CA)");
+    }
+  }
+  const nc = r.nameConstraints;
+  if (nc !== undefined) {
+    const keys = ["permittedDNS", "excludedDNS", "permittedEmail", "excludedEmail", "permittedURI", "excludedURI"];
+    for (const [k, v] of Object.entries(nc)) {
+      if (!keys.includes(k)) add(`nameConstraints.${k}`, k, `one of ${keys.join(", ")}`);
+      else if (!Array.isArray(v) || v.some((s) => typeof s !== "string" || s.length === 0)) {
+        add(`nameConstraints.${k}`, v, "a list of non-empty strings");
+      } else if (k.endsWith("DNS")) {
+        v.forEach((d: string, i: number) => {
+          if (!DNS_NAME.test(d.replace(/^\./, ""))) add(`nameConstraints.${k}[${i}]`, d, "a DNS name like devices.example.com");
+        });
+      }
+    }
+  }
+  if (r.crlDistributionPoint !== undefined && !/^https?:\/\/[^\s]+$/.test(String(r.crlDistributionPoint))) {
+    add("crlDistributionPoint", r.crlDistributionPoint, "an http(s) URL");
+  }
+  if (r.role === "root" && parent) add("role", "root with an issuer", "no issuer for a root CA");
+  if (r.role !== undefined && r.role !== "root" && !parent && f.length === 0) {
+    // parent unknown (e.g. preview of a new parent): checked again at create
+  }
+  if (parent) {
+    if (!parent.ca) add("issuer", `'${parent.name}' whose certificate is not a CA`, "an issuer with basicConstraints CA:TRUE");
+    if (Number.isInteger(r.validityDays)) {
+      const end = new Date(deps.now().getTime() + r.validityDays! * DAY_MS);
+      if (end > parent.notAfter) {
+        const left = Math.floor((parent.notAfter.getTime() - deps.now().getTime()) / DAY_MS);
+        add(
+          "validityDays",
+          `${r.validityDays} (until ${end.toISOString().slice(0, 10)})`,
+          `at most ${left} so it ends before its issuer '${parent.name}' (${parent.notAfter.toISOString().slice(0, 10)})`,
+        );
+      }
+    }
+    if (parent.pathLen !== undefined) {
+      if (parent.pathLen === 0) add("issuer", `'${parent.name}' with pathLen 0`, "an issuer whose pathLen allows a CA below it");
+      else if (r.pathLen !== undefined && r.pathLen > parent.pathLen - 1) {
+        add("pathLen", r.pathLen, `at most ${parent.pathLen - 1} (issuer '${parent.name}' has pathLen ${parent.pathLen})`);
+      }
+    }
+    const pnc = parent.nameConstraints;
+    if (pnc && nc) {
+      (nc.permittedDNS ?? []).forEach((d, i) => {
+        if (pnc.permittedDNS?.length && !pnc.permittedDNS.some((b) => within(d.replace(/^\./, ""), b))) {
+          add(`nameConstraints.permittedDNS[${i}]`, d, `a name within issuer '${parent.name}' permitted subtrees [${pnc.permittedDNS.join(", ")}]`);
+        }
+        const ex = pnc.excludedDNS?.find((b) => within(d.replace(/^\./, ""), b));
+        if (ex) add(`nameConstraints.permittedDNS[${i}]`, d, `a name outside issuer '${parent.name}' excluded subtree ${ex}`);
+      });
+    }
+    const cn = r.subject?.commonName;
+    if (pnc && typeof cn === "string" && DNS_NAME.test(cn)) {
+      if (pnc.permittedDNS?.length && !pnc.permittedDNS.some((b) => within(cn, b))) {
+        add("subject.commonName", cn, `a name within issuer '${parent.name}' permitted subtrees [${pnc.permittedDNS.join(", ")}]`);
+      }
+      const ex = pnc.excludedDNS?.find((b) => within(cn, b));
+      if (ex) add("subject.commonName", cn, `a name outside issuer '${parent.name}' excluded subtree ${ex}`);
+    }
+  }
+  return f;
+}
+
+function fail(failures: Failure[]): never {
+  throw new FleetError("INVALID_INPUT", failures.map((x) => x.message).join("; "), failures[0]?.field);
+}
+
+function describeCert(der: Buffer, keyPem: string, chainPem: string, algorithm: KeyAlgorithm, subjectDn: string): IssuedCa {
+  const c = parseCertificate(der);
+  const x = new crypto.X509Certificate(der);
+  const bc = basicConstraintsOf(c);
+  const aki = c.extensions.get("2.5.29.35");
+  const akiHex = aki ? aki.value.subarray(4).toString("hex") : "";
+  return {
+    certificatePem: toPem("CERTIFICATE", der),
+    chainPem,
+    keyPem,
+    algorithm,
+    subjectDn,
+    serialNumber: c.serialBytes.toString("hex"),
+    fingerprintSha256: crypto.createHash("sha256").update(der).digest("hex"),
+    subjectKeyId: subjectKeyIdOf(c)?.toString("hex") ?? "",
+    authorityKeyId: akiHex,
+    notBefore: new Date(x.validFrom).toISOString(),
+    notAfter: new Date(x.validTo).toISOString(),
+    pathLen: bc?.pathLen ?? null,
+  };
+}
+
+/** Create a CA: self-signed when `parent` is absent (role root), else signed by the parent. */
+export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, deps: Deps = defaultDeps()): IssuedCa {
+  const facts = parent ? parentFacts(parent.name, parent.certificatePem) : undefined;
+  const failures = validateCaRequest(req, facts, deps);
+  if (!parent && req.role !== "root") failures.push({ field: "issuer", message: invalid("issuer", "none", `an issuer CA for role ${req.role}`).message });
+  if (failures.length) fail(failures);
+
+  const pair = generateKey(req.algorithm);
+  const spki = spkiDer(pair.publicKey);
+  const kid = keyIdentifier(spki);
+  const subject = encodeSubject(req.subject);
+  const now = deps.now();
+  // backdate one minute: tolerate small clock skew on devices that verify the chain
+  const notBefore = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+  const notAfter = new Date(Math.floor(now.getTime() / 1000) * 1000 + req.validityDays * DAY_MS);
+
+  let issuerName = subject;
+  let issuerKid = kid;
+  let signerAlg = req.algorithm;
+  let signerKey = pair.privateKey;
+  let pathLen = req.pathLen;
+  if (parent && facts) {
+    const pder = pemOne(parent.certificatePem, "CERTIFICATE", "issuer.certificatePem");
+    const pc = parseCertificate(pder, "issuer.certificatePem");
+    issuerName = pc.subject;
+    issuerKid = subjectKeyIdOf(pc) ?? keyIdentifier(pc.spki);
+    signerKey = loadPrivateKey(parent.keyPem, "issuer.keyPem");
+    signerAlg = algorithmOf(signerKey, "issuer.keyPem");
+    if (pathLen === undefined && facts.pathLen !== undefined) pathLen = facts.pathLen - 1;
+  }
+  if (pathLen === undefined && req.role === "issuing") pathLen = 0;
+
+  const extensions = [
+    basicConstraints(true, pathLen),
+    keyUsage(req.keyUsage ?? DEFAULT_CA_KEY_USAGE),
+    subjectKeyIdentifier(kid),
+    authorityKeyIdentifier(issuerKid),
+  ];
+  if (req.nameConstraints && Object.values(req.nameConstraints).some((v) => v?.length)) {
+    extensions.push(nameConstraints(req.nameConstraints));
+  }
+  if (req.crlDistributionPoint && parent) extensions.push(crlDistributionPoints([req.crlDistributionPoint]));
+
+  const tbs = encodeTbs(
+    { serial: randomSerial(deps.rng), issuer: issuerName, subject, notBefore, notAfter, spki, extensions },
+    signerAlg,
+  );
+  const der = signTbs(tbs, signerAlg, signerKey);
+  const certPem = toPem("CERTIFICATE", der);
+  // chain: this certificate, then the parent's chain up to (and including) the root
+  const chainPem = parent ? certPem + parent.chainPem : certPem;
+  return describeCert(der, privateKeyPem(pair.privateKey), chainPem, req.algorithm, subjectString(req.subject));
+}
+
+/** Bring your own root: check the PEMs and describe them as if we had issued them. */
+export function importCa(name: string, certificatePem: unknown, keyPem: unknown): IssuedCa {
+  const blocks = pemBlocks(certificatePem, "CERTIFICATE", "existing.certificatePem");
+  const der = blocks[0]!;
+  const c = parseCertificate(der, "existing.certificatePem");
+  const x = new crypto.X509Certificate(der);
+  const key = loadPrivateKey(keyPem, "existing.privateKeyPem");
+  const f: Failure[] = [];
+  if (!x.checkPrivateKey(key)) f.push({ field: "existing.privateKeyPem", message: invalid("existing.privateKeyPem", "a key that does not match the certificate", "the private key of existing.certificatePem").message });
+  const bc = basicConstraintsOf(c);
+  if (!bc?.ca) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", "a certificate without basicConstraints CA:TRUE", "a CA certificate").message });
+  if (new Date(x.validTo) <= new Date()) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", `a certificate that expired ${x.validTo}`, "a certificate still valid").message });
+  if (f.length) fail(f);
+  const algorithm = algorithmOf(key, "existing.privateKeyPem");
+  const pem = toPem("CERTIFICATE", der);
+  // a BYO root may arrive with its own chain (a BYO intermediate): keep what was given
+  const chainPem = blocks.map((b) => toPem("CERTIFICATE", b)).join("");
+  const subjectDn = x.subject.split("\n").join(", ");
+  const described = describeCert(der, privateKeyPem(key), chainPem, algorithm, subjectDn);
+  return { ...described, certificatePem: pem };
+}
