@@ -1,0 +1,220 @@
+/**
+ * CaHierarchy: a root CA, any number of intermediate CAs, and issuing CAs below them, as one
+ * Pulumi component (type token fleetguard:pki:CaHierarchy). Each CA is a child resource
+ * named `<hierarchy>-<ca name>`: names are public API, keyed by CA name, never by position.
+ * The declaration is checked as a whole before any resource is registered (planHierarchy),
+ * so a bad tree fails `pulumi preview` with the field at fault and leaves the state alone.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import type { Subject } from "../core/x509/names";
+import type { KeyUsage, NameConstraints } from "../core/x509/ext";
+import { type KeyAlgorithm, KEY_ALGORITHMS } from "../core/x509/keys";
+import { CertificateAuthority } from "../providers/ca";
+
+export interface CaSpec {
+  /** stable key of this CA: lowercase letters, digits, dashes */
+  readonly name: string;
+  readonly algorithm?: KeyAlgorithm;
+  readonly subject: Subject;
+  readonly validityDays: number;
+  readonly pathLen?: number;
+  readonly keyUsage?: KeyUsage[];
+  readonly nameConstraints?: NameConstraints;
+  readonly crlDistributionPoint?: string;
+  /** free text; changing it updates the CA in place */
+  readonly description?: pulumi.Input<string>;
+}
+
+export interface ChildCaSpec extends CaSpec {
+  /** name of the CA that signs this one; default: the root (intermediates) or the only intermediate */
+  readonly parent?: string;
+}
+
+/** Bring your own root: PEMs from a file, a vault, or @pulumi/tls resources. */
+export interface ExistingRoot {
+  readonly name: string;
+  readonly existing: {
+    readonly certificatePem: pulumi.Input<string>;
+    readonly privateKeyPem: pulumi.Input<string>;
+  };
+  readonly description?: pulumi.Input<string>;
+}
+
+export interface CaHierarchyArgs {
+  readonly root: CaSpec | ExistingRoot;
+  readonly intermediates?: ChildCaSpec[];
+  readonly issuing: ChildCaSpec[];
+}
+
+export interface PlannedCa {
+  name: string;
+  role: "root" | "intermediate" | "issuing";
+  parent?: string;
+  field: string;
+  spec: CaSpec | ExistingRoot;
+}
+
+const isExisting = (s: CaSpec | ExistingRoot): s is ExistingRoot => "existing" in s;
+
+export class CaHierarchyError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`CaHierarchy: ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
+    this.name = "CaHierarchyError";
+  }
+}
+
+/**
+ * Order and check the declared tree: unique names, parents that exist and come first,
+ * validity that does not outlive the parent, pathLen that the parent allows.
+ * Pure: throws CaHierarchyError listing every problem at once.
+ */
+export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
+  const problems: string[] = [];
+  const byName = new Map<string, PlannedCa>();
+  const plan: PlannedCa[] = [];
+  const add = (p: PlannedCa) => {
+    if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(p.name ?? "")) {
+      problems.push(`${p.field}.name: got ${JSON.stringify(p.name)}, want lowercase letters, digits and dashes`);
+    }
+    if (byName.has(p.name)) problems.push(`${p.field}.name: got ${JSON.stringify(p.name)}, want a name not used by another CA`);
+    byName.set(p.name, p);
+    plan.push(p);
+  };
+  if (!args || !args.root) throw new CaHierarchyError(["root: got nothing, want a root CA (a spec or existing PEMs)"]);
+  add({ name: args.root.name, role: "root", field: "root", spec: args.root });
+  const inters = args.intermediates ?? [];
+  inters.forEach((s, i) => {
+    add({ name: s.name, role: "intermediate", parent: s.parent ?? args.root.name, field: `intermediates[${i}]`, spec: s });
+  });
+  if (!args.issuing?.length) problems.push("issuing: got no issuing CA, want at least one");
+  (args.issuing ?? []).forEach((s, i) => {
+    const dflt = inters.length === 1 ? inters[0]!.name : inters.length === 0 ? args.root.name : undefined;
+    const parent = s.parent ?? dflt;
+    if (!parent) problems.push(`issuing[${i}].parent: got nothing, want one of ${inters.map((x) => x.name).join(", ")} (there are several intermediates)`);
+    add({ name: s.name, role: "issuing", parent, field: `issuing[${i}]`, spec: s });
+  });
+
+  const seen = new Set<string>();
+  for (const p of plan) {
+    if (p.parent !== undefined) {
+      const parent = byName.get(p.parent);
+      if (!parent || parent.role === "issuing" || !seen.has(p.parent)) {
+        const allowed = plan.filter((x) => x.role !== "issuing" && seen.has(x.name)).map((x) => x.name);
+        problems.push(`${p.field}.parent: got ${JSON.stringify(p.parent)}, want one of ${allowed.join(", ")} (a root or intermediate declared before it)`);
+      } else if (!isExisting(parent.spec) && !isExisting(p.spec)) {
+        const ps = parent.spec;
+        const cs = p.spec;
+        if (cs.validityDays > ps.validityDays) {
+          problems.push(`${p.field}.validityDays: got ${cs.validityDays}, want at most ${ps.validityDays} so it does not outlive its issuer '${parent.name}'`);
+        }
+        if (ps.pathLen !== undefined) {
+          if (ps.pathLen === 0) problems.push(`${p.field}.parent: got '${parent.name}' whose pathLen is 0, want an issuer allowed to sign a CA`);
+          else if (cs.pathLen !== undefined && cs.pathLen > ps.pathLen - 1) {
+            problems.push(`${p.field}.pathLen: got ${cs.pathLen}, want at most ${ps.pathLen - 1} (issuer '${parent.name}' has pathLen ${ps.pathLen})`);
+          }
+        }
+      }
+    }
+    if (!isExisting(p.spec)) {
+      const s = p.spec;
+      if (s.algorithm !== undefined && !KEY_ALGORITHMS.includes(s.algorithm)) {
+        problems.push(`${p.field}.algorithm: got ${JSON.stringify(s.algorithm)}, want one of ${KEY_ALGORITHMS.join(", ")}`);
+      }
+      if (!Number.isInteger(s.validityDays) || s.validityDays < 1) {
+        problems.push(`${p.field}.validityDays: got ${JSON.stringify(s.validityDays)}, want a positive whole number of days`);
+      }
+      if (p.role === "issuing" && s.pathLen !== undefined && s.pathLen !== 0) {
+        problems.push(`${p.field}.pathLen: got ${s.pathLen}, want 0 or absent (an issuing CA signs only devices)`);
+      }
+    }
+    seen.add(p.name);
+  }
+  if (problems.length) throw new CaHierarchyError(problems);
+  return plan;
+}
+
+/** What a consumer (a DeviceIdentityBatch, a hub registration) needs from one CA. */
+export interface CaOutputs {
+  certificatePem: pulumi.Output<string>;
+  chainPem: pulumi.Output<string>;
+  keyPem: pulumi.Output<string>;
+  fingerprintSha256: pulumi.Output<string>;
+  subjectKeyId: pulumi.Output<string>;
+  notAfter: pulumi.Output<string>;
+  name: string;
+}
+
+export class CaHierarchy extends pulumi.ComponentResource {
+  /** every CA by name */
+  readonly cas: Record<string, CertificateAuthority>;
+  readonly rootCertificatePem: pulumi.Output<string>;
+  /** name -> { certificate, chain, fingerprint, keyId } without keys, for stack outputs */
+  readonly summary: pulumi.Output<Record<string, { role: string; fingerprintSha256: string; subjectKeyId: string; notAfter: string; chainPem: string; certificatePem: string }>>;
+
+  constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("fleetguard:pki:CaHierarchy", name, {}, opts);
+    const plan = planHierarchy(args);
+    this.cas = {};
+    for (const p of plan) {
+      const parent = p.parent ? this.cas[p.parent]! : undefined;
+      const common = { name: p.name, role: p.role, description: p.spec.description };
+      const caArgs = isExisting(p.spec)
+        ? {
+            ...common,
+            existing: pulumi.secret({
+              certificatePem: p.spec.existing.certificatePem,
+              privateKeyPem: p.spec.existing.privateKeyPem,
+            }),
+          }
+        : {
+            ...common,
+            algorithm: p.spec.algorithm ?? "ecdsa-p256",
+            subject: p.spec.subject,
+            validityDays: p.spec.validityDays,
+            pathLen: p.spec.pathLen,
+            keyUsage: p.spec.keyUsage,
+            nameConstraints: p.spec.nameConstraints,
+            crlDistributionPoint: p.spec.crlDistributionPoint,
+            issuer: parent
+              ? { name: p.parent!, certificatePem: parent.certificatePem, chainPem: parent.chainPem, keyPem: parent.keyPem }
+              : undefined,
+          };
+      this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, caArgs as never, { parent: this });
+    }
+    this.rootCertificatePem = this.cas[plan[0]!.name]!.certificatePem;
+    this.summary = pulumi.all(
+      Object.fromEntries(
+        plan.map((p) => {
+          const c = this.cas[p.name]!;
+          return [
+            p.name,
+            pulumi.all([c.fingerprintSha256, c.subjectKeyId, c.notAfter, c.chainPem, c.certificatePem]).apply(([f, k, n, ch, ce]) => ({
+              role: p.role,
+              fingerprintSha256: f,
+              subjectKeyId: k,
+              notAfter: n,
+              chainPem: ch,
+              certificatePem: ce,
+            })),
+          ];
+        }),
+      ),
+    ) as never;
+    this.registerOutputs({ rootCertificatePem: this.rootCertificatePem, summary: this.summary });
+  }
+
+  /** The outputs a device batch needs from issuing CA `name` (its key stays a secret). */
+  issuingCa(name: string): CaOutputs {
+    const c = this.cas[name];
+    if (!c) throw new CaHierarchyError([`issuingCa: got ${JSON.stringify(name)}, want one of ${Object.keys(this.cas).join(", ")}`]);
+    return {
+      name,
+      certificatePem: c.certificatePem,
+      chainPem: c.chainPem,
+      keyPem: c.keyPem,
+      fingerprintSha256: c.fingerprintSha256,
+      subjectKeyId: c.subjectKeyId,
+      notAfter: c.notAfter,
+    };
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Dynamic provider for one certificate authority. Thin and stateless: Pulumi serializes this
+ * object into the state (closure serialization), so it captures nothing but the path of the
+ * runtime entry; each method loads core lazily in the provider process (brief.md rule 3).
+ */
+import * as path from "node:path";
+import * as pulumi from "@pulumi/pulumi";
+import type { CaInputs } from "./runtime/ca";
+
+const RUNTIME_AT_DEPLOY = path.join(__dirname, "runtime", "index.js");
+
+/** Resolve the runtime entry: env override, the path at deploy time, then the package by name. */
+function runtime(): { ca(): typeof import("./runtime/ca") } {
+  const fs = require("node:fs");
+  const p = require("node:path");
+  const candidates = [
+    process.env.FLEETGUARD_RUNTIME,
+    RUNTIME_AT_DEPLOY,
+    p.join(process.cwd(), "node_modules", "fleetguard", "providers", "runtime", "index.js"),
+    p.join(process.cwd(), "providers", "runtime", "index.js"),
+  ];
+  for (const c of candidates) if (c && fs.existsSync(c)) return require(c);
+  throw new Error(`fleetguard runtime not found; set FLEETGUARD_RUNTIME (tried ${candidates.filter(Boolean).join(", ")})`);
+}
+
+export const caProvider: pulumi.dynamic.ResourceProvider = {
+  async check(olds, news) {
+    return runtime().ca().check(olds, news as CaInputs);
+  },
+  async diff(id, olds, news) {
+    return runtime().ca().diff(id, olds, news as CaInputs);
+  },
+  async create(inputs) {
+    return runtime().ca().create(inputs as CaInputs);
+  },
+  async update(id, olds, news) {
+    return runtime().ca().update(id, olds, news as CaInputs);
+  },
+  async read(id, props) {
+    return runtime().ca().read(id, props as Record<string, unknown>);
+  },
+  async delete() {
+    // a CA exists only in the state: nothing outside to remove
+  },
+};
+
+export type CaResourceArgs = { [K in keyof CaInputs]: pulumi.Input<CaInputs[K]> };
+
+/** One CA as a Pulumi resource; `keyPem` is a secret output. */
+export class CertificateAuthority extends pulumi.dynamic.Resource {
+  declare readonly kind: pulumi.Output<string>;
+  declare readonly name: pulumi.Output<string>;
+  declare readonly role: pulumi.Output<string>;
+  declare readonly algorithm: pulumi.Output<string>;
+  declare readonly certificatePem: pulumi.Output<string>;
+  declare readonly chainPem: pulumi.Output<string>;
+  declare readonly keyPem: pulumi.Output<string>;
+  declare readonly fingerprintSha256: pulumi.Output<string>;
+  declare readonly subjectKeyId: pulumi.Output<string>;
+  declare readonly authorityKeyId: pulumi.Output<string>;
+  declare readonly serialNumber: pulumi.Output<string>;
+  declare readonly notBefore: pulumi.Output<string>;
+  declare readonly notAfter: pulumi.Output<string>;
+  declare readonly pathLen: pulumi.Output<number | null>;
+  declare readonly subjectDn: pulumi.Output<string>;
+
+  constructor(name: string, args: CaResourceArgs, opts?: pulumi.CustomResourceOptions) {
+    const outputs = {
+      kind: undefined,
+      certificatePem: undefined,
+      chainPem: undefined,
+      keyPem: undefined,
+      fingerprintSha256: undefined,
+      subjectKeyId: undefined,
+      authorityKeyId: undefined,
+      serialNumber: undefined,
+      notBefore: undefined,
+      notAfter: undefined,
+      subjectDn: undefined,
+    };
+    super(caProvider, name, { ...outputs, ...args }, {
+      ...opts,
+      additionalSecretOutputs: ["keyPem", ...(opts?.additionalSecretOutputs ?? [])],
+    });
+  }
+}
