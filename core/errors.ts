@@ -24,10 +24,17 @@ export class FleetError extends Error {
   }
 }
 
+/** A description of what was got, printed as is (not quoted): `invalid(f, phrase("a key that does not match"), ...)`. */
+export class Phrase {
+  constructor(readonly text: string) {}
+}
+export const phrase = (text: string): Phrase => new Phrase(text);
+
 /** Describe a value for an error message without echoing long or secret-looking content. */
 export function describe(value: unknown): string {
   if (value === undefined) return "undefined";
   if (value === null) return "null";
+  if (value instanceof Phrase) return value.text;
   if (typeof value === "string") {
     if (/PRIVATE KEY/.test(value)) return "<redacted key material>";
     return value.length > 60 ? `${JSON.stringify(value.slice(0, 57))}...` : JSON.stringify(value);

@@ -5,7 +5,7 @@
  * then sign: the signer never branches on a role name beyond choosing defaults.
  */
 import * as crypto from "node:crypto";
-import { FleetError, invalid } from "../errors";
+import { FleetError, invalid, phrase } from "../errors";
 import { encodeTbs, randomSerial, signTbs } from "../x509/cert";
 import {
   authorityKeyIdentifier,
@@ -144,25 +144,27 @@ export function validateCaRequest(req: unknown, parent?: ParentFacts, deps: Pick
   if (r.crlDistributionPoint !== undefined && !/^https?:\/\/[^\s]+$/.test(String(r.crlDistributionPoint))) {
     add("crlDistributionPoint", r.crlDistributionPoint, "an http(s) URL");
   }
-  if (r.role === "root" && parent) add("role", "root with an issuer", "no issuer for a root CA");
+  if (r.role === "root" && parent) add("role", phrase("root with an issuer"), "no issuer for a root CA");
   if (r.role !== undefined && r.role !== "root" && !parent && f.length === 0) {
     // parent unknown (e.g. preview of a new parent): checked again at create
   }
   if (parent) {
-    if (!parent.ca) add("issuer", `'${parent.name}' whose certificate is not a CA`, "an issuer with basicConstraints CA:TRUE");
+    if (!parent.ca) add("issuer", phrase(`'${parent.name}' whose certificate is not a CA`), "an issuer with basicConstraints CA:TRUE");
     if (Number.isInteger(r.validityDays)) {
       const end = new Date(deps.now().getTime() + r.validityDays! * DAY_MS);
-      if (end > parent.notAfter) {
+      // created after its parent, a child declared with the same lifetime ends a little later:
+      // tolerate a day and clamp notAfter to the parent's at issuance
+      if (end.getTime() > parent.notAfter.getTime() + DAY_MS) {
         const left = Math.floor((parent.notAfter.getTime() - deps.now().getTime()) / DAY_MS);
         add(
           "validityDays",
-          `${r.validityDays} (until ${end.toISOString().slice(0, 10)})`,
+          phrase(`${r.validityDays} (until ${end.toISOString().slice(0, 10)})`),
           `at most ${left} so it ends before its issuer '${parent.name}' (${parent.notAfter.toISOString().slice(0, 10)})`,
         );
       }
     }
     if (parent.pathLen !== undefined) {
-      if (parent.pathLen === 0) add("issuer", `'${parent.name}' with pathLen 0`, "an issuer whose pathLen allows a CA below it");
+      if (parent.pathLen === 0) add("issuer", phrase(`'${parent.name}' with pathLen 0`), "an issuer whose pathLen allows a CA below it");
       else if (r.pathLen !== undefined && r.pathLen > parent.pathLen - 1) {
         add("pathLen", r.pathLen, `at most ${parent.pathLen - 1} (issuer '${parent.name}' has pathLen ${parent.pathLen})`);
       }
@@ -219,7 +221,7 @@ function describeCert(der: Buffer, keyPem: string, chainPem: string, algorithm: 
 export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, deps: Deps = defaultDeps()): IssuedCa {
   const facts = parent ? parentFacts(parent.name, parent.certificatePem) : undefined;
   const failures = validateCaRequest(req, facts, deps);
-  if (!parent && req.role !== "root") failures.push({ field: "issuer", message: invalid("issuer", "none", `an issuer CA for role ${req.role}`).message });
+  if (!parent && req.role !== "root") failures.push({ field: "issuer", message: invalid("issuer", phrase("none"), `an issuer CA for role ${req.role}`).message });
   if (failures.length) fail(failures);
 
   const pair = generateKey(req.algorithm);
@@ -229,7 +231,8 @@ export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, 
   const now = deps.now();
   // backdate one minute: tolerate small clock skew on devices that verify the chain
   const notBefore = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
-  const notAfter = new Date(Math.floor(now.getTime() / 1000) * 1000 + req.validityDays * DAY_MS);
+  let notAfter = new Date(Math.floor(now.getTime() / 1000) * 1000 + req.validityDays * DAY_MS);
+  if (facts && notAfter > facts.notAfter) notAfter = facts.notAfter;
 
   let issuerName = subject;
   let issuerKid = kid;
@@ -277,10 +280,10 @@ export function importCa(name: string, certificatePem: unknown, keyPem: unknown)
   const x = new crypto.X509Certificate(der);
   const key = loadPrivateKey(keyPem, "existing.privateKeyPem");
   const f: Failure[] = [];
-  if (!x.checkPrivateKey(key)) f.push({ field: "existing.privateKeyPem", message: invalid("existing.privateKeyPem", "a key that does not match the certificate", "the private key of existing.certificatePem").message });
+  if (!x.checkPrivateKey(key)) f.push({ field: "existing.privateKeyPem", message: invalid("existing.privateKeyPem", phrase("a key that does not match the certificate"), "the private key of existing.certificatePem").message });
   const bc = basicConstraintsOf(c);
-  if (!bc?.ca) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", "a certificate without basicConstraints CA:TRUE", "a CA certificate").message });
-  if (new Date(x.validTo) <= new Date()) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", `a certificate that expired ${x.validTo}`, "a certificate still valid").message });
+  if (!bc?.ca) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", phrase("a certificate without basicConstraints CA:TRUE"), "a CA certificate").message });
+  if (new Date(x.validTo) <= new Date()) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", phrase(`a certificate that expired ${x.validTo}`), "a certificate still valid").message });
   if (f.length) fail(f);
   const algorithm = algorithmOf(key, "existing.privateKeyPem");
   const pem = toPem("CERTIFICATE", der);

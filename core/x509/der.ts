@@ -4,7 +4,7 @@
  * so a certificate template can keep its constant parts as ready-made bytes and patch the
  * per-device fields. The reader is just enough to walk certificates, CSRs and CRLs.
  */
-import { invalid } from "../errors";
+import { invalid, phrase } from "../errors";
 
 export const TAG = {
   BOOLEAN: 0x01,
@@ -137,18 +137,18 @@ export interface Node {
 
 /** Read the TLV at `pos` of `buf`, checking lengths stay inside `limit`. */
 export function read(buf: Uint8Array, pos = 0, limit = buf.length): Node {
-  if (pos + 2 > limit) throw invalid("der", `${limit - pos} bytes`, "a complete TLV header");
+  if (pos + 2 > limit) throw invalid("der", phrase(`${limit - pos} bytes`), "a complete TLV header");
   const tag = buf[pos]!;
   let len = buf[pos + 1]!;
   let p = pos + 2;
   if (len & 0x80) {
     const n = len & 0x7f;
-    if (n === 0 || n > 4 || p + n > limit) throw invalid("der", `length of length ${n}`, "1..4 bytes inside the buffer");
+    if (n === 0 || n > 4 || p + n > limit) throw invalid("der", phrase(`length of length ${n}`), "1..4 bytes inside the buffer");
     len = 0;
     for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
     p += n;
   }
-  if (p + len > limit) throw invalid("der", `length ${len} at offset ${pos}`, `at most ${limit - p} bytes`);
+  if (p + len > limit) throw invalid("der", phrase(`length ${len} at offset ${pos}`), `at most ${limit - p} bytes`);
   return { tag, start: pos, contentStart: p, end: p + len };
 }
 

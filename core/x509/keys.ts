@@ -5,7 +5,7 @@
  * slower under OpenSSL 3 (brief.md).
  */
 import * as crypto from "node:crypto";
-import { invalid } from "../errors";
+import { invalid, phrase } from "../errors";
 import { NULL, oid, seq } from "./der";
 
 export const KEY_ALGORITHMS = ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-3072"] as const;
@@ -69,7 +69,7 @@ export function algorithmOf(key: crypto.KeyObject, field: string): KeyAlgorithm 
   if (t === "ed25519") return "ed25519";
   if (t === "rsa" && d.modulusLength === 3072) return "rsa-3072";
   const got = t === "ec" ? `ec ${d.namedCurve}` : t === "rsa" ? `rsa-${d.modulusLength}` : String(t);
-  throw invalid(field, got, `a key of ${KEY_ALGORITHMS.join(", ")}`);
+  throw invalid(field, phrase(got), `a key of ${KEY_ALGORITHMS.join(", ")}`);
 }
 
 export function generateKey(alg: KeyAlgorithm): crypto.KeyPairKeyObjectResult {
@@ -91,12 +91,12 @@ export function privateKeyPem(key: crypto.KeyObject): string {
 
 export function loadPrivateKey(pem: unknown, field: string): crypto.KeyObject {
   if (typeof pem !== "string" || !/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
-    throw invalid(field, typeof pem === "string" ? "text without a PRIVATE KEY block" : pem, "a PEM private key (PKCS#8)");
+    throw invalid(field, typeof pem === "string" ? phrase("text without a PRIVATE KEY block") : pem, "a PEM private key (PKCS#8)");
   }
   try {
     return crypto.createPrivateKey({ key: pem, format: "pem" });
   } catch {
     // the OpenSSL message may quote the input; never pass it on
-    throw invalid(field, "a PRIVATE KEY block OpenSSL cannot parse", "a PEM private key (PKCS#8)");
+    throw invalid(field, phrase("a PRIVATE KEY block OpenSSL cannot parse"), "a PEM private key (PKCS#8)");
   }
 }

@@ -3,7 +3,7 @@
  * expose: raw issuer/subject names, extensions with their criticality, basicConstraints,
  * key identifiers and name constraints. Used for bring-your-own roots and for tests.
  */
-import { invalid } from "../errors";
+import { invalid, phrase } from "../errors";
 import { children, content, decodeOid, decodeUint, type Node, read, whole } from "./der";
 import { OID } from "./ext";
 
@@ -59,9 +59,8 @@ export function parseCertificate(der: Uint8Array, field = "certificate"): Parsed
       spki,
       extensions,
     };
-  } catch (err) {
-    if (err instanceof Error && "code" in err) throw err;
-    throw invalid(field, "bytes that are not a DER X.509 certificate", "a DER-encoded X.509 certificate");
+  } catch {
+    throw invalid(field, phrase("bytes that are not a DER X.509 certificate"), "a DER-encoded X.509 certificate");
   }
 }
 

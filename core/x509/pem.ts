@@ -2,7 +2,7 @@
  * PEM (RFC 7468) encoding and strict decoding. Decoding errors name the field and never
  * echo the content, since a PEM may carry a private key.
  */
-import { invalid } from "../errors";
+import { invalid, phrase } from "../errors";
 
 export function toPem(label: string, der: Uint8Array): string {
   const b64 = Buffer.from(der).toString("base64");
@@ -22,19 +22,19 @@ export function pemBlocks(pem: unknown, label: string, field: string): Buffer[] 
     const body = m[2]!.replace(/\s+/g, "");
     const der = Buffer.from(body, "base64");
     if (der.length === 0 || der.toString("base64") !== body) {
-      throw invalid(field, "a block whose base64 does not decode cleanly", `valid base64 inside -----BEGIN ${label}-----`);
+      throw invalid(field, phrase("a block whose base64 does not decode cleanly"), `valid base64 inside -----BEGIN ${label}-----`);
     }
     out.push(der);
   }
   if (out.length === 0) {
     const what = /-----BEGIN /.test(pem) ? "PEM without a well-formed " + label + " block" : "text that is not PEM";
-    throw invalid(field, what, `a PEM with -----BEGIN ${label}----- ... -----END ${label}-----`);
+    throw invalid(field, phrase(what), `a PEM with -----BEGIN ${label}----- ... -----END ${label}-----`);
   }
   return out;
 }
 
 export function pemOne(pem: unknown, label: string, field: string): Buffer {
   const blocks = pemBlocks(pem, label, field);
-  if (blocks.length !== 1) throw invalid(field, `${blocks.length} ${label} blocks`, "exactly one");
+  if (blocks.length !== 1) throw invalid(field, phrase(`${blocks.length} ${label} blocks`), "exactly one");
   return blocks[0]!;
 }

@@ -1,0 +1,385 @@
+/**
+ * The typed bodies of the station protocol, one request and one result shape per opcode, with
+ * the strict readers both ends use on untrusted maps (the farm on requests, the client on
+ * responses). A reader failure is an INVALID_INPUT FleetError naming the field
+ * ("nonce: got 3 bytes, want 16..64 bytes"); the farm answers it as BAD_REQUEST.
+ * Field names are spelled out: bodies are small next to the keys and certificates they carry.
+ */
+import { invalid } from "../errors";
+import { type CborMap, isMap, type Value } from "./cbor";
+import { Op, type OpName } from "./frame";
+
+export type Lifecycle = "blank" | "provisioned" | "closed" | "decommissioned";
+export const LIFECYCLES: readonly Lifecycle[] = ["blank", "provisioned", "closed", "decommissioned"];
+export type IdentitySource = "puf" | "injected";
+
+/** Subject attributes a station may put in a CSR, in the order given. */
+export const SUBJECT_ATTRS = ["CN", "O", "OU", "C", "L", "ST", "serialNumber"] as const;
+export type SubjectAttr = (typeof SUBJECT_ATTRS)[number];
+export type Subject = Array<[SubjectAttr, string]>;
+
+export const DEVICE_ID_MAX = 64;
+export const NONCE_MIN = 16;
+export const NONCE_MAX = 64;
+export const CHAIN_MAX = 4;
+export const CERT_MAX = 8192;
+export const BATCH_MAX = 1024;
+
+// ------------------------------------------------------------------ field readers
+
+export function map(v: Value | undefined, field: string): CborMap {
+  if (!isMap(v)) throw invalid(field, kind(v), "a map");
+  return v;
+}
+export function text(m: CborMap, field: string, max = 256): string {
+  const v = m[field];
+  if (typeof v !== "string" || v.length === 0 || v.length > max) throw invalid(field, v, `text of 1..${max} chars`);
+  return v;
+}
+export function bytes(m: CborMap, field: string, min = 1, max = CERT_MAX): Buffer {
+  const v = m[field];
+  if (!(v instanceof Uint8Array) || v.length < min || v.length > max)
+    throw invalid(field, v instanceof Uint8Array ? v : kind(v), `${min}..${max} bytes`);
+  return Buffer.from(v.buffer, v.byteOffset, v.length);
+}
+export function uint(m: CborMap, field: string, max = Number.MAX_SAFE_INTEGER): number {
+  const v = m[field];
+  if (typeof v !== "number" || v < 0 || v > max) throw invalid(field, v, `an integer in 0..${max}`);
+  return v;
+}
+export function optBool(m: CborMap, field: string): boolean {
+  const v = m[field];
+  if (v === undefined || v === null) return false;
+  if (typeof v !== "boolean") throw invalid(field, v, "a boolean");
+  return v;
+}
+export function list(m: CborMap, field: string, min: number, max: number): Value[] {
+  const v = m[field];
+  if (!Array.isArray(v) || v.length < min || v.length > max) throw invalid(field, kind(v), `an array of ${min}..${max}`);
+  return v;
+}
+function oneOf<T extends string>(m: CborMap, field: string, allowed: readonly T[]): T {
+  const v = m[field];
+  if (typeof v !== "string" || !allowed.includes(v as T)) throw invalid(field, v, `one of ${allowed.join(", ")}`);
+  return v as T;
+}
+function kind(v: Value | undefined): string {
+  if (v === undefined) return "nothing";
+  if (v === null) return "null";
+  if (v instanceof Uint8Array) return `${v.length} bytes`;
+  if (Array.isArray(v)) return `array(${v.length})`;
+  return typeof v;
+}
+
+const DEVICE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+export function deviceField(m: CborMap): string {
+  const d = text(m, "device", DEVICE_ID_MAX);
+  if (!DEVICE_RE.test(d)) throw invalid("device", d, "letters, digits, '.', '_' or '-'");
+  return d;
+}
+
+export function subjectField(m: CborMap, field = "subject"): Subject {
+  const items = list(m, field, 1, 16);
+  return items.map((it, i) => {
+    if (!Array.isArray(it) || it.length !== 2 || typeof it[0] !== "string" || typeof it[1] !== "string")
+      throw invalid(`${field}[${i}]`, kind(it), "a [attribute, value] pair of text");
+    const [a, v] = it as [string, string];
+    if (!SUBJECT_ATTRS.includes(a as SubjectAttr)) throw invalid(`${field}[${i}]`, a, SUBJECT_ATTRS.join(", "));
+    if (v.length === 0 || v.length > 64) throw invalid(`${field}[${i}].value`, v, "1..64 chars (RFC 5280 ub-name)");
+    if (a === "C" && !/^[A-Z]{2}$/.test(v)) throw invalid(`${field}[${i}].value`, v, "a two-letter country code");
+    if ((a === "C" || a === "serialNumber") && !/^[A-Za-z0-9 '()+,\-./:=?]*$/.test(v))
+      throw invalid(`${field}[${i}].value`, v, "PrintableString characters");
+    return [a as SubjectAttr, v];
+  });
+}
+
+function bytesList(m: CborMap, field: string, min: number, max: number): Buffer[] {
+  return list(m, field, min, max).map((x, i) => {
+    if (!(x instanceof Uint8Array) || x.length === 0 || x.length > CERT_MAX)
+      throw invalid(`${field}[${i}]`, kind(x), `1..${CERT_MAX} bytes`);
+    return Buffer.from(x.buffer, x.byteOffset, x.length);
+  });
+}
+
+// ------------------------------------------------------------------ requests and results
+
+export interface IdentifyRequest {
+  device: string;
+  /** also return the vendor-signed chip certificate (key injection needs it) */
+  chipCert?: boolean;
+}
+export interface IdentifyResult {
+  device: string;
+  model: string;
+  lifecycle: Lifecycle;
+  epoch: number;
+  source: IdentitySource;
+  /** SubjectPublicKeyInfo DER of the current identity key */
+  publicKey: Buffer;
+  chipCertificate?: Buffer;
+}
+export interface AttestRequest {
+  device: string;
+  nonce: Uint8Array;
+}
+export interface AttestResult {
+  device: string;
+  epoch: number;
+  /** ECDSA P-256 / SHA-256, DER, over attestationMessage(device, epoch, nonce) */
+  signature: Buffer;
+}
+export interface CsrRequest {
+  device: string;
+  subject: Subject;
+}
+export interface CsrResult {
+  device: string;
+  epoch: number;
+  csr: Buffer;
+}
+export interface SetTrustRequest {
+  device: string;
+  /** DER certificate of the root the device shall trust; its SHA-256 is burned into OTP */
+  anchor: Uint8Array;
+}
+export interface SetTrustResult {
+  device: string;
+  slot: number;
+}
+export interface InstallRequest {
+  device: string;
+  /** leaf first, ending with a trusted root */
+  chain: Uint8Array[];
+}
+export interface InstallResult {
+  device: string;
+  lifecycle: Lifecycle;
+  epoch: number;
+}
+export interface RotateRequest {
+  device: string;
+  subject: Subject;
+}
+export interface RotateResult {
+  device: string;
+  epoch: number;
+  csr: Buffer;
+}
+export interface StatusRequest {
+  device: string;
+}
+export interface OtpRegionView {
+  name: string;
+  offset: number;
+  words: number;
+  programmed: number;
+  locked: boolean;
+  secret: boolean;
+  /** the words, big-endian; null for secret regions (not readable from outside) */
+  data: Buffer | null;
+}
+export interface DeviceStatus {
+  device: string;
+  model: string;
+  lifecycle: Lifecycle;
+  epoch: number;
+  pendingEpoch: number | null;
+  source: IdentitySource;
+  helperBytes: number;
+  /** SHA-256 of each trusted root, by slot */
+  trustAnchors: Buffer[];
+  chain: Buffer[];
+  otp: OtpRegionView[];
+}
+export interface DecommissionRequest {
+  device: string;
+  /** must repeat the device ID: zeroization is irreversible */
+  confirm: string;
+}
+export interface DecommissionResult {
+  device: string;
+  lifecycle: Lifecycle;
+}
+export interface InjectRequest {
+  device: string;
+  license: Uint8Array;
+  payload: Uint8Array;
+}
+export interface InjectResult {
+  device: string;
+  lifecycle: Lifecycle;
+  counter: number;
+}
+export interface FarmInfo {
+  protocol: number;
+  model: string;
+  count: number;
+  farmId: string;
+  vendorCa: Buffer;
+}
+export interface FarmStats {
+  requests: number;
+  reconstructions: number;
+  reconstructionFailures: number;
+  enrollments: number;
+  changedDevices: number;
+  walRecords: number;
+  walBytes: number;
+  walSyncs: number;
+  uptimeMs: number;
+}
+
+export interface DeviceOps {
+  IDENTIFY: [IdentifyRequest, IdentifyResult];
+  ATTEST: [AttestRequest, AttestResult];
+  CSR: [CsrRequest, CsrResult];
+  SET_TRUST: [SetTrustRequest, SetTrustResult];
+  INSTALL: [InstallRequest, InstallResult];
+  ROTATE: [RotateRequest, RotateResult];
+  STATUS: [StatusRequest, DeviceStatus];
+  DECOMMISSION: [DecommissionRequest, DecommissionResult];
+  INJECT: [InjectRequest, InjectResult];
+}
+export type DeviceOpName = keyof DeviceOps;
+export type RequestOf<K extends DeviceOpName> = DeviceOps[K][0];
+export type ResultOf<K extends DeviceOpName> = DeviceOps[K][1];
+
+const lifecycle = (m: CborMap) => oneOf(m, "lifecycle", LIFECYCLES);
+const source = (m: CborMap) => oneOf(m, "source", ["puf", "injected"] as const);
+
+interface OpSpec<K extends DeviceOpName> {
+  code: number;
+  /** safe to resend after a timeout or a lost connection */
+  idempotent: boolean;
+  parseRequest(m: CborMap): RequestOf<K>;
+  parseResult(m: CborMap): ResultOf<K>;
+}
+
+/** Per device opcode: how to read its request (farm side) and its result (client side). */
+export const DEVICE_OPS: { [K in DeviceOpName]: OpSpec<K> } = {
+  IDENTIFY: {
+    code: Op.IDENTIFY,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), chipCert: optBool(m, "chipCert") }),
+    parseResult: (m) => ({
+      device: deviceField(m),
+      model: text(m, "model", 64),
+      lifecycle: lifecycle(m),
+      epoch: uint(m, "epoch"),
+      source: source(m),
+      publicKey: bytes(m, "publicKey", 1, 512),
+      chipCertificate: m.chipCertificate === undefined ? undefined : bytes(m, "chipCertificate"),
+    }),
+  },
+  ATTEST: {
+    code: Op.ATTEST,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), nonce: bytes(m, "nonce", NONCE_MIN, NONCE_MAX) }),
+    parseResult: (m) => ({ device: deviceField(m), epoch: uint(m, "epoch"), signature: bytes(m, "signature", 8, 80) }),
+  },
+  CSR: {
+    code: Op.CSR,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), subject: subjectField(m) }),
+    parseResult: (m) => ({ device: deviceField(m), epoch: uint(m, "epoch"), csr: bytes(m, "csr") }),
+  },
+  SET_TRUST: {
+    code: Op.SET_TRUST,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), anchor: bytes(m, "anchor") }),
+    parseResult: (m) => ({ device: deviceField(m), slot: uint(m, "slot", 255) }),
+  },
+  INSTALL: {
+    code: Op.INSTALL,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), chain: bytesList(m, "chain", 2, CHAIN_MAX) }),
+    parseResult: (m) => ({ device: deviceField(m), lifecycle: lifecycle(m), epoch: uint(m, "epoch") }),
+  },
+  ROTATE: {
+    code: Op.ROTATE,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), subject: subjectField(m) }),
+    parseResult: (m) => ({ device: deviceField(m), epoch: uint(m, "epoch"), csr: bytes(m, "csr") }),
+  },
+  STATUS: {
+    code: Op.STATUS,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m) }),
+    parseResult: (m) => ({
+      device: deviceField(m),
+      model: text(m, "model", 64),
+      lifecycle: lifecycle(m),
+      epoch: uint(m, "epoch"),
+      pendingEpoch: m.pendingEpoch === null || m.pendingEpoch === undefined ? null : uint(m, "pendingEpoch"),
+      source: source(m),
+      helperBytes: uint(m, "helperBytes"),
+      trustAnchors: bytesList(m, "trustAnchors", 0, 8),
+      chain: bytesList(m, "chain", 0, CHAIN_MAX),
+      otp: list(m, "otp", 0, 64).map((r, i) => {
+        const x = map(r, `otp[${i}]`);
+        return {
+          name: text(x, "name", 32),
+          offset: uint(x, "offset"),
+          words: uint(x, "words"),
+          programmed: uint(x, "programmed"),
+          locked: optBool(x, "locked"),
+          secret: optBool(x, "secret"),
+          data: x.data === null || x.data === undefined ? null : bytes(x, "data", 0, 4096),
+        };
+      }),
+    }),
+  },
+  DECOMMISSION: {
+    code: Op.DECOMMISSION,
+    idempotent: true,
+    parseRequest: (m) => ({ device: deviceField(m), confirm: text(m, "confirm", DEVICE_ID_MAX) }),
+    parseResult: (m) => ({ device: deviceField(m), lifecycle: lifecycle(m) }),
+  },
+  INJECT: {
+    code: Op.INJECT,
+    // a lost answer is resolved by STATUS, never by sending the license again
+    idempotent: false,
+    parseRequest: (m) => ({
+      device: deviceField(m),
+      license: bytes(m, "license", 1, 1024),
+      payload: bytes(m, "payload", 1, 16384),
+    }),
+    parseResult: (m) => ({ device: deviceField(m), lifecycle: lifecycle(m), counter: uint(m, "counter") }),
+  },
+};
+
+const BY_CODE = new Map<number, DeviceOpName>(
+  (Object.keys(DEVICE_OPS) as DeviceOpName[]).map((k) => [DEVICE_OPS[k].code, k]),
+);
+export const deviceOpByCode = (code: number): DeviceOpName | undefined => BY_CODE.get(code);
+export type { OpName };
+
+export function parseFarmInfo(m: CborMap): FarmInfo {
+  return {
+    protocol: uint(m, "protocol", 255),
+    model: text(m, "model", 64),
+    count: uint(m, "count"),
+    farmId: text(m, "farmId", 128),
+    vendorCa: bytes(m, "vendorCa"),
+  };
+}
+
+export function parseFarmStats(m: CborMap): FarmStats {
+  const keys: Array<keyof FarmStats> = [
+    "requests",
+    "reconstructions",
+    "reconstructionFailures",
+    "enrollments",
+    "changedDevices",
+    "walRecords",
+    "walBytes",
+    "walSyncs",
+    "uptimeMs",
+  ];
+  const out = {} as FarmStats;
+  for (const k of keys) out[k] = uint(m, k);
+  return out;
+}
+
+/** Encode a subject for the wire. */
+export const subjectValue = (s: Subject): Value => s.map(([a, v]) => [a, v]);

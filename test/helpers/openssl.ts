@@ -1,0 +1,29 @@
+/** Run OpenSSL as the independent verifier of what core/ produces. */
+import { execFileSync, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+export function tmpdir(prefix = "fleetguard-"): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export function openssl(args: string[], input?: string): { status: number; out: string } {
+  const r = spawnSync("openssl", args, { input, encoding: "utf8" });
+  return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
+}
+
+/** `openssl verify -x509_strict -CAfile root -untrusted <intermediates> leaf` */
+export function verifyChain(rootPem: string, intermediatesPem: string, leafPem: string): { ok: boolean; out: string } {
+  const dir = tmpdir();
+  fs.writeFileSync(path.join(dir, "root.pem"), rootPem);
+  fs.writeFileSync(path.join(dir, "inter.pem"), intermediatesPem || rootPem);
+  fs.writeFileSync(path.join(dir, "leaf.pem"), leafPem);
+  const r = openssl(["verify", "-x509_strict", "-CAfile", path.join(dir, "root.pem"), "-untrusted", path.join(dir, "inter.pem"), path.join(dir, "leaf.pem")]);
+  fs.rmSync(dir, { recursive: true, force: true });
+  return { ok: r.status === 0 && /: OK/.test(r.out), out: r.out };
+}
+
+export function x509Text(pem: string): string {
+  return execFileSync("openssl", ["x509", "-noout", "-text"], { input: pem, encoding: "utf8" });
+}
