@@ -15,7 +15,8 @@ export const ATTEST_DOMAIN = Buffer.from("fleetguard/attest/v1\0", "latin1");
 
 export function attestationMessage(device: string, epoch: number, nonce: Uint8Array): Buffer {
   const id = Buffer.from(device, "utf8");
-  if (id.length === 0 || id.length > DEVICE_ID_MAX) throw invalid("device", device, `1..${DEVICE_ID_MAX} bytes`);
+  if (id.length === 0 || id.length > DEVICE_ID_MAX)
+    throw invalid("device", device, `1..${DEVICE_ID_MAX} bytes`);
   if (!Number.isInteger(epoch) || epoch < 0 || epoch > 0xffffffff) throw invalid("epoch", epoch, "a u32");
   if (nonce.length < NONCE_MIN || nonce.length > NONCE_MAX)
     throw invalid("nonce", nonce, `${NONCE_MIN}..${NONCE_MAX} bytes`);

@@ -9,7 +9,14 @@
  */
 import { invalid } from "../errors";
 
-export type Value = number | string | boolean | null | Uint8Array | Value[] | { [key: string]: Value | undefined };
+export type Value =
+  | number
+  | string
+  | boolean
+  | null
+  | Uint8Array
+  | Value[]
+  | { [key: string]: Value | undefined };
 export type CborMap = { [key: string]: Value | undefined };
 
 const MAX_DEPTH = 16;
@@ -105,7 +112,11 @@ class Reader {
   }
   need(n: number): void {
     if (this.pos + n > this.buf.length)
-      throw invalid("cbor", `${this.buf.length - this.pos} bytes left at offset ${this.pos}`, `${n} more (truncated)`);
+      throw invalid(
+        "cbor",
+        `${this.buf.length - this.pos} bytes left at offset ${this.pos}`,
+        `${n} more (truncated)`,
+      );
   }
   arg(info: number): number {
     if (info < 24) return info;
@@ -122,15 +133,20 @@ class Reader {
     }
     if (info === 26) {
       this.need(4);
-      const v = ((b[this.pos]! << 24) >>> 0) + (b[this.pos + 1]! << 16) + (b[this.pos + 2]! << 8) + b[this.pos + 3]!;
+      const v =
+        ((b[this.pos]! << 24) >>> 0) + (b[this.pos + 1]! << 16) + (b[this.pos + 2]! << 8) + b[this.pos + 3]!;
       this.pos += 4;
       return v;
     }
     if (info === 27) {
       this.need(8);
-      const hi = ((b[this.pos]! << 24) >>> 0) + (b[this.pos + 1]! << 16) + (b[this.pos + 2]! << 8) + b[this.pos + 3]!;
+      const hi =
+        ((b[this.pos]! << 24) >>> 0) + (b[this.pos + 1]! << 16) + (b[this.pos + 2]! << 8) + b[this.pos + 3]!;
       const lo =
-        ((b[this.pos + 4]! << 24) >>> 0) + (b[this.pos + 5]! << 16) + (b[this.pos + 6]! << 8) + b[this.pos + 7]!;
+        ((b[this.pos + 4]! << 24) >>> 0) +
+        (b[this.pos + 5]! << 16) +
+        (b[this.pos + 6]! << 8) +
+        b[this.pos + 7]!;
       if (hi >= 0x200000) this.fail("an integer below 2^53");
       this.pos += 8;
       return hi * 0x100000000 + lo;

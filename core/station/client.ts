@@ -11,15 +11,7 @@
 import { Socket } from "node:net";
 import { invalid } from "../errors";
 import { type CborMap, decode, encode, isMap, type Value } from "./cbor";
-import {
-  DEFAULT_MAX_BODY,
-  Flag,
-  FrameDecoder,
-  type Header,
-  Op,
-  StationError,
-  Status,
-} from "./frame";
+import { DEFAULT_MAX_BODY, Flag, FrameDecoder, type Header, Op, StationError, Status } from "./frame";
 import {
   BATCH_MAX,
   DEVICE_OPS,
@@ -149,7 +141,12 @@ class Connection {
     return this.pending.size;
   }
 
-  send(op: number, flags: number, body: Uint8Array, timeoutMs: number): Promise<{ header: Header; body: CborMap }> {
+  send(
+    op: number,
+    flags: number,
+    body: Uint8Array,
+    timeoutMs: number,
+  ): Promise<{ header: Header; body: CborMap }> {
     return new Promise((resolve, reject) => {
       if (this.closed) {
         reject(new StationError(Status.DISCONNECTED, "connection closed"));
@@ -219,7 +216,8 @@ export class StationClient {
       throw invalid("port", opts.port, "an integer in 1..65535");
     const pos = (name: keyof StationClientOptions, def: number, min = 1): number => {
       const v = opts[name] ?? def;
-      if (typeof v !== "number" || !Number.isInteger(v) || v < min) throw invalid(name, v, `an integer >= ${min}`);
+      if (typeof v !== "number" || !Number.isInteger(v) || v < min)
+        throw invalid(name, v, `an integer >= ${min}`);
       return v;
     };
     this.host = opts.host ?? "127.0.0.1";
@@ -282,7 +280,10 @@ export class StationClient {
     return this.device("INJECT", { device, license, payload }, opts);
   }
 
-  identifyBatch(devices: string[], o: { chipCert?: boolean } & CallOptions & { deviceTimeoutMs?: number } = {}) {
+  identifyBatch(
+    devices: string[],
+    o: { chipCert?: boolean } & CallOptions & { deviceTimeoutMs?: number } = {},
+  ) {
     return this.batch(
       "IDENTIFY",
       devices.map((device) => ({ device, chipCert: o.chipCert || undefined })),
@@ -366,9 +367,16 @@ export class StationClient {
   }
 
   /** Send one request and return the response body; retries per `idempotent`. */
-  async call(op: number, flags: number, req: CborMap, idempotent: boolean, opts: CallOptions = {}): Promise<CborMap> {
+  async call(
+    op: number,
+    flags: number,
+    req: CborMap,
+    idempotent: boolean,
+    opts: CallOptions = {},
+  ): Promise<CborMap> {
     const body = encode(req);
-    if (body.length > this.maxBody) throw invalid("request", `${body.length} bytes`, `at most ${this.maxBody}`);
+    if (body.length > this.maxBody)
+      throw invalid("request", `${body.length} bytes`, `at most ${this.maxBody}`);
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     const attempts = 1 + (idempotent ? (opts.retries ?? this.retries) : 0);
     for (let attempt = 0; ; attempt++) {
@@ -381,7 +389,13 @@ export class StationClient {
           this.release(conn);
         }
       } catch (e) {
-        if (!(e instanceof StationError) || !RETRYABLE.has(e.status) || attempt + 1 >= attempts || this.closed) throw e;
+        if (
+          !(e instanceof StationError) ||
+          !RETRYABLE.has(e.status) ||
+          attempt + 1 >= attempts ||
+          this.closed
+        )
+          throw e;
         const cap = Math.min(2_000, this.backoffMs * 2 ** attempt);
         await new Promise((r) => setTimeout(r, Math.floor(this.random() * cap)));
       }
@@ -410,7 +424,9 @@ export class StationClient {
   /** A connection with a slot taken for the caller; waits while every connection is full. */
   private async acquireSlot(): Promise<Connection> {
     if (this.closed) throw new StationError(Status.DISCONNECTED, "client closed");
-    return this.pick() ?? new Promise<Connection>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    return (
+      this.pick() ?? new Promise<Connection>((resolve, reject) => this.waiters.push({ resolve, reject }))
+    );
   }
 
   /**

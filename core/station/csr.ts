@@ -49,7 +49,8 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
   for (const rdn of children(der, nameN)) {
     for (const atv of children(der, rdn)) {
       const [t, v] = children(der, atv);
-      if (!t || !v || t.tag !== TAG.OID) throw invalid("csr.subject", "a malformed attribute", "type and value");
+      if (!t || !v || t.tag !== TAG.OID)
+        throw invalid("csr.subject", "a malformed attribute", "type and value");
       const o = decodeOid(contentOf(der, t));
       subject.push([ATTR_OIDS[o] ?? o, contentOf(der, v).toString("utf8")]);
     }
@@ -57,7 +58,8 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
   const algOid = read(der, algN.body, algN.end);
   if (algOid.tag !== TAG.OID) throw invalid("csr.signatureAlgorithm", "no OID", "an AlgorithmIdentifier");
   const sigBits = contentOf(der, sigN);
-  if (sigBits.length < 2 || sigBits[0] !== 0) throw invalid("csr.signature", "unused bits", "a whole-byte BIT STRING");
+  if (sigBits.length < 2 || sigBits[0] !== 0)
+    throw invalid("csr.signature", "unused bits", "a whole-byte BIT STRING");
   return {
     info: wholeOf(der, infoN),
     subject,
@@ -75,9 +77,16 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
 export function verifyCsr(der: Uint8Array, expected?: Uint8Array): ParsedCsr {
   const csr = parseCsr(der);
   if (csr.signatureAlgorithm !== OID_ECDSA_SHA256)
-    throw invalid("csr.signatureAlgorithm", csr.signatureAlgorithm, `ecdsa-with-SHA256 (${OID_ECDSA_SHA256})`);
+    throw invalid(
+      "csr.signatureAlgorithm",
+      csr.signatureAlgorithm,
+      `ecdsa-with-SHA256 (${OID_ECDSA_SHA256})`,
+    );
   if (expected && !csr.spki.equals(expected))
-    throw new FleetError("INTEGRITY", "csr.subjectPKInfo: got a different key, want the device's identity key");
+    throw new FleetError(
+      "INTEGRITY",
+      "csr.subjectPKInfo: got a different key, want the device's identity key",
+    );
   const key: KeyObject = importP256Spki(csr.spki);
   let ok = false;
   try {
@@ -85,6 +94,7 @@ export function verifyCsr(der: Uint8Array, expected?: Uint8Array): ParsedCsr {
   } catch {
     ok = false;
   }
-  if (!ok) throw new FleetError("INTEGRITY", "csr.signature: got an invalid signature, want proof of possession");
+  if (!ok)
+    throw new FleetError("INTEGRITY", "csr.signature: got an invalid signature, want proof of possession");
   return csr;
 }

@@ -139,17 +139,20 @@ export interface Node {
 
 /** Read the TLV at `pos`, which must end at or before `limit`. Strict DER lengths. */
 export function read(buf: Uint8Array, pos = 0, limit = buf.length): Node {
-  if (pos + 2 > limit) throw invalid("der", `${Math.max(0, limit - pos)} bytes at offset ${pos}`, "a TLV header");
+  if (pos + 2 > limit)
+    throw invalid("der", `${Math.max(0, limit - pos)} bytes at offset ${pos}`, "a TLV header");
   const tag = buf[pos]!;
   if ((tag & 0x1f) === 0x1f) throw invalid("der.tag", tag, "a single-byte tag");
   let len = buf[pos + 1]!;
   let p = pos + 2;
   if (len & 0x80) {
     const n = len & 0x7f;
-    if (n === 0 || n > 3 || p + n > limit) throw invalid("der.length", `length-of-length ${n}`, "1..3 in bounds");
+    if (n === 0 || n > 3 || p + n > limit)
+      throw invalid("der.length", `length-of-length ${n}`, "1..3 in bounds");
     len = 0;
     for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
-    if (len < 0x80 || (n > 1 && buf[p] === 0)) throw invalid("der.length", len, "the minimal length encoding");
+    if (len < 0x80 || (n > 1 && buf[p] === 0))
+      throw invalid("der.length", len, "the minimal length encoding");
     p += n;
   }
   if (p + len > limit) throw invalid("der.length", len, `at most ${limit - p} bytes at offset ${pos}`);

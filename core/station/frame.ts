@@ -164,16 +164,27 @@ export class FrameDecoder {
       const requestId = b.readUInt32BE(p + 8);
       const op = b[p + 4]!;
       if (b.readUInt16BE(p) !== MAGIC) {
-        out.push(this.fatal(Status.BAD_FRAME, 0, 0, `magic: got 0x${b.readUInt16BE(p).toString(16)}, want 0x4647`));
+        out.push(
+          this.fatal(Status.BAD_FRAME, 0, 0, `magic: got 0x${b.readUInt16BE(p).toString(16)}, want 0x4647`),
+        );
         return out;
       }
       const length = b.readUInt32BE(p + 12);
       if (length > this.maxBody) {
-        out.push(this.fatal(Status.TOO_LARGE, requestId, op, `body length: got ${length}, want <= ${this.maxBody}`));
+        out.push(
+          this.fatal(Status.TOO_LARGE, requestId, op, `body length: got ${length}, want <= ${this.maxBody}`),
+        );
         return out;
       }
       if (b.length - p < HEADER_SIZE + length) break;
-      const header: Header = { version: b[p + 2]!, flags: b[p + 3]!, op, status: b[p + 5]!, requestId, length };
+      const header: Header = {
+        version: b[p + 2]!,
+        flags: b[p + 3]!,
+        op,
+        status: b[p + 5]!,
+        requestId,
+        length,
+      };
       const reserved = b.readUInt16BE(p + 6);
       const body = b.subarray(p + HEADER_SIZE, p + HEADER_SIZE + length);
       p += HEADER_SIZE + length;

@@ -33,7 +33,8 @@ export function map(v: Value | undefined, field: string): CborMap {
 }
 export function text(m: CborMap, field: string, max = 256): string {
   const v = m[field];
-  if (typeof v !== "string" || v.length === 0 || v.length > max) throw invalid(field, v, `text of 1..${max} chars`);
+  if (typeof v !== "string" || v.length === 0 || v.length > max)
+    throw invalid(field, v, `text of 1..${max} chars`);
   return v;
 }
 export function bytes(m: CborMap, field: string, min = 1, max = CERT_MAX): Buffer {
@@ -55,12 +56,14 @@ export function optBool(m: CborMap, field: string): boolean {
 }
 export function list(m: CborMap, field: string, min: number, max: number): Value[] {
   const v = m[field];
-  if (!Array.isArray(v) || v.length < min || v.length > max) throw invalid(field, kind(v), `an array of ${min}..${max}`);
+  if (!Array.isArray(v) || v.length < min || v.length > max)
+    throw invalid(field, kind(v), `an array of ${min}..${max}`);
   return v;
 }
 function oneOf<T extends string>(m: CborMap, field: string, allowed: readonly T[]): T {
   const v = m[field];
-  if (typeof v !== "string" || !allowed.includes(v as T)) throw invalid(field, v, `one of ${allowed.join(", ")}`);
+  if (typeof v !== "string" || !allowed.includes(v as T))
+    throw invalid(field, v, `one of ${allowed.join(", ")}`);
   return v as T;
 }
 function kind(v: Value | undefined): string {
@@ -84,9 +87,12 @@ export function subjectField(m: CborMap, field = "subject"): Subject {
     if (!Array.isArray(it) || it.length !== 2 || typeof it[0] !== "string" || typeof it[1] !== "string")
       throw invalid(`${field}[${i}]`, kind(it), "a [attribute, value] pair of text");
     const [a, v] = it as [string, string];
-    if (!SUBJECT_ATTRS.includes(a as SubjectAttr)) throw invalid(`${field}[${i}]`, a, SUBJECT_ATTRS.join(", "));
-    if (v.length === 0 || v.length > 64) throw invalid(`${field}[${i}].value`, v, "1..64 chars (RFC 5280 ub-name)");
-    if (a === "C" && !/^[A-Z]{2}$/.test(v)) throw invalid(`${field}[${i}].value`, v, "a two-letter country code");
+    if (!SUBJECT_ATTRS.includes(a as SubjectAttr))
+      throw invalid(`${field}[${i}]`, a, SUBJECT_ATTRS.join(", "));
+    if (v.length === 0 || v.length > 64)
+      throw invalid(`${field}[${i}].value`, v, "1..64 chars (RFC 5280 ub-name)");
+    if (a === "C" && !/^[A-Z]{2}$/.test(v))
+      throw invalid(`${field}[${i}].value`, v, "a two-letter country code");
     if ((a === "C" || a === "serialNumber") && !/^[A-Za-z0-9 '()+,\-./:=?]*$/.test(v))
       throw invalid(`${field}[${i}].value`, v, "PrintableString characters");
     return [a as SubjectAttr, v];
@@ -114,8 +120,8 @@ export interface IdentifyResult {
   lifecycle: Lifecycle;
   epoch: number;
   source: IdentitySource;
-  /** SubjectPublicKeyInfo DER of the current identity key */
-  publicKey: Buffer;
+  /** SubjectPublicKeyInfo DER of the current identity key (none once decommissioned) */
+  publicKey?: Buffer;
   chipCertificate?: Buffer;
 }
 export interface AttestRequest {
@@ -267,7 +273,7 @@ export const DEVICE_OPS: { [K in DeviceOpName]: OpSpec<K> } = {
       lifecycle: lifecycle(m),
       epoch: uint(m, "epoch"),
       source: source(m),
-      publicKey: bytes(m, "publicKey", 1, 512),
+      publicKey: m.publicKey === undefined ? undefined : bytes(m, "publicKey", 1, 512),
       chipCertificate: m.chipCertificate === undefined ? undefined : bytes(m, "chipCertificate"),
     }),
   },
@@ -275,7 +281,11 @@ export const DEVICE_OPS: { [K in DeviceOpName]: OpSpec<K> } = {
     code: Op.ATTEST,
     idempotent: true,
     parseRequest: (m) => ({ device: deviceField(m), nonce: bytes(m, "nonce", NONCE_MIN, NONCE_MAX) }),
-    parseResult: (m) => ({ device: deviceField(m), epoch: uint(m, "epoch"), signature: bytes(m, "signature", 8, 80) }),
+    parseResult: (m) => ({
+      device: deviceField(m),
+      epoch: uint(m, "epoch"),
+      signature: bytes(m, "signature", 8, 80),
+    }),
   },
   CSR: {
     code: Op.CSR,

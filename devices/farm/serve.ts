@@ -1,0 +1,183 @@
+/**
+ * Start a device farm on a state directory: pin the farm's identity (seed, model) in
+ * farm.json on first start and check it on every later one, keep the vendor CA certificate,
+ * take a PID lock so two farms never write one log, recover the device states, and serve the
+ * station protocol on loopback. Used by `fleet devices serve` and by tests in-process.
+ *
+ * State directory:
+ *   farm.json             {"format":1,"seed":hex,"model":...,"created":...}
+ *   vendor-ca.der/.pem    the emulated silicon vendor's CA certificate (public)
+ *   farm.lock             PID of the farm using the directory
+ *   wal-<gen>.log         write-ahead log (store.ts)
+ *   snapshot-<gen>.bin    compacted states (store.ts)
+ */
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
+import { FleetError, invalid } from "../../core/errors";
+import type { PufApi, PufConditions } from "../firmware/identity";
+import { toPem } from "../firmware/pkix";
+import { SiliconVendor } from "../injection/vendor";
+import { StationServer } from "../protocol/server";
+import { Farm, type FaultSpec } from "./farm";
+import { checkModel, MAX_COUNT } from "./ids";
+import { StateStore } from "./store";
+
+export interface StartOptions {
+  stateDir: string;
+  count: number;
+  port?: number;
+  host?: string;
+  /** hex; required to match farm.json if that exists; random on first start if omitted */
+  seed?: string;
+  model?: string;
+  clones?: string[];
+  noisy?: string[];
+  drop?: FaultSpec[];
+  hang?: FaultSpec[];
+  keyCache?: number;
+  cells?: number;
+  noisyBer?: number;
+  conditions?: PufConditions;
+  compactBytes?: number;
+  maxInFlight?: number;
+  maxBody?: number;
+  deviceTimeoutMs?: number;
+  puf?: PufApi;
+  log?: (line: string) => void;
+}
+
+export interface RunningFarm {
+  port: number;
+  farm: Farm;
+  store: StateStore;
+  server: StationServer;
+  vendor: SiliconVendor;
+  close(): Promise<void>;
+}
+
+function writeDurably(path: string, data: string | Uint8Array): void {
+  writeFileSync(`${path}.tmp`, data);
+  const fd = openSync(`${path}.tmp`, "r+");
+  fsyncSync(fd);
+  closeSync(fd);
+  renameSync(`${path}.tmp`, path);
+}
+
+function takeLock(dir: string): string {
+  const path = join(dir, "farm.lock");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(path, String(process.pid), { flag: "wx" });
+      return path;
+    } catch {
+      const pid = Number(readFileSync(path, "utf8"));
+      let alive = false;
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+        try {
+          process.kill(pid, 0);
+          alive = true;
+        } catch (e) {
+          alive = (e as NodeJS.ErrnoException).code === "EPERM";
+        }
+      }
+      if (alive)
+        throw new FleetError("CONFLICT", `stateDir: got ${dir} in use by pid ${pid}, want a free one`);
+      unlinkSync(path); // left by a farm that died (kill -9): take it over
+    }
+  }
+  throw new FleetError("CONFLICT", `stateDir: could not lock ${dir}`);
+}
+
+export async function startFarm(o: StartOptions): Promise<RunningFarm> {
+  if (!Number.isInteger(o.count) || o.count < 1 || o.count > MAX_COUNT)
+    throw invalid("count", o.count, `an integer in 1..${MAX_COUNT}`);
+  if (o.seed !== undefined && !/^([0-9a-fA-F]{2}){16,64}$/.test(o.seed))
+    throw invalid("seed", "a malformed seed", "16..64 bytes of hex");
+  const model = checkModel(o.model ?? "fg100");
+  mkdirSync(o.stateDir, { recursive: true });
+  const lock = takeLock(o.stateDir);
+  try {
+    const metaPath = join(o.stateDir, "farm.json");
+    let seedHex: string;
+    if (existsSync(metaPath)) {
+      const meta = JSON.parse(readFileSync(metaPath, "utf8")) as { seed: string; model: string };
+      if (o.seed !== undefined && o.seed.toLowerCase() !== meta.seed)
+        throw invalid("seed", "another seed", `the seed this state directory was made with (farm.json)`);
+      if (meta.model !== model) throw invalid("model", model, `${meta.model} (farm.json)`);
+      seedHex = meta.seed;
+    } else {
+      seedHex = (o.seed ?? randomBytes(32).toString("hex")).toLowerCase();
+      writeDurably(
+        metaPath,
+        `${JSON.stringify({ format: 1, seed: seedHex, model, created: new Date().toISOString() })}\n`,
+      );
+    }
+    const seed = Buffer.from(seedHex, "hex");
+    const caPath = join(o.stateDir, "vendor-ca.der");
+    const vendor = new SiliconVendor(seed, existsSync(caPath) ? readFileSync(caPath) : undefined);
+    if (!existsSync(caPath)) {
+      writeDurably(join(o.stateDir, "vendor-ca.pem"), toPem(vendor.certificate));
+      writeDurably(caPath, vendor.certificate);
+    }
+    const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+    const store = await StateStore.open(o.stateDir, { compactBytes: o.compactBytes, log });
+    for (const i of store.states.keys())
+      if (i >= o.count) throw invalid("count", o.count, `> ${i}: the state directory holds device ${i}`);
+    const farm = new Farm({
+      count: o.count,
+      model,
+      seed,
+      vendor,
+      store,
+      clones: o.clones,
+      noisy: o.noisy,
+      drop: o.drop,
+      hang: o.hang,
+      keyCache: o.keyCache,
+      cells: o.cells,
+      noisyBer: o.noisyBer,
+      conditions: o.conditions,
+      puf: o.puf,
+      deviceTimeoutMs: o.deviceTimeoutMs,
+    });
+    const server = new StationServer(farm, { maxBody: o.maxBody, maxInFlight: o.maxInFlight, log });
+    const port = await server.listen(o.port ?? 0, o.host ?? "127.0.0.1");
+    let closed = false;
+    return {
+      port,
+      farm,
+      store,
+      server,
+      vendor,
+      async close() {
+        if (closed) return;
+        closed = true;
+        await server.close();
+        await store.close();
+        try {
+          unlinkSync(lock);
+        } catch {
+          // already gone
+        }
+      },
+    };
+  } catch (e) {
+    try {
+      unlinkSync(lock);
+    } catch {
+      // already gone
+    }
+    throw e;
+  }
+}

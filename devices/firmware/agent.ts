@@ -1,0 +1,468 @@
+/**
+ * The device agent: the firmware of an emulated device, answering the station protocol's
+ * device operations (core/station/messages.ts) over a DeviceState. One agent serves every
+ * device of a farm; what differs per device is its ID, its state and its fault flags.
+ * Operations are synchronous and never mutate the state they are given: a changing operation
+ * returns the next state, which the farm makes durable before it answers.
+ *
+ * Lifecycle (lifecycle.ts): the first use of the identity key enrolls the PUF (helper data is
+ * created and stored: blank -> provisioned); installing a certificate chain that validates to
+ * a fused trust anchor closes the device (provisioned -> closed); key injection burns the OEM
+ * secrets and closes it in one step; decommissioning zeroizes (any -> decommissioned).
+ * Signatures are ECDSA P-256 with SHA-256 (FIPS 186-5); attestation messages are domain
+ * separated (core/station/attest.ts).
+ */
+import { createECDH, createHash, createPublicKey, sign, X509Certificate } from "node:crypto";
+import { FleetError } from "../../core/errors";
+import { attestationMessage } from "../../core/station/attest";
+import { decode, encode, isMap } from "../../core/station/cbor";
+import { StationError, Status } from "../../core/station/frame";
+import type * as M from "../../core/station/messages";
+import { decodeSecrets } from "../injection/hsm";
+import { deriveRaw, P256_SPKI_PREFIX, privateKeyObject } from "../injection/keys";
+import { open as openLicense } from "../injection/license";
+import type { SiliconVendor } from "../injection/vendor";
+import { sha256, verifyChain } from "./chain";
+import {
+  contextOf,
+  type DeviceKey,
+  Lru,
+  loadPuf,
+  type PufApi,
+  type PufConditions,
+  type PufDevice,
+} from "./identity";
+import { lifecycleOf, transition } from "./lifecycle";
+import { CONFIG } from "./otp";
+import { buildCsr } from "./pkix";
+import { cloneState, type DeviceState } from "./state";
+
+export interface DeviceRef {
+  id: string;
+  index: number;
+  state: DeviceState;
+  /** an existing device ID without its PUF (and chip key): a counterfeit */
+  clone?: boolean;
+  /** PUF noise beyond what the fuzzy extractor corrects */
+  noisy?: boolean;
+}
+
+export interface Outcome<R> {
+  result: R;
+  /** the state to persist, if the operation changed it */
+  next?: DeviceState;
+}
+
+export interface AgentOptions {
+  seed: Uint8Array;
+  model: string;
+  vendor: SiliconVendor;
+  puf?: PufApi;
+  conditions?: PufConditions;
+  /** bit error rate forced on noisy devices (default 0.35) */
+  noisyBer?: number;
+  /** keys kept "in RAM" across operations (default 4096; 0 disables) */
+  keyCache?: number;
+  /** PUF cells per device (devices/puf default if unset) */
+  cells?: number;
+  clock?: () => Date;
+}
+
+export interface AgentCounters {
+  reconstructions: number;
+  reconstructionFailures: number;
+  enrollments: number;
+}
+
+const TRUST_SLOTS = 2;
+const OEM_BYTES = 256;
+
+const fail = (status: number, message: string): never => {
+  throw new StationError(status, message);
+};
+
+export class DeviceAgent {
+  readonly counters: AgentCounters = { reconstructions: 0, reconstructionFailures: 0, enrollments: 0 };
+  private readonly puf: PufApi;
+  private readonly conditions: PufConditions;
+  private readonly noisyBer: number;
+  private readonly keys: Lru<DeviceKey>;
+  private readonly cloneSeed: Buffer;
+  private readonly clock: () => Date;
+
+  constructor(private readonly o: AgentOptions) {
+    this.puf = o.puf ?? loadPuf();
+    this.conditions = o.conditions ?? this.puf.NOMINAL;
+    this.noisyBer = o.noisyBer ?? 0.35;
+    this.keys = new Lru(o.keyCache ?? 4096);
+    this.cloneSeed = createHash("sha256").update("fleetguard/clone").update(o.seed).digest();
+    this.clock = o.clock ?? (() => new Date());
+  }
+
+  // ------------------------------------------------------------------ keys
+
+  private pufOf(dev: DeviceRef): PufDevice {
+    const opts = this.o.cells ? { cells: this.o.cells } : undefined;
+    return this.puf.createPufDevice(dev.clone ? this.cloneSeed : this.o.seed, dev.id, opts);
+  }
+
+  /**
+   * Make sure the device has PUF helper data, enrolling it into `next` if not. The helper is
+   * always that of the genuine chip: a clone carries a copy of the genuine helper data (it is
+   * public) but reads its own, different PUF.
+   */
+  private ensureHelper(dev: DeviceRef, next: () => DeviceState): Buffer {
+    const cur = next().helper;
+    if (cur) return cur;
+    if (next().otp.words[1]! & CONFIG.PUF_DISABLED)
+      fail(Status.INVALID_STATE, "puf: got a zeroized PUF, want a live one");
+    const genuine = this.puf.createPufDevice(
+      this.o.seed,
+      dev.id,
+      this.o.cells ? { cells: this.o.cells } : undefined,
+    );
+    const helper = Buffer.from(this.puf.enroll(genuine).helper);
+    this.counters.enrollments++;
+    const s = next();
+    s.helper = helper;
+    if (lifecycleOf(s.otp) === "blank") transition(s.otp, "provisioned");
+    return helper;
+  }
+
+  private pufKey(dev: DeviceRef, helper: Buffer, epoch: number): DeviceKey {
+    const cacheable = !dev.clone && !dev.noisy;
+    const ck = `${dev.index}/${epoch}`;
+    if (cacheable) {
+      const hit = this.keys.get(ck);
+      if (hit) return hit;
+    }
+    const conditions = dev.noisy ? { ...this.conditions, berOverride: this.noisyBer } : this.conditions;
+    let secret: Uint8Array;
+    this.counters.reconstructions++;
+    try {
+      secret = this.puf.reconstruct(this.pufOf(dev), helper, conditions);
+    } catch (e) {
+      this.counters.reconstructionFailures++;
+      const why = e instanceof FleetError ? e.code : "error";
+      return fail(Status.KEY_FAILURE, `puf: key reconstruction failed (${why}), want a stable key`);
+    }
+    const { privateKey, publicKey } = this.puf.deriveP256(secret, contextOf(epoch));
+    secret.fill(0);
+    const key = { privateKey, publicKey, spki: publicKey.export({ type: "spki", format: "der" }) };
+    if (cacheable) this.keys.set(ck, key);
+    return key;
+  }
+
+  private injectedKey(dev: DeviceRef, state: DeviceState): DeviceKey | undefined {
+    if (!(state.otp.words[1]! & CONFIG.INJECTED)) return undefined;
+    const ck = `${dev.index}/i`;
+    const hit = this.keys.get(ck);
+    if (hit) return hit;
+    const blob = readOem(state);
+    if (!blob.k) return undefined;
+    const ecdh = createECDH("prime256v1");
+    ecdh.setPrivateKey(blob.k);
+    const point = ecdh.getPublicKey();
+    const spki = Buffer.concat([P256_SPKI_PREFIX, point]);
+    const privateKey = privateKeyObject({ d: blob.k, point, spki });
+    blob.k.fill(0);
+    const key = { privateKey, publicKey: createPublicKey(privateKey), spki };
+    this.keys.set(ck, key);
+    return key;
+  }
+
+  /**
+   * The key of `epoch` (default: the current one), enrolling the PUF into a state copy if
+   * needed. Returns the key and the changed state, if any.
+   */
+  private keyFor(
+    dev: DeviceRef,
+    epoch?: number,
+  ): { key: DeviceKey; source: M.IdentitySource; next?: DeviceState } {
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc === "decommissioned")
+      fail(Status.INVALID_STATE, "lifecycle: got decommissioned, want a live device");
+    const e = epoch ?? dev.state.epoch;
+    if (e === 0) {
+      const inj = this.injectedKey(dev, dev.state);
+      if (inj) return { key: inj, source: "injected" };
+    }
+    let copy: DeviceState | undefined;
+    const next = () => {
+      if (!copy) copy = cloneState(dev.state);
+      return copy;
+    };
+    const helper = dev.state.helper ?? this.ensureHelper(dev, next);
+    return { key: this.pufKey(dev, helper, e), source: "puf", next: copy };
+  }
+
+  private sourceOf(state: DeviceState): M.IdentitySource {
+    return state.epoch === 0 && state.otp.words[1]! & CONFIG.INJECTED && readOem(state).k
+      ? "injected"
+      : "puf";
+  }
+
+  forget(index: number, maxEpoch: number): void {
+    this.keys.delete(`${index}/i`);
+    for (let e = 0; e <= maxEpoch; e++) this.keys.delete(`${index}/${e}`);
+  }
+
+  // ------------------------------------------------------------------ operations
+
+  identify(dev: DeviceRef, req: M.IdentifyRequest): Outcome<M.IdentifyResult> {
+    const chipCertificate = req.chipCert ? this.o.vendor.chipCertificate(dev.id) : undefined;
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc === "decommissioned") {
+      return {
+        result: {
+          device: dev.id,
+          model: this.o.model,
+          lifecycle: lc,
+          epoch: dev.state.epoch,
+          source: "puf",
+          chipCertificate,
+        },
+      };
+    }
+    const { key, source, next } = this.keyFor(dev);
+    const s = next ?? dev.state;
+    return {
+      result: {
+        device: dev.id,
+        model: this.o.model,
+        lifecycle: lifecycleOf(s.otp),
+        epoch: s.epoch,
+        source,
+        publicKey: key.spki,
+        chipCertificate,
+      },
+      next,
+    };
+  }
+
+  attest(dev: DeviceRef, req: M.AttestRequest): Outcome<M.AttestResult> {
+    const { key, next } = this.keyFor(dev);
+    const epoch = dev.state.epoch;
+    const signature = sign("sha256", attestationMessage(dev.id, epoch, req.nonce), key.privateKey);
+    return { result: { device: dev.id, epoch, signature }, next };
+  }
+
+  csr(dev: DeviceRef, req: M.CsrRequest): Outcome<M.CsrResult> {
+    const { key, next } = this.keyFor(dev);
+    return {
+      result: {
+        device: dev.id,
+        epoch: dev.state.epoch,
+        csr: buildCsr(req.subject, key.spki, key.privateKey),
+      },
+      next,
+    };
+  }
+
+  setTrust(dev: DeviceRef, req: M.SetTrustRequest): Outcome<M.SetTrustResult> {
+    if (lifecycleOf(dev.state.otp) === "decommissioned")
+      fail(Status.INVALID_STATE, "lifecycle: got decommissioned, want a live device");
+    let cert: X509Certificate | undefined;
+    try {
+      cert = new X509Certificate(Buffer.from(req.anchor));
+    } catch {
+      fail(Status.BAD_CERTIFICATE, "anchor: got bytes that do not parse, want a DER certificate");
+    }
+    if (!cert!.ca) fail(Status.BAD_CERTIFICATE, "anchor: got an end-entity certificate, want a CA");
+    if (!cert!.checkIssued(cert!) || !cert!.verify(cert!.publicKey))
+      fail(Status.BAD_SIGNATURE, "anchor: got a certificate that is not self-signed, want a root");
+    const h = sha256(req.anchor);
+    const anchors = trustAnchors(dev.state);
+    const at = anchors.findIndex((a) => a.equals(h));
+    if (at >= 0) return { result: { device: dev.id, slot: at } };
+    const slot = anchors.length;
+    if (slot >= TRUST_SLOTS)
+      fail(Status.INVALID_STATE, `trust: got ${slot} slots fused, want a free one of ${TRUST_SLOTS}`);
+    const next = cloneState(dev.state);
+    next.otp.program("trust", h, slot * 8);
+    return { result: { device: dev.id, slot }, next };
+  }
+
+  install(dev: DeviceRef, req: M.InstallRequest): Outcome<M.InstallResult> {
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc !== "provisioned" && lc !== "closed")
+      fail(Status.INVALID_STATE, `lifecycle: got ${lc}, want provisioned or closed`);
+    const anchors = trustAnchors(dev.state);
+    if (anchors.length === 0)
+      fail(Status.INVALID_STATE, "trust: got no fused trust anchor, want one (SET_TRUST first)");
+    const chain = req.chain.map((c) => Buffer.from(c));
+    if (lc === "closed" && sameChain(chain, dev.state.chain))
+      return { result: { device: dev.id, lifecycle: lc, epoch: dev.state.epoch } };
+    let leafSpki: Buffer;
+    try {
+      leafSpki = new X509Certificate(chain[0]!).publicKey.export({ type: "spki", format: "der" });
+    } catch {
+      return fail(Status.BAD_CERTIFICATE, "chain[0]: got bytes that do not parse, want a DER certificate");
+    }
+    let target = dev.state.epoch;
+    let key = this.keyFor(dev, target).key;
+    if (!key.spki.equals(leafSpki) && dev.state.pendingEpoch !== null) {
+      const pending = this.keyFor(dev, dev.state.pendingEpoch).key;
+      if (pending.spki.equals(leafSpki)) {
+        target = dev.state.pendingEpoch;
+        key = pending;
+      }
+    }
+    verifyChain(chain, anchors, key.spki, this.clock());
+    const next = cloneState(dev.state);
+    next.chain = chain;
+    if (target !== next.epoch) {
+      next.epoch = target;
+      next.pendingEpoch = null;
+    }
+    if (lc === "provisioned") transition(next.otp, "closed");
+    return { result: { device: dev.id, lifecycle: lifecycleOf(next.otp), epoch: next.epoch }, next };
+  }
+
+  rotate(dev: DeviceRef, req: M.RotateRequest): Outcome<M.RotateResult> {
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc !== "provisioned" && lc !== "closed")
+      fail(Status.INVALID_STATE, `lifecycle: got ${lc}, want provisioned or closed`);
+    const epoch = dev.state.pendingEpoch ?? dev.state.epoch + 1;
+    const { key, next: enrolled } = this.keyFor(dev, epoch);
+    let next = enrolled;
+    if (dev.state.pendingEpoch !== epoch) {
+      next = next ?? cloneState(dev.state);
+      next.pendingEpoch = epoch;
+    }
+    return { result: { device: dev.id, epoch, csr: buildCsr(req.subject, key.spki, key.privateKey) }, next };
+  }
+
+  status(dev: DeviceRef): Outcome<M.DeviceStatus> {
+    const s = dev.state;
+    return {
+      result: {
+        device: dev.id,
+        model: this.o.model,
+        lifecycle: lifecycleOf(s.otp),
+        epoch: s.epoch,
+        pendingEpoch: s.pendingEpoch,
+        source: this.sourceOf(s),
+        helperBytes: s.helper?.length ?? 0,
+        trustAnchors: trustAnchors(s),
+        chain: s.chain,
+        otp: s.otp.map(),
+      },
+    };
+  }
+
+  decommission(dev: DeviceRef, req: M.DecommissionRequest): Outcome<M.DecommissionResult> {
+    if (req.confirm !== dev.id)
+      fail(Status.BAD_REQUEST, "confirm: got another ID, want the device ID repeated");
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc === "decommissioned") return { result: { device: dev.id, lifecycle: lc } };
+    const next = cloneState(dev.state);
+    next.otp.zeroize("oem");
+    next.otp.program("config", Buffer.from([0, 0, 0, CONFIG.PUF_DISABLED]));
+    next.helper = null;
+    next.chain = [];
+    next.pendingEpoch = null;
+    transition(next.otp, "decommissioned");
+    this.forget(dev.index, Math.max(dev.state.epoch, dev.state.pendingEpoch ?? 0));
+    return { result: { device: dev.id, lifecycle: "decommissioned" }, next };
+  }
+
+  inject(dev: DeviceRef, req: M.InjectRequest): Outcome<M.InjectResult> {
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc === "closed" || lc === "decommissioned")
+      fail(
+        Status.INVALID_STATE,
+        `lifecycle: got ${lc}, want blank or provisioned (a closed chip takes no secrets)`,
+      );
+    const chip = deriveRaw(dev.clone ? this.cloneSeed : this.o.seed, "fleetguard/chip", dev.id);
+    let opened: ReturnType<typeof openLicense>;
+    try {
+      opened = openLicense(req.license, req.payload, dev.id, chip.d);
+    } finally {
+      chip.d.fill(0);
+    }
+    let secrets: ReturnType<typeof decodeSecrets>;
+    try {
+      secrets = decodeSecrets(opened.secrets);
+    } catch (e) {
+      return fail(Status.BAD_REQUEST, `payload: ${(e as Error).message}`);
+    } finally {
+      opened.secrets.fill(0);
+    }
+    const blob = encode({ s: secrets.secrets, k: secrets.identityKey });
+    if (blob.length + 2 > OEM_BYTES)
+      fail(
+        Status.BAD_REQUEST,
+        `payload: got ${blob.length} bytes of secrets, want at most ${OEM_BYTES - 2} (OTP size)`,
+      );
+    if (secrets.identityKey) {
+      let spki: Buffer;
+      try {
+        const ecdh = createECDH("prime256v1");
+        ecdh.setPrivateKey(secrets.identityKey);
+        spki = Buffer.concat([P256_SPKI_PREFIX, ecdh.getPublicKey()]);
+      } catch {
+        return fail(
+          Status.BAD_REQUEST,
+          "payload.identityKey: got an invalid scalar, want a P-256 private key",
+        );
+      }
+      if (secrets.chain?.length) {
+        let leaf: Buffer;
+        try {
+          leaf = new X509Certificate(secrets.chain[0]!).publicKey.export({ type: "spki", format: "der" });
+        } catch {
+          return fail(
+            Status.BAD_CERTIFICATE,
+            "payload.chain[0]: got bytes that do not parse, want a certificate",
+          );
+        }
+        if (!leaf.equals(spki))
+          fail(Status.BAD_CERTIFICATE, "payload.chain[0]: got another key, want the injected key");
+      }
+    }
+    const next = cloneState(dev.state);
+    const oem = Buffer.alloc(blob.length + 2);
+    oem.writeUInt16BE(blob.length, 0);
+    blob.copy(oem, 2);
+    const inj = Buffer.alloc(12);
+    createHash("sha256").update(opened.productId).digest().copy(inj, 0, 0, 8);
+    inj.writeUInt32BE(opened.counter, 8);
+    next.otp.program("oem", oem);
+    next.otp.lock("oem");
+    next.otp.program("inject", inj);
+    next.otp.lock("inject");
+    next.otp.program("config", Buffer.from([0, 0, 0, CONFIG.INJECTED]));
+    if (lc === "blank") transition(next.otp, "provisioned");
+    transition(next.otp, "closed");
+    if (secrets.chain?.length) next.chain = secrets.chain;
+    oem.fill(0);
+    blob.fill(0);
+    secrets.identityKey?.fill(0);
+    return { result: { device: dev.id, lifecycle: "closed", counter: opened.counter }, next };
+  }
+}
+
+function trustAnchors(s: DeviceState): Buffer[] {
+  const region = s.otp.read("trust");
+  const out: Buffer[] = [];
+  for (let i = 0; i < TRUST_SLOTS; i++) {
+    const h = region.subarray(i * 32, i * 32 + 32);
+    if (h.some((b) => b !== 0)) out.push(Buffer.from(h));
+  }
+  return out;
+}
+
+function sameChain(a: Buffer[], b: Buffer[]): boolean {
+  return a.length === b.length && a.every((c, i) => c.equals(b[i]!));
+}
+
+function readOem(s: DeviceState): { s: Record<string, Buffer>; k?: Buffer } {
+  const raw = s.otp.read("oem");
+  const n = raw.readUInt16BE(0);
+  if (n === 0 || n === 0xffff || n + 2 > raw.length) return { s: {} };
+  const v = decode(raw.subarray(2, 2 + n));
+  raw.fill(0);
+  if (!isMap(v)) return { s: {} };
+  return { s: {}, k: v.k instanceof Uint8Array ? Buffer.from(v.k) : undefined };
+}
