@@ -5,12 +5,15 @@ import { awsHubs, statementActions, statementResources } from "../../helpers";
 // biome-ignore lint/suspicious/noTemplateCurlyInString: an AWS IoT policy variable, not a JS template
 const THING = "${iot:Connection.Thing.ThingName}";
 
-/** A resource ARN whose object part (after client/, topic/, ...) is a wildcard, or "*" itself. */
+/**
+ * A resource that reaches beyond one thing: "*" itself, or a "*" / MQTT wildcard (+, #) that no
+ * policy variable (${iot:...}) pins to the connecting thing.
+ */
 function wildcardResource(r: string): boolean {
   if (r === "*") return true;
-  const m = /^arn:[^:]*:iot:[^:]*:[^:]*:(?:[a-z]+\/)?(.*)$/.exec(r);
-  const object = m ? m[1]! : r;
-  return object === "*" || object === "#" || /^\*|\/\*$|^[^$]*\*$/.test(object);
+  const object = r.replace(/^arn:[^:]*:iot:[^:]*:[^:]*:/, "");
+  if (object.includes("${iot:")) return false;
+  return object.includes("*") || /(^|\/)[#+](\/|$)/.test(object);
 }
 
 export const check: Check = {
