@@ -271,6 +271,6 @@ export interface Waiver {
    *
    * @minItems 1
    */
-  scope?: [string, ...string[]];
+  scope?: string[];
   approvedBy?: string;
 }

@@ -120,7 +120,7 @@ export interface DeclaredRotation {
   /**
    * @minItems 1
    */
-  batches: [Name, ...Name[]];
+  batches: Name[];
   waveFraction: number;
   renewBeforeDays?: number;
   rekeyAfterDays?: number;

@@ -24,6 +24,7 @@ export async function renderTypes(): Promise<Map<string, string>> {
       additionalProperties: false,
       strictIndexSignatures: true,
       unreachableDefinitions: true,
+      ignoreMinAndMaxItems: true,
       style: { printWidth: 110, singleQuote: false },
     });
     const banner =
