@@ -362,3 +362,71 @@ export function waiverFor(
     (w) => w.check === check && !waiverExpired(w.expires, now) && (!w.scope || w.scope.includes(subject)),
   );
 }
+
+export interface PolicyChange {
+  path: string;
+  base: unknown;
+  head: unknown;
+  /** tightened/loosened per the schema's x-tighten; changed when the field has no direction. */
+  direction: "tightened" | "loosened" | "changed";
+  check?: string;
+}
+
+function flatten(
+  node: SchemaNode | undefined,
+  v: unknown,
+  path: string[],
+  check: string | undefined,
+  out: Map<string, { value: unknown; node?: SchemaNode; check?: string }>,
+): void {
+  const id = (node?.["x-check"] as string | undefined) ?? check;
+  const leafLike = node?.["x-tighten"] !== undefined && node?.["x-tighten"] !== "keys-subset";
+  if (isObj(v) && !leafLike) {
+    if (node?.["x-tighten"] === "keys-subset")
+      out.set([...path, "(algorithms)"].join("."), {
+        value: Object.keys(v).sort(),
+        node: { "x-tighten": "subset" },
+        check: id,
+      });
+    for (const [k, x] of Object.entries(v))
+      flatten(childSchema(node, k), x, [...path, k], path[0] === "enforcement" ? k : id, out);
+    return;
+  }
+  out.set(path.join("."), { value: v, node, check: path[0] === "enforcement" ? path[1] : id });
+}
+
+/** Field-by-field difference of two effective specs (waivers excluded), each classified by direction. */
+export function diffPolicies(base: PolicySpec | undefined, head: PolicySpec | undefined): PolicyChange[] {
+  const strip = (s: PolicySpec | undefined) => {
+    const { waivers: _w, ...rest } = (s ?? {}) as PolicySpec;
+    return rest;
+  };
+  const root = resolve(defs.PolicySpec);
+  const a = new Map<string, { value: unknown; node?: SchemaNode; check?: string }>();
+  const b = new Map<string, { value: unknown; node?: SchemaNode; check?: string }>();
+  flatten(root, strip(base), [], undefined, a);
+  flatten(root, strip(head), [], undefined, b);
+  const loose = new Set<string>();
+  const ls: Loosening[] = [];
+  compare(root, strip(base), strip(head), [], undefined, "base", ls);
+  for (const l of ls) loose.add(l.path.join("."));
+  const out: PolicyChange[] = [];
+  for (const path of [...new Set([...a.keys(), ...b.keys()])].sort()) {
+    const x = a.get(path);
+    const y = b.get(path);
+    if (JSON.stringify(x?.value) === JSON.stringify(y?.value)) continue;
+    const meta = y ?? x!;
+    const directed = meta.node?.["x-tighten"] !== undefined && meta.node["x-tighten"] !== "none";
+    let direction: PolicyChange["direction"] = "changed";
+    if (directed) {
+      if (x === undefined) direction = "tightened";
+      else if (y === undefined) direction = "loosened";
+      else if (path.endsWith("(algorithms)")) {
+        const added = (y.value as string[]).some((k) => !(x.value as string[]).includes(k));
+        direction = added ? "loosened" : "tightened";
+      } else direction = loose.has(path) ? "loosened" : "tightened";
+    }
+    out.push({ path: `spec.${path}`, base: x?.value, head: y?.value, direction, check: meta.check });
+  }
+  return out;
+}
