@@ -5,6 +5,7 @@
  * The declaration is checked as a whole before any resource is registered (planHierarchy),
  * so a bad tree fails `pulumi preview` with the field at fault and leaves the state alone.
  */
+import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import type { Subject } from "../core/x509/names";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
@@ -144,6 +145,30 @@ export interface CaOutputs {
   name: string;
 }
 
+/** Stable JSON with sorted keys, absent and null alike: the input of declaration digests. */
+export function canonicalJson(v: unknown): string {
+  if (v === undefined || v === null) return "null";
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined && o[k] !== null)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/**
+ * Digest of everything in a CA's declaration that would replace it, chained with its issuer's
+ * digest: equal digests mean the same key and certificate lineage. Descriptions are left out.
+ */
+export function declarationDigest(spec: CaSpec, role: string, parentDigest: string): string {
+  const { description: _d, ...rest } = spec;
+  return crypto.createHash("sha256").update(`${role}\n${canonicalJson(rest)}\n${parentDigest}`).digest("hex");
+}
+
 export class CaHierarchy extends pulumi.ComponentResource {
   /** every CA by name */
   readonly cas: Record<string, CertificateAuthority>;
@@ -155,7 +180,14 @@ export class CaHierarchy extends pulumi.ComponentResource {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
     const plan = planHierarchy(args);
     this.cas = {};
+    const digests: Record<string, pulumi.Output<string>> = {};
     for (const p of plan) {
+      const parentDigest = p.parent ? digests[p.parent]! : pulumi.output("");
+      digests[p.name] = isExisting(p.spec)
+        ? pulumi
+            .output(p.spec.existing.certificatePem)
+            .apply((pem) => crypto.createHash("sha256").update(`existing\n${pem}`).digest("hex"))
+        : parentDigest.apply((pd) => declarationDigest(p.spec as CaSpec, p.role, pd));
       const parent = p.parent ? this.cas[p.parent]! : undefined;
       const common = { name: p.name, role: p.role, description: p.spec.description };
       const caArgs = isExisting(p.spec)
@@ -178,6 +210,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
             issuer: parent
               ? { name: p.parent!, certificatePem: parent.certificatePem, chainPem: parent.chainPem, keyPem: parent.keyPem }
               : undefined,
+            issuerDeclaration: p.parent ? digests[p.parent] : undefined,
           };
       this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, caArgs as never, { parent: this });
     }

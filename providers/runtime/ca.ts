@@ -13,6 +13,12 @@ export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 export interface CaInputs extends CaRequest {
   description?: string;
   issuer?: { name: string; certificatePem: string; chainPem: string; keyPem: string };
+  /**
+   * Digest of the issuer's declaration (and its issuers'), computed by the component. During a
+   * preview an issuer that is merely updated has unknown outputs; this tells "updated" (keep
+   * this CA) from "replaced" (replace it too) without its certificate.
+   */
+  issuerDeclaration?: string;
   existing?: { certificatePem: string; privateKeyPem: string };
 }
 
@@ -35,6 +41,7 @@ export const REPLACE_ON = [
 /** Outputs that an in-place update (description only) leaves untouched. */
 const STABLE_OUTPUTS = [
   "kind",
+  "declared",
   ...REPLACE_ON,
   "certificatePem",
   "chainPem",
@@ -48,8 +55,23 @@ const STABLE_OUTPUTS = [
   "subjectDn",
   "issuerName",
   "issuerFingerprint",
+  "issuerDeclaration",
   "existingFingerprint",
 ];
+
+/** Stable JSON with sorted keys, treating absent and null alike. */
+function canonical(v: unknown): string {
+  if (v === undefined || v === null) return "null";
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (typeof v === "object") {
+    return `{${Object.keys(v as object)
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined && (v as Record<string, unknown>)[k] !== null)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
 
 const fingerprint = (pem: string): string => {
   const m = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/.exec(pem);
@@ -89,11 +111,16 @@ export function check(_olds: Record<string, unknown>, news: CaInputs) {
 
 export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs) {
   const replaces: string[] = [];
+  const declared = (olds.declared ?? {}) as Record<string, unknown>;
   for (const k of REPLACE_ON) {
-    if (JSON.stringify(olds[k] ?? null) !== JSON.stringify((news as unknown as Record<string, unknown>)[k] ?? null)) replaces.push(k);
+    if (canonical(declared[k]) !== canonical((news as unknown as Record<string, unknown>)[k])) replaces.push(k);
   }
   if (news.issuer) {
-    if (isUnknown(news.issuer.certificatePem) || fingerprint(news.issuer.certificatePem) !== olds.issuerFingerprint) replaces.push("issuer");
+    const cert = news.issuer.certificatePem;
+    if (typeof cert !== "string" || isUnknown(cert)) {
+      const d = news.issuerDeclaration;
+      if (typeof d !== "string" || isUnknown(d) || d !== olds.issuerDeclaration) replaces.push("issuer");
+    } else if (fingerprint(cert) !== olds.issuerFingerprint) replaces.push("issuer");
   } else if (olds.issuerFingerprint) replaces.push("issuer");
   if (news.existing) {
     if (isUnknown(news.existing.certificatePem) || fingerprint(news.existing.certificatePem) !== olds.existingFingerprint) replaces.push("existing");
@@ -111,8 +138,11 @@ export function create(inputs: CaInputs) {
   const issued = inputs.existing
     ? importCa(inputs.name, inputs.existing.certificatePem, inputs.existing.privateKeyPem)
     : issueCa(inputs, inputs.issuer);
+  // the declaration as given, for diff(); effective values (pathLen, algorithm) come from `issued`
+  const declared = Object.fromEntries(REPLACE_ON.map((k) => [k, (inputs as unknown as Record<string, unknown>)[k] ?? null]));
   const outs = {
     kind: "fleetguard:ca",
+    declared,
     name: inputs.name,
     role: inputs.role,
     subject: inputs.subject ?? null,
@@ -123,6 +153,7 @@ export function create(inputs: CaInputs) {
     description: inputs.description ?? null,
     issuerName: inputs.issuer?.name ?? null,
     issuerFingerprint: inputs.issuer ? fingerprint(inputs.issuer.certificatePem) : null,
+    issuerDeclaration: inputs.issuerDeclaration ?? null,
     existingFingerprint: inputs.existing ? fingerprint(inputs.existing.certificatePem) : null,
     ...issued,
   };

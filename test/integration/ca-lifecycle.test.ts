@@ -1,0 +1,142 @@
+/**
+ * CaHierarchy under the real Pulumi engine (CLI + Node language host + dynamic provider
+ * host) on a file:// backend with passphrase secrets: up, no-change preview, adding an
+ * intermediate, an in-place update, a replacement that cascades, bad input, refresh, destroy.
+ */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { verifyChain } from "../helpers/openssl";
+import { PulumiStack, REPO } from "../helpers/pulumi";
+
+type Summary = Record<string, { role: string; fingerprintSha256: string; certificatePem: string; chainPem: string }>;
+
+const base = {
+  root: { name: "root", algorithm: "ecdsa-p384", subject: { commonName: "IT Root", organization: "Acme" }, validityDays: 3650, pathLen: 2, nameConstraints: { permittedDNS: ["devices.acme.example"] } },
+  intermediates: [{ name: "plant-1", algorithm: "ecdsa-p256", subject: { commonName: "IT Plant 1" }, validityDays: 1825, description: "first plant" }],
+  issuing: [{ name: "line-a", parent: "plant-1", algorithm: "ecdsa-p256", subject: { commonName: "IT Line A" }, validityDays: 730 }],
+};
+const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v));
+
+describe("CaHierarchy with the real Pulumi engine", () => {
+  const stack = new PulumiStack(path.join(REPO, "test", "integration", "fixtures", "ca-program"), "it");
+  let first: Summary;
+
+  beforeAll(() => {
+    stack.init();
+    stack.setConfig("fleetguard:hierarchy", base);
+  });
+  afterAll(() => stack.cleanup());
+
+  const cas = (): Summary => stack.outputs().cas as Summary;
+  // `preview --json` lists the steps that change something; a CA it does not list stays the same
+  const opsFor = (steps: { op: string; urn: string }[]) =>
+    Object.fromEntries(steps.filter((s) => s.urn.includes("dynamic:Resource")).map((s) => [s.urn.split("::").pop(), s.op]));
+
+  it("up creates root, intermediate and issuing CA whose chains OpenSSL verifies", () => {
+    stack.run(["up", "--yes", "--skip-preview"]);
+    first = cas();
+    expect(Object.keys(first).sort()).toEqual(["line-a", "plant-1", "root"]);
+    const v = verifyChain(first.root!.certificatePem, first["plant-1"]!.certificatePem, first["line-a"]!.certificatePem);
+    expect(v.out).toContain("OK");
+    expect(first["line-a"]!.chainPem.match(/BEGIN CERTIFICATE/g)).toHaveLength(3);
+  });
+
+  it("keeps private keys out of the state in plaintext", () => {
+    const text = stack.stateText();
+    expect(text).toContain("ciphertext"); // the keys are there, encrypted with the passphrase
+    expect(text.match(/PRIVATE KEY/g)).toBeNull();
+  });
+
+  it("a second preview reports no changes", () => {
+    const r = stack.run(["preview", "--expect-no-changes"]);
+    expect(r.status).toBe(0);
+    expect(opsFor(stack.previewSteps())).toEqual({});
+  });
+
+  it("adding an intermediate (with an issuing CA) touches nothing else", () => {
+    const spec = clone(base);
+    spec.intermediates.push({ name: "plant-2", algorithm: "ecdsa-p256", subject: { commonName: "IT Plant 2" }, validityDays: 1825, description: "" });
+    spec.issuing.push({ name: "line-b", parent: "plant-2", algorithm: "ecdsa-p256", subject: { commonName: "IT Line B" }, validityDays: 730 });
+    stack.setConfig("fleetguard:hierarchy", spec);
+    expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-2": "create", "pki-line-b": "create" });
+    stack.run(["up", "--yes", "--skip-preview"]);
+    const now = cas();
+    for (const k of ["root", "plant-1", "line-a"]) expect(now[k]!.fingerprintSha256).toBe(first[k]!.fingerprintSha256);
+    expect(verifyChain(now.root!.certificatePem, now["plant-2"]!.certificatePem, now["line-b"]!.certificatePem).ok).toBe(true);
+  });
+
+  it("changing only a description updates in place", () => {
+    const spec = clone(base);
+    spec.intermediates[0]!.description = "first plant, renamed site";
+    stack.setConfig("fleetguard:hierarchy", spec);
+    // plant-2 and line-b are no longer declared: they go
+    expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-1": "update", "pki-plant-2": "delete", "pki-line-b": "delete" });
+    stack.run(["up", "--yes", "--skip-preview"]);
+    expect(cas()["plant-1"]!.fingerprintSha256).toBe(first["plant-1"]!.fingerprintSha256);
+  });
+
+  it("changing a subject replaces that CA and what it signed, nothing else", () => {
+    const spec = clone(base);
+    spec.intermediates[0]!.description = "first plant, renamed site";
+    spec.intermediates[0]!.subject.commonName = "IT Plant 1 (2026)";
+    stack.setConfig("fleetguard:hierarchy", spec);
+    expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-1": "replace", "pki-line-a": "replace" });
+    stack.run(["up", "--yes", "--skip-preview"]);
+    const now = cas();
+    expect(now.root!.fingerprintSha256).toBe(first.root!.fingerprintSha256);
+    expect(now["plant-1"]!.fingerprintSha256).not.toBe(first["plant-1"]!.fingerprintSha256);
+    expect(now["line-a"]!.fingerprintSha256).not.toBe(first["line-a"]!.fingerprintSha256);
+    expect(verifyChain(now.root!.certificatePem, now["plant-1"]!.certificatePem, now["line-a"]!.certificatePem).ok).toBe(true);
+  });
+
+  it("changing the root's key algorithm replaces the whole tree", () => {
+    const spec = clone(base);
+    spec.intermediates[0]!.description = "first plant, renamed site";
+    spec.intermediates[0]!.subject.commonName = "IT Plant 1 (2026)";
+    spec.root.algorithm = "ecdsa-p256";
+    stack.setConfig("fleetguard:hierarchy", spec);
+    expect(opsFor(stack.previewSteps())).toEqual({ "pki-root": "replace", "pki-plant-1": "replace", "pki-line-a": "replace" });
+    stack.run(["up", "--yes", "--skip-preview"]);
+    first = cas();
+  });
+
+  it("bad input fails preview with the field, got and want, and leaves the state untouched", () => {
+    const before = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
+    const goodSpec = stack.run(["config", "get", "fleetguard:hierarchy"]).stdout.trim();
+    // mutate what is deployed, so the parents stay known and the provider can check against them
+    const cur = JSON.parse(goodSpec) as typeof base;
+    const cases: [unknown, RegExp][] = [
+      // caught by the component's plan (declared tree)
+      [{ ...clone(cur), issuing: [{ ...cur.issuing[0], validityDays: 4000 }] }, /issuing\[0\]\.validityDays: got 4000, want at most 1825 so it does not outlive its issuer 'plant-1'/],
+      [{ ...clone(cur), root: { ...cur.root, algorithm: "dsa-1024" } }, /root\.algorithm: got "dsa-1024", want one of ecdsa-p256, ecdsa-p384, ed25519, rsa-3072/],
+      [{ ...clone(cur), root: { ...cur.root, pathLen: 0 } }, /intermediates\[0\]\.parent: got 'root' whose pathLen is 0, want an issuer allowed to sign a CA/],
+      // caught by the provider's check() against the parent certificate
+      [{ ...clone(cur), intermediates: [{ ...cur.intermediates[0], subject: { commonName: "ca.elsewhere.example" } }] }, /subject\.commonName: got "ca\.elsewhere\.example", want a name within issuer 'root' permitted subtrees \[devices\.acme\.example\]/],
+      [{ ...clone(cur), root: { name: "root", existing: { certificatePem: "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----", privateKeyPem: "x" } } }, /existing\.certificatePem: got text that is not PEM|existing\.certificatePem: got PEM without a well-formed CERTIFICATE block/],
+    ];
+    for (const [spec, message] of cases) {
+      stack.setConfig("fleetguard:hierarchy", spec);
+      const r = stack.run(["preview"], { allowFail: true });
+      expect(r.status, `${message}`).not.toBe(0);
+      expect(`${r.stdout}${r.stderr}`).toMatch(message);
+      expect(`${r.stdout}${r.stderr}`).not.toMatch(/PRIVATE KEY/);
+    }
+    stack.setConfig("fleetguard:hierarchy", JSON.parse(goodSpec));
+    const after = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
+    expect(after).toBe(before);
+  });
+
+  it("refresh detects nothing on an unchanged stack", () => {
+    const r = stack.run(["refresh", "--yes", "--expect-no-changes"]);
+    expect(r.stdout).toMatch(/unchanged/);
+    expect(cas().root!.fingerprintSha256).toBe(first.root!.fingerprintSha256);
+  });
+
+  it("destroy removes everything", () => {
+    stack.run(["destroy", "--yes", "--skip-preview"]);
+    const exported = JSON.parse(stack.run(["stack", "export"]).stdout) as { deployment: { resources?: unknown[] } };
+    expect(exported.deployment.resources ?? []).toHaveLength(0);
+  });
+});
