@@ -26,8 +26,8 @@ import { sha256, verifyChain } from "./chain";
 import {
   contextOf,
   type DeviceKey,
+  defaultPuf,
   Lru,
-  loadPuf,
   type PufApi,
   type PufConditions,
   type PufDevice,
@@ -91,7 +91,7 @@ export class DeviceAgent {
   private readonly clock: () => Date;
 
   constructor(private readonly o: AgentOptions) {
-    this.puf = o.puf ?? loadPuf();
+    this.puf = o.puf ?? defaultPuf;
     this.conditions = o.conditions ?? this.puf.NOMINAL;
     this.noisyBer = o.noisyBer ?? 0.35;
     this.keys = new Lru(o.keyCache ?? 4096);

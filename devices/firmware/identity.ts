@@ -9,30 +9,21 @@
  */
 import type { KeyObject } from "node:crypto";
 
-/** The API of devices/puf this firmware uses (the PUF model and fuzzy extractor). */
-export interface PufConditions {
-  temperatureC: number;
-  voltage: number;
-  ageYears: number;
-  berOverride?: number;
-}
-export interface PufDevice {
-  readonly deviceId: string;
-  read(conditions?: PufConditions, rng?: (n: number) => Uint8Array): Uint8Array;
-}
+import * as puf from "../puf";
+
+export type { PufConditions, PufDevice } from "../puf";
+
+/** What the firmware uses of devices/puf (the PUF model and fuzzy extractor). */
 export interface PufApi {
-  NOMINAL: PufConditions;
-  createPufDevice(farmSeed: Uint8Array, deviceId: string, opts?: { cells?: number }): PufDevice;
-  enroll(puf: PufDevice): { helper: Uint8Array };
-  reconstruct(puf: PufDevice, helper: Uint8Array, conditions?: PufConditions): Uint8Array;
+  NOMINAL: puf.PufConditions;
+  createPufDevice(farmSeed: Uint8Array, deviceId: string, opts?: { cells?: number }): puf.PufDevice;
+  enroll(p: puf.PufDevice): { helper: Uint8Array };
+  reconstruct(p: puf.PufDevice, helper: Uint8Array, conditions?: puf.PufConditions): Uint8Array;
   deriveP256(secret: Uint8Array, context: string): { privateKey: KeyObject; publicKey: KeyObject };
 }
 
-/** The real PUF module, loaded on first use. */
-export function loadPuf(): PufApi {
-  // eslint-style note: a require keeps this file compiling while devices/puf is being written
-  return require("../puf") as PufApi;
-}
+/** The real PUF module (an agent can be given another PufApi only for experiments). */
+export const defaultPuf: PufApi = puf;
 
 export interface DeviceKey {
   privateKey: KeyObject;
@@ -41,7 +32,7 @@ export interface DeviceKey {
   spki: Buffer;
 }
 
-export const contextOf = (epoch: number): string => (epoch === 0 ? "identity" : `epoch/${epoch}`);
+export const contextOf = (epoch: number): string => (epoch === 0 ? puf.IDENTITY_CONTEXT : puf.epochContext(epoch));
 
 /** A bounded least-recently-used map. */
 export class Lru<V> {

@@ -6,11 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subject } from "../../core/station/messages";
 import { type RunningFarm, type StartOptions, startFarm } from "../../devices/farm/serve";
-import type { PufApi } from "../../devices/firmware/identity";
 import { buildCertificate } from "../../devices/firmware/pkix";
-import { standinPuf } from "./firmware/puf-standin";
-
-export const TEST_PUF: PufApi | undefined = standinPuf;
 
 export interface TestCa {
   root: Buffer;
@@ -91,7 +87,6 @@ export async function farmFor(dir: string, o: Partial<StartOptions> = {}): Promi
     count: 1000,
     seed: SEED,
     model: "fg100",
-    puf: TEST_PUF,
     log: () => {},
     ...o,
   });

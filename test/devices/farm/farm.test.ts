@@ -207,7 +207,7 @@ describe("device farm over TCP", () => {
       Status.TIMEOUT,
       id(12),
     ]);
-    const big = Array.from({ length: 300 }, (_, i) => id(100 + i));
+    const big = Array.from({ length: 64 }, (_, i) => id(100 + i));
     const all = await client.identifyBatch(big);
     expect(all.every((r) => r.ok)).toBe(true);
     const nonces = big.map(() => randomBytes(16));
@@ -222,7 +222,7 @@ describe("device farm over TCP", () => {
 
   it("pipelines many requests on one connection", async () => {
     const c = new StationClient({ port: farm.port, poolSize: 1, maxInFlight: 64 });
-    const devices = Array.from({ length: 400 }, (_, i) => id(500 + i));
+    const devices = Array.from({ length: 120 }, (_, i) => id(500 + i));
     const res = await Promise.all(devices.map((d) => c.identify(d)));
     expect(res.map((r) => r.device)).toEqual(devices);
     expect(c.connections).toBe(1);
@@ -233,3 +233,23 @@ describe("device farm over TCP", () => {
 function statusOf(e: StationError): number {
   return e.status;
 }
+
+describe("a farm of a million devices", () => {
+  it("starts without materialising devices and serves the last one", async () => {
+    const dir = tempDir();
+    const farm = await farmFor(dir.path, { count: 1_000_000 });
+    const client = new StationClient({ port: farm.port });
+    try {
+      expect((await client.ping()).count).toBe(1_000_000);
+      const last = deviceId("fg100", 999_999);
+      expect((await client.identify(last)).lifecycle).toBe("provisioned");
+      expect((await client.status(deviceId("fg100", 500_000))).lifecycle).toBe("blank");
+      expect((await client.status(deviceId("fg100", 1_000_000)).catch((e) => e)).status).toBe(Status.UNKNOWN_DEVICE);
+      expect(farm.store.states.size).toBe(1);
+    } finally {
+      await client.close();
+      await farm.close();
+      dir.remove();
+    }
+  });
+});

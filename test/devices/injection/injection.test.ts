@@ -15,11 +15,11 @@ import { blankState, type DeviceState, encodeState } from "../../../devices/firm
 import { Hsm } from "../../../devices/injection/hsm";
 import { parseLicense } from "../../../devices/injection/license";
 import { SiliconVendor } from "../../../devices/injection/vendor";
-import { farmFor, makeCa, SEED, TEST_PUF, tempDir } from "../helpers";
+import { farmFor, makeCa, SEED, tempDir } from "../helpers";
 
 const seed = Buffer.from(SEED, "hex");
 const vendor = new SiliconVendor(seed);
-const agent = new DeviceAgent({ seed, model: "fg100", vendor, puf: TEST_PUF });
+const agent = new DeviceAgent({ seed, model: "fg100", vendor });
 const id = (i: number) => deviceId("fg100", i);
 const dir = tempDir("fg-inj-");
 afterAll(() => dir.remove());
