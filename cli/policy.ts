@@ -46,10 +46,8 @@ function printEvaluation(ev: Evaluation, out: string[]): void {
     out.push(
       `  ${label(f)} ${f.checkId} [${f.enforcement}] ${f.subject}: ${f.message}${f.waived ? ` (waiver until ${f.waived.expires}: ${f.waived.reason})` : ""}`,
     );
-  const counts = ev.runs.reduce<Record<string, number>>(
-    (a, r) => ({ ...a, [r.status]: (a[r.status] ?? 0) + 1 }),
-    {},
-  );
+  const counts: Record<string, number> = {};
+  for (const r of ev.runs) counts[r.status] = (counts[r.status] ?? 0) + 1;
   out.push(
     `  checks: ${Object.entries(counts)
       .map(([k, n]) => `${n} ${k}`)
@@ -109,7 +107,7 @@ function check(argv: string[]): number {
       evaluations.push({ policy: p, evaluation: ev });
       out.push(`${fleetFile} under ${l.policy.name} (${p}):`);
       printEvaluation(ev, out);
-    } else if (l.policy)
+    } else if (l.policy && l.diagnostics.length === 0)
       out.push(
         `${p}: policy '${l.policy.name}' is valid (${l.policy.chain
           .map((c) => c.name)

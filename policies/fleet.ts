@@ -41,9 +41,31 @@ export function loadFleet(file: string, opts: { readFile?: (path: string) => str
   }
   const src = new SourceFile(file, text);
   const diagnostics = validateAgainstSchema(src, "fleet");
-  if (diagnostics.length) return { diagnostics };
+  if (src.parseDiagnostics.length || typeof src.data !== "object" || src.data === null)
+    return { diagnostics };
+  const schemaValid = diagnostics.length === 0;
   const decl = src.data as FleetDeclaration;
-  const spec = decl.spec;
+  const spec = (
+    typeof decl.spec === "object" && decl.spec !== null ? decl.spec : {}
+  ) as FleetDeclaration["spec"];
+  try {
+    return crossCheck(file, src, decl, spec, diagnostics, schemaValid, read);
+  } catch {
+    // Cross-checks assume the schema's shapes; on a schema-invalid file a shape they did not expect is
+    // already reported by the schema errors.
+    return { diagnostics: sortDiagnostics(diagnostics) };
+  }
+}
+
+function crossCheck(
+  file: string,
+  src: SourceFile,
+  decl: FleetDeclaration,
+  spec: FleetDeclaration["spec"],
+  diagnostics: Diagnostic[],
+  schemaValid: boolean,
+  read: (path: string) => string,
+): FleetLoad {
   const err = (path: PathSegment[], message: string, at: "key" | "value" = "value") =>
     diagnostics.push(src.diagnostic("input", path, message, at));
   const dir = dirname(file);
@@ -64,6 +86,7 @@ export function loadFleet(file: string, opts: { readFile?: (path: string) => str
         ["spec", "cas", i, "parent"],
         `got ${ca.parent}, want one of the declared CAs (${[...caNames.keys()].join(", ")})`,
       );
+    if (typeof ca !== "object" || ca === null) return;
     const seen = new Set<string>([ca.name]);
     for (let p = ca.parent; p !== undefined; p = cas[caNames.get(p) ?? -1]?.parent) {
       if (seen.has(p)) {
@@ -159,7 +182,7 @@ export function loadFleet(file: string, opts: { readFile?: (path: string) => str
     if (pem !== undefined) crls.push({ issuer: c.issuer, pem });
   });
 
-  if (diagnostics.length) return { diagnostics: sortDiagnostics(diagnostics) };
+  if (diagnostics.length || !schemaValid) return { diagnostics: sortDiagnostics(diagnostics) };
   const fleet: FleetContext = {
     name: decl.metadata.name,
     declared: { cas, batches, rotation: spec.rotation ?? [], hubs: spec.hubs },
