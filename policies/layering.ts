@@ -274,12 +274,12 @@ export function loadPolicy(file: string, opts: LoadOptions = {}): PolicyLoad {
     let allWaivers = waivers;
     if (typeof meta.extends === "string") {
       const parentPath = normalize(join(dirname(path), meta.extends));
-      if (stack.includes(parentPath)) {
+      if ([...stack, path].includes(parentPath)) {
         diagnostics.push(
           src.diagnostic(
             "input",
             ["metadata", "extends"],
-            `got ${meta.extends}, which extends this policy again (cycle: ${[...stack, parentPath].join(" -> ")})`,
+            `got ${meta.extends}, which extends this policy again (cycle: ${[...stack, path, parentPath].join(" -> ")})`,
           ),
         );
         return { file: path, name, spec, waivers, inputErrors: true };
