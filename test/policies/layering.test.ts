@@ -187,7 +187,7 @@ describe("diffPolicies", () => {
     const head = {
       ...base,
       validity: { maxDays: { device: 365 } },
-      keys: { device: { ecdsa: { minBits: 256 }, rsa: { minBits: 2048 }, ed25519: {} } },
+      keys: { device: { ecdsa: { minBits: 256 as const }, rsa: { minBits: 2048 }, ed25519: {} } },
       hubs: { aws: { allowWildcardActions: true, minLogLevel: "WARN" as const } },
     };
     const d = diffPolicies(base, head);

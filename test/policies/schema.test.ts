@@ -7,8 +7,9 @@ import { loadSchema, SourceFile, validateAgainstSchema } from "../../policies/so
 type Node = Record<string, unknown>;
 
 function walk(node: unknown, path: string, visit: (n: Node, path: string) => void): void {
-  if (Array.isArray(node)) node.forEach((x, i) => walk(x, `${path}[${i}]`, visit));
-  else if (node && typeof node === "object") {
+  if (Array.isArray(node)) {
+    for (const [i, x] of node.entries()) walk(x, `${path}[${i}]`, visit);
+  } else if (node && typeof node === "object") {
     visit(node as Node, path);
     for (const [k, v] of Object.entries(node)) walk(v, `${path}/${k}`, visit);
   }
