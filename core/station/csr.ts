@@ -71,10 +71,10 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
 
 /**
  * Parse and check a CSR's signature. With `expected`, also require the CSR's key to be that
- * key (the one the device identified or attested with). Throws INTEGRITY on a bad signature
- * or a different key.
+ * key (the one the device identified or attested with; pass its KeyObject as `expectedKey` to
+ * skip a key import). Throws INTEGRITY on a bad signature or a different key.
  */
-export function verifyCsr(der: Uint8Array, expected?: Uint8Array): ParsedCsr {
+export function verifyCsr(der: Uint8Array, expected?: Uint8Array, expectedKey?: KeyObject): ParsedCsr {
   const csr = parseCsr(der);
   if (csr.signatureAlgorithm !== OID_ECDSA_SHA256)
     throw invalid(
@@ -87,7 +87,8 @@ export function verifyCsr(der: Uint8Array, expected?: Uint8Array): ParsedCsr {
       "INTEGRITY",
       "csr.subjectPKInfo: got a different key, want the device's identity key",
     );
-  const key: KeyObject = importP256Spki(csr.spki);
+  // `expectedKey`: the already imported form of `expected`, saving an import per request
+  const key: KeyObject = expected && expectedKey ? expectedKey : importP256Spki(csr.spki);
   let ok = false;
   try {
     ok = verify("sha256", csr.info, key, csr.signature);

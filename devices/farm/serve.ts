@@ -83,7 +83,9 @@ function takeLock(dir: string): string {
     } catch {
       const pid = Number(readFileSync(path, "utf8"));
       let alive = false;
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+      if (pid === process.pid)
+        alive = true; // another farm in this very process
+      else if (Number.isInteger(pid) && pid > 0) {
         try {
           process.kill(pid, 0);
           alive = true;
