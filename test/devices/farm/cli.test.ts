@@ -3,7 +3,7 @@ import { run } from "../../../cli/devices";
 import { main } from "../../../cli/fleet";
 import { FleetError } from "../../../core/errors";
 import { deviceId } from "../../../devices/farm/ids";
-import { farmFor, SEED, tempDir } from "../helpers";
+import { farmFor, SEED, tempDir } from "./helpers";
 
 describe("fleet devices", () => {
   const dir = tempDir();

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
 import { deviceId } from "../../../devices/farm/ids";
-import { makeCa, SEED, tempDir } from "../helpers";
+import { makeCa, SEED, tempDir } from "./helpers";
 
 const ROOT = join(__dirname, "..", "..", "..");
 

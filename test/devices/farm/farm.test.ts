@@ -6,7 +6,7 @@ import { verifyCsr } from "../../../core/station/csr";
 import { StationError, Status } from "../../../core/station/frame";
 import { deviceId } from "../../../devices/farm/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
-import { farmFor, makeCa, tempDir } from "../helpers";
+import { farmFor, makeCa, tempDir } from "./helpers";
 
 const id = (i: number) => deviceId("fg100", i);
 const subject = (i: number) =>
@@ -244,7 +244,9 @@ describe("a farm of a million devices", () => {
       const last = deviceId("fg100", 999_999);
       expect((await client.identify(last)).lifecycle).toBe("provisioned");
       expect((await client.status(deviceId("fg100", 500_000))).lifecycle).toBe("blank");
-      expect((await client.status(deviceId("fg100", 1_000_000)).catch((e) => e)).status).toBe(Status.UNKNOWN_DEVICE);
+      expect((await client.status(deviceId("fg100", 1_000_000)).catch((e) => e)).status).toBe(
+        Status.UNKNOWN_DEVICE,
+      );
       expect(farm.store.states.size).toBe(1);
     } finally {
       await client.close();

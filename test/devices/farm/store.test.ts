@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FleetError } from "../../../core/errors";
 import { frameRecord, StateStore, scanRecords } from "../../../devices/farm/store";
 import { blankState, type DeviceState, encodeState } from "../../../devices/firmware/state";
-import { tempDir } from "../helpers";
+import { tempDir } from "./helpers";
 
 function stateFor(i: number, helperBytes = 40): DeviceState {
   const s = blankState();

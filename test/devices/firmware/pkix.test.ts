@@ -8,7 +8,7 @@ import { verifyCsr } from "../../../core/station/csr";
 import type { Subject } from "../../../core/station/messages";
 import { sha256, verifyChain } from "../../../devices/firmware/chain";
 import { buildCsr, toPem } from "../../../devices/firmware/pkix";
-import { makeCa, tempDir } from "../helpers";
+import { makeCa, tempDir } from "../farm/helpers";
 
 const dir = tempDir("fg-pkix-");
 afterAll(() => dir.remove());

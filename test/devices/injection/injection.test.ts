@@ -15,7 +15,7 @@ import { blankState, type DeviceState, encodeState } from "../../../devices/firm
 import { Hsm } from "../../../devices/injection/hsm";
 import { parseLicense } from "../../../devices/injection/license";
 import { SiliconVendor } from "../../../devices/injection/vendor";
-import { farmFor, makeCa, SEED, tempDir } from "../helpers";
+import { farmFor, makeCa, SEED, tempDir } from "../farm/helpers";
 
 const seed = Buffer.from(SEED, "hex");
 const vendor = new SiliconVendor(seed);

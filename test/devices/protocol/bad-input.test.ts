@@ -9,7 +9,7 @@ import { encodeFrame, Flag, FrameDecoder, Op, Status } from "../../../core/stati
 import type { DeviceStatus } from "../../../core/station/messages";
 import { deviceId } from "../../../devices/farm/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
-import { farmFor, makeCa, tempDir } from "../helpers";
+import { farmFor, makeCa, tempDir } from "../farm/helpers";
 
 const id = (i: number) => deviceId("fg100", i);
 
