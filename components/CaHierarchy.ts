@@ -7,9 +7,9 @@
  */
 import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
-import type { Subject } from "../core/x509/names";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
-import { type KeyAlgorithm, KEY_ALGORITHMS } from "../core/x509/keys";
+import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
+import type { Subject } from "../core/x509/names";
 import { CertificateAuthority } from "../providers/ca";
 
 export interface CaSpec {
@@ -75,23 +75,36 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
   const plan: PlannedCa[] = [];
   const add = (p: PlannedCa) => {
     if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(p.name ?? "")) {
-      problems.push(`${p.field}.name: got ${JSON.stringify(p.name)}, want lowercase letters, digits and dashes`);
+      problems.push(
+        `${p.field}.name: got ${JSON.stringify(p.name)}, want lowercase letters, digits and dashes`,
+      );
     }
-    if (byName.has(p.name)) problems.push(`${p.field}.name: got ${JSON.stringify(p.name)}, want a name not used by another CA`);
+    if (byName.has(p.name))
+      problems.push(`${p.field}.name: got ${JSON.stringify(p.name)}, want a name not used by another CA`);
     byName.set(p.name, p);
     plan.push(p);
   };
-  if (!args || !args.root) throw new CaHierarchyError(["root: got nothing, want a root CA (a spec or existing PEMs)"]);
+  if (!args?.root)
+    throw new CaHierarchyError(["root: got nothing, want a root CA (a spec or existing PEMs)"]);
   add({ name: args.root.name, role: "root", field: "root", spec: args.root });
   const inters = args.intermediates ?? [];
   inters.forEach((s, i) => {
-    add({ name: s.name, role: "intermediate", parent: s.parent ?? args.root.name, field: `intermediates[${i}]`, spec: s });
+    add({
+      name: s.name,
+      role: "intermediate",
+      parent: s.parent ?? args.root.name,
+      field: `intermediates[${i}]`,
+      spec: s,
+    });
   });
   if (!args.issuing?.length) problems.push("issuing: got no issuing CA, want at least one");
   (args.issuing ?? []).forEach((s, i) => {
     const dflt = inters.length === 1 ? inters[0]!.name : inters.length === 0 ? args.root.name : undefined;
     const parent = s.parent ?? dflt;
-    if (!parent) problems.push(`issuing[${i}].parent: got nothing, want one of ${inters.map((x) => x.name).join(", ")} (there are several intermediates)`);
+    if (!parent)
+      problems.push(
+        `issuing[${i}].parent: got nothing, want one of ${inters.map((x) => x.name).join(", ")} (there are several intermediates)`,
+      );
     add({ name: s.name, role: "issuing", parent, field: `issuing[${i}]`, spec: s });
   });
 
@@ -100,18 +113,27 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
     if (p.parent !== undefined) {
       const parent = byName.get(p.parent);
       if (!parent || parent.role === "issuing" || !seen.has(p.parent)) {
-        const allowed = plan.filter((x) => x.role !== "issuing" && seen.has(x.name)).map((x) => x.name);
-        problems.push(`${p.field}.parent: got ${JSON.stringify(p.parent)}, want one of ${allowed.join(", ")} (a root or intermediate declared before it)`);
+        const allowed = [...new Set(plan.filter((x) => x.role !== "issuing" && seen.has(x.name)).map((x) => x.name))];
+        problems.push(
+          `${p.field}.parent: got ${JSON.stringify(p.parent)}, want one of ${allowed.join(", ")} (a root or intermediate declared before it)`,
+        );
       } else if (!isExisting(parent.spec) && !isExisting(p.spec)) {
         const ps = parent.spec;
         const cs = p.spec;
         if (cs.validityDays > ps.validityDays) {
-          problems.push(`${p.field}.validityDays: got ${cs.validityDays}, want at most ${ps.validityDays} so it does not outlive its issuer '${parent.name}'`);
+          problems.push(
+            `${p.field}.validityDays: got ${cs.validityDays}, want at most ${ps.validityDays} so it does not outlive its issuer '${parent.name}'`,
+          );
         }
         if (ps.pathLen !== undefined) {
-          if (ps.pathLen === 0) problems.push(`${p.field}.parent: got '${parent.name}' whose pathLen is 0, want an issuer allowed to sign a CA`);
+          if (ps.pathLen === 0)
+            problems.push(
+              `${p.field}.parent: got '${parent.name}' whose pathLen is 0, want an issuer allowed to sign a CA`,
+            );
           else if (cs.pathLen !== undefined && cs.pathLen > ps.pathLen - 1) {
-            problems.push(`${p.field}.pathLen: got ${cs.pathLen}, want at most ${ps.pathLen - 1} (issuer '${parent.name}' has pathLen ${ps.pathLen})`);
+            problems.push(
+              `${p.field}.pathLen: got ${cs.pathLen}, want at most ${ps.pathLen - 1} (issuer '${parent.name}' has pathLen ${ps.pathLen})`,
+            );
           }
         }
       }
@@ -119,13 +141,19 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
     if (!isExisting(p.spec)) {
       const s = p.spec;
       if (s.algorithm !== undefined && !KEY_ALGORITHMS.includes(s.algorithm)) {
-        problems.push(`${p.field}.algorithm: got ${JSON.stringify(s.algorithm)}, want one of ${KEY_ALGORITHMS.join(", ")}`);
+        problems.push(
+          `${p.field}.algorithm: got ${JSON.stringify(s.algorithm)}, want one of ${KEY_ALGORITHMS.join(", ")}`,
+        );
       }
       if (!Number.isInteger(s.validityDays) || s.validityDays < 1) {
-        problems.push(`${p.field}.validityDays: got ${JSON.stringify(s.validityDays)}, want a positive whole number of days`);
+        problems.push(
+          `${p.field}.validityDays: got ${JSON.stringify(s.validityDays)}, want a positive whole number of days`,
+        );
       }
       if (p.role === "issuing" && s.pathLen !== undefined && s.pathLen !== 0) {
-        problems.push(`${p.field}.pathLen: got ${s.pathLen}, want 0 or absent (an issuing CA signs only devices)`);
+        problems.push(
+          `${p.field}.pathLen: got ${s.pathLen}, want 0 or absent (an issuing CA signs only devices)`,
+        );
       }
     }
     seen.add(p.name);
@@ -166,7 +194,10 @@ export function canonicalJson(v: unknown): string {
  */
 export function declarationDigest(spec: CaSpec, role: string, parentDigest: string): string {
   const { description: _d, ...rest } = spec;
-  return crypto.createHash("sha256").update(`${role}\n${canonicalJson(rest)}\n${parentDigest}`).digest("hex");
+  return crypto
+    .createHash("sha256")
+    .update(`${role}\n${canonicalJson(rest)}\n${parentDigest}`)
+    .digest("hex");
 }
 
 export class CaHierarchy extends pulumi.ComponentResource {
@@ -174,7 +205,19 @@ export class CaHierarchy extends pulumi.ComponentResource {
   readonly cas: Record<string, CertificateAuthority>;
   readonly rootCertificatePem: pulumi.Output<string>;
   /** name -> { certificate, chain, fingerprint, keyId } without keys, for stack outputs */
-  readonly summary: pulumi.Output<Record<string, { role: string; fingerprintSha256: string; subjectKeyId: string; notAfter: string; chainPem: string; certificatePem: string }>>;
+  readonly summary: pulumi.Output<
+    Record<
+      string,
+      {
+        role: string;
+        fingerprintSha256: string;
+        subjectKeyId: string;
+        notAfter: string;
+        chainPem: string;
+        certificatePem: string;
+      }
+    >
+  >;
 
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
@@ -208,7 +251,12 @@ export class CaHierarchy extends pulumi.ComponentResource {
             nameConstraints: p.spec.nameConstraints,
             crlDistributionPoint: p.spec.crlDistributionPoint,
             issuer: parent
-              ? { name: p.parent!, certificatePem: parent.certificatePem, chainPem: parent.chainPem, keyPem: parent.keyPem }
+              ? {
+                  name: p.parent!,
+                  certificatePem: parent.certificatePem,
+                  chainPem: parent.chainPem,
+                  keyPem: parent.keyPem,
+                }
               : undefined,
             issuerDeclaration: p.parent ? digests[p.parent] : undefined,
           };
@@ -221,14 +269,16 @@ export class CaHierarchy extends pulumi.ComponentResource {
           const c = this.cas[p.name]!;
           return [
             p.name,
-            pulumi.all([c.fingerprintSha256, c.subjectKeyId, c.notAfter, c.chainPem, c.certificatePem]).apply(([f, k, n, ch, ce]) => ({
-              role: p.role,
-              fingerprintSha256: f,
-              subjectKeyId: k,
-              notAfter: n,
-              chainPem: ch,
-              certificatePem: ce,
-            })),
+            pulumi
+              .all([c.fingerprintSha256, c.subjectKeyId, c.notAfter, c.chainPem, c.certificatePem])
+              .apply(([f, k, n, ch, ce]) => ({
+                role: p.role,
+                fingerprintSha256: f,
+                subjectKeyId: k,
+                notAfter: n,
+                chainPem: ch,
+                certificatePem: ce,
+              })),
           ];
         }),
       ),
@@ -239,7 +289,10 @@ export class CaHierarchy extends pulumi.ComponentResource {
   /** The outputs a device batch needs from issuing CA `name` (its key stays a secret). */
   issuingCa(name: string): CaOutputs {
     const c = this.cas[name];
-    if (!c) throw new CaHierarchyError([`issuingCa: got ${JSON.stringify(name)}, want one of ${Object.keys(this.cas).join(", ")}`]);
+    if (!c)
+      throw new CaHierarchyError([
+        `issuingCa: got ${JSON.stringify(name)}, want one of ${Object.keys(this.cas).join(", ")}`,
+      ]);
     return {
       name,
       certificatePem: c.certificatePem,

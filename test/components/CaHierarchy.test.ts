@@ -1,0 +1,226 @@
+/**
+ * CaHierarchy's resource graph with Pulumi mocks: names, parents, secrets, and a root brought
+ * from @pulumi/tls. The mocks run our real provider runtime for the CA resources and OpenSSL
+ * for the tls ones, so outputs are real certificates.
+ */
+import { execFileSync } from "node:child_process";
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as pulumi from "@pulumi/pulumi";
+import { beforeAll, describe, expect, it } from "vitest";
+import {
+  type CaHierarchyArgs,
+  CaHierarchyError,
+  canonicalJson,
+  declarationDigest,
+  planHierarchy,
+} from "../../components/CaHierarchy";
+import { tmpdir, verifyChain } from "../helpers/openssl";
+
+/** Mocks see secrets as {<sig>: ..., value}; the engine hands providers plain values. */
+const SECRET_SIG = "4dabf18193072939515e22adb298388d";
+function unwrap(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(unwrap);
+  if (v && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    if (SECRET_SIG in o) return unwrap(o.value);
+    return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, unwrap(x)]));
+  }
+  return v;
+}
+
+const registered: { type: string; name: string; inputs: Record<string, unknown>; parent?: string }[] = [];
+
+beforeAll(async () => {
+  const runtime = await import("../../providers/runtime/ca");
+  pulumi.runtime.setMocks(
+    {
+      newResource(args) {
+        registered.push({ type: args.type, name: args.name, inputs: args.inputs });
+        if (args.type === "pulumi-nodejs:dynamic:Resource") {
+          const created = runtime.create(unwrap(args.inputs) as never);
+          return { id: created.id, state: { ...args.inputs, ...created.outs } };
+        }
+        if (args.type === "tls:index/privateKey:PrivateKey") {
+          const k = crypto.generateKeyPairSync("ec", { namedCurve: "secp384r1" });
+          return {
+            id: "key",
+            state: { ...args.inputs, privateKeyPem: k.privateKey.export({ type: "pkcs8", format: "pem" }) },
+          };
+        }
+        if (args.type === "tls:index/selfSignedCert:SelfSignedCert") {
+          const dir = tmpdir();
+          fs.writeFileSync(path.join(dir, "k.pem"), String(unwrap(args.inputs.privateKeyPem)));
+          const certPem = execFileSync(
+            "openssl",
+            [
+              "req",
+              "-x509",
+              "-new",
+              "-key",
+              path.join(dir, "k.pem"),
+              "-subj",
+              "/CN=TLS Root",
+              "-days",
+              "3650",
+              "-addext",
+              "basicConstraints=critical,CA:TRUE",
+              "-addext",
+              "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            { encoding: "utf8" },
+          );
+          return { id: "cert", state: { ...args.inputs, certPem } };
+        }
+        return { id: `${args.name}-id`, state: args.inputs };
+      },
+      call: (args) => args.inputs,
+    },
+    "fleet",
+    "unit",
+    false,
+  );
+});
+
+const spec: CaHierarchyArgs = {
+  root: {
+    name: "root",
+    algorithm: "ecdsa-p384",
+    subject: { commonName: "Root" },
+    validityDays: 3650,
+    pathLen: 2,
+  },
+  intermediates: [{ name: "manufacturing", subject: { commonName: "Manufacturing" }, validityDays: 1825 }],
+  issuing: [{ name: "line-a", subject: { commonName: "Line A" }, validityDays: 730 }],
+};
+
+describe("planHierarchy (pure)", () => {
+  it("orders the tree and fills default parents", () => {
+    expect(planHierarchy(spec).map((p) => [p.name, p.role, p.parent])).toEqual([
+      ["root", "root", undefined],
+      ["manufacturing", "intermediate", "root"],
+      ["line-a", "issuing", "manufacturing"],
+    ]);
+  });
+  it("reports every problem at once, naming the field, got and want", () => {
+    const bad: CaHierarchyArgs = {
+      root: { ...spec.root, pathLen: 1 } as never,
+      intermediates: [
+        { name: "a", subject: { commonName: "A" }, validityDays: 4000, pathLen: 3 },
+        { name: "a", subject: { commonName: "A2" }, validityDays: 10 },
+      ],
+      issuing: [
+        {
+          name: "Bad_Name",
+          parent: "nope",
+          subject: { commonName: "X" },
+          validityDays: 10,
+          algorithm: "dsa" as never,
+        },
+      ],
+    };
+    try {
+      planHierarchy(bad);
+      expect.unreachable();
+    } catch (e) {
+      expect(e).toBeInstanceOf(CaHierarchyError);
+      expect((e as CaHierarchyError).problems).toEqual([
+        'intermediates[1].name: got "a", want a name not used by another CA',
+        'issuing[0].name: got "Bad_Name", want lowercase letters, digits and dashes',
+        "intermediates[0].validityDays: got 4000, want at most 3650 so it does not outlive its issuer 'root'",
+        "intermediates[0].pathLen: got 3, want at most 0 (issuer 'root' has pathLen 1)",
+        'issuing[0].parent: got "nope", want one of root, a (a root or intermediate declared before it)',
+        'issuing[0].algorithm: got "dsa", want one of ecdsa-p256, ecdsa-p384, ed25519, rsa-3072',
+      ]);
+    }
+  });
+  it("needs an explicit parent when there are several intermediates", () => {
+    expect(() =>
+      planHierarchy({
+        ...spec,
+        intermediates: [
+          ...spec.intermediates!,
+          { name: "m2", subject: { commonName: "M2" }, validityDays: 100 },
+        ],
+      }),
+    ).toThrow(
+      "issuing[0].parent: got nothing, want one of manufacturing, m2 (there are several intermediates)",
+    );
+  });
+});
+
+describe("declaration digests", () => {
+  it("ignore descriptions, follow everything that replaces a CA, and chain through the issuer", () => {
+    const s = spec.intermediates![0]!;
+    const d = declarationDigest(s, "intermediate", "p");
+    expect(declarationDigest({ ...s, description: "x" }, "intermediate", "p")).toBe(d);
+    expect(declarationDigest({ ...s, subject: { commonName: "Other" } }, "intermediate", "p")).not.toBe(d);
+    expect(declarationDigest({ ...s, algorithm: "ecdsa-p384" }, "intermediate", "p")).not.toBe(d);
+    expect(declarationDigest(s, "intermediate", "q")).not.toBe(d);
+    expect(canonicalJson({ b: 1, a: [1, { d: null, c: 2 }] })).toBe('{"a":[1,{"c":2}],"b":1}');
+  });
+});
+
+const outputOf = <T>(o: pulumi.Output<T>): Promise<T> => new Promise((resolve) => o.apply((v) => resolve(v)));
+
+describe("CaHierarchy resource graph (mocks)", () => {
+  it("pins logical names and types, parents children on the component, keeps keys secret", async () => {
+    registered.length = 0;
+    const { CaHierarchy } = await import("../../components/CaHierarchy");
+    const pki = new CaHierarchy("fleet", spec);
+    const summary = await outputOf(pki.summary);
+    expect(registered.map((r) => `${r.type}::${r.name}`)).toEqual([
+      "fleetguard:pki:CaHierarchy::fleet",
+      "pulumi-nodejs:dynamic:Resource::fleet-root",
+      "pulumi-nodejs:dynamic:Resource::fleet-manufacturing",
+      "pulumi-nodejs:dynamic:Resource::fleet-line-a",
+    ]);
+    expect(
+      verifyChain(
+        summary.root!.certificatePem,
+        summary.manufacturing!.certificatePem,
+        summary["line-a"]!.certificatePem,
+      ).ok,
+    ).toBe(true);
+    expect(pulumi.Output.isInstance(pki.cas.root!.keyPem)).toBe(true);
+    // (secretness of keyPem is applied by the engine via additionalSecretOutputs: see test/integration)
+    expect(JSON.stringify(summary)).not.toMatch(/PRIVATE KEY/);
+  });
+
+  it("serializes a provider that captures nothing heavy and no secret (brief rule 3)", () => {
+    const dyn = registered.find((r) => r.name === "fleet-manufacturing")!;
+    const serialized = String(dyn.inputs.__provider);
+    expect(serialized.length).toBeGreaterThan(100);
+    expect(serialized.length).toBeLessThan(20_000);
+    expect(serialized).not.toMatch(/PRIVATE KEY|generateKeyPairSync|BEGIN CERTIFICATE/);
+    expect(serialized).toMatch(/runtime/);
+  });
+
+  it("accepts a root from @pulumi/tls resources (bring your own root)", async () => {
+    registered.length = 0;
+    const tls = await import("@pulumi/tls");
+    const { CaHierarchy } = await import("../../components/CaHierarchy");
+    const key = new tls.PrivateKey("byo-root-key", { algorithm: "ECDSA", ecdsaCurve: "P384" });
+    const cert = new tls.SelfSignedCert("byo-root", {
+      privateKeyPem: key.privateKeyPem,
+      subject: { commonName: "TLS Root" },
+      validityPeriodHours: 87600,
+      isCaCertificate: true,
+      allowedUses: ["cert_signing", "crl_signing"],
+    });
+    const pki = new CaHierarchy("byo", {
+      root: { name: "root", existing: { certificatePem: cert.certPem, privateKeyPem: key.privateKeyPem } },
+      issuing: [{ name: "line-a", subject: { commonName: "Line A" }, validityDays: 365 }],
+    });
+    const summary = await outputOf(pki.summary);
+    const tlsCert = await outputOf(cert.certPem);
+    expect(summary.root!.certificatePem).toBe(tlsCert);
+    expect(verifyChain(tlsCert, tlsCert, summary["line-a"]!.certificatePem).ok).toBe(true);
+    const rootInputs = registered.find(
+      (r) => r.name === "byo-root" && r.type.startsWith("pulumi-nodejs"),
+    )!.inputs;
+    expect(rootInputs.existing).toBeDefined();
+    expect(JSON.stringify(rootInputs.existing)).toContain("4dabf18193072939515e22adb298388d"); // passed as a secret
+  });
+});
