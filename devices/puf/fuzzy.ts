@@ -166,9 +166,16 @@ export function decodeVotes(
   return secret;
 }
 
-/** Test/bench hook: the tag a body would carry for a given message (the message never leaves the device). */
+/**
+ * Test/bench hooks: the tag a helper body carries for a message, and the stable secret a
+ * message yields. The message is the device's secret; only emulation code calls these.
+ */
 export function helperTag(message: Uint8Array, deviceId: string, body: Uint8Array): Uint8Array {
   return tagFor(message, deviceId, body);
+}
+
+export function stableSecretOf(message: Uint8Array, deviceId: string): Uint8Array {
+  return secretFor(message, deviceId);
 }
 
 export interface HelperInfo {
