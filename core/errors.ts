@@ -39,7 +39,8 @@ export function describe(value: unknown): string {
     if (/PRIVATE KEY/.test(value)) return "<redacted key material>";
     return value.length > 60 ? `${JSON.stringify(value.slice(0, 57))}...` : JSON.stringify(value);
   }
-  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return String(value);
+  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint")
+    return String(value);
   if (value instanceof Uint8Array) return `${value.length} bytes`;
   if (Array.isArray(value)) return `array(${value.length})`;
   return typeof value;

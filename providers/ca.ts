@@ -20,24 +20,36 @@ function runtime(): { ca(): typeof import("./runtime/ca") } {
     p.join(process.cwd(), "providers", "runtime", "index.js"),
   ];
   for (const c of candidates) if (c && fs.existsSync(c)) return require(c);
-  throw new Error(`fleetguard runtime not found; set FLEETGUARD_RUNTIME (tried ${candidates.filter(Boolean).join(", ")})`);
+  throw new Error(
+    `fleetguard runtime not found; set FLEETGUARD_RUNTIME (tried ${candidates.filter(Boolean).join(", ")})`,
+  );
 }
 
 export const caProvider: pulumi.dynamic.ResourceProvider = {
   async check(olds, news) {
-    return runtime().ca().check(olds, news as CaInputs);
+    return runtime()
+      .ca()
+      .check(olds, news as CaInputs);
   },
   async diff(id, olds, news) {
-    return runtime().ca().diff(id, olds, news as CaInputs);
+    return runtime()
+      .ca()
+      .diff(id, olds, news as CaInputs);
   },
   async create(inputs) {
-    return runtime().ca().create(inputs as CaInputs);
+    return runtime()
+      .ca()
+      .create(inputs as CaInputs);
   },
   async update(id, olds, news) {
-    return runtime().ca().update(id, olds, news as CaInputs);
+    return runtime()
+      .ca()
+      .update(id, olds, news as CaInputs);
   },
   async read(id, props) {
-    return runtime().ca().read(id, props as Record<string, unknown>);
+    return runtime()
+      .ca()
+      .read(id, props as Record<string, unknown>);
   },
   async delete() {
     // a CA exists only in the state: nothing outside to remove
@@ -78,9 +90,14 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
       notAfter: undefined,
       subjectDn: undefined,
     };
-    super(caProvider, name, { ...outputs, ...args }, {
-      ...opts,
-      additionalSecretOutputs: ["keyPem", ...(opts?.additionalSecretOutputs ?? [])],
-    });
+    super(
+      caProvider,
+      name,
+      { ...outputs, ...args },
+      {
+        ...opts,
+        additionalSecretOutputs: ["keyPem", ...(opts?.additionalSecretOutputs ?? [])],
+      },
+    );
   }
 }

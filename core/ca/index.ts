@@ -19,7 +19,16 @@ import {
   nameConstraints,
   subjectKeyIdentifier,
 } from "../x509/ext";
-import { algorithmOf, generateKey, isKeyAlgorithm, KEY_ALGORITHMS, type KeyAlgorithm, loadPrivateKey, privateKeyPem, spkiDer } from "../x509/keys";
+import {
+  algorithmOf,
+  generateKey,
+  isKeyAlgorithm,
+  KEY_ALGORITHMS,
+  type KeyAlgorithm,
+  loadPrivateKey,
+  privateKeyPem,
+  spkiDer,
+} from "../x509/keys";
 import { encodeSubject, type Subject, subjectErrors, subjectString } from "../x509/names";
 import { basicConstraintsOf, nameConstraintsOf, parseCertificate, subjectKeyIdOf } from "../x509/parse";
 import { pemBlocks, pemOne, toPem } from "../x509/pem";
@@ -82,13 +91,23 @@ export interface ParentFacts {
   nameConstraints?: NameConstraints;
 }
 
-export function parentFacts(name: string, certificatePem: string, field = "issuer.certificatePem"): ParentFacts {
+export function parentFacts(
+  name: string,
+  certificatePem: string,
+  field = "issuer.certificatePem",
+): ParentFacts {
   const der = pemOne(certificatePem, "CERTIFICATE", field);
   const c = parseCertificate(der, field);
   const x = new crypto.X509Certificate(der);
   const bc = basicConstraintsOf(c);
   const nc = nameConstraintsOf(c);
-  return { name, notAfter: new Date(x.validTo), ca: bc?.ca ?? false, pathLen: bc?.pathLen, nameConstraints: nc };
+  return {
+    name,
+    notAfter: new Date(x.validTo),
+    ca: bc?.ca ?? false,
+    pathLen: bc?.pathLen,
+    nameConstraints: nc,
+  };
 }
 
 function within(name: string, base: string): boolean {
@@ -101,13 +120,23 @@ function within(name: string, base: string): boolean {
 const DNS_NAME = /^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/i;
 
 /** Validate a CA declaration on its own and, when known, against its parent. */
-export function validateCaRequest(req: unknown, parent?: ParentFacts, deps: Pick<Deps, "now"> = defaultDeps()): Failure[] {
+export function validateCaRequest(
+  req: unknown,
+  parent?: ParentFacts,
+  deps: Pick<Deps, "now"> = defaultDeps(),
+): Failure[] {
   const f: Failure[] = [];
-  const add = (field: string, got: unknown, want: string) => f.push({ field, message: invalid(field, got, want).message });
-  if (typeof req !== "object" || req === null) return [{ field: "ca", message: invalid("ca", req, "an object").message }];
+  const add = (field: string, got: unknown, want: string) =>
+    f.push({ field, message: invalid(field, got, want).message });
+  if (typeof req !== "object" || req === null)
+    return [{ field: "ca", message: invalid("ca", req, "an object").message }];
   const r = req as Partial<CaRequest>;
   if (typeof r.name !== "string" || !/^[a-z0-9][a-z0-9-]{0,62}$/.test(r.name)) {
-    add("name", r.name, "a lowercase name of letters, digits and dashes (it becomes part of the resource name)");
+    add(
+      "name",
+      r.name,
+      "a lowercase name of letters, digits and dashes (it becomes part of the resource name)",
+    );
   }
   if (!CA_ROLES.includes(r.role as CaRole)) add("role", r.role, `one of ${CA_ROLES.join(", ")}`);
   if (!isKeyAlgorithm(r.algorithm)) add("algorithm", r.algorithm, `one of ${KEY_ALGORITHMS.join(", ")}`);
@@ -124,19 +153,28 @@ export function validateCaRequest(req: unknown, parent?: ParentFacts, deps: Pick
       r.keyUsage.forEach((u, i) => {
         if (!KEY_USAGES.includes(u)) add(`keyUsage[${i}]`, u, `one of ${KEY_USAGES.join(", ")}`);
       });
-      if (!r.keyUsage.includes("keyCertSign")) add("keyUsage", r.keyUsage.join(","), "a list that includes keyCertSign (it is a CA)");
+      if (!r.keyUsage.includes("keyCertSign"))
+        add("keyUsage", r.keyUsage.join(","), "a list that includes keyCertSign (it is a CA)");
     }
   }
   const nc = r.nameConstraints;
   if (nc !== undefined) {
-    const keys = ["permittedDNS", "excludedDNS", "permittedEmail", "excludedEmail", "permittedURI", "excludedURI"];
+    const keys = [
+      "permittedDNS",
+      "excludedDNS",
+      "permittedEmail",
+      "excludedEmail",
+      "permittedURI",
+      "excludedURI",
+    ];
     for (const [k, v] of Object.entries(nc)) {
       if (!keys.includes(k)) add(`nameConstraints.${k}`, k, `one of ${keys.join(", ")}`);
       else if (!Array.isArray(v) || v.some((s) => typeof s !== "string" || s.length === 0)) {
         add(`nameConstraints.${k}`, v, "a list of non-empty strings");
       } else if (k.endsWith("DNS")) {
         v.forEach((d: string, i: number) => {
-          if (!DNS_NAME.test(d.replace(/^\./, ""))) add(`nameConstraints.${k}[${i}]`, d, "a DNS name like devices.example.com");
+          if (!DNS_NAME.test(d.replace(/^\./, "")))
+            add(`nameConstraints.${k}[${i}]`, d, "a DNS name like devices.example.com");
         });
       }
     }
@@ -149,7 +187,12 @@ export function validateCaRequest(req: unknown, parent?: ParentFacts, deps: Pick
     // parent unknown (e.g. preview of a new parent): checked again at create
   }
   if (parent) {
-    if (!parent.ca) add("issuer", phrase(`'${parent.name}' whose certificate is not a CA`), "an issuer with basicConstraints CA:TRUE");
+    if (!parent.ca)
+      add(
+        "issuer",
+        phrase(`'${parent.name}' whose certificate is not a CA`),
+        "an issuer with basicConstraints CA:TRUE",
+      );
     if (Number.isInteger(r.validityDays)) {
       const end = new Date(deps.now().getTime() + r.validityDays! * DAY_MS);
       // created after its parent, a child declared with the same lifetime ends a little later:
@@ -164,25 +207,47 @@ export function validateCaRequest(req: unknown, parent?: ParentFacts, deps: Pick
       }
     }
     if (parent.pathLen !== undefined) {
-      if (parent.pathLen === 0) add("issuer", phrase(`'${parent.name}' with pathLen 0`), "an issuer whose pathLen allows a CA below it");
+      if (parent.pathLen === 0)
+        add(
+          "issuer",
+          phrase(`'${parent.name}' with pathLen 0`),
+          "an issuer whose pathLen allows a CA below it",
+        );
       else if (r.pathLen !== undefined && r.pathLen > parent.pathLen - 1) {
-        add("pathLen", r.pathLen, `at most ${parent.pathLen - 1} (issuer '${parent.name}' has pathLen ${parent.pathLen})`);
+        add(
+          "pathLen",
+          r.pathLen,
+          `at most ${parent.pathLen - 1} (issuer '${parent.name}' has pathLen ${parent.pathLen})`,
+        );
       }
     }
     const pnc = parent.nameConstraints;
     if (pnc && nc) {
       (nc.permittedDNS ?? []).forEach((d, i) => {
         if (pnc.permittedDNS?.length && !pnc.permittedDNS.some((b) => within(d.replace(/^\./, ""), b))) {
-          add(`nameConstraints.permittedDNS[${i}]`, d, `a name within issuer '${parent.name}' permitted subtrees [${pnc.permittedDNS.join(", ")}]`);
+          add(
+            `nameConstraints.permittedDNS[${i}]`,
+            d,
+            `a name within issuer '${parent.name}' permitted subtrees [${pnc.permittedDNS.join(", ")}]`,
+          );
         }
         const ex = pnc.excludedDNS?.find((b) => within(d.replace(/^\./, ""), b));
-        if (ex) add(`nameConstraints.permittedDNS[${i}]`, d, `a name outside issuer '${parent.name}' excluded subtree ${ex}`);
+        if (ex)
+          add(
+            `nameConstraints.permittedDNS[${i}]`,
+            d,
+            `a name outside issuer '${parent.name}' excluded subtree ${ex}`,
+          );
       });
     }
     const cn = r.subject?.commonName;
     if (pnc && typeof cn === "string" && DNS_NAME.test(cn)) {
       if (pnc.permittedDNS?.length && !pnc.permittedDNS.some((b) => within(cn, b))) {
-        add("subject.commonName", cn, `a name within issuer '${parent.name}' permitted subtrees [${pnc.permittedDNS.join(", ")}]`);
+        add(
+          "subject.commonName",
+          cn,
+          `a name within issuer '${parent.name}' permitted subtrees [${pnc.permittedDNS.join(", ")}]`,
+        );
       }
       const ex = pnc.excludedDNS?.find((b) => within(cn, b));
       if (ex) add("subject.commonName", cn, `a name outside issuer '${parent.name}' excluded subtree ${ex}`);
@@ -195,7 +260,13 @@ function fail(failures: Failure[]): never {
   throw new FleetError("INVALID_INPUT", failures.map((x) => x.message).join("; "), failures[0]?.field);
 }
 
-function describeCert(der: Buffer, keyPem: string, chainPem: string, algorithm: KeyAlgorithm, subjectDn: string): IssuedCa {
+function describeCert(
+  der: Buffer,
+  keyPem: string,
+  chainPem: string,
+  algorithm: KeyAlgorithm,
+  subjectDn: string,
+): IssuedCa {
   const c = parseCertificate(der);
   const x = new crypto.X509Certificate(der);
   const bc = basicConstraintsOf(c);
@@ -218,10 +289,18 @@ function describeCert(der: Buffer, keyPem: string, chainPem: string, algorithm: 
 }
 
 /** Create a CA: self-signed when `parent` is absent (role root), else signed by the parent. */
-export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, deps: Deps = defaultDeps()): IssuedCa {
+export function issueCa(
+  req: CaRequest,
+  parent?: CaMaterial & { name: string },
+  deps: Deps = defaultDeps(),
+): IssuedCa {
   const facts = parent ? parentFacts(parent.name, parent.certificatePem) : undefined;
   const failures = validateCaRequest(req, facts, deps);
-  if (!parent && req.role !== "root") failures.push({ field: "issuer", message: invalid("issuer", phrase("none"), `an issuer CA for role ${req.role}`).message });
+  if (!parent && req.role !== "root")
+    failures.push({
+      field: "issuer",
+      message: invalid("issuer", phrase("none"), `an issuer CA for role ${req.role}`).message,
+    });
   if (failures.length) fail(failures);
 
   const pair = generateKey(req.algorithm);
@@ -269,21 +348,51 @@ export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, 
   const certPem = toPem("CERTIFICATE", der);
   // chain: this certificate, then the parent's chain up to (and including) the root
   const chainPem = parent ? certPem + parent.chainPem : certPem;
-  return describeCert(der, privateKeyPem(pair.privateKey), chainPem, req.algorithm, subjectString(req.subject));
+  return describeCert(
+    der,
+    privateKeyPem(pair.privateKey),
+    chainPem,
+    req.algorithm,
+    subjectString(req.subject),
+  );
 }
 
 /** Bring your own root: check the PEMs and describe them as if we had issued them. */
-export function importCa(name: string, certificatePem: unknown, keyPem: unknown): IssuedCa {
+export function importCa(_name: string, certificatePem: unknown, keyPem: unknown): IssuedCa {
   const blocks = pemBlocks(certificatePem, "CERTIFICATE", "existing.certificatePem");
   const der = blocks[0]!;
   const c = parseCertificate(der, "existing.certificatePem");
   const x = new crypto.X509Certificate(der);
   const key = loadPrivateKey(keyPem, "existing.privateKeyPem");
   const f: Failure[] = [];
-  if (!x.checkPrivateKey(key)) f.push({ field: "existing.privateKeyPem", message: invalid("existing.privateKeyPem", phrase("a key that does not match the certificate"), "the private key of existing.certificatePem").message });
+  if (!x.checkPrivateKey(key))
+    f.push({
+      field: "existing.privateKeyPem",
+      message: invalid(
+        "existing.privateKeyPem",
+        phrase("a key that does not match the certificate"),
+        "the private key of existing.certificatePem",
+      ).message,
+    });
   const bc = basicConstraintsOf(c);
-  if (!bc?.ca) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", phrase("a certificate without basicConstraints CA:TRUE"), "a CA certificate").message });
-  if (new Date(x.validTo) <= new Date()) f.push({ field: "existing.certificatePem", message: invalid("existing.certificatePem", phrase(`a certificate that expired ${x.validTo}`), "a certificate still valid").message });
+  if (!bc?.ca)
+    f.push({
+      field: "existing.certificatePem",
+      message: invalid(
+        "existing.certificatePem",
+        phrase("a certificate without basicConstraints CA:TRUE"),
+        "a CA certificate",
+      ).message,
+    });
+  if (new Date(x.validTo) <= new Date())
+    f.push({
+      field: "existing.certificatePem",
+      message: invalid(
+        "existing.certificatePem",
+        phrase(`a certificate that expired ${x.validTo}`),
+        "a certificate still valid",
+      ).message,
+    });
   if (f.length) fail(f);
   const algorithm = algorithmOf(key, "existing.privateKeyPem");
   const pem = toPem("CERTIFICATE", der);

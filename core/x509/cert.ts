@@ -96,14 +96,23 @@ export class LeafTemplate {
     profile: LeafProfile,
   ) {
     if (profile.notAfter <= profile.notBefore) {
-      throw invalid("profile.notAfter", profile.notAfter.toISOString(), `after notBefore ${profile.notBefore.toISOString()}`);
+      throw invalid(
+        "profile.notAfter",
+        profile.notAfter.toISOString(),
+        `after notBefore ${profile.notBefore.toISOString()}`,
+      );
     }
     this.sigAlgId = algInfo(issuer.algorithm).sigAlgId;
     this.head = V3;
-    this.afterSerial = Buffer.concat([this.sigAlgId, issuer.subject, seq(time(profile.notBefore), time(profile.notAfter))]);
+    this.afterSerial = Buffer.concat([
+      this.sigAlgId,
+      issuer.subject,
+      seq(time(profile.notBefore), time(profile.notAfter)),
+    ]);
     this.subjectPrefix = [];
     if (profile.organization) this.subjectPrefix.push(set(seq(oid("2.5.4.10"), utf8(profile.organization))));
-    if (profile.organizationalUnit) this.subjectPrefix.push(set(seq(oid("2.5.4.11"), utf8(profile.organizationalUnit))));
+    if (profile.organizationalUnit)
+      this.subjectPrefix.push(set(seq(oid("2.5.4.11"), utf8(profile.organizationalUnit))));
     this.fixedExt = [
       basicConstraints(false),
       keyUsage(profile.keyUsage),

@@ -143,12 +143,14 @@ export function read(buf: Uint8Array, pos = 0, limit = buf.length): Node {
   let p = pos + 2;
   if (len & 0x80) {
     const n = len & 0x7f;
-    if (n === 0 || n > 4 || p + n > limit) throw invalid("der", phrase(`length of length ${n}`), "1..4 bytes inside the buffer");
+    if (n === 0 || n > 4 || p + n > limit)
+      throw invalid("der", phrase(`length of length ${n}`), "1..4 bytes inside the buffer");
     len = 0;
     for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
     p += n;
   }
-  if (p + len > limit) throw invalid("der", phrase(`length ${len} at offset ${pos}`), `at most ${limit - p} bytes`);
+  if (p + len > limit)
+    throw invalid("der", phrase(`length ${len} at offset ${pos}`), `at most ${limit - p} bytes`);
   return { tag, start: pos, contentStart: p, end: p + len };
 }
 

@@ -5,7 +5,19 @@
  */
 import * as crypto from "node:crypto";
 import { invalid } from "../errors";
-import { bool, children, content, implicitCons, implicitPrim, namedBits, octets, oid, read, seq, uint } from "./der";
+import {
+  bool,
+  children,
+  content,
+  implicitCons,
+  implicitPrim,
+  namedBits,
+  octets,
+  oid,
+  read,
+  seq,
+  uint,
+} from "./der";
 
 export const OID = {
   basicConstraints: "2.5.29.19",
@@ -71,7 +83,8 @@ export function keyIdentifier(spki: Uint8Array): Buffer {
   return crypto.createHash("sha256").update(content(spki, bits).subarray(1)).digest().subarray(0, 20);
 }
 
-export const subjectKeyIdentifier = (kid: Uint8Array): Buffer => extension(OID.subjectKeyIdentifier, false, octets(kid));
+export const subjectKeyIdentifier = (kid: Uint8Array): Buffer =>
+  extension(OID.subjectKeyIdentifier, false, octets(kid));
 export const authorityKeyIdentifier = (kid: Uint8Array): Buffer =>
   extension(OID.authorityKeyIdentifier, false, seq(implicitPrim(0, kid)));
 

@@ -91,7 +91,11 @@ export function privateKeyPem(key: crypto.KeyObject): string {
 
 export function loadPrivateKey(pem: unknown, field: string): crypto.KeyObject {
   if (typeof pem !== "string" || !/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
-    throw invalid(field, typeof pem === "string" ? phrase("text without a PRIVATE KEY block") : pem, "a PEM private key (PKCS#8)");
+    throw invalid(
+      field,
+      typeof pem === "string" ? phrase("text without a PRIVATE KEY block") : pem,
+      "a PEM private key (PKCS#8)",
+    );
   }
   try {
     return crypto.createPrivateKey({ key: pem, format: "pem" });

@@ -28,11 +28,13 @@ const KNOWN = new Set(ATTRS.map((a) => a[0]));
 
 /** Validate a declared subject; returns errors as "field: got X, want Y" strings. */
 export function subjectErrors(subject: unknown, field: string): string[] {
-  if (typeof subject !== "object" || subject === null) return [invalid(field, subject, "an object with commonName").message];
+  if (typeof subject !== "object" || subject === null)
+    return [invalid(field, subject, "an object with commonName").message];
   const errs: string[] = [];
   const s = subject as Record<string, unknown>;
   for (const k of Object.keys(s)) {
-    if (!KNOWN.has(k as keyof Subject)) errs.push(invalid(`${field}.${k}`, k, `one of ${[...KNOWN].join(", ")}`).message);
+    if (!KNOWN.has(k as keyof Subject))
+      errs.push(invalid(`${field}.${k}`, k, `one of ${[...KNOWN].join(", ")}`).message);
   }
   for (const [k, , max] of ATTRS) {
     const v = s[k];

@@ -60,7 +60,11 @@ export function parseCertificate(der: Uint8Array, field = "certificate"): Parsed
       extensions,
     };
   } catch {
-    throw invalid(field, phrase("bytes that are not a DER X.509 certificate"), "a DER-encoded X.509 certificate");
+    throw invalid(
+      field,
+      phrase("bytes that are not a DER X.509 certificate"),
+      "a DER-encoded X.509 certificate",
+    );
   }
 }
 

@@ -22,12 +22,18 @@ export function pemBlocks(pem: unknown, label: string, field: string): Buffer[] 
     const body = m[2]!.replace(/\s+/g, "");
     const der = Buffer.from(body, "base64");
     if (der.length === 0 || der.toString("base64") !== body) {
-      throw invalid(field, phrase("a block whose base64 does not decode cleanly"), `valid base64 inside -----BEGIN ${label}-----`);
+      throw invalid(
+        field,
+        phrase("a block whose base64 does not decode cleanly"),
+        `valid base64 inside -----BEGIN ${label}-----`,
+      );
     }
     out.push(der);
   }
   if (out.length === 0) {
-    const what = /-----BEGIN /.test(pem) ? "PEM without a well-formed " + label + " block" : "text that is not PEM";
+    const what = /-----BEGIN /.test(pem)
+      ? `PEM without a well-formed ${label} block`
+      : "text that is not PEM";
     throw invalid(field, phrase(what), `a PEM with -----BEGIN ${label}----- ... -----END ${label}-----`);
   }
   return out;

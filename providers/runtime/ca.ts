@@ -4,7 +4,14 @@
  * Key material is returned only in `keyPem`, which the resource marks as a secret output.
  */
 import * as crypto from "node:crypto";
-import { type CaRequest, importCa, issueCa, type ParentFacts, parentFacts, validateCaRequest } from "../../core/ca";
+import {
+  type CaRequest,
+  importCa,
+  issueCa,
+  type ParentFacts,
+  parentFacts,
+  validateCaRequest,
+} from "../../core/ca";
 import { FleetError } from "../../core/errors";
 
 /** Pulumi's marker for a value not known during preview (sdk/nodejs/runtime/rpc.ts). */
@@ -65,7 +72,9 @@ function canonical(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
   if (typeof v === "object") {
     return `{${Object.keys(v as object)
-      .filter((k) => (v as Record<string, unknown>)[k] !== undefined && (v as Record<string, unknown>)[k] !== null)
+      .filter(
+        (k) => (v as Record<string, unknown>)[k] !== undefined && (v as Record<string, unknown>)[k] !== null,
+      )
       .sort()
       .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
       .join(",")}}`;
@@ -76,7 +85,10 @@ function canonical(v: unknown): string {
 const fingerprint = (pem: string): string => {
   const m = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/.exec(pem);
   if (!m) return "";
-  return crypto.createHash("sha256").update(Buffer.from(m[1]!.replace(/\s+/g, ""), "base64")).digest("hex");
+  return crypto
+    .createHash("sha256")
+    .update(Buffer.from(m[1]!.replace(/\s+/g, ""), "base64"))
+    .digest("hex");
 };
 
 export function check(_olds: Record<string, unknown>, news: CaInputs) {
@@ -113,7 +125,8 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
   const replaces: string[] = [];
   const declared = (olds.declared ?? {}) as Record<string, unknown>;
   for (const k of REPLACE_ON) {
-    if (canonical(declared[k]) !== canonical((news as unknown as Record<string, unknown>)[k])) replaces.push(k);
+    if (canonical(declared[k]) !== canonical((news as unknown as Record<string, unknown>)[k]))
+      replaces.push(k);
   }
   if (news.issuer) {
     const cert = news.issuer.certificatePem;
@@ -123,7 +136,11 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
     } else if (fingerprint(cert) !== olds.issuerFingerprint) replaces.push("issuer");
   } else if (olds.issuerFingerprint) replaces.push("issuer");
   if (news.existing) {
-    if (isUnknown(news.existing.certificatePem) || fingerprint(news.existing.certificatePem) !== olds.existingFingerprint) replaces.push("existing");
+    if (
+      isUnknown(news.existing.certificatePem) ||
+      fingerprint(news.existing.certificatePem) !== olds.existingFingerprint
+    )
+      replaces.push("existing");
   } else if (olds.existingFingerprint) replaces.push("existing");
   const descChanged = (olds.description ?? null) !== (news.description ?? null);
   return {
@@ -139,7 +156,9 @@ export function create(inputs: CaInputs) {
     ? importCa(inputs.name, inputs.existing.certificatePem, inputs.existing.privateKeyPem)
     : issueCa(inputs, inputs.issuer);
   // the declaration as given, for diff(); effective values (pathLen, algorithm) come from `issued`
-  const declared = Object.fromEntries(REPLACE_ON.map((k) => [k, (inputs as unknown as Record<string, unknown>)[k] ?? null]));
+  const declared = Object.fromEntries(
+    REPLACE_ON.map((k) => [k, (inputs as unknown as Record<string, unknown>)[k] ?? null]),
+  );
   const outs = {
     kind: "fleetguard:ca",
     declared,

@@ -22,25 +22,46 @@ const rootReq: CaRequest = {
 describe("CA issuance verified by OpenSSL", () => {
   const root = issueCa(rootReq);
   const inter = issueCa(
-    { name: "inter", role: "intermediate", algorithm: "ecdsa-p256", subject: { commonName: "Test Inter" }, validityDays: 1825, crlDistributionPoint: "http://crl.acme.example/i.crl" },
+    {
+      name: "inter",
+      role: "intermediate",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "Test Inter" },
+      validityDays: 1825,
+      crlDistributionPoint: "http://crl.acme.example/i.crl",
+    },
     { name: "root", ...root },
   );
 
-  it.each(["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-3072"] as const)("issuing CA with %s verifies under root -> intermediate", (algorithm) => {
-    const iss = issueCa({ name: "iss", role: "issuing", algorithm, subject: { commonName: "Test Issuing" }, validityDays: 730 }, { name: "inter", ...inter });
-    const v = verifyChain(root.certificatePem, inter.certificatePem, iss.certificatePem);
-    expect(v.out).toContain("OK");
-    expect(v.ok).toBe(true);
-    expect(iss.chainPem.match(/BEGIN CERTIFICATE/g)).toHaveLength(3);
-    expect(iss.pathLen).toBe(0);
-    expect(iss.authorityKeyId).toBe(inter.subjectKeyId);
-  });
+  it.each(["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-3072"] as const)(
+    "issuing CA with %s verifies under root -> intermediate",
+    (algorithm) => {
+      const iss = issueCa(
+        {
+          name: "iss",
+          role: "issuing",
+          algorithm,
+          subject: { commonName: "Test Issuing" },
+          validityDays: 730,
+        },
+        { name: "inter", ...inter },
+      );
+      const v = verifyChain(root.certificatePem, inter.certificatePem, iss.certificatePem);
+      expect(v.out).toContain("OK");
+      expect(v.ok).toBe(true);
+      expect(iss.chainPem.match(/BEGIN CERTIFICATE/g)).toHaveLength(3);
+      expect(iss.pathLen).toBe(0);
+      expect(iss.authorityKeyId).toBe(inter.subjectKeyId);
+    },
+  );
 
   it("marks basicConstraints, keyUsage and nameConstraints critical (RFC 5280)", () => {
     const text = x509Text(root.certificatePem);
     expect(text).toMatch(/Basic Constraints: critical\s+CA:TRUE, pathlen:2/);
     expect(text).toMatch(/Key Usage: critical\s+Digital Signature, Certificate Sign, CRL Sign/);
-    expect(text).toMatch(/Name Constraints: critical\s+Permitted:\s+DNS:devices.acme.example\s+Excluded:\s+DNS:bad.devices.acme.example/);
+    expect(text).toMatch(
+      /Name Constraints: critical\s+Permitted:\s+DNS:devices.acme.example\s+Excluded:\s+DNS:bad.devices.acme.example/,
+    );
     expect(text).toMatch(/Subject Key Identifier/);
     const itext = x509Text(inter.certificatePem);
     expect(itext).toMatch(/CRL Distribution Points:\s+Full Name:\s+URI:http:\/\/crl.acme.example\/i.crl/);
@@ -56,16 +77,42 @@ describe("CA issuance verified by OpenSSL", () => {
   });
 
   it("issues device certificates from a LeafTemplate that OpenSSL accepts", () => {
-    const iss = issueCa({ name: "iss", role: "issuing", algorithm: "ecdsa-p256", subject: { commonName: "Iss" }, validityDays: 700 }, { name: "inter", ...inter });
+    const iss = issueCa(
+      {
+        name: "iss",
+        role: "issuing",
+        algorithm: "ecdsa-p256",
+        subject: { commonName: "Iss" },
+        validityDays: 700,
+      },
+      { name: "inter", ...inter },
+    );
     const issDer = pemOne(iss.certificatePem, "CERTIFICATE", "t");
     const pc = parseCertificate(issDer);
     const tpl = new LeafTemplate(
-      { algorithm: "ecdsa-p256", key: crypto.createPrivateKey(iss.keyPem), subject: pc.subject, keyId: Buffer.from(iss.subjectKeyId, "hex") },
-      { organization: "Acme", notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 365 * 86400_000), keyUsage: ["digitalSignature"], extKeyUsage: [EKU.clientAuth], crlUrls: ["http://crl.acme.example/iss.crl"] },
+      {
+        algorithm: "ecdsa-p256",
+        key: crypto.createPrivateKey(iss.keyPem),
+        subject: pc.subject,
+        keyId: Buffer.from(iss.subjectKeyId, "hex"),
+      },
+      {
+        organization: "Acme",
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + 365 * 86400_000),
+        keyUsage: ["digitalSignature"],
+        extKeyUsage: [EKU.clientAuth],
+        crlUrls: ["http://crl.acme.example/iss.crl"],
+      },
     );
     const dev = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-    const leaf = tpl.issue(randomSerial(), "dev-000001", spkiDer(dev.publicKey), { dns: ["dev-000001.devices.acme.example"] });
-    const leafPem = `-----BEGIN CERTIFICATE-----\n${leaf.toString("base64").match(/.{1,64}/g)!.join("\n")}\n-----END CERTIFICATE-----\n`;
+    const leaf = tpl.issue(randomSerial(), "dev-000001", spkiDer(dev.publicKey), {
+      dns: ["dev-000001.devices.acme.example"],
+    });
+    const leafPem = `-----BEGIN CERTIFICATE-----\n${leaf
+      .toString("base64")
+      .match(/.{1,64}/g)!
+      .join("\n")}\n-----END CERTIFICATE-----\n`;
     const v = verifyChain(root.certificatePem, inter.certificatePem + iss.certificatePem, leafPem);
     expect(v.out).toContain("OK");
     const text = x509Text(leafPem);
@@ -75,11 +122,30 @@ describe("CA issuance verified by OpenSSL", () => {
   });
 
   it("rejects a device name outside the root's name constraints (OpenSSL agrees)", () => {
-    const iss = issueCa({ name: "iss", role: "issuing", algorithm: "ecdsa-p256", subject: { commonName: "Iss" }, validityDays: 700 }, { name: "inter", ...inter });
+    const iss = issueCa(
+      {
+        name: "iss",
+        role: "issuing",
+        algorithm: "ecdsa-p256",
+        subject: { commonName: "Iss" },
+        validityDays: 700,
+      },
+      { name: "inter", ...inter },
+    );
     const pc = parseCertificate(pemOne(iss.certificatePem, "CERTIFICATE", "t"));
     const tpl = new LeafTemplate(
-      { algorithm: "ecdsa-p256", key: crypto.createPrivateKey(iss.keyPem), subject: pc.subject, keyId: Buffer.from(iss.subjectKeyId, "hex") },
-      { notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86400_000), keyUsage: ["digitalSignature"], extKeyUsage: [] },
+      {
+        algorithm: "ecdsa-p256",
+        key: crypto.createPrivateKey(iss.keyPem),
+        subject: pc.subject,
+        keyId: Buffer.from(iss.subjectKeyId, "hex"),
+      },
+      {
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + 86400_000),
+        keyUsage: ["digitalSignature"],
+        extKeyUsage: [],
+      },
     );
     const dev = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     const leaf = tpl.issue(randomSerial(), "x", spkiDer(dev.publicKey), { dns: ["dev.evil.example"] });
@@ -110,18 +176,30 @@ describe("serial numbers", () => {
 describe("validation errors name the field, what was got and what was wanted", () => {
   const root = issueCa({ ...rootReq, validityDays: 365, pathLen: 1 });
   const facts = parentFacts("root", root.certificatePem);
-  const base = { name: "c", role: "intermediate" as const, algorithm: "ecdsa-p256" as const, subject: { commonName: "C" }, validityDays: 100 };
+  const base = {
+    name: "c",
+    role: "intermediate" as const,
+    algorithm: "ecdsa-p256" as const,
+    subject: { commonName: "C" },
+    validityDays: 100,
+  };
 
   it("child validity outliving its parent", () => {
     const f = validateCaRequest({ ...base, validityDays: 400 }, facts);
     expect(f.map((x) => x.field)).toEqual(["validityDays"]);
-    expect(f[0]!.message).toMatch(/^validityDays: got 400 \(until .*\), want at most 36[45] so it ends before its issuer 'root'/);
+    expect(f[0]!.message).toMatch(
+      /^validityDays: got 400 \(until .*\), want at most 36[45] so it ends before its issuer 'root'/,
+    );
   });
   it("pathLen the parent forbids", () => {
-    expect(validateCaRequest({ ...base, pathLen: 3 }, facts)[0]!.message).toBe("pathLen: got 3, want at most 0 (issuer 'root' has pathLen 1)");
+    expect(validateCaRequest({ ...base, pathLen: 3 }, facts)[0]!.message).toBe(
+      "pathLen: got 3, want at most 0 (issuer 'root' has pathLen 1)",
+    );
     const inter = issueCa({ ...base, name: "inter" }, { name: "root", ...root });
     const f = validateCaRequest(base, parentFacts("inter", inter.certificatePem));
-    expect(f[0]!.message).toBe("issuer: got 'inter' with pathLen 0, want an issuer whose pathLen allows a CA below it");
+    expect(f[0]!.message).toBe(
+      "issuer: got 'inter' with pathLen 0, want an issuer whose pathLen allows a CA below it",
+    );
   });
   it("unknown algorithm", () => {
     expect(validateCaRequest({ ...base, algorithm: "dsa-1024" })[0]!.message).toBe(
@@ -129,18 +207,34 @@ describe("validation errors name the field, what was got and what was wanted", (
     );
   });
   it("malformed PEM", () => {
-    expect(() => parentFacts("root", "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----")).toThrow(/issuer.certificatePem: got .*, want/);
-    expect(() => parentFacts("root", "hello")).toThrow('issuer.certificatePem: got text that is not PEM, want a PEM with -----BEGIN CERTIFICATE-----');
+    expect(() => parentFacts("root", "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----")).toThrow(
+      /issuer.certificatePem: got .*, want/,
+    );
+    expect(() => parentFacts("root", "hello")).toThrow(
+      "issuer.certificatePem: got text that is not PEM, want a PEM with -----BEGIN CERTIFICATE-----",
+    );
     const bad = `-----BEGIN CERTIFICATE-----\n${Buffer.from("not a certificate").toString("base64")}\n-----END CERTIFICATE-----`;
-    expect(() => parentFacts("root", bad)).toThrow("issuer.certificatePem: got bytes that are not a DER X.509 certificate, want a DER-encoded X.509 certificate");
+    expect(() => parentFacts("root", bad)).toThrow(
+      "issuer.certificatePem: got bytes that are not a DER X.509 certificate, want a DER-encoded X.509 certificate",
+    );
   });
   it("a name outside the parent's name constraints", () => {
-    const f = validateCaRequest({ ...base, subject: { commonName: "ca.other.example" }, nameConstraints: { permittedDNS: ["x.other.example"] } }, facts);
+    const f = validateCaRequest(
+      {
+        ...base,
+        subject: { commonName: "ca.other.example" },
+        nameConstraints: { permittedDNS: ["x.other.example"] },
+      },
+      facts,
+    );
     expect(f.map((x) => x.message)).toEqual([
-      'nameConstraints.permittedDNS[0]: got "x.other.example", want a name within issuer \'root\' permitted subtrees [devices.acme.example]',
-      'subject.commonName: got "ca.other.example", want a name within issuer \'root\' permitted subtrees [devices.acme.example]',
+      "nameConstraints.permittedDNS[0]: got \"x.other.example\", want a name within issuer 'root' permitted subtrees [devices.acme.example]",
+      "subject.commonName: got \"ca.other.example\", want a name within issuer 'root' permitted subtrees [devices.acme.example]",
     ]);
-    const ex = validateCaRequest({ ...base, nameConstraints: { permittedDNS: ["a.bad.devices.acme.example"] } }, facts);
+    const ex = validateCaRequest(
+      { ...base, nameConstraints: { permittedDNS: ["a.bad.devices.acme.example"] } },
+      facts,
+    );
     expect(ex[0]!.message).toMatch(/outside issuer 'root' excluded subtree bad.devices.acme.example/);
   });
   it("issueCa refuses a bad request with FleetError INVALID_INPUT and no key in the message", () => {
@@ -164,10 +258,14 @@ describe("bring your own root", () => {
     expect(r.algorithm).toBe("ecdsa-p384");
   });
   it("refuses a key that does not match, without echoing the key", () => {
-    const other = crypto.generateKeyPairSync("ec", { namedCurve: "secp384r1" }).privateKey.export({ type: "pkcs8", format: "pem" }) as string;
+    const other = crypto
+      .generateKeyPairSync("ec", { namedCurve: "secp384r1" })
+      .privateKey.export({ type: "pkcs8", format: "pem" }) as string;
     expect(() => importCa("root", root.certificatePem, other)).toThrow(
       "existing.privateKeyPem: got a key that does not match the certificate, want the private key of existing.certificatePem",
     );
-    expect(() => importCa("root", root.certificatePem, "garbage")).toThrow("existing.privateKeyPem: got text without a PRIVATE KEY block, want a PEM private key (PKCS#8)");
+    expect(() => importCa("root", root.certificatePem, "garbage")).toThrow(
+      "existing.privateKeyPem: got text without a PRIVATE KEY block, want a PEM private key (PKCS#8)",
+    );
   });
 });

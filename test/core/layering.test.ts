@@ -11,7 +11,9 @@ function tsFiles(dir: string): string[] {
 }
 const root = path.join(__dirname, "..", "..");
 const importsOf = (file: string) =>
-  [...fs.readFileSync(file, "utf8").matchAll(/(?:from\s+|require\(|import\()\s*["']([^"']+)["']/g)].map((m) => m[1]!);
+  [...fs.readFileSync(file, "utf8").matchAll(/(?:from\s+|require\(|import\()\s*["']([^"']+)["']/g)].map(
+    (m) => m[1]!,
+  );
 
 describe("layering", () => {
   it("core/ imports no @pulumi package and nothing above it", () => {
@@ -25,6 +27,8 @@ describe("layering", () => {
   it("the check itself catches an offender", () => {
     expect(importsOf(__filename).length).toBeGreaterThan(0);
     const sample = 'import * as pulumi from "@pulumi/pulumi";';
-    expect([...sample.matchAll(/(?:from\s+|require\(|import\()\s*["']([^"']+)["']/g)].map((m) => m[1])).toEqual(["@pulumi/pulumi"]);
+    expect(
+      [...sample.matchAll(/(?:from\s+|require\(|import\()\s*["']([^"']+)["']/g)].map((m) => m[1]),
+    ).toEqual(["@pulumi/pulumi"]);
   });
 });

@@ -14,12 +14,24 @@ export function openssl(args: string[], input?: string): { status: number; out: 
 }
 
 /** `openssl verify -x509_strict -CAfile root -untrusted <intermediates> leaf` */
-export function verifyChain(rootPem: string, intermediatesPem: string, leafPem: string): { ok: boolean; out: string } {
+export function verifyChain(
+  rootPem: string,
+  intermediatesPem: string,
+  leafPem: string,
+): { ok: boolean; out: string } {
   const dir = tmpdir();
   fs.writeFileSync(path.join(dir, "root.pem"), rootPem);
   fs.writeFileSync(path.join(dir, "inter.pem"), intermediatesPem || rootPem);
   fs.writeFileSync(path.join(dir, "leaf.pem"), leafPem);
-  const r = openssl(["verify", "-x509_strict", "-CAfile", path.join(dir, "root.pem"), "-untrusted", path.join(dir, "inter.pem"), path.join(dir, "leaf.pem")]);
+  const r = openssl([
+    "verify",
+    "-x509_strict",
+    "-CAfile",
+    path.join(dir, "root.pem"),
+    "-untrusted",
+    path.join(dir, "inter.pem"),
+    path.join(dir, "leaf.pem"),
+  ]);
   fs.rmSync(dir, { recursive: true, force: true });
   return { ok: r.status === 0 && /: OK/.test(r.out), out: r.out };
 }

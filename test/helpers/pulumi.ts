@@ -12,8 +12,11 @@ export const REPO = path.resolve(__dirname, "..", "..");
 /** PATH and variables from .cache/pulumi/env (running setup-pulumi first if needed). */
 export function pulumiEnv(): NodeJS.ProcessEnv {
   const envFile = path.join(REPO, ".cache", "pulumi", "env");
-  if (!fs.existsSync(envFile)) execFileSync("bash", [path.join(REPO, "scripts", "setup-pulumi")], { stdio: "inherit" });
-  const out = execFileSync("bash", ["-c", `source ${JSON.stringify(envFile)} && env -0`], { encoding: "utf8" });
+  if (!fs.existsSync(envFile))
+    execFileSync("bash", [path.join(REPO, "scripts", "setup-pulumi")], { stdio: "inherit" });
+  const out = execFileSync("bash", ["-c", `source ${JSON.stringify(envFile)} && env -0`], {
+    encoding: "utf8",
+  });
   const env: NodeJS.ProcessEnv = {};
   for (const kv of out.split("\0")) {
     const i = kv.indexOf("=");
@@ -49,12 +52,16 @@ export class PulumiStack {
   }
 
   run(args: string[], opts: { allowFail?: boolean } = {}): RunResult {
-    const r = spawnSync("pulumi", [...args, "--non-interactive", "--stack", this.stack, "--cwd", this.programDir], {
-      env: this.env,
-      encoding: "utf8",
-      maxBuffer: 64 * 1024 * 1024,
-      timeout: 600_000,
-    });
+    const r = spawnSync(
+      "pulumi",
+      [...args, "--non-interactive", "--stack", this.stack, "--cwd", this.programDir],
+      {
+        env: this.env,
+        encoding: "utf8",
+        maxBuffer: 64 * 1024 * 1024,
+        timeout: 600_000,
+      },
+    );
     const res = { status: r.status ?? -1, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
     if (res.status !== 0 && !opts.allowFail) {
       throw new Error(`pulumi ${args.join(" ")} exited ${res.status}\n${res.stdout}\n${res.stderr}`);
@@ -63,7 +70,11 @@ export class PulumiStack {
   }
 
   init(): void {
-    const r = spawnSync("pulumi", ["stack", "init", this.stack, "--non-interactive", "--cwd", this.programDir], { env: this.env, encoding: "utf8" });
+    const r = spawnSync(
+      "pulumi",
+      ["stack", "init", this.stack, "--non-interactive", "--cwd", this.programDir],
+      { env: this.env, encoding: "utf8" },
+    );
     if (r.status !== 0) throw new Error(`stack init failed: ${r.stdout}${r.stderr}`);
   }
 

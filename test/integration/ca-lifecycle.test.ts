@@ -10,12 +10,38 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyChain } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 
-type Summary = Record<string, { role: string; fingerprintSha256: string; certificatePem: string; chainPem: string }>;
+type Summary = Record<
+  string,
+  { role: string; fingerprintSha256: string; certificatePem: string; chainPem: string }
+>;
 
 const base = {
-  root: { name: "root", algorithm: "ecdsa-p384", subject: { commonName: "IT Root", organization: "Acme" }, validityDays: 3650, pathLen: 2, nameConstraints: { permittedDNS: ["devices.acme.example"] } },
-  intermediates: [{ name: "plant-1", algorithm: "ecdsa-p256", subject: { commonName: "IT Plant 1" }, validityDays: 1825, description: "first plant" }],
-  issuing: [{ name: "line-a", parent: "plant-1", algorithm: "ecdsa-p256", subject: { commonName: "IT Line A" }, validityDays: 730 }],
+  root: {
+    name: "root",
+    algorithm: "ecdsa-p384",
+    subject: { commonName: "IT Root", organization: "Acme" },
+    validityDays: 3650,
+    pathLen: 2,
+    nameConstraints: { permittedDNS: ["devices.acme.example"] },
+  },
+  intermediates: [
+    {
+      name: "plant-1",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "IT Plant 1" },
+      validityDays: 1825,
+      description: "first plant",
+    },
+  ],
+  issuing: [
+    {
+      name: "line-a",
+      parent: "plant-1",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "IT Line A" },
+      validityDays: 730,
+    },
+  ],
 };
 const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v));
 
@@ -32,13 +58,19 @@ describe("CaHierarchy with the real Pulumi engine", () => {
   const cas = (): Summary => stack.outputs().cas as Summary;
   // `preview --json` lists the steps that change something; a CA it does not list stays the same
   const opsFor = (steps: { op: string; urn: string }[]) =>
-    Object.fromEntries(steps.filter((s) => s.urn.includes("dynamic:Resource")).map((s) => [s.urn.split("::").pop(), s.op]));
+    Object.fromEntries(
+      steps.filter((s) => s.urn.includes("dynamic:Resource")).map((s) => [s.urn.split("::").pop(), s.op]),
+    );
 
   it("up creates root, intermediate and issuing CA whose chains OpenSSL verifies", () => {
     stack.run(["up", "--yes", "--skip-preview"]);
     first = cas();
     expect(Object.keys(first).sort()).toEqual(["line-a", "plant-1", "root"]);
-    const v = verifyChain(first.root!.certificatePem, first["plant-1"]!.certificatePem, first["line-a"]!.certificatePem);
+    const v = verifyChain(
+      first.root!.certificatePem,
+      first["plant-1"]!.certificatePem,
+      first["line-a"]!.certificatePem,
+    );
     expect(v.out).toContain("OK");
     expect(first["line-a"]!.chainPem.match(/BEGIN CERTIFICATE/g)).toHaveLength(3);
   });
@@ -57,14 +89,29 @@ describe("CaHierarchy with the real Pulumi engine", () => {
 
   it("adding an intermediate (with an issuing CA) touches nothing else", () => {
     const spec = clone(base);
-    spec.intermediates.push({ name: "plant-2", algorithm: "ecdsa-p256", subject: { commonName: "IT Plant 2" }, validityDays: 1825, description: "" });
-    spec.issuing.push({ name: "line-b", parent: "plant-2", algorithm: "ecdsa-p256", subject: { commonName: "IT Line B" }, validityDays: 730 });
+    spec.intermediates.push({
+      name: "plant-2",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "IT Plant 2" },
+      validityDays: 1825,
+      description: "",
+    });
+    spec.issuing.push({
+      name: "line-b",
+      parent: "plant-2",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "IT Line B" },
+      validityDays: 730,
+    });
     stack.setConfig("fleetguard:hierarchy", spec);
     expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-2": "create", "pki-line-b": "create" });
     stack.run(["up", "--yes", "--skip-preview"]);
     const now = cas();
-    for (const k of ["root", "plant-1", "line-a"]) expect(now[k]!.fingerprintSha256).toBe(first[k]!.fingerprintSha256);
-    expect(verifyChain(now.root!.certificatePem, now["plant-2"]!.certificatePem, now["line-b"]!.certificatePem).ok).toBe(true);
+    for (const k of ["root", "plant-1", "line-a"])
+      expect(now[k]!.fingerprintSha256).toBe(first[k]!.fingerprintSha256);
+    expect(
+      verifyChain(now.root!.certificatePem, now["plant-2"]!.certificatePem, now["line-b"]!.certificatePem).ok,
+    ).toBe(true);
   });
 
   it("changing only a description updates in place", () => {
@@ -72,7 +119,11 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     spec.intermediates[0]!.description = "first plant, renamed site";
     stack.setConfig("fleetguard:hierarchy", spec);
     // plant-2 and line-b are no longer declared: they go
-    expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-1": "update", "pki-plant-2": "delete", "pki-line-b": "delete" });
+    expect(opsFor(stack.previewSteps())).toEqual({
+      "pki-plant-1": "update",
+      "pki-plant-2": "delete",
+      "pki-line-b": "delete",
+    });
     stack.run(["up", "--yes", "--skip-preview"]);
     expect(cas()["plant-1"]!.fingerprintSha256).toBe(first["plant-1"]!.fingerprintSha256);
   });
@@ -88,7 +139,9 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     expect(now.root!.fingerprintSha256).toBe(first.root!.fingerprintSha256);
     expect(now["plant-1"]!.fingerprintSha256).not.toBe(first["plant-1"]!.fingerprintSha256);
     expect(now["line-a"]!.fingerprintSha256).not.toBe(first["line-a"]!.fingerprintSha256);
-    expect(verifyChain(now.root!.certificatePem, now["plant-1"]!.certificatePem, now["line-a"]!.certificatePem).ok).toBe(true);
+    expect(
+      verifyChain(now.root!.certificatePem, now["plant-1"]!.certificatePem, now["line-a"]!.certificatePem).ok,
+    ).toBe(true);
   });
 
   it("changing the root's key algorithm replaces the whole tree", () => {
@@ -97,7 +150,11 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     spec.intermediates[0]!.subject.commonName = "IT Plant 1 (2026)";
     spec.root.algorithm = "ecdsa-p256";
     stack.setConfig("fleetguard:hierarchy", spec);
-    expect(opsFor(stack.previewSteps())).toEqual({ "pki-root": "replace", "pki-plant-1": "replace", "pki-line-a": "replace" });
+    expect(opsFor(stack.previewSteps())).toEqual({
+      "pki-root": "replace",
+      "pki-plant-1": "replace",
+      "pki-line-a": "replace",
+    });
     stack.run(["up", "--yes", "--skip-preview"]);
     first = cas();
   });
@@ -109,12 +166,39 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     const cur = JSON.parse(goodSpec) as typeof base;
     const cases: [unknown, RegExp][] = [
       // caught by the component's plan (declared tree)
-      [{ ...clone(cur), issuing: [{ ...cur.issuing[0], validityDays: 4000 }] }, /issuing\[0\]\.validityDays: got 4000, want at most 1825 so it does not outlive its issuer 'plant-1'/],
-      [{ ...clone(cur), root: { ...cur.root, algorithm: "dsa-1024" } }, /root\.algorithm: got "dsa-1024", want one of ecdsa-p256, ecdsa-p384, ed25519, rsa-3072/],
-      [{ ...clone(cur), root: { ...cur.root, pathLen: 0 } }, /intermediates\[0\]\.parent: got 'root' whose pathLen is 0, want an issuer allowed to sign a CA/],
+      [
+        { ...clone(cur), issuing: [{ ...cur.issuing[0], validityDays: 4000 }] },
+        /issuing\[0\]\.validityDays: got 4000, want at most 1825 so it does not outlive its issuer 'plant-1'/,
+      ],
+      [
+        { ...clone(cur), root: { ...cur.root, algorithm: "dsa-1024" } },
+        /root\.algorithm: got "dsa-1024", want one of ecdsa-p256, ecdsa-p384, ed25519, rsa-3072/,
+      ],
+      [
+        { ...clone(cur), root: { ...cur.root, pathLen: 0 } },
+        /intermediates\[0\]\.parent: got 'root' whose pathLen is 0, want an issuer allowed to sign a CA/,
+      ],
       // caught by the provider's check() against the parent certificate
-      [{ ...clone(cur), intermediates: [{ ...cur.intermediates[0], subject: { commonName: "ca.elsewhere.example" } }] }, /subject\.commonName: got "ca\.elsewhere\.example", want a name within issuer 'root' permitted subtrees \[devices\.acme\.example\]/],
-      [{ ...clone(cur), root: { name: "root", existing: { certificatePem: "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----", privateKeyPem: "x" } } }, /existing\.certificatePem: got text that is not PEM|existing\.certificatePem: got PEM without a well-formed CERTIFICATE block/],
+      [
+        {
+          ...clone(cur),
+          intermediates: [{ ...cur.intermediates[0], subject: { commonName: "ca.elsewhere.example" } }],
+        },
+        /subject\.commonName: got "ca\.elsewhere\.example", want a name within issuer 'root' permitted subtrees \[devices\.acme\.example\]/,
+      ],
+      [
+        {
+          ...clone(cur),
+          root: {
+            name: "root",
+            existing: {
+              certificatePem: "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----",
+              privateKeyPem: "x",
+            },
+          },
+        },
+        /existing\.certificatePem: got text that is not PEM|existing\.certificatePem: got PEM without a well-formed CERTIFICATE block/,
+      ],
     ];
     for (const [spec, message] of cases) {
       stack.setConfig("fleetguard:hierarchy", spec);
@@ -136,7 +220,9 @@ describe("CaHierarchy with the real Pulumi engine", () => {
 
   it("destroy removes everything", () => {
     stack.run(["destroy", "--yes", "--skip-preview"]);
-    const exported = JSON.parse(stack.run(["stack", "export"]).stdout) as { deployment: { resources?: unknown[] } };
+    const exported = JSON.parse(stack.run(["stack", "export"]).stdout) as {
+      deployment: { resources?: unknown[] };
+    };
     expect(exported.deployment.resources ?? []).toHaveLength(0);
   });
 });
