@@ -116,5 +116,6 @@ export class PulumiStack {
 
   cleanup(): void {
     fs.rmSync(this.backend, { recursive: true, force: true });
+    fs.rmSync(path.join(this.programDir, `Pulumi.${this.stack}.yaml`), { force: true });
   }
 }
