@@ -20,7 +20,9 @@ const now = process.env.FLEETGUARD_NOW ? new Date(process.env.FLEETGUARD_NOW) : 
 
 const load = loadPolicy(policyFile, { now });
 if (!load.policy || load.diagnostics.length) {
-  throw new Error(`fleetguard policy pack: ${policyFile} is not a valid policy:\n${load.diagnostics.map(formatDiagnostic).join("\n")}`);
+  throw new Error(
+    `fleetguard policy pack: ${policyFile} is not a valid policy:\n${load.diagnostics.map(formatDiagnostic).join("\n")}`,
+  );
 }
 const policy = load.policy;
 
@@ -46,7 +48,7 @@ const policies: StackValidationPolicy[] = catalog.map((check) => ({
     if (run.status === "not-applicable" || run.status === "disabled") args.notApplicable(run.details);
     for (const f of run.findings) {
       if (f.waived) continue;
-      reportViolation(`${check.id} ${f.subject}: ${f.message} (policy '${policy.name}')`, urns.get(f.subject));
+      reportViolation(`${check.id} ${f.subject}: ${f.message}`, urns.get(f.subject));
     }
   },
 }));

@@ -78,7 +78,12 @@ function kindOf(r: ResourceLike): string | undefined {
   if (k) return k;
   // preview of a create: the provider has not returned `kind` yet; a CA still declares its shape
   const role = str(safe(r.props, "role"));
-  if (role && CA_ROLES.has(role) && str(safe(r.props, "algorithm")) && num(safe(r.props, "validityDays")) !== undefined)
+  if (
+    role &&
+    CA_ROLES.has(role) &&
+    str(safe(r.props, "algorithm")) &&
+    num(safe(r.props, "validityDays")) !== undefined
+  )
     return "fleetguard:ca";
   return undefined;
 }
@@ -104,7 +109,9 @@ function toCa(r: ResourceLike, byUrn: Map<string, ResourceLike>): DeclaredCa | u
   if (!role || !CA_ROLES.has(role) || !algorithm || validityDays === undefined) return undefined;
   let parent = str(safe(p, "issuerName")) ?? str(safe(p, "parent")) ?? str(safe(safe(p, "issuer"), "name"));
   if (!parent && role !== "root") {
-    const dep = (r.dependencies ?? []).map((d) => byUrn.get(d.urn) ?? d).find((d) => kindOf(d) === "fleetguard:ca");
+    const dep = (r.dependencies ?? [])
+      .map((d) => byUrn.get(d.urn) ?? d)
+      .find((d) => kindOf(d) === "fleetguard:ca");
     parent = dep ? (str(safe(dep.props, "name")) ?? dep.name) : undefined;
   }
   const ca: DeclaredCa = { name, role: role as DeclaredCa["role"], algorithm, validityDays };
@@ -119,10 +126,17 @@ function toCa(r: ResourceLike, byUrn: Map<string, ResourceLike>): DeclaredCa | u
   if (crl !== undefined) ca.crlIntervalHours = crl;
   const nc = plain(safe(p, "nameConstraints")) as Record<string, unknown> | undefined;
   if (nc && typeof nc === "object") {
-    const pick = (re: RegExp) => Object.entries(nc).filter(([k]) => re.test(k)).flatMap(([, v]) => (Array.isArray(v) ? v.map(String) : []));
+    const pick = (re: RegExp) =>
+      Object.entries(nc)
+        .filter(([k]) => re.test(k))
+        .flatMap(([, v]) => (Array.isArray(v) ? v.map(String) : []));
     const permitted = pick(/^permitted/i);
     const excluded = pick(/^excluded/i);
-    if (permitted.length || excluded.length) ca.nameConstraints = { ...(permitted.length ? { permitted } : {}), ...(excluded.length ? { excluded } : {}) };
+    if (permitted.length || excluded.length)
+      ca.nameConstraints = {
+        ...(permitted.length ? { permitted } : {}),
+        ...(excluded.length ? { excluded } : {}),
+      };
   }
   return ca;
 }
@@ -134,17 +148,24 @@ function toBatch(r: ResourceLike, byUrn: Map<string, ResourceLike>): DeclaredBat
   const b = { ...flat, ...d } as Partial<DeclaredBatch> & { batchId?: string; issuingCaName?: string };
   let issuingCa = str(b.issuingCaName) ?? str(b.issuingCa);
   if (!issuingCa) {
-    const dep = (r.dependencies ?? []).map((x) => byUrn.get(x.urn) ?? x).find((x) => kindOf(x) === "fleetguard:ca");
+    const dep = (r.dependencies ?? [])
+      .map((x) => byUrn.get(x.urn) ?? x)
+      .find((x) => kindOf(x) === "fleetguard:ca");
     issuingCa = dep ? (str(safe(dep.props, "name")) ?? dep.name) : undefined;
   }
   const profile = b.profile;
-  if (!issuingCa || !profile || !str(profile.algorithm) || num(profile.validityDays) === undefined) return undefined;
+  if (!issuingCa || !profile || !str(profile.algorithm) || num(profile.validityDays) === undefined)
+    return undefined;
   const out: DeclaredBatch = {
     id: str(b.batchId) ?? str(d.id) ?? r.name,
     issuingCa,
     identitySource: b.identitySource === "injected" ? "injected" : "puf",
     count: num(b.count) ?? 0,
-    profile: { algorithm: profile.algorithm, validityDays: profile.validityDays, ...(profile.keyUsage ? { keyUsage: profile.keyUsage } : {}) },
+    profile: {
+      algorithm: profile.algorithm,
+      validityDays: profile.validityDays,
+      ...(profile.keyUsage ? { keyUsage: profile.keyUsage } : {}),
+    },
   };
   if (b.deviceModel) out.deviceModel = b.deviceModel;
   if (b.hsmCounter) out.hsmCounter = b.hsmCounter;
@@ -156,7 +177,10 @@ function toBatch(r: ResourceLike, byUrn: Map<string, ResourceLike>): DeclaredBat
 export function contextFromResources(resources: readonly ResourceLike[]): PackContext {
   const byUrn = new Map(resources.map((r) => [r.urn, r]));
   const urns = new Map<string, string>();
-  const fleet: FleetContext = { declared: { cas: [], batches: [], rotation: [] }, deployed: { certificates: [] } };
+  const fleet: FleetContext = {
+    declared: { cas: [], batches: [], rotation: [] },
+    deployed: { certificates: [] },
+  };
   const certs: DeployedCertificate[] = fleet.deployed!.certificates!;
   for (const r of resources) {
     const kind = kindOf(r);
@@ -201,11 +225,13 @@ export function contextFromResources(resources: readonly ResourceLike[]): PackCo
       case "fleetguard:aws-iot-policy": {
         const document = plain(safe(p, "document"));
         const doc = typeof document === "string" ? (JSON.parse(document) as unknown) : document;
-        if (!doc || typeof doc !== "object" || !Array.isArray((doc as { Statement?: unknown }).Statement)) break;
+        if (!doc || typeof doc !== "object" || !Array.isArray((doc as { Statement?: unknown }).Statement))
+          break;
         const name = str(safe(p, "name")) ?? r.name;
         fleet.declared.hubs ??= {};
         fleet.declared.hubs.aws ??= {};
-        (fleet.declared.hubs.aws.policies ??= []).push({ name, document: doc as never });
+        fleet.declared.hubs.aws.policies ??= [];
+        fleet.declared.hubs.aws.policies.push({ name, document: doc as never });
         urns.set(`aws-policy:${name}`, r.urn);
         break;
       }
@@ -226,7 +252,8 @@ export function contextFromResources(resources: readonly ResourceLike[]): PackCo
         const caVerified = safe(p, "caVerified");
         fleet.declared.hubs ??= {};
         fleet.declared.hubs.azure ??= {};
-        (fleet.declared.hubs.azure.enrollmentGroups ??= []).push({
+        fleet.declared.hubs.azure.enrollmentGroups ??= [];
+        fleet.declared.hubs.azure.enrollmentGroups.push({
           name,
           attestation: attestation as "x509-ca",
           ...(typeof caVerified === "boolean" ? { caVerified } : {}),
