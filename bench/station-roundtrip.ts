@@ -14,6 +14,7 @@
  *      A  first contact: the PUF is enrolled on first use (helper data made and logged)
  *      B  after a farm restart (power cycle: no key in RAM): pipelined single requests
  *      C  after another restart: the same through batches of --batch devices
+ *      D  again without a restart (keys still in RAM): protocol + crypto, no PUF work
  *    Fuzzy-extractor reconstructions are counted in the farm (STATS).
  * Results go to stdout (and bench/out/station-roundtrip.json); docs/benchmarks.md quotes them.
  */
@@ -274,6 +275,7 @@ async function main(): Promise<void> {
     phases.push(
       await phase(`C enrolled devices after a power cycle, batches of ${BATCH}`, farm.port, batched),
     );
+    phases.push(await phase("D keys still in RAM (no PUF work), pipelined", farm.port, pipelined));
     await stopFarm(farm.child);
   } finally {
     rmSync(state, { recursive: true, force: true });
