@@ -43,7 +43,8 @@ function parse(argv: string[], allowed: string[]): { flags: Flags; rest: string[
     }
     const eq = a.indexOf("=");
     const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
-    if (!allowed.includes(name)) throw invalid("option", `--${name}`, `one of ${allowed.map((x) => `--${x}`).join(" ")}`);
+    if (!allowed.includes(name))
+      throw invalid("option", `--${name}`, `one of ${allowed.map((x) => `--${x}`).join(" ")}`);
     const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
     if (value === undefined) throw invalid(`--${name}`, undefined, "a value");
     flags[name] = value;
@@ -94,7 +95,8 @@ async function serve(argv: string[]): Promise<number> {
   let noisyBer: number | undefined;
   if (flags["noisy-ber"] !== undefined) {
     noisyBer = Number(flags["noisy-ber"]);
-    if (!(noisyBer > 0 && noisyBer <= 0.5)) throw invalid("--noisy-ber", flags["noisy-ber"], "a number in (0, 0.5]");
+    if (!(noisyBer > 0 && noisyBer <= 0.5))
+      throw invalid("--noisy-ber", flags["noisy-ber"], "a number in (0, 0.5]");
   }
   // loaded here so that `fleet devices ping` does not pay for the farm
   const { startFarm } = await import("../devices/farm/serve");
@@ -111,7 +113,8 @@ async function serve(argv: string[]): Promise<number> {
     hang: parseFaults(flags.hang, "--hang"),
     noisyBer,
     keyCache: flags["key-cache"] === undefined ? undefined : int(flags, "key-cache", 0, 10_000_000),
-    compactBytes: flags["compact-mb"] === undefined ? undefined : int(flags, "compact-mb", 0, 1 << 20) * 1024 * 1024,
+    compactBytes:
+      flags["compact-mb"] === undefined ? undefined : int(flags, "compact-mb", 0, 1 << 20) * 1024 * 1024,
     maxInFlight: flags["max-in-flight"] === undefined ? undefined : int(flags, "max-in-flight", 1, 1 << 20),
   });
   const info = farm.farm.stats();
@@ -153,7 +156,13 @@ async function query(cmd: string, argv: string[]): Promise<number> {
     else if (cmd === "stats") console.log(show(await client.stats()));
     else {
       if (rest.length !== 1) throw invalid("DEVICE", rest.length, "exactly one device ID");
-      console.log(show(cmd === "identify" ? await client.identify(rest[0]!, { chipCert: true }) : await client.status(rest[0]!)));
+      console.log(
+        show(
+          cmd === "identify"
+            ? await client.identify(rest[0]!, { chipCert: true })
+            : await client.status(rest[0]!),
+        ),
+      );
     }
     return 0;
   } finally {

@@ -32,7 +32,8 @@ export interface DeviceKey {
   spki: Buffer;
 }
 
-export const contextOf = (epoch: number): string => (epoch === 0 ? puf.IDENTITY_CONTEXT : puf.epochContext(epoch));
+export const contextOf = (epoch: number): string =>
+  epoch === 0 ? puf.IDENTITY_CONTEXT : puf.epochContext(epoch);
 
 /** A bounded least-recently-used map. */
 export class Lru<V> {
