@@ -419,7 +419,13 @@ export function diffPolicies(base: PolicySpec | undefined, head: PolicySpec | un
     const directed = meta.node?.["x-tighten"] !== undefined && meta.node["x-tighten"] !== "none";
     let direction: PolicyChange["direction"] = "changed";
     if (directed) {
-      if (x === undefined) direction = "tightened";
+      const t = meta.node?.["x-tighten"];
+      // a new constraint tightens, unless it is the permissive value of a flag (e.g. requireX: false)
+      if (x === undefined)
+        direction =
+          (t === "true" && y!.value === false) || (t === "false" && y!.value === true)
+            ? "changed"
+            : "tightened";
       else if (y === undefined) direction = "loosened";
       else if (path.endsWith("(algorithms)")) {
         const added = (y.value as string[]).some((k) => !(x.value as string[]).includes(k));
