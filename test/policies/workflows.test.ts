@@ -95,8 +95,12 @@ describe("example GitHub workflows", () => {
     const runs = job.steps.map((s) => s.run ?? "");
     const up = runs.findIndex((r) => /^pulumi up .*--policy-pack policies\/pack/.test(r));
     expect(up).toBeGreaterThan(0);
-    expect(runs.findIndex((r) => r.includes("fleet.ts policy check"))).toBeLessThan(up);
-    expect(runs.findIndex((r) => r === "npm run setup")).toBeLessThan(up);
+    const gate = runs.findIndex((r) => r.includes("fleet.ts policy check"));
+    const setup = runs.indexOf("npm run setup");
+    expect(gate).toBeGreaterThanOrEqual(0);
+    expect(setup).toBeGreaterThanOrEqual(0);
+    expect(gate).toBeLessThan(up);
+    expect(setup).toBeLessThan(up);
     expect(job["timeout-minutes"]).toBeGreaterThan(0);
     expect(
       (w as unknown as { concurrency: { "cancel-in-progress": boolean } }).concurrency["cancel-in-progress"],
