@@ -17,17 +17,22 @@ export type Name1 = string;
  */
 export type KeyAlgorithm = string;
 /**
+ * RFC 5280 key usage bits; contentCommitment is the newer name of nonRepudiation.
+ *
  * This interface was referenced by `FleetDeclaration`'s JSON-Schema
  * via the `definition` "KeyUsage".
  */
 export type KeyUsage =
   | "digitalSignature"
   | "nonRepudiation"
+  | "contentCommitment"
   | "keyEncipherment"
   | "dataEncipherment"
   | "keyAgreement"
   | "keyCertSign"
-  | "cRLSign";
+  | "cRLSign"
+  | "encipherOnly"
+  | "decipherOnly";
 /**
  * This interface was referenced by `FleetDeclaration`'s JSON-Schema
  * via the `definition` "StringOrList".
