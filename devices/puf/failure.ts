@@ -139,3 +139,45 @@ export function clopperPearson(k: number, n: number, confidence = 0.95): [number
   const hi = k === n ? 1 : betaQuantile(1 - alpha / 2, k + 1, n - k);
   return [lo, hi];
 }
+
+/** Regularized lower incomplete gamma P(a, x) (series for x < a + 1, continued fraction otherwise). */
+export function incompleteGammaP(a: number, x: number): number {
+  if (x <= 0) return 0;
+  const lg = lnGamma(a);
+  if (x < a + 1) {
+    let ap = a;
+    let sum = 1 / a;
+    let del = sum;
+    for (let n = 0; n < 100000; n++) {
+      ap++;
+      del *= x / ap;
+      sum += del;
+      if (Math.abs(del) < Math.abs(sum) * 1e-16) break;
+    }
+    return sum * Math.exp(-x + a * Math.log(x) - lg);
+  }
+  const FPMIN = 1e-300;
+  let b = x + 1 - a;
+  let c = 1 / FPMIN;
+  let d = 1 / b;
+  let h = d;
+  for (let i = 1; i < 100000; i++) {
+    const an = -i * (i - a);
+    b += 2;
+    d = an * d + b;
+    if (Math.abs(d) < FPMIN) d = FPMIN;
+    c = b + an / c;
+    if (Math.abs(c) < FPMIN) c = FPMIN;
+    d = 1 / d;
+    const del = d * c;
+    h *= del;
+    if (Math.abs(del - 1) < 1e-16) break;
+  }
+  return 1 - Math.exp(-x + a * Math.log(x) - lg) * h;
+}
+
+/** Upper tail P(X >= x) of the chi-square distribution with k degrees of freedom. */
+export function chiSquareSurvival(x: number, k: number): number {
+  if (!Number.isInteger(k) || k < 1) throw invalid("k", k, "a positive integer");
+  return 1 - incompleteGammaP(k / 2, x / 2);
+}

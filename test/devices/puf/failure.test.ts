@@ -3,6 +3,7 @@ import { FleetError } from "../../../core/errors";
 import { CODE_V1 } from "../../../devices/puf";
 import {
   binomialTailAbove,
+  chiSquareSurvival,
   clopperPearson,
   innerErrorRate,
   keyFailureRate,
@@ -40,6 +41,13 @@ describe("exact failure rate of the concatenated code", () => {
     const [lo, hi] = clopperPearson(500, 1000);
     expect(lo).toBeCloseTo(0.4685, 3); // R: binom.test(500, 1000)$conf.int = 0.4685 0.5315
     expect(hi).toBeCloseTo(0.5315, 3);
+  });
+
+  it("chi-square survival matches table values", () => {
+    expect(chiSquareSurvival(3.841459, 1)).toBeCloseTo(0.05, 5);
+    expect(chiSquareSurvival(11.0705, 5)).toBeCloseTo(0.05, 5);
+    expect(chiSquareSurvival(2, 2)).toBeCloseTo(Math.exp(-1), 10);
+    expect(chiSquareSurvival(0.5, 7)).toBeGreaterThan(0.99);
   });
 
   it("rejects wrong arguments", () => {
