@@ -2,6 +2,7 @@
  * The reference fleet program: what a platform team's Pulumi program looks like. The demo
  * (`npm run demo`) runs it on the local file:// backend with embedded defaults.
  */
+import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { CaHierarchy } from "./components/CaHierarchy";
 
@@ -16,6 +17,8 @@ const config = new pulumi.Config("fleetguard");
 const org = config.get("organization") ?? "Example Devices Ltd";
 
 const pki = new CaHierarchy("fleet", {
+  // the organisation baseline: a mandatory violation stops `pulumi preview` with the check id
+  policy: path.join(__dirname, "policies", "baseline.yaml"),
   root: {
     name: "root",
     algorithm: "ecdsa-p384",
@@ -28,10 +31,11 @@ const pki = new CaHierarchy("fleet", {
   intermediates: [
     {
       name: "manufacturing",
-      algorithm: "ecdsa-p256",
+      algorithm: "ecdsa-p384",
+      pathLen: 1,
       subject: { commonName: "Example Manufacturing CA", organization: org },
       validityDays: 1825,
-      crlDistributionPoint: "http://pki.devices.example.com/crl/manufacturing.crl",
+      crlDistributionPoint: "http://pki.devices.example.com/crl/root.crl",
     },
   ],
   issuing: [
@@ -40,7 +44,8 @@ const pki = new CaHierarchy("fleet", {
       algorithm: "ecdsa-p256",
       subject: { commonName: "Example Line A Issuing CA", organization: org, organizationalUnit: "Plant 1" },
       validityDays: 730,
-      crlDistributionPoint: "http://pki.devices.example.com/crl/line-a.crl",
+      crlDistributionPoint: "http://pki.devices.example.com/crl/manufacturing.crl",
+      crlIntervalHours: 24,
     },
   ],
 });

@@ -10,6 +10,9 @@ import * as pulumi from "@pulumi/pulumi";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
 import type { Subject } from "../core/x509/names";
+import { subjectString } from "../core/x509/names";
+import type { DeclaredCa } from "../policies/context";
+import { enforceAtConstruction, type PolicyInput } from "../policies/engine";
 import { CertificateAuthority } from "../providers/ca";
 
 export interface CaSpec {
@@ -22,6 +25,8 @@ export interface CaSpec {
   readonly keyUsage?: KeyUsage[];
   readonly nameConstraints?: NameConstraints;
   readonly crlDistributionPoint?: string;
+  /** how often this CA re-signs its CRL (hours; default 168): a nightly `pulumi up` keeps it fresh */
+  readonly crlIntervalHours?: number;
   /** free text; changing it updates the CA in place */
   readonly description?: pulumi.Input<string>;
 }
@@ -45,6 +50,11 @@ export interface CaHierarchyArgs {
   readonly root: CaSpec | ExistingRoot;
   readonly intermediates?: ChildCaSpec[];
   readonly issuing: ChildCaSpec[];
+  /**
+   * A fleet policy (path to a policies/*.yaml file, or a loaded policy) the declaration must
+   * obey: a mandatory violation fails construction, so `pulumi preview` stops with the check id.
+   */
+  readonly policy?: string | PolicyInput;
 }
 
 export interface PlannedCa {
@@ -113,7 +123,9 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
     if (p.parent !== undefined) {
       const parent = byName.get(p.parent);
       if (!parent || parent.role === "issuing" || !seen.has(p.parent)) {
-        const allowed = [...new Set(plan.filter((x) => x.role !== "issuing" && seen.has(x.name)).map((x) => x.name))];
+        const allowed = [
+          ...new Set(plan.filter((x) => x.role !== "issuing" && seen.has(x.name)).map((x) => x.name)),
+        ];
         problems.push(
           `${p.field}.parent: got ${JSON.stringify(p.parent)}, want one of ${allowed.join(", ")} (a root or intermediate declared before it)`,
         );
@@ -162,6 +174,17 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
   return plan;
 }
 
+export interface CaSummary {
+  role: string;
+  fingerprintSha256: string;
+  subjectKeyId: string;
+  notAfter: string;
+  chainPem: string;
+  certificatePem: string;
+  crlPem: string;
+  crlNextUpdate: string;
+}
+
 /** What a consumer (a DeviceIdentityBatch, a hub registration) needs from one CA. */
 export interface CaOutputs {
   certificatePem: pulumi.Output<string>;
@@ -200,6 +223,38 @@ export function declarationDigest(spec: CaSpec, role: string, parentDigest: stri
     .digest("hex");
 }
 
+/** The declaration as the policy engine sees it (brought-your-own roots are checked once deployed). */
+export function declaredCas(plan: PlannedCa[]): DeclaredCa[] {
+  return plan.flatMap((p) => {
+    if (isExisting(p.spec)) return [];
+    const s = p.spec;
+    const nc = s.nameConstraints;
+    return [
+      {
+        name: p.name,
+        role: p.role,
+        ...(p.parent ? { parent: p.parent } : {}),
+        subject: subjectString(s.subject),
+        algorithm: s.algorithm ?? "ecdsa-p256",
+        validityDays: s.validityDays,
+        ...(s.pathLen !== undefined ? { pathLen: s.pathLen } : p.role === "issuing" ? { pathLen: 0 } : {}),
+        ...(s.keyUsage
+          ? { keyUsage: s.keyUsage }
+          : { keyUsage: ["digitalSignature", "keyCertSign", "cRLSign"] }),
+        ...(nc?.permittedDNS?.length || nc?.excludedDNS?.length
+          ? {
+              nameConstraints: {
+                ...(nc.permittedDNS ? { permitted: nc.permittedDNS } : {}),
+                ...(nc.excludedDNS ? { excluded: nc.excludedDNS } : {}),
+              },
+            }
+          : {}),
+        crlIntervalHours: s.crlIntervalHours ?? 168,
+      } as DeclaredCa,
+    ];
+  });
+}
+
 export class CaHierarchy extends pulumi.ComponentResource {
   /** every CA by name */
   readonly cas: Record<string, CertificateAuthority>;
@@ -222,6 +277,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
     const plan = planHierarchy(args);
+    if (args.policy) enforceAtConstruction(args.policy, { cas: declaredCas(plan) });
     this.cas = {};
     const digests: Record<string, pulumi.Output<string>> = {};
     for (const p of plan) {
@@ -250,6 +306,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
             keyUsage: p.spec.keyUsage,
             nameConstraints: p.spec.nameConstraints,
             crlDistributionPoint: p.spec.crlDistributionPoint,
+            crlIntervalHours: p.spec.crlIntervalHours,
             issuer: parent
               ? {
                   name: p.parent!,
@@ -270,14 +327,24 @@ export class CaHierarchy extends pulumi.ComponentResource {
           return [
             p.name,
             pulumi
-              .all([c.fingerprintSha256, c.subjectKeyId, c.notAfter, c.chainPem, c.certificatePem])
-              .apply(([f, k, n, ch, ce]) => ({
+              .all([
+                c.fingerprintSha256,
+                c.subjectKeyId,
+                c.notAfter,
+                c.chainPem,
+                c.certificatePem,
+                c.crlPem,
+                c.crlNextUpdate,
+              ])
+              .apply(([f, k, n, ch, ce, crl, next]) => ({
                 role: p.role,
                 fingerprintSha256: f,
                 subjectKeyId: k,
                 notAfter: n,
                 chainPem: ch,
                 certificatePem: ce,
+                crlPem: crl,
+                crlNextUpdate: next,
               })),
           ];
         }),

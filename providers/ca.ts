@@ -75,10 +75,15 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
   declare readonly notAfter: pulumi.Output<string>;
   declare readonly pathLen: pulumi.Output<number | null>;
   declare readonly subjectDn: pulumi.Output<string>;
+  declare readonly crlPem: pulumi.Output<string>;
+  declare readonly crlNumber: pulumi.Output<number>;
+  declare readonly crlNextUpdate: pulumi.Output<string>;
 
   constructor(name: string, args: CaResourceArgs, opts?: pulumi.CustomResourceOptions) {
     const outputs = {
-      kind: undefined,
+      crlPem: undefined,
+      crlNumber: undefined,
+      crlNextUpdate: undefined,
       certificatePem: undefined,
       chainPem: undefined,
       keyPem: undefined,

@@ -7,6 +7,7 @@
 import * as crypto from "node:crypto";
 import { FleetError, invalid, phrase } from "../errors";
 import { encodeTbs, randomSerial, signTbs } from "../x509/cert";
+import { buildCrl, type RevokedEntry } from "../x509/crl";
 import {
   authorityKeyIdentifier,
   basicConstraints,
@@ -46,6 +47,8 @@ export interface CaRequest {
   keyUsage?: KeyUsage[];
   nameConstraints?: NameConstraints;
   crlDistributionPoint?: string;
+  /** how often this CA publishes its CRL (its nextUpdate is this far ahead); default 168 h */
+  crlIntervalHours?: number;
 }
 
 /** What a child needs from its parent: its certificate chain and key (a secret). */
@@ -181,6 +184,12 @@ export function validateCaRequest(
   }
   if (r.crlDistributionPoint !== undefined && !/^https?:\/\/[^\s]+$/.test(String(r.crlDistributionPoint))) {
     add("crlDistributionPoint", r.crlDistributionPoint, "an http(s) URL");
+  }
+  if (
+    r.crlIntervalHours !== undefined &&
+    (!Number.isInteger(r.crlIntervalHours) || r.crlIntervalHours < 1 || r.crlIntervalHours > 8760)
+  ) {
+    add("crlIntervalHours", r.crlIntervalHours, "a whole number of hours from 1 to 8760");
   }
   if (r.role === "root" && parent) add("role", phrase("root with an issuer"), "no issuer for a root CA");
   if (r.role !== undefined && r.role !== "root" && !parent && f.length === 0) {
@@ -401,4 +410,48 @@ export function importCa(_name: string, certificatePem: unknown, keyPem: unknown
   const subjectDn = x.subject.split("\n").join(", ");
   const described = describeCert(der, privateKeyPem(key), chainPem, algorithm, subjectDn);
   return { ...described, certificatePem: pem };
+}
+
+export const DEFAULT_CRL_INTERVAL_HOURS = 168;
+
+export interface SignedCrl {
+  crlPem: string;
+  crlNumber: number;
+  thisUpdate: string;
+  nextUpdate: string;
+}
+
+/**
+ * Sign the CRL of `ca` (the certificates it issued that are revoked), valid for
+ * `intervalHours`. cRLNumber must only grow (RFC 5280 5.2.3): pass the previous one.
+ */
+export function signCrl(
+  ca: Pick<CaMaterial, "certificatePem" | "keyPem">,
+  opts: { previousNumber?: number; intervalHours?: number; revoked?: RevokedEntry[] },
+  deps: Pick<Deps, "now"> = defaultDeps(),
+): SignedCrl {
+  const der = pemOne(ca.certificatePem, "CERTIFICATE", "ca.certificatePem");
+  const c = parseCertificate(der, "ca.certificatePem");
+  const key = loadPrivateKey(ca.keyPem, "ca.keyPem");
+  const hours = opts.intervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
+  const now = new Date(Math.floor(deps.now().getTime() / 1000) * 1000);
+  const thisUpdate = new Date(now.getTime() - 60_000);
+  const nextUpdate = new Date(now.getTime() + hours * 3_600_000);
+  const crlNumber = (opts.previousNumber ?? 0) + 1;
+  const crl = buildCrl({
+    issuerName: c.subject,
+    issuerKeyId: subjectKeyIdOf(c) ?? keyIdentifier(c.spki),
+    signer: algorithmOf(key, "ca.keyPem"),
+    key,
+    thisUpdate,
+    nextUpdate,
+    crlNumber,
+    revoked: opts.revoked,
+  });
+  return {
+    crlPem: toPem("X509 CRL", crl),
+    crlNumber,
+    thisUpdate: thisUpdate.toISOString(),
+    nextUpdate: nextUpdate.toISOString(),
+  };
 }

@@ -6,10 +6,12 @@
 import * as crypto from "node:crypto";
 import {
   type CaRequest,
+  DEFAULT_CRL_INTERVAL_HOURS,
   importCa,
   issueCa,
   type ParentFacts,
   parentFacts,
+  signCrl,
   validateCaRequest,
 } from "../../core/ca";
 import { FleetError } from "../../core/errors";
@@ -65,6 +67,7 @@ const STABLE_OUTPUTS = [
   "issuerDeclaration",
   "existingFingerprint",
 ];
+// crlPem, crlNumber and crlNextUpdate change on an update that re-signs the CRL
 
 /** Stable JSON with sorted keys, treating absent and null alike. */
 function canonical(v: unknown): string {
@@ -143,8 +146,10 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
       replaces.push("existing");
   } else if (olds.existingFingerprint) replaces.push("existing");
   const descChanged = (olds.description ?? null) !== (news.description ?? null);
+  const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
+  const intervalChanged = !isUnknown(interval) && olds.crlIntervalHours !== interval;
   return {
-    changes: replaces.length > 0 || descChanged,
+    changes: replaces.length > 0 || descChanged || intervalChanged || crlDue(olds),
     replaces,
     stables: replaces.length ? [] : STABLE_OUTPUTS,
     deleteBeforeReplace: false,
@@ -155,6 +160,7 @@ export function create(inputs: CaInputs) {
   const issued = inputs.existing
     ? importCa(inputs.name, inputs.existing.certificatePem, inputs.existing.privateKeyPem)
     : issueCa(inputs, inputs.issuer);
+  const crl = signCrl(issued, { intervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS });
   // the declaration as given, for diff(); effective values (pathLen, algorithm) come from `issued`
   const declared = Object.fromEntries(
     REPLACE_ON.map((k) => [k, (inputs as unknown as Record<string, unknown>)[k] ?? null]),
@@ -174,13 +180,38 @@ export function create(inputs: CaInputs) {
     issuerFingerprint: inputs.issuer ? fingerprint(inputs.issuer.certificatePem) : null,
     issuerDeclaration: inputs.issuerDeclaration ?? null,
     existingFingerprint: inputs.existing ? fingerprint(inputs.existing.certificatePem) : null,
+    crlIntervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
     ...issued,
+    crlPem: crl.crlPem,
+    crlNumber: crl.crlNumber,
+    crlNextUpdate: crl.nextUpdate,
   };
   return { id: `${inputs.name}-${issued.fingerprintSha256.slice(0, 16)}`, outs };
 }
 
+/** A CRL is re-signed once half its validity has passed: a nightly `pulumi up` keeps it fresh. */
+export function crlDue(olds: Record<string, unknown>, now = new Date()): boolean {
+  const next = Date.parse(String(olds.crlNextUpdate));
+  const hours = Number(olds.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS);
+  return !Number.isFinite(next) || next - now.getTime() < (hours * 3_600_000) / 2;
+}
+
 export function update(_id: string, olds: Record<string, unknown>, news: CaInputs) {
-  return { outs: { ...olds, description: news.description ?? null } };
+  const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
+  const outs: Record<string, unknown> = { ...olds, description: news.description ?? null };
+  if (olds.crlIntervalHours !== interval || crlDue(olds)) {
+    const crl = signCrl(olds as { certificatePem: string; keyPem: string }, {
+      previousNumber: Number(olds.crlNumber ?? 0),
+      intervalHours: interval,
+    });
+    Object.assign(outs, {
+      crlIntervalHours: interval,
+      crlPem: crl.crlPem,
+      crlNumber: crl.crlNumber,
+      crlNextUpdate: crl.nextUpdate,
+    });
+  }
+  return { outs };
 }
 
 /** Refresh: the CA lives only in state, so check it is intact and report it unchanged. */

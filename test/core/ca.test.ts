@@ -269,3 +269,64 @@ describe("bring your own root", () => {
     );
   });
 });
+
+describe("CRLs", () => {
+  it("are v2 CRLs with AKI and a growing cRLNumber that OpenSSL verifies against the CA", async () => {
+    const { signCrl } = await import("../../core/ca");
+    const { tmpdir, openssl } = await import("../helpers/openssl");
+    const fs = await import("node:fs");
+    const path = await import("node:path");
+    const root = issueCa(rootReq);
+    const first = signCrl(root, { intervalHours: 24 });
+    const second = signCrl(root, {
+      previousNumber: first.crlNumber,
+      intervalHours: 24,
+      revoked: [
+        {
+          serialHex: "0123456789abcdef",
+          revokedAt: new Date("2026-01-02T03:04:05Z"),
+          reason: "keyCompromise",
+        },
+      ],
+    });
+    expect(second.crlNumber).toBe(first.crlNumber + 1);
+    expect(Date.parse(second.nextUpdate) - Date.parse(second.thisUpdate)).toBe(24 * 3600_000 + 60_000);
+    const dir = tmpdir();
+    fs.writeFileSync(path.join(dir, "ca.pem"), root.certificatePem);
+    fs.writeFileSync(path.join(dir, "crl.pem"), second.crlPem);
+    const v = openssl([
+      "crl",
+      "-in",
+      path.join(dir, "crl.pem"),
+      "-CAfile",
+      path.join(dir, "ca.pem"),
+      "-noout",
+      "-text",
+    ]);
+    expect(v.out).toMatch(/verify OK/);
+    expect(v.out).toMatch(/Version 2/);
+    expect(v.out).toMatch(/X509v3 CRL Number:\s+2/);
+    expect(v.out).toMatch(
+      /Serial Number: 0123456789ABCDEF\s+Revocation Date: Jan {2}2 03:04:05 2026 GMT\s+CRL entry extensions:\s+X509v3 CRL Reason Code:\s+Key Compromise/,
+    );
+    // a CRL signed by another key does not verify
+    const other = issueCa(rootReq);
+    fs.writeFileSync(path.join(dir, "other.pem"), other.certificatePem);
+    expect(
+      openssl(["crl", "-in", path.join(dir, "crl.pem"), "-CAfile", path.join(dir, "other.pem"), "-noout"])
+        .out,
+    ).toMatch(/verify failure|unable to get issuer|error/i);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("refuses a bad interval and a bad serial", async () => {
+    const { signCrl } = await import("../../core/ca");
+    const root = issueCa(rootReq);
+    expect(validateCaRequest({ ...rootReq, crlIntervalHours: 0 })[0]!.message).toBe(
+      "crlIntervalHours: got 0, want a whole number of hours from 1 to 8760",
+    );
+    expect(() => signCrl(root, { revoked: [{ serialHex: "xyz", revokedAt: new Date() }] })).toThrow(
+      'revoked[0].serialHex: got "xyz", want a hexadecimal serial number',
+    );
+  });
+});

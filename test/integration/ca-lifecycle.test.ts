@@ -7,13 +7,22 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { verifyChain } from "../helpers/openssl";
+import { openssl, tmpdir, verifyChain } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 
 type Summary = Record<
   string,
-  { role: string; fingerprintSha256: string; certificatePem: string; chainPem: string }
+  { role: string; fingerprintSha256: string; certificatePem: string; chainPem: string; crlPem: string }
 >;
+
+function verifyCrl(caPem: string, crlPem: string): string {
+  const dir = tmpdir();
+  fs.writeFileSync(path.join(dir, "ca.pem"), caPem);
+  fs.writeFileSync(path.join(dir, "crl.pem"), crlPem);
+  const r = openssl(["crl", "-in", path.join(dir, "crl.pem"), "-CAfile", path.join(dir, "ca.pem"), "-noout"]);
+  fs.rmSync(dir, { recursive: true, force: true });
+  return r.out;
+}
 
 const base = {
   root: {
@@ -73,6 +82,8 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     );
     expect(v.out).toContain("OK");
     expect(first["line-a"]!.chainPem.match(/BEGIN CERTIFICATE/g)).toHaveLength(3);
+    for (const ca of Object.values(first))
+      expect(verifyCrl(ca.certificatePem, ca.crlPem)).toMatch(/verify OK/);
   });
 
   it("keeps private keys out of the state in plaintext", () => {
@@ -208,6 +219,19 @@ describe("CaHierarchy with the real Pulumi engine", () => {
       expect(`${r.stdout}${r.stderr}`).not.toMatch(/PRIVATE KEY/);
     }
     stack.setConfig("fleetguard:hierarchy", JSON.parse(goodSpec));
+    const after = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
+    expect(after).toBe(before);
+  });
+
+  it("a mandatory policy violation fails preview with the check id, state untouched", () => {
+    const before = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
+    stack.setConfig("fleetguard:policy", path.join(REPO, "policies", "baseline.yaml"));
+    const r = stack.run(["preview"], { allowFail: true });
+    stack.run(["config", "rm", "fleetguard:policy"]);
+    expect(r.status).not.toBe(0);
+    // the deployed tree has a P-256 root: the baseline wants ECDSA >= 384 bits for roots
+    expect(`${r.stdout}${r.stderr}`).toMatch(/policy 'baseline' refuses this declaration/);
+    expect(`${r.stdout}${r.stderr}`).toMatch(/FG-KEY-001 ca:root: algorithm: got ecdsa-p256/);
     const after = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
     expect(after).toBe(before);
   });
