@@ -78,7 +78,7 @@ function measure(
   one: (i: number) => Buffer,
 ): { label: string; rate: number; sample: Buffer } {
   const t0 = performance.now();
-  let last = Buffer.alloc(0);
+  let last: Buffer = Buffer.alloc(0);
   for (let i = 0; i < n; i++) {
     last = one(i);
     progress(label, i, n, t0);
@@ -162,7 +162,7 @@ async function main() {
   );
 
   // library baseline: @peculiar/x509 over WebCrypto
-  x509.cryptoProvider.set(crypto.webcrypto as unknown as Crypto);
+  x509.cryptoProvider.set(crypto.webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
   const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
   const wIssKey = await crypto.webcrypto.subtle.importKey(
     "pkcs8",
@@ -182,7 +182,7 @@ async function main() {
   );
   const issuerName = new crypto.X509Certificate(iss.certificatePem).subject.split("\n").reverse().join(", ");
   const t0 = performance.now();
-  let libSample = Buffer.alloc(0);
+  let libSample: Buffer = Buffer.alloc(0);
   for (let i = 0; i < LIB_COUNT; i++) {
     const c = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerial().toString("hex"),

@@ -7,9 +7,15 @@
  */
 import { FleetError } from "../core/errors";
 
-const groups: Record<string, { summary: string; load: () => Promise<{ run(argv: string[]): Promise<number> }> }> = {
+const groups: Record<
+  string,
+  { summary: string; load: () => Promise<{ run(argv: string[]): Promise<number> }> }
+> = {
   devices: { summary: "run and inspect the emulated device farm", load: () => import("./devices") },
-  policy: { summary: "validate policies, evaluate a fleet, review a pull request", load: () => import("./policy") },
+  policy: {
+    summary: "validate policies, evaluate a fleet, review a pull request",
+    load: () => import("./policy"),
+  },
   ca: { summary: "inspect the CA hierarchy of a stack", load: () => import("./ca") },
 };
 
@@ -27,7 +33,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const entry = groups[group];
   if (!entry) {
-    console.error(`fleet: unknown group ${JSON.stringify(group)}, want one of ${Object.keys(groups).join(", ")}`);
+    console.error(
+      `fleet: unknown group ${JSON.stringify(group)}, want one of ${Object.keys(groups).join(", ")}`,
+    );
     return 2;
   }
   try {
