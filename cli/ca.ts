@@ -6,16 +6,8 @@ import { spawnSync } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import type { CaSummary } from "../components/CaHierarchy";
 import { FleetError, invalid } from "../core/errors";
-
-interface CaSummary {
-  role: string;
-  fingerprintSha256: string;
-  subjectKeyId: string;
-  notAfter: string;
-  chainPem: string;
-  certificatePem: string;
-}
 
 function parseArgs(argv: string[]): { stack: string; out?: string; cwd: string } {
   const opts: { stack: string; out?: string; cwd: string } = { stack: "demo", cwd: process.cwd() };
@@ -48,15 +40,25 @@ function opensslVerify(dir: string, name: string, ca: CaSummary): string {
 
 async function summary(argv: string[]): Promise<number> {
   const o = parseArgs(argv);
-  const r = spawnSync("pulumi", ["stack", "output", "cas", "--json", "--stack", o.stack, "--cwd", o.cwd, "--non-interactive"], {
-    encoding: "utf8",
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  if (r.status !== 0) throw new FleetError("UNAVAILABLE", `pulumi stack output: got exit ${r.status}, want 0: ${r.stderr.trim()}`);
+  const r = spawnSync(
+    "pulumi",
+    ["stack", "output", "cas", "--json", "--stack", o.stack, "--cwd", o.cwd, "--non-interactive"],
+    {
+      encoding: "utf8",
+      maxBuffer: 64 * 1024 * 1024,
+    },
+  );
+  if (r.status !== 0)
+    throw new FleetError(
+      "UNAVAILABLE",
+      `pulumi stack output: got exit ${r.status}, want 0: ${r.stderr.trim()}`,
+    );
   const cas = JSON.parse(r.stdout) as Record<string, CaSummary>;
   const out = o.out ?? path.join(o.cwd, ".state", `${o.stack}-pki`);
   fs.mkdirSync(out, { recursive: true });
-  const rows: string[][] = [["CA", "role", "subject", "algorithm", "not after", "SHA-256 fingerprint", "openssl verify"]];
+  const rows: string[][] = [
+    ["CA", "role", "subject", "algorithm", "not after", "SHA-256 fingerprint", "openssl verify"],
+  ];
   let failed = 0;
   for (const [name, ca] of Object.entries(cas)) {
     fs.writeFileSync(path.join(out, `${name}.pem`), ca.certificatePem);
@@ -67,15 +69,27 @@ async function summary(argv: string[]): Promise<number> {
         : `${x.publicKey.asymmetricKeyType}${x.publicKey.asymmetricKeyDetails?.modulusLength ? `-${x.publicKey.asymmetricKeyDetails.modulusLength}` : ""}`;
     const verdict = opensslVerify(out, name, ca);
     if (verdict !== "OK") failed++;
-    rows.push([name, ca.role, x.subject.split("\n").join(", "), alg, ca.notAfter.slice(0, 10), `${ca.fingerprintSha256.slice(0, 16)}…`, verdict]);
+    rows.push([
+      name,
+      ca.role,
+      x.subject.split("\n").join(", "),
+      alg,
+      ca.notAfter.slice(0, 10),
+      `${ca.fingerprintSha256.slice(0, 16)}…`,
+      verdict,
+    ]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   for (const [i, row] of rows.entries()) {
     console.log(row.map((c, j) => c.padEnd(widths[j]!)).join("  "));
     if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
   }
-  console.log(`\n${Object.keys(cas).length} CAs in stack '${o.stack}'; certificates and chains written to ${path.relative(process.cwd(), out) || "."}/`);
-  console.log(`check one yourself: openssl verify -CAfile ${path.join(out, "root.pem")} -untrusted <intermediates> ${path.join(out, "<ca>.pem")}`);
+  console.log(
+    `\n${Object.keys(cas).length} CAs in stack '${o.stack}'; certificates and chains written to ${path.relative(process.cwd(), out) || "."}/`,
+  );
+  console.log(
+    `check one yourself: openssl verify -CAfile ${path.join(out, "root.pem")} -untrusted <intermediates> ${path.join(out, "<ca>.pem")}`,
+  );
   return failed ? 1 : 0;
 }
 

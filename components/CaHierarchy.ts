@@ -7,6 +7,7 @@
  */
 import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
+import { canonicalJson } from "../core/canonical";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
 import type { Subject } from "../core/x509/names";
@@ -196,25 +197,12 @@ export interface CaOutputs {
   name: string;
 }
 
-/** Stable JSON with sorted keys, absent and null alike: the input of declaration digests. */
-export function canonicalJson(v: unknown): string {
-  if (v === undefined || v === null) return "null";
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
-  if (typeof v === "object") {
-    const o = v as Record<string, unknown>;
-    return `{${Object.keys(o)
-      .filter((k) => o[k] !== undefined && o[k] !== null)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
-      .join(",")}}`;
-  }
-  return JSON.stringify(v);
-}
-
 /**
  * Digest of everything in a CA's declaration that would replace it, chained with its issuer's
  * digest: equal digests mean the same key and certificate lineage. Descriptions are left out.
  */
+export { canonicalJson };
+
 export function declarationDigest(spec: CaSpec, role: string, parentDigest: string): string {
   const { description: _d, ...rest } = spec;
   return crypto

@@ -7,8 +7,8 @@
  */
 import { type KeyObject, verify } from "node:crypto";
 import { FleetError, invalid } from "../errors";
+import { children, contentOf, decodeOid, expect, read, TAG, wholeOf } from "../x509/der";
 import { importP256Spki } from "./attest";
-import { children, contentOf, decodeOid, expect, read, TAG, wholeOf } from "./der";
 
 export const OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2";
 
@@ -55,7 +55,7 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
       subject.push([ATTR_OIDS[o] ?? o, contentOf(der, v).toString("utf8")]);
     }
   }
-  const algOid = read(der, algN.body, algN.end);
+  const algOid = read(der, algN.contentStart, algN.end);
   if (algOid.tag !== TAG.OID) throw invalid("csr.signatureAlgorithm", "no OID", "an AlgorithmIdentifier");
   const sigBits = contentOf(der, sigN);
   if (sigBits.length < 2 || sigBits[0] !== 0)

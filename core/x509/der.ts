@@ -62,8 +62,9 @@ export function namedBits(bits: number[]): Buffer {
   return tlv(TAG.BIT_STRING, Buffer.from([unused]), out);
 }
 
-/** INTEGER from a non-negative bigint or number, DER-minimal. */
-export function uint(v: bigint | number): Buffer {
+/** INTEGER from a non-negative bigint, number or unsigned magnitude bytes, DER-minimal. */
+export function uint(v: bigint | number | Uint8Array): Buffer {
+  if (v instanceof Uint8Array) return uintBytes(v);
   let n = BigInt(v);
   if (n < 0n) throw invalid("integer", String(v), "a non-negative integer");
   const bytes: number[] = [];
@@ -80,6 +81,7 @@ export function uintBytes(mag: Uint8Array): Buffer {
   let i = 0;
   while (i < mag.length - 1 && mag[i] === 0) i++;
   const m = mag.subarray(i);
+  if (m.length === 0) return Buffer.from([TAG.INTEGER, 1, 0]);
   return m[0]! & 0x80 ? tlv(TAG.INTEGER, Buffer.from([0]), m) : tlv(TAG.INTEGER, m);
 }
 
@@ -135,23 +137,40 @@ export interface Node {
   end: number;
 }
 
-/** Read the TLV at `pos` of `buf`, checking lengths stay inside `limit`. */
+/**
+ * Read the TLV at `pos` of `buf`, strictly: single-byte tags, minimal length encodings, and
+ * lengths that stay inside `limit` (input from devices is untrusted).
+ */
 export function read(buf: Uint8Array, pos = 0, limit = buf.length): Node {
-  if (pos + 2 > limit) throw invalid("der", phrase(`${limit - pos} bytes`), "a complete TLV header");
+  if (pos + 2 > limit)
+    throw invalid(
+      "der",
+      phrase(`${Math.max(0, limit - pos)} bytes at offset ${pos}`),
+      "a complete TLV header",
+    );
   const tag = buf[pos]!;
+  if ((tag & 0x1f) === 0x1f) throw invalid("der.tag", tag, "a single-byte tag");
   let len = buf[pos + 1]!;
   let p = pos + 2;
   if (len & 0x80) {
     const n = len & 0x7f;
     if (n === 0 || n > 4 || p + n > limit)
-      throw invalid("der", phrase(`length of length ${n}`), "1..4 bytes inside the buffer");
+      throw invalid("der.length", phrase(`length of length ${n}`), "1..4 bytes inside the buffer");
     len = 0;
     for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
+    if (len < 0x80 || (n > 1 && buf[p] === 0))
+      throw invalid("der.length", len, "the minimal length encoding");
     p += n;
   }
-  if (p + len > limit)
-    throw invalid("der", phrase(`length ${len} at offset ${pos}`), `at most ${limit - p} bytes`);
+  if (p + len > limit) throw invalid("der.length", len, `at most ${limit - p} bytes at offset ${pos}`);
   return { tag, start: pos, contentStart: p, end: p + len };
+}
+
+/** Read a TLV and require its tag. */
+export function expect(buf: Uint8Array, tag: number, pos: number, limit: number, what: string): Node {
+  const n = read(buf, pos, limit);
+  if (n.tag !== tag) throw invalid(what, phrase(`tag 0x${n.tag.toString(16)}`), `tag 0x${tag.toString(16)}`);
+  return n;
 }
 
 /** The children of a constructed node. */
@@ -191,3 +210,9 @@ export function decodeUint(bytes: Uint8Array): bigint {
   for (const b of bytes) v = (v << 8n) | BigInt(b);
   return v;
 }
+
+// names used by the station/firmware code
+export const ctx = explicit;
+export const bits = bitString;
+export const contentOf = content;
+export const wholeOf = whole;

@@ -1,6 +1,6 @@
 /**
  * The PKIX structures emulated devices and the emulated silicon vendor produce, built as DER
- * by hand (core/station/der.ts) and signed with Node's crypto: PKCS#10 certification requests
+ * by hand (core/x509/der.ts) and signed with Node's crypto: PKCS#10 certification requests
  * (RFC 2986) for a device's identity key, and X.509 v3 certificates (RFC 5280) for the vendor
  * CA and its chip certificates (and for test CAs). ECDSA P-256 with SHA-256 only
  * (ecdsa-with-SHA256, RFC 5758: AlgorithmIdentifier without parameters). Both verify with
@@ -8,7 +8,7 @@
  */
 import { createHash, type KeyObject, sign } from "node:crypto";
 import { invalid } from "../../core/errors";
-import * as der from "../../core/station/der";
+import * as der from "../../core/x509/der";
 import type { Subject } from "../../core/station/messages";
 
 const ATTR_OID: Record<string, string> = {

@@ -14,6 +14,7 @@ import {
   signCrl,
   validateCaRequest,
 } from "../../core/ca";
+import { canonicalJson } from "../../core/canonical";
 import { FleetError } from "../../core/errors";
 
 /** Pulumi's marker for a value not known during preview (sdk/nodejs/runtime/rpc.ts). */
@@ -69,22 +70,6 @@ const STABLE_OUTPUTS = [
 ];
 // crlPem, crlNumber and crlNextUpdate change on an update that re-signs the CRL
 
-/** Stable JSON with sorted keys, treating absent and null alike. */
-function canonical(v: unknown): string {
-  if (v === undefined || v === null) return "null";
-  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
-  if (typeof v === "object") {
-    return `{${Object.keys(v as object)
-      .filter(
-        (k) => (v as Record<string, unknown>)[k] !== undefined && (v as Record<string, unknown>)[k] !== null,
-      )
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
-      .join(",")}}`;
-  }
-  return JSON.stringify(v);
-}
-
 const fingerprint = (pem: string): string => {
   const m = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/.exec(pem);
   if (!m) return "";
@@ -128,7 +113,7 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
   const replaces: string[] = [];
   const declared = (olds.declared ?? {}) as Record<string, unknown>;
   for (const k of REPLACE_ON) {
-    if (canonical(declared[k]) !== canonical((news as unknown as Record<string, unknown>)[k]))
+    if (canonicalJson(declared[k]) !== canonicalJson((news as unknown as Record<string, unknown>)[k]))
       replaces.push(k);
   }
   if (news.issuer) {
