@@ -14,10 +14,12 @@ function parseArgs(argv: string[]): { stack: string; out?: string; cwd: string }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const v = argv[i + 1];
-    if (a === "--stack" && v) (opts.stack = v), i++;
-    else if (a === "--out" && v) (opts.out = v), i++;
-    else if (a === "--cwd" && v) (opts.cwd = v), i++;
-    else throw invalid("argument", a, "--stack NAME, --out DIR or --cwd DIR");
+    if (!v || !["--stack", "--out", "--cwd"].includes(a))
+      throw invalid("argument", a, "--stack NAME, --out DIR or --cwd DIR");
+    if (a === "--stack") opts.stack = v;
+    if (a === "--out") opts.out = v;
+    if (a === "--cwd") opts.cwd = v;
+    i++;
   }
   return opts;
 }

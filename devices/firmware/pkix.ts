@@ -8,8 +8,8 @@
  */
 import { createHash, type KeyObject, sign } from "node:crypto";
 import { invalid } from "../../core/errors";
-import * as der from "../../core/x509/der";
 import type { Subject } from "../../core/station/messages";
+import * as der from "../../core/x509/der";
 
 const ATTR_OID: Record<string, string> = {
   CN: "2.5.4.3",
