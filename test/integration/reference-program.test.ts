@@ -1,0 +1,38 @@
+/**
+ * The reference fleet program (index.ts, what `npm run demo` deploys) under the real engine:
+ * it passes its own baseline policy, and refuses to protect a non-demo stack with the demo's
+ * throwaway passphrase.
+ */
+import { afterAll, describe, expect, it } from "vitest";
+import { PulumiStack, REPO } from "../helpers/pulumi";
+
+const DEMO_PASSPHRASE = "fleetguard-demo-passphrase-not-a-secret";
+
+describe("reference program", () => {
+  const stacks: PulumiStack[] = [];
+  afterAll(() => {
+    for (const s of stacks) s.cleanup();
+  });
+
+  // stack names of their own: never touch a developer's Pulumi.demo.yaml
+  it("previews cleanly: the declared hierarchy obeys policies/baseline.yaml", () => {
+    const s = new PulumiStack(REPO, "it-reference");
+    stacks.push(s);
+    s.init();
+    const ops = s.previewSteps().map((x) => `${x.op} ${x.urn.split("::").pop()}`);
+    expect(ops).toEqual(
+      expect.arrayContaining(["create fleet-root", "create fleet-manufacturing", "create fleet-line-a"]),
+    );
+  });
+
+  it("refuses the throwaway demo passphrase on any other stack, naming what it wants", () => {
+    const s = new PulumiStack(REPO, "it-prod-eu", DEMO_PASSPHRASE);
+    stacks.push(s);
+    s.init();
+    const r = s.run(["preview"], { allowFail: true });
+    expect(r.status).not.toBe(0);
+    expect(`${r.stdout}${r.stderr}`).toMatch(
+      /stack 'it-prod-eu': got the throwaway demo passphrase, want your own PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE/,
+    );
+  });
+});
