@@ -2,10 +2,11 @@
  * Drive the real Pulumi CLI (built by scripts/setup-pulumi) against a throwaway file://
  * backend with passphrase secrets. No mocks: this is the engine users run.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { runCommand } from "./proc";
 
 export const REPO = path.resolve(__dirname, "..", "..");
 
@@ -51,46 +52,40 @@ export class PulumiStack {
     };
   }
 
-  run(args: string[], opts: { allowFail?: boolean } = {}): RunResult {
-    const r = spawnSync(
+  async run(args: string[], opts: { allowFail?: boolean } = {}): Promise<RunResult> {
+    const res = await runCommand(
       "pulumi",
       [...args, "--non-interactive", "--stack", this.stack, "--cwd", this.programDir],
-      {
-        env: this.env,
-        encoding: "utf8",
-        maxBuffer: 64 * 1024 * 1024,
-        timeout: 600_000,
-      },
+      { env: this.env },
     );
-    const res = { status: r.status ?? -1, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
     if (res.status !== 0 && !opts.allowFail) {
       throw new Error(`pulumi ${args.join(" ")} exited ${res.status}\n${res.stdout}\n${res.stderr}`);
     }
     return res;
   }
 
-  init(): void {
-    const r = spawnSync(
+  async init(): Promise<void> {
+    const r = await runCommand(
       "pulumi",
       ["stack", "init", this.stack, "--non-interactive", "--cwd", this.programDir],
-      { env: this.env, encoding: "utf8" },
+      { env: this.env },
     );
     if (r.status !== 0) throw new Error(`stack init failed: ${r.stdout}${r.stderr}`);
   }
 
-  setConfig(key: string, value: unknown): void {
-    this.run(["config", "set", key, typeof value === "string" ? value : JSON.stringify(value)]);
+  async setConfig(key: string, value: unknown): Promise<void> {
+    await this.run(["config", "set", key, typeof value === "string" ? value : JSON.stringify(value)]);
   }
 
   /** `pulumi preview --json`: the steps the engine plans, by URN suffix. */
-  previewSteps(): { op: string; urn: string }[] {
-    const r = this.run(["preview", "--json"]);
+  async previewSteps(): Promise<{ op: string; urn: string }[]> {
+    const r = await this.run(["preview", "--json"]);
     const j = JSON.parse(r.stdout) as { steps?: { op: string; urn: string }[] };
     return (j.steps ?? []).map((s) => ({ op: s.op, urn: s.urn }));
   }
 
-  outputs(): Record<string, unknown> {
-    return JSON.parse(this.run(["stack", "output", "--json"]).stdout);
+  async outputs(): Promise<Record<string, unknown>> {
+    return JSON.parse((await this.run(["stack", "output", "--json"])).stdout);
   }
 
   /** All files of the backend, concatenated: what `grep` over the state would see. */

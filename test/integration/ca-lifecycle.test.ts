@@ -58,22 +58,22 @@ describe("CaHierarchy with the real Pulumi engine", () => {
   const stack = new PulumiStack(path.join(REPO, "test", "integration", "fixtures", "ca-program"), "it");
   let first: Summary;
 
-  beforeAll(() => {
-    stack.init();
-    stack.setConfig("fleetguard:hierarchy", base);
+  beforeAll(async () => {
+    await stack.init();
+    await stack.setConfig("fleetguard:hierarchy", base);
   });
   afterAll(() => stack.cleanup());
 
-  const cas = (): Summary => stack.outputs().cas as Summary;
+  const cas = async (): Promise<Summary> => (await stack.outputs()).cas as Summary;
   // `preview --json` lists the steps that change something; a CA it does not list stays the same
   const opsFor = (steps: { op: string; urn: string }[]) =>
     Object.fromEntries(
       steps.filter((s) => s.urn.includes("dynamic:Resource")).map((s) => [s.urn.split("::").pop(), s.op]),
     );
 
-  it("up creates root, intermediate and issuing CA whose chains OpenSSL verifies", () => {
-    stack.run(["up", "--yes", "--skip-preview"]);
-    first = cas();
+  it("up creates root, intermediate and issuing CA whose chains OpenSSL verifies", async () => {
+    await stack.run(["up", "--yes", "--skip-preview"]);
+    first = await cas();
     expect(Object.keys(first).sort()).toEqual(["line-a", "plant-1", "root"]);
     const v = verifyChain(
       first.root!.certificatePem,
@@ -86,19 +86,19 @@ describe("CaHierarchy with the real Pulumi engine", () => {
       expect(verifyCrl(ca.certificatePem, ca.crlPem)).toMatch(/verify OK/);
   });
 
-  it("keeps private keys out of the state in plaintext", () => {
+  it("keeps private keys out of the state in plaintext", async () => {
     const text = stack.stateText();
     expect(text).toContain("ciphertext"); // the keys are there, encrypted with the passphrase
     expect(text.match(/PRIVATE KEY/g)).toBeNull();
   });
 
-  it("a second preview reports no changes", () => {
-    const r = stack.run(["preview", "--expect-no-changes"]);
+  it("a second preview reports no changes", async () => {
+    const r = await stack.run(["preview", "--expect-no-changes"]);
     expect(r.status).toBe(0);
-    expect(opsFor(stack.previewSteps())).toEqual({});
+    expect(opsFor(await stack.previewSteps())).toEqual({});
   });
 
-  it("adding an intermediate (with an issuing CA) touches nothing else", () => {
+  it("adding an intermediate (with an issuing CA) touches nothing else", async () => {
     const spec = clone(base);
     spec.intermediates.push({
       name: "plant-2",
@@ -114,10 +114,10 @@ describe("CaHierarchy with the real Pulumi engine", () => {
       subject: { commonName: "IT Line B" },
       validityDays: 730,
     });
-    stack.setConfig("fleetguard:hierarchy", spec);
-    expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-2": "create", "pki-line-b": "create" });
-    stack.run(["up", "--yes", "--skip-preview"]);
-    const now = cas();
+    await stack.setConfig("fleetguard:hierarchy", spec);
+    expect(opsFor(await stack.previewSteps())).toEqual({ "pki-plant-2": "create", "pki-line-b": "create" });
+    await stack.run(["up", "--yes", "--skip-preview"]);
+    const now = await cas();
     for (const k of ["root", "plant-1", "line-a"])
       expect(now[k]!.fingerprintSha256).toBe(first[k]!.fingerprintSha256);
     expect(
@@ -125,28 +125,28 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     ).toBe(true);
   });
 
-  it("changing only a description updates in place", () => {
+  it("changing only a description updates in place", async () => {
     const spec = clone(base);
     spec.intermediates[0]!.description = "first plant, renamed site";
-    stack.setConfig("fleetguard:hierarchy", spec);
+    await stack.setConfig("fleetguard:hierarchy", spec);
     // plant-2 and line-b are no longer declared: they go
-    expect(opsFor(stack.previewSteps())).toEqual({
+    expect(opsFor(await stack.previewSteps())).toEqual({
       "pki-plant-1": "update",
       "pki-plant-2": "delete",
       "pki-line-b": "delete",
     });
-    stack.run(["up", "--yes", "--skip-preview"]);
-    expect(cas()["plant-1"]!.fingerprintSha256).toBe(first["plant-1"]!.fingerprintSha256);
+    await stack.run(["up", "--yes", "--skip-preview"]);
+    expect((await cas())["plant-1"]!.fingerprintSha256).toBe(first["plant-1"]!.fingerprintSha256);
   });
 
-  it("changing a subject replaces that CA and what it signed, nothing else", () => {
+  it("changing a subject replaces that CA and what it signed, nothing else", async () => {
     const spec = clone(base);
     spec.intermediates[0]!.description = "first plant, renamed site";
     spec.intermediates[0]!.subject.commonName = "IT Plant 1 (2026)";
-    stack.setConfig("fleetguard:hierarchy", spec);
-    expect(opsFor(stack.previewSteps())).toEqual({ "pki-plant-1": "replace", "pki-line-a": "replace" });
-    stack.run(["up", "--yes", "--skip-preview"]);
-    const now = cas();
+    await stack.setConfig("fleetguard:hierarchy", spec);
+    expect(opsFor(await stack.previewSteps())).toEqual({ "pki-plant-1": "replace", "pki-line-a": "replace" });
+    await stack.run(["up", "--yes", "--skip-preview"]);
+    const now = await cas();
     expect(now.root!.fingerprintSha256).toBe(first.root!.fingerprintSha256);
     expect(now["plant-1"]!.fingerprintSha256).not.toBe(first["plant-1"]!.fingerprintSha256);
     expect(now["line-a"]!.fingerprintSha256).not.toBe(first["line-a"]!.fingerprintSha256);
@@ -155,24 +155,24 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     ).toBe(true);
   });
 
-  it("changing the root's key algorithm replaces the whole tree", () => {
+  it("changing the root's key algorithm replaces the whole tree", async () => {
     const spec = clone(base);
     spec.intermediates[0]!.description = "first plant, renamed site";
     spec.intermediates[0]!.subject.commonName = "IT Plant 1 (2026)";
     spec.root.algorithm = "ecdsa-p256";
-    stack.setConfig("fleetguard:hierarchy", spec);
-    expect(opsFor(stack.previewSteps())).toEqual({
+    await stack.setConfig("fleetguard:hierarchy", spec);
+    expect(opsFor(await stack.previewSteps())).toEqual({
       "pki-root": "replace",
       "pki-plant-1": "replace",
       "pki-line-a": "replace",
     });
-    stack.run(["up", "--yes", "--skip-preview"]);
-    first = cas();
+    await stack.run(["up", "--yes", "--skip-preview"]);
+    first = await cas();
   });
 
-  it("bad input fails preview with the field, got and want, and leaves the state untouched", () => {
+  it("bad input fails preview with the field, got and want, and leaves the state untouched", async () => {
     const before = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
-    const goodSpec = stack.run(["config", "get", "fleetguard:hierarchy"]).stdout.trim();
+    const goodSpec = (await stack.run(["config", "get", "fleetguard:hierarchy"])).stdout.trim();
     // mutate what is deployed, so the parents stay known and the provider can check against them
     const cur = JSON.parse(goodSpec) as typeof base;
     const cases: [unknown, RegExp][] = [
@@ -212,22 +212,22 @@ describe("CaHierarchy with the real Pulumi engine", () => {
       ],
     ];
     for (const [spec, message] of cases) {
-      stack.setConfig("fleetguard:hierarchy", spec);
-      const r = stack.run(["preview"], { allowFail: true });
+      await stack.setConfig("fleetguard:hierarchy", spec);
+      const r = await stack.run(["preview"], { allowFail: true });
       expect(r.status, `${message}`).not.toBe(0);
       expect(`${r.stdout}${r.stderr}`).toMatch(message);
       expect(`${r.stdout}${r.stderr}`).not.toMatch(/PRIVATE KEY/);
     }
-    stack.setConfig("fleetguard:hierarchy", JSON.parse(goodSpec));
+    await stack.setConfig("fleetguard:hierarchy", JSON.parse(goodSpec));
     const after = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
     expect(after).toBe(before);
   });
 
-  it("a mandatory policy violation fails preview with the check id, state untouched", () => {
+  it("a mandatory policy violation fails preview with the check id, state untouched", async () => {
     const before = crypto.createHash("sha256").update(fs.readFileSync(stack.checkpointFile())).digest("hex");
-    stack.setConfig("fleetguard:policy", path.join(REPO, "policies", "baseline.yaml"));
-    const r = stack.run(["preview"], { allowFail: true });
-    stack.run(["config", "rm", "fleetguard:policy"]);
+    await stack.setConfig("fleetguard:policy", path.join(REPO, "policies", "baseline.yaml"));
+    const r = await stack.run(["preview"], { allowFail: true });
+    await stack.run(["config", "rm", "fleetguard:policy"]);
     expect(r.status).not.toBe(0);
     // the deployed tree has a P-256 root: the baseline wants ECDSA >= 384 bits for roots
     expect(`${r.stdout}${r.stderr}`).toMatch(/policy 'baseline' refuses this declaration/);
@@ -236,15 +236,15 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     expect(after).toBe(before);
   });
 
-  it("refresh detects nothing on an unchanged stack", () => {
-    const r = stack.run(["refresh", "--yes", "--expect-no-changes"]);
+  it("refresh detects nothing on an unchanged stack", async () => {
+    const r = await stack.run(["refresh", "--yes", "--expect-no-changes"]);
     expect(r.stdout).toMatch(/unchanged/);
-    expect(cas().root!.fingerprintSha256).toBe(first.root!.fingerprintSha256);
+    expect((await cas()).root!.fingerprintSha256).toBe(first.root!.fingerprintSha256);
   });
 
-  it("destroy removes everything", () => {
-    stack.run(["destroy", "--yes", "--skip-preview"]);
-    const exported = JSON.parse(stack.run(["stack", "export"]).stdout) as {
+  it("destroy removes everything", async () => {
+    await stack.run(["destroy", "--yes", "--skip-preview"]);
+    const exported = JSON.parse((await stack.run(["stack", "export"])).stdout) as {
       deployment: { resources?: unknown[] };
     };
     expect(exported.deployment.resources ?? []).toHaveLength(0);

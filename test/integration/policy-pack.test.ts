@@ -4,11 +4,11 @@
  * naming FG-CERT-001; a 2-year one passes; the advisory finding (hub logging off) is shown and does not
  * block. The engine comes from FLEETGUARD_PULUMI_BIN_DIR, default the checkout's .cache/pulumi.
  */
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCommand } from "../helpers/proc";
 
 const REPO = join(__dirname, "..", "..");
 const PROGRAM = join(__dirname, "fixtures", "policy-program");
@@ -28,21 +28,16 @@ describe("CrossGuard pack with the real Pulumi engine", () => {
   let state: string;
   let env: NodeJS.ProcessEnv;
 
-  const pulumi = (args: string[]) => {
-    const r = spawnSync(
+  const pulumi = async (args: string[]) => {
+    const r = await runCommand(
       join(bin, "pulumi"),
       [...args, "--non-interactive", "--cwd", PROGRAM, "--stack", "policy"],
-      {
-        env,
-        encoding: "utf8",
-        timeout: 600_000,
-        maxBuffer: 64 * 1024 * 1024,
-      },
+      { env },
     );
     return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
   };
 
-  beforeAll(() => {
+  beforeAll(async () => {
     expect(
       existsSync(join(bin, "pulumi")),
       `no pulumi in ${bin}: run npm run setup or set FLEETGUARD_PULUMI_BIN_DIR`,
@@ -62,7 +57,7 @@ describe("CrossGuard pack with the real Pulumi engine", () => {
       // the pack's clock: keeps the test policy's waiver (expiring 2027-06-30) valid whenever this runs
       FLEETGUARD_NOW: "2026-12-01T00:00:00Z",
     };
-    const init = pulumi(["stack", "init"]);
+    const init = await pulumi(["stack", "init"]);
     expect(init.code, init.out).toBe(0);
   });
 
@@ -71,9 +66,9 @@ describe("CrossGuard pack with the real Pulumi engine", () => {
     rmSync(STACK_CONFIG, { force: true });
   });
 
-  it("refuses a 10-year device certificate under a 2-year policy, naming the check", () => {
-    expect(pulumi(["config", "set", "fleetguard:deviceValidityDays", "3650"]).code).toBe(0);
-    const r = pulumi(["preview", "--policy-pack", PACK]);
+  it("refuses a 10-year device certificate under a 2-year policy, naming the check", async () => {
+    expect((await pulumi(["config", "set", "fleetguard:deviceValidityDays", "3650"])).code).toBe(0);
+    const r = await pulumi(["preview", "--policy-pack", PACK]);
     expect(r.code, r.out).not.toBe(0);
     expect(r.out).toContain("FG-CERT-001");
     expect(r.out).toMatch(
@@ -82,9 +77,9 @@ describe("CrossGuard pack with the real Pulumi engine", () => {
     expect(r.out).toMatch(/mandatory/);
   });
 
-  it("passes a 2-year device certificate; the advisory finding is shown and does not block", () => {
-    expect(pulumi(["config", "set", "fleetguard:deviceValidityDays", "730"]).code).toBe(0);
-    const r = pulumi(["preview", "--policy-pack", PACK]);
+  it("passes a 2-year device certificate; the advisory finding is shown and does not block", async () => {
+    expect((await pulumi(["config", "set", "fleetguard:deviceValidityDays", "730"])).code).toBe(0);
+    const r = await pulumi(["preview", "--policy-pack", PACK]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).not.toContain("FG-CERT-001 batch:");
     expect(r.out).toContain("FG-HUB-003");
@@ -92,11 +87,11 @@ describe("CrossGuard pack with the real Pulumi engine", () => {
     expect(r.out).toMatch(/advisory/);
   });
 
-  it("fails closed when the fleet policy file is invalid, with the located error", () => {
+  it("fails closed when the fleet policy file is invalid, with the located error", async () => {
     const saved = env.FLEETGUARD_POLICY;
     env.FLEETGUARD_POLICY = "test/cli/fixtures/check/line/three-problems.yaml";
     try {
-      const r = pulumi(["preview", "--policy-pack", PACK]);
+      const r = await pulumi(["preview", "--policy-pack", PACK]);
       expect(r.code, r.out).not.toBe(0);
       expect(r.out).toContain("three-problems.yaml:10:5: spec.keys.devce: unknown key");
     } finally {

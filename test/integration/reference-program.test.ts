@@ -15,21 +15,21 @@ describe("reference program", () => {
   });
 
   // stack names of their own: never touch a developer's Pulumi.demo.yaml
-  it("previews cleanly: the declared hierarchy obeys policies/baseline.yaml", () => {
+  it("previews cleanly: the declared hierarchy obeys policies/baseline.yaml", async () => {
     const s = new PulumiStack(REPO, "it-reference");
     stacks.push(s);
-    s.init();
-    const ops = s.previewSteps().map((x) => `${x.op} ${x.urn.split("::").pop()}`);
+    await s.init();
+    const ops = (await s.previewSteps()).map((x) => `${x.op} ${x.urn.split("::").pop()}`);
     expect(ops).toEqual(
       expect.arrayContaining(["create fleet-root", "create fleet-manufacturing", "create fleet-line-a"]),
     );
   });
 
-  it("refuses the throwaway demo passphrase on any other stack, naming what it wants", () => {
+  it("refuses the throwaway demo passphrase on any other stack, naming what it wants", async () => {
     const s = new PulumiStack(REPO, "it-prod-eu", DEMO_PASSPHRASE);
     stacks.push(s);
-    s.init();
-    const r = s.run(["preview"], { allowFail: true });
+    await s.init();
+    const r = await s.run(["preview"], { allowFail: true });
     expect(r.status).not.toBe(0);
     expect(`${r.stdout}${r.stderr}`).toMatch(
       /stack 'it-prod-eu': got the throwaway demo passphrase, want your own PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE/,
