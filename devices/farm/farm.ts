@@ -163,7 +163,7 @@ export class Farm implements Service {
       if (index === undefined)
         throw new StationError(
           Status.UNKNOWN_DEVICE,
-          `device: got ${JSON.stringify(req.device)}, want an ID of this farm`,
+          `device: got ${JSON.stringify(req.device)}, want an ID of this farm, ${deviceId(this.o.model, 0)} .. ${deviceId(this.o.model, this.o.count - 1)}`,
         );
       const fault = this.takeFault(index);
       const dev: DeviceRef = {
