@@ -248,19 +248,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
   readonly cas: Record<string, CertificateAuthority>;
   readonly rootCertificatePem: pulumi.Output<string>;
   /** name -> { certificate, chain, fingerprint, keyId } without keys, for stack outputs */
-  readonly summary: pulumi.Output<
-    Record<
-      string,
-      {
-        role: string;
-        fingerprintSha256: string;
-        subjectKeyId: string;
-        notAfter: string;
-        chainPem: string;
-        certificatePem: string;
-      }
-    >
-  >;
+  readonly summary: pulumi.Output<Record<string, CaSummary>>;
 
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);

@@ -19,6 +19,18 @@ const rootReq: CaRequest = {
   nameConstraints: { permittedDNS: ["devices.acme.example"], excludedDNS: ["bad.devices.acme.example"] },
 };
 
+const issuingUnder = (inter: ReturnType<typeof issueCa>) =>
+  issueCa(
+    {
+      name: "iss",
+      role: "issuing",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "Iss" },
+      validityDays: 700,
+    },
+    { name: "inter", ...inter },
+  );
+
 describe("CA issuance verified by OpenSSL", () => {
   const root = issueCa(rootReq);
   const inter = issueCa(
@@ -77,16 +89,7 @@ describe("CA issuance verified by OpenSSL", () => {
   });
 
   it("issues device certificates from a LeafTemplate that OpenSSL accepts", () => {
-    const iss = issueCa(
-      {
-        name: "iss",
-        role: "issuing",
-        algorithm: "ecdsa-p256",
-        subject: { commonName: "Iss" },
-        validityDays: 700,
-      },
-      { name: "inter", ...inter },
-    );
+    const iss = issuingUnder(inter);
     const issDer = pemOne(iss.certificatePem, "CERTIFICATE", "t");
     const pc = parseCertificate(issDer);
     const tpl = new LeafTemplate(
@@ -122,16 +125,7 @@ describe("CA issuance verified by OpenSSL", () => {
   });
 
   it("rejects a device name outside the root's name constraints (OpenSSL agrees)", () => {
-    const iss = issueCa(
-      {
-        name: "iss",
-        role: "issuing",
-        algorithm: "ecdsa-p256",
-        subject: { commonName: "Iss" },
-        validityDays: 700,
-      },
-      { name: "inter", ...inter },
-    );
+    const iss = issuingUnder(inter);
     const pc = parseCertificate(pemOne(iss.certificatePem, "CERTIFICATE", "t"));
     const tpl = new LeafTemplate(
       {
