@@ -8,6 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openssl, tmpdir, verifyChain } from "../helpers/openssl";
+import { runCommand } from "../helpers/proc";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 
 type Summary = Record<
@@ -84,6 +85,33 @@ describe("CaHierarchy with the real Pulumi engine", () => {
     expect(first["line-a"]!.chainPem.match(/BEGIN CERTIFICATE/g)).toHaveLength(3);
     for (const ca of Object.values(first))
       expect(verifyCrl(ca.certificatePem, ca.crlPem)).toMatch(/verify OK/);
+  });
+
+  it("fleet ca summary lists every CA with its OpenSSL verdict and writes the PEMs", async () => {
+    const out = tmpdir();
+    const r = await runCommand(
+      "npx",
+      [
+        "--no-install",
+        "tsx",
+        path.join(REPO, "cli", "fleet.ts"),
+        "ca",
+        "summary",
+        "--stack",
+        stack.stack,
+        "--cwd",
+        stack.programDir,
+        "--out",
+        out,
+      ],
+      { env: stack.env, cwd: REPO },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    for (const name of ["root", "plant-1", "line-a"]) {
+      expect(r.stdout).toMatch(new RegExp(`^${name}\\s.*\\sOK\\s*$`, "m"));
+      expect(fs.existsSync(path.join(out, `${name}.pem`))).toBe(true);
+    }
+    fs.rmSync(out, { recursive: true, force: true });
   });
 
   it("keeps private keys out of the state in plaintext", async () => {
