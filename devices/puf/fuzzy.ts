@@ -45,6 +45,12 @@ const HEADER = 12;
 const TAG = 32;
 const DIGEST = 32;
 export const DEFAULT_ENROLL_READS = 8;
+/**
+ * Cells read per enrollment chunk: at nominal a selected pair needs 5.4 cells on average
+ * (6,843 cells for 1,260 pairs, sd about 150), so the first chunk almost always suffices.
+ */
+const ENROLL_FIRST_CHUNK = 7680;
+const ENROLL_NEXT_CHUNK = 2048;
 
 /** Outer code length: BCH(255,131) shortened by 3 bits to 128 message bits. */
 const OUTER_BITS = 252;
@@ -99,6 +105,17 @@ function readChecked(puf: PufDevice, conditions: PufConditions, rng: (n: number)
   if (!(r instanceof Uint8Array) || r.length < 1)
     throw invalid("puf.read()", r, "a non-empty Uint8Array of packed bits");
   return r;
+}
+
+type RangeReader = Required<Pick<PufDevice, "readRange" | "cells">>;
+
+/** The device's range reader, when it has one (an SramPuf does; a plain PufDevice need not). */
+function rangeReader(puf: PufDevice): RangeReader | undefined {
+  if (typeof puf.readRange !== "function") return undefined;
+  const cells = puf.cells;
+  if (typeof cells !== "number" || !Number.isInteger(cells) || cells < 8 || cells % 8 !== 0)
+    throw invalid("puf.cells", cells, "a positive multiple of 8 with readRange()");
+  return puf as RangeReader;
 }
 
 function salt(deviceId: string): Buffer {
@@ -198,39 +215,83 @@ export function enroll(puf: PufDevice, deps: EnrollDeps = {}): { helper: Uint8Ar
   assertConditions(conditions, "deps.conditions");
   assertHelperKey(deps.helperKey);
 
-  // Majority value and stability of every cell over `reads` power-ups.
-  const first = readChecked(puf, conditions, rng);
-  const bytes = first.length;
-  const cells = bytes * 8;
-  const ones = new Uint8Array(cells);
-  const addRead = (r: Uint8Array) => {
-    for (let i = 0; i < cells; i++) ones[i] += (r[i >> 3] >> (i & 7)) & 1;
-  };
-  addRead(first);
-  first.fill(0);
-  for (let k = 1; k < reads; k++) {
-    const r = readChecked(puf, conditions, rng);
-    if (r.length !== bytes) throw invalid("puf.read()", r, `${bytes} bytes on every read`);
-    addRead(r);
-    r.fill(0);
-  }
-
-  // Pair selection (von Neumann with stability masking) until enough pairs are found.
+  // Stability masking over `reads` power-ups: per cell, AND and OR of all reads (stable iff
+  // equal, value = AND), then pair selection (von Neumann) until enough pairs are found.
   const firstValues = new Uint8Array(SELECTED_PAIRS);
   const bitmap: number[] = [];
   let selected = 0;
   let pair = 0;
-  for (; selected < SELECTED_PAIRS && 2 * pair + 1 < cells; pair++) {
-    const a = ones[2 * pair];
-    const b = ones[2 * pair + 1];
-    const usable = (a === 0 || a === reads) && (b === 0 || b === reads) && a !== b;
-    if ((pair & 7) === 0) bitmap.push(0);
-    if (usable) {
-      bitmap[bitmap.length - 1] |= 1 << (pair & 7);
-      firstValues[selected++] = a === reads ? 1 : 0;
+  let cells: number;
+  const scan = (and: Uint8Array, or: Uint8Array, pairs: number) => {
+    // and/or cover cells [2 * pair, 2 * (pair + pairs)), starting on a byte boundary.
+    const base = pair;
+    for (let j = 0; selected < SELECTED_PAIRS && j < pairs; j++, pair++) {
+      const byte = j >> 2;
+      const sh = (2 * j) & 7;
+      const stable = ~(and[byte] ^ or[byte]) >> sh;
+      const value = and[byte] >> sh;
+      const usable = (stable & 3) === 3 && ((value ^ (value >> 1)) & 1) === 1;
+      if ((pair & 7) === 0) bitmap.push(0);
+      if (usable) {
+        bitmap[bitmap.length - 1] |= 1 << (pair & 7);
+        firstValues[selected++] = value & 1;
+      }
     }
+    return pair - base;
+  };
+  const fast = rangeReader(puf);
+  if (fast !== undefined) {
+    // Read only as many cells as the selection needs, chunk by chunk: cells are independent,
+    // so this has the same distribution as scanning `reads` reads of the whole array.
+    cells = fast.cells;
+    for (let start = 0; selected < SELECTED_PAIRS && start < cells; ) {
+      const count = Math.min(cells - start, start === 0 ? ENROLL_FIRST_CHUNK : ENROLL_NEXT_CHUNK);
+      const seeds = rng(16 * reads);
+      if (!(seeds instanceof Uint8Array) || seeds.length !== 16 * reads)
+        throw invalid("rng(n)", seeds, `${16 * reads} bytes`);
+      let and: Uint8Array | undefined;
+      let or: Uint8Array | undefined;
+      for (let k = 0; k < reads; k++) {
+        const r = fast.readRange(start, count, conditions, () => seeds.subarray(16 * k, 16 * k + 16));
+        if (!(r instanceof Uint8Array) || r.length !== count >> 3)
+          throw invalid("puf.readRange()", r, `${count >> 3} bytes`);
+        if (and === undefined || or === undefined) {
+          and = r;
+          or = Uint8Array.from(r);
+        } else {
+          for (let i = 0; i < r.length; i++) {
+            and[i] &= r[i];
+            or[i] |= r[i];
+          }
+          r.fill(0);
+        }
+      }
+      seeds.fill(0);
+      if (and === undefined || or === undefined) break;
+      scan(and, or, count >> 1);
+      and.fill(0);
+      or.fill(0);
+      start += count;
+    }
+  } else {
+    const first = readChecked(puf, conditions, rng);
+    const bytes = first.length;
+    cells = bytes * 8;
+    const and = first;
+    const or = Uint8Array.from(first);
+    for (let k = 1; k < reads; k++) {
+      const r = readChecked(puf, conditions, rng);
+      if (r.length !== bytes) throw invalid("puf.read()", r, `${bytes} bytes on every read`);
+      for (let i = 0; i < bytes; i++) {
+        and[i] &= r[i];
+        or[i] |= r[i];
+      }
+      r.fill(0);
+    }
+    scan(and, or, cells >> 1);
+    and.fill(0);
+    or.fill(0);
   }
-  ones.fill(0);
   if (selected < SELECTED_PAIRS)
     throw new FleetError(
       "UNAVAILABLE",
@@ -352,9 +413,22 @@ export function reconstruct(
   assertHelperKey(deps.helperKey);
   const p = parseHelper(helper, puf.deviceId, deps.helperKey);
 
-  const read = readChecked(puf, conditions, rng);
-  if (read.length * 8 !== p.cells)
-    throw integrity(`enrolled for ${p.cells} cells, the device has ${read.length * 8}`);
+  // Only cells [0, 2 * pairsScanned) carry selected pairs; a device that can read a range
+  // powers up just those (same per-cell distribution as a full read).
+  const fast = rangeReader(puf);
+  let read: Uint8Array;
+  if (fast !== undefined) {
+    if (fast.cells !== p.cells)
+      throw integrity(`enrolled for ${p.cells} cells, the device has ${fast.cells}`);
+    const count = Math.min(p.cells, (2 * p.pairsScanned + 7) & ~7);
+    read = fast.readRange(0, count, conditions, rng);
+    if (!(read instanceof Uint8Array) || read.length !== count >> 3)
+      throw invalid("puf.readRange()", read, `${count >> 3} bytes`);
+  } else {
+    read = readChecked(puf, conditions, rng);
+    if (read.length * 8 !== p.cells)
+      throw integrity(`enrolled for ${p.cells} cells, the device has ${read.length * 8}`);
+  }
 
   const votes = new Uint8Array(fuzzyCode().rawBits);
   let v = 0;

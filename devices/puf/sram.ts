@@ -26,6 +26,7 @@
 import { createCipheriv, hkdfSync, randomBytes } from "node:crypto";
 import { invalid } from "../../core/errors";
 import { normalTable } from "./normal";
+import { Xoshiro128 } from "./prng";
 
 export interface PufConditions {
   /** Die temperature in degrees Celsius (nominal 25). */
@@ -126,6 +127,19 @@ export interface PufDevice {
   readonly deviceId: string;
   /** One power-up of the whole array: packed bits, cell i at byte i>>3, bit i&7 (LSB first). */
   read(conditions?: PufConditions, rng?: (n: number) => Uint8Array): Uint8Array;
+  /** Number of cells; a device that has it and readRange() lets the fuzzy extractor read only what it uses. */
+  readonly cells?: number;
+  /**
+   * Optional: one power-up of cells [start, start + count) only (both multiples of 8), packed
+   * like read() (cell start + j at byte j>>3, bit j&7). Every cell's value must have the same
+   * distribution as in read(); cells are independent, so this is read() restricted to a range.
+   */
+  readRange?(
+    start: number,
+    count: number,
+    conditions?: PufConditions,
+    rng?: (n: number) => Uint8Array,
+  ): Uint8Array;
 }
 
 export interface SramPufOptions {
@@ -153,14 +167,83 @@ function draw(rng: (n: number) => Uint8Array, n: number): Uint8Array {
   return b;
 }
 
-/** An emulated SRAM PUF. `preferred()` is the noiseless power-up state: an emulator-only view. */
+/** Cells whose skew codes are derived per AES-CTR call (grown on demand). */
+const CODE_CHUNK = 2048;
+
+/**
+ * thresholdTable(r, bias)[a] = the smallest u in [0, 65536] with
+ * fround(inv[a] + bias) + r * inv[u] > 0 (65536: none), for inv = normalTable(). A cell whose
+ * skew code is a reads 1 exactly when its uniform 16-bit noise u >= T[a]: the predicate is
+ * monotone in u (r > 0, inv increasing, rounding monotone), so this is the reference sampler's
+ * outcome for every u, not an approximation. T is non-increasing in a, so one sweep of two
+ * pointers builds the table (about 0.3 ms); tables are shared by every device with the same
+ * bias and noise ratio, i.e. built once per condition per process.
+ */
+const thresholdCache = new Map<string, Int32Array>();
+const THRESHOLD_CACHE_MAX = 32;
+
+export function thresholdTable(r: number, bias: number): Int32Array {
+  const key = `${r}|${bias}`;
+  const hit = thresholdCache.get(key);
+  if (hit !== undefined) return hit;
+  const inv = normalTable();
+  const t = new Int32Array(65536);
+  const f32 = new Float32Array(1);
+  let u = 65536;
+  for (let a = 0; a < 65536; a++) {
+    f32[0] = inv[a] + bias; // the margin exactly as stored in a Float32Array
+    const m = f32[0];
+    // T[a] <= T[a-1]: step u down while u - 1 still reads 1.
+    while (u > 0 && m + r * inv[u - 1] > 0) u--;
+    t[a] = u;
+  }
+  if (thresholdCache.size >= THRESHOLD_CACHE_MAX)
+    thresholdCache.delete(thresholdCache.keys().next().value as string);
+  thresholdCache.set(key, t);
+  return t;
+}
+
+/** The smallest skew code a with fround(inv[a] + bias) > 0 (65536: none): preferred value = a >= A0. */
+function preferredThreshold(bias: number): number {
+  const inv = normalTable();
+  const f32 = new Float32Array(1);
+  let lo = 0;
+  let hi = 65536;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    f32[0] = inv[mid] + bias;
+    if (f32[0] > 0) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/** Scratch space for the generator's output, reused across reads (single-threaded). */
+let scratch = new Uint32Array(4096);
+
+/**
+ * An emulated SRAM PUF. `preferred()` is the noiseless power-up state: an emulator-only view.
+ *
+ * Reads are exact samplers of the model at 16-bit resolution: cell i reads 1 when
+ * m_i + r * Phi^-1((u + 0.5) / 65536) > 0 for a uniform 16-bit u (m_i = s_i + bias), or, under
+ * berOverride p, flips its preferred value when u < round(65536 p). The first is evaluated as
+ * u >= T[a_i], a per-condition table over the cell's 16-bit skew code (thresholdTable), so a
+ * read is one table lookup, one compare and no branch per cell. The uniform values come from
+ * xoshiro128** (prng.ts) seeded with 16 bytes of `rng` per read; `readReference()` is the
+ * original sampler (2 bytes of `rng` per cell), kept for the benchmark baseline and the test
+ * that both have the same per-cell statistics.
+ */
 export class SramPuf implements PufDevice {
   readonly deviceId: string;
   readonly cells: number;
   readonly bias: number;
   readonly noise: NoiseModel;
   readonly #key: Buffer;
+  /** 16-bit skew code of each cell (s_i = inv[code]); cells [0, #derived) are derived. */
+  #codes: Uint16Array | undefined;
+  #derived = 0;
   #margins: Float32Array | undefined;
+  #prefThreshold = -1;
 
   constructor(farmSeed: Uint8Array, deviceId: string, opts: SramPufOptions = {}) {
     if (!(farmSeed instanceof Uint8Array) || farmSeed.length < 16 || farmSeed.length > 1024)
@@ -182,16 +265,34 @@ export class SramPuf implements PufDevice {
     );
   }
 
+  /**
+   * Skew codes of cells [0, end): cell i uses bytes 2i, 2i+1 (little-endian) of the
+   * AES-256-CTR keystream, so a prefix is derived by itself (the counter starts at block
+   * from / 8) and grown on demand: reconstruction touches only the first ~7,000 cells.
+   */
+  #codesUpTo(end: number): Uint16Array {
+    if (this.#codes === undefined) this.#codes = new Uint16Array(this.cells);
+    const codes = this.#codes;
+    if (end > this.#derived) {
+      const from = this.#derived;
+      const to = Math.min(this.cells, Math.ceil(end / CODE_CHUNK) * CODE_CHUNK);
+      const iv = Buffer.alloc(16);
+      iv.writeUInt32BE(from >>> 3, 12); // from is a multiple of 8 cells = one 16-byte block
+      const stream = createCipheriv("aes-256-ctr", this.#key, iv).update(Buffer.alloc(2 * (to - from)));
+      for (let i = from, k = 0; i < to; i++, k += 2) codes[i] = stream[k] | (stream[k + 1] << 8);
+      this.#derived = to;
+    }
+    return codes;
+  }
+
   /** Per-cell margin s_i + bias, derived once on first use. */
   margins(): Float32Array {
     if (this.#margins === undefined) {
-      const n = this.cells;
-      const cipher = createCipheriv("aes-256-ctr", this.#key, Buffer.alloc(16));
-      const stream = cipher.update(Buffer.alloc(2 * n));
+      const codes = this.#codesUpTo(this.cells);
       const inv = normalTable();
-      const m = new Float32Array(n);
+      const m = new Float32Array(this.cells);
       const bias = this.bias;
-      for (let i = 0; i < n; i++) m[i] = inv[stream[2 * i] | (stream[2 * i + 1] << 8)] + bias;
+      for (let i = 0; i < this.cells; i++) m[i] = inv[codes[i]] + bias;
       this.#margins = m;
     }
     return this.#margins;
@@ -206,6 +307,68 @@ export class SramPuf implements PufDevice {
   }
 
   read(conditions: PufConditions = NOMINAL, rng: (n: number) => Uint8Array = defaultRng): Uint8Array {
+    return this.readRange(0, this.cells, conditions, rng);
+  }
+
+  readRange(
+    start: number,
+    count: number,
+    conditions: PufConditions = NOMINAL,
+    rng: (n: number) => Uint8Array = defaultRng,
+  ): Uint8Array {
+    if (!Number.isInteger(start) || start < 0 || start % 8 !== 0 || start > this.cells)
+      throw invalid("start", start, `a multiple of 8 in [0, ${this.cells}]`);
+    if (!Number.isInteger(count) || count < 0 || count % 8 !== 0 || start + count > this.cells)
+      throw invalid("count", count, `a multiple of 8 in [0, ${this.cells - start}]`);
+    assertConditions(conditions);
+    assertRng(rng);
+    const end = start + count;
+    const codes = this.#codesUpTo(end);
+    const out = new Uint8Array(count >> 3);
+    // One 16-bit uniform per cell, two per generator output.
+    if (scratch.length < count >> 1) scratch = new Uint32Array(count >> 1);
+    const noise = new Xoshiro128(draw(rng, 16)).fill(scratch.subarray(0, count >> 1));
+    if (conditions.berOverride !== undefined) {
+      // Independent flips of the preferred value (code >= A0) at the given rate, 16-bit resolution.
+      if (this.#prefThreshold < 0) this.#prefThreshold = preferredThreshold(this.bias);
+      const a0m1 = this.#prefThreshold - 1;
+      const thr = Math.round(conditions.berOverride * 65536);
+      for (let byte = 0, i = start, w = 0; i < end; byte++) {
+        let v = 0;
+        for (let b = 0; b < 8; b += 2, i += 2, w++) {
+          const x = noise[w];
+          const lo = ((a0m1 - codes[i]) >>> 31) ^ (((x & 0xffff) - thr) >>> 31);
+          const hi = ((a0m1 - codes[i + 1]) >>> 31) ^ (((x >>> 16) - thr) >>> 31);
+          v |= (lo | (hi << 1)) << b;
+        }
+        out[byte] = v;
+      }
+    } else {
+      // Cell reads 1 iff u >= T[code]: 1 ^ sign(u - T).
+      const T = thresholdTable(noiseRatio(conditions, this.noise), this.bias);
+      for (let byte = 0, i = start, w = 0; i < end; byte++) {
+        let v = 0;
+        for (let b = 0; b < 8; b += 2, i += 2, w++) {
+          const x = noise[w];
+          const lo = 1 ^ (((x & 0xffff) - T[codes[i]]) >>> 31);
+          const hi = 1 ^ (((x >>> 16) - T[codes[i + 1]]) >>> 31);
+          v |= (lo | (hi << 1)) << b;
+        }
+        out[byte] = v;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The original sampler: 2 bytes of `rng` per cell, one table lookup per cell. Same
+   * distribution as read(); kept only as the benchmark's baseline and the statistical test's
+   * reference.
+   */
+  readReference(
+    conditions: PufConditions = NOMINAL,
+    rng: (n: number) => Uint8Array = defaultRng,
+  ): Uint8Array {
     assertConditions(conditions);
     assertRng(rng);
     const m = this.margins();
@@ -213,7 +376,6 @@ export class SramPuf implements PufDevice {
     const out = new Uint8Array(n >> 3);
     const u = draw(rng, 2 * n);
     if (conditions.berOverride !== undefined) {
-      // Independent flips at the given rate, 16-bit resolution.
       const thr = Math.round(conditions.berOverride * 65536);
       for (let byte = 0, i = 0; byte < out.length; byte++) {
         let v = 0;
