@@ -23,9 +23,10 @@
  * the device ID, body and tag, SHA-256 or HMAC-SHA-256 under an optional device helper key,
  * checked before anything else: any flipped bit is refused as INTEGRITY.
  */
-import { createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { FleetError, invalid } from "../../core/errors";
 import { ConcatCode, type ConcatParams } from "./ecc/concat";
+import { hkdfExpand, hkdfExtract } from "./hkdf";
 import {
   assertConditions,
   assertDeviceId,
@@ -128,19 +129,32 @@ function packBits(bits: Uint8Array): Uint8Array {
   return out;
 }
 
-function tagFor(message: Uint8Array, deviceId: string, body: Uint8Array): Buffer {
+/** HKDF-Extract of the message under the device's salt: the PRK both the tag key and the secret expand from. */
+function messagePrk(message: Uint8Array, deviceId: string): Buffer {
   const packed = packBits(message);
-  const key = Buffer.from(hkdfSync("sha256", packed, salt(deviceId), "helper-tag", 32));
+  const prk = hkdfExtract(packed, salt(deviceId));
+  packed.fill(0);
+  return prk;
+}
+
+function tagWith(prk: Uint8Array, body: Uint8Array): Buffer {
+  const key = hkdfExpand(prk, "helper-tag", 32);
   const tag = createHmac("sha256", key).update(body).digest();
   key.fill(0);
-  packed.fill(0);
+  return tag;
+}
+
+function tagFor(message: Uint8Array, deviceId: string, body: Uint8Array): Buffer {
+  const prk = messagePrk(message, deviceId);
+  const tag = tagWith(prk, body);
+  prk.fill(0);
   return tag;
 }
 
 function secretFor(message: Uint8Array, deviceId: string): Uint8Array {
-  const packed = packBits(message);
-  const out = new Uint8Array(hkdfSync("sha256", packed, salt(deviceId), "stable-secret", 32));
-  packed.fill(0);
+  const prk = messagePrk(message, deviceId);
+  const out = new Uint8Array(hkdfExpand(prk, "stable-secret", 32));
+  prk.fill(0);
   return out;
 }
 
@@ -168,18 +182,20 @@ export function decodeVotes(
       "PUF reconstruction failed: the response has more errors than the code corrects",
       "puf",
     );
-  const expect = tagFor(decoded.message, deviceId, body);
+  const prk = messagePrk(decoded.message, deviceId);
+  decoded.message.fill(0);
+  const expect = tagWith(prk, body);
   const ok = expect.length === tag.length && timingSafeEqual(expect, tag);
   if (!ok) {
-    decoded.message.fill(0);
+    prk.fill(0);
     throw new FleetError(
       "UNAVAILABLE",
       "PUF reconstruction failed: the recovered secret does not match the helper data's check (too much noise, or not the enrolled device)",
       "puf",
     );
   }
-  const secret = secretFor(decoded.message, deviceId);
-  decoded.message.fill(0);
+  const secret = new Uint8Array(hkdfExpand(prk, "stable-secret", 32));
+  prk.fill(0);
   return secret;
 }
 

@@ -10,8 +10,9 @@
  * multiplication (x, y are required by the JWK import); the private KeyObject is built by JWK
  * import (the fastest import under OpenSSL 3), the public one from it.
  */
-import { createECDH, createPrivateKey, createPublicKey, hkdfSync, type KeyObject } from "node:crypto";
+import { createECDH, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { invalid } from "../../core/errors";
+import { hkdfSha256 } from "./hkdf";
 
 /** The order n of the P-256 base point. */
 export const P256_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
@@ -43,7 +44,7 @@ function assertContext(context: unknown): asserts context is string {
 export function p256Scalar(secret: Uint8Array, context: string): bigint {
   assertSecret(secret);
   assertContext(context);
-  const okm = Buffer.from(hkdfSync("sha256", secret, P256_SALT, context, 40));
+  const okm = hkdfSha256(secret, P256_SALT, context, 40);
   const c = BigInt(`0x${okm.toString("hex")}`);
   okm.fill(0);
   return (c % (P256_N - 1n)) + 1n;
@@ -81,5 +82,8 @@ export function deriveKeyBytes(secret: Uint8Array, context: string, length = 32)
   assertContext(context);
   if (!Number.isInteger(length) || length < 16 || length > 255 * 32)
     throw invalid("length", length, "an integer in [16, 8160]");
-  return new Uint8Array(hkdfSync("sha256", secret, KEY_SALT, context, length));
+  const okm = hkdfSha256(secret, KEY_SALT, context, length);
+  const out = new Uint8Array(okm);
+  okm.fill(0);
+  return out;
 }

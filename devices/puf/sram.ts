@@ -23,8 +23,9 @@
  * a fault-injection knob for "noisy device" tests and the i.i.d. channel the fuzzy-extractor
  * analysis assumes.
  */
-import { createCipheriv, hkdfSync, randomBytes } from "node:crypto";
+import { createCipheriv, randomBytes } from "node:crypto";
 import { invalid } from "../../core/errors";
+import { hkdfSha256 } from "./hkdf";
 import { normalTable } from "./normal";
 import { Xoshiro128 } from "./prng";
 
@@ -260,9 +261,7 @@ export class SramPuf implements PufDevice {
     this.cells = cells;
     this.bias = bias;
     this.noise = opts.noise ?? DEFAULT_NOISE_MODEL;
-    this.#key = Buffer.from(
-      hkdfSync("sha256", farmSeed, "fleetguard/puf/sram/v1", Buffer.from(deviceId, "utf8"), 32),
-    );
+    this.#key = hkdfSha256(farmSeed, "fleetguard/puf/sram/v1", Buffer.from(deviceId, "utf8"), 32);
   }
 
   /**

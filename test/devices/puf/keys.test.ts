@@ -1,13 +1,16 @@
 import {
+  createHash,
   createPublicKey,
   createSign,
   createVerify,
   sign as cryptoSign,
   verify as cryptoVerify,
+  hkdfSync,
 } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { FleetError } from "../../../core/errors";
 import { deriveKeyBytes, deriveP256, epochContext, IDENTITY_CONTEXT, p256Scalar } from "../../../devices/puf";
+import { hkdfSha256 } from "../../../devices/puf/hkdf";
 import { P256_N } from "../../../devices/puf/keys";
 import kat from "./vectors/p256-fips186-5-a21.json";
 
@@ -92,6 +95,29 @@ describe("deriveP256 (FIPS 186-5 A.2.1 over HKDF-SHA-256)", () => {
       }
       expect(err).toBeInstanceOf(FleetError);
       expect((err as FleetError).code).toBe("INVALID_INPUT");
+    }
+  });
+});
+
+describe("HKDF-SHA-256 over HMAC (devices/puf/hkdf.ts)", () => {
+  it("matches RFC 5869 test case 1 and crypto.hkdfSync for many lengths and inputs", () => {
+    const okm = hkdfSha256(
+      Buffer.from("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "hex"),
+      Buffer.from("000102030405060708090a0b0c", "hex"),
+      Buffer.from("f0f1f2f3f4f5f6f7f8f9", "hex"),
+      42,
+    );
+    expect(okm.toString("hex")).toBe(
+      "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
+    );
+    for (const length of [1, 31, 32, 33, 40, 64, 65, 255, 1000]) {
+      const ikm = createHash("sha256")
+        .update(`ikm${length}`)
+        .digest()
+        .subarray(0, 1 + (length % 32));
+      const salt = length % 3 === 0 ? "" : `salt/${length}`;
+      const want = Buffer.from(hkdfSync("sha256", ikm, salt, `info/${length}`, length));
+      expect(hkdfSha256(ikm, salt, `info/${length}`, length).equals(want)).toBe(true);
     }
   });
 });
