@@ -88,19 +88,18 @@ export const DEFAULT_NOISE_MODEL: NoiseModel = Object.freeze({
   kAge: extraVariance(0.08, R0),
 });
 
+function checkNumber(field: string, v: unknown, lo: number, hi: number): void {
+  if (typeof v !== "number" || !(v >= lo && v <= hi)) throw invalid(field, v, `a number in [${lo}, ${hi}]`);
+}
+
 export function assertConditions(c: unknown, field = "conditions"): asserts c is PufConditions {
   if (typeof c !== "object" || c === null)
     throw invalid(field, c, "an object {temperatureC, voltage, ageYears}");
   const o = c as Record<string, unknown>;
-  const num = (k: string, lo: number, hi: number) => {
-    const v = o[k];
-    if (typeof v !== "number" || !Number.isFinite(v) || v < lo || v > hi)
-      throw invalid(`${field}.${k}`, v, `a number in [${lo}, ${hi}]`);
-  };
-  num("temperatureC", -60, 150);
-  num("voltage", 0.5, 1.5);
-  num("ageYears", 0, 50);
-  if (o.berOverride !== undefined) num("berOverride", 0, 0.5);
+  checkNumber(`${field}.temperatureC`, o.temperatureC, -60, 150);
+  checkNumber(`${field}.voltage`, o.voltage, 0.5, 1.5);
+  checkNumber(`${field}.ageYears`, o.ageYears, 0, 50);
+  if (o.berOverride !== undefined) checkNumber(`${field}.berOverride`, o.berOverride, 0, 0.5);
 }
 
 /** Noise-to-mismatch ratio r(T, V, age). */
@@ -109,12 +108,10 @@ export function noiseRatio(c: PufConditions, model: NoiseModel = DEFAULT_NOISE_M
   const cold = Math.max(0, 25 - c.temperatureC) / 65;
   const hot = Math.max(0, c.temperatureC - 25) / 60;
   const volt = (c.voltage - 1) / 0.1;
-  const r2 =
-    model.r0 ** 2 +
-    (model.kCold * cold) ** 2 +
-    (model.kHot * hot) ** 2 +
-    (model.kVolt * volt) ** 2 +
-    model.kAge ** 2 * (c.ageYears / 10);
+  const a = model.kCold * cold;
+  const b = model.kHot * hot;
+  const v = model.kVolt * volt;
+  const r2 = model.r0 * model.r0 + a * a + b * b + v * v + model.kAge * model.kAge * (c.ageYears / 10);
   return Math.sqrt(r2);
 }
 
