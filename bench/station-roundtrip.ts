@@ -18,7 +18,6 @@
  *    Fuzzy-extractor reconstructions are counted in the farm (STATS).
  * Results go to stdout (and bench/out/station-roundtrip.json); docs/benchmarks.md quotes them.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes, sign } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -28,6 +27,7 @@ import { StationClient } from "../core/station/client";
 import { verifyCsr } from "../core/station/csr";
 import type { FarmStats, Subject } from "../core/station/messages";
 import { deviceId } from "../devices/farm/ids";
+import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
 import { buildCsr } from "../devices/firmware/pkix";
 import * as puf from "../devices/puf";
 
@@ -102,45 +102,9 @@ function rawBound(n: number, withPuf: boolean): number {
 
 // ---------------------------------------------------------------- farm
 
-function startFarm(state: string): Promise<{ child: ChildProcess; port: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "cli/fleet.ts",
-        "devices",
-        "serve",
-        "--count",
-        String(COUNT),
-        "--port",
-        "0",
-        "--state",
-        state,
-        "--seed",
-        SEED,
-        "--model",
-        MODEL,
-      ],
-      { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
-    );
-    let out = "";
-    child.stdout!.on("data", (c) => {
-      out += c;
-      const m = /on 127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) resolve({ child, port: Number(m[1]) });
-    });
-    child.once("exit", (code) => reject(new Error(`farm exited with ${code}`)));
-  });
-}
-
-async function stopFarm(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const done = new Promise((r) => child.once("exit", r));
-  child.kill("SIGTERM");
-  await done;
-}
+const startFarm = (state: string) =>
+  startFarmProcess({ count: COUNT, state, seed: SEED, model: MODEL, inheritStderr: true });
+const stopFarm = stopFarmProcess;
 
 async function enrollOne(c: StationClient, d: string): Promise<void> {
   const ident = await c.identify(d);

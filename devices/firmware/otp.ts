@@ -8,7 +8,9 @@
  * allows even through a lock. Programming checks everything before it burns anything, so a
  * refused write changes no fuse.
  */
+
 import { FleetError, invalid } from "../../core/errors";
+import type { OtpRegionView } from "../../core/station/messages";
 
 export interface Region {
   name: string;
@@ -41,15 +43,8 @@ function region(name: string): Region & { index: number } {
   return r;
 }
 
-export interface OtpView {
-  name: string;
-  offset: number;
-  words: number;
-  programmed: number;
-  locked: boolean;
-  secret: boolean;
-  data: Buffer | null;
-}
+/** The map a station reads: the same shape the station protocol carries. */
+export type OtpView = OtpRegionView;
 
 export class Otp {
   readonly words: Uint32Array;

@@ -1,56 +1,14 @@
 // A farm killed with SIGKILL in the middle of provisioning restarts with every acknowledged
 // write intact. The farm runs as a child process (`fleet devices serve`), as in production.
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
 import { deviceId } from "../../../devices/farm/ids";
+import { startFarmProcess } from "../../../devices/farm/process";
 import { makeCa, SEED, tempDir } from "./helpers";
 
-const ROOT = join(__dirname, "..", "..", "..");
-
-function startFarm(state: string): Promise<{ child: ChildProcess; port: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "cli/fleet.ts",
-        "devices",
-        "serve",
-        "--count",
-        "10000",
-        "--port",
-        "0",
-        "--state",
-        state,
-        "--seed",
-        SEED,
-      ],
-      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let out = "";
-    let err = "";
-    const t = setTimeout(() => reject(new Error(`farm did not start: ${err}`)), 30_000);
-    child.stdout!.on("data", (c) => {
-      out += c;
-      const m = /on 127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) {
-        clearTimeout(t);
-        resolve({ child, port: Number(m[1]) });
-      }
-    });
-    child.stderr!.on("data", (c) => {
-      err += c;
-    });
-    child.on("exit", (code) => {
-      clearTimeout(t);
-      reject(new Error(`farm exited with ${code}: ${err}`));
-    });
-  });
-}
+const startFarm = (state: string) => startFarmProcess({ count: 10_000, state, seed: SEED });
 
 interface Acked {
   publicKey?: Buffer;
