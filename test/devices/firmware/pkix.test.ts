@@ -101,4 +101,89 @@ describe("certificates and chain checks", () => {
       /parse/,
     );
   });
+
+  it("verifyChain enforces the issuers' pathLen and keyCertSign (chains made by OpenSSL)", () => {
+    const f = (n: string) => join(dir.path, n);
+    const ok = (args: string[]) => {
+      const r = openssl(args);
+      expect(r.status, r.out).toBe(0);
+    };
+    const ca = (name: string, ext: string, issuer?: string) => {
+      ok(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f(`${name}.key`)]);
+      writeFileSync(f(`${name}.ext`), `[v3]\n${ext}\n`);
+      if (!issuer) {
+        ok([
+          "req",
+          "-x509",
+          "-new",
+          "-key",
+          f(`${name}.key`),
+          "-subj",
+          `/CN=${name}`,
+          "-days",
+          "30",
+          "-addext",
+          ext.split("\n")[0]!,
+          "-addext",
+          ext.split("\n")[1]!,
+          "-out",
+          f(`${name}.pem`),
+        ]);
+        return;
+      }
+      ok(["req", "-new", "-key", f(`${name}.key`), "-subj", `/CN=${name}`, "-out", f(`${name}.csr`)]);
+      ok([
+        "x509",
+        "-req",
+        "-in",
+        f(`${name}.csr`),
+        "-CA",
+        f(`${issuer}.pem`),
+        "-CAkey",
+        f(`${issuer}.key`),
+        "-set_serial",
+        "7",
+        "-days",
+        "20",
+        "-extfile",
+        f(`${name}.ext`),
+        "-extensions",
+        "v3",
+        "-out",
+        f(`${name}.pem`),
+      ]);
+    };
+    const der = (name: string) => new X509Certificate(require("node:fs").readFileSync(f(`${name}.pem`))).raw;
+    const spkiOf = (name: string) =>
+      createPublicKey(require("node:fs").readFileSync(f(`${name}.key`))).export({
+        type: "spki",
+        format: "der",
+      });
+    const now = new Date(Date.now() + 60_000); // the certificates below start "now", to the second
+
+    ca("r0", "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign");
+    ca("i1", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign", "r0");
+    ca("leaf1", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature", "i1");
+    const anchors0 = [sha256(der("r0"))];
+    expect(() => verifyChain([der("leaf1"), der("i1"), der("r0")], anchors0, spkiOf("leaf1"), now)).toThrow(
+      "chain[2].pathLen: got 1 CA(s) below a CA with pathLen 0, want at most 0",
+    );
+    expect(
+      openssl(["verify", "-CAfile", f("r0.pem"), "-untrusted", f("i1.pem"), f("leaf1.pem")]).out,
+    ).toMatch(/path length/i);
+
+    ca("r1", "basicConstraints=critical,CA:TRUE,pathlen:1\nkeyUsage=critical,keyCertSign,cRLSign");
+    ca("i2", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature", "r1");
+    ca("leaf2", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature", "i2");
+    const anchors1 = [sha256(der("r1"))];
+    expect(() => verifyChain([der("leaf2"), der("i2"), der("r1")], anchors1, spkiOf("leaf2"), now)).toThrow(
+      "chain[1].keyUsage: got a CA without keyCertSign, want keyCertSign",
+    );
+
+    ca("i3", "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign", "r1");
+    ca("leaf3", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature", "i3");
+    expect(() =>
+      verifyChain([der("leaf3"), der("i3"), der("r1")], anchors1, spkiOf("leaf3"), now),
+    ).not.toThrow();
+  });
 });
