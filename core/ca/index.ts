@@ -31,7 +31,14 @@ import {
   spkiDer,
 } from "../x509/keys";
 import { encodeSubject, type Subject, subjectErrors, subjectString } from "../x509/names";
-import { basicConstraintsOf, nameConstraintsOf, parseCertificate, subjectKeyIdOf } from "../x509/parse";
+import {
+  authorityKeyIdOf,
+  basicConstraintsOf,
+  nameConstraintsOf,
+  type ParsedCertificate,
+  parseCertificate,
+  subjectKeyIdOf,
+} from "../x509/parse";
 import { pemBlocks, pemOne, toPem } from "../x509/pem";
 
 export const CA_ROLES = ["root", "intermediate", "issuing"] as const;
@@ -99,17 +106,29 @@ export function parentFacts(
   certificatePem: string,
   field = "issuer.certificatePem",
 ): ParentFacts {
+  return readParent(name, certificatePem, field).facts;
+}
+
+/** Parse the parent's certificate once: the facts to check against, and the parsed certificate. */
+function readParent(
+  name: string,
+  certificatePem: string,
+  field: string,
+): { facts: ParentFacts; cert: ParsedCertificate } {
   const der = pemOne(certificatePem, "CERTIFICATE", field);
   const c = parseCertificate(der, field);
   const x = new crypto.X509Certificate(der);
   const bc = basicConstraintsOf(c);
   const nc = nameConstraintsOf(c);
   return {
-    name,
-    notAfter: new Date(x.validTo),
-    ca: bc?.ca ?? false,
-    pathLen: bc?.pathLen,
-    nameConstraints: nc,
+    facts: {
+      name,
+      notAfter: new Date(x.validTo),
+      ca: bc?.ca ?? false,
+      pathLen: bc?.pathLen,
+      nameConstraints: nc,
+    },
+    cert: c,
   };
 }
 
@@ -279,8 +298,6 @@ function describeCert(
   const c = parseCertificate(der);
   const x = new crypto.X509Certificate(der);
   const bc = basicConstraintsOf(c);
-  const aki = c.extensions.get("2.5.29.35");
-  const akiHex = aki ? aki.value.subarray(4).toString("hex") : "";
   return {
     certificatePem: toPem("CERTIFICATE", der),
     chainPem,
@@ -290,7 +307,7 @@ function describeCert(
     serialNumber: c.serialBytes.toString("hex"),
     fingerprintSha256: crypto.createHash("sha256").update(der).digest("hex"),
     subjectKeyId: subjectKeyIdOf(c)?.toString("hex") ?? "",
-    authorityKeyId: akiHex,
+    authorityKeyId: authorityKeyIdOf(c)?.toString("hex") ?? "",
     notBefore: new Date(x.validFrom).toISOString(),
     notAfter: new Date(x.validTo).toISOString(),
     pathLen: bc?.pathLen ?? null,
@@ -303,7 +320,10 @@ export function issueCa(
   parent?: CaMaterial & { name: string },
   deps: Deps = defaultDeps(),
 ): IssuedCa {
-  const facts = parent ? parentFacts(parent.name, parent.certificatePem) : undefined;
+  const parsedParent = parent
+    ? readParent(parent.name, parent.certificatePem, "issuer.certificatePem")
+    : undefined;
+  const facts = parsedParent?.facts;
   const failures = validateCaRequest(req, facts, deps);
   if (!parent && req.role !== "root")
     failures.push({
@@ -327,9 +347,8 @@ export function issueCa(
   let signerAlg = req.algorithm;
   let signerKey = pair.privateKey;
   let pathLen = req.pathLen;
-  if (parent && facts) {
-    const pder = pemOne(parent.certificatePem, "CERTIFICATE", "issuer.certificatePem");
-    const pc = parseCertificate(pder, "issuer.certificatePem");
+  if (parent && facts && parsedParent) {
+    const pc = parsedParent.cert;
     issuerName = pc.subject;
     issuerKid = subjectKeyIdOf(pc) ?? keyIdentifier(pc.spki);
     signerKey = loadPrivateKey(parent.keyPem, "issuer.keyPem");

@@ -87,6 +87,14 @@ export function subjectKeyIdOf(c: ParsedCertificate): Buffer | undefined {
   return e ? content(e.value, read(e.value)) : undefined;
 }
 
+/** AuthorityKeyIdentifier keyIdentifier ([0] of the AKI SEQUENCE), if present. */
+export function authorityKeyIdOf(c: ParsedCertificate): Buffer | undefined {
+  const e = c.extensions.get(OID.authorityKeyIdentifier);
+  if (!e) return undefined;
+  const kid = children(e.value, read(e.value)).find((n) => n.tag === 0x80);
+  return kid ? content(e.value, kid) : undefined;
+}
+
 export interface ParsedNameConstraints {
   permittedDNS: string[];
   excludedDNS: string[];

@@ -251,6 +251,44 @@ describe("bring your own root", () => {
     expect(r.pathLen).toBe(2);
     expect(r.algorithm).toBe("ecdsa-p384");
   });
+  it("reads the key identifier of an AKI that also carries issuer and serial (OpenSSL-made root)", async () => {
+    const { tmpdir, openssl } = await import("../helpers/openssl");
+    const fs = await import("node:fs");
+    const path = await import("node:path");
+    const dir = tmpdir();
+    const key = path.join(dir, "k.pem");
+    const cert = path.join(dir, "c.pem");
+    expect(
+      openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key]).status,
+    ).toBe(0);
+    const r = openssl([
+      "req",
+      "-x509",
+      "-new",
+      "-key",
+      key,
+      "-subj",
+      "/CN=AKI Root",
+      "-days",
+      "30",
+      "-out",
+      cert,
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+      "-addext",
+      "subjectKeyIdentifier=hash",
+      "-addext",
+      "authorityKeyIdentifier=keyid:always,issuer:always",
+    ]);
+    expect(r.status, r.out).toBe(0);
+    const imported = importCa("root", fs.readFileSync(cert, "utf8"), fs.readFileSync(key, "utf8"));
+    expect(imported.subjectKeyId).toMatch(/^[0-9a-f]{40}$/);
+    expect(imported.authorityKeyId).toBe(imported.subjectKeyId);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it("refuses a key that does not match, without echoing the key", () => {
     const other = crypto
       .generateKeyPairSync("ec", { namedCurve: "secp384r1" })
