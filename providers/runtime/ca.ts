@@ -16,6 +16,7 @@ import {
 } from "../../core/ca";
 import { canonicalJson } from "../../core/canonical";
 import { FleetError } from "../../core/errors";
+import { pemBlocks } from "../../core/x509/pem";
 
 /** Pulumi's marker for a value not known during preview (sdk/nodejs/runtime/rpc.ts). */
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
@@ -70,13 +71,16 @@ const STABLE_OUTPUTS = [
 ];
 // crlPem, crlNumber and crlNextUpdate change on an update that re-signs the CRL
 
+/** SHA-256 of the first certificate in `pem`, or "" when there is none (an unknown, a bad PEM). */
 const fingerprint = (pem: string): string => {
-  const m = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/.exec(pem);
-  if (!m) return "";
-  return crypto
-    .createHash("sha256")
-    .update(Buffer.from(m[1]!.replace(/\s+/g, ""), "base64"))
-    .digest("hex");
+  try {
+    return crypto
+      .createHash("sha256")
+      .update(pemBlocks(pem, "CERTIFICATE", "certificatePem")[0]!)
+      .digest("hex");
+  } catch {
+    return "";
+  }
 };
 
 export function check(_olds: Record<string, unknown>, news: CaInputs) {
