@@ -1,0 +1,169 @@
+/**
+ * The device registry: the source of truth for every device of every batch (brief, rules 1-2).
+ * Pulumi state holds one summary per batch; every per-device fact lives here: the device's state
+ * in the lifecycle below, its identity key, every certificate ever issued to it, and an
+ * append-only audit log with one row per transition.
+ *
+ * Two backends implement this interface with one schema and one set of migrations: SQLite
+ * (better-sqlite3 12, WAL, the default: a file next to the program) and PostgreSQL (`postgres://`).
+ * Every write is a transaction; `apply` takes many transitions at once (one transaction per
+ * wave of devices), checks each device's current state (compare-and-set), and either applies all
+ * of them or none.
+ */
+
+/** The per-device state machine. */
+export const DEVICE_STATES = [
+  "pending", // declared in a batch, not yet seen by the station
+  "attested", // identified; attestation verified against the chip or PUF key
+  "issued", // a certificate was signed and recorded (not yet on the device)
+  "installed", // the device accepted the chain
+  "active", // confirmed: the device reports the installed chain, closed
+  "quarantined", // refused: clone, unreadable PUF, failed attestation or CSR; never certified
+  "revoked", // its certificates are revoked (batch deleted, compromise)
+  "decommissioned", // zeroized on the device, or removed from the batch; terminal
+] as const;
+export type DeviceState = (typeof DEVICE_STATES)[number];
+
+/** Legal transitions: from -> allowed next states. A transition to the same state is a no-op. */
+export const TRANSITIONS: Readonly<Record<DeviceState, readonly DeviceState[]>> = {
+  pending: ["attested", "quarantined", "decommissioned"],
+  attested: ["pending", "issued", "quarantined", "decommissioned"],
+  issued: ["installed", "attested", "revoked", "quarantined", "decommissioned"],
+  installed: ["active", "issued", "revoked", "quarantined", "decommissioned"],
+  // active -> issued: a re-issue (profile or CA changed); the old certificate is superseded
+  active: ["issued", "attested", "revoked", "quarantined", "decommissioned"],
+  quarantined: ["pending", "decommissioned"],
+  revoked: ["decommissioned", "pending"],
+  decommissioned: [],
+};
+
+export type CertificateStatus = "live" | "revoked";
+
+export interface CertificateRecord {
+  /** serial number, lowercase hex without leading zero octets */
+  serial: string;
+  deviceId: string;
+  batch: string;
+  /** SHA-256 fingerprint (lowercase hex) of the issuing CA certificate */
+  issuer: string;
+  der: Buffer;
+  notBefore: Date;
+  notAfter: Date;
+  issuedAt: Date;
+  status: CertificateStatus;
+  revokedAt?: Date;
+  /** RFC 5280 reason name, as in core/x509/crl REVOCATION_REASONS */
+  revocationReason?: string;
+}
+
+export interface DeviceRecord {
+  deviceId: string;
+  batch: string;
+  state: DeviceState;
+  /** why the device is quarantined / revoked / decommissioned */
+  reason: string | null;
+  /** SubjectPublicKeyInfo DER of the identity key (known once attested) */
+  publicKey: Buffer | null;
+  epoch: number | null;
+  /** serial of the live certificate, if any */
+  certSerial: string | null;
+  updatedAt: Date;
+}
+
+export interface BatchRecord {
+  name: string;
+  model: string;
+  source: "puf" | "injected";
+  /** canonical JSON of the declaration the batch was last converged to (no secrets) */
+  spec: string;
+  createdAt: Date;
+  updatedAt: Date;
+  /** set when the batch was deleted (its devices revoked and decommissioned) */
+  deletedAt: Date | null;
+}
+
+/** One device's change of state, with what it carries. Applied atomically with the others. */
+export interface Transition {
+  deviceId: string;
+  batch: string;
+  /** the state the caller believes the device is in; the write fails (CONFLICT) otherwise */
+  from: DeviceState;
+  to: DeviceState;
+  reason?: string;
+  publicKey?: Buffer;
+  epoch?: number;
+  /**
+   * A newly issued certificate: inserted as live and made the device's current one (certSerial).
+   * The previous certificate stays live until the device confirms the new one: a transition to
+   * `active` revokes, with reason "superseded", every live certificate of the device other than
+   * its current one, in the same transaction.
+   */
+  certificate?: Omit<CertificateRecord, "status" | "revokedAt" | "revocationReason">;
+  /** revoke every live certificate of the device (reason as in RFC 5280, e.g. "cessationOfOperation") */
+  revoke?: { at: Date; reason: string };
+  /** free-form JSON-able detail for the audit row (never key material) */
+  detail?: Record<string, unknown>;
+}
+
+export interface AuditRecord {
+  seq: number;
+  at: Date;
+  batch: string;
+  deviceId: string;
+  from: DeviceState | null;
+  to: DeviceState;
+  reason: string | null;
+  detail: Record<string, unknown> | null;
+}
+
+export type StateCounts = Record<DeviceState, number>;
+
+export interface DeviceQuery {
+  states?: readonly DeviceState[];
+  /** keyset pagination: device IDs strictly greater than this */
+  after?: string;
+  limit?: number;
+}
+
+export interface Registry {
+  /** "sqlite" or "postgres" */
+  readonly kind: string;
+  /** where it is, without credentials (for logs) */
+  readonly location: string;
+  /** schema version after migrations */
+  schemaVersion(): Promise<number>;
+
+  putBatch(b: Omit<BatchRecord, "createdAt" | "updatedAt" | "deletedAt">, at?: Date): Promise<void>;
+  getBatch(name: string): Promise<BatchRecord | undefined>;
+  listBatches(): Promise<BatchRecord[]>;
+  markBatchDeleted(name: string, at?: Date): Promise<void>;
+
+  /**
+   * Declare devices in a batch as pending; devices already known are left as they are.
+   * A device that belongs to another (live) batch is refused with CONFLICT naming it.
+   * Returns how many were added. One transaction per call.
+   */
+  addDevices(batch: string, deviceIds: readonly string[], at?: Date): Promise<number>;
+  getDevice(deviceId: string): Promise<DeviceRecord | undefined>;
+  /** devices of a batch in device ID order */
+  listDevices(batch: string, q?: DeviceQuery): Promise<DeviceRecord[]>;
+  counts(batch: string): Promise<StateCounts>;
+
+  /** Apply transitions in one transaction: all or none. Illegal or stale ones throw (CONFLICT / INVALID_INPUT). */
+  apply(transitions: readonly Transition[], at?: Date): Promise<void>;
+
+  certificates(q: {
+    batch?: string;
+    deviceId?: string;
+    issuer?: string;
+    status?: readonly CertificateStatus[];
+    after?: string;
+    limit?: number;
+  }): Promise<CertificateRecord[]>;
+  /** revoked certificates of an issuer, for its CRL (serial, time, reason) */
+  revokedBy(issuer: string): Promise<Array<{ serial: string; revokedAt: Date; reason: string | null }>>;
+
+  audit(q: { batch?: string; deviceId?: string; afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
+
+  close(): Promise<void>;
+}
