@@ -201,7 +201,8 @@ export function start(rootPid: number, opts: { intervalMs?: number } = {}): Samp
       const processes = [...seen.values()];
       const byName: ProcReport["byName"] = {};
       for (const p of processes) {
-        const b = (byName[p.name] ??= { count: 0, peakKb: 0, sumPeakKb: 0 });
+        const b = byName[p.name] ?? { count: 0, peakKb: 0, sumPeakKb: 0 };
+        byName[p.name] = b;
         b.count++;
         b.peakKb = Math.max(b.peakKb, p.peakKb);
         b.sumPeakKb += p.peakKb;
