@@ -16,16 +16,37 @@
  *      C  after another restart: the same through batches of --batch devices
  *      D  again without a restart (keys still in RAM): protocol + crypto, no PUF work
  *    Fuzzy-extractor reconstructions are counted in the farm (STATS).
+ * 3. Full session (issue 5), on a fresh farm: --session-devices blank PUF devices, each through
+ *    the five steps of an enrollment, all as batches of --session-batch devices:
+ *    IDENTIFY, ATTEST (nonce verified), CSR (verified), SET_TRUST (root DER), INSTALL (leaf,
+ *    issuing, intermediate, root); the leaf is issued here by a core/x509 LeafTemplate under a
+ *    3-level CA chain from core/ca issueCa (root and intermediate P-384, issuing P-256, as in
+ *    index.ts). Then a re-run: STATUS of every device. Reported: devices/s, the farm's CPU per
+ *    device (STATS cpuUserMs + cpuSystemMs) and this process's CPU per device.
+ *    `--only session` runs just this part (and the raw bounds are skipped).
+ * `--farm-prof DIR` runs every farm under `node --cpu-prof` and leaves the profiles in DIR.
  * Results go to stdout (and bench/out/station-roundtrip.json); docs/benchmarks.md quotes them.
  */
-import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes, sign } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+  sign,
+} from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { type IssuedCa, issueCa } from "../core/ca";
 import { attestationMessage, importP256Spki, verifyAttestation } from "../core/station/attest";
 import { StationClient } from "../core/station/client";
 import { verifyCsr } from "../core/station/csr";
 import type { FarmStats, Subject } from "../core/station/messages";
+import { LeafTemplate, randomSerial } from "../core/x509/cert";
+import { EKU } from "../core/x509/ext";
+import { parseCertificate } from "../core/x509/parse";
+import { pemOne } from "../core/x509/pem";
 import { deviceId } from "../devices/farm/ids";
 import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
 import { buildCsr } from "../devices/firmware/pkix";
@@ -39,6 +60,10 @@ const COUNT = Number(args.get("count") ?? 100_000);
 const CONCURRENCY = Number(args.get("concurrency") ?? 128);
 const BATCH = Number(args.get("batch") ?? 64);
 const BATCHES_IN_FLIGHT = Number(args.get("batches-in-flight") ?? 4);
+const ONLY = args.get("only");
+const SESSION_DEVICES = Number(args.get("session-devices") ?? 5000);
+const SESSION_BATCH = Number(args.get("session-batch") ?? 256);
+const SESSION_IN_FLIGHT = Number(args.get("session-in-flight") ?? 2);
 const SEED = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 const MODEL = "fg100";
 const ROOT = join(__dirname, "..");
@@ -102,8 +127,16 @@ function rawBound(n: number, withPuf: boolean): number {
 
 // ---------------------------------------------------------------- farm
 
+const FARM_PROF = args.get("farm-prof");
 const startFarm = (state: string) =>
-  startFarmProcess({ count: COUNT, state, seed: SEED, model: MODEL, inheritStderr: true });
+  startFarmProcess({
+    count: COUNT,
+    state,
+    seed: SEED,
+    model: MODEL,
+    inheritStderr: true,
+    nodeArgs: FARM_PROF ? ["--cpu-prof", "--cpu-prof-dir", FARM_PROF] : [],
+  });
 const stopFarm = stopFarmProcess;
 
 async function enrollOne(c: StationClient, d: string): Promise<void> {
@@ -175,6 +208,211 @@ async function batched(c: StationClient, label: string): Promise<number> {
   return DEVICES / ((performance.now() - t0) / 1000);
 }
 
+// ---------------------------------------------------------------- full session (issue 5)
+
+interface CaChain {
+  template: LeafTemplate;
+  /** DER: issuing, intermediate, root */
+  cas: Buffer[];
+  root: Buffer;
+}
+
+function makeCaChain(): CaChain {
+  const root = issueCa({
+    name: "root",
+    role: "root",
+    algorithm: "ecdsa-p384",
+    subject: { commonName: "Bench Root", organization: "Acme" },
+    validityDays: 3650,
+    pathLen: 2,
+  });
+  const inter = issueCa(
+    {
+      name: "inter",
+      role: "intermediate",
+      algorithm: "ecdsa-p384",
+      subject: { commonName: "Bench Intermediate", organization: "Acme" },
+      validityDays: 1825,
+    },
+    { name: "root", ...root },
+  );
+  const iss: IssuedCa = issueCa(
+    {
+      name: "iss",
+      role: "issuing",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "Bench Issuing", organization: "Acme" },
+      validityDays: 700,
+    },
+    { name: "inter", ...inter },
+  );
+  const der = (c: IssuedCa) => pemOne(c.certificatePem, "CERTIFICATE", "bench");
+  const issDer = der(iss);
+  const template = new LeafTemplate(
+    {
+      algorithm: "ecdsa-p256",
+      key: createPrivateKey(iss.keyPem),
+      subject: parseCertificate(issDer).subject,
+      keyId: Buffer.from(iss.subjectKeyId, "hex"),
+    },
+    {
+      organization: "Acme",
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + 365 * 86400_000),
+      keyUsage: ["digitalSignature"],
+      extKeyUsage: [EKU.clientAuth],
+    },
+  );
+  return { template, cas: [issDer, der(inter), der(root)], root: der(root) };
+}
+
+function ok<T>(r: { ok: true; value: T } | { ok: false; error: Error }): T {
+  if (!r.ok) throw r.error;
+  return r.value;
+}
+
+/** All five steps for `ids`, through batch requests; throws on any failure. */
+async function sessionBatch(c: StationClient, ids: string[], ca: CaChain): Promise<void> {
+  const idents = (await c.identifyBatch(ids)).map(ok);
+  const keys = idents.map((r) => ({ spki: r.publicKey!, key: importP256Spki(r.publicKey!) }));
+  const nonces = ids.map(() => randomBytes(32));
+  const atts = await c.attestBatch(ids.map((device, i) => ({ device, nonce: nonces[i]! })));
+  atts.forEach((r, i) => {
+    const v = ok(r);
+    if (!verifyAttestation(keys[i]!.key, ids[i]!, v.epoch, nonces[i]!, v.signature))
+      throw new Error(`${ids[i]}: attestation did not verify`);
+  });
+  const csrs = await c.csrBatch(ids.map((device) => ({ device, subject: subjectOf(device) })));
+  csrs.forEach((r, i) => {
+    verifyCsr(ok(r).csr, keys[i]!.spki, keys[i]!.key);
+  });
+  for (const r of await c.setTrustAnchorBatch(ids.map((device) => ({ device, anchor: ca.root })))) ok(r);
+  const chains = ids.map((device, i) => ({
+    device,
+    chain: [ca.template.issue(randomSerial(), device, keys[i]!.spki), ...ca.cas],
+  }));
+  for (const r of await c.installBatch(chains)) {
+    const v = ok(r);
+    if (v.lifecycle !== "closed")
+      throw new Error(`${v.device}: got ${v.lifecycle} after install, want closed`);
+  }
+}
+
+async function statusBatch(c: StationClient, ids: string[]): Promise<void> {
+  for (const r of await c.statusBatch(ids)) {
+    const v = ok(r);
+    if (v.lifecycle !== "closed" || v.chain.length !== 4)
+      throw new Error(
+        `${v.device}: got ${v.lifecycle} with ${v.chain.length} certificates, want closed with 4`,
+      );
+  }
+}
+
+interface SessionResult {
+  name: string;
+  devices: number;
+  rate: number;
+  seconds: number;
+  /** farm CPU per device, microseconds (undefined if the farm does not report CPU) */
+  farmUs?: number;
+  clientUs: number;
+  enrollments: number;
+  reconstructions: number;
+  walRecords: number;
+  walSyncs: number;
+}
+
+async function sessionPhase(
+  name: string,
+  port: number,
+  ids: string[],
+  run: (c: StationClient, chunk: string[]) => Promise<void>,
+): Promise<SessionResult> {
+  const c = new StationClient({ port, poolSize: 2, maxInFlight: 256, timeoutMs: 120_000 });
+  const chunks: string[][] = [];
+  for (let i = 0; i < ids.length; i += SESSION_BATCH) chunks.push(ids.slice(i, i + SESSION_BATCH));
+  const before = await c.stats();
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  let done = 0;
+  let next = 0;
+  const tick = setInterval(() => progress(name, done, ids.length, t0), 1000);
+  try {
+    await Promise.all(
+      Array.from({ length: SESSION_IN_FLIGHT }, async () => {
+        while (next < chunks.length) {
+          const chunk = chunks[next++]!;
+          await run(c, chunk);
+          done += chunk.length;
+        }
+      }),
+    );
+  } finally {
+    clearInterval(tick);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  progress(name, done, ids.length, t0);
+  process.stderr.write("\n");
+  const after = await c.stats();
+  await c.close();
+  if (after.reconstructionFailures !== before.reconstructionFailures)
+    throw new Error(`${name}: reconstruction failures`);
+  const farmMs =
+    after.cpuUserMs !== undefined && before.cpuUserMs !== undefined
+      ? after.cpuUserMs + after.cpuSystemMs! - before.cpuUserMs - before.cpuSystemMs!
+      : undefined;
+  return {
+    name,
+    devices: ids.length,
+    rate: ids.length / seconds,
+    seconds,
+    farmUs: farmMs === undefined ? undefined : (farmMs * 1000) / ids.length,
+    clientUs: (cpu.user + cpu.system) / ids.length,
+    enrollments: after.enrollments - before.enrollments,
+    reconstructions: after.reconstructions - before.reconstructions,
+    walRecords: after.walRecords - before.walRecords,
+    walSyncs: after.walSyncs - before.walSyncs,
+  };
+}
+
+async function fullSession(): Promise<SessionResult[]> {
+  const ca = makeCaChain();
+  const ids = Array.from({ length: SESSION_DEVICES }, (_, i) =>
+    deviceId(MODEL, Math.floor((i * COUNT) / SESSION_DEVICES)),
+  );
+  const state = mkdtempSync(join(tmpdir(), "fg-bench-session-"));
+  try {
+    const farm = await startFarm(state);
+    try {
+      const first = await sessionPhase(
+        `full session (5 steps), batches of ${SESSION_BATCH}`,
+        farm.port,
+        ids,
+        (c, chunk) => sessionBatch(c, chunk, ca),
+      );
+      const rerun = await sessionPhase("re-run: STATUS", farm.port, ids, statusBatch);
+      return [first, rerun];
+    } finally {
+      await stopFarm(farm.child);
+    }
+  } finally {
+    rmSync(state, { recursive: true, force: true });
+  }
+}
+
+function printSessions(rs: SessionResult[]): void {
+  console.log("");
+  console.log(
+    "| phase | devices | devices/s | farm CPU us/device | client CPU us/device | PUF enrollments | reconstructions | WAL records | WAL syncs |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  for (const r of rs)
+    console.log(
+      `| ${r.name} | ${r.devices} | ${r.rate.toFixed(0)} | ${r.farmUs === undefined ? "n/a" : r.farmUs.toFixed(0)} | ${r.clientUs.toFixed(0)} | ${r.enrollments} | ${r.reconstructions} | ${r.walRecords} | ${r.walSyncs} |`,
+    );
+}
+
 interface Phase {
   name: string;
   rate: number;
@@ -219,6 +457,20 @@ async function main(): Promise<void> {
     `farm: ${COUNT} devices; sample: ${DEVICES} devices; concurrency ${CONCURRENCY}; batch ${BATCH}`,
   );
 
+  if (ONLY === "session") {
+    console.log(
+      `full session: ${SESSION_DEVICES} devices, batches of ${SESSION_BATCH}, ${SESSION_IN_FLIGHT} in flight`,
+    );
+    const rs = await fullSession();
+    printSessions(rs);
+    console.log(`\nload average at end ${loadavg()[0]!.toFixed(2)}`);
+    mkdirSync(join(ROOT, "bench", "out"), { recursive: true });
+    writeFileSync(
+      join(ROOT, "bench", "out", "station-session.json"),
+      `${JSON.stringify({ machine, load: [load0, loadavg()[0]!.toFixed(2)], COUNT, SESSION_BATCH, SESSION_IN_FLIGHT, sessions: rs }, null, 2)}\n`,
+    );
+    return;
+  }
   const rawCrypto = rawBound(Math.min(DEVICES, 3000), false);
   console.log(
     `raw bound, crypto only (sign+verify attestation, CSR build+verify, key import): ${rawCrypto.toFixed(0)} devices/s`,
@@ -244,6 +496,7 @@ async function main(): Promise<void> {
   } finally {
     rmSync(state, { recursive: true, force: true });
   }
+  const sessions = await fullSession();
   const load1 = loadavg()[0]!.toFixed(2);
   console.log("");
   console.log(
@@ -256,6 +509,7 @@ async function main(): Promise<void> {
       `| ${p.name} | ${p.rate.toFixed(0)} | ${rt.toFixed(0)}${p.name.startsWith("C") ? " (batch frames)" : ""} | ${p.reconstructionsPerSec.toFixed(0)} (${p.reconstructions}) | ${(p.rate / rawCrypto).toFixed(3)} | ${(p.rate / rawPuf).toFixed(2)} |`,
     );
   }
+  printSessions(sessions);
   console.log(`\nload average at end ${load1}`);
   const out = {
     machine,
@@ -267,6 +521,7 @@ async function main(): Promise<void> {
     rawCrypto,
     rawPuf,
     phases,
+    sessions,
   };
   mkdirSync(join(ROOT, "bench", "out"), { recursive: true });
   writeFileSync(join(ROOT, "bench", "out", "station-roundtrip.json"), `${JSON.stringify(out, null, 2)}\n`);

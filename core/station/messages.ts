@@ -233,6 +233,9 @@ export interface FarmStats {
   walBytes: number;
   walSyncs: number;
   uptimeMs: number;
+  /** the farm process's CPU time (process.cpuUsage), ms; absent in replies of older farms */
+  cpuUserMs?: number;
+  cpuSystemMs?: number;
 }
 
 export interface DeviceOps {
@@ -388,6 +391,8 @@ export function parseFarmStats(m: CborMap): FarmStats {
   ];
   const out = {} as FarmStats;
   for (const k of keys) out[k] = uint(m, k);
+  // optional (added after version 1 shipped): an older farm's reply simply lacks them
+  for (const k of ["cpuUserMs", "cpuSystemMs"] as const) if (m[k] !== undefined) out[k] = uint(m, k);
   return out;
 }
 

@@ -122,6 +122,7 @@ export class Farm implements Service {
   stats(): FarmStats {
     const c = this.agent.counters;
     const s = this.o.store.stats;
+    const cpu = process.cpuUsage();
     return {
       requests: this.requests,
       reconstructions: c.reconstructions,
@@ -132,6 +133,8 @@ export class Farm implements Service {
       walBytes: s.bytes,
       walSyncs: s.syncs,
       uptimeMs: Date.now() - this.started,
+      cpuUserMs: Math.round(cpu.user / 1000),
+      cpuSystemMs: Math.round(cpu.system / 1000),
     };
   }
 

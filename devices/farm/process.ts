@@ -15,10 +15,13 @@ export interface FarmProcessOptions {
   /** pass the farm's stderr through (a benchmark) or collect it for error messages (a test) */
   inheritStderr?: boolean;
   startTimeoutMs?: number;
+  /** extra options for node, e.g. ["--cpu-prof", "--cpu-prof-dir", dir] to profile the farm */
+  nodeArgs?: string[];
 }
 
 export function startFarmProcess(o: FarmProcessOptions): Promise<{ child: ChildProcess; port: number }> {
   const args = [
+    ...(o.nodeArgs ?? []),
     "--import",
     "tsx",
     "cli/fleet.ts",
