@@ -22,7 +22,7 @@ import { decodeSecrets } from "../injection/hsm";
 import { deriveRaw, P256_SPKI_PREFIX, privateKeyObject } from "../injection/keys";
 import { open as openLicense } from "../injection/license";
 import type { SiliconVendor } from "../injection/vendor";
-import { sha256, verifyChain } from "./chain";
+import { CaCache, leafCertifies, parseLeaf, verifyChain } from "./chain";
 import {
   contextOf,
   type DeviceKey,
@@ -66,6 +66,8 @@ export interface AgentOptions {
   /** PUF cells per device (devices/puf default if unset) */
   cells?: number;
   clock?: () => Date;
+  /** memo of parsed CA certificates and verified CA links (default: one per agent) */
+  caCache?: CaCache;
 }
 
 export interface AgentCounters {
@@ -89,8 +91,10 @@ export class DeviceAgent {
   private readonly keys: Lru<DeviceKey>;
   private readonly cloneSeed: Buffer;
   private readonly clock: () => Date;
+  readonly caCache: CaCache;
 
   constructor(private readonly o: AgentOptions) {
+    this.caCache = o.caCache ?? new CaCache();
     this.puf = o.puf ?? defaultPuf;
     this.conditions = o.conditions ?? this.puf.NOMINAL;
     this.noisyBer = o.noisyBer ?? 0.35;
@@ -262,16 +266,14 @@ export class DeviceAgent {
   setTrust(dev: DeviceRef, req: M.SetTrustRequest): Outcome<M.SetTrustResult> {
     if (lifecycleOf(dev.state.otp) === "decommissioned")
       fail(Status.INVALID_STATE, "lifecycle: got decommissioned, want a live device");
-    let cert: X509Certificate | undefined;
-    try {
-      cert = new X509Certificate(Buffer.from(req.anchor));
-    } catch {
-      fail(Status.BAD_CERTIFICATE, "anchor: got bytes that do not parse, want a DER certificate");
-    }
-    if (!cert!.ca) fail(Status.BAD_CERTIFICATE, "anchor: got an end-entity certificate, want a CA");
-    if (!cert!.checkIssued(cert!) || !cert!.verify(cert!.publicKey))
+    const cert = this.caCache.entry(req.anchor);
+    if (!cert)
+      return fail(Status.BAD_CERTIFICATE, "anchor: got bytes that do not parse, want a DER certificate");
+    if (!cert.x509Ca) fail(Status.BAD_CERTIFICATE, "anchor: got an end-entity certificate, want a CA");
+    // issued by itself (names) and signed by its own key: the (memoized) link anchor -> anchor
+    if (this.caCache.link(cert, cert) !== "ok")
       fail(Status.BAD_SIGNATURE, "anchor: got a certificate that is not self-signed, want a root");
-    const h = sha256(req.anchor);
+    const h = cert.hash;
     const anchors = trustAnchors(dev.state);
     const at = anchors.findIndex((a) => a.equals(h));
     if (at >= 0) return { result: { device: dev.id, slot: at } };
@@ -293,22 +295,17 @@ export class DeviceAgent {
     const chain = req.chain.map((c) => Buffer.from(c));
     if (lc === "closed" && sameChain(chain, dev.state.chain))
       return { result: { device: dev.id, lifecycle: lc, epoch: dev.state.epoch } };
-    let leafSpki: Buffer;
-    try {
-      leafSpki = new X509Certificate(chain[0]!).publicKey.export({ type: "spki", format: "der" });
-    } catch {
-      return fail(Status.BAD_CERTIFICATE, "chain[0]: got bytes that do not parse, want a DER certificate");
-    }
+    const leaf = parseLeaf(chain[0]!);
     let target = dev.state.epoch;
     let key = this.keyFor(dev, target).key;
-    if (!key.spki.equals(leafSpki) && dev.state.pendingEpoch !== null) {
+    if (!leafCertifies(leaf, chain[0]!, key.spki) && dev.state.pendingEpoch !== null) {
       const pending = this.keyFor(dev, dev.state.pendingEpoch).key;
-      if (pending.spki.equals(leafSpki)) {
+      if (leafCertifies(leaf, chain[0]!, pending.spki)) {
         target = dev.state.pendingEpoch;
         key = pending;
       }
     }
-    verifyChain(chain, anchors, key.spki, this.clock());
+    verifyChain(chain, anchors, key.spki, this.clock(), this.caCache, leaf);
     const next = cloneState(dev.state);
     next.chain = chain;
     if (target !== next.epoch) {

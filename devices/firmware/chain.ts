@@ -7,97 +7,271 @@
  * certify the device's own key. A simplified RFC 5280 section 6 path validation (no policies,
  * name constraints or revocation, which a constrained device typically leaves to the backend),
  * using Node's X509Certificate for parsing and signature checks.
+ *
+ * A farm validates the same CA certificates for every device of a batch, so what depends only
+ * on a CA certificate's bytes (its parse, basicConstraints, keyUsage, validity dates, public
+ * key) and on a pair of CA certificates (issuer names chain, signature verifies) is memoized
+ * in a bounded, farm-wide CaCache keyed by SHA-256 of the DER. Those are pure functions of
+ * their inputs, so a cached answer is the answer a fresh check would give; only successful
+ * link checks are remembered. Everything that depends on the device or the time (the anchor
+ * match, the leaf's parse, validity at the device's clock, the leaf's signature, issuer and
+ * key) is checked on every call.
  */
-import { createHash, X509Certificate } from "node:crypto";
+import { createHash, type KeyObject, X509Certificate } from "node:crypto";
 import { StationError, Status } from "../../core/station/frame";
 import { basicConstraintsOf, parseCertificate } from "../../core/x509/parse";
-
-/** keyUsage keyCertSign (bit 5), or true when the certificate has no keyUsage extension. */
-function allowsCertSign(der: Uint8Array): boolean {
-  const ku = parseCertificate(der).extensions.get("2.5.29.15");
-  if (!ku) return true;
-  // BIT STRING: tag, length, unused-bits octet, then the bits; bit 5 is 0x04 of the first octet
-  return ku.value.length > 3 && (ku.value[3]! & 0x04) !== 0;
-}
 
 export function sha256(b: Uint8Array): Buffer {
   return createHash("sha256").update(b).digest();
 }
 
-function parse(der: Uint8Array, i: number): X509Certificate {
+/** What a chain check needs of a certificate that does not change with the device or time. */
+export interface CaEntry {
+  hash: Buffer;
+  cert: X509Certificate;
+  publicKey: KeyObject;
+  /** X509Certificate.ca (basicConstraints CA and, per OpenSSL, a keyUsage allowing it) */
+  x509Ca: boolean;
+  /** basicConstraints itself */
+  basicCa: boolean;
+  pathLen: number | undefined;
+  /** keyUsage keyCertSign, or true when the certificate has no keyUsage extension */
+  certSign: boolean;
+  /** what our DER reader threw, if it could not read what OpenSSL parsed (rethrown in the check) */
+  readError?: unknown;
+  validFrom: Date;
+  validTo: Date;
+}
+
+export interface CaCacheStats {
+  parses: number;
+  parseHits: number;
+  linkChecks: number;
+  linkHits: number;
+}
+
+/** A bounded memo of parsed CA certificates and verified (child, parent) links. */
+export class CaCache {
+  private readonly entries = new Map<string, CaEntry>();
+  private readonly links = new Map<string, true>();
+  readonly stats: CaCacheStats = { parses: 0, parseHits: 0, linkChecks: 0, linkHits: 0 };
+
+  constructor(
+    readonly capacity = 256,
+    readonly linkCapacity = 1024,
+  ) {}
+
+  /** The parsed certificate, or undefined if the bytes are not a certificate. */
+  entry(der: Uint8Array): CaEntry | undefined {
+    const hash = sha256(der);
+    const k = hash.toString("hex");
+    const hit = this.entries.get(k);
+    if (hit) {
+      this.stats.parseHits++;
+      this.entries.delete(k);
+      this.entries.set(k, hit);
+      return hit;
+    }
+    this.stats.parses++;
+    const e = describe(der, hash);
+    if (e && this.capacity > 0) {
+      this.entries.set(k, e);
+      if (this.entries.size > this.capacity) this.entries.delete(this.entries.keys().next().value!);
+    }
+    return e;
+  }
+
+  /**
+   * Check that `child` is issued by `parent` (names chain) and signed by its key. Returns
+   * "names" or "signature" for the first check that fails; remembers only successes.
+   */
+  link(child: CaEntry, parent: CaEntry): "ok" | "names" | "signature" {
+    return this.remember(`l${child.hash.toString("hex")}${parent.hash.toString("hex")}`, () =>
+      linkOf(child.cert, parent),
+    );
+  }
+
+  /** Whether a certificate's signature verifies under its own key (issuer names not checked). */
+  selfSigned(e: CaEntry): boolean {
+    return (
+      this.remember(`s${e.hash.toString("hex")}`, () => (e.cert.verify(e.publicKey) ? "ok" : "signature")) ===
+      "ok"
+    );
+  }
+
+  private remember<R extends string>(k: string, check: () => R | "ok"): R | "ok" {
+    if (this.links.has(k)) {
+      this.stats.linkHits++;
+      this.links.delete(k);
+      this.links.set(k, true);
+      return "ok";
+    }
+    this.stats.linkChecks++;
+    const r = check();
+    if (r === "ok" && this.linkCapacity > 0) {
+      this.links.set(k, true);
+      if (this.links.size > this.linkCapacity) this.links.delete(this.links.keys().next().value!);
+    }
+    return r;
+  }
+
+  get size(): { entries: number; links: number } {
+    return { entries: this.entries.size, links: this.links.size };
+  }
+}
+
+/** The farm-wide default; a DeviceAgent has its own. */
+export const sharedCaCache = new CaCache();
+
+function linkOf(child: X509Certificate, parent: CaEntry): "ok" | "names" | "signature" {
+  if (!child.checkIssued(parent.cert)) return "names";
+  if (!child.verify(parent.publicKey)) return "signature";
+  return "ok";
+}
+
+function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(Buffer.from(der.buffer, der.byteOffset, der.length));
+  } catch {
+    return undefined;
+  }
+  let basicCa = false;
+  let pathLen: number | undefined;
+  let certSign = true;
+  let readError: unknown;
+  try {
+    const p = parseCertificate(der);
+    const bc = basicConstraintsOf(p);
+    basicCa = bc?.ca ?? false;
+    pathLen = bc?.pathLen;
+    const ku = p.extensions.get("2.5.29.15");
+    // BIT STRING: tag, length, unused-bits octet, then the bits; bit 5 is 0x04 of the first octet
+    if (ku) certSign = ku.value.length > 3 && (ku.value[3]! & 0x04) !== 0;
+  } catch (e) {
+    readError = e;
+  }
+  return {
+    hash,
+    cert,
+    publicKey: cert.publicKey,
+    x509Ca: cert.ca,
+    basicCa,
+    pathLen,
+    certSign,
+    readError,
+    validFrom: new Date(cert.validFrom),
+    validTo: new Date(cert.validTo),
+  };
+}
+
+const unparsable = (i: number) =>
+  new StationError(
+    Status.BAD_CERTIFICATE,
+    `chain[${i}]: got bytes that do not parse, want a DER certificate`,
+  );
+
+/** The leaf, parsed (not cached: it is different for every device). */
+export function parseLeaf(der: Uint8Array): X509Certificate {
   try {
     return new X509Certificate(Buffer.from(der.buffer, der.byteOffset, der.length));
   } catch {
-    throw new StationError(
-      Status.BAD_CERTIFICATE,
-      `chain[${i}]: got bytes that do not parse, want a DER certificate`,
-    );
+    throw unparsable(0);
   }
+}
+
+/** Whether the leaf certifies `spki` (DER SubjectPublicKeyInfo, as the device exports it). */
+export function leafCertifies(leaf: X509Certificate, leafDer: Uint8Array, spki: Buffer): boolean {
+  // Fast path: the certificate carries the very bytes. Otherwise compare OpenSSL's re-encoding,
+  // which also matches another encoding of the same key (e.g. a compressed point).
+  let raw: Buffer | undefined;
+  try {
+    raw = parseCertificate(leafDer).spki;
+  } catch {
+    raw = undefined;
+  }
+  if (raw?.equals(spki)) return true;
+  return leaf.publicKey.export({ type: "spki", format: "der" }).equals(spki);
 }
 
 /**
  * Validate `chain` for a device whose key is `leafSpki`. Throws StationError BAD_SIGNATURE
  * for a signature that does not verify, BAD_CERTIFICATE for anything else wrong with it.
+ * `leaf` is chain[0] already parsed, if the caller has it.
  */
-export function verifyChain(chain: Uint8Array[], anchors: Buffer[], leafSpki: Buffer, now: Date): void {
-  const certs = chain.map(parse);
-  const root = certs[certs.length - 1]!;
-  const rootHash = sha256(chain[chain.length - 1]!);
-  if (!anchors.some((a) => a.equals(rootHash)))
+export function verifyChain(
+  chain: Uint8Array[],
+  anchors: Buffer[],
+  leafSpki: Buffer,
+  now: Date,
+  cache: CaCache = sharedCaCache,
+  leaf?: X509Certificate,
+): void {
+  const n = chain.length;
+  // parse everything first, in order, so the first unparsable certificate is the one named
+  const leafCert = leaf ?? parseLeaf(chain[0]!);
+  const cas: CaEntry[] = [];
+  for (let i = 1; i < n; i++) {
+    const e = cache.entry(chain[i]!);
+    if (!e) throw unparsable(i);
+    cas.push(e);
+  }
+  const rootEntry = n > 1 ? cas[n - 2]! : cache.entry(chain[0]!);
+  if (!rootEntry) throw unparsable(0);
+  if (!anchors.some((a) => a.equals(rootEntry.hash)))
     throw new StationError(
       Status.BAD_CERTIFICATE,
       "chain root: got an untrusted root, want a fused trust anchor",
     );
-  if (!root.verify(root.publicKey))
-    throw new StationError(
-      Status.BAD_SIGNATURE,
-      `chain[${certs.length - 1}]: root self-signature does not verify`,
-    );
+  // the root's self-signature (its issuer names need not chain: only its key is checked)
+  if (!cache.selfSigned(rootEntry))
+    throw new StationError(Status.BAD_SIGNATURE, `chain[${n - 1}]: root self-signature does not verify`);
   // issuers first: what each CA may sign (X509Certificate.checkIssued would only say "no")
-  for (let i = 1; i < certs.length; i++) {
+  for (let i = 1; i < n; i++) {
+    const e = cas[i - 1]!;
+    if (e.readError !== undefined) throw e.readError;
     // basicConstraints itself: X509Certificate.ca also folds in keyUsage
-    const bc = basicConstraintsOf(parseCertificate(chain[i]!));
-    if (!bc?.ca) throw new StationError(Status.BAD_CERTIFICATE, `chain[${i}]: got an end entity, want a CA`);
-    if (!allowsCertSign(chain[i]!))
+    if (!e.basicCa)
+      throw new StationError(Status.BAD_CERTIFICATE, `chain[${i}]: got an end entity, want a CA`);
+    if (!e.certSign)
       throw new StationError(
         Status.BAD_CERTIFICATE,
         `chain[${i}].keyUsage: got a CA without keyCertSign, want keyCertSign`,
       );
     // RFC 5280 4.2.1.9: pathLen bounds the CA certificates that may follow below this one
-    const pathLen = basicConstraintsOf(parseCertificate(chain[i]!))?.pathLen;
-    if (pathLen !== undefined && i - 1 > pathLen)
+    if (e.pathLen !== undefined && i - 1 > e.pathLen)
       throw new StationError(
         Status.BAD_CERTIFICATE,
-        `chain[${i}].pathLen: got ${i - 1} CA(s) below a CA with pathLen ${pathLen}, want at most ${pathLen}`,
+        `chain[${i}].pathLen: got ${i - 1} CA(s) below a CA with pathLen ${e.pathLen}, want at most ${e.pathLen}`,
       );
   }
-  for (let i = 0; i < certs.length; i++) {
-    const c = certs[i]!;
-    const from = new Date(c.validFrom);
-    const to = new Date(c.validTo);
+  for (let i = 0; i < n; i++) {
+    const from = i === 0 ? new Date(leafCert.validFrom) : cas[i - 1]!.validFrom;
+    const to = i === 0 ? new Date(leafCert.validTo) : cas[i - 1]!.validTo;
     if (!(from <= now && now <= to))
       throw new StationError(
         Status.BAD_CERTIFICATE,
         `chain[${i}].validity: got ${from.toISOString()}..${to.toISOString()}, want it to include ${now.toISOString()}`,
       );
-    if (i === 0 && c.ca)
+    if (i === 0 && leafCert.ca)
       throw new StationError(Status.BAD_CERTIFICATE, "chain[0]: got a CA, want an end entity");
-    if (i + 1 < certs.length) {
-      const issuer = certs[i + 1]!;
-      if (!c.checkIssued(issuer))
+    if (i + 1 < n) {
+      const issuer = cas[i]!;
+      // the leaf is checked on every call; links between CA certificates are memoized
+      const r = i === 0 ? linkOf(leafCert, issuer) : cache.link(cas[i - 1]!, issuer);
+      if (r === "names")
         throw new StationError(
           Status.BAD_CERTIFICATE,
           `chain[${i}]: got issuer names that do not chain to chain[${i + 1}]`,
         );
-      if (!c.verify(issuer.publicKey))
+      if (r === "signature")
         throw new StationError(
           Status.BAD_SIGNATURE,
           `chain[${i}]: signature does not verify under chain[${i + 1}]`,
         );
     }
   }
-  const leafKey = certs[0]!.publicKey.export({ type: "spki", format: "der" });
-  if (!leafKey.equals(leafSpki))
+  if (!leafCertifies(leafCert, chain[0]!, leafSpki))
     throw new StationError(
       Status.BAD_CERTIFICATE,
       "chain[0].subjectPublicKey: got another key, want this device's key",

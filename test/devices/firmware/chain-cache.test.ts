@@ -1,0 +1,207 @@
+// The farm-wide memo of CA certificates and CA links in devices/firmware/chain.ts: a cached good
+// link must never let anything else through, and a warm cache must answer exactly what a cold
+// check answers, for good chains and for tampered ones.
+import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { StationError, Status } from "../../../core/station/frame";
+import type { Subject } from "../../../core/station/messages";
+import { CaCache, sha256, verifyChain } from "../../../devices/firmware/chain";
+import { buildCertificate } from "../../../devices/firmware/pkix";
+
+interface Key {
+  privateKey: KeyObject;
+  spki: Buffer;
+}
+function key(curve = "P-256"): Key {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: curve });
+  return { privateKey, spki: createPublicKey(privateKey).export({ type: "spki", format: "der" }) };
+}
+const name = (cn: string): Subject => [
+  ["O", "fleetguard tests"],
+  ["CN", cn],
+];
+const DAY = 86400_000;
+const now = new Date();
+
+function cert(
+  subject: string,
+  k: Key,
+  issuer: string,
+  signer: Key,
+  o: { ca: boolean; pathLen?: number; notAfter?: Date; akiOf?: Key } = { ca: true },
+): Buffer {
+  return buildCertificate({
+    serial: randomBytes(8),
+    issuer: name(issuer),
+    subject: name(subject),
+    notBefore: new Date(now.getTime() - DAY),
+    notAfter: o.notAfter ?? new Date(now.getTime() + 365 * DAY),
+    spki: k.spki,
+    // a forger copies the genuine issuer's key identifier (akiOf), so only the signature differs
+    issuerSpki: (o.akiOf ?? signer).spki,
+    ca: o.ca,
+    pathLen: o.pathLen,
+    signer: signer.privateKey,
+  });
+}
+
+// root (P-384) -> intermediate (P-384) -> issuing (P-256) -> leaf, as the reference program
+const rootKey = key("P-384");
+const interKey = key("P-384");
+const issKey = key();
+const root = cert("Root", rootKey, "Root", rootKey, { ca: true, pathLen: 2 });
+const inter = cert("Inter", interKey, "Root", rootKey, { ca: true, pathLen: 1 });
+const iss = cert("Issuing", issKey, "Inter", interKey, { ca: true, pathLen: 0 });
+const anchors = [sha256(root)];
+const leafFor = (k: Key, signer = issKey) => cert("dev", k, "Issuing", signer, { ca: false, akiOf: issKey });
+
+/** The outcome of a check: "ok" or "<status> <message>". */
+function outcome(chain: Buffer[], spki: Buffer, cache: CaCache): string {
+  try {
+    verifyChain(chain, anchors, spki, now, cache);
+    return "ok";
+  } catch (e) {
+    if (e instanceof StationError) return `${e.status} ${e.detail}`;
+    return `throws ${(e as Error).message}`;
+  }
+}
+
+function warmCache(): CaCache {
+  const cache = new CaCache();
+  const k = key();
+  expect(outcome([leafFor(k), iss, inter, root], k.spki, cache)).toBe("ok");
+  return cache;
+}
+
+describe("CA cache in the device's chain check", () => {
+  it("checks each CA link once, then answers from the memo", () => {
+    const cache = warmCache();
+    expect(cache.stats).toMatchObject({ parses: 3, linkChecks: 3 }); // root self, inter, issuing
+    for (let i = 0; i < 3; i++) {
+      const k = key();
+      expect(outcome([leafFor(k), iss, inter, root], k.spki, cache)).toBe("ok");
+    }
+    expect(cache.stats).toMatchObject({ parses: 3, parseHits: 9, linkChecks: 3, linkHits: 9 });
+  });
+
+  it("a cached good link does not let a bad leaf through", () => {
+    const cache = warmCache();
+    const k = key();
+    const good = leafFor(k);
+    // a flipped bit in the leaf's signature
+    const badSig = Buffer.from(good);
+    badSig[badSig.length - 3]! ^= 0x01;
+    expect(outcome([badSig, iss, inter, root], k.spki, cache)).toBe(
+      `${Status.BAD_SIGNATURE} chain[0]: signature does not verify under chain[1]`,
+    );
+    // a leaf that names the issuing CA but is signed by another key
+    const forged = leafFor(k, key());
+    expect(outcome([forged, iss, inter, root], k.spki, cache)).toBe(
+      `${Status.BAD_SIGNATURE} chain[0]: signature does not verify under chain[1]`,
+    );
+    // a genuine leaf for another device's key
+    expect(outcome([good, iss, inter, root], key().spki, cache)).toMatch(
+      /^8 chain\[0\]\.subjectPublicKey: got another key/,
+    );
+    // a leaf that is a CA
+    const caLeaf = cert("dev", k, "Issuing", issKey, { ca: true });
+    expect(outcome([caLeaf, iss, inter, root], k.spki, cache)).toBe(
+      `${Status.BAD_CERTIFICATE} chain[0]: got a CA, want an end entity`,
+    );
+    // expired leaf
+    const old = buildCertificate({
+      serial: randomBytes(8),
+      issuer: name("Issuing"),
+      subject: name("dev"),
+      notBefore: new Date(now.getTime() - 10 * DAY),
+      notAfter: new Date(now.getTime() - DAY),
+      spki: k.spki,
+      issuerSpki: issKey.spki,
+      ca: false,
+      signer: issKey.privateKey,
+    });
+    expect(outcome([old, iss, inter, root], k.spki, cache)).toMatch(/^8 chain\[0\]\.validity/);
+    // and the good one still passes
+    expect(outcome([good, iss, inter, root], k.spki, cache)).toBe("ok");
+  });
+
+  it("a cached good link does not let a different bad intermediate through", () => {
+    const cache = warmCache();
+    const k = key();
+    const leaf = leafFor(k);
+    // same name and key as the genuine intermediate, signed by an impostor root of the same name
+    const fakeRoot = key("P-384");
+    const interForged = cert("Inter", interKey, "Root", fakeRoot, { ca: true, pathLen: 1, akiOf: rootKey });
+    expect(outcome([leaf, iss, interForged, root], k.spki, cache)).toBe(
+      `${Status.BAD_SIGNATURE} chain[2]: signature does not verify under chain[3]`,
+    );
+    // the genuine intermediate with one bit of its signature flipped
+    const interFlipped = Buffer.from(inter);
+    interFlipped[interFlipped.length - 3]! ^= 0x01;
+    expect(outcome([leaf, iss, interFlipped, root], k.spki, cache)).toBe(
+      `${Status.BAD_SIGNATURE} chain[2]: signature does not verify under chain[3]`,
+    );
+    // an issuing CA with the genuine key, re-signed by an impostor intermediate key
+    const issForged = cert("Issuing", issKey, "Inter", key("P-384"), {
+      ca: true,
+      pathLen: 0,
+      akiOf: interKey,
+    });
+    expect(outcome([leaf, issForged, inter, root], k.spki, cache)).toBe(
+      `${Status.BAD_SIGNATURE} chain[1]: signature does not verify under chain[2]`,
+    );
+    // an intermediate that is not a CA, correctly signed by the root
+    const interEe = cert("Inter", interKey, "Root", rootKey, { ca: false });
+    expect(outcome([leaf, iss, interEe, root], k.spki, cache)).toBe(
+      `${Status.BAD_CERTIFICATE} chain[2]: got an end entity, want a CA`,
+    );
+    // cached links of the genuine chain, with the issuing CA left out or out of order
+    expect(outcome([leaf, inter, root], k.spki, cache)).toMatch(/^8 chain\[0\]: got issuer names/);
+    expect(outcome([leaf, inter, iss, root], k.spki, cache)).toMatch(/^8 chain\[2\]\.pathLen/);
+    expect(outcome([leaf, iss, root], k.spki, cache)).toMatch(/^8 chain\[1\]: got issuer names/);
+    // a failed link is not remembered: the forged intermediate fails again
+    expect(outcome([leaf, iss, interForged, root], k.spki, cache)).toMatch(/^7 chain\[2\]/);
+    // the genuine chain still passes
+    expect(outcome([leaf, iss, inter, root], k.spki, cache)).toBe("ok");
+  });
+
+  it("a warm cache answers exactly like no cache for every single-byte change of the chain", () => {
+    const k = key();
+    const chain = [leafFor(k), iss, inter, root];
+    const warm = warmCache();
+    const cold = () => new CaCache(0, 0);
+    let tried = 0;
+    let refused = 0;
+    for (let c = 0; c < chain.length; c++) {
+      // every 7th byte position of each certificate, two bit patterns
+      for (let pos = 0; pos < chain[c]!.length; pos += 7) {
+        for (const mask of [0x01, 0x80]) {
+          const bad = chain.map((b) => Buffer.from(b));
+          bad[c]![pos]! ^= mask;
+          const a = outcome(bad, k.spki, warm);
+          expect(a, `cert ${c} byte ${pos} mask ${mask}`).toBe(outcome(bad, k.spki, cold()));
+          tried++;
+          if (a !== "ok") refused++;
+        }
+      }
+    }
+    expect(tried).toBeGreaterThan(400);
+    // most changes are refused; some (e.g. in an unchecked field such as the serial) are not
+    expect(refused / tried).toBeGreaterThan(0.5);
+    expect(outcome(chain, k.spki, warm)).toBe("ok");
+  });
+
+  it("stays within its bounds", () => {
+    const cache = new CaCache(4, 6);
+    for (let i = 0; i < 10; i++) {
+      const rk = key();
+      const r = cert(`R${i}`, rk, `R${i}`, rk, { ca: true });
+      const e = cache.entry(r)!;
+      expect(cache.selfSigned(e)).toBe(true);
+      expect(cache.link(e, e)).toBe("ok");
+    }
+    expect(cache.size.entries).toBe(4);
+    expect(cache.size.links).toBe(6);
+    expect(cache.entry(Buffer.from("not a certificate"))).toBeUndefined();
+  });
+});
