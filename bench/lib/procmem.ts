@@ -61,6 +61,9 @@ export function processName(argv: readonly string[]): string {
   const exe = base(argv[0]);
   const all = argv.join(" ");
   if (exe === "node" || exe === "nodejs" || exe === base(process.execPath)) {
+    // short-lived helpers (`node -e require.resolve(...)`) before the long-lived processes
+    const inline = argv.find((a) => a === "-e" || a === "--eval" || a === "-p" || a === "--print");
+    if (inline) return `node ${inline}`;
     if (/dynamic-provider/.test(all)) return "node dynamic provider";
     if (/@pulumi[/\\]pulumi[/\\]cmd[/\\]run|[/\\]cmd[/\\]run-policy-pack/.test(all))
       return /run-policy-pack/.test(all) ? "node policy pack" : "node program";
@@ -68,7 +71,6 @@ export function processName(argv: readonly string[]): string {
     // the first non-option argument is the script
     for (let i = 1; i < argv.length; i++) {
       const a = argv[i]!;
-      if (a === "-e" || a === "--eval" || a === "-p" || a === "--print") return `node ${a}`;
       if (a === "--import" || a === "--require" || a === "-r" || a === "--loader") {
         i++;
         continue;

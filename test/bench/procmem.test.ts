@@ -79,6 +79,9 @@ describe("procmem sampler", () => {
     expect(processName(["/bin/sh", "/x/bin/pulumi-resource-pulumi-nodejs", "1"])).toBe(
       "sh pulumi-resource-pulumi-nodejs",
     );
+    expect(processName(["node", "-p", "require.resolve('@pulumi/pulumi/cmd/dynamic-provider')"])).toBe(
+      "node -p",
+    );
     expect(processName([])).toBe("?");
   });
 
