@@ -11,4 +11,5 @@ if (!fs.existsSync(path.join(__dirname, "ca.js"))) {
 }
 module.exports = {
   ca: () => require("./ca"),
+  batch: () => require("./batch"),
 };

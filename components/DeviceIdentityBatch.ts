@@ -1,0 +1,137 @@
+/**
+ * DeviceIdentityBatch: one production lot of devices (type token fleetguard:devices:DeviceIdentityBatch).
+ * `pulumi up` gives every device of the lot a unique, attested identity and a certificate from
+ * the fleet's issuing CA, through the device station, recording every device in the registry.
+ *
+ * It is ONE Pulumi resource whatever the count (brief, rule 1): its outputs are a summary
+ * (counts per device state, manifest digest, issuing CA fingerprint, policy digest), so the
+ * state stays the same size from 1,000 to 1,000,000 devices. The declaration is checked
+ * against the fleet policy at construction, so `pulumi preview` stops on a mandatory violation.
+ */
+import * as crypto from "node:crypto";
+import * as pulumi from "@pulumi/pulumi";
+import { canonicalJson } from "../core/canonical";
+import { type DeviceCertificateProfile, resolveProfile } from "../core/enroll/profile";
+import { FleetError, invalid } from "../core/errors";
+import type { DeclaredBatch } from "../policies/context";
+import { enforceAtConstruction, type PolicyInput } from "../policies/engine";
+import { loadPolicy } from "../policies/layering";
+import { DeviceBatchResource } from "../providers/batch";
+import type { CaOutputs } from "./CaHierarchy";
+
+export interface DeviceIdentityBatchArgs {
+  /** batch (production lot) name; default: the component name */
+  readonly name?: string;
+  /** device model, the prefix of device IDs (`fg100-0000042`) */
+  readonly model: string;
+  /** device serials: `count` devices from `first` (default 0) */
+  readonly serials: { readonly first?: number; readonly count: number };
+  /** where device keys come from: derived from a PUF inside the chip, or injected on the line */
+  readonly identitySource: "puf" | "injected";
+  /** the issuing CA: `hierarchy.issuingCa("line-a")` */
+  readonly issuingCa: CaOutputs;
+  readonly profile?: DeviceCertificateProfile;
+  /** the device station (the device farm in tests and demos) */
+  readonly station: pulumi.Input<{ host?: string; port: number }>;
+  /** SQLite file relative to the program (default `.fleetguard/registry.db`) or a postgres:// URL */
+  readonly registry?: pulumi.Input<string>;
+  /** where revocation lists are published (default `.fleetguard/crl`) */
+  readonly crlDir?: string;
+  /** fleet policy (path or loaded) the batch must obey; it also bounds quarantine and re-issue waves */
+  readonly policy?: string | PolicyInput;
+}
+
+export interface BatchSummaryOutput {
+  total: number;
+  counts: Record<string, number>;
+  quarantineReasons: Record<string, number>;
+  manifestDigest: string;
+  issuerFingerprint: string;
+  policyDigest: string;
+}
+
+function effectivePolicy(p: string | PolicyInput | undefined): PolicyInput | undefined {
+  if (p === undefined || typeof p !== "string") return p;
+  const load = loadPolicy(p);
+  if (!load.policy) throw new FleetError("INVALID_INPUT", `policy ${p}: could not be loaded`, "policy");
+  return load.policy;
+}
+
+/** The batch as the policy engine sees it. */
+export function declaredBatch(name: string, args: DeviceIdentityBatchArgs): DeclaredBatch {
+  const profile = resolveProfile(args.profile);
+  return {
+    id: name,
+    deviceModel: args.model,
+    issuingCa: args.issuingCa.name,
+    identitySource: args.identitySource,
+    count: args.serials.count,
+    profile: { algorithm: "ecdsa-p256", validityDays: profile.validityDays, keyUsage: profile.keyUsage },
+  };
+}
+
+export class DeviceIdentityBatch extends pulumi.ComponentResource {
+  readonly batch: DeviceBatchResource;
+  readonly summary: pulumi.Output<BatchSummaryOutput>;
+
+  constructor(name: string, args: DeviceIdentityBatchArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("fleetguard:devices:DeviceIdentityBatch", name, {}, opts);
+    const batchName = args.name ?? name;
+    const first = args.serials?.first ?? 0;
+    if (!Number.isInteger(first) || first < 0) throw invalid("serials.first", first, "an integer >= 0");
+    if (!Number.isInteger(args.serials?.count) || args.serials.count < 0)
+      throw invalid("serials.count", args.serials?.count, "an integer >= 0");
+    if (args.identitySource !== "puf" && args.identitySource !== "injected")
+      throw invalid("identitySource", args.identitySource, "'puf' or 'injected'");
+    resolveProfile(args.profile); // bad profiles fail the preview, naming the field
+
+    const policy = effectivePolicy(args.policy);
+    if (policy) enforceAtConstruction(policy, { batches: [declaredBatch(batchName, args)] });
+    const spec = policy?.spec ?? {};
+    const policyInputs = {
+      name: policy?.name ?? "(none)",
+      digest: crypto.createHash("sha256").update(canonicalJson(spec)).digest("hex"),
+      maxQuarantinedFraction: spec.identity?.maxQuarantinedFraction ?? 0.01,
+      maxWaveFraction: spec.rotation?.maxWaveFraction ?? 1,
+    };
+    const registry = pulumi.output(args.registry ?? ".fleetguard/registry.db");
+    const hasPassword = (u: string) => /^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(u);
+    const ca = args.issuingCa;
+    this.batch = new DeviceBatchResource(
+      `${name}-lot`,
+      {
+        kind: "fleetguard:batch",
+        name: batchName,
+        model: args.model,
+        source: args.identitySource,
+        firstSerial: first,
+        count: args.serials.count,
+        profile: (args.profile ?? {}) as never,
+        issuer: pulumi.secret({
+          name: ca.name,
+          certificatePem: ca.certificatePem,
+          chainPem: ca.chainPem,
+          keyPem: ca.keyPem,
+        }) as never,
+        station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
+        registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
+        crlDir: args.crlDir ?? ".fleetguard/crl",
+        policy: policyInputs,
+        progressUrn: pulumi.createUrn(`${name}-lot`, "pulumi-nodejs:dynamic:Resource", this),
+      },
+      { parent: this },
+    );
+    const b = this.batch;
+    this.summary = pulumi
+      .all([b.total, b.counts, b.quarantineReasons, b.manifestDigest, b.issuerFingerprint, b.policyDigest])
+      .apply(([total, counts, quarantineReasons, manifestDigest, issuerFingerprint, policyDigest]) => ({
+        total,
+        counts,
+        quarantineReasons,
+        manifestDigest,
+        issuerFingerprint,
+        policyDigest,
+      }));
+    this.registerOutputs({ summary: this.summary });
+  }
+}

@@ -1,0 +1,418 @@
+/**
+ * The DeviceIdentityBatch dynamic provider's implementation (Pulumi CRUD -> core/enroll). Loaded
+ * lazily inside the provider process by providers/runtime/index.js; never serialized into state.
+ *
+ * One resource per batch whatever its size: per-device records live in the registry, the
+ * resource's outputs are a fixed-size summary (brief, rule 1). Every method is idempotent against
+ * the registry, so a `pulumi up` interrupted at any point converges when run again (rule 2).
+ */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { canonicalJson } from "../../core/canonical";
+import { publishCrl } from "../../core/enroll/crl";
+import {
+  BatchEngine,
+  type BatchSpec,
+  type BatchSummary,
+  describeCounts,
+  describePlan,
+  type Progress,
+} from "../../core/enroll/engine";
+import {
+  type DeviceCertificateProfile,
+  type IssuerMaterial,
+  resolveProfile,
+} from "../../core/enroll/profile";
+import { FleetError, invalid } from "../../core/errors";
+import { openRegistry } from "../../core/registry";
+import type { Registry } from "../../core/registry/types";
+import { StationClient } from "../../core/station/client";
+import { loadPrivateKey } from "../../core/x509/keys";
+import { pemBlocks } from "../../core/x509/pem";
+import { UNKNOWN } from "./ca";
+import { engineLog } from "./engine-log";
+
+export interface BatchPolicyInputs {
+  name: string;
+  digest: string;
+  maxQuarantinedFraction: number;
+  maxWaveFraction: number;
+}
+
+export interface BatchInputs {
+  kind: "fleetguard:batch";
+  name: string;
+  model: string;
+  source: "puf" | "injected";
+  firstSerial: number;
+  count: number;
+  profile: DeviceCertificateProfile;
+  issuer: { name: string; certificatePem: string; chainPem: string; keyPem: string };
+  station: { host: string; port: number };
+  /** SQLite file (relative to the program directory) or postgres:// URL */
+  registry: string;
+  /** where CRLs are published (default: `.fleetguard/crl` next to the program) */
+  crlDir: string;
+  policy: BatchPolicyInputs;
+  /** URN of this resource, so progress shows on its line in `pulumi up` */
+  progressUrn?: string;
+}
+
+export interface BatchOutputs {
+  total: number;
+  counts: Record<string, number>;
+  quarantineReasons: Record<string, number>;
+  manifestDigest: string;
+  issuerFingerprint: string;
+  profileDigest: string;
+  policyDigest: string;
+  declarationDigest: string;
+  lastRun: { enrolled: number; reissued: number; decommissioned: number; at: string };
+  drift: { lostCertificate: number; missingDevice: number; checkedAt: string | null };
+  crl: { path: string; crlNumber: number; revoked: number } | null;
+}
+
+const isUnknown = (v: unknown): boolean =>
+  v === UNKNOWN || (typeof v === "object" && v !== null && Object.values(v).some(isUnknown));
+
+const fingerprintOf = (pem: string, field: string) =>
+  crypto
+    .createHash("sha256")
+    .update(pemBlocks(pem, "CERTIFICATE", field)[0]!)
+    .digest("hex");
+
+/** Inputs whose change means another batch (its devices would be decommissioned). */
+export const REPLACE_ON = ["name", "model", "source"] as const;
+
+/** Digest of what the batch declares (no secrets, no endpoints: where the station or URN is does not change the fleet). */
+export function declarationDigest(i: BatchInputs): string {
+  const issuerFp = isUnknown(i.issuer?.certificatePem)
+    ? UNKNOWN
+    : fingerprintOf(i.issuer.certificatePem, "issuer.certificatePem");
+  return crypto
+    .createHash("sha256")
+    .update(
+      canonicalJson({
+        name: i.name,
+        model: i.model,
+        source: i.source,
+        firstSerial: i.firstSerial,
+        count: i.count,
+        profile: resolveProfile(i.profile),
+        issuer: issuerFp,
+        policy: i.policy?.digest ?? null,
+      }),
+    )
+    .digest("hex");
+}
+
+function specOf(i: BatchInputs): BatchSpec {
+  return {
+    name: i.name,
+    model: i.model,
+    source: i.source,
+    firstSerial: i.firstSerial,
+    count: i.count,
+    profile: resolveProfile(i.profile),
+    maxQuarantinedFraction: i.policy.maxQuarantinedFraction,
+    maxWaveFraction: i.policy.maxWaveFraction,
+  };
+}
+
+function issuerOf(i: BatchInputs, needKey: boolean): IssuerMaterial {
+  const chain = pemBlocks(i.issuer.chainPem, "CERTIFICATE", "issuer.chainPem");
+  const certificate = pemBlocks(i.issuer.certificatePem, "CERTIFICATE", "issuer.certificatePem")[0]!;
+  if (!chain[0]?.equals(certificate))
+    throw invalid(
+      "issuer.chainPem",
+      "a chain that does not start with the issuing CA",
+      "the issuing CA first, up to its root",
+    );
+  return {
+    certificate,
+    chain: chain.slice(1),
+    key: needKey ? loadPrivateKey(i.issuer.keyPem, "issuer.keyPem") : undefined,
+    fingerprint: crypto.createHash("sha256").update(certificate).digest("hex"),
+  };
+}
+
+/** Registry location as the provider process sees it: relative paths are under the program directory. */
+const registryLocation = (r: string) =>
+  /^(postgres|postgresql):\/\//.test(r) ? r : path.resolve(process.cwd(), r.replace(/^sqlite:/, ""));
+
+export function check(_olds: Record<string, unknown>, news: BatchInputs) {
+  const failures: Array<{ property: string; reason: string }> = [];
+  const at = (property: string, f: () => void) => {
+    try {
+      f();
+    } catch (e) {
+      if (e instanceof FleetError) failures.push({ property, reason: e.message });
+      else throw e;
+    }
+  };
+  at("name", () => {
+    if (typeof news.name !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(news.name))
+      throw invalid("name", news.name, "1..63 letters, digits, '_', '.', '-'");
+  });
+  at("profile", () => resolveProfile(news.profile));
+  at("count", () => {
+    if (!Number.isInteger(news.count) || news.count < 0)
+      throw invalid("count", news.count, "an integer >= 0");
+  });
+  at("station", () => {
+    if (isUnknown(news.station)) return;
+    if (
+      !news.station ||
+      typeof news.station.port !== "number" ||
+      news.station.port < 1 ||
+      news.station.port > 65535
+    )
+      throw invalid("station.port", news.station?.port, "a TCP port 1..65535 of the device station");
+  });
+  at("registry", () => {
+    if (typeof news.registry !== "string" || !news.registry)
+      throw invalid("registry", news.registry, "a SQLite file path or a postgres:// URL");
+  });
+  return { inputs: news, failures };
+}
+
+async function withRegistry<T>(i: { registry: string }, f: (r: Registry) => Promise<T>): Promise<T> {
+  const reg = await openRegistry(registryLocation(i.registry));
+  try {
+    return await f(reg);
+  } finally {
+    await reg.close();
+  }
+}
+
+async function withStation<T>(i: BatchInputs, f: (s: StationClient) => Promise<T>): Promise<T> {
+  const s = new StationClient({
+    host: i.station.host,
+    port: i.station.port,
+    poolSize: 2,
+    maxInFlight: 64,
+    timeoutMs: 60_000,
+    retries: 3,
+  });
+  try {
+    return await f(s);
+  } finally {
+    await s.close();
+  }
+}
+
+function progressLogger(i: BatchInputs) {
+  let lastInfo = -1;
+  return (p: Progress) => {
+    const pct = p.total ? Math.floor((p.done / p.total) * 100) : 100;
+    const n = (x: number) => Math.round(x).toLocaleString("en-US");
+    const msg = `${p.phase} ${n(p.done)}/${n(p.total)} devices (${pct}%), ${n(p.ratePerSecond)}/s, ETA ${Math.ceil(p.etaSeconds)} s`;
+    void engineLog(msg, { urn: i.progressUrn, ephemeral: true });
+    const decile = Math.floor(pct / 10);
+    if (decile !== lastInfo) {
+      lastInfo = decile;
+      void engineLog(`batch ${i.name}: ${msg}`, { urn: i.progressUrn });
+    }
+  };
+}
+
+function outputsOf(
+  i: BatchInputs,
+  s: BatchSummary,
+  prev?: Partial<BatchOutputs>,
+  crl?: BatchOutputs["crl"],
+): BatchOutputs {
+  return {
+    total: s.total,
+    counts: s.counts,
+    quarantineReasons: s.quarantineReasons,
+    manifestDigest: s.manifestDigest,
+    issuerFingerprint: s.issuerFingerprint,
+    profileDigest: s.profileDigest,
+    policyDigest: i.policy.digest,
+    declarationDigest: declarationDigest(i),
+    lastRun: {
+      enrolled: s.enrolledThisRun,
+      reissued: s.reissuedThisRun,
+      decommissioned: s.decommissionedThisRun,
+      at: new Date().toISOString(),
+    },
+    drift: prev?.drift ?? { lostCertificate: 0, missingDevice: 0, checkedAt: null },
+    crl: crl ?? prev?.crl ?? null,
+  };
+}
+
+const crlDirOf = (i: BatchInputs) => path.resolve(process.cwd(), i.crlDir || ".fleetguard/crl");
+
+async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<BatchOutputs> {
+  const issuer = issuerOf(i, true);
+  return withRegistry(i, (registry) =>
+    withStation(i, async (station) => {
+      const engine = new BatchEngine(
+        { registry, station, issuer, onProgress: progressLogger(i) },
+        specOf(i),
+        {
+          declaration: publicDeclaration(i),
+        },
+      );
+      let summary: BatchSummary;
+      let crl: BatchOutputs["crl"] | undefined;
+      try {
+        summary = await engine.converge();
+      } finally {
+        // revocations (superseded, decommissioned, quarantined) reach the CRL even when the run fails
+        const revoked = (await registry.revokedBy(issuer.fingerprint)).length;
+        if (revoked !== (prev?.crl?.revoked ?? 0) || (revoked > 0 && !prev?.crl))
+          crl = await publish(i, registry, issuer);
+      }
+      await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
+      return outputsOf(i, summary, prev, crl);
+    }),
+  );
+}
+
+async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMaterial) {
+  return publishCrl(
+    registry,
+    { certificatePem: i.issuer.certificatePem, keyPem: i.issuer.keyPem, fingerprint: issuer.fingerprint },
+    crlDirOf(i),
+  );
+}
+
+/** What the registry keeps of the declaration, for `pulumi import` (no secrets, no endpoints). */
+function publicDeclaration(i: BatchInputs) {
+  return {
+    name: i.name,
+    model: i.model,
+    source: i.source,
+    firstSerial: i.firstSerial,
+    count: i.count,
+    profile: i.profile,
+    issuer: { name: i.issuer.name, certificatePem: i.issuer.certificatePem, chainPem: i.issuer.chainPem },
+    policy: i.policy,
+    crlDir: i.crlDir,
+  };
+}
+
+export async function create(inputs: BatchInputs) {
+  const outs = await converge(inputs);
+  // the inputs ride along: delete and refresh receive only the outputs (issuer is a secret output)
+  return { id: inputs.name, outs: { ...inputs, ...outs } as unknown as Record<string, unknown> };
+}
+
+export async function update(_id: string, olds: Record<string, unknown>, news: BatchInputs) {
+  const outs = await converge(news, olds as Partial<BatchOutputs>);
+  return { outs: { ...news, ...outs } as unknown as Record<string, unknown> };
+}
+
+export async function diff(_id: string, olds: Record<string, unknown>, news: BatchInputs) {
+  if (isUnknown(news)) return { changes: true };
+  const o = olds as unknown as BatchInputs & Partial<BatchOutputs>;
+  const replaces = REPLACE_ON.filter((k) => o[k] !== news[k]);
+  const declared = (o.declarationDigest ?? "") !== declarationDigest(news);
+  // the registry decides whether work is outstanding (an interrupted run, drift found by refresh)
+  let plan = "";
+  let outstanding = false;
+  try {
+    const issuer = issuerOf(news, false);
+    const p = await withRegistry(news, (registry) =>
+      new BatchEngine({ registry, station: undefined as never, issuer }, specOf(news)).plan(),
+    );
+    outstanding = p.enroll + p.resume + p.reissue + p.decommission > 0;
+    plan = describePlan(p);
+  } catch (e) {
+    plan = `plan unavailable (${(e as Error).message})`;
+  }
+  const changes = replaces.length > 0 || declared || outstanding;
+  if (changes && !replaces.length) await engineLog(`batch ${news.name}: ${plan}`, { urn: news.progressUrn });
+  return {
+    changes,
+    replaces: [...replaces],
+    deleteBeforeReplace: replaces.length > 0,
+  };
+}
+
+export async function read(id: string, props?: Record<string, unknown>) {
+  // import: rebuild the resource from the registry
+  if (!props || !("declarationDigest" in props)) {
+    const location =
+      (props?.registry as string | undefined) ?? process.env.FLEETGUARD_REGISTRY ?? ".fleetguard/registry.db";
+    return withRegistry({ registry: location }, async (registry) => {
+      const b = await registry.getBatch(id);
+      if (!b || b.deletedAt)
+        throw new FleetError(
+          "NOT_FOUND",
+          `import: got no live batch '${id}' in registry ${registry.location}, want one`,
+          "id",
+        );
+      const stored = JSON.parse(b.spec) as {
+        declaration?: Omit<BatchInputs, "kind" | "station" | "registry">;
+      };
+      if (!stored.declaration)
+        throw new FleetError("NOT_FOUND", `import: batch '${id}' has no declaration recorded`, "id");
+      const counts = await registry.counts(id);
+      const inputs = {
+        kind: "fleetguard:batch",
+        ...stored.declaration,
+        registry: location,
+      } as unknown as BatchInputs;
+      return {
+        id,
+        props: {
+          ...inputs,
+          total: stored.declaration.count,
+          counts,
+          declarationDigest: declarationDigest({ ...inputs, issuer: { ...inputs.issuer, keyPem: "" } }),
+        },
+      };
+    });
+  }
+  // refresh: compare the registry with the devices; drift goes back into the registry
+  const i = props as unknown as BatchInputs & BatchOutputs;
+  const issuer = issuerOf(i, false);
+  return withRegistry(i, (registry) =>
+    withStation(i, async (station) => {
+      const engine = new BatchEngine({ registry, station, issuer, onProgress: progressLogger(i) }, specOf(i));
+      const drift = await engine.refresh();
+      const summary = await engine.summary();
+      if (drift.lostCertificate || drift.missingDevice)
+        await engineLog(
+          `batch ${i.name}: drift: ${drift.lostCertificate} device(s) lost their certificate, ${drift.missingDevice} record(s) without a device`,
+          { urn: i.progressUrn, severity: "warning" },
+        );
+      return {
+        id,
+        props: {
+          ...props,
+          counts: summary.counts,
+          quarantineReasons: summary.quarantineReasons,
+          manifestDigest: summary.manifestDigest,
+          drift: {
+            lostCertificate: drift.lostCertificate,
+            missingDevice: drift.missingDevice,
+            checkedAt: new Date().toISOString(),
+          },
+        },
+      };
+    }),
+  );
+}
+
+export async function del(_id: string, props: Record<string, unknown>) {
+  const i = props as unknown as BatchInputs;
+  const issuer = issuerOf(i, true);
+  await withRegistry(i, (registry) =>
+    withStation(i, async (station) => {
+      const engine = new BatchEngine({ registry, station, issuer, onProgress: progressLogger(i) }, specOf(i));
+      const r = await engine.deleteBatch();
+      const crl = await publish(i, registry, issuer);
+      await engineLog(
+        `batch ${i.name}: deleted: ${r.decommissioned} device(s) decommissioned, ${r.revoked} certificate(s) revoked; CRL #${crl.crlNumber} at ${crl.path}`,
+        { urn: i.progressUrn },
+      );
+    }),
+  );
+}
+
+export const _internal = { registryLocation, fs };
