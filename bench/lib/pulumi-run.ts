@@ -44,7 +44,7 @@ export class BenchStack {
   /** Run `pulumi <args>`; `onLine` sees each stdout line as it arrives. Throws on a failure. */
   run(
     args: string[],
-    opts: { onLine?: (line: string) => void; allowFail?: boolean } = {},
+    opts: { onLine?: (line: string) => void; allowFail?: boolean; input?: string } = {},
   ): Promise<BenchRun> {
     const full = [...args, "--non-interactive", "--stack", this.stack, "--cwd", this.programDir];
     return new Promise((resolve, reject) => {
