@@ -1,0 +1,589 @@
+/**
+ * The PostgreSQL registry backend (node-postgres 8), for teams that share one registry. Same
+ * schema and semantics as the SQLite backend (see index.ts). Writes are set-based: one `apply`
+ * call is split into rounds in which each device appears once (common.ts `rounds`), and each
+ * round is a handful of multi-row statements over `unnest($n::type[])` arrays (compare-and-set
+ * UPDATE ... FROM unnest, INSERT ... SELECT FROM unnest), not one round trip per device. The
+ * compare-and-set stays correct under concurrent writers at READ COMMITTED: PostgreSQL re-checks
+ * `state = from` on the latest row version before it updates. Migrations run under
+ * `pg_advisory_xact_lock`, so concurrent openers apply them once.
+ */
+import { Pool, type PoolClient } from "pg";
+import { FleetError } from "../errors";
+import {
+  checkBatchInput,
+  checkDate,
+  checkLimit,
+  checkName,
+  checkStates,
+  crossBatchError,
+  detailJson,
+  duplicateSerialError,
+  emptyCounts,
+  isState,
+  redactUrl,
+  rounds,
+  staleError,
+  uniqueIds,
+  unknownBatchError,
+  validateTransitions,
+} from "./common";
+import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "./schema";
+import type {
+  AuditRecord,
+  BatchRecord,
+  CertificateRecord,
+  CertificateStatus,
+  DeviceQuery,
+  DeviceRecord,
+  DeviceState,
+  Registry,
+  StateCounts,
+  Transition,
+} from "./types";
+
+export interface PostgresOptions {
+  poolSize?: number;
+  connectTimeoutMs?: number;
+}
+
+type Row = Record<string, unknown>;
+
+const MIGRATION_LOCK = "fleetguard.registry.migrations";
+
+function toBatch(r: Row): BatchRecord {
+  return {
+    name: r.name as string,
+    model: r.model as string,
+    source: r.source as BatchRecord["source"],
+    spec: r.spec as string,
+    createdAt: r.created_at as Date,
+    updatedAt: r.updated_at as Date,
+    deletedAt: (r.deleted_at as Date | null) ?? null,
+  };
+}
+
+function toDevice(r: Row): DeviceRecord {
+  return {
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    state: r.state as DeviceState,
+    reason: (r.reason as string | null) ?? null,
+    publicKey: (r.public_key as Buffer | null) ?? null,
+    epoch: (r.epoch as number | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
+    updatedAt: r.updated_at as Date,
+  };
+}
+
+function toCert(r: Row): CertificateRecord {
+  const c: CertificateRecord = {
+    serial: r.serial as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    issuer: r.issuer as string,
+    der: r.der as Buffer,
+    notBefore: r.not_before as Date,
+    notAfter: r.not_after as Date,
+    issuedAt: r.issued_at as Date,
+    status: r.status as CertificateStatus,
+  };
+  if (r.revoked_at) c.revokedAt = r.revoked_at as Date;
+  if (r.revocation_reason !== null && r.revocation_reason !== undefined)
+    c.revocationReason = r.revocation_reason as string;
+  return c;
+}
+
+function toAudit(r: Row): AuditRecord {
+  return {
+    seq: Number(r.seq),
+    at: r.at as Date,
+    batch: r.batch as string,
+    deviceId: r.device_id as string,
+    from: (r.from_state as DeviceState | null) ?? null,
+    to: r.to_state as DeviceState,
+    reason: (r.reason as string | null) ?? null,
+    detail: (r.detail as Record<string, unknown> | null) ?? null,
+  };
+}
+
+const iso = (d: Date) => d.toISOString();
+
+/** Connection-level failures become UNAVAILABLE naming the (redacted) location; others pass through. */
+function mapError(err: unknown, location: string): unknown {
+  if (err instanceof FleetError) return err;
+  const e = err as { code?: string; message?: string };
+  const code = e?.code ?? "";
+  if (
+    /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|EAI_)/.test(code) ||
+    /^(08|57P|53)/.test(code) ||
+    code === "28P01"
+  )
+    return new FleetError(
+      "UNAVAILABLE",
+      `registry: got ${location} unreachable or refusing (${code}: ${e.message ?? "error"}), want a reachable PostgreSQL`,
+      "registry",
+    );
+  if (!code && /timeout|terminated|Connection/i.test(e?.message ?? ""))
+    return new FleetError(
+      "UNAVAILABLE",
+      `registry: got ${location} unreachable (${e.message}), want a reachable PostgreSQL`,
+      "registry",
+    );
+  return err;
+}
+
+export class PostgresRegistry implements Registry {
+  readonly kind = "postgres";
+  readonly location: string;
+  private closed = false;
+
+  constructor(
+    private readonly pool: Pool,
+    location: string,
+  ) {
+    this.location = location;
+  }
+
+  private open(): void {
+    if (this.closed)
+      throw new FleetError(
+        "UNAVAILABLE",
+        `registry: got a closed registry (${this.location}), want an open one`,
+      );
+  }
+
+  private async q(sql: string, args: unknown[] = []): Promise<Row[]> {
+    this.open();
+    try {
+      return (await this.pool.query(sql, args)).rows as Row[];
+    } catch (err) {
+      throw mapError(err, this.location);
+    }
+  }
+
+  /** Run fn in one transaction on one connection; any throw rolls it back. */
+  async tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    this.open();
+    let c: PoolClient;
+    try {
+      c = await this.pool.connect();
+    } catch (err) {
+      throw mapError(err, this.location);
+    }
+    let broken = false;
+    try {
+      await c.query("BEGIN");
+      const out = await fn(c);
+      await c.query("COMMIT");
+      return out;
+    } catch (err) {
+      try {
+        await c.query("ROLLBACK");
+      } catch {
+        broken = true;
+      }
+      throw mapError(err, this.location);
+    } finally {
+      c.release(broken);
+    }
+  }
+
+  async migrate(): Promise<void> {
+    await this.tx(async (c) => {
+      await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [MIGRATION_LOCK]);
+      await c.query(MIGRATIONS_TABLE.postgres);
+      const cur = Number(
+        (await c.query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")).rows[0].v,
+      );
+      if (cur > LATEST_VERSION)
+        throw new FleetError(
+          "UNAVAILABLE",
+          `registry schema version: got ${cur}, want at most ${LATEST_VERSION} (the registry was written by a newer fleetguard)`,
+          "registry",
+        );
+      for (const m of MIGRATIONS) {
+        if (m.version <= cur) continue;
+        await c.query(m.postgres);
+        await c.query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, now())", [
+          m.version,
+          m.name,
+        ]);
+      }
+    });
+  }
+
+  async schemaVersion(): Promise<number> {
+    const rows = await this.q("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations");
+    return Number(rows[0]!.v);
+  }
+
+  async putBatch(
+    b: Omit<BatchRecord, "createdAt" | "updatedAt" | "deletedAt">,
+    at = new Date(),
+  ): Promise<void> {
+    checkBatchInput(b);
+    checkDate("at", at);
+    await this.q(
+      `INSERT INTO batches (name, model, source, spec, created_at, updated_at, deleted_at)
+       VALUES ($1, $2, $3, $4, $5, $5, NULL)
+       ON CONFLICT (name) DO UPDATE SET model = excluded.model, source = excluded.source,
+         spec = excluded.spec, updated_at = excluded.updated_at, deleted_at = NULL`,
+      [b.name, b.model, b.source, b.spec, iso(at)],
+    );
+  }
+
+  async getBatch(name: string): Promise<BatchRecord | undefined> {
+    const rows = await this.q("SELECT * FROM batches WHERE name = $1", [name]);
+    return rows[0] ? toBatch(rows[0]) : undefined;
+  }
+
+  async listBatches(): Promise<BatchRecord[]> {
+    return (await this.q("SELECT * FROM batches ORDER BY name")).map(toBatch);
+  }
+
+  async markBatchDeleted(name: string, at = new Date()): Promise<void> {
+    checkDate("at", at);
+    const rows = await this.q(
+      "UPDATE batches SET deleted_at = COALESCE(deleted_at, $1), updated_at = $1 WHERE name = $2 RETURNING name",
+      [iso(at), name],
+    );
+    if (rows.length === 0) throw unknownBatchError(name);
+  }
+
+  async addDevices(batch: string, deviceIds: readonly string[], at = new Date()): Promise<number> {
+    checkName("batch", batch);
+    const ids = uniqueIds("deviceIds", deviceIds);
+    checkDate("at", at);
+    const when = iso(at);
+    return this.tx(async (c) => {
+      const b = (await c.query("SELECT deleted_at FROM batches WHERE name = $1 FOR SHARE", [batch])).rows[0];
+      if (!b) throw unknownBatchError(batch);
+      if (b.deleted_at !== null)
+        throw new FleetError(
+          "CONFLICT",
+          `batch: got ${JSON.stringify(batch)}, deleted, want a live batch (declare it again first)`,
+          "batch",
+        );
+      if (ids.length === 0) return 0;
+      // insert first (ON CONFLICT waits for a concurrent inserter of the same ID), then look at
+      // the IDs that turned out to belong to another batch
+      const inserted = new Set(
+        (
+          await c.query(
+            `INSERT INTO devices (device_id, batch, state, updated_at)
+             SELECT id, $2, 'pending', $3 FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) ORDER BY n
+             ON CONFLICT (device_id) DO NOTHING RETURNING device_id`,
+            [ids, batch, when],
+          )
+        ).rows.map((r) => r.device_id as string),
+      );
+      const others = new Map<string, { batch: string; state: string; deleted: boolean }>();
+      if (inserted.size < ids.length) {
+        const rows = (
+          await c.query(
+            `SELECT d.device_id, d.batch, d.state, b.deleted_at IS NOT NULL AS deleted
+             FROM devices d JOIN batches b ON b.name = d.batch
+             WHERE d.device_id = ANY($1::text[]) AND d.batch <> $2 FOR UPDATE OF d`,
+            [ids, batch],
+          )
+        ).rows;
+        for (const r of rows) others.set(r.device_id, { batch: r.batch, state: r.state, deleted: r.deleted });
+      }
+      for (const id of ids) {
+        const o = others.get(id);
+        if (o && !o.deleted) throw crossBatchError(id, o.batch, batch);
+      }
+      if (others.size > 0)
+        await c.query(
+          `UPDATE devices SET batch = $2, state = 'pending', reason = NULL, public_key = NULL, epoch = NULL,
+             cert_serial = NULL, updated_at = $3 WHERE device_id = ANY($1::text[])`,
+          [[...others.keys()], batch, when],
+        );
+      const a: { d: string[]; f: (string | null)[]; r: (string | null)[]; x: (string | null)[] } = {
+        d: [],
+        f: [],
+        r: [],
+        x: [],
+      };
+      for (const id of ids) {
+        const o = others.get(id);
+        if (inserted.has(id)) {
+          a.d.push(id);
+          a.f.push(null);
+          a.r.push(null);
+          a.x.push(null);
+        } else if (o) {
+          a.d.push(id);
+          a.f.push(o.state);
+          a.r.push("moved from a deleted batch");
+          a.x.push(JSON.stringify({ fromBatch: o.batch }));
+        }
+      }
+      await c.query(
+        `INSERT INTO audit (at, batch, device_id, from_state, to_state, reason, detail)
+         SELECT $1, $2, d, f, 'pending', r, x::jsonb
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(d, f, r, x, n) ORDER BY n`,
+        [when, batch, a.d, a.f, a.r, a.x],
+      );
+      return a.d.length;
+    });
+  }
+
+  async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
+    const rows = await this.q("SELECT * FROM devices WHERE device_id = $1", [deviceId]);
+    return rows[0] ? toDevice(rows[0]) : undefined;
+  }
+
+  async listDevices(batch: string, q: DeviceQuery = {}): Promise<DeviceRecord[]> {
+    const states = checkStates("q.states", q.states);
+    const limit = checkLimit("q.limit", q.limit);
+    const args: unknown[] = [batch];
+    const where = ["batch = $1"];
+    if (states) {
+      args.push(states);
+      where.push(`state = ANY($${args.length}::text[])`);
+    }
+    if (q.after !== undefined) {
+      args.push(q.after);
+      where.push(`device_id > $${args.length}`);
+    }
+    let sql = `SELECT * FROM devices WHERE ${where.join(" AND ")} ORDER BY device_id`;
+    if (limit !== undefined) {
+      args.push(limit);
+      sql += ` LIMIT $${args.length}`;
+    }
+    return (await this.q(sql, args)).map(toDevice);
+  }
+
+  async counts(batch: string): Promise<StateCounts> {
+    const c = emptyCounts();
+    for (const r of await this.q(
+      "SELECT state, count(*)::int AS n FROM devices WHERE batch = $1 GROUP BY state",
+      [batch],
+    ))
+      if (isState(r.state)) c[r.state] = r.n as number;
+    return c;
+  }
+
+  async apply(transitions: readonly Transition[], at = new Date()): Promise<void> {
+    validateTransitions(transitions);
+    checkDate("at", at);
+    if (transitions.length === 0) return;
+    const when = iso(at);
+    await this.tx(async (c) => {
+      for (const round of rounds(transitions)) await this.applyRound(c, round, when);
+    });
+  }
+
+  /** One round: each device at most once, so set-based statements equal sequential application. */
+  private async applyRound(c: PoolClient, ts: Transition[], at: string): Promise<void> {
+    const updated = await c.query(
+      `UPDATE devices d SET
+         state = i.to_state,
+         reason = CASE WHEN d.state <> i.to_state THEN i.reason ELSE COALESCE(i.reason, d.reason) END,
+         public_key = COALESCE(i.public_key, d.public_key),
+         epoch = COALESCE(i.epoch, d.epoch),
+         cert_serial = CASE WHEN i.cert_serial IS NOT NULL THEN i.cert_serial
+                            WHEN i.revoke THEN NULL ELSE d.cert_serial END,
+         updated_at = $10
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::int[],
+                   $8::text[], $9::bool[])
+         AS i(device_id, batch, from_state, to_state, reason, public_key, epoch, cert_serial, revoke)
+       WHERE d.device_id = i.device_id AND d.batch = i.batch AND d.state = i.from_state
+       RETURNING d.device_id`,
+      [
+        ts.map((t) => t.deviceId),
+        ts.map((t) => t.batch),
+        ts.map((t) => t.from),
+        ts.map((t) => t.to),
+        ts.map((t) => t.reason ?? null),
+        ts.map((t) => t.publicKey ?? null),
+        ts.map((t) => t.epoch ?? null),
+        ts.map((t) => t.certificate?.serial ?? null),
+        ts.map((t) => t.revoke !== undefined),
+        at,
+      ],
+    );
+    if (updated.rowCount !== ts.length) {
+      const done = new Set(updated.rows.map((r) => r.device_id as string));
+      const t = ts.find((x) => !done.has(x.deviceId))!;
+      const actual = (await c.query("SELECT state, batch FROM devices WHERE device_id = $1", [t.deviceId]))
+        .rows[0];
+      throw staleError(t, actual);
+    }
+    const rev = ts.filter((t) => t.revoke);
+    if (rev.length)
+      await c.query(
+        `UPDATE certificates c SET status = 'revoked', revoked_at = r.at, revocation_reason = r.reason
+         FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS r(device_id, at, reason)
+         WHERE c.device_id = r.device_id AND c.status = 'live'`,
+        [rev.map((t) => t.deviceId), rev.map((t) => iso(t.revoke!.at)), rev.map((t) => t.revoke!.reason)],
+      );
+    const certs = ts.filter((t) => t.certificate).map((t) => t.certificate!);
+    if (certs.length) {
+      try {
+        await c.query(
+          `INSERT INTO certificates (serial, device_id, batch, issuer, der, not_before, not_after, issued_at, status)
+           SELECT s, d, b, i, der, nb, na, ia, 'live'
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
+                       $7::timestamptz[], $8::timestamptz[]) AS x(s, d, b, i, der, nb, na, ia)`,
+          [
+            certs.map((x) => x.serial),
+            certs.map((x) => x.deviceId),
+            certs.map((x) => x.batch),
+            certs.map((x) => x.issuer),
+            certs.map((x) => x.der),
+            certs.map((x) => iso(x.notBefore)),
+            certs.map((x) => iso(x.notAfter)),
+            certs.map((x) => iso(x.issuedAt)),
+          ],
+        );
+      } catch (err) {
+        const e = err as { code?: string; constraint?: string; detail?: string };
+        if (e.code === "23505" && e.constraint === "certificates_pkey") {
+          const m = /\(serial\)=\(([^)]*)\)/.exec(e.detail ?? "");
+          throw duplicateSerialError(m?.[1] ?? "?");
+        }
+        throw err;
+      }
+    }
+    const act = ts.filter((t) => t.to === "active").map((t) => t.deviceId);
+    if (act.length)
+      await c.query(
+        `UPDATE certificates c SET status = 'revoked', revoked_at = $2, revocation_reason = 'superseded'
+         FROM devices d
+         WHERE d.device_id = ANY($1::text[]) AND c.device_id = d.device_id AND c.status = 'live'
+           AND c.serial IS DISTINCT FROM d.cert_serial`,
+        [act, at],
+      );
+    await c.query(
+      `INSERT INTO audit (at, batch, device_id, from_state, to_state, reason, detail)
+       SELECT $1, b, d, f, t, r, x::jsonb
+       FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+         WITH ORDINALITY AS u(b, d, f, t, r, x, n) ORDER BY n`,
+      [
+        at,
+        ts.map((t) => t.batch),
+        ts.map((t) => t.deviceId),
+        ts.map((t) => t.from),
+        ts.map((t) => t.to),
+        ts.map((t) => t.reason ?? null),
+        ts.map((t) => detailJson("detail", t.detail)),
+      ],
+    );
+  }
+
+  async certificates(q: {
+    batch?: string;
+    deviceId?: string;
+    issuer?: string;
+    status?: readonly CertificateStatus[];
+    after?: string;
+    limit?: number;
+  }): Promise<CertificateRecord[]> {
+    const limit = checkLimit("q.limit", q.limit);
+    const args: unknown[] = [];
+    const where: string[] = [];
+    const eq = (col: string, v: unknown) => {
+      if (v === undefined) return;
+      args.push(v);
+      where.push(`${col} = $${args.length}`);
+    };
+    eq("batch", q.batch);
+    eq("device_id", q.deviceId);
+    eq("issuer", q.issuer);
+    if (q.status) {
+      for (const s of q.status)
+        if (s !== "live" && s !== "revoked")
+          throw new FleetError("INVALID_INPUT", `q.status: got ${JSON.stringify(s)}, want live or revoked`);
+      args.push(q.status);
+      where.push(`status = ANY($${args.length}::text[])`);
+    }
+    if (q.after !== undefined) {
+      args.push(q.after);
+      where.push(`serial > $${args.length}`);
+    }
+    let sql = `SELECT * FROM certificates${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY serial`;
+    if (limit !== undefined) {
+      args.push(limit);
+      sql += ` LIMIT $${args.length}`;
+    }
+    return (await this.q(sql, args)).map(toCert);
+  }
+
+  async revokedBy(
+    issuer: string,
+  ): Promise<Array<{ serial: string; revokedAt: Date; reason: string | null }>> {
+    return (
+      await this.q(
+        `SELECT serial, revoked_at, revocation_reason FROM certificates
+         WHERE issuer = $1 AND status = 'revoked' ORDER BY serial`,
+        [issuer],
+      )
+    ).map((r) => ({
+      serial: r.serial as string,
+      revokedAt: r.revoked_at as Date,
+      reason: (r.revocation_reason as string | null) ?? null,
+    }));
+  }
+
+  async audit(q: {
+    batch?: string;
+    deviceId?: string;
+    afterSeq?: number;
+    limit?: number;
+  }): Promise<AuditRecord[]> {
+    const limit = checkLimit("q.limit", q.limit);
+    const afterSeq = checkLimit("q.afterSeq", q.afterSeq);
+    const args: unknown[] = [];
+    const where: string[] = [];
+    if (q.batch !== undefined) {
+      args.push(q.batch);
+      where.push(`batch = $${args.length}`);
+    }
+    if (q.deviceId !== undefined) {
+      args.push(q.deviceId);
+      where.push(`device_id = $${args.length}`);
+    }
+    if (afterSeq !== undefined) {
+      args.push(afterSeq);
+      where.push(`seq > $${args.length}`);
+    }
+    let sql = `SELECT * FROM audit${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY seq`;
+    if (limit !== undefined) {
+      args.push(limit);
+      sql += ` LIMIT $${args.length}`;
+    }
+    return (await this.q(sql, args)).map(toAudit);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pool.end();
+  }
+}
+
+export async function openPostgres(url: string, opts: PostgresOptions = {}): Promise<Registry> {
+  const location = redactUrl(url);
+  const poolSize = opts.poolSize ?? 4;
+  if (!Number.isInteger(poolSize) || poolSize < 1 || poolSize > 100)
+    throw new FleetError("INVALID_INPUT", `poolSize: got ${poolSize}, want an integer in 1..100`, "poolSize");
+  const pool = new Pool({
+    connectionString: url,
+    max: poolSize,
+    connectionTimeoutMillis: opts.connectTimeoutMs ?? 10_000,
+    application_name: "fleetguard-registry",
+  });
+  // an idle connection that dies (server restart) must not crash the process; the next query reports it
+  pool.on("error", () => {});
+  const reg = new PostgresRegistry(pool, location);
+  try {
+    await reg.migrate();
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw err;
+  }
+  return reg;
+}

@@ -1,0 +1,154 @@
+/**
+ * The registry's one schema, as numbered migrations written side by side for both dialects
+ * (SQLite 3.35+ and PostgreSQL 12+). A migration is applied once, in order, inside the same
+ * transaction that records it in `schema_migrations`; opening a registry applies whatever is
+ * missing while holding the database's write lock (SQLite `BEGIN IMMEDIATE`, PostgreSQL
+ * `pg_advisory_xact_lock`), so two processes opening the same registry at once are safe.
+ * Never edit a published migration: add the next one.
+ *
+ * Device IDs and serials compare bytewise in both (SQLite BINARY, PostgreSQL COLLATE "C"), so
+ * keyset pagination gives the same pages whatever the database's locale.
+ * Representation: SQLite stores times as epoch milliseconds (INTEGER) and bytes as BLOB;
+ * PostgreSQL uses timestamptz and bytea. The audit table is append-only, enforced by the database
+ * itself (triggers), not only by this code.
+ */
+import { DEVICE_STATES } from "./types";
+
+export interface Migration {
+  version: number;
+  name: string;
+  sqlite: string;
+  postgres: string;
+}
+
+const states = DEVICE_STATES.map((s) => `'${s}'`).join(", ");
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "batches, devices, certificates, audit",
+    sqlite: `
+CREATE TABLE batches (
+  name        TEXT PRIMARY KEY,
+  model       TEXT NOT NULL,
+  source      TEXT NOT NULL CHECK (source IN ('puf', 'injected')),
+  spec        TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  deleted_at  INTEGER
+);
+CREATE TABLE devices (
+  device_id   TEXT PRIMARY KEY,
+  batch       TEXT NOT NULL REFERENCES batches(name),
+  state       TEXT NOT NULL CHECK (state IN (${states})),
+  reason      TEXT,
+  public_key  BLOB,
+  epoch       INTEGER,
+  cert_serial TEXT,
+  updated_at  INTEGER NOT NULL
+);
+CREATE INDEX devices_batch_id ON devices(batch, device_id);
+CREATE INDEX devices_batch_state ON devices(batch, state);
+CREATE TABLE certificates (
+  serial            TEXT PRIMARY KEY,
+  device_id         TEXT NOT NULL REFERENCES devices(device_id),
+  batch             TEXT NOT NULL,
+  issuer            TEXT NOT NULL,
+  der               BLOB NOT NULL,
+  not_before        INTEGER NOT NULL,
+  not_after         INTEGER NOT NULL,
+  issued_at         INTEGER NOT NULL,
+  status            TEXT NOT NULL CHECK (status IN ('live', 'revoked')),
+  revoked_at        INTEGER,
+  revocation_reason TEXT
+);
+CREATE INDEX certificates_device ON certificates(device_id, status);
+CREATE INDEX certificates_issuer ON certificates(issuer, status, serial);
+CREATE INDEX certificates_batch ON certificates(batch, serial);
+CREATE TABLE audit (
+  seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+  at         INTEGER NOT NULL,
+  batch      TEXT NOT NULL,
+  device_id  TEXT NOT NULL,
+  from_state TEXT,
+  to_state   TEXT NOT NULL,
+  reason     TEXT,
+  detail     TEXT
+);
+CREATE INDEX audit_device ON audit(device_id, seq);
+CREATE INDEX audit_batch ON audit(batch, seq);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only: UPDATE refused'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only: DELETE refused'); END;
+`,
+    postgres: `
+CREATE TABLE batches (
+  name        text PRIMARY KEY,
+  model       text NOT NULL,
+  source      text NOT NULL CHECK (source IN ('puf', 'injected')),
+  spec        text NOT NULL,
+  created_at  timestamptz NOT NULL,
+  updated_at  timestamptz NOT NULL,
+  deleted_at  timestamptz
+);
+CREATE TABLE devices (
+  device_id   text COLLATE "C" PRIMARY KEY,
+  batch       text NOT NULL REFERENCES batches(name),
+  state       text NOT NULL CHECK (state IN (${states})),
+  reason      text,
+  public_key  bytea,
+  epoch       integer,
+  cert_serial text,
+  updated_at  timestamptz NOT NULL
+);
+CREATE INDEX devices_batch_id ON devices(batch, device_id);
+CREATE INDEX devices_batch_state ON devices(batch, state);
+CREATE TABLE certificates (
+  serial            text COLLATE "C" PRIMARY KEY,
+  device_id         text COLLATE "C" NOT NULL REFERENCES devices(device_id),
+  batch             text NOT NULL,
+  issuer            text NOT NULL,
+  der               bytea NOT NULL,
+  not_before        timestamptz NOT NULL,
+  not_after         timestamptz NOT NULL,
+  issued_at         timestamptz NOT NULL,
+  status            text NOT NULL CHECK (status IN ('live', 'revoked')),
+  revoked_at        timestamptz,
+  revocation_reason text
+);
+CREATE INDEX certificates_device ON certificates(device_id, status);
+CREATE INDEX certificates_issuer ON certificates(issuer, status, serial);
+CREATE INDEX certificates_batch ON certificates(batch, serial);
+CREATE TABLE audit (
+  seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  at         timestamptz NOT NULL,
+  batch      text NOT NULL,
+  device_id  text NOT NULL,
+  from_state text,
+  to_state   text NOT NULL,
+  reason     text,
+  detail     jsonb
+);
+CREATE INDEX audit_device ON audit(device_id, seq);
+CREATE INDEX audit_batch ON audit(batch, seq);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'audit is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER audit_no_update_delete BEFORE UPDATE OR DELETE ON audit
+  FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+  FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+`,
+  },
+];
+
+export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+export const MIGRATIONS_TABLE = {
+  sqlite: `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`,
+  postgres: `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)`,
+};

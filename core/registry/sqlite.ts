@@ -1,0 +1,520 @@
+/**
+ * The SQLite registry backend (better-sqlite3 12), the default: one file next to the program.
+ * Semantics as in index.ts. The file is opened in WAL mode (readers never block the writer) with
+ * `synchronous=FULL` by default: the WAL is fsynced at every commit, so once `apply` returns, an
+ * issued certificate is recorded even if the machine loses power before it is installed on the
+ * device (NORMAL would only lose the last commits on power loss, never corrupt, and is offered as
+ * an option; with one commit per wave of thousands of transitions the fsync is a small share of
+ * the cost, see docs/benchmarks.md). Every write is one `BEGIN IMMEDIATE` transaction, so two
+ * processes serialize on the write lock (`busy_timeout` waits for it) instead of failing on a lock
+ * upgrade. Statements are prepared once and reused.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import Database from "better-sqlite3";
+import { FleetError } from "../errors";
+import {
+  checkBatchInput,
+  checkDate,
+  checkLimit,
+  checkName,
+  checkStates,
+  crossBatchError,
+  detailJson,
+  duplicateSerialError,
+  emptyCounts,
+  isState,
+  staleError,
+  uniqueIds,
+  unknownBatchError,
+  validateTransitions,
+} from "./common";
+import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "./schema";
+import type {
+  AuditRecord,
+  BatchRecord,
+  CertificateRecord,
+  CertificateStatus,
+  DeviceQuery,
+  DeviceRecord,
+  DeviceState,
+  Registry,
+  StateCounts,
+  Transition,
+} from "./types";
+
+export interface SqliteOptions {
+  /** FULL (default): every commit is durable. NORMAL: faster; a power loss may drop the last commits. */
+  synchronous?: "FULL" | "NORMAL";
+  /** how long to wait for another process's write lock (default 10 s) */
+  busyTimeoutMs?: number;
+}
+
+type Row = Record<string, unknown>;
+
+const date = (v: unknown): Date => new Date(v as number);
+const optDate = (v: unknown): Date | undefined => (v === null || v === undefined ? undefined : date(v));
+
+function toBatch(r: Row): BatchRecord {
+  return {
+    name: r.name as string,
+    model: r.model as string,
+    source: r.source as BatchRecord["source"],
+    spec: r.spec as string,
+    createdAt: date(r.created_at),
+    updatedAt: date(r.updated_at),
+    deletedAt: r.deleted_at === null ? null : date(r.deleted_at),
+  };
+}
+
+function toDevice(r: Row): DeviceRecord {
+  return {
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    state: r.state as DeviceState,
+    reason: (r.reason as string | null) ?? null,
+    publicKey: (r.public_key as Buffer | null) ?? null,
+    epoch: (r.epoch as number | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
+    updatedAt: date(r.updated_at),
+  };
+}
+
+function toCert(r: Row): CertificateRecord {
+  const c: CertificateRecord = {
+    serial: r.serial as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    issuer: r.issuer as string,
+    der: r.der as Buffer,
+    notBefore: date(r.not_before),
+    notAfter: date(r.not_after),
+    issuedAt: date(r.issued_at),
+    status: r.status as CertificateStatus,
+  };
+  const revokedAt = optDate(r.revoked_at);
+  if (revokedAt) c.revokedAt = revokedAt;
+  if (r.revocation_reason !== null && r.revocation_reason !== undefined)
+    c.revocationReason = r.revocation_reason as string;
+  return c;
+}
+
+function toAudit(r: Row): AuditRecord {
+  return {
+    seq: r.seq as number,
+    at: date(r.at),
+    batch: r.batch as string,
+    deviceId: r.device_id as string,
+    from: (r.from_state as DeviceState | null) ?? null,
+    to: r.to_state as DeviceState,
+    reason: (r.reason as string | null) ?? null,
+    detail: r.detail === null ? null : (JSON.parse(r.detail as string) as Record<string, unknown>),
+  };
+}
+
+function isConstraint(err: unknown, code: string): boolean {
+  return err instanceof Error && (err as { code?: string }).code === code;
+}
+
+export class SqliteRegistry implements Registry {
+  readonly kind = "sqlite";
+  readonly location: string;
+  private readonly db: Database.Database;
+  private closed = false;
+  private readonly cache = new Map<string, Database.Statement>();
+  private readonly st: ReturnType<SqliteRegistry["prepareAll"]>;
+  private readonly applyTx: (ts: readonly Transition[], at: number) => void;
+  private readonly addTx: (batch: string, ids: string[], at: number) => number;
+
+  constructor(file: string, opts: SqliteOptions = {}) {
+    this.location = path.resolve(file);
+    fs.mkdirSync(path.dirname(this.location), { recursive: true });
+    const busy = opts.busyTimeoutMs ?? 10_000;
+    try {
+      this.db = new Database(this.location, { timeout: busy });
+    } catch (err) {
+      throw new FleetError(
+        "UNAVAILABLE",
+        `registry: got ${this.location} that cannot be opened (${(err as Error).message}), want a writable SQLite file`,
+        "registry",
+      );
+    }
+    try {
+      this.db.pragma(`busy_timeout = ${busy}`);
+      this.db.pragma("journal_mode = WAL");
+      this.db.pragma(`synchronous = ${opts.synchronous === "NORMAL" ? "NORMAL" : "FULL"}`);
+      this.db.pragma("foreign_keys = ON");
+      this.migrate();
+    } catch (err) {
+      this.db.close();
+      if (err instanceof FleetError) throw err;
+      throw new FleetError(
+        "UNAVAILABLE",
+        `registry: got ${this.location} that is not a usable SQLite registry (${(err as Error).message}), want a registry file`,
+        "registry",
+      );
+    }
+    this.st = this.prepareAll();
+    this.applyTx = this.db.transaction((ts: readonly Transition[], at: number) =>
+      this.applyAll(ts, at),
+    ).immediate;
+    this.addTx = this.db.transaction((batch: string, ids: string[], at: number) =>
+      this.addAll(batch, ids, at),
+    ).immediate;
+  }
+
+  private migrate(): void {
+    const run = this.db.transaction(() => {
+      this.db.exec(MIGRATIONS_TABLE.sqlite);
+      const cur = (
+        this.db.prepare("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as { v: number }
+      ).v;
+      if (cur > LATEST_VERSION)
+        throw new FleetError(
+          "UNAVAILABLE",
+          `registry schema version: got ${cur}, want at most ${LATEST_VERSION} (the registry was written by a newer fleetguard)`,
+          "registry",
+        );
+      const record = this.db.prepare(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+      );
+      for (const m of MIGRATIONS) {
+        if (m.version <= cur) continue;
+        this.db.exec(m.sqlite);
+        record.run(m.version, m.name, Date.now());
+      }
+    });
+    run.immediate();
+  }
+
+  private prepareAll() {
+    const p = (sql: string) => this.db.prepare(sql);
+    return {
+      getBatch: p("SELECT * FROM batches WHERE name = ?"),
+      putBatch: p(`INSERT INTO batches (name, model, source, spec, created_at, updated_at, deleted_at)
+        VALUES (?, ?, ?, ?, ?, ?, NULL)
+        ON CONFLICT (name) DO UPDATE SET model = excluded.model, source = excluded.source,
+          spec = excluded.spec, updated_at = excluded.updated_at, deleted_at = NULL`),
+      deleteBatch: p(
+        "UPDATE batches SET deleted_at = COALESCE(deleted_at, ?), updated_at = ? WHERE name = ?",
+      ),
+      owner: p(`SELECT d.batch, d.state, b.deleted_at FROM devices d JOIN batches b ON b.name = d.batch
+        WHERE d.device_id = ?`),
+      insertDevice: p(
+        `INSERT INTO devices (device_id, batch, state, updated_at) VALUES (?, ?, 'pending', ?)`,
+      ),
+      moveDevice: p(`UPDATE devices SET batch = ?, state = 'pending', reason = NULL, public_key = NULL,
+        epoch = NULL, cert_serial = NULL, updated_at = ? WHERE device_id = ?`),
+      getDevice: p("SELECT * FROM devices WHERE device_id = ?"),
+      deviceState: p("SELECT state, batch FROM devices WHERE device_id = ?"),
+      // compare-and-set: the row changes only if the device is in `from`; RETURNING gives its
+      // current certificate (after this update) for the superseding step
+      cas: p(`UPDATE devices SET
+          state = @to,
+          reason = CASE WHEN state <> @to THEN @reason ELSE COALESCE(@reason, reason) END,
+          public_key = COALESCE(@pk, public_key),
+          epoch = COALESCE(@epoch, epoch),
+          cert_serial = CASE WHEN @serial IS NOT NULL THEN @serial WHEN @revoke THEN NULL ELSE cert_serial END,
+          updated_at = @at
+        WHERE device_id = @id AND batch = @batch AND state = @from
+        RETURNING cert_serial`),
+      revokeAll: p(`UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?
+        WHERE device_id = ? AND status = 'live'`),
+      supersede:
+        p(`UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = 'superseded'
+        WHERE device_id = ? AND status = 'live' AND serial IS NOT ?`),
+      insertCert: p(`INSERT INTO certificates (serial, device_id, batch, issuer, der, not_before, not_after,
+        issued_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'live')`),
+      insertAudit: p(`INSERT INTO audit (at, batch, device_id, from_state, to_state, reason, detail)
+        VALUES (?, ?, ?, ?, ?, ?, ?)`),
+      counts: p("SELECT state, COUNT(*) AS n FROM devices WHERE batch = ? GROUP BY state"),
+      revokedBy: p(`SELECT serial, revoked_at, revocation_reason FROM certificates
+        WHERE issuer = ? AND status = 'revoked' ORDER BY serial`),
+    };
+  }
+
+  private open(): void {
+    if (this.closed)
+      throw new FleetError(
+        "UNAVAILABLE",
+        `registry: got a closed registry (${this.location}), want an open one`,
+      );
+  }
+
+  private stmt(sql: string): Database.Statement {
+    let s = this.cache.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.cache.set(sql, s);
+    }
+    return s;
+  }
+
+  async schemaVersion(): Promise<number> {
+    this.open();
+    return (this.stmt("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as { v: number })
+      .v;
+  }
+
+  async putBatch(
+    b: Omit<BatchRecord, "createdAt" | "updatedAt" | "deletedAt">,
+    at = new Date(),
+  ): Promise<void> {
+    this.open();
+    checkBatchInput(b);
+    const ms = checkDate("at", at).getTime();
+    this.st.putBatch.run(b.name, b.model, b.source, b.spec, ms, ms);
+  }
+
+  async getBatch(name: string): Promise<BatchRecord | undefined> {
+    this.open();
+    const r = this.st.getBatch.get(name) as Row | undefined;
+    return r ? toBatch(r) : undefined;
+  }
+
+  async listBatches(): Promise<BatchRecord[]> {
+    this.open();
+    return (this.stmt("SELECT * FROM batches ORDER BY name").all() as Row[]).map(toBatch);
+  }
+
+  async markBatchDeleted(name: string, at = new Date()): Promise<void> {
+    this.open();
+    const ms = checkDate("at", at).getTime();
+    if (this.st.deleteBatch.run(ms, ms, name).changes === 0) throw unknownBatchError(name);
+  }
+
+  async addDevices(batch: string, deviceIds: readonly string[], at = new Date()): Promise<number> {
+    this.open();
+    checkName("batch", batch);
+    const ids = uniqueIds("deviceIds", deviceIds);
+    const ms = checkDate("at", at).getTime();
+    return this.addTx(batch, ids, ms);
+  }
+
+  private addAll(batch: string, ids: string[], at: number): number {
+    const b = this.st.getBatch.get(batch) as Row | undefined;
+    if (!b) throw unknownBatchError(batch);
+    if (b.deleted_at !== null)
+      throw new FleetError(
+        "CONFLICT",
+        `batch: got ${JSON.stringify(batch)}, deleted, want a live batch (declare it again first)`,
+        "batch",
+      );
+    let added = 0;
+    for (const id of ids) {
+      const o = this.st.owner.get(id) as
+        | { batch: string; state: string; deleted_at: number | null }
+        | undefined;
+      if (!o) {
+        this.st.insertDevice.run(id, batch, at);
+        this.st.insertAudit.run(at, batch, id, null, "pending", null, null);
+      } else if (o.batch === batch) {
+        continue;
+      } else if (o.deleted_at === null) {
+        throw crossBatchError(id, o.batch, batch);
+      } else {
+        this.st.moveDevice.run(batch, at, id);
+        this.st.insertAudit.run(
+          at,
+          batch,
+          id,
+          o.state,
+          "pending",
+          "moved from a deleted batch",
+          JSON.stringify({ fromBatch: o.batch }),
+        );
+      }
+      added++;
+    }
+    return added;
+  }
+
+  async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
+    this.open();
+    const r = this.st.getDevice.get(deviceId) as Row | undefined;
+    return r ? toDevice(r) : undefined;
+  }
+
+  async listDevices(batch: string, q: DeviceQuery = {}): Promise<DeviceRecord[]> {
+    this.open();
+    const states = checkStates("q.states", q.states);
+    const limit = checkLimit("q.limit", q.limit);
+    const where = ["batch = ?"];
+    const args: unknown[] = [batch];
+    if (states) {
+      where.push(`state IN (${states.map(() => "?").join(", ") || "NULL"})`);
+      args.push(...states);
+    }
+    if (q.after !== undefined) {
+      where.push("device_id > ?");
+      args.push(q.after);
+    }
+    let sql = `SELECT * FROM devices WHERE ${where.join(" AND ")} ORDER BY device_id`;
+    if (limit !== undefined) {
+      sql += " LIMIT ?";
+      args.push(limit);
+    }
+    return (this.stmt(sql).all(...args) as Row[]).map(toDevice);
+  }
+
+  async counts(batch: string): Promise<StateCounts> {
+    this.open();
+    const c = emptyCounts();
+    for (const r of this.st.counts.all(batch) as Array<{ state: string; n: number }>)
+      if (isState(r.state)) c[r.state] = r.n;
+    return c;
+  }
+
+  async apply(transitions: readonly Transition[], at = new Date()): Promise<void> {
+    this.open();
+    validateTransitions(transitions);
+    const ms = checkDate("at", at).getTime();
+    if (transitions.length === 0) return;
+    this.applyTx(transitions, ms);
+  }
+
+  private applyAll(ts: readonly Transition[], at: number): void {
+    const st = this.st;
+    for (const t of ts) {
+      const c = t.certificate;
+      const row = st.cas.get({
+        to: t.to,
+        reason: t.reason ?? null,
+        pk: t.publicKey ?? null,
+        epoch: t.epoch ?? null,
+        serial: c ? c.serial : null,
+        revoke: t.revoke ? 1 : 0,
+        at,
+        id: t.deviceId,
+        batch: t.batch,
+        from: t.from,
+      }) as { cert_serial: string | null } | undefined;
+      if (!row)
+        throw staleError(t, st.deviceState.get(t.deviceId) as { state: string; batch: string } | undefined);
+      // order within one transition: revoke what was live, then record the new certificate,
+      // then (on active) supersede everything live but the current one
+      if (t.revoke) st.revokeAll.run(t.revoke.at.getTime(), t.revoke.reason, t.deviceId);
+      if (c) {
+        try {
+          st.insertCert.run(
+            c.serial,
+            t.deviceId,
+            t.batch,
+            c.issuer,
+            c.der,
+            c.notBefore.getTime(),
+            c.notAfter.getTime(),
+            c.issuedAt.getTime(),
+          );
+        } catch (err) {
+          if (isConstraint(err, "SQLITE_CONSTRAINT_PRIMARYKEY")) throw duplicateSerialError(c.serial);
+          throw err;
+        }
+      }
+      if (t.to === "active") st.supersede.run(at, t.deviceId, row.cert_serial);
+      st.insertAudit.run(
+        at,
+        t.batch,
+        t.deviceId,
+        t.from,
+        t.to,
+        t.reason ?? null,
+        detailJson("detail", t.detail),
+      );
+    }
+  }
+
+  async certificates(q: {
+    batch?: string;
+    deviceId?: string;
+    issuer?: string;
+    status?: readonly CertificateStatus[];
+    after?: string;
+    limit?: number;
+  }): Promise<CertificateRecord[]> {
+    this.open();
+    const limit = checkLimit("q.limit", q.limit);
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const eq = (col: string, v: unknown) => {
+      if (v === undefined) return;
+      where.push(`${col} = ?`);
+      args.push(v);
+    };
+    eq("batch", q.batch);
+    eq("device_id", q.deviceId);
+    eq("issuer", q.issuer);
+    if (q.status) {
+      for (const s of q.status)
+        if (s !== "live" && s !== "revoked")
+          throw new FleetError("INVALID_INPUT", `q.status: got ${JSON.stringify(s)}, want live or revoked`);
+      where.push(`status IN (${q.status.map(() => "?").join(", ") || "NULL"})`);
+      args.push(...q.status);
+    }
+    if (q.after !== undefined) {
+      where.push("serial > ?");
+      args.push(q.after);
+    }
+    let sql = `SELECT * FROM certificates${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY serial`;
+    if (limit !== undefined) {
+      sql += " LIMIT ?";
+      args.push(limit);
+    }
+    return (this.stmt(sql).all(...args) as Row[]).map(toCert);
+  }
+
+  async revokedBy(
+    issuer: string,
+  ): Promise<Array<{ serial: string; revokedAt: Date; reason: string | null }>> {
+    this.open();
+    return (this.st.revokedBy.all(issuer) as Row[]).map((r) => ({
+      serial: r.serial as string,
+      revokedAt: date(r.revoked_at),
+      reason: (r.revocation_reason as string | null) ?? null,
+    }));
+  }
+
+  async audit(q: {
+    batch?: string;
+    deviceId?: string;
+    afterSeq?: number;
+    limit?: number;
+  }): Promise<AuditRecord[]> {
+    this.open();
+    const limit = checkLimit("q.limit", q.limit);
+    const afterSeq = checkLimit("q.afterSeq", q.afterSeq);
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.batch !== undefined) {
+      where.push("batch = ?");
+      args.push(q.batch);
+    }
+    if (q.deviceId !== undefined) {
+      where.push("device_id = ?");
+      args.push(q.deviceId);
+    }
+    if (afterSeq !== undefined) {
+      where.push("seq > ?");
+      args.push(afterSeq);
+    }
+    let sql = `SELECT * FROM audit${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY seq`;
+    if (limit !== undefined) {
+      sql += " LIMIT ?";
+      args.push(limit);
+    }
+    return (this.stmt(sql).all(...args) as Row[]).map(toAudit);
+  }
+
+  /** The underlying handle, for tests that must prove the database itself refuses a write. */
+  raw(): Database.Database {
+    this.open();
+    return this.db;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.cache.clear();
+    this.db.close();
+  }
+}
