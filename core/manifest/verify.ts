@@ -12,7 +12,7 @@ import { children, content, decodeOid, read } from "../x509/der";
 import { OID } from "../x509/ext";
 import { parseCertificate } from "../x509/parse";
 import { pemBlocks } from "../x509/pem";
-import { type Cert, readCert, TrustAnchors, validityProblem } from "./chain";
+import { type Cert, type LeafCert, readCert, readLeaf, TrustAnchors, validityProblem } from "./chain";
 import {
   JWS_ALGS,
   type JwsAlg,
@@ -243,17 +243,16 @@ export function createManifestVerifier(opts: VerifyOptions): ManifestVerifier {
     }
     if (key["x5t#S256"] !== certThumbprint(leafDer))
       return fail("thumbprint", "x5t#S256 is not the SHA-256 of x5c[0]");
-    let leaf: Cert;
+    let leaf: LeafCert;
     let up: { cas: Cert[]; problem?: string };
     try {
-      leaf = readCert(leafDer, `${field}[0]`);
+      leaf = readLeaf(leafDer, `${field}[0]`);
       up = upperOf(key.x5c, field);
     } catch (e) {
       return fail("chain", e instanceof Error ? e.message : "x5c holds something that is not a certificate");
     }
-    if (!parseCertificate(leafDer).spki.equals(spki))
-      return fail("jwk", "the JWK is not the public key of x5c[0]");
-    const chainProblem = up.problem ?? anchors.leafProblem(leaf.x, up.cas[0], "x5c[0]");
+    if (!leaf.spki.equals(spki)) return fail("jwk", "the JWK is not the public key of x5c[0]");
+    const chainProblem = up.problem ?? anchors.leafDerProblem(leaf, up.cas[0], "x5c[0]");
     if (chainProblem) return fail("chain", chainProblem);
     return { ok: true, entry: { index, uniqueId, payload, entry: raw as unknown as ManifestEntry } };
   };
