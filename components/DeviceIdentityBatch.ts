@@ -51,7 +51,8 @@ export interface BatchSummaryOutput {
 }
 
 function effectivePolicy(p: string | PolicyInput | undefined): PolicyInput | undefined {
-  if (p === undefined || typeof p !== "string") return p;
+  if (p === undefined) return undefined;
+  if (typeof p !== "string") return p as PolicyInput;
   const load = loadPolicy(p);
   if (!load.policy) throw new FleetError("INVALID_INPUT", `policy ${p}: could not be loaded`, "policy");
   return load.policy;

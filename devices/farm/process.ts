@@ -12,6 +12,10 @@ export interface FarmProcessOptions {
   state: string;
   seed: string;
   model?: string;
+  /** TCP port on loopback (default 0: any free port; the chosen one is returned) */
+  port?: number;
+  /** extra `fleet devices serve` flags, e.g. ["--clones", "fg100-0000007"] */
+  extraArgs?: string[];
   /** pass the farm's stderr through (a benchmark) or collect it for error messages (a test) */
   inheritStderr?: boolean;
   startTimeoutMs?: number;
@@ -30,7 +34,8 @@ export function startFarmProcess(o: FarmProcessOptions): Promise<{ child: ChildP
     "--count",
     String(o.count),
     "--port",
-    "0",
+    String(o.port ?? 0),
+    ...(o.extraArgs ?? []),
   ];
   args.push("--state", o.state, "--seed", o.seed, ...(o.model ? ["--model", o.model] : []));
   return new Promise((resolve, reject) => {
