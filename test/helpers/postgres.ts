@@ -86,7 +86,13 @@ function runAs(): {
   return { uid, gid, wrap: (cmd, args) => ["runuser", ["-u", "postgres", "--", cmd, ...args]] };
 }
 
-export async function startPostgres(opts: { database?: string } = {}): Promise<PostgresServer> {
+/**
+ * Start a server. `durable: true` keeps PostgreSQL's default fsync and synchronous_commit (for
+ * benchmarks that must compare like with like); tests use the faster non-durable settings.
+ */
+export async function startPostgres(
+  opts: { database?: string; durable?: boolean } = {},
+): Promise<PostgresServer> {
   const bin = findPostgresBin();
   const as = runAs();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fleetguard-pg-"));
@@ -144,8 +150,8 @@ export async function startPostgres(opts: { database?: string } = {}): Promise<P
             "-t",
             "60",
             "-o",
-            `-c listen_addresses=127.0.0.1 -p ${port} -c unix_socket_directories=${dir} -c fsync=off ` +
-              "-c synchronous_commit=off -c full_page_writes=off -c max_connections=40",
+            `-c listen_addresses=127.0.0.1 -p ${port} -c unix_socket_directories=${dir} -c max_connections=40` +
+              (opts.durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"),
             "start",
           ],
           `pg_ctl start on port ${port}`,
