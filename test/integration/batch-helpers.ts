@@ -45,7 +45,7 @@ export class FarmProc {
   }
 }
 
-export function batchStack(name: string, work: string): PulumiStack {
+export function batchStack(name: string): PulumiStack {
   return new PulumiStack(path.join(REPO, "test", "integration", "fixtures", "batch-program"), name);
 }
 

@@ -21,7 +21,7 @@ import {
 const CLONE = "fg100-0000013";
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-batch-"));
 const farm = new FarmProc(path.join(work, "farm"), 400, ["--clones", CLONE]);
-const stack = batchStack("it-batch", work);
+const stack = batchStack("it-batch");
 
 interface Summary {
   total: number;
