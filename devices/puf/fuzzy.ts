@@ -267,7 +267,16 @@ export function enroll(puf: PufDevice, deps: EnrollDeps = {}): { helper: Uint8Ar
         throw invalid("rng(n)", seeds, `${16 * reads} bytes`);
       let and: Uint8Array | undefined;
       let or: Uint8Array | undefined;
-      for (let k = 0; k < reads; k++) {
+      const repeated = typeof puf.readRangeRepeated === "function";
+      if (repeated) {
+        // all `reads` power-ups of the chunk in one pass (same samples as the loop below)
+        const r = puf.readRangeRepeated!(start, count, conditions, seeds);
+        if (!(r?.and instanceof Uint8Array) || r.and.length !== count >> 3 || r.or?.length !== count >> 3)
+          throw invalid("puf.readRangeRepeated()", r?.and, `${count >> 3} bytes of AND and OR`);
+        and = r.and;
+        or = r.or;
+      }
+      for (let k = 0; !repeated && k < reads; k++) {
         const r = fast.readRange(start, count, conditions, () => seeds.subarray(16 * k, 16 * k + 16));
         if (!(r instanceof Uint8Array) || r.length !== count >> 3)
           throw invalid("puf.readRange()", r, `${count >> 3} bytes`);

@@ -72,6 +72,35 @@ export class Xoshiro128 {
     this.#s3 = s3;
     return out;
   }
+
+  /**
+   * The next `n` outputs into out[offset], out[offset + stride], ...: the same sequence as
+   * fill(), laid out so that several generators can be interleaved in one array.
+   */
+  fillStrided(out: Uint32Array, offset: number, stride: number, n: number): Uint32Array {
+    if (!(offset >= 0 && stride >= 1 && n >= 0 && (n === 0 || offset + (n - 1) * stride < out.length)))
+      throw new RangeError("Xoshiro128: fillStrided range outside the array");
+    let s0 = this.#s0;
+    let s1 = this.#s1;
+    let s2 = this.#s2;
+    let s3 = this.#s3;
+    for (let i = 0, j = offset; i < n; i++, j += stride) {
+      const x = Math.imul(s1, 5);
+      out[j] = Math.imul((x << 7) | (x >>> 25), 9);
+      const t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = (s3 << 11) | (s3 >>> 21);
+    }
+    this.#s0 = s0;
+    this.#s1 = s1;
+    this.#s2 = s2;
+    this.#s3 = s3;
+    return out;
+  }
 }
 
 function rotl(x: number, k: number): number {

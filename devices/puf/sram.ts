@@ -138,6 +138,17 @@ export interface PufDevice {
     conditions?: PufConditions,
     rng?: (n: number) => Uint8Array,
   ): Uint8Array;
+  /**
+   * Optional: `seeds.length / 16` power-ups of cells [start, start + count), power-up k being
+   * exactly readRange(start, count, conditions, () => seeds.subarray(16 k, 16 k + 16)), returned
+   * as the bitwise AND and OR of all of them (what enrollment's stability masking keeps).
+   */
+  readRangeRepeated?(
+    start: number,
+    count: number,
+    conditions: PufConditions,
+    seeds: Uint8Array,
+  ): { and: Uint8Array; or: Uint8Array };
 }
 
 export interface SramPufOptions {
@@ -354,6 +365,87 @@ export class SramPuf implements PufDevice {
       }
     }
     return out;
+  }
+
+  /**
+   * Several power-ups of a range at once (PufDevice.readRangeRepeated): the same samples as
+   * that many readRange() calls with the given 16-byte seeds, but each cell's threshold is
+   * looked up once and compared with all of its noise values (the generators' outputs are
+   * interleaved, read k at index w * reads + k), instead of one table pass per power-up.
+   */
+  readRangeRepeated(
+    start: number,
+    count: number,
+    conditions: PufConditions,
+    seeds: Uint8Array,
+  ): { and: Uint8Array; or: Uint8Array } {
+    if (!Number.isInteger(start) || start < 0 || start % 8 !== 0 || start > this.cells)
+      throw invalid("start", start, `a multiple of 8 in [0, ${this.cells}]`);
+    if (!Number.isInteger(count) || count < 0 || count % 8 !== 0 || start + count > this.cells)
+      throw invalid("count", count, `a multiple of 8 in [0, ${this.cells - start}]`);
+    assertConditions(conditions);
+    if (!(seeds instanceof Uint8Array) || seeds.length < 16 || seeds.length > 1024 || seeds.length % 16 !== 0)
+      throw invalid("seeds", seeds, "16 bytes per power-up, 1..64 power-ups");
+    const reads = seeds.length >> 4;
+    const seedOf = (k: number) => () => seeds.subarray(16 * k, 16 * k + 16);
+    if (conditions.berOverride !== undefined) {
+      // fault injection only (enrollment runs at real conditions): read by read
+      const and = this.readRange(start, count, conditions, seedOf(0));
+      const or = and.slice();
+      for (let k = 1; k < reads; k++) {
+        const r = this.readRange(start, count, conditions, seedOf(k));
+        for (let i = 0; i < r.length; i++) {
+          and[i] &= r[i];
+          or[i] |= r[i];
+        }
+      }
+      return { and, or };
+    }
+    const end = start + count;
+    const codes = this.#codesUpTo(end);
+    const words = count >> 1;
+    if (scratch.length < reads * words) scratch = new Uint32Array(reads * words);
+    const noise = scratch;
+    for (let k = 0; k < reads; k++)
+      new Xoshiro128(seeds.subarray(16 * k, 16 * k + 16)).fillStrided(noise, k, reads, words);
+    // Cell reads 1 iff u >= T[code]. T = 0 (always 1) and T = 65536 (always 0) are common at
+    // low noise: such a pair needs no comparisons.
+    const T = thresholdTable(noiseRatio(conditions, this.noise), this.bias);
+    const and = new Uint8Array(count >> 3);
+    const or = new Uint8Array(count >> 3);
+    for (let byte = 0, i = start, w = 0; i < end; byte++) {
+      let va = 0;
+      let vo = 0;
+      for (let b = 0; b < 8; b += 2, i += 2, w++) {
+        const t0 = T[codes[i]];
+        const t1 = T[codes[i + 1]];
+        if (((t0 | t1) & 0xffff) === 0) {
+          // both fixed: 1 when T = 0, 0 when T = 65536
+          const v = ((t0 >>> 16) ^ 1) | (((t1 >>> 16) ^ 1) << 1);
+          va |= v << b;
+          vo |= v << b;
+          continue;
+        }
+        let and0 = 1;
+        let or0 = 0;
+        let and1 = 1;
+        let or1 = 0;
+        for (let j = w * reads, e = j + reads; j < e; j++) {
+          const x = noise[j];
+          const b0 = 1 ^ (((x & 0xffff) - t0) >>> 31);
+          const b1 = 1 ^ (((x >>> 16) - t1) >>> 31);
+          and0 &= b0;
+          or0 |= b0;
+          and1 &= b1;
+          or1 |= b1;
+        }
+        va |= (and0 | (and1 << 1)) << b;
+        vo |= (or0 | (or1 << 1)) << b;
+      }
+      and[byte] = va;
+      or[byte] = vo;
+    }
+    return { and, or };
   }
 
   /**
