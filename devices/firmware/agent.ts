@@ -115,9 +115,9 @@ export class DeviceAgent {
    * always that of the genuine chip: a clone carries a copy of the genuine helper data (it is
    * public) but reads its own, different PUF.
    */
-  private ensureHelper(dev: DeviceRef, next: () => DeviceState): Buffer {
+  private ensureHelper(dev: DeviceRef, next: () => DeviceState): { helper: Buffer; genuine?: PufDevice } {
     const cur = next().helper;
-    if (cur) return cur;
+    if (cur) return { helper: cur };
     if (next().otp.words[1]! & CONFIG.PUF_DISABLED)
       fail(Status.INVALID_STATE, "puf: got a zeroized PUF, want a live one");
     const genuine = this.puf.createPufDevice(
@@ -130,10 +130,15 @@ export class DeviceAgent {
     const s = next();
     s.helper = helper;
     if (lifecycleOf(s.otp) === "blank") transition(s.otp, "provisioned");
-    return helper;
+    return { helper, genuine };
   }
 
-  private pufKey(dev: DeviceRef, helper: Buffer, epoch: number): DeviceKey {
+  /**
+   * The key of `epoch`, from the key cache or by reconstruction. `genuine` is the device's
+   * own PUF object if this call already made it (first contact: enroll, then reconstruct from
+   * the same silicon); a clone always reads its own, other PUF.
+   */
+  private pufKey(dev: DeviceRef, helper: Buffer, epoch: number, genuine?: PufDevice): DeviceKey {
     const cacheable = !dev.clone && !dev.noisy;
     const ck = `${dev.index}/${epoch}`;
     if (cacheable) {
@@ -144,15 +149,16 @@ export class DeviceAgent {
     let secret: Uint8Array;
     this.counters.reconstructions++;
     try {
-      secret = this.puf.reconstruct(this.pufOf(dev), helper, conditions);
+      const device = genuine !== undefined && !dev.clone ? genuine : this.pufOf(dev);
+      secret = this.puf.reconstruct(device, helper, conditions);
     } catch (e) {
       this.counters.reconstructionFailures++;
       const why = e instanceof FleetError ? e.code : "error";
       return fail(Status.KEY_FAILURE, `puf: key reconstruction failed (${why}), want a stable key`);
     }
-    const { privateKey, publicKey } = this.puf.deriveP256(secret, contextOf(epoch));
+    const { privateKey, publicKey, spki } = this.puf.deriveP256(secret, contextOf(epoch));
     secret.fill(0);
-    const key = { privateKey, publicKey, spki: publicKey.export({ type: "spki", format: "der" }) };
+    const key = { privateKey, publicKey, spki: spki ?? publicKey.export({ type: "spki", format: "der" }) };
     if (cacheable) this.keys.set(ck, key);
     return key;
   }
@@ -196,8 +202,10 @@ export class DeviceAgent {
       if (!copy) copy = cloneState(dev.state);
       return copy;
     };
-    const helper = dev.state.helper ?? this.ensureHelper(dev, next);
-    return { key: this.pufKey(dev, helper, e), source: "puf", next: copy };
+    const { helper, genuine } = dev.state.helper
+      ? { helper: dev.state.helper }
+      : this.ensureHelper(dev, next);
+    return { key: this.pufKey(dev, helper, e, genuine), source: "puf", next: copy };
   }
 
   private sourceOf(state: DeviceState): M.IdentitySource {

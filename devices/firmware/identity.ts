@@ -19,7 +19,11 @@ export interface PufApi {
   createPufDevice(farmSeed: Uint8Array, deviceId: string, opts?: { cells?: number }): puf.PufDevice;
   enroll(p: puf.PufDevice): { helper: Uint8Array };
   reconstruct(p: puf.PufDevice, helper: Uint8Array, conditions?: puf.PufConditions): Uint8Array;
-  deriveP256(secret: Uint8Array, context: string): { privateKey: KeyObject; publicKey: KeyObject };
+  /** `spki`, if given, must be publicKey's DER SubjectPublicKeyInfo */
+  deriveP256(
+    secret: Uint8Array,
+    context: string,
+  ): { privateKey: KeyObject; publicKey: KeyObject; spki?: Buffer };
 }
 
 /** The real PUF module (an agent can be given another PufApi only for experiments). */

@@ -176,6 +176,16 @@ function draw(rng: (n: number) => Uint8Array, n: number): Uint8Array {
   return b;
 }
 
+/** A Uint16Array over the keystream reads it little-endian only on a little-endian host. */
+const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/** Zero plaintext for the keystream (never written to, so shared). */
+let zeroBuf = Buffer.alloc(0);
+function zeros(n: number): Buffer {
+  if (zeroBuf.length < n) zeroBuf = Buffer.alloc(Math.max(n, 2 * CODE_CHUNK * 4));
+  return zeroBuf.subarray(0, n);
+}
+
 /** Cells whose skew codes are derived per AES-CTR call (grown on demand). */
 const CODE_CHUNK = 2048;
 
@@ -285,8 +295,11 @@ export class SramPuf implements PufDevice {
       const to = Math.min(this.cells, Math.ceil(end / CODE_CHUNK) * CODE_CHUNK);
       const iv = Buffer.alloc(16);
       iv.writeUInt32BE(from >>> 3, 12); // from is a multiple of 8 cells = one 16-byte block
-      const stream = createCipheriv("aes-256-ctr", this.#key, iv).update(Buffer.alloc(2 * (to - from)));
-      for (let i = from, k = 0; i < to; i++, k += 2) codes[i] = stream[k] | (stream[k + 1] << 8);
+      const stream = createCipheriv("aes-256-ctr", this.#key, iv).update(zeros(2 * (to - from)));
+      if (LITTLE_ENDIAN && (stream.byteOffset & 1) === 0)
+        codes.set(new Uint16Array(stream.buffer, stream.byteOffset, to - from), from);
+      else for (let i = from, k = 0; i < to; i++, k += 2) codes[i] = stream[k] | (stream[k + 1] << 8);
+      stream.fill(0);
       this.#derived = to;
     }
     return codes;
@@ -409,7 +422,7 @@ export class SramPuf implements PufDevice {
     for (let k = 0; k < reads; k++)
       new Xoshiro128(seeds.subarray(16 * k, 16 * k + 16)).fillStrided(noise, k, reads, words);
     // Cell reads 1 iff u >= T[code]. T = 0 (always 1) and T = 65536 (always 0) are common at
-    // low noise: such a pair needs no comparisons.
+    // low noise (about 60% of cells at nominal): such a cell needs no comparisons.
     const T = thresholdTable(noiseRatio(conditions, this.noise), this.bias);
     const and = new Uint8Array(count >> 3);
     const or = new Uint8Array(count >> 3);
@@ -419,25 +432,33 @@ export class SramPuf implements PufDevice {
       for (let b = 0; b < 8; b += 2, i += 2, w++) {
         const t0 = T[codes[i]];
         const t1 = T[codes[i + 1]];
-        if (((t0 | t1) & 0xffff) === 0) {
-          // both fixed: 1 when T = 0, 0 when T = 65536
-          const v = ((t0 >>> 16) ^ 1) | (((t1 >>> 16) ^ 1) << 1);
-          va |= v << b;
-          vo |= v << b;
-          continue;
+        const j0 = w * reads;
+        let and0: number;
+        let or0: number;
+        let and1: number;
+        let or1: number;
+        if ((t0 & 0xffff) === 0) {
+          // fixed cell: 1 when T = 0, 0 when T = 65536
+          and0 = or0 = (t0 >>> 16) ^ 1;
+        } else {
+          and0 = 1;
+          or0 = 0;
+          for (let j = j0, e = j0 + reads; j < e; j++) {
+            const b0 = 1 ^ (((noise[j] & 0xffff) - t0) >>> 31);
+            and0 &= b0;
+            or0 |= b0;
+          }
         }
-        let and0 = 1;
-        let or0 = 0;
-        let and1 = 1;
-        let or1 = 0;
-        for (let j = w * reads, e = j + reads; j < e; j++) {
-          const x = noise[j];
-          const b0 = 1 ^ (((x & 0xffff) - t0) >>> 31);
-          const b1 = 1 ^ (((x >>> 16) - t1) >>> 31);
-          and0 &= b0;
-          or0 |= b0;
-          and1 &= b1;
-          or1 |= b1;
+        if ((t1 & 0xffff) === 0) {
+          and1 = or1 = (t1 >>> 16) ^ 1;
+        } else {
+          and1 = 1;
+          or1 = 0;
+          for (let j = j0, e = j0 + reads; j < e; j++) {
+            const b1 = 1 ^ (((noise[j] >>> 16) - t1) >>> 31);
+            and1 &= b1;
+            or1 |= b1;
+          }
         }
         va |= (and0 | (and1 << 1)) << b;
         vo |= (or0 | (or1 << 1)) << b;
