@@ -120,14 +120,12 @@ export function createManifestVerifier(opts: VerifyOptions): ManifestVerifier {
     if (anchorDer.has(c.der.toString("base64")) || c.x.checkIssued(c.x)) break;
     cas.push(c);
   }
+  const signerKey = signer.key;
   const keyInfo =
-    ALG_OF_KEY[
-      `${signer.x.publicKey.asymmetricKeyType}:${signer.x.publicKey.asymmetricKeyDetails?.namedCurve ?? ""}`
-    ];
-  const signerKey = signer.x.publicKey;
+    ALG_OF_KEY[`${signerKey.asymmetricKeyType}:${signerKey.asymmetricKeyDetails?.namedCurve ?? ""}`];
   const signerKid = (() => {
     try {
-      return jwkThumbprint(jwkFromSpki(signerKey.export({ type: "spki", format: "der" })));
+      return jwkThumbprint(jwkFromSpki(signer.spki));
     } catch {
       return undefined;
     }
