@@ -9,19 +9,101 @@ import * as path from "node:path";
 import type { CaSummary } from "../components/CaHierarchy";
 import { FleetError, invalid } from "../core/errors";
 
-function parseArgs(argv: string[]): { stack: string; out?: string; cwd: string } {
-  const opts: { stack: string; out?: string; cwd: string } = { stack: "demo", cwd: process.cwd() };
+interface Args {
+  stack: string;
+  out?: string;
+  cwd: string;
+  registry?: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const opts: Args = { stack: "demo", cwd: process.cwd() };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const v = argv[i + 1];
-    if (!v || !["--stack", "--out", "--cwd"].includes(a))
-      throw invalid("argument", a, "--stack NAME, --out DIR or --cwd DIR");
+    if (!v || !["--stack", "--out", "--cwd", "--registry"].includes(a))
+      throw invalid("argument", a, "--stack NAME, --out DIR, --cwd DIR or --registry FILE|URL");
     if (a === "--stack") opts.stack = v;
     if (a === "--out") opts.out = v;
     if (a === "--cwd") opts.cwd = v;
+    if (a === "--registry") opts.registry = v;
     i++;
   }
   return opts;
+}
+
+/**
+ * Every live device certificate of every batch in the registry, checked with `openssl verify`
+ * against the hierarchy (root trusted, intermediates untrusted), 500 certificates per call.
+ */
+async function verifyDevices(registry: string, cas: Record<string, CaSummary>, out: string): Promise<number> {
+  const { openRegistry } = await import("../core/registry");
+  const { describeCounts } = await import("../core/enroll/engine");
+  const { toPem } = await import("../core/x509/pem");
+  const reg = await openRegistry(registry);
+  let failed = 0;
+  try {
+    const byFp = new Map(Object.values(cas).map((c) => [c.fingerprintSha256, c]));
+    for (const b of await reg.listBatches()) {
+      if (b.deletedAt) continue;
+      const counts = await reg.counts(b.name);
+      const live = await reg.certificates({ batch: b.name, status: ["live"], limit: 10_000_000 });
+      let ok = 0;
+      let bad = "";
+      const dir = path.join(out, `batch-${b.name}`);
+      fs.mkdirSync(dir, { recursive: true });
+      const groups = new Map<string, typeof live>();
+      for (const c of live) groups.set(c.issuer, [...(groups.get(c.issuer) ?? []), c]);
+      for (const [fp, certs] of groups) {
+        const ca = byFp.get(fp);
+        if (!ca) {
+          bad ||= `issuer ${fp.slice(0, 16)}… is not in stack`;
+          continue;
+        }
+        const chain =
+          ca.chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\n?/g) ?? [];
+        fs.writeFileSync(path.join(dir, "root.pem"), chain[chain.length - 1]!);
+        fs.writeFileSync(path.join(dir, "untrusted.pem"), chain.slice(0, -1).join(""));
+        for (let i = 0; i < certs.length; i += 500) {
+          const files = certs.slice(i, i + 500).map((c) => {
+            const f = path.join(dir, `${c.deviceId}.pem`);
+            fs.writeFileSync(f, toPem("CERTIFICATE", c.der));
+            return f;
+          });
+          const r = spawnSync(
+            "openssl",
+            [
+              "verify",
+              "-x509_strict",
+              "-CAfile",
+              path.join(dir, "root.pem"),
+              "-untrusted",
+              path.join(dir, "untrusted.pem"),
+              ...files,
+            ],
+            { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 },
+          );
+          ok += (r.stdout.match(/: OK$/gm) ?? []).length;
+          if (r.status !== 0)
+            bad ||=
+              (r.stdout + r.stderr)
+                .trim()
+                .split("\n")
+                .find((l) => !/: OK$/.test(l)) ?? "";
+        }
+      }
+      if (ok !== live.length) failed++;
+      console.log(
+        `\nbatch ${b.name} (${b.model}, ${b.source}): ${describeCounts(counts)}\n` +
+          `  ${live.length.toLocaleString("en-US")} live device certificates; openssl verify: ${ok.toLocaleString("en-US")} OK` +
+          (ok === live.length ? "" : `, FAILED: ${bad}`) +
+          `\n  written to ${path.relative(process.cwd(), dir) || "."}/`,
+      );
+    }
+  } finally {
+    await reg.close();
+  }
+  return failed;
 }
 
 function opensslVerify(dir: string, name: string, ca: CaSummary): string {
@@ -92,12 +174,13 @@ async function summary(argv: string[]): Promise<number> {
   console.log(
     `check one yourself: openssl verify -CAfile ${path.join(out, "root.pem")} -untrusted <intermediates> ${path.join(out, "<ca>.pem")}`,
   );
+  if (o.registry) failed += await verifyDevices(o.registry, cas, out);
   return failed ? 1 : 0;
 }
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === "summary") return summary(rest);
-  console.error("usage: fleet ca summary [--stack NAME] [--out DIR] [--cwd DIR]");
+  console.error("usage: fleet ca summary [--stack NAME] [--out DIR] [--cwd DIR] [--registry FILE|URL]");
   return 2;
 }

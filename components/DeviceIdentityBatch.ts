@@ -7,6 +7,11 @@
  * (counts per device state, manifest digest, issuing CA fingerprint, policy digest), so the
  * state stays the same size from 1,000 to 1,000,000 devices. The declaration is checked
  * against the fleet policy at construction, so `pulumi preview` stops on a mandatory violation.
+ *
+ * Import: a batch that is in the registry but not in the stack (state lost, or moved to another
+ * stack) is adopted by declaring it with the same name: create converges to what the registry
+ * holds and enrolls nothing twice. (Pulumi's `import` option cannot be used: the Node dynamic
+ * provider host needs the resource's stored properties to find its provider.)
  */
 import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
@@ -108,12 +113,8 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         firstSerial: first,
         count: args.serials.count,
         profile: (args.profile ?? {}) as never,
-        issuer: pulumi.secret({
-          name: ca.name,
-          certificatePem: ca.certificatePem,
-          chainPem: ca.chainPem,
-          keyPem: ca.keyPem,
-        }) as never,
+        issuer: { name: ca.name, certificatePem: ca.certificatePem, chainPem: ca.chainPem } as never,
+        issuerKeyPem: pulumi.secret(ca.keyPem),
         station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
         crlDir: args.crlDir ?? ".fleetguard/crl",

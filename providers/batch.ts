@@ -48,7 +48,7 @@ export const batchProvider: pulumi.dynamic.ResourceProvider = {
   async read(id, props) {
     return runtime()
       .batch()
-      .read(id, props as Record<string, unknown> | undefined);
+      .read(id, props as Record<string, unknown>);
   },
   async delete(id, props) {
     return runtime()
@@ -95,7 +95,7 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
       { ...outputs, ...args },
       {
         ...opts,
-        additionalSecretOutputs: ["issuer", ...(opts?.additionalSecretOutputs ?? [])],
+        additionalSecretOutputs: ["issuerKeyPem", ...(opts?.additionalSecretOutputs ?? [])],
       },
     );
   }

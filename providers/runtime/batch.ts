@@ -48,7 +48,9 @@ export interface BatchInputs {
   firstSerial: number;
   count: number;
   profile: DeviceCertificateProfile;
-  issuer: { name: string; certificatePem: string; chainPem: string; keyPem: string };
+  issuer: { name: string; certificatePem: string; chainPem: string };
+  /** the issuing CA's private key: a secret input and output, never in plaintext state */
+  issuerKeyPem: string;
   station: { host: string; port: number };
   /** SQLite file (relative to the program directory) or postgres:// URL */
   registry: string;
@@ -132,7 +134,7 @@ function issuerOf(i: BatchInputs, needKey: boolean): IssuerMaterial {
   return {
     certificate,
     chain: chain.slice(1),
-    key: needKey ? loadPrivateKey(i.issuer.keyPem, "issuer.keyPem") : undefined,
+    key: needKey ? loadPrivateKey(i.issuerKeyPem, "issuerKeyPem") : undefined,
     fingerprint: crypto.createHash("sha256").update(certificate).digest("hex"),
   };
 }
@@ -275,7 +277,7 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
 async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMaterial) {
   return publishCrl(
     registry,
-    { certificatePem: i.issuer.certificatePem, keyPem: i.issuer.keyPem, fingerprint: issuer.fingerprint },
+    { certificatePem: i.issuer.certificatePem, keyPem: i.issuerKeyPem, fingerprint: issuer.fingerprint },
     crlDirOf(i),
   );
 }
@@ -333,41 +335,7 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
   };
 }
 
-export async function read(id: string, props?: Record<string, unknown>) {
-  // import: rebuild the resource from the registry
-  if (!props || !("declarationDigest" in props)) {
-    const location =
-      (props?.registry as string | undefined) ?? process.env.FLEETGUARD_REGISTRY ?? ".fleetguard/registry.db";
-    return withRegistry({ registry: location }, async (registry) => {
-      const b = await registry.getBatch(id);
-      if (!b || b.deletedAt)
-        throw new FleetError(
-          "NOT_FOUND",
-          `import: got no live batch '${id}' in registry ${registry.location}, want one`,
-          "id",
-        );
-      const stored = JSON.parse(b.spec) as {
-        declaration?: Omit<BatchInputs, "kind" | "station" | "registry">;
-      };
-      if (!stored.declaration)
-        throw new FleetError("NOT_FOUND", `import: batch '${id}' has no declaration recorded`, "id");
-      const counts = await registry.counts(id);
-      const inputs = {
-        kind: "fleetguard:batch",
-        ...stored.declaration,
-        registry: location,
-      } as unknown as BatchInputs;
-      return {
-        id,
-        props: {
-          ...inputs,
-          total: stored.declaration.count,
-          counts,
-          declarationDigest: declarationDigest({ ...inputs, issuer: { ...inputs.issuer, keyPem: "" } }),
-        },
-      };
-    });
-  }
+export async function read(id: string, props: Record<string, unknown>) {
   // refresh: compare the registry with the devices; drift goes back into the registry
   const i = props as unknown as BatchInputs & BatchOutputs;
   const issuer = issuerOf(i, false);

@@ -83,6 +83,24 @@ describe("DeviceIdentityBatch with the real engine", () => {
     await checkInvariants(work, farm.port, "lot", { active: 319, quarantined: 1 });
   }, 300_000);
 
+  it("a batch lost from the state is adopted back from the registry, nothing enrolled twice", async () => {
+    const exported = JSON.parse((await stack.run(["stack", "export"])).stdout) as {
+      deployment: { resources: { urn: string }[] };
+    };
+    const urn = exported.deployment.resources.find((r) => r.urn.endsWith("::lot-lot"))!.urn;
+    await stack.run(["state", "delete", urn, "--yes"]);
+    const certsBefore = await withRegistry(work, (reg) => reg.certificates({ batch: "lot", limit: 100_000 }));
+    const up = await stack.run(["up", "--yes", "--skip-preview"]);
+    expect(up.stdout).toMatch(/lot-lot created/);
+    const s = (await stack.outputs()).summary as Summary;
+    expect(s.total).toBe(320);
+    expect(s.counts.active).toBe(319);
+    const certsAfter = await withRegistry(work, (reg) => reg.certificates({ batch: "lot", limit: 100_000 }));
+    expect(certsAfter.length).toBe(certsBefore.length);
+    const same = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+    expect(same.status, same.stdout).toBe(0);
+  }, 300_000);
+
   it("refresh reports drift; the next up repairs what it can and quarantines the rest", async () => {
     // out of band: one device is zeroized at the station, and the registry holds a record
     // whose device the station does not know (restored from an old backup, say)
