@@ -319,6 +319,7 @@ interface SessionResult {
   enrollments: number;
   reconstructions: number;
   walRecords: number;
+  walBytesPerDevice: number;
   walSyncs: number;
 }
 
@@ -372,6 +373,8 @@ async function sessionPhase(
     enrollments: after.enrollments - before.enrollments,
     reconstructions: after.reconstructions - before.reconstructions,
     walRecords: after.walRecords - before.walRecords,
+    // a compaction during the phase resets the log size; then this is not meaningful (< 0)
+    walBytesPerDevice: (after.walBytes - before.walBytes) / ids.length,
     walSyncs: after.walSyncs - before.walSyncs,
   };
 }
@@ -404,12 +407,12 @@ async function fullSession(): Promise<SessionResult[]> {
 function printSessions(rs: SessionResult[]): void {
   console.log("");
   console.log(
-    "| phase | devices | devices/s | farm CPU us/device | client CPU us/device | PUF enrollments | reconstructions | WAL records | WAL syncs |",
+    "| phase | devices | devices/s | farm CPU us/device | client CPU us/device | PUF enrollments | reconstructions | WAL records | WAL bytes/device | WAL syncs |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rs)
     console.log(
-      `| ${r.name} | ${r.devices} | ${r.rate.toFixed(0)} | ${r.farmUs === undefined ? "n/a" : r.farmUs.toFixed(0)} | ${r.clientUs.toFixed(0)} | ${r.enrollments} | ${r.reconstructions} | ${r.walRecords} | ${r.walSyncs} |`,
+      `| ${r.name} | ${r.devices} | ${r.rate.toFixed(0)} | ${r.farmUs === undefined ? "n/a" : r.farmUs.toFixed(0)} | ${r.clientUs.toFixed(0)} | ${r.enrollments} | ${r.reconstructions} | ${r.walRecords} | ${r.walBytesPerDevice.toFixed(0)} | ${r.walSyncs} |`,
     );
 }
 
