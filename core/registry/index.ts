@@ -45,6 +45,8 @@ export interface OpenOptions {
   synchronous?: "FULL" | "NORMAL";
   /** SQLite: how long to wait for another process's write lock (ms) */
   busyTimeoutMs?: number;
+  /** SQLite: page cache in MiB (default 64) */
+  cacheMiB?: number;
   /** PostgreSQL: connections in the pool (default 4) */
   poolSize?: number;
   /** PostgreSQL: connection timeout (ms, default 10 s) */

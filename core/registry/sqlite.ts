@@ -12,7 +12,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import Database from "better-sqlite3";
-import { FleetError } from "../errors";
+import { FleetError, invalid } from "../errors";
 import {
   checkBatchInput,
   checkDate,
@@ -48,6 +48,8 @@ export interface SqliteOptions {
   synchronous?: "FULL" | "NORMAL";
   /** how long to wait for another process's write lock (default 10 s) */
   busyTimeoutMs?: number;
+  /** page cache per connection in MiB (default 64) */
+  cacheMiB?: number;
 }
 
 type Row = Record<string, unknown>;
@@ -130,6 +132,10 @@ export class SqliteRegistry implements Registry {
     this.location = path.resolve(file);
     fs.mkdirSync(path.dirname(this.location), { recursive: true });
     const busy = opts.busyTimeoutMs ?? 10_000;
+    const cacheMiB = opts.cacheMiB ?? 64;
+    if (!Number.isInteger(busy) || busy < 0) throw invalid("busyTimeoutMs", busy, "an integer >= 0");
+    if (!Number.isInteger(cacheMiB) || cacheMiB < 1 || cacheMiB > 4096)
+      throw invalid("cacheMiB", cacheMiB, "an integer in 1..4096");
     try {
       this.db = new Database(this.location, { timeout: busy });
     } catch (err) {
@@ -144,6 +150,8 @@ export class SqliteRegistry implements Registry {
       this.db.pragma("journal_mode = WAL");
       this.db.pragma(`synchronous = ${opts.synchronous === "NORMAL" ? "NORMAL" : "FULL"}`);
       this.db.pragma("foreign_keys = ON");
+      // 64 MiB of page cache (default 2 MiB): the indexes of a 100k-device batch stay in memory
+      this.db.pragma(`cache_size = -${cacheMiB * 1024}`);
       this.migrate();
     } catch (err) {
       this.db.close();

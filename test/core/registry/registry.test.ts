@@ -51,7 +51,9 @@ const backends: Backend[] = [
       const db = new Database(location);
       try {
         const s = db.prepare(sql);
-        return s.reader ? (s.all() as Array<Record<string, unknown>>) : (s.run(), []);
+        if (s.reader) return s.all() as Array<Record<string, unknown>>;
+        s.run();
+        return [];
       } finally {
         db.close();
       }
