@@ -5,6 +5,7 @@
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { CaHierarchy } from "./components/CaHierarchy";
+import { DeviceIdentityBatch } from "./components/DeviceIdentityBatch";
 
 const DEMO_PASSPHRASE = "fleetguard-demo-passphrase-not-a-secret";
 if (pulumi.getStack() !== "demo" && process.env.PULUMI_CONFIG_PASSPHRASE === DEMO_PASSPHRASE) {
@@ -50,5 +51,39 @@ const pki = new CaHierarchy("fleet", {
   ],
 });
 
+// One production lot of line A: PUF-keyed fg100 sensors, enrolled through the device station
+// (the emulated device farm that `npm run demo` starts) and recorded in the device registry.
+const stationPort =
+  config.getNumber("stationPort") ?? Number(process.env.FLEETGUARD_STATION_PORT ?? Number.NaN);
+if (!Number.isInteger(stationPort)) {
+  throw new Error(
+    "fleetguard:stationPort: got nothing, want the device station's TCP port (config fleetguard:stationPort or FLEETGUARD_STATION_PORT; `npm run demo` starts a farm and sets it)",
+  );
+}
+const lot = new DeviceIdentityBatch("line-a-lot-1", {
+  model: "fg100",
+  serials: { first: 0, count: config.getNumber("batchSize") ?? 1000 },
+  identitySource: "puf",
+  // the fuzzy extractor's computed key failure rate at a 20% bit-error corner (docs/puf.md)
+  puf: { keyFailureRate: 7.9e-7 },
+  issuingCa: pki.issuingCa("line-a"),
+  profile: {
+    subject: { organization: org, organizationalUnit: "Line A" },
+    // inside the root's name constraints (permitted DNS: devices.example.com)
+    sans: {
+      dns: ["{deviceId}.devices.example.com"],
+      uri: ["urn:example:device:{deviceId}"],
+    },
+    validityDays: 365,
+    extKeyUsage: ["clientAuth"],
+    crlUrls: ["http://pki.devices.example.com/crl/line-a.crl"],
+  },
+  station: { port: stationPort },
+  registry: config.get("registry") ?? ".state/registry.db",
+  crlDir: config.get("crlDir") ?? ".state/crl",
+  policy: path.join(__dirname, "policies", "baseline.yaml"),
+});
+
 export const rootCertificatePem = pki.rootCertificatePem;
 export const cas = pki.summary;
+export const batch = lot.summary;

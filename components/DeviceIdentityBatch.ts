@@ -36,6 +36,10 @@ export interface DeviceIdentityBatchArgs {
   /** the issuing CA: `hierarchy.issuingCa("line-a")` */
   readonly issuingCa: CaOutputs;
   readonly profile?: DeviceCertificateProfile;
+  /** PUF devices: the fuzzy extractor's key failure rate at the worst operating corner (checked by policy FG-ID-001) */
+  readonly puf?: { readonly keyFailureRate?: number };
+  /** injected devices: the HSM production counter that bounds the lot (checked by policy) */
+  readonly hsmCounter?: { readonly limit: number; readonly hsm?: string };
   /** the device station (the device farm in tests and demos) */
   readonly station: pulumi.Input<{ host?: string; port: number }>;
   /** SQLite file relative to the program (default `.fleetguard/registry.db`) or a postgres:// URL */
@@ -73,6 +77,8 @@ export function declaredBatch(name: string, args: DeviceIdentityBatchArgs): Decl
     identitySource: args.identitySource,
     count: args.serials.count,
     profile: { algorithm: "ecdsa-p256", validityDays: profile.validityDays, keyUsage: profile.keyUsage },
+    ...(args.puf ? { puf: { ...args.puf } } : {}),
+    ...(args.hsmCounter ? { hsmCounter: { ...args.hsmCounter } } : {}),
   };
 }
 

@@ -4,7 +4,7 @@
  * validated once per batch and compiled into a core/x509 LeafTemplate so that each device costs
  * one patch of serial, CN, SPKI, SKI and SAN plus one signature.
  *
- * Templates in the subject and SANs may use `${deviceId}`, `${batch}` and `${model}`.
+ * Templates in the subject and SANs may use `{deviceId}`, `{batch}` and `{model}`.
  */
 import * as crypto from "node:crypto";
 import { canonicalJson } from "../canonical";
@@ -16,9 +16,9 @@ import { algorithmOf } from "../x509/keys";
 import { parseCertificate, subjectKeyIdOf } from "../x509/parse";
 
 export interface DeviceCertificateProfile {
-  /** subject attributes; commonName is a template (default `${deviceId}`) */
+  /** subject attributes; commonName is a template (default `{deviceId}`) */
   subject?: { organization?: string; organizationalUnit?: string; commonName?: string };
-  /** subjectAltName entries (templates), e.g. uri `urn:fleetguard:device:${deviceId}` */
+  /** subjectAltName entries (templates), e.g. uri `urn:fleetguard:device:{deviceId}` */
   sans?: { uri?: string[]; dns?: string[] };
   validityDays?: number;
   keyUsage?: KeyUsage[];
@@ -42,10 +42,9 @@ const OID_RE = /^[0-2](\.(0|[1-9]\d*))+$/;
 function template(v: unknown, field: string): string {
   if (typeof v !== "string" || v.length === 0 || v.length > 200)
     throw invalid(field, v, "a string of 1..200 characters");
-  for (const m of v.matchAll(/\$\{([^}]*)\}/g)) {
+  for (const m of v.matchAll(/\{([^}]*)\}/g)) {
     if (!TEMPLATE_VARS.has(m[1]!))
-      // biome-ignore lint/suspicious/noTemplateCurlyInString: a profile placeholder, filled per device
-      throw invalid(field, v, "only ${deviceId}, ${batch} and ${model} as placeholders");
+      throw invalid(field, v, "only {deviceId}, {batch} and {model} as placeholders");
   }
   return v;
 }
@@ -71,11 +70,10 @@ export function resolveProfile(p: unknown, field = "profile"): ResolvedProfile {
     ...(s.organizationalUnit !== undefined
       ? { organizationalUnit: template(s.organizationalUnit, `${field}.subject.organizationalUnit`) }
       : {}),
-    // biome-ignore lint/suspicious/noTemplateCurlyInString: a profile placeholder, filled per device
-    commonName: template(s.commonName ?? "${deviceId}", `${field}.subject.commonName`),
+    commonName: template(s.commonName ?? "{deviceId}", `${field}.subject.commonName`),
   };
   for (const k of ["organization", "organizationalUnit"] as const) {
-    if (subject[k]?.includes("${"))
+    if (subject[k]?.includes("{"))
       throw invalid(
         `${field}.subject.${k}`,
         subject[k],
@@ -123,7 +121,7 @@ export interface DeviceNames {
 }
 
 const fill = (t: string, vars: Record<string, string>) =>
-  t.replace(/\$\{(\w+)\}/g, (_, k: string) => vars[k] ?? "");
+  t.replace(/\{(\w+)\}/g, (_, k: string) => vars[k] ?? "");
 
 /** The names of one device under a profile. */
 export function deviceNames(p: ResolvedProfile, deviceId: string, batch: string, model: string): DeviceNames {

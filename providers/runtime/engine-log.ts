@@ -49,5 +49,9 @@ export function engineLog(
   req.setMessage(message);
   if (o.urn) req.setUrn(o.urn);
   req.setEphemeral(!!o.ephemeral);
-  return new Promise<void>((resolve) => c.log(req, () => resolve()));
+  // one at a time, so the engine shows messages in the order they were sent
+  queue = queue.then(() => new Promise<void>((resolve) => c.log(req, () => resolve())));
+  return queue;
 }
+
+let queue: Promise<void> = Promise.resolve();

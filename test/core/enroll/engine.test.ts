@@ -72,8 +72,7 @@ const spec = (over: Partial<BatchSpec> = {}): BatchSpec => ({
   count: 40,
   profile: resolveProfile({
     subject: { organization: "Acme" },
-    // biome-ignore lint/suspicious/noTemplateCurlyInString: a profile placeholder, filled per device
-    sans: { uri: ["urn:acme:device:${deviceId}"] },
+    sans: { uri: ["urn:acme:device:{deviceId}"] },
     validityDays: 365,
   }),
   maxQuarantinedFraction: 0.1,
