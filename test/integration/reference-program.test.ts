@@ -19,10 +19,27 @@ describe("reference program", () => {
     const s = new PulumiStack(REPO, "it-reference");
     stacks.push(s);
     await s.init();
+    // a preview of a new batch does not contact the station; any port declares it
+    s.env.FLEETGUARD_STATION_PORT = "7700";
     const ops = (await s.previewSteps()).map((x) => `${x.op} ${x.urn.split("::").pop()}`);
     expect(ops).toEqual(
-      expect.arrayContaining(["create fleet-root", "create fleet-manufacturing", "create fleet-line-a"]),
+      expect.arrayContaining([
+        "create fleet-root",
+        "create fleet-manufacturing",
+        "create fleet-line-a",
+        "create line-a-lot-1-lot",
+      ]),
     );
+  });
+
+  it("says what it wants when the device station is not given", async () => {
+    const s = new PulumiStack(REPO, "it-reference-nostation");
+    stacks.push(s);
+    await s.init();
+    delete s.env.FLEETGUARD_STATION_PORT;
+    const r = await s.run(["preview"], { allowFail: true });
+    expect(r.status).not.toBe(0);
+    expect(`${r.stdout}${r.stderr}`).toMatch(/fleetguard:stationPort: got nothing, want the device station's TCP port/);
   });
 
   it("refuses the throwaway demo passphrase on any other stack, naming what it wants", async () => {
