@@ -81,6 +81,8 @@ const lot = new DeviceIdentityBatch("line-a-lot-1", {
   station: { port: stationPort },
   registry: config.get("registry") ?? ".state/registry.db",
   crlDir: config.get("crlDir") ?? ".state/crl",
+  // a signed manifest (Trust&GO style) a hub registration can bulk-import
+  manifestPath: config.get("manifestPath") ?? ".state/manifests/line-a-lot-1.json",
   policy: path.join(__dirname, "policies", "baseline.yaml"),
 });
 

@@ -16,7 +16,18 @@ const groups: Record<
     summary: "validate policies, evaluate a fleet, review a pull request",
     load: () => import("./policy"),
   },
-  ca: { summary: "inspect the CA hierarchy of a stack", load: () => import("./ca") },
+  ca: {
+    summary: "inspect the CA hierarchy of a stack (and verify device certificates)",
+    load: () => import("./ca"),
+  },
+  batch: {
+    summary: "device batches in the registry: status with progress, audit trail",
+    load: () => import("./batch"),
+  },
+  manifest: {
+    summary: "verify a signed device manifest before a bulk import",
+    load: () => import("./manifest"),
+  },
 };
 
 function usage(): string {

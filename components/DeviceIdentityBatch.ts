@@ -44,6 +44,8 @@ export interface DeviceIdentityBatchArgs {
   readonly station: pulumi.Input<{ host?: string; port: number }>;
   /** SQLite file relative to the program (default `.fleetguard/registry.db`) or a postgres:// URL */
   readonly registry?: pulumi.Input<string>;
+  /** write a signed manifest of the batch (Trust&GO style, docs/manifests.md) to this file after each run */
+  readonly manifestPath?: string;
   /** where revocation lists are published (default `.fleetguard/crl`) */
   readonly crlDir?: string;
   /** fleet policy (path or loaded) the batch must obey; it also bounds quarantine and re-issue waves */
@@ -124,6 +126,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
         crlDir: args.crlDir ?? ".fleetguard/crl",
+        ...(args.manifestPath ? { manifestPath: args.manifestPath } : {}),
         policy: policyInputs,
         progressUrn: pulumi.createUrn(`${name}-lot`, "pulumi-nodejs:dynamic:Resource", this),
       },

@@ -74,6 +74,12 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
     checkedAt: string | null;
   }>;
   declare readonly crl: pulumi.Output<{ path: string; crlNumber: number; revoked: number } | null>;
+  declare readonly manifest: pulumi.Output<{
+    path: string;
+    signerPath: string;
+    entries: number;
+    digest: string;
+  } | null>;
 
   constructor(name: string, args: BatchResourceArgs, opts?: pulumi.CustomResourceOptions) {
     const outputs = {
@@ -88,6 +94,7 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
       lastRun: undefined,
       drift: undefined,
       crl: undefined,
+      manifest: undefined,
     };
     super(
       batchProvider,

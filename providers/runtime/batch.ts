@@ -19,6 +19,7 @@ import {
   describePlan,
   type Progress,
 } from "../../core/enroll/engine";
+import { exportManifest } from "../../core/enroll/manifest";
 import {
   type DeviceCertificateProfile,
   type IssuerMaterial,
@@ -57,6 +58,8 @@ export interface BatchInputs {
   /** where CRLs are published (default: `.fleetguard/crl` next to the program) */
   crlDir: string;
   policy: BatchPolicyInputs;
+  /** write a signed manifest of the batch here after each run (relative to the program directory) */
+  manifestPath?: string;
   /** URN of this resource, so progress shows on its line in `pulumi up` */
   progressUrn?: string;
 }
@@ -73,6 +76,7 @@ export interface BatchOutputs {
   lastRun: { enrolled: number; reissued: number; decommissioned: number; at: string };
   drift: { lostCertificate: number; missingDevice: number; checkedAt: string | null };
   crl: { path: string; crlNumber: number; revoked: number } | null;
+  manifest: { path: string; signerPath: string; entries: number; digest: string } | null;
 }
 
 const isUnknown = (v: unknown): boolean =>
@@ -224,6 +228,7 @@ function outputsOf(
   s: BatchSummary,
   prev?: Partial<BatchOutputs>,
   crl?: BatchOutputs["crl"],
+  manifest?: BatchOutputs["manifest"],
 ): BatchOutputs {
   return {
     total: s.total,
@@ -242,6 +247,7 @@ function outputsOf(
     },
     drift: prev?.drift ?? { lostCertificate: 0, missingDevice: 0, checkedAt: null },
     crl: crl ?? prev?.crl ?? null,
+    manifest: manifest ?? null,
   };
 }
 
@@ -269,7 +275,20 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
           crl = await publish(i, registry, issuer);
       }
       await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
-      return outputsOf(i, summary, prev, crl);
+      let manifest: BatchOutputs["manifest"] | undefined;
+      if (i.manifestPath) {
+        const m = await exportManifest(
+          registry,
+          { name: i.name, model: i.model },
+          { certificatePem: i.issuer.certificatePem, chainPem: i.issuer.chainPem, keyPem: i.issuerKeyPem },
+          path.resolve(process.cwd(), i.manifestPath),
+        );
+        manifest = m;
+        await engineLog(`batch ${i.name}: signed manifest of ${m.entries} devices at ${m.path}`, {
+          urn: i.progressUrn,
+        });
+      }
+      return outputsOf(i, summary, prev, crl, manifest);
     }),
   );
 }
