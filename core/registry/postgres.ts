@@ -372,6 +372,9 @@ export class PostgresRegistry implements Registry {
     if (transitions.length === 0) return;
     const when = iso(at);
     await this.tx(async (c) => {
+      // Joins against unnest() must probe the indexes: left to itself the planner hashes the
+      // whole devices table for every chunk once it holds ~100k rows (O(batch) per chunk).
+      await c.query("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off");
       for (const round of rounds(transitions)) await this.applyRound(c, round, when);
     });
   }

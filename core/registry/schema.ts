@@ -8,6 +8,9 @@
  *
  * Device IDs and serials compare bytewise in both (SQLite BINARY, PostgreSQL COLLATE "C"), so
  * keyset pagination gives the same pages whatever the database's locale.
+ * There is deliberately no index leading with (batch, state): it would let a planner with stale
+ * statistics answer a compare-and-set by scanning every device of a state; the (batch, device_id)
+ * index covers state, so counts still read only the index.
  * Representation: SQLite stores times as epoch milliseconds (INTEGER) and bytes as BLOB;
  * PostgreSQL uses timestamptz and bytea. The audit table is append-only, enforced by the database
  * itself (triggers), not only by this code.
@@ -47,8 +50,7 @@ CREATE TABLE devices (
   cert_serial TEXT,
   updated_at  INTEGER NOT NULL
 );
-CREATE INDEX devices_batch_id ON devices(batch, device_id);
-CREATE INDEX devices_batch_state ON devices(batch, state);
+CREATE INDEX devices_batch ON devices(batch, device_id, state);
 CREATE TABLE certificates (
   serial            TEXT PRIMARY KEY,
   device_id         TEXT NOT NULL REFERENCES devices(device_id),
@@ -102,8 +104,7 @@ CREATE TABLE devices (
   cert_serial text,
   updated_at  timestamptz NOT NULL
 );
-CREATE INDEX devices_batch_id ON devices(batch, device_id);
-CREATE INDEX devices_batch_state ON devices(batch, state);
+CREATE INDEX devices_batch ON devices(batch, device_id) INCLUDE (state);
 CREATE TABLE certificates (
   serial            text COLLATE "C" PRIMARY KEY,
   device_id         text COLLATE "C" NOT NULL REFERENCES devices(device_id),
