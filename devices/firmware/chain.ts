@@ -180,15 +180,24 @@ export function parseLeaf(der: Uint8Array): X509Certificate {
   }
 }
 
-/** Whether the leaf certifies `spki` (DER SubjectPublicKeyInfo, as the device exports it). */
+/** The SPKI bytes as found in a parsed leaf (null: our reader could not read it). */
+const rawSpki = new WeakMap<X509Certificate, Buffer | null>();
+
+/**
+ * Whether the leaf certifies `spki` (DER SubjectPublicKeyInfo, as the device exports it).
+ * `leafDer` must be the bytes `leaf` was parsed from.
+ */
 export function leafCertifies(leaf: X509Certificate, leafDer: Uint8Array, spki: Buffer): boolean {
   // Fast path: the certificate carries the very bytes. Otherwise compare OpenSSL's re-encoding,
   // which also matches another encoding of the same key (e.g. a compressed point).
-  let raw: Buffer | undefined;
-  try {
-    raw = parseCertificate(leafDer).spki;
-  } catch {
-    raw = undefined;
+  let raw = rawSpki.get(leaf);
+  if (raw === undefined) {
+    try {
+      raw = parseCertificate(leafDer).spki;
+    } catch {
+      raw = null;
+    }
+    rawSpki.set(leaf, raw);
   }
   if (raw?.equals(spki)) return true;
   return leaf.publicKey.export({ type: "spki", format: "der" }).equals(spki);

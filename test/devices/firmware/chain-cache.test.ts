@@ -1,7 +1,13 @@
 // The farm-wide memo of CA certificates and CA links in devices/firmware/chain.ts: a cached good
 // link must never let anything else through, and a warm cache must answer exactly what a cold
 // check answers, for good chains and for tampered ones.
-import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
+import {
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+  X509Certificate,
+} from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { StationError, Status } from "../../../core/station/frame";
 import type { Subject } from "../../../core/station/messages";
@@ -189,6 +195,33 @@ describe("CA cache in the device's chain check", () => {
     // most changes are refused; some (e.g. in an unchecked field such as the serial) are not
     expect(refused / tried).toBeGreaterThan(0.5);
     expect(outcome(chain, k.spki, warm)).toBe("ok");
+  });
+
+  it("compares the leaf key as OpenSSL exports it when the bytes differ (another encoding)", () => {
+    const cache = warmCache();
+    const k = key();
+    const jwk = createPublicKey(k.privateKey).export({ format: "jwk" });
+    const x = Buffer.from(jwk.x!, "base64url");
+    const y = Buffer.from(jwk.y!, "base64url");
+    const compressed = Buffer.concat([
+      Buffer.from("3039301306072a8648ce3d020106082a8648ce3d030107032200", "hex"),
+      Buffer.from([2 + (y[31]! & 1)]),
+      x,
+    ]);
+    const leaf = cert("dev", { privateKey: k.privateKey, spki: compressed }, "Issuing", issKey, {
+      ca: false,
+      akiOf: issKey,
+    });
+    // the rule before the fast path: OpenSSL's export of the leaf key equals the device's SPKI
+    const exported = new X509Certificate(leaf).publicKey.export({ type: "spki", format: "der" });
+    const want = exported.equals(k.spki)
+      ? "ok"
+      : "8 chain[0].subjectPublicKey: got another key, want this device's key";
+    expect(outcome([leaf, iss, inter, root], k.spki, cache)).toBe(want);
+    expect(outcome([leaf, iss, inter, root], k.spki, new CaCache(0, 0))).toBe(want);
+    // same key, other bytes: OpenSSL 3.0 keeps the compressed form, so the device refuses it
+    expect(want).not.toBe("ok");
+    expect(outcome([leafFor(k), iss, inter, root], k.spki, cache)).toBe("ok");
   });
 
   it("stays within its bounds", () => {
