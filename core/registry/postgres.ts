@@ -109,11 +109,36 @@ function toAudit(r: Row): AuditRecord {
 
 const iso = (d: Date) => d.toISOString();
 
+/** The compare-and-set of one round (exported for the test that pins its query plan). */
+export const CAS_SQL = `UPDATE devices d SET
+   state = i.to_state,
+   reason = CASE WHEN d.state <> i.to_state THEN i.reason ELSE COALESCE(i.reason, d.reason) END,
+   public_key = COALESCE(i.public_key, d.public_key),
+   epoch = COALESCE(i.epoch, d.epoch),
+   cert_serial = CASE WHEN i.cert_serial IS NOT NULL THEN i.cert_serial
+                      WHEN i.revoke THEN NULL ELSE d.cert_serial END,
+   updated_at = $10
+ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::int[],
+             $8::text[], $9::bool[])
+   AS i(device_id, batch, from_state, to_state, reason, public_key, epoch, cert_serial, revoke)
+ WHERE d.device_id = i.device_id AND d.batch = i.batch AND d.state = i.from_state
+ RETURNING d.device_id`;
+
+/** Set at the start of every apply transaction: joins against unnest() probe indexes. */
+export const APPLY_SESSION_SQL = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 /** Connection-level failures become UNAVAILABLE naming the (redacted) location; others pass through. */
 function mapError(err: unknown, location: string): unknown {
   if (err instanceof FleetError) return err;
   const e = err as { code?: string; message?: string };
   const code = e?.code ?? "";
+  // two writers crossing on the same devices: the loser's call is rolled back and may be retried
+  if (code === "40P01" || code === "40001")
+    return new FleetError(
+      "CONFLICT",
+      `registry: got a concurrent write to the same devices (${code === "40P01" ? "deadlock" : "serialization failure"}), want one writer per device; nothing was written, retry`,
+      "registry",
+    );
   if (
     /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|EAI_)/.test(code) ||
     /^(08|57P|53)/.test(code) ||
@@ -374,40 +399,25 @@ export class PostgresRegistry implements Registry {
     await this.tx(async (c) => {
       // Joins against unnest() must probe the indexes: left to itself the planner hashes the
       // whole devices table for every chunk once it holds ~100k rows (O(batch) per chunk).
-      await c.query("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off");
+      await c.query(APPLY_SESSION_SQL);
       for (const round of rounds(transitions)) await this.applyRound(c, round, when);
     });
   }
 
   /** One round: each device at most once, so set-based statements equal sequential application. */
   private async applyRound(c: PoolClient, ts: Transition[], at: string): Promise<void> {
-    const updated = await c.query(
-      `UPDATE devices d SET
-         state = i.to_state,
-         reason = CASE WHEN d.state <> i.to_state THEN i.reason ELSE COALESCE(i.reason, d.reason) END,
-         public_key = COALESCE(i.public_key, d.public_key),
-         epoch = COALESCE(i.epoch, d.epoch),
-         cert_serial = CASE WHEN i.cert_serial IS NOT NULL THEN i.cert_serial
-                            WHEN i.revoke THEN NULL ELSE d.cert_serial END,
-         updated_at = $10
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::int[],
-                   $8::text[], $9::bool[])
-         AS i(device_id, batch, from_state, to_state, reason, public_key, epoch, cert_serial, revoke)
-       WHERE d.device_id = i.device_id AND d.batch = i.batch AND d.state = i.from_state
-       RETURNING d.device_id`,
-      [
-        ts.map((t) => t.deviceId),
-        ts.map((t) => t.batch),
-        ts.map((t) => t.from),
-        ts.map((t) => t.to),
-        ts.map((t) => t.reason ?? null),
-        ts.map((t) => t.publicKey ?? null),
-        ts.map((t) => t.epoch ?? null),
-        ts.map((t) => t.certificate?.serial ?? null),
-        ts.map((t) => t.revoke !== undefined),
-        at,
-      ],
-    );
+    const updated = await c.query(CAS_SQL, [
+      ts.map((t) => t.deviceId),
+      ts.map((t) => t.batch),
+      ts.map((t) => t.from),
+      ts.map((t) => t.to),
+      ts.map((t) => t.reason ?? null),
+      ts.map((t) => t.publicKey ?? null),
+      ts.map((t) => t.epoch ?? null),
+      ts.map((t) => t.certificate?.serial ?? null),
+      ts.map((t) => t.revoke !== undefined),
+      at,
+    ]);
     if (updated.rowCount !== ts.length) {
       const done = new Set(updated.rows.map((r) => r.device_id as string));
       const t = ts.find((x) => !done.has(x.deviceId))!;

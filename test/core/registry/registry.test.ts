@@ -8,6 +8,7 @@ import { Client } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../../core/errors";
 import { openRegistry, parseLocation } from "../../../core/registry";
+import { APPLY_SESSION_SQL, CAS_SQL } from "../../../core/registry/postgres";
 import {
   DEVICE_STATES,
   type DeviceState,
@@ -720,6 +721,27 @@ describe.each(backends)("registry on $name", (backend) => {
     await again.close();
   }, 120_000);
 
+  it("two writers racing on the same devices: one wins whole, the other is a CONFLICT with nothing written", async () => {
+    const { r, loc } = await fresh();
+    const ids = Array.from({ length: 2_000 }, (_, i) => `c-${String(i).padStart(5, "0")}`);
+    await r.addDevices("lot-1", ids);
+    const other = await openRegistry(loc);
+    const wave = (to: DeviceState): Transition[] =>
+      ids.map((deviceId) => ({ deviceId, batch: "lot-1", from: "pending", to }));
+    const results = await Promise.allSettled([r.apply(wave("attested")), other.apply(wave("quarantined"))]);
+    const won = results.filter((x) => x.status === "fulfilled");
+    const lost = results.filter((x): x is PromiseRejectedResult => x.status === "rejected");
+    expect(won.length).toBe(1);
+    expect(lost.length).toBe(1);
+    expect(lost[0]!.reason).toBeInstanceOf(FleetError);
+    expect((lost[0]!.reason as FleetError).code).toBe("CONFLICT");
+    const winner = results[0]!.status === "fulfilled" ? "attested" : "quarantined";
+    expect(await r.counts("lot-1")).toMatchObject({ pending: 0, [winner]: ids.length });
+    expect((await r.audit({ batch: "lot-1" })).length).toBe(2 * ids.length);
+    await other.close();
+    await r.close();
+  }, 60_000);
+
   it("a writer killed with SIGKILL mid-apply leaves all or none of its transaction", async () => {
     const { r, loc } = await fresh();
     const n = 3_000;
@@ -788,4 +810,42 @@ describe.each(backends)("registry on $name", (backend) => {
     if (backend.name === "sqlite")
       expect(await backend.raw(loc, "PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }]);
   }, 120_000);
+
+  if (backend.name === "postgres")
+    it("the compare-and-set probes the primary key, even with statistics from another state", async () => {
+      const { r, loc } = await fresh();
+      const ids = Array.from({ length: 20_000 }, (_, i) => `s-${String(i).padStart(6, "0")}`);
+      for (let i = 0; i < ids.length; i += 5_000) await r.addDevices("lot-1", ids.slice(i, i + 5_000));
+      await backend.raw(loc, "ANALYZE devices"); // statistics say: every device is pending
+      await r.apply(ids.map((deviceId) => ({ deviceId, batch: "lot-1", from: "pending", to: "attested" })));
+      await r.close();
+      const c = new Client({ connectionString: loc });
+      await c.connect();
+      try {
+        await c.query("BEGIN");
+        await c.query(APPLY_SESSION_SQL);
+        const some = ids.slice(1_000, 6_000);
+        const plan = JSON.stringify(
+          (
+            await c.query(`EXPLAIN (FORMAT JSON) ${CAS_SQL}`, [
+              some,
+              some.map(() => "lot-1"),
+              some.map(() => "attested"),
+              some.map(() => "issued"),
+              some.map(() => null),
+              some.map(() => null),
+              some.map(() => null),
+              some.map(() => null),
+              some.map(() => false),
+              new Date().toISOString(),
+            ])
+          ).rows[0]["QUERY PLAN"],
+        );
+        await c.query("ROLLBACK");
+        expect(plan).toContain('"Index Name":"devices_pkey"');
+        expect(plan).not.toMatch(/"Node Type":"(Seq Scan|Hash Join|Merge Join|Bitmap Heap Scan)"/);
+      } finally {
+        await c.end();
+      }
+    }, 60_000);
 });
