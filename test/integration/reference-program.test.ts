@@ -39,7 +39,9 @@ describe("reference program", () => {
     delete s.env.FLEETGUARD_STATION_PORT;
     const r = await s.run(["preview"], { allowFail: true });
     expect(r.status).not.toBe(0);
-    expect(`${r.stdout}${r.stderr}`).toMatch(/fleetguard:stationPort: got nothing, want the device station's TCP port/);
+    expect(`${r.stdout}${r.stderr}`).toMatch(
+      /fleetguard:stationPort: got nothing, want the device station's TCP port/,
+    );
   });
 
   it("refuses the throwaway demo passphrase on any other stack, naming what it wants", async () => {
