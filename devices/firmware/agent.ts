@@ -22,7 +22,16 @@ import { decodeSecrets } from "../injection/hsm";
 import { deriveRaw, P256_SPKI_PREFIX, privateKeyObject } from "../injection/keys";
 import { open as openLicense } from "../injection/license";
 import type { SiliconVendor } from "../injection/vendor";
-import { CaCache, leafCertifies, parseLeaf, verifyChain } from "./chain";
+import {
+  CaCache,
+  type LeafCheck,
+  type LeafFacts,
+  leafCertifies,
+  leafCheckOf,
+  leafFactsOf,
+  parseLeaf,
+  verifyChainWith,
+} from "./chain";
 import {
   contextOf,
   type DeviceKey,
@@ -68,6 +77,19 @@ export interface AgentOptions {
   clock?: () => Date;
   /** memo of parsed CA certificates and verified CA links (default: one per agent) */
   caCache?: CaCache;
+}
+
+/** INSTALL after its first part: what the chain check needs. */
+export interface InstallBegun {
+  chain: Buffer[];
+  anchors: Buffer[];
+  lc: "provisioned" | "closed";
+}
+
+/** INSTALL's leaf: the epoch whose key it certifies (if any) and the check of it. */
+export interface InstallLeaf {
+  target: number;
+  check: LeafCheck;
 }
 
 export interface AgentCounters {
@@ -294,6 +316,17 @@ export class DeviceAgent {
   }
 
   install(dev: DeviceRef, req: M.InstallRequest): Outcome<M.InstallResult> {
+    const begun = this.installBegin(dev, req);
+    if ("done" in begun) return begun.done;
+    return this.installEnd(dev, begun, this.installLeaf(dev, begun.chain));
+  }
+
+  /**
+   * INSTALL, first part (no key needed): the lifecycle, the trust anchors, and a repeat of the
+   * installed chain. The farm's worker threads split INSTALL here: this and installEnd run
+   * where the device state is, installLeaf where the device key is.
+   */
+  installBegin(dev: DeviceRef, req: M.InstallRequest): { done: Outcome<M.InstallResult> } | InstallBegun {
     const lc = lifecycleOf(dev.state.otp);
     if (lc !== "provisioned" && lc !== "closed")
       fail(Status.INVALID_STATE, `lifecycle: got ${lc}, want provisioned or closed`);
@@ -302,7 +335,15 @@ export class DeviceAgent {
       fail(Status.INVALID_STATE, "trust: got no fused trust anchor, want one (SET_TRUST first)");
     const chain = req.chain.map((c) => Buffer.from(c));
     if (lc === "closed" && sameChain(chain, dev.state.chain))
-      return { result: { device: dev.id, lifecycle: lc, epoch: dev.state.epoch } };
+      return { done: { result: { device: dev.id, lifecycle: lc, epoch: dev.state.epoch } } };
+    return { chain, anchors, lc: lc as InstallBegun["lc"] };
+  }
+
+  /**
+   * INSTALL, the leaf: parse it, find which of the device's keys it certifies (the current
+   * epoch's, else the pending rotation's), and hand back the leaf check for that key.
+   */
+  installLeaf(dev: DeviceRef, chain: Buffer[]): InstallLeaf {
     const leaf = parseLeaf(chain[0]!);
     let target = dev.state.epoch;
     let key = this.keyFor(dev, target).key;
@@ -313,11 +354,23 @@ export class DeviceAgent {
         key = pending;
       }
     }
-    verifyChain(chain, anchors, key.spki, this.clock(), this.caCache, leaf);
+    return { target, check: leafCheckOf(leaf, chain[0]!, key.spki) };
+  }
+
+  /** installLeaf with every answer computed, to send to another thread (chain: leaf, issuer). */
+  installLeafFacts(dev: DeviceRef, chain: Buffer[]): { target: number; facts: LeafFacts } {
+    const { target, check } = this.installLeaf(dev, chain);
+    return { target, facts: leafFactsOf(check, chain[1], this.caCache) };
+  }
+
+  /** INSTALL, last part: the chain check against the fused anchors, then the new state. */
+  installEnd(dev: DeviceRef, begun: InstallBegun, leaf: InstallLeaf): Outcome<M.InstallResult> {
+    const { chain, anchors, lc } = begun;
+    verifyChainWith(chain, anchors, this.clock(), this.caCache, leaf.check);
     const next = cloneState(dev.state);
     next.chain = chain;
-    if (target !== next.epoch) {
-      next.epoch = target;
+    if (leaf.target !== next.epoch) {
+      next.epoch = leaf.target;
       next.pendingEpoch = null;
     }
     if (lc === "provisioned") transition(next.otp, "closed");

@@ -204,6 +204,77 @@ export function leafCertifies(leaf: X509Certificate, leafDer: Uint8Array, spki: 
 }
 
 /**
+ * What a chain check needs of the leaf. In one thread it is the parsed X509Certificate
+ * (`leafCheckOf`); the farm's worker threads parse the leaf and verify its signature where the
+ * device key lives and send the answers (`LeafFacts`, `leafCheckFrom`). Either way the chain
+ * check asks the same questions in the same order, so it names the same first failure.
+ */
+export interface LeafCheck {
+  validFrom: Date;
+  validTo: Date;
+  /** X509Certificate.ca of the leaf */
+  ca: boolean;
+  /** linkOf(leaf, issuer): issuer names chain and the leaf's signature verifies */
+  linkTo(issuer: CaEntry): "ok" | "names" | "signature";
+  /** whether the leaf certifies the device key the check is for */
+  certifies(): boolean;
+}
+
+/** The answers of a LeafCheck, computed up front, plain data (structured-clonable). */
+export interface LeafFacts {
+  validFromMs: number;
+  validToMs: number;
+  ca: boolean;
+  /** the hash of the issuer the link was checked against (chain[1]), and the answer */
+  issuerHash?: Uint8Array;
+  link?: "ok" | "names" | "signature";
+  certifies: boolean;
+}
+
+/** The check of a parsed leaf for the device key `spki`; answers are computed when asked. */
+export function leafCheckOf(leaf: X509Certificate, leafDer: Uint8Array, spki: Buffer): LeafCheck {
+  return {
+    validFrom: new Date(leaf.validFrom),
+    validTo: new Date(leaf.validTo),
+    ca: leaf.ca,
+    linkTo: (issuer) => linkOf(leaf, issuer),
+    certifies: () => leafCertifies(leaf, leafDer, spki),
+  };
+}
+
+/**
+ * Every answer of `check` computed now, for chain[1] parsed by `cache` as the issuer (if the
+ * chain has one and it parses: otherwise a chain check fails before it asks).
+ */
+export function leafFactsOf(check: LeafCheck, issuerDer: Uint8Array | undefined, cache: CaCache): LeafFacts {
+  const issuer = issuerDer === undefined ? undefined : cache.entry(issuerDer);
+  return {
+    validFromMs: check.validFrom.getTime(),
+    validToMs: check.validTo.getTime(),
+    ca: check.ca,
+    issuerHash: issuer?.hash,
+    link: issuer ? check.linkTo(issuer) : undefined,
+    certifies: check.certifies(),
+  };
+}
+
+/** A LeafCheck answered from facts computed elsewhere (for the same chain[1]). */
+export function leafCheckFrom(f: LeafFacts): LeafCheck {
+  return {
+    validFrom: new Date(f.validFromMs),
+    validTo: new Date(f.validToMs),
+    ca: f.ca,
+    linkTo(issuer) {
+      // the facts hold the link to chain[1] only, which is the only link a chain check asks for
+      if (f.link === undefined || !f.issuerHash || !issuer.hash.equals(f.issuerHash))
+        throw new Error("leaf facts: asked for a link to another issuer than chain[1]");
+      return f.link;
+    },
+    certifies: () => f.certifies,
+  };
+}
+
+/**
  * Validate `chain` for a device whose key is `leafSpki`. Throws StationError BAD_SIGNATURE
  * for a signature that does not verify, BAD_CERTIFICATE for anything else wrong with it.
  * `leaf` is chain[0] already parsed, if the caller has it.
@@ -216,9 +287,20 @@ export function verifyChain(
   cache: CaCache = sharedCaCache,
   leaf?: X509Certificate,
 ): void {
+  const leafCert = leaf ?? parseLeaf(chain[0]!);
+  verifyChainWith(chain, anchors, now, cache, leafCheckOf(leafCert, chain[0]!, leafSpki));
+}
+
+/** verifyChain with the leaf behind a LeafCheck (the leaf itself parsed already). */
+export function verifyChainWith(
+  chain: Uint8Array[],
+  anchors: Buffer[],
+  now: Date,
+  cache: CaCache,
+  leafCert: LeafCheck,
+): void {
   const n = chain.length;
   // parse everything first, in order, so the first unparsable certificate is the one named
-  const leafCert = leaf ?? parseLeaf(chain[0]!);
   const cas: CaEntry[] = [];
   for (let i = 1; i < n; i++) {
     const e = cache.entry(chain[i]!);
@@ -255,8 +337,8 @@ export function verifyChain(
       );
   }
   for (let i = 0; i < n; i++) {
-    const from = i === 0 ? new Date(leafCert.validFrom) : cas[i - 1]!.validFrom;
-    const to = i === 0 ? new Date(leafCert.validTo) : cas[i - 1]!.validTo;
+    const from = i === 0 ? leafCert.validFrom : cas[i - 1]!.validFrom;
+    const to = i === 0 ? leafCert.validTo : cas[i - 1]!.validTo;
     if (!(from <= now && now <= to))
       throw new StationError(
         Status.BAD_CERTIFICATE,
@@ -267,7 +349,7 @@ export function verifyChain(
     if (i + 1 < n) {
       const issuer = cas[i]!;
       // the leaf is checked on every call; links between CA certificates are memoized
-      const r = i === 0 ? linkOf(leafCert, issuer) : cache.link(cas[i - 1]!, issuer);
+      const r = i === 0 ? leafCert.linkTo(issuer) : cache.link(cas[i - 1]!, issuer);
       if (r === "names")
         throw new StationError(
           Status.BAD_CERTIFICATE,
@@ -280,7 +362,7 @@ export function verifyChain(
         );
     }
   }
-  if (!leafCertifies(leafCert, chain[0]!, leafSpki))
+  if (!leafCert.certifies())
     throw new StationError(
       Status.BAD_CERTIFICATE,
       "chain[0].subjectPublicKey: got another key, want this device's key",
