@@ -27,6 +27,8 @@ const USAGE = `usage:
       --compact-mb N     compact the write-ahead log into a snapshot past N MiB (default 256; 0 = never)
       --max-in-flight N  requests in flight per connection before BUSY (default 4096)
       --host H           loopback address to bind (default 127.0.0.1)
+      --workers N        worker threads for the device-side cryptography (default: one per CPU;
+                         0 = all in the main thread)
   fleet devices ping|stats --port P
   fleet devices identify|status --port P DEVICE`;
 
@@ -87,6 +89,7 @@ async function serve(argv: string[]): Promise<number> {
     "compact-mb",
     "max-in-flight",
     "host",
+    "workers",
   ]);
   if (rest.length) throw invalid("argument", rest[0], "options only");
   if (!flags.state) throw invalid("--state", undefined, "a state directory");
@@ -100,6 +103,7 @@ async function serve(argv: string[]): Promise<number> {
   }
   // loaded here so that `fleet devices ping` does not pay for the farm
   const { startFarm } = await import("../devices/farm/serve");
+  const { MAX_WORKERS } = await import("../devices/farm/farm");
   const farm = await startFarm({
     stateDir: flags.state,
     count: int(flags, "count", 1, 10_000_000),
@@ -116,6 +120,7 @@ async function serve(argv: string[]): Promise<number> {
     compactBytes:
       flags["compact-mb"] === undefined ? undefined : int(flags, "compact-mb", 0, 1 << 20) * 1024 * 1024,
     maxInFlight: flags["max-in-flight"] === undefined ? undefined : int(flags, "max-in-flight", 1, 1 << 20),
+    workers: flags.workers === undefined ? undefined : int(flags, "workers", 0, MAX_WORKERS),
   });
   const info = farm.farm.stats();
   console.log(

@@ -4,10 +4,15 @@
  * its index, and only the devices provisioning changed have a stored state (StateStore), so a
  * farm of a million devices costs memory only for what was written to it.
  *
- * Each request is handled synchronously by the device agent (firmware/agent.ts); a changed
- * state goes to the write-ahead log and the answer waits until it, and any earlier change to
- * the same device, is durable. Batches run their items in order and answer once, with one
- * result per device. Fault knobs make some devices misbehave:
+ * With `workers: 0` each request is handled synchronously by the device agent
+ * (firmware/agent.ts) in this thread. With workers (pool.ts), the operations that use a device
+ * key (and INSTALL's leaf check) run in worker threads, devices sharded by index; this thread
+ * keeps the network, the device states, the log, and the order of requests per device: an
+ * operation starts only when the previous one for the same device has finished (different
+ * devices run in parallel), and reads the state that one left. Either way a changed state goes
+ * to the write-ahead log and the answer waits until it, and any earlier change to the same
+ * device, is durable. Batches answer once, with one result per device, in order. Fault knobs
+ * make some devices misbehave:
  *   clones  an existing ID without its PUF or chip key: key reconstruction and injection fail
  *   noisy   PUF reads at a bit error rate beyond what the fuzzy extractor corrects
  *   drop    the operation runs, then the connection is closed instead of answered
@@ -26,12 +31,21 @@ import {
   deviceOpByCode,
   type FarmStats,
 } from "../../core/station/messages";
-import { type AgentOptions, DeviceAgent, type DeviceRef, type Outcome } from "../firmware/agent";
-import { blankState, type DeviceState } from "../firmware/state";
+import {
+  type AgentCounters,
+  type AgentOptions,
+  DeviceAgent,
+  type DeviceRef,
+  type Outcome,
+} from "../firmware/agent";
+import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
+import { blankState, type DeviceState, decodeState, encodeState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
 import { deviceId, indexOf } from "./ids";
+import { WorkerPool } from "./pool";
 import type { StateStore } from "./store";
+import { asBuffers, type LeafAnswer, WORKER_OPS, type WorkerAnswer } from "./worker";
 
 export interface FaultSpec {
   id: string;
@@ -67,6 +81,13 @@ export interface FarmOptions extends Omit<AgentOptions, "model" | "seed" | "vend
   deviceTimeoutMs?: number;
   /** replaces the agent (tests) */
   agent?: DeviceAgent;
+  /**
+   * worker threads for the device-side cryptography (default 0: all in this thread). Needs the
+   * default PUF, clock and CA cache (functions do not cross threads).
+   */
+  workers?: number;
+  /** where worker crashes are reported (default stderr) */
+  log?: (line: string) => void;
 }
 
 const BLANK: DeviceState = blankState();
@@ -75,6 +96,10 @@ type Fault = "drop" | "hang" | undefined;
 
 export class Farm implements Service {
   readonly agent: DeviceAgent;
+  /** the worker threads, if any */
+  readonly pool?: WorkerPool;
+  /** devices with an operation running (workers only): the waiters behind it, in order */
+  private readonly busy = new Map<number, Array<() => void>>();
   private readonly clones: Set<number>;
   private readonly noisy: Set<number>;
   private readonly faults = new Map<number, { kind: "drop" | "hang"; left: number }>();
@@ -83,6 +108,15 @@ export class Farm implements Service {
   readonly farmId: string;
 
   constructor(private readonly o: FarmOptions) {
+    const workers = o.workers ?? 0;
+    if (!Number.isInteger(workers) || workers < 0 || workers > MAX_WORKERS)
+      throw invalid("workers", workers, `an integer in 0..${MAX_WORKERS}`);
+    if (workers > 0 && (o.agent || o.puf || o.clock || o.caCache))
+      throw invalid(
+        "workers",
+        workers,
+        "0 with a custom agent, PUF, clock or CA cache (they cannot cross threads)",
+      );
     this.agent =
       o.agent ??
       new DeviceAgent({
@@ -90,7 +124,27 @@ export class Farm implements Service {
         seed: o.seed,
         model: o.model,
         vendor: o.vendor,
+        // with workers, device keys live in the workers only
+        keyCache: workers > 0 ? 0 : o.keyCache,
       });
+    if (workers > 0) {
+      const keyCache = o.keyCache ?? 4096;
+      this.pool = new WorkerPool(
+        workers,
+        {
+          seed: o.seed,
+          model: o.model,
+          vendorCa: o.vendor.certificate,
+          // the farm's "keys in RAM", shared out over the shards
+          keyCache: Math.ceil(keyCache / workers),
+          cells: o.cells,
+          noisyBer: o.noisyBer,
+          conditions: o.conditions,
+        },
+        (c) => this.addCounters(c),
+        o.log ?? ((l: string) => process.stderr.write(`${l}\n`)),
+      );
+    }
     const idx = (ids: string[] | undefined, field: string) =>
       new Set(
         (ids ?? []).map((id) => {
@@ -113,6 +167,18 @@ export class Farm implements Service {
       }
     }
     this.farmId = createHash("sha256").update("fleetguard/farm").update(o.seed).digest("hex").slice(0, 16);
+  }
+
+  private addCounters(c: AgentCounters): void {
+    const t = this.agent.counters;
+    t.reconstructions += c.reconstructions;
+    t.reconstructionFailures += c.reconstructionFailures;
+    t.enrollments += c.enrollments;
+  }
+
+  /** Stop the worker threads (pending jobs are answered INTERNAL). */
+  async close(): Promise<void> {
+    await this.pool?.close();
   }
 
   knows(op: number): boolean {
@@ -156,8 +222,14 @@ export class Farm implements Service {
     return batch ? this.batch(name, body) : this.single(name, body);
   }
 
-  /** Run one device operation synchronously: the outcome, the fault to apply, the log seq. */
-  private run(name: DeviceOpName, m: Value | undefined): { reply: Reply; fault: Fault; index?: number } {
+  /**
+   * Start one device operation: the reply (with workers, a promise of it), the fault to apply
+   * if the reply is not an error, and the device index. Without workers it runs synchronously.
+   */
+  private run(
+    name: DeviceOpName,
+    m: Value | undefined,
+  ): { reply: Reply | Promise<Reply>; fault: Fault; index?: number } {
     let index: number | undefined;
     try {
       if (!isMap(m)) throw new StationError(Status.BAD_REQUEST, "item: got a non-map, want a map");
@@ -169,19 +241,76 @@ export class Farm implements Service {
           `device: got ${JSON.stringify(req.device)}, want an ID of this farm, ${deviceId(this.o.model, 0)} .. ${deviceId(this.o.model, this.o.count - 1)}`,
         );
       const fault = this.takeFault(index);
-      const dev: DeviceRef = {
-        id: req.device,
-        index,
-        state: this.o.store.get(index) ?? BLANK,
-        clone: this.clones.has(index),
-        noisy: this.noisy.has(index),
-      };
-      const out = this.dispatch(name, dev, req);
+      if (this.pool) return { reply: this.queued(name, index, req), fault, index };
+      const out = this.dispatch(name, this.devRef(req.device, index), req);
       if (out.next) this.o.store.put(index, out.next);
       return { reply: { kind: "ok", body: out.result as unknown as CborMap }, fault, index };
     } catch (e) {
       return { reply: errorReply(e), fault: undefined, index };
     }
+  }
+
+  private devRef(id: string, index: number): DeviceRef {
+    return {
+      id,
+      index,
+      state: this.o.store.get(index) ?? BLANK,
+      clone: this.clones.has(index),
+      noisy: this.noisy.has(index),
+    };
+  }
+
+  /** Workers: run the operation once the device's previous one has finished. */
+  private queued(name: DeviceOpName, index: number, req: { device: string }): Promise<Reply> {
+    const q = this.busy.get(index);
+    if (!q) {
+      this.busy.set(index, []);
+      return this.exec(name, index, req);
+    }
+    return new Promise<void>((r) => q.push(r)).then(() => this.exec(name, index, req));
+  }
+
+  private release(index: number): void {
+    const q = this.busy.get(index);
+    const next = q?.shift();
+    if (next) next();
+    else this.busy.delete(index);
+  }
+
+  /** Workers: one operation on a device this call holds; the state is read now. */
+  private async exec(name: DeviceOpName, index: number, req: { device: string }): Promise<Reply> {
+    try {
+      const dev = this.devRef(req.device, index);
+      let out: Outcome<unknown> | Reply;
+      if (!WORKER_OPS.has(name)) {
+        const r = this.execHere(name, dev, req);
+        out = r instanceof Promise ? await r : r;
+      } else out = fromWorker(await this.pool!.submit({ kind: "op", op: name, req, ...jobDevice(dev) }));
+      if ("kind" in out) return out;
+      if (out.next) this.o.store.put(index, out.next);
+      return { kind: "ok", body: out.result as unknown as CborMap };
+    } catch (e) {
+      return errorReply(e);
+    } finally {
+      this.release(index);
+    }
+  }
+
+  /** Workers: the operations of this thread; INSTALL sends its leaf check to the device's worker. */
+  private execHere(
+    name: DeviceOpName,
+    dev: DeviceRef,
+    req: unknown,
+  ): Outcome<unknown> | Promise<Outcome<unknown> | Reply> {
+    if (name !== "INSTALL") return this.dispatch(name, dev, req);
+    const begun = this.agent.installBegin(dev, req as never);
+    if ("done" in begun) return begun.done;
+    const chain = begun.chain.slice(0, 2);
+    return this.pool!.submit({ kind: "leaf", chain, ...jobDevice(dev) }).then((a) => {
+      if (!a.ok) return { kind: "error", status: a.status, message: a.message };
+      const { target, facts } = a.result as LeafAnswer;
+      return this.agent.installEnd(dev, begun, { target, check: leafCheckFrom(facts as LeafFacts) });
+    });
   }
 
   private dispatch(name: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
@@ -216,9 +345,11 @@ export class Farm implements Service {
   }
 
   private async single(name: DeviceOpName, body: CborMap): Promise<Reply> {
-    const { reply, fault, index } = this.run(name, body);
+    const started = this.run(name, body);
+    const { index } = started;
+    const reply = await started.reply;
     if (index !== undefined) await this.o.store.barrier(index);
-    if (fault) return { kind: fault };
+    if (started.fault && reply.kind !== "error") return { kind: started.fault };
     return reply;
   }
 
@@ -233,12 +364,19 @@ export class Farm implements Service {
     const t = body.deviceTimeoutMs;
     const deviceTimeoutMs =
       typeof t === "number" && t >= 0 && t <= 600_000 ? t : (this.o.deviceTimeoutMs ?? 2_000);
+    const started = items.map((item) => this.run(name, item));
+    const replies = this.pool
+      ? await Promise.all(started.map((s) => s.reply))
+      : started.map((s) => s.reply as Reply);
     const results: CborMap[] = [];
     const waits: Promise<void>[] = [];
     let drop = false;
     let hang = false;
-    for (const item of items) {
-      const { reply, fault, index } = this.run(name, item);
+    for (let k = 0; k < started.length; k++) {
+      const { index } = started[k]!;
+      const reply = replies[k]!;
+      // as in one thread: a fault applies to an operation that did not fail
+      const fault = reply.kind === "error" ? undefined : started[k]!.fault;
       if (index !== undefined) {
         const b = this.o.store.barrier(index);
         if (b) waits.push(b);
@@ -258,4 +396,22 @@ export class Farm implements Service {
     if (hang) await new Promise((r) => setTimeout(r, deviceTimeoutMs));
     return { kind: "ok", body: { results } };
   }
+}
+
+export const MAX_WORKERS = 64;
+
+function jobDevice(dev: DeviceRef) {
+  return {
+    id: dev.id,
+    index: dev.index,
+    clone: dev.clone ?? false,
+    noisy: dev.noisy ?? false,
+    state: dev.state === BLANK ? null : encodeState(dev.state),
+  };
+}
+
+/** A worker's answer as an outcome (byte strings back to Buffers), or an error reply. */
+function fromWorker(a: WorkerAnswer): Outcome<unknown> | Reply {
+  if (!a.ok) return { kind: "error", status: a.status, message: a.message };
+  return { result: asBuffers(a.result), next: a.next ? decodeState(a.next) : undefined };
 }

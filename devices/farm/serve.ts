@@ -23,13 +23,14 @@ import {
   unlinkSync,
   writeFileSync,
 } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { FleetError, invalid } from "../../core/errors";
 import type { PufApi, PufConditions } from "../firmware/identity";
 import { toPem } from "../firmware/pkix";
 import { SiliconVendor } from "../injection/vendor";
 import { StationServer } from "../protocol/server";
-import { Farm, type FaultSpec } from "./farm";
+import { Farm, type FaultSpec, MAX_WORKERS } from "./farm";
 import { checkModel, MAX_COUNT } from "./ids";
 import { StateStore } from "./store";
 
@@ -54,7 +55,27 @@ export interface StartOptions {
   maxBody?: number;
   deviceTimeoutMs?: number;
   puf?: PufApi;
+  /**
+   * worker threads for the device-side cryptography (0 = all in the main thread); default
+   * defaultWorkers(), or 0 when a custom `puf` is given (it cannot cross threads)
+   */
+  workers?: number;
   log?: (line: string) => void;
+}
+
+/**
+ * The default number of farm worker threads: FLEET_FARM_WORKERS if set (to run a whole test
+ * suite both ways), else one per CPU.
+ */
+export function defaultWorkers(): number {
+  const env = process.env.FLEET_FARM_WORKERS;
+  if (env !== undefined && env !== "") {
+    const n = Number(env);
+    if (!/^\d+$/.test(env) || n > MAX_WORKERS)
+      throw invalid("FLEET_FARM_WORKERS", env, `an integer in 0..${MAX_WORKERS}`);
+    return n;
+  }
+  return availableParallelism();
 }
 
 export interface RunningFarm {
@@ -152,6 +173,8 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
       conditions: o.conditions,
       puf: o.puf,
       deviceTimeoutMs: o.deviceTimeoutMs,
+      workers: o.workers ?? (o.puf ? 0 : defaultWorkers()),
+      log,
     });
     const server = new StationServer(farm, { maxBody: o.maxBody, maxInFlight: o.maxInFlight, log });
     const port = await server.listen(o.port ?? 0, o.host ?? "127.0.0.1");
@@ -166,6 +189,7 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
         if (closed) return;
         closed = true;
         await server.close();
+        await farm.close();
         await store.close();
         try {
           unlinkSync(lock);

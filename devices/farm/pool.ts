@@ -1,0 +1,164 @@
+/**
+ * The farm's worker threads: real devices each have their own CPU, so the emulation spreads
+ * the device-side cryptography (PUF enrollment and reconstruction, key derivation, ECDSA
+ * signatures, the leaf check of INSTALL) over a pool of worker_threads (worker.ts).
+ *
+ * Devices are sharded by index (index modulo the number of workers), so a device's key is
+ * derived, cached and used by one worker and never crosses threads. Jobs submitted during one
+ * event-loop turn go to each worker as one message (a batch of 1,024 devices is one message per
+ * worker, not 1,024), answered by one message in the same order.
+ *
+ * A worker that dies (an uncaught error, or killed) answers every job it held with INTERNAL,
+ * which the farm logs; the next job for its shard starts a new worker (a power cycle for those
+ * devices: their keys are reconstructed on next use). Nothing a dead worker computed was
+ * logged, so the device states are as before the jobs.
+ */
+import * as path from "node:path";
+import { Worker } from "node:worker_threads";
+import { Status } from "../../core/station/frame";
+import type { AgentCounters } from "../firmware/agent";
+import type { FromWorker, ToWorker, WorkerAnswer, WorkerJob, WorkerSetup } from "./worker";
+
+// not worker.js: a resolver that prefers .js to .ts would load the entry for "./worker"
+const ENTRY = path.join(__dirname, "worker-entry.js");
+
+interface Slot {
+  worker?: Worker;
+  /** jobs waiting for the end of the current turn */
+  outbox: WorkerJob[];
+  outResolvers: Array<(a: WorkerAnswer) => void>;
+  /** messages sent, by id, with the resolvers of their jobs in order */
+  pending: Map<number, Array<(a: WorkerAnswer) => void>>;
+}
+
+export interface PoolStats {
+  /** messages posted to workers */
+  messages: number;
+  jobs: number;
+  /** workers that died (not counting close) */
+  crashes: number;
+  /** workers started, restarts included */
+  started: number;
+}
+
+const DIED: WorkerAnswer = { ok: false, status: Status.INTERNAL, message: "internal error" };
+
+export class WorkerPool {
+  private readonly slots: Slot[];
+  private nextId = 1;
+  private scheduled = false;
+  private closed = false;
+  readonly stats: PoolStats = { messages: 0, jobs: 0, crashes: 0, started: 0 };
+
+  constructor(
+    readonly size: number,
+    private readonly setup: WorkerSetup,
+    private readonly onCounters: (c: AgentCounters) => void,
+    private readonly log: (line: string) => void,
+  ) {
+    this.slots = Array.from({ length: size }, () => ({ outbox: [], outResolvers: [], pending: new Map() }));
+  }
+
+  /** The worker (shard) that owns device `index`. */
+  shardOf(index: number): number {
+    return index % this.size;
+  }
+
+  /** Queue a job for the worker of its device; resolves with its answer (never rejects). */
+  submit(job: WorkerJob): Promise<WorkerAnswer> {
+    if (this.closed) return Promise.resolve(DIED);
+    const slot = this.slots[this.shardOf(job.index)]!;
+    return new Promise((resolve) => {
+      slot.outbox.push(job);
+      slot.outResolvers.push(resolve);
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Jobs sent to workers and not answered yet. */
+  get inFlight(): number {
+    let n = 0;
+    for (const s of this.slots) for (const p of s.pending.values()) n += p.length;
+    return n;
+  }
+
+  /** The running worker of a shard (tests: to kill it). */
+  workerOf(shard: number): Worker | undefined {
+    return this.slots[shard]?.worker;
+  }
+
+  /** Make a shard's worker throw an uncaught error (tests: the crash path). */
+  crash(shard: number): void {
+    const msg: ToWorker = { type: "crash" };
+    this.slots[shard]?.worker?.postMessage(msg);
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (this.closed) return;
+    this.slots.forEach((slot, shard) => {
+      if (slot.outbox.length === 0) return;
+      const id = this.nextId++;
+      const msg: ToWorker = { type: "jobs", id, jobs: slot.outbox };
+      slot.pending.set(id, slot.outResolvers);
+      slot.outbox = [];
+      slot.outResolvers = [];
+      this.stats.messages++;
+      this.stats.jobs += msg.jobs.length;
+      this.workerFor(shard).postMessage(msg);
+    });
+  }
+
+  private workerFor(shard: number): Worker {
+    const slot = this.slots[shard]!;
+    if (slot.worker) return slot.worker;
+    const w = new Worker(ENTRY, { workerData: { fleetFarmWorker: this.setup } });
+    this.stats.started++;
+    slot.worker = w;
+    w.on("message", (m: FromWorker) => {
+      const resolvers = slot.pending.get(m.id);
+      if (!resolvers) return;
+      slot.pending.delete(m.id);
+      this.onCounters(m.counters);
+      for (let i = 0; i < m.answers.length; i++) resolvers[i]!(m.answers[i]!);
+    });
+    let why = "";
+    w.on("error", (e) => {
+      why = e instanceof Error ? e.message : String(e);
+    });
+    w.on("exit", (code) => {
+      if (slot.worker === w) slot.worker = undefined;
+      const lost = [...slot.pending.values()];
+      slot.pending.clear();
+      const n = lost.reduce((a, r) => a + r.length, 0);
+      if (!this.closed) {
+        this.stats.crashes++;
+        this.log(
+          `farm worker ${shard} died (exit code ${code}${why ? `: ${why}` : ""}); ${n} job(s) answered INTERNAL`,
+        );
+      }
+      for (const rs of lost) for (const r of rs) r(DIED);
+      // jobs queued meanwhile go to a new worker at the next flush
+      if (!this.closed && slot.outbox.length && !this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+    return w;
+  }
+
+  /** Stop every worker; jobs still pending are answered INTERNAL. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const slot of this.slots) {
+      for (const r of slot.outResolvers) r(DIED);
+      slot.outbox = [];
+      slot.outResolvers = [];
+    }
+    await Promise.all(this.slots.map((s) => s.worker?.terminate()));
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * Body of one farm worker thread (devices/farm/pool.ts): the device-side cryptography of the
+ * devices of one shard (device index modulo the number of workers). It runs the device agent
+ * (devices/firmware/agent.ts) with its own "keys in RAM" cache, so a device's private key is
+ * derived, kept and used in this thread only and never crosses to another one.
+ *
+ * The farm's main thread owns the device states, the write-ahead log and the ordering of
+ * requests per device: it sends a job with the device's current state (CBOR, as the log holds
+ * it) and gets back the result and the next state, if any, to log. Jobs come in lists (one
+ * message per batch chunk and shard) and are answered in one message, in order.
+ *
+ * Protocol: parent -> {type: "jobs", id, jobs} | {type: "crash"} (tests: an uncaught error);
+ * worker -> {type: "done", id, answers, counters} (counters: what this list added).
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import type { DeviceOpName } from "../../core/station/messages";
+import { type AgentCounters, DeviceAgent, type DeviceRef, type Outcome } from "../firmware/agent";
+import type { LeafFacts } from "../firmware/chain";
+import { blankState, decodeState, encodeState } from "../firmware/state";
+import { SiliconVendor } from "../injection/vendor";
+import { errorReply } from "../protocol/server";
+import type { PufConditions } from "../puf";
+
+/** What every worker of a farm is started with (structured-clonable). */
+export interface WorkerSetup {
+  seed: Uint8Array;
+  model: string;
+  vendorCa: Uint8Array;
+  /** this worker's share of the farm's key cache */
+  keyCache: number;
+  cells?: number;
+  noisyBer?: number;
+  conditions?: PufConditions;
+}
+
+/** The operations that run in a worker (those that use the device key or the chip key). */
+export const WORKER_OPS = new Set<DeviceOpName>([
+  "IDENTIFY",
+  "ATTEST",
+  "CSR",
+  "ROTATE",
+  "DECOMMISSION",
+  "INJECT",
+]);
+
+interface JobDevice {
+  id: string;
+  index: number;
+  clone: boolean;
+  noisy: boolean;
+  /** encodeState() of the device's state; null for a device never written to */
+  state: Uint8Array | null;
+}
+
+export type WorkerJob =
+  | (JobDevice & { kind: "op"; op: DeviceOpName; req: unknown })
+  /** INSTALL's leaf part: chain = [leaf, issuer?] */
+  | (JobDevice & { kind: "leaf"; chain: Uint8Array[] });
+
+export type WorkerAnswer =
+  | { ok: true; result: unknown; next?: Uint8Array }
+  | { ok: false; status: number; message: string };
+
+export interface LeafAnswer {
+  target: number;
+  facts: LeafFacts;
+}
+
+export type ToWorker = { type: "jobs"; id: number; jobs: WorkerJob[] } | { type: "crash" };
+export type FromWorker = { type: "done"; id: number; answers: WorkerAnswer[]; counters: AgentCounters };
+
+/**
+ * Byte strings arrive as Uint8Array (structured clone drops the Buffer prototype); the agent
+ * was written against decoded CBOR, which gives Buffers. Views, no copies.
+ */
+export function asBuffers(v: unknown): unknown {
+  if (v instanceof Uint8Array) return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.length);
+  if (Array.isArray(v)) return v.map(asBuffers);
+  if (v !== null && typeof v === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = asBuffers(x);
+    return out;
+  }
+  return v;
+}
+
+/** Run a list of jobs on `agent`, in order. Exported for the in-process tests of the split. */
+export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
+  return jobs.map((job) => {
+    try {
+      const dev: DeviceRef = {
+        id: job.id,
+        index: job.index,
+        state: job.state ? decodeState(job.state) : blankState(),
+        clone: job.clone,
+        noisy: job.noisy,
+      };
+      if (job.kind === "leaf") {
+        const r: LeafAnswer = agent.installLeafFacts(
+          dev,
+          job.chain.map((c) => asBuffers(c) as Buffer),
+        );
+        return { ok: true, result: r };
+      }
+      const out = dispatch(agent, job.op, dev, asBuffers(job.req));
+      return { ok: true, result: out.result, next: out.next ? encodeState(out.next) : undefined };
+    } catch (e) {
+      const r = errorReply(e);
+      return r.kind === "error"
+        ? { ok: false, status: r.status, message: r.message }
+        : { ok: false, status: 13, message: "internal error" };
+    }
+  });
+}
+
+function dispatch(a: DeviceAgent, op: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
+  switch (op) {
+    case "IDENTIFY":
+      return a.identify(dev, req as never);
+    case "ATTEST":
+      return a.attest(dev, req as never);
+    case "CSR":
+      return a.csr(dev, req as never);
+    case "ROTATE":
+      return a.rotate(dev, req as never);
+    case "DECOMMISSION":
+      return a.decommission(dev, req as never);
+    case "INJECT":
+      return a.inject(dev, req as never);
+    default:
+      throw new Error(`worker: got ${op}, want an operation that runs in a worker`);
+  }
+}
+
+export function workerAgent(s: WorkerSetup): DeviceAgent {
+  const seed = Buffer.from(s.seed);
+  return new DeviceAgent({
+    seed,
+    model: s.model,
+    vendor: new SiliconVendor(seed, s.vendorCa),
+    keyCache: s.keyCache,
+    cells: s.cells,
+    noisyBer: s.noisyBer,
+    conditions: s.conditions,
+  });
+}
+
+const port = parentPort;
+if (port && (workerData as { fleetFarmWorker?: WorkerSetup })?.fleetFarmWorker) {
+  const agent = workerAgent((workerData as { fleetFarmWorker: WorkerSetup }).fleetFarmWorker);
+  port.on("message", (m: ToWorker) => {
+    if (m.type === "crash") {
+      // a real uncaught error, as a bug in the device code would raise (tests)
+      setImmediate(() => {
+        throw new Error("farm worker: crash requested");
+      });
+      return;
+    }
+    const c0 = { ...agent.counters };
+    const answers = runJobs(agent, m.jobs);
+    const c = agent.counters;
+    const done: FromWorker = {
+      type: "done",
+      id: m.id,
+      answers,
+      counters: {
+        reconstructions: c.reconstructions - c0.reconstructions,
+        reconstructionFailures: c.reconstructionFailures - c0.reconstructionFailures,
+        enrollments: c.enrollments - c0.enrollments,
+      },
+    };
+    port.postMessage(done);
+  });
+}
