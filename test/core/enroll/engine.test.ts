@@ -15,6 +15,7 @@ import { loadPrivateKey } from "../../../core/x509/keys";
 import { pemBlocks, toPem } from "../../../core/x509/pem";
 import { type RunningFarm, startFarm } from "../../../devices/farm/serve";
 import { openssl, tmpdir } from "../../helpers/openssl";
+import { type PostgresServer, startPostgres } from "../../helpers/postgres";
 
 const root = issueCa({
   name: "root",
@@ -111,22 +112,33 @@ function verifyLeaves(leaves: Buffer[], crlPem?: string): { ok: boolean; out: st
   return { ok: r.status === 0 && oks === leaves.length, out: r.out };
 }
 
+let pg: PostgresServer | undefined;
 beforeAll(async () => {
-  dir = tmpdir("fg-engine-");
-  // 42 devices at the station; the batch declares up to 44 (two records without a device)
-  farm = await startFarm({ stateDir: path.join(dir, "farm"), count: 42, clones: [CLONE], noisy: [NOISY] });
-  station = new StationClient({ port: farm.port, poolSize: 2, timeoutMs: 20_000 });
-  registry = await openRegistry(path.join(dir, "registry.db"));
-}, 60_000);
-
+  pg = await startPostgres();
+}, 180_000);
 afterAll(async () => {
-  await station?.close();
-  await farm?.close();
-  await registry?.close();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await pg?.stop();
 });
 
-describe("BatchEngine", () => {
+// the same story on both registry backends, each with its own farm
+describe.each(["sqlite", "postgres"] as const)("BatchEngine (registry: %s)", (backend) => {
+  beforeAll(async () => {
+    dir = tmpdir("fg-engine-");
+    // 42 devices at the station; the batch declares up to 44 (two records without a device)
+    farm = await startFarm({ stateDir: path.join(dir, "farm"), count: 42, clones: [CLONE], noisy: [NOISY] });
+    station = new StationClient({ port: farm.port, poolSize: 2, timeoutMs: 20_000 });
+    registry = await openRegistry(
+      backend === "sqlite" ? path.join(dir, "registry.db") : await pg!.createDatabase(`engine_${Date.now()}`),
+    );
+  }, 60_000);
+
+  afterAll(async () => {
+    await station?.close();
+    await farm?.close();
+    await registry?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it("plans a new batch in words a reviewer understands", async () => {
     const p = await engine(spec()).plan();
     expect(describePlan(p)).toBe("enroll 40 devices, re-issue 0, decommission 0");
