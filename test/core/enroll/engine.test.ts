@@ -7,13 +7,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { issueCa } from "../../../core/ca";
 import { publishCrl } from "../../../core/enroll/crl";
 import { BatchEngine, type BatchSpec, describePlan } from "../../../core/enroll/engine";
-import { type IssuerMaterial, resolveProfile } from "../../../core/enroll/profile";
+import { compileTemplate, type IssuerMaterial, resolveProfile } from "../../../core/enroll/profile";
 import { openRegistry } from "../../../core/registry";
 import type { Registry } from "../../../core/registry/types";
 import { StationClient } from "../../../core/station/client";
 import { loadPrivateKey } from "../../../core/x509/keys";
 import { pemBlocks, toPem } from "../../../core/x509/pem";
 import { type RunningFarm, startFarm } from "../../../devices/farm/serve";
+import { Hsm } from "../../../devices/injection/hsm";
 import { openssl, tmpdir } from "../../helpers/openssl";
 import { type PostgresServer, startPostgres } from "../../helpers/postgres";
 
@@ -289,4 +290,54 @@ describe.each(["sqlite", "postgres"] as const)("BatchEngine (registry: %s)", (ba
     // 40 superseded, 12 live ones of the removed devices, 28 of the deleted batch
     expect(crl.revoked).toBe(40 + 12 + 28);
   }, 90_000);
+});
+
+describe("BatchEngine with injected identities", () => {
+  it("enrolls devices whose key was injected on the line; a device never injected is quarantined", async () => {
+    const d = tmpdir("fg-engine-inj-");
+    const f = await startFarm({ stateDir: path.join(d, "farm"), count: 8 });
+    const st = new StationClient({ port: f.port, timeoutMs: 20_000 });
+    const reg = await openRegistry(path.join(d, "registry.db"));
+    try {
+      // the production line: the OEM's HSM wraps a per-chip identity key (and a line certificate) to 5 chips
+      const hsm = Hsm.create(
+        path.join(d, "hsm.json"),
+        { productId: "fg100-line", limit: 5, secrets: {} },
+        f.vendor.certificate,
+      );
+      const lineIssuer = issuerMaterial();
+      const line = compileTemplate(resolveProfile({}), lineIssuer, new Date());
+      for (let i = 0; i < 5; i++) {
+        const id = `fg100-000000${i}`;
+        const chip = await st.identify(id, { chipCert: true });
+        const lic = hsm.license(chip.chipCertificate!, (chipId, spki) => [
+          line.issue(crypto.randomBytes(16), chipId, spki),
+          lineIssuer.certificate,
+          ...lineIssuer.chain,
+        ]);
+        await st.inject(id, lic.license, lic.payload);
+      }
+      const e = new BatchEngine(
+        { registry: reg, station: st, issuer: issuerMaterial(), waveSize: 4, deviceTimeoutMs: 5000 },
+        spec({ name: "inj", source: "injected", count: 6, maxQuarantinedFraction: 0.2 }),
+      );
+      const s = await e.converge();
+      expect(s.counts.active).toBe(5);
+      expect(s.counts.quarantined).toBe(1);
+      expect((await reg.getDevice("fg100-0000005"))?.reason).toMatch(/^source-mismatch/);
+      const live = await reg.certificates({ batch: "inj", status: ["live"] });
+      const v = verifyLeaves(live.map((c) => c.der));
+      expect(v.ok, v.out).toBe(true);
+      // the device now holds the fleet certificate, bound to the injected key
+      const status = await st.status("fg100-0000002");
+      const rec = live.find((c) => c.deviceId === "fg100-0000002")!;
+      expect(status.chain[0]!.equals(rec.der)).toBe(true);
+      expect(status.source).toBe("injected");
+    } finally {
+      await st.close();
+      await f.close();
+      await reg.close();
+      fs.rmSync(d, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
