@@ -90,10 +90,13 @@ export class WorkerPool {
     return this.slots[shard]?.worker;
   }
 
-  /** Make a shard's worker throw an uncaught error (tests: the crash path). */
+  /**
+   * Make a shard's worker die of an uncaught error when its next job list arrives, with the
+   * jobs unanswered (tests: the crash path). Starts the worker if it is not running.
+   */
   crash(shard: number): void {
     const msg: ToWorker = { type: "crash" };
-    this.slots[shard]?.worker?.postMessage(msg);
+    this.workerFor(shard).postMessage(msg);
   }
 
   private flush(): void {

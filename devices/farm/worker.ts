@@ -9,7 +9,8 @@
  * it) and gets back the result and the next state, if any, to log. Jobs come in lists (one
  * message per batch chunk and shard) and are answered in one message, in order.
  *
- * Protocol: parent -> {type: "jobs", id, jobs} | {type: "crash"} (tests: an uncaught error);
+ * Protocol: parent -> {type: "jobs", id, jobs} | {type: "crash"} (tests: the next job list
+ * raises an uncaught error instead of being answered, as a bug in the device code would);
  * worker -> {type: "done", id, answers, counters} (counters: what this list added).
  */
 import { parentPort, workerData } from "node:worker_threads";
@@ -148,14 +149,14 @@ export function workerAgent(s: WorkerSetup): DeviceAgent {
 const port = parentPort;
 if (port && (workerData as { fleetFarmWorker?: WorkerSetup })?.fleetFarmWorker) {
   const agent = workerAgent((workerData as { fleetFarmWorker: WorkerSetup }).fleetFarmWorker);
+  let crashNext = false;
   port.on("message", (m: ToWorker) => {
     if (m.type === "crash") {
-      // a real uncaught error, as a bug in the device code would raise (tests)
-      setImmediate(() => {
-        throw new Error("farm worker: crash requested");
-      });
+      crashNext = true;
       return;
     }
+    // uncaught: the worker dies with this list unanswered
+    if (crashNext) throw new Error("farm worker: crash requested");
     const c0 = { ...agent.counters };
     const answers = runJobs(agent, m.jobs);
     const c = agent.counters;
