@@ -6,23 +6,11 @@
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import type { BatchInputs } from "./runtime/batch";
+import { loadRuntime } from "./runtime-entry";
 
 const RUNTIME_AT_DEPLOY = path.join(__dirname, "runtime", "index.js");
 
-function runtime(): { batch(): typeof import("./runtime/batch") } {
-  const fs = require("node:fs");
-  const p = require("node:path");
-  const candidates = [
-    process.env.FLEETGUARD_RUNTIME,
-    RUNTIME_AT_DEPLOY,
-    p.join(process.cwd(), "node_modules", "fleetguard", "providers", "runtime", "index.js"),
-    p.join(process.cwd(), "providers", "runtime", "index.js"),
-  ];
-  for (const c of candidates) if (c && fs.existsSync(c)) return require(c);
-  throw new Error(
-    `fleetguard runtime not found; set FLEETGUARD_RUNTIME (tried ${candidates.filter(Boolean).join(", ")})`,
-  );
-}
+const runtime = () => loadRuntime(RUNTIME_AT_DEPLOY);
 
 export const batchProvider: pulumi.dynamic.ResourceProvider = {
   async check(olds, news) {
