@@ -39,3 +39,48 @@ export function verifyChain(
 export function x509Text(pem: string): string {
   return execFileSync("openssl", ["x509", "-noout", "-text"], { input: pem, encoding: "utf8" });
 }
+
+/**
+ * `openssl verify` of many DER leaves under `rootPem` (trusted) and `untrustedPem` (the CAs between),
+ * 500 files per call, optionally with a CRL (`-crl_check`). Returns how many said OK, and the output.
+ */
+export function verifyLeaves(
+  rootPem: string,
+  untrustedPem: string,
+  leaves: Uint8Array[],
+  crlPem?: string,
+): { ok: number; out: string } {
+  const dir = tmpdir("fleetguard-verify-");
+  try {
+    fs.writeFileSync(path.join(dir, "root.pem"), rootPem);
+    fs.writeFileSync(path.join(dir, "untrusted.pem"), untrustedPem);
+    const files = leaves.map((l, i) => {
+      const f = path.join(dir, `leaf${i}.pem`);
+      const b64 = Buffer.from(l).toString("base64").replace(/.{64}/g, "$&\n");
+      fs.writeFileSync(f, `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`);
+      return f;
+    });
+    const args = [
+      "verify",
+      "-x509_strict",
+      "-CAfile",
+      path.join(dir, "root.pem"),
+      "-untrusted",
+      path.join(dir, "untrusted.pem"),
+    ];
+    if (crlPem) {
+      fs.writeFileSync(path.join(dir, "crl.pem"), crlPem);
+      args.push("-crl_check", "-CRLfile", path.join(dir, "crl.pem"));
+    }
+    let ok = 0;
+    let out = "";
+    for (let i = 0; i < files.length; i += 500) {
+      const r = openssl([...args, ...files.slice(i, i + 500)]);
+      ok += (r.out.match(/: OK$/gm) ?? []).length;
+      out += r.out;
+    }
+    return { ok, out };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -2,15 +2,13 @@
 // the real engine, and the invariants a batch must hold, checked against the registry, the
 // devices (STATUS over the station protocol) and OpenSSL.
 import type { ChildProcess } from "node:child_process";
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { expect } from "vitest";
 import { openRegistry } from "../../core/registry";
 import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
-import { toPem } from "../../core/x509/pem";
 import { startFarmProcess, stopFarmProcess } from "../../devices/farm/process";
-import { openssl } from "../helpers/openssl";
+import { verifyLeaves as verifyMany } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 
 export const SEED = "b1".repeat(32);
@@ -121,39 +119,6 @@ export async function checkInvariants(
   });
 }
 
-/** `openssl verify` of many leaves in one call, under root (trusted) and the issuing CA. */
-export function verifyLeaves(rootPem: string, issuingPem: string, leaves: Buffer[], crlPem?: string) {
-  const d = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "fg-verify-"));
-  try {
-    fs.writeFileSync(path.join(d, "root.pem"), rootPem);
-    fs.writeFileSync(path.join(d, "iss.pem"), issuingPem);
-    const files: string[] = [];
-    for (let i = 0; i < leaves.length; i++) {
-      const f = path.join(d, `l${i}.pem`);
-      fs.writeFileSync(f, toPem("CERTIFICATE", leaves[i]!));
-      files.push(f);
-    }
-    const args = [
-      "verify",
-      "-x509_strict",
-      "-CAfile",
-      path.join(d, "root.pem"),
-      "-untrusted",
-      path.join(d, "iss.pem"),
-    ];
-    if (crlPem) {
-      fs.writeFileSync(path.join(d, "crl.pem"), crlPem);
-      args.push("-crl_check", "-CRLfile", path.join(d, "crl.pem"));
-    }
-    let ok = 0;
-    let out = "";
-    for (let i = 0; i < files.length; i += 500) {
-      const r = openssl([...args, ...files.slice(i, i + 500)]);
-      ok += (r.out.match(/: OK$/gm) ?? []).length;
-      out += r.out;
-    }
-    return { ok, out };
-  } finally {
-    fs.rmSync(d, { recursive: true, force: true });
-  }
-}
+/** `openssl verify` of many leaves under root (trusted) and the issuing CA. */
+export const verifyLeaves = (rootPem: string, issuingPem: string, leaves: Buffer[], crlPem?: string) =>
+  verifyMany(rootPem, issuingPem, leaves, crlPem);

@@ -15,7 +15,7 @@ import { loadPrivateKey } from "../../../core/x509/keys";
 import { pemBlocks, toPem } from "../../../core/x509/pem";
 import { type RunningFarm, startFarm } from "../../../devices/farm/serve";
 import { Hsm } from "../../../devices/injection/hsm";
-import { openssl, tmpdir } from "../../helpers/openssl";
+import { openssl, tmpdir, verifyLeaves as verifyMany } from "../../helpers/openssl";
 import { type PostgresServer, startPostgres } from "../../helpers/postgres";
 
 const root = issueCa({
@@ -85,32 +85,10 @@ const spec = (over: Partial<BatchSpec> = {}): BatchSpec => ({
 const engine = (s: BatchSpec, issuer = issuerMaterial()) =>
   new BatchEngine({ registry, station, issuer, waveSize: 16, concurrency: 2, deviceTimeoutMs: 5000 }, s);
 
-/** verify leaves with one openssl call: root trusted, intermediates untrusted; optional CRL check */
+/** verify leaves with OpenSSL: root trusted, intermediates untrusted; optional CRL check */
 function verifyLeaves(leaves: Buffer[], crlPem?: string): { ok: boolean; out: string } {
-  const d = tmpdir();
-  fs.writeFileSync(path.join(d, "root.pem"), root.certificatePem);
-  fs.writeFileSync(path.join(d, "untrusted.pem"), issuing.certificatePem + inter.certificatePem);
-  const files = leaves.map((l, i) => {
-    const f = path.join(d, `leaf${i}.pem`);
-    fs.writeFileSync(f, toPem("CERTIFICATE", l));
-    return f;
-  });
-  const args = [
-    "verify",
-    "-x509_strict",
-    "-CAfile",
-    path.join(d, "root.pem"),
-    "-untrusted",
-    path.join(d, "untrusted.pem"),
-  ];
-  if (crlPem) {
-    fs.writeFileSync(path.join(d, "crl.pem"), crlPem);
-    args.push("-crl_check", "-CRLfile", path.join(d, "crl.pem"));
-  }
-  const r = openssl([...args, ...files]);
-  fs.rmSync(d, { recursive: true, force: true });
-  const oks = (r.out.match(/: OK/g) ?? []).length;
-  return { ok: r.status === 0 && oks === leaves.length, out: r.out };
+  const r = verifyMany(root.certificatePem, issuing.certificatePem + inter.certificatePem, leaves, crlPem);
+  return { ok: r.ok === leaves.length, out: r.out };
 }
 
 let pg: PostgresServer | undefined;
