@@ -25,6 +25,8 @@
  *    device (STATS cpuUserMs + cpuSystemMs) and this process's CPU per device.
  *    `--only session` runs just this part (and the raw bounds are skipped).
  * `--farm-prof DIR` runs every farm under `node --cpu-prof` and leaves the profiles in DIR.
+ * `--farm-workers N` starts every farm with `--workers N` (worker threads for the device-side
+ * cryptography; 0 = all in the farm's main thread; default: the farm's default, one per CPU).
  * Results go to stdout (and bench/out/station-roundtrip.json); docs/benchmarks.md quotes them.
  */
 import {
@@ -128,6 +130,9 @@ function rawBound(n: number, withPuf: boolean): number {
 // ---------------------------------------------------------------- farm
 
 const FARM_PROF = args.get("farm-prof");
+const FARM_WORKERS = args.get("farm-workers");
+if (FARM_WORKERS !== undefined && !/^\d+$/.test(FARM_WORKERS))
+  throw new Error(`--farm-workers: got ${FARM_WORKERS}, want an integer >= 0`);
 const startFarm = (state: string) =>
   startFarmProcess({
     count: COUNT,
@@ -135,6 +140,7 @@ const startFarm = (state: string) =>
     seed: SEED,
     model: MODEL,
     inheritStderr: true,
+    extraArgs: FARM_WORKERS === undefined ? [] : ["--workers", FARM_WORKERS],
     nodeArgs: FARM_PROF ? ["--cpu-prof", "--cpu-prof-dir", FARM_PROF] : [],
   });
 const stopFarm = stopFarmProcess;
@@ -462,7 +468,7 @@ async function main(): Promise<void> {
 
   if (ONLY === "session") {
     console.log(
-      `full session: ${SESSION_DEVICES} devices, batches of ${SESSION_BATCH}, ${SESSION_IN_FLIGHT} in flight`,
+      `full session: ${SESSION_DEVICES} devices, batches of ${SESSION_BATCH}, ${SESSION_IN_FLIGHT} in flight, farm workers ${FARM_WORKERS ?? "default"}`,
     );
     const rs = await fullSession();
     printSessions(rs);
@@ -470,7 +476,7 @@ async function main(): Promise<void> {
     mkdirSync(join(ROOT, "bench", "out"), { recursive: true });
     writeFileSync(
       join(ROOT, "bench", "out", "station-session.json"),
-      `${JSON.stringify({ machine, load: [load0, loadavg()[0]!.toFixed(2)], COUNT, SESSION_BATCH, SESSION_IN_FLIGHT, sessions: rs }, null, 2)}\n`,
+      `${JSON.stringify({ machine, load: [load0, loadavg()[0]!.toFixed(2)], COUNT, SESSION_BATCH, SESSION_IN_FLIGHT, farmWorkers: FARM_WORKERS ?? "default", sessions: rs }, null, 2)}\n`,
     );
     return;
   }

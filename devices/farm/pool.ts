@@ -3,8 +3,9 @@
  * the device-side cryptography (PUF enrollment and reconstruction, key derivation, ECDSA
  * signatures, the leaf check of INSTALL) over a pool of worker_threads (worker.ts).
  *
- * Devices are sharded by index (index modulo the number of workers), so a device's key is
- * derived, cached and used by one worker and never crosses threads. Jobs submitted during one
+ * Devices are sharded by a hash of their index (not the index modulo the number of workers:
+ * a station that takes every 20th device would put them all on one worker), so a device's key
+ * is derived, cached and used by one worker and never crosses threads. Jobs submitted during one
  * event-loop turn go to each worker as one message (a batch of 1,024 devices is one message per
  * worker, not 1,024), answered by one message in the same order.
  *
@@ -61,7 +62,7 @@ export class WorkerPool {
 
   /** The worker (shard) that owns device `index`. */
   shardOf(index: number): number {
-    return index % this.size;
+    return fmix32(index) % this.size;
   }
 
   /** Queue a job for the worker of its device; resolves with its answer (never rejects). */
@@ -164,4 +165,14 @@ export class WorkerPool {
     }
     await Promise.all(this.slots.map((s) => s.worker?.terminate()));
   }
+}
+
+/** MurmurHash3's 32-bit finalizer: every input bit affects every output bit. */
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
 }
