@@ -128,6 +128,11 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
   if (o.seed !== undefined && !/^([0-9a-fA-F]{2}){16,64}$/.test(o.seed))
     throw invalid("seed", "a malformed seed", "16..64 bytes of hex");
   const model = checkModel(o.model ?? "fg100");
+  const workers = o.workers ?? (o.puf ? 0 : defaultWorkers());
+  if (!Number.isInteger(workers) || workers < 0 || workers > MAX_WORKERS)
+    throw invalid("workers", workers, `an integer in 0..${MAX_WORKERS}`);
+  if (workers > 0 && o.puf)
+    throw invalid("workers", workers, "0 with a custom PUF model (it cannot cross threads)");
   mkdirSync(o.stateDir, { recursive: true });
   const lock = takeLock(o.stateDir);
   try {
@@ -173,7 +178,7 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
       conditions: o.conditions,
       puf: o.puf,
       deviceTimeoutMs: o.deviceTimeoutMs,
-      workers: o.workers ?? (o.puf ? 0 : defaultWorkers()),
+      workers,
       log,
     });
     const server = new StationServer(farm, { maxBody: o.maxBody, maxInFlight: o.maxInFlight, log });

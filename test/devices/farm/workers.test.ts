@@ -7,6 +7,8 @@ import { randomBytes } from "node:crypto";
 import { cpSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { run } from "../../../cli/devices";
+import { FleetError } from "../../../core/errors";
 import { verifyAttestation } from "../../../core/station/attest";
 import { type BatchItem, StationClient } from "../../../core/station/client";
 import { verifyCsr } from "../../../core/station/csr";
@@ -15,6 +17,7 @@ import type { Subject } from "../../../core/station/messages";
 import { deviceId } from "../../../devices/farm/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { Hsm } from "../../../devices/injection/hsm";
+import * as puf from "../../../devices/puf";
 import { farmFor, makeCa, tempDir } from "./helpers";
 
 const id = (i: number) => deviceId("fg100", i);
@@ -280,5 +283,40 @@ describe("a farm worker that dies", () => {
     await pool.workerOf(1)!.terminate();
     expect((await client.identify(id(c!))).lifecycle).toBe("provisioned");
     expect(pool.stats.crashes).toBe(4);
+  });
+});
+
+describe("worker options", () => {
+  it("refuses a bad --workers, and workers with a PUF model that cannot cross threads", async () => {
+    const dir = tempDir("fg-wopt-");
+    try {
+      for (const w of ["65", "-1", "two"]) {
+        const e = await run([
+          "serve",
+          "--count",
+          "10",
+          "--port",
+          "0",
+          "--state",
+          dir.path,
+          "--workers",
+          w,
+        ]).catch((x: unknown) => x);
+        expect(e, w).toBeInstanceOf(FleetError);
+        expect((e as FleetError).code).toBe("INVALID_INPUT");
+      }
+      const e = await farmFor(dir.path, { workers: 2, puf: { ...puf } }).catch((x: unknown) => x);
+      expect((e as FleetError).code).toBe("INVALID_INPUT");
+      expect((e as Error).message).toMatch(/workers/);
+      // defaulted: a custom PUF model runs in the main thread
+      const farm = await farmFor(dir.path, { puf: { ...puf } });
+      try {
+        expect(farm.farm.pool).toBeUndefined();
+      } finally {
+        await farm.close();
+      }
+    } finally {
+      dir.remove();
+    }
   });
 });
