@@ -19,6 +19,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { StationClient } from "../core/station/client";
 import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
 import { measureBound } from "./lib/bound";
 import { formatReport, type ProcReport, start as startSampler } from "./lib/procmem";
@@ -38,6 +39,8 @@ const log = (s: string) => process.stderr.write(`${s}\n`);
 
 interface BatchRunResult {
   devices: number;
+  /** CPU ms per device: the farm (emulated devices, from its STATS) and each process of the pulumi tree */
+  cpuMsPerDevice: Record<string, number>;
   seconds: number;
   perSecond: number;
   stateBytes: number;
@@ -62,6 +65,12 @@ async function runBatch(
   await set("fleetguard:registry", path.join(dir, "registry.db"));
   await set("fleetguard:crlDir", path.join(dir, "crl"));
   log(`[${name}] pulumi up: ${count.toLocaleString("en-US")} devices from serial ${first}`);
+  const station = new StationClient({ port });
+  const farmCpu = async () => {
+    const st = await station.stats();
+    return (st.cpuUserMs ?? 0) + (st.cpuSystemMs ?? 0);
+  };
+  const farm0 = await farmCpu();
   const up = await stack.run(["up", "--yes", "--skip-preview"], {
     onLine: (l) => {
       if (/batch lot: enroll/.test(l)) log(`[${name}] ${l.trim()}`);
@@ -71,8 +80,12 @@ async function runBatch(
     summary: { counts: Record<string, number> };
   };
   const ckpt = stack.checkpointFile();
+  const cpu: Record<string, number> = { "farm (emulated devices)": ((await farmCpu()) - farm0) / count };
+  await station.close();
+  for (const [n, v] of Object.entries(up.memory.byName)) if (v.cpuMs > 0) cpu[n] = v.cpuMs / count;
   const r = {
     devices: count,
+    cpuMsPerDevice: cpu,
     seconds: up.seconds,
     perSecond: count / up.seconds,
     stateBytes: fs.statSync(ckpt).size,
@@ -162,6 +175,16 @@ async function main() {
   console.log(`no-change preview of ${n(DEVICES)}: ${n(preview!.seconds, 2)} s`);
   console.log(`\npeak memory, pulumi up of ${n(DEVICES)}:\n${formatReport(main.memory)}`);
   console.log(`farm process peak RSS: ${n(summary.farmPeakRssMb)} MiB`);
+  const cpu = main.cpuMsPerDevice;
+  const totalCpu = Object.values(cpu).reduce((a, b) => a + b, 0);
+  console.log(
+    `\nCPU per device, pulumi up of ${n(DEVICES)} (ms): ${Object.entries(cpu)
+      .map(([k, v]) => `${k} ${v.toFixed(3)}`)
+      .join(", ")}; total ${totalCpu.toFixed(3)}`,
+  );
+  console.log(
+    `ceiling on ${machine.cpus} cores at that CPU: ${n((machine.cpus * 1000) / totalCpu)} devices/s; bound's CPU per device: ${((2 * 1000) / bound2.perSecond).toFixed(3)} ms`,
+  );
   if (naive) console.log(`\nnaive: ${JSON.stringify(naive)}`);
   fs.rmSync(work, { recursive: true, force: true });
   for (const n of [...SIZES, DEVICES]) fs.rmSync(path.join(PROGRAM, `Pulumi.b${n}.yaml`), { force: true });

@@ -26,6 +26,8 @@ export interface ProcPeak {
   maxRssKb: number;
   /** bytes written through write(2) by this process, as last seen (files and pipes) */
   wcharBytes: number;
+  /** user + system CPU time as last seen, ms (a lower bound: what ran after the last sample is missed) */
+  cpuMs: number;
   /** ms after start() when first and last seen alive */
   firstSeenMs: number;
   lastSeenMs: number;
@@ -38,7 +40,7 @@ export interface ProcReport {
   /** every process seen, in order of first sight */
   processes: ProcPeak[];
   /** per name: how many processes, the largest peak, and the sum of their peaks (KiB) */
-  byName: Record<string, { count: number; peakKb: number; sumPeakKb: number }>;
+  byName: Record<string, { count: number; peakKb: number; sumPeakKb: number; cpuMs: number }>;
   /** the largest sum of VmRSS over the whole tree in one sample, KiB */
   treePeakKb: number;
 }
@@ -88,6 +90,7 @@ export function processName(argv: readonly string[]): string {
 interface Stat {
   ppid: number;
   start: string;
+  cpuMs: number;
 }
 
 function readStat(pid: number): Stat | undefined {
@@ -95,7 +98,8 @@ function readStat(pid: number): Stat | undefined {
     const s = fs.readFileSync(`/proc/${pid}/stat`, "latin1");
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses
     const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    return { ppid: Number(f[1]), start: f[19]! };
+    // utime and stime (fields 14 and 15) in clock ticks, USER_HZ = 100 on Linux
+    return { ppid: Number(f[1]), start: f[19]!, cpuMs: (Number(f[11]) + Number(f[12])) * 10 };
   } catch {
     return undefined; // exited
   }
@@ -173,6 +177,7 @@ export function start(rootPid: number, opts: { intervalMs?: number } = {}): Samp
           hwmKb: 0,
           maxRssKb: 0,
           wcharBytes: 0,
+          cpuMs: 0,
           firstSeenMs: now,
           lastSeenMs: now,
         };
@@ -185,6 +190,7 @@ export function start(rootPid: number, opts: { intervalMs?: number } = {}): Samp
       p.maxRssKb = Math.max(p.maxRssKb, rss);
       p.peakKb = Math.max(p.hwmKb, p.maxRssKb);
       p.wcharBytes = Math.max(p.wcharBytes, wchar);
+      p.cpuMs = Math.max(p.cpuMs, st.cpuMs);
       p.lastSeenMs = now;
     }
     treePeakKb = Math.max(treePeakKb, sum);
@@ -203,11 +209,12 @@ export function start(rootPid: number, opts: { intervalMs?: number } = {}): Samp
       const processes = [...seen.values()];
       const byName: ProcReport["byName"] = {};
       for (const p of processes) {
-        const b = byName[p.name] ?? { count: 0, peakKb: 0, sumPeakKb: 0 };
+        const b = byName[p.name] ?? { count: 0, peakKb: 0, sumPeakKb: 0, cpuMs: 0 };
         byName[p.name] = b;
         b.count++;
         b.peakKb = Math.max(b.peakKb, p.peakKb);
         b.sumPeakKb += p.peakKb;
+        b.cpuMs += p.cpuMs;
       }
       stopped = {
         rootPid,
@@ -229,7 +236,7 @@ export function formatReport(r: ProcReport): string {
     .sort((a, b) => b[1].peakKb - a[1].peakKb)
     .map(
       ([n, v]) =>
-        `  ${n}: peak ${mb(v.peakKb)}${v.count > 1 ? ` (${v.count} processes, sum ${mb(v.sumPeakKb)})` : ""}`,
+        `  ${n}: peak ${mb(v.peakKb)}${v.count > 1 ? ` (${v.count} processes, sum ${mb(v.sumPeakKb)})` : ""}, CPU ${(v.cpuMs / 1000).toFixed(1)} s`,
     );
   return [...rows, `  whole tree at once: ${mb(r.treePeakKb)} (${r.samples} samples)`].join("\n");
 }

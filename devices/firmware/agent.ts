@@ -44,7 +44,7 @@ import {
 import { lifecycleOf, transition } from "./lifecycle";
 import { CONFIG } from "./otp";
 import { buildCsr } from "./pkix";
-import { cloneState, type DeviceState } from "./state";
+import { cloneState, type DeviceState, storedChain } from "./state";
 
 export interface DeviceRef {
   id: string;
@@ -368,7 +368,7 @@ export class DeviceAgent {
     const { chain, anchors, lc } = begun;
     verifyChainWith(chain, anchors, this.clock(), this.caCache, leaf.check);
     const next = cloneState(dev.state);
-    next.chain = chain;
+    next.chain = storedChain(chain);
     if (leaf.target !== next.epoch) {
       next.epoch = leaf.target;
       next.pendingEpoch = null;

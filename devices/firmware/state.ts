@@ -6,6 +6,7 @@
  * refused operation leaves nothing half-written. The encoding (CBOR) is what the farm's
  * write-ahead log and snapshots carry.
  */
+import { createHash } from "node:crypto";
 import { invalid } from "../../core/errors";
 import { decode, encode, isMap } from "../../core/station/cbor";
 import { Otp } from "./otp";
@@ -42,6 +43,25 @@ export function encodeState(s: DeviceState): Buffer {
   });
 }
 
+/**
+ * CA certificates are the same for every device of a lot: keep one copy per distinct certificate
+ * (farm-wide, bounded) instead of one per device. Buffers are never mutated, so sharing is safe.
+ */
+const CA_INTERN_MAX = 1024;
+const caIntern = new Map<string, Buffer>();
+export function internCaCert(c: Uint8Array): Buffer {
+  const key = createHash("sha256").update(c).digest("base64");
+  const hit = caIntern.get(key);
+  if (hit) return hit;
+  const copy = Buffer.from(c);
+  if (caIntern.size < CA_INTERN_MAX) caIntern.set(key, copy);
+  return copy;
+}
+
+/** A chain as a device stores it: its own leaf, and shared copies of the CA certificates. */
+export const storedChain = (chain: readonly Uint8Array[]): Buffer[] =>
+  chain.map((c, i) => (i === 0 ? Buffer.from(c) : internCaCert(c)));
+
 export function decodeState(b: Uint8Array): DeviceState {
   const v = decode(b);
   if (!isMap(v) || !(v.otp instanceof Uint8Array))
@@ -56,6 +76,6 @@ export function decodeState(b: Uint8Array): DeviceState {
     helper: v.helper instanceof Uint8Array ? Buffer.from(v.helper) : null,
     epoch,
     pendingEpoch: typeof v.pending === "number" ? v.pending : null,
-    chain: chain.map((c) => Buffer.from(c as Uint8Array)),
+    chain: storedChain(chain as Uint8Array[]),
   };
 }
