@@ -47,7 +47,10 @@ export const batchProvider: pulumi.dynamic.ResourceProvider = {
 
 export type BatchResourceArgs = { [K in keyof BatchInputs]: pulumi.Input<BatchInputs[K]> };
 
-/** One production lot as one Pulumi resource; per-device records live in the registry. */
+/**
+ * One production lot as one Pulumi resource; per-device records live in the registry. The issuing
+ * CA key and the registry location (a postgres:// URL may carry a password) are secret outputs.
+ */
 export class DeviceBatchResource extends pulumi.dynamic.Resource {
   declare readonly total: pulumi.Output<number>;
   declare readonly counts: pulumi.Output<Record<string, number>>;
@@ -90,7 +93,7 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
       { ...outputs, ...args },
       {
         ...opts,
-        additionalSecretOutputs: ["issuerKeyPem", ...(opts?.additionalSecretOutputs ?? [])],
+        additionalSecretOutputs: ["issuerKeyPem", "registry", ...(opts?.additionalSecretOutputs ?? [])],
       },
     );
   }
