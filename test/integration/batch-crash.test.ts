@@ -115,6 +115,8 @@ describe("a batch survives kill -9", () => {
       },
     );
     expect(rec.status, rec.stderr).toBe(0);
+    // the killed engine's batch provider was still enrolling: recover-stack stops it
+    expect(rec.stderr).toMatch(/stopping provider process \d+ left running by the interrupted engine/);
     await stack.run(["up", "--yes", "--skip-preview"]);
     await converged(stack, work, farm);
     // nothing was issued twice: certificates ever issued = devices (no superseded leftovers)
