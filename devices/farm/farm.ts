@@ -37,6 +37,7 @@ import {
   DeviceAgent,
   type DeviceRef,
   type Outcome,
+  runDeviceOp,
 } from "../firmware/agent";
 import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
 import { blankState, type DeviceState, decodeState, encodeState } from "../firmware/state";
@@ -314,27 +315,7 @@ export class Farm implements Service {
   }
 
   private dispatch(name: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
-    const a = this.agent;
-    switch (name) {
-      case "IDENTIFY":
-        return a.identify(dev, req as never);
-      case "ATTEST":
-        return a.attest(dev, req as never);
-      case "CSR":
-        return a.csr(dev, req as never);
-      case "SET_TRUST":
-        return a.setTrust(dev, req as never);
-      case "INSTALL":
-        return a.install(dev, req as never);
-      case "ROTATE":
-        return a.rotate(dev, req as never);
-      case "STATUS":
-        return a.status(dev);
-      case "DECOMMISSION":
-        return a.decommission(dev, req as never);
-      case "INJECT":
-        return a.inject(dev, req as never);
-    }
+    return runDeviceOp(this.agent, name, dev, req);
   }
 
   private takeFault(index: number): Fault {

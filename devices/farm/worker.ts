@@ -15,7 +15,13 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import type { DeviceOpName } from "../../core/station/messages";
-import { type AgentCounters, DeviceAgent, type DeviceRef, type Outcome } from "../firmware/agent";
+import {
+  type AgentCounters,
+  DeviceAgent,
+  type DeviceRef,
+  type Outcome,
+  runDeviceOp,
+} from "../firmware/agent";
 import type { LeafFacts } from "../firmware/chain";
 import { blankState, decodeState, encodeState } from "../firmware/state";
 import { SiliconVendor } from "../injection/vendor";
@@ -115,22 +121,8 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
 }
 
 function dispatch(a: DeviceAgent, op: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
-  switch (op) {
-    case "IDENTIFY":
-      return a.identify(dev, req as never);
-    case "ATTEST":
-      return a.attest(dev, req as never);
-    case "CSR":
-      return a.csr(dev, req as never);
-    case "ROTATE":
-      return a.rotate(dev, req as never);
-    case "DECOMMISSION":
-      return a.decommission(dev, req as never);
-    case "INJECT":
-      return a.inject(dev, req as never);
-    default:
-      throw new Error(`worker: got ${op}, want an operation that runs in a worker`);
-  }
+  if (!WORKER_OPS.has(op)) throw new Error(`worker: got ${op}, want an operation that runs in a worker`);
+  return runDeviceOp(a, op, dev, req);
 }
 
 export function workerAgent(s: WorkerSetup): DeviceAgent {

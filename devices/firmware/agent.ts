@@ -524,3 +524,32 @@ function readOem(s: DeviceState): { s: Record<string, Buffer>; k?: Buffer } {
   if (!isMap(v)) return { s: {} };
   return { s: {}, k: v.k instanceof Uint8Array ? Buffer.from(v.k) : undefined };
 }
+
+/** Run one device operation on `a` (the farm's main thread and its workers share this). */
+export function runDeviceOp(
+  a: DeviceAgent,
+  op: M.DeviceOpName,
+  dev: DeviceRef,
+  req: unknown,
+): Outcome<unknown> {
+  switch (op) {
+    case "IDENTIFY":
+      return a.identify(dev, req as never);
+    case "ATTEST":
+      return a.attest(dev, req as never);
+    case "CSR":
+      return a.csr(dev, req as never);
+    case "SET_TRUST":
+      return a.setTrust(dev, req as never);
+    case "INSTALL":
+      return a.install(dev, req as never);
+    case "ROTATE":
+      return a.rotate(dev, req as never);
+    case "STATUS":
+      return a.status(dev);
+    case "DECOMMISSION":
+      return a.decommission(dev, req as never);
+    case "INJECT":
+      return a.inject(dev, req as never);
+  }
+}
