@@ -24,6 +24,7 @@ import type { DeviceRecord, DeviceState, Registry, StateCounts, Transition } fro
 import { importP256Spki, verifyAttestation } from "../station/attest";
 import type { BatchItem, StationClient } from "../station/client";
 import { verifyCsr } from "../station/csr";
+import { checkModel, deviceId, MAX_COUNT } from "../station/ids";
 import type { IdentifyResult } from "../station/messages";
 import { randomSerial } from "../x509/cert";
 import {
@@ -34,8 +35,6 @@ import {
   profileDigest,
   type ResolvedProfile,
 } from "./profile";
-
-export const SERIAL_DIGITS = 7;
 
 export interface BatchSpec {
   name: string;
@@ -97,19 +96,15 @@ export interface BatchPlan {
   active: number;
 }
 
-export const deviceIdOf = (model: string, serial: number): string =>
-  `${model}-${String(serial).padStart(SERIAL_DIGITS, "0")}`;
-
 export function validateSpec(s: BatchSpec): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(s.name))
     throw invalid("name", s.name, "1..63 letters, digits, '_', '.', '-'");
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.]{0,23}$/.test(s.model))
-    throw invalid("model", s.model, "1..24 letters, digits, '_' or '.', starting alphanumeric");
+  checkModel(s.model);
   if (s.source !== "puf" && s.source !== "injected") throw invalid("source", s.source, "'puf' or 'injected'");
   if (!Number.isInteger(s.firstSerial) || s.firstSerial < 0)
     throw invalid("firstSerial", s.firstSerial, "an integer >= 0");
-  if (!Number.isInteger(s.count) || s.count < 0 || s.firstSerial + s.count > 10 ** SERIAL_DIGITS)
-    throw invalid("count", s.count, `an integer >= 0 with firstSerial + count <= ${10 ** SERIAL_DIGITS}`);
+  if (!Number.isInteger(s.count) || s.count < 0 || s.firstSerial + s.count > MAX_COUNT)
+    throw invalid("count", s.count, `an integer >= 0 with firstSerial + count <= ${MAX_COUNT}`);
   if (!(s.maxQuarantinedFraction >= 0 && s.maxQuarantinedFraction <= 1))
     throw invalid("policy.identity.maxQuarantinedFraction", s.maxQuarantinedFraction, "a fraction in 0..1");
   if (!(s.maxWaveFraction > 0 && s.maxWaveFraction <= 1))
@@ -212,7 +207,7 @@ export class BatchEngine {
 
   private ids(): string[] {
     const out = new Array<string>(this.spec.count);
-    for (let i = 0; i < this.spec.count; i++) out[i] = deviceIdOf(this.spec.model, this.spec.firstSerial + i);
+    for (let i = 0; i < this.spec.count; i++) out[i] = deviceId(this.spec.model, this.spec.firstSerial + i);
     return out;
   }
 
@@ -377,7 +372,7 @@ export class BatchEngine {
     const lo = this.spec.firstSerial;
     const hi = lo + this.spec.count;
     for (let s = stored.firstSerial; s < stored.firstSerial + stored.count; s++)
-      if (s < lo || s >= hi) out.push(deviceIdOf(this.spec.model, s));
+      if (s < lo || s >= hi) out.push(deviceId(this.spec.model, s));
     return out;
   }
 

@@ -24,6 +24,7 @@ import { invalid } from "../../core/errors";
 import type { CborMap, Value } from "../../core/station/cbor";
 import { isMap } from "../../core/station/cbor";
 import { Op, StationError, Status } from "../../core/station/frame";
+import { deviceId, indexOf } from "../../core/station/ids";
 import {
   BATCH_MAX,
   DEVICE_OPS,
@@ -43,7 +44,6 @@ import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
 import { blankState, type DeviceState, decodeState, encodeState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
-import { deviceId, indexOf } from "./ids";
 import { WorkerPool } from "./pool";
 import type { StateStore } from "./store";
 import { asBuffers, type LeafAnswer, WORKER_OPS, type WorkerAnswer } from "./worker";

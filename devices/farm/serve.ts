@@ -26,12 +26,12 @@ import {
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { FleetError, invalid } from "../../core/errors";
+import { checkModel, MAX_COUNT } from "../../core/station/ids";
 import type { PufApi, PufConditions } from "../firmware/identity";
 import { toPem } from "../firmware/pkix";
 import { SiliconVendor } from "../injection/vendor";
 import { StationServer } from "../protocol/server";
 import { Farm, type FaultSpec, MAX_WORKERS } from "./farm";
-import { checkModel, MAX_COUNT } from "./ids";
 import { StateStore } from "./store";
 
 export interface StartOptions {

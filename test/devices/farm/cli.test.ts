@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it, vi } from "vitest";
 import { run } from "../../../cli/devices";
 import { main } from "../../../cli/fleet";
 import { FleetError } from "../../../core/errors";
-import { deviceId } from "../../../devices/farm/ids";
+import { deviceId } from "../../../core/station/ids";
 import { farmFor, SEED, tempDir } from "./helpers";
 
 describe("fleet devices", () => {

@@ -4,7 +4,7 @@ import type { ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { afterAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
-import { deviceId } from "../../../devices/farm/ids";
+import { deviceId } from "../../../core/station/ids";
 import { startFarmProcess } from "../../../devices/farm/process";
 import { makeCa, SEED, tempDir } from "./helpers";
 

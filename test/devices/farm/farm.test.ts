@@ -4,7 +4,7 @@ import { verifyAttestation } from "../../../core/station/attest";
 import { StationClient } from "../../../core/station/client";
 import { verifyCsr } from "../../../core/station/csr";
 import { StationError, Status } from "../../../core/station/frame";
-import { deviceId } from "../../../devices/farm/ids";
+import { deviceId } from "../../../core/station/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { farmFor, makeCa, tempDir } from "./helpers";
 

@@ -5,8 +5,8 @@ import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } fro
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
 import { StationError, Status } from "../../../core/station/frame";
+import { deviceId } from "../../../core/station/ids";
 import type { Subject } from "../../../core/station/messages";
-import { deviceId } from "../../../devices/farm/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { buildCertificate } from "../../../devices/firmware/pkix";
 import { farmFor, tempDir } from "./helpers";

@@ -7,7 +7,7 @@ import { FleetError } from "../../../core/errors";
 import { verifyAttestation } from "../../../core/station/attest";
 import { StationClient } from "../../../core/station/client";
 import { StationError, Status } from "../../../core/station/frame";
-import { deviceId } from "../../../devices/farm/ids";
+import { deviceId } from "../../../core/station/ids";
 import { DeviceAgent, type DeviceRef } from "../../../devices/firmware/agent";
 import { lifecycleOf } from "../../../devices/firmware/lifecycle";
 import { toPem } from "../../../devices/firmware/pkix";

@@ -6,8 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CborMap, decode, encode } from "../../../core/station/cbor";
 import { StationClient } from "../../../core/station/client";
 import { encodeFrame, Flag, FrameDecoder, Op, Status } from "../../../core/station/frame";
+import { deviceId } from "../../../core/station/ids";
 import type { DeviceStatus } from "../../../core/station/messages";
-import { deviceId } from "../../../devices/farm/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { farmFor, makeCa, tempDir } from "../farm/helpers";
 

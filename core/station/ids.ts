@@ -1,9 +1,9 @@
 /**
- * Device IDs of a farm: `<model>-<serial>`, the serial being the device's index zero-padded to
+ * Device IDs, shared by the station (the farm) and the enrollment engine: `<model>-<serial>`, the serial being the device's index zero-padded to
  * seven digits (fg100-0000042). IDs are deterministic from the index, so the farm stores
  * nothing to know which devices exist and parses an ID back to its index in O(1).
  */
-import { invalid } from "../../core/errors";
+import { invalid } from "../errors";
 
 export const SERIAL_DIGITS = 7;
 export const MAX_COUNT = 10 ** SERIAL_DIGITS;
