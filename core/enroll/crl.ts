@@ -1,12 +1,12 @@
 /**
  * Publishing an issuing CA's CRL (RFC 5280 section 5) from the registry: every certificate the
- * registry holds as revoked for that CA, signed by it, written atomically (temp file, fsync,
- * rename, fsync of the directory) as `<dir>/<issuer fingerprint>.crl.pem` with a sidecar
+ * registry holds as revoked for that CA, signed by it, written atomically (core/durable) as `<dir>/<issuer fingerprint>.crl.pem` with a sidecar
  * `.json` that remembers the cRLNumber, which only ever grows.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { signCrl } from "../ca";
+import { writeFileDurably } from "../durable";
 import type { Registry } from "../registry/types";
 import { REVOCATION_REASONS, type RevocationReason } from "../x509/crl";
 
@@ -14,24 +14,6 @@ export interface PublishedCrl {
   path: string;
   crlNumber: number;
   revoked: number;
-}
-
-function writeAtomic(file: string, data: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, "w", 0o644);
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  const dfd = fs.openSync(path.dirname(file), "r");
-  try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
-  }
 }
 
 export async function publishCrl(
@@ -63,7 +45,10 @@ export async function publishCrl(
     },
   );
   // the number is remembered first: a crash between the two writes skips a number, never reuses one
-  writeAtomic(meta, JSON.stringify({ crlNumber: crl.crlNumber, thisUpdate: crl.thisUpdate }));
-  writeAtomic(file, crl.crlPem);
+  const tmp = (f: string) => `${f}.tmp-${process.pid}`; // two providers may publish at once
+  writeFileDurably(meta, JSON.stringify({ crlNumber: crl.crlNumber, thisUpdate: crl.thisUpdate }), {
+    tmp: tmp(meta),
+  });
+  writeFileDurably(file, crl.crlPem, { tmp: tmp(file) });
   return { path: file, crlNumber: crl.crlNumber, revoked: revoked.length };
 }

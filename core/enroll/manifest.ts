@@ -7,6 +7,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { commitFile } from "../durable";
 import { createManifestSigner, type DeviceManifestInput, ManifestDigest, writeManifest } from "../manifest";
 import type { Registry } from "../registry/types";
 import { parseCertificate } from "../x509/parse";
@@ -54,10 +55,7 @@ export async function exportManifest(
   const digest = new ManifestDigest();
   const { count } = await writeManifest(devices(), signer, out, digest);
   await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
-  const fd = fs.openSync(tmp, "r");
-  fs.fsyncSync(fd);
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
+  commitFile(tmp, file);
   const signerPath = `${file}.signer.pem`;
   fs.writeFileSync(signerPath, signer.signerChainPem);
   return { path: file, signerPath, entries: count, digest: digest.digest() };

@@ -12,19 +12,10 @@
  *   snapshot-<gen>.bin    compacted states (store.ts)
  */
 import { randomBytes } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  unlinkSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
+import { writeFileDurably } from "../../core/durable";
 import { FleetError, invalid } from "../../core/errors";
 import { checkModel, MAX_COUNT } from "../../core/station/ids";
 import type { PufApi, PufConditions } from "../firmware/identity";
@@ -87,14 +78,6 @@ export interface RunningFarm {
   close(): Promise<void>;
 }
 
-function writeDurably(path: string, data: string | Uint8Array): void {
-  writeFileSync(`${path}.tmp`, data);
-  const fd = openSync(`${path}.tmp`, "r+");
-  fsyncSync(fd);
-  closeSync(fd);
-  renameSync(`${path}.tmp`, path);
-}
-
 function takeLock(dir: string): string {
   const path = join(dir, "farm.lock");
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -146,7 +129,7 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
       seedHex = meta.seed;
     } else {
       seedHex = (o.seed ?? randomBytes(32).toString("hex")).toLowerCase();
-      writeDurably(
+      writeFileDurably(
         metaPath,
         `${JSON.stringify({ format: 1, seed: seedHex, model, created: new Date().toISOString() })}\n`,
       );
@@ -155,8 +138,8 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
     const caPath = join(o.stateDir, "vendor-ca.der");
     const vendor = new SiliconVendor(seed, existsSync(caPath) ? readFileSync(caPath) : undefined);
     if (!existsSync(caPath)) {
-      writeDurably(join(o.stateDir, "vendor-ca.pem"), toPem(vendor.certificate));
-      writeDurably(caPath, vendor.certificate);
+      writeFileDurably(join(o.stateDir, "vendor-ca.pem"), toPem(vendor.certificate));
+      writeFileDurably(caPath, vendor.certificate);
     }
     const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
     const store = await StateStore.open(o.stateDir, { compactBytes: o.compactBytes, log });

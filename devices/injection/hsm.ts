@@ -9,8 +9,8 @@
  * OEM secrets in clear and is created with mode 0600.
  */
 import { createECDH, X509Certificate } from "node:crypto";
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileDurably } from "../../core/durable";
 import { FleetError, invalid } from "../../core/errors";
 import { decode, encode, isMap, type Value } from "../../core/station/cbor";
 import { P256_SPKI_PREFIX, pointOfSpki } from "./keys";
@@ -74,18 +74,6 @@ export function decodeSecrets(b: Uint8Array): Secrets {
   return { secrets, identityKey, chain };
 }
 
-function durableWrite(path: string, data: string): void {
-  const tmp = `${path}.tmp`;
-  writeFileSync(tmp, data, { mode: 0o600 });
-  const fd = openSync(tmp, "r+");
-  fsyncSync(fd);
-  closeSync(fd);
-  renameSync(tmp, path);
-  const dfd = openSync(dirname(path), "r");
-  fsyncSync(dfd);
-  closeSync(dfd);
-}
-
 export class Hsm {
   private constructor(
     private readonly path: string,
@@ -138,9 +126,10 @@ export class Hsm {
   private persist(s: HsmState): void {
     const secrets: Record<string, string> = {};
     for (const [k, v] of Object.entries(s.secrets)) secrets[k] = Buffer.from(v).toString("base64");
-    durableWrite(
+    writeFileDurably(
       this.path,
       JSON.stringify({ productId: s.productId, limit: s.limit, issued: s.issued, secrets }),
+      { mode: 0o600 }, // it holds the OEM secrets
     );
   }
 
