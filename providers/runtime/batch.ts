@@ -7,7 +7,6 @@
  * the registry, so a `pulumi up` interrupted at any point converges when run again (rule 2).
  */
 import * as crypto from "node:crypto";
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { publishCrl } from "../../core/enroll/crl";
@@ -31,7 +30,7 @@ import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
 import { loadPrivateKey } from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
-import { UNKNOWN } from "./ca";
+import { isUnknown, UNKNOWN } from "./ca";
 import { engineLog } from "./engine-log";
 
 export interface BatchPolicyInputs {
@@ -78,9 +77,6 @@ export interface BatchOutputs {
   crl: { path: string; crlNumber: number; revoked: number } | null;
   manifest: { path: string; signerPath: string; entries: number; digest: string } | null;
 }
-
-const isUnknown = (v: unknown): boolean =>
-  v === UNKNOWN || (typeof v === "object" && v !== null && Object.values(v).some(isUnknown));
 
 const fingerprintOf = (pem: string, field: string) =>
   crypto
@@ -401,5 +397,3 @@ export async function del(_id: string, props: Record<string, unknown>) {
     }),
   );
 }
-
-export const _internal = { registryLocation, fs };

@@ -33,7 +33,8 @@ export interface CaInputs extends CaRequest {
   existing?: { certificatePem: string; privateKeyPem: string };
 }
 
-const isUnknown = (v: unknown): boolean =>
+/** True if `v` is, or holds, a value Pulumi does not know yet (a preview of a dependent resource). */
+export const isUnknown = (v: unknown): boolean =>
   v === UNKNOWN || (typeof v === "object" && v !== null && Object.values(v).some(isUnknown));
 
 /** Inputs that, when changed, mean a new key and certificate: the CA is replaced. */
