@@ -53,7 +53,11 @@ async function verifyDevices(registry: string, cas: Record<string, CaSummary>, o
       const dir = path.join(out, `batch-${b.name}`);
       fs.mkdirSync(dir, { recursive: true });
       const groups = new Map<string, typeof live>();
-      for (const c of live) groups.set(c.issuer, [...(groups.get(c.issuer) ?? []), c]);
+      for (const c of live) {
+        const g = groups.get(c.issuer);
+        if (g) g.push(c);
+        else groups.set(c.issuer, [c]);
+      }
       for (const [fp, certs] of groups) {
         const ca = byFp.get(fp);
         if (!ca) {

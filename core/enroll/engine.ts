@@ -20,7 +20,14 @@
  */
 import * as crypto from "node:crypto";
 import { FleetError, invalid } from "../errors";
-import type { DeviceRecord, DeviceState, Registry, StateCounts, Transition } from "../registry/types";
+import type {
+  CertificateRecord,
+  DeviceRecord,
+  DeviceState,
+  Registry,
+  StateCounts,
+  Transition,
+} from "../registry/types";
 import { importP256Spki, verifyAttestation } from "../station/attest";
 import type { BatchItem, StationClient } from "../station/client";
 import { verifyCsr } from "../station/csr";
@@ -278,13 +285,7 @@ export class BatchEngine {
   private async stale(page: DeviceRecord[], since: Date): Promise<DeviceRecord[]> {
     const out: DeviceRecord[] = [];
     for (const d of page) {
-      if (!d.certSerial) {
-        out.push(d);
-        continue;
-      }
-      const [c] = await this.ctx.registry
-        .certificates({ deviceId: d.deviceId, status: ["live"] })
-        .then((cs) => cs.filter((x) => x.serial === d.certSerial));
+      const c = await this.liveCert(d);
       if (!c || c.issuedAt < since || c.issuer !== this.ctx.issuer.fingerprint) out.push(d);
     }
     return out;
@@ -392,13 +393,13 @@ export class BatchEngine {
     if (fresh.length) {
       const attested = await this.attest(fresh);
       final += fresh.length - attested.length;
-      const issued = await this.issue(attested, template, "attested");
+      const issued = await this.issue(attested, template);
       final += attested.length - issued.length;
       toInstall.push(...issued);
     }
     for (const d of resume) {
       const cert = await this.liveCert(d);
-      if (cert) toInstall.push({ d, chain: [cert, ...this.chainDer] });
+      if (cert) toInstall.push({ d, chain: [cert.der, ...this.chainDer] });
       else {
         // an issued state without its certificate cannot happen through this engine; start over
         await this.ctx.registry.apply([
@@ -411,10 +412,11 @@ export class BatchEngine {
     return final;
   }
 
-  private async liveCert(d: DeviceRecord): Promise<Buffer | undefined> {
+  /** The device's current certificate, if it is live. */
+  private async liveCert(d: DeviceRecord): Promise<CertificateRecord | undefined> {
     if (!d.certSerial) return undefined;
     const cs = await this.ctx.registry.certificates({ deviceId: d.deviceId, status: ["live"] });
-    return cs.find((c) => c.serial === d.certSerial)?.der;
+    return cs.find((c) => c.serial === d.certSerial);
   }
 
   /** identify + attest; records attested (with the key) or quarantined. Returns the attested. */
@@ -494,7 +496,8 @@ export class BatchEngine {
             publicKey: c.id.publicKey,
             epoch: c.id.epoch,
           });
-        out.push({ d: { ...c.d, state: "attested" }, id: c.id, key });
+        // the state the registry now holds: pending became attested; attested or active stay
+        out.push({ d: { ...c.d, state: c.d.state === "pending" ? "attested" : c.d.state }, id: c.id, key });
         return undefined;
       })(att[i]!);
     if (tx.length) await this.ctx.registry.apply(tx, this.now());
@@ -527,7 +530,6 @@ export class BatchEngine {
   private async issue(
     devs: Array<{ d: DeviceRecord; id: IdentifyResult; key: crypto.KeyObject }>,
     template: CompiledTemplate,
-    from: DeviceState,
   ): Promise<Array<{ d: DeviceRecord; chain: Buffer[] }>> {
     if (!devs.length) return [];
     const names = devs.map((x) =>
@@ -540,11 +542,11 @@ export class BatchEngine {
     const tx: Transition[] = [];
     const out: Array<{ d: DeviceRecord; chain: Buffer[] }> = [];
     const now = this.now();
-    const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, from, reason));
+    const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, d.state, reason));
     for (let i = 0; i < csrs.length; i++)
       ((res: (typeof csrs)[number]): unknown => {
         const { d, id, key } = devs[i]!;
-        if (!res.ok) return this.failed({ ...d, state: from }, res, q, "csr");
+        if (!res.ok) return this.failed(d, res, q, "csr");
         if (res.value.epoch !== id.epoch)
           return q(d, `csr-refused: epoch ${res.value.epoch}, identified ${id.epoch}`);
         let spki: Buffer;
@@ -564,7 +566,7 @@ export class BatchEngine {
         tx.push({
           deviceId: d.deviceId,
           batch: d.batch,
-          from,
+          from: d.state,
           to: "issued",
           certificate: {
             serial: serialHex(serial),
@@ -656,9 +658,9 @@ export class BatchEngine {
       let quarantined = 0;
       for (let i = 0; i < wave.length; i += this.waveSize) {
         const part = wave.slice(i, i + this.waveSize);
-        const attested = await this.reattest(part);
+        const attested = await this.attest(part); // active devices stay active until re-issued
         quarantined += part.length - attested.length;
-        const issued = await this.issue(attested, template, "active");
+        const issued = await this.issue(attested, template);
         quarantined += attested.length - issued.length;
         await this.install(issued.map((x) => ({ d: { ...x.d, state: "issued" }, chain: x.chain })));
         this.reissued += issued.length;
@@ -676,12 +678,6 @@ export class BatchEngine {
       }
     }
     meter.add(0, true);
-  }
-
-  /** identify + attest an active device again before re-issuing (no registry change unless refused). */
-  private async reattest(devs: DeviceRecord[]) {
-    const res = await this.attest(devs.map((d) => ({ ...d, state: "active" as DeviceState })));
-    return res.map((x) => ({ ...x, d: { ...x.d, state: "active" as DeviceState } }));
   }
 
   /** Decommission devices at the station and in the registry (revoking their certificates). */
@@ -794,7 +790,7 @@ export class BatchEngine {
           continue;
         }
         const cert = await this.liveCert(d);
-        const has = cert && s.value.chain.length > 0 && s.value.chain[0]!.equals(cert);
+        const has = cert && s.value.chain.length > 0 && s.value.chain[0]!.equals(cert.der);
         if (!has) {
           lost++;
           tx.push({
