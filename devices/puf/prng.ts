@@ -49,33 +49,15 @@ export class Xoshiro128 {
     return r;
   }
 
-  /** Fill `out` with consecutive outputs (the hot loop keeps the state in locals). */
+  /** Fill `out` with consecutive outputs. */
   fill(out: Uint32Array): Uint32Array {
-    let s0 = this.#s0;
-    let s1 = this.#s1;
-    let s2 = this.#s2;
-    let s3 = this.#s3;
-    for (let i = 0; i < out.length; i++) {
-      const x = Math.imul(s1, 5);
-      out[i] = Math.imul((x << 7) | (x >>> 25), 9);
-      const t = s1 << 9;
-      s2 ^= s0;
-      s3 ^= s1;
-      s1 ^= s2;
-      s0 ^= s3;
-      s2 ^= t;
-      s3 = (s3 << 11) | (s3 >>> 21);
-    }
-    this.#s0 = s0;
-    this.#s1 = s1;
-    this.#s2 = s2;
-    this.#s3 = s3;
-    return out;
+    return this.fillStrided(out, 0, 1, out.length);
   }
 
   /**
    * The next `n` outputs into out[offset], out[offset + stride], ...: the same sequence as
-   * fill(), laid out so that several generators can be interleaved in one array.
+   * fill(), laid out so that several generators can be interleaved in one array (the hot loop
+   * keeps the state in locals).
    */
   fillStrided(out: Uint32Array, offset: number, stride: number, n: number): Uint32Array {
     if (!(offset >= 0 && stride >= 1 && n >= 0 && (n === 0 || offset + (n - 1) * stride < out.length)))
