@@ -12,7 +12,7 @@ import { invalid } from "../errors";
 import type { Subject } from "../station/messages";
 import { LeafTemplate } from "../x509/cert";
 import { EKU, KEY_USAGES, type KeyUsage, keyIdentifier } from "../x509/ext";
-import { algorithmOf } from "../x509/keys";
+import { algorithmOf, type SigningKey } from "../x509/keys";
 import { parseCertificate, subjectKeyIdOf } from "../x509/parse";
 
 export interface DeviceCertificateProfile {
@@ -142,7 +142,7 @@ export interface IssuerMaterial {
   /** issuing CA certificate (DER) */
   certificate: Buffer;
   /** the issuing CA's private key (absent for read-only work: plan, refresh) */
-  key?: crypto.KeyObject;
+  key?: SigningKey;
   /** chain above the issuing CA up to and including the root (DER), nearest first */
   chain: Buffer[];
   fingerprint: string;

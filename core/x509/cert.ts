@@ -19,7 +19,7 @@ import {
   subjectAltName,
   subjectKeyIdentifier,
 } from "./ext";
-import { algInfo, type KeyAlgorithm, signWith } from "./keys";
+import { algInfo, type KeyAlgorithm, type SigningKey, signWith } from "./keys";
 
 /**
  * A positive serial with at least 120 bits from the CSPRNG (CA/B Forum asks 64), 16 octets,
@@ -60,7 +60,7 @@ export function encodeTbs(f: TbsFields, signer: KeyAlgorithm): Buffer {
 }
 
 /** Certificate ::= SEQ { tbsCertificate, signatureAlgorithm, signatureValue } */
-export function signTbs(tbs: Uint8Array, signer: KeyAlgorithm, key: crypto.KeyObject): Buffer {
+export function signTbs(tbs: Uint8Array, signer: KeyAlgorithm, key: SigningKey): Buffer {
   return seq(tbs, algInfo(signer).sigAlgId, bitString(signWith(signer, key, tbs)));
 }
 
@@ -77,7 +77,7 @@ export interface LeafProfile {
 
 export interface LeafIssuer {
   algorithm: KeyAlgorithm;
-  key: crypto.KeyObject;
+  key: SigningKey;
   /** DER Name of the issuing CA (its certificate's subject) */
   subject: Uint8Array;
   keyId: Uint8Array;

@@ -3,11 +3,10 @@
  * monotonically increasing cRLNumber and the authorityKeyIdentifier, signed by the CA whose
  * certificates it lists. Revoked entries carry their date and, optionally, a reasonCode.
  */
-import type * as crypto from "node:crypto";
 import { invalid } from "../errors";
 import { bitString, explicit, seq, time, tlv, uint, uintBytes } from "./der";
 import { authorityKeyIdentifier, extension, OID } from "./ext";
-import { algInfo, type KeyAlgorithm, signWith } from "./keys";
+import { algInfo, type KeyAlgorithm, type SigningKey, signWith } from "./keys";
 
 export const REVOCATION_REASONS = {
   unspecified: 0,
@@ -32,7 +31,7 @@ export interface CrlSpec {
   issuerName: Uint8Array;
   issuerKeyId: Uint8Array;
   signer: KeyAlgorithm;
-  key: crypto.KeyObject;
+  key: SigningKey;
   thisUpdate: Date;
   nextUpdate: Date;
   crlNumber: bigint | number;

@@ -47,6 +47,27 @@ const ALGS: Record<KeyAlgorithm, AlgInfo> = {
   },
 };
 
+/**
+ * A CA key that lives outside this process's memory (an HSM through PKCS#11): it signs, it never
+ * exports. `sign` gets the whole to-be-signed bytes and returns the signature as X.509 wants it
+ * (ECDSA: a DER Ecdsa-Sig-Value; RSA: PKCS#1 v1.5 with SHA-256; Ed25519: the raw 64 bytes).
+ */
+export interface ExternalSigner {
+  readonly algorithm: KeyAlgorithm;
+  readonly publicKey: crypto.KeyObject;
+  sign(data: Uint8Array): Buffer;
+}
+
+/** What a CA signs with: a private KeyObject held in memory, or an external signer. */
+export type SigningKey = crypto.KeyObject | ExternalSigner;
+
+export const isExternalSigner = (k: SigningKey): k is ExternalSigner => !(k instanceof crypto.KeyObject);
+
+/** The public half of a signing key (for matching it against a certificate). */
+export function publicKeyOf(k: SigningKey): crypto.KeyObject {
+  return isExternalSigner(k) ? k.publicKey : crypto.createPublicKey(k);
+}
+
 export function isKeyAlgorithm(v: unknown): v is KeyAlgorithm {
   return typeof v === "string" && (KEY_ALGORITHMS as readonly string[]).includes(v);
 }
@@ -61,7 +82,8 @@ export function algInfo(alg: KeyAlgorithm): AlgInfo {
 }
 
 /** The algorithm of an existing key (a BYO root, a device public key). */
-export function algorithmOf(key: crypto.KeyObject, field: string): KeyAlgorithm {
+export function algorithmOf(key: SigningKey, field: string): KeyAlgorithm {
+  if (isExternalSigner(key)) return key.algorithm;
   const t = key.asymmetricKeyType;
   const d = key.asymmetricKeyDetails ?? {};
   if (t === "ec" && d.namedCurve === "prime256v1") return "ecdsa-p256";
@@ -81,7 +103,11 @@ export function spkiDer(publicKey: crypto.KeyObject): Buffer {
 }
 
 /** Sign with the issuer's key; ECDSA signatures come out DER-encoded as X.509 wants. */
-export function signWith(alg: KeyAlgorithm, key: crypto.KeyObject, data: Uint8Array): Buffer {
+export function signWith(alg: KeyAlgorithm, key: SigningKey, data: Uint8Array): Buffer {
+  if (isExternalSigner(key)) {
+    if (key.algorithm !== alg) throw invalid("signer.algorithm", key.algorithm, `a ${alg} key`);
+    return key.sign(data);
+  }
   return crypto.sign(ALGS[alg].hash, data, key);
 }
 
