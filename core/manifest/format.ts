@@ -11,12 +11,24 @@ import type { PublicJwk } from "./jwk";
 export const MANIFEST_VERSION = 1;
 
 /**
- * extendedKeyUsage of manifest-signer certificates: a UUID-derived OID (ITU-T X.667, arc 2.25,
- * no registration needed). Not id-kp-codeSigning: a code-signing certificate is trusted by
- * firmware-update verifiers, and a manifest signer must not be able to sign firmware (nor a
- * code-signing certificate sign manifests). A dedicated purpose keeps the two keys apart.
+ * extendedKeyUsage of manifest-signer certificates (docs/pki-interop.md): fleetguard's UUID
+ * 10863cc0-a424-465a-9f43-fe4250dbbfa0 under Microsoft's GUID arc 1.2.840.113556.1.8000.2554, whose
+ * allocations are implicit (the UUID split into 16- and 24-bit arcs, so no registration is needed).
+ * Every arc is below 2^24: Go's crypto/x509 refuses a certificate with any EKU arc of 2^31 or more,
+ * which the same UUID under 2.25 (one 128-bit arc) was. Not id-kp-codeSigning: firmware-update
+ * verifiers trust code-signing certificates, and a manifest signer must not be able to sign
+ * firmware. Not id-kp-documentSigning (RFC 9336): that is for content shown to people, and a
+ * manifest is read by machines (hubs, bulk registration).
  */
-export const MANIFEST_SIGNER_EKU = "2.25.21964647918785137885206035534542782368";
+export const MANIFEST_SIGNER_EKU =
+  "1.2.840.113556.1.8000.2554.4230.15552.42020.18010.40771.16663120.14401440";
+
+/**
+ * The same UUID as a 2.25 OID (ITU-T X.667), which signers before issue 9 wrote. The verifier still
+ * accepts it so that manifests exported earlier verify while their signer certificates are valid
+ * (30 days by default); signers never write it.
+ */
+export const LEGACY_MANIFEST_SIGNER_EKU = "2.25.21964647918785137885206035534542782368";
 
 export const JWS_ALGS = ["ES256", "ES384", "EdDSA"] as const;
 export type JwsAlg = (typeof JWS_ALGS)[number];

@@ -8,6 +8,7 @@ export {
   type DeviceManifestInput,
   JWS_ALGS,
   type JwsAlg,
+  LEGACY_MANIFEST_SIGNER_EKU,
   MANIFEST_SIGNER_EKU,
   MANIFEST_VERSION,
   ManifestDigest,

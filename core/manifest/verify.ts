@@ -16,6 +16,7 @@ import { type Cert, type LeafCert, readCert, readLeaf, TrustAnchors, validityPro
 import {
   JWS_ALGS,
   type JwsAlg,
+  LEGACY_MANIFEST_SIGNER_EKU,
   MANIFEST_SIGNER_EKU,
   MANIFEST_VERSION,
   ManifestDigest,
@@ -141,7 +142,7 @@ export function createManifestVerifier(opts: VerifyOptions): ManifestVerifier {
       anchors.caPathProblem(cas, labels) ?? anchors.leafProblem(signer.x, cas[0], "signer certificate");
     const eku = ekuOf(signer);
     if (p) signerProblem = { reason: "signer-untrusted", detail: p };
-    else if (!eku?.includes(MANIFEST_SIGNER_EKU))
+    else if (!eku?.some((o) => o === MANIFEST_SIGNER_EKU || o === LEGACY_MANIFEST_SIGNER_EKU))
       signerProblem = {
         reason: "signer-untrusted",
         detail: `signer certificate extendedKeyUsage is [${eku?.join(", ") ?? "absent"}], want ${MANIFEST_SIGNER_EKU} (manifest signing)`,

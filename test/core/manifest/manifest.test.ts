@@ -8,6 +8,8 @@ import {
   buildManifest,
   createManifestSigner,
   type FailureReason,
+  LEGACY_MANIFEST_SIGNER_EKU,
+  MANIFEST_SIGNER_EKU,
   ManifestDigest,
   type ManifestEntry,
   manifestDigest,
@@ -101,7 +103,7 @@ describe("signed manifest round trip", () => {
   it("makes a short-lived end-entity signer certificate with the manifest EKU", () => {
     const x = new crypto.X509Certificate(derOf(signer.signerCertificatePem));
     expect(x.ca).toBe(false);
-    expect(x.keyUsage).toEqual(["2.25.21964647918785137885206035534542782368"]);
+    expect(x.keyUsage).toEqual(["1.2.840.113556.1.8000.2554.4230.15552.42020.18010.40771.16663120.14401440"]);
     const days = (new Date(x.validTo).getTime() - Date.now()) / 86_400_000;
     expect(days).toBeGreaterThan(29.9);
     expect(days).toBeLessThanOrEqual(30);
@@ -312,6 +314,28 @@ describe("tampering is refused with the right reason", () => {
       signerCertificatePem: rogue.signerCertificatePem + pki.manifests.certificatePem,
     });
     expect(r2.failures[0]!.reason).toBe("signer-untrusted");
+  });
+
+  it("the manifest EKU has no arc of 2^31 or more (Go's crypto/x509 refuses the certificate otherwise)", () => {
+    const arcs = MANIFEST_SIGNER_EKU.split(".").map(BigInt);
+    expect(arcs.every((a) => a < 2n ** 31n)).toBe(true);
+    // the same UUID as the legacy 2.25 OID: 16- and 24-bit slices of its 128 bits
+    const uuid = BigInt(LEGACY_MANIFEST_SIGNER_EKU.split(".")[2]!);
+    const hex = uuid.toString(16).padStart(32, "0");
+    const slices = [0, 4, 8, 12, 16, 20, 26, 32];
+    const guidArcs = slices.slice(0, -1).map((a, i) => Number.parseInt(hex.slice(a, slices[i + 1]), 16));
+    expect(MANIFEST_SIGNER_EKU).toBe(`1.2.840.113556.1.8000.2554.${guidArcs.join(".")}`);
+  });
+
+  it("a signer certificate with the legacy 2.25 EKU (manifests exported before) still verifies", () => {
+    const legacy = handSigner(pki.manifests, [LEGACY_MANIFEST_SIGNER_EKU]);
+    const e = legacy.sign(payloadFor(devices[0]!), devices[0]!.deviceId);
+    const r = verifyManifest([e], {
+      ...opts,
+      signerCertificatePem: legacy.certificatePem + pki.manifests.certificatePem,
+    });
+    expect(r.failures).toEqual([]);
+    expect(r.ok).toHaveLength(1);
   });
 
   it("a certificate from the right CA without the manifest EKU: signer-untrusted", () => {

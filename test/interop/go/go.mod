@@ -1,0 +1,3 @@
+module fleetguard.test/x509interop
+
+go 1.26
