@@ -11,6 +11,22 @@
 import { Pool, type PoolClient } from "pg";
 import { FleetError } from "../errors";
 import {
+  baselineRow,
+  type ChainRow,
+  canonicalJson,
+  chain,
+  checkVerifyOptions,
+  declareRow,
+  GENESIS,
+  type NewRow,
+  rowHash,
+  runVerify,
+  type TableCert,
+  type TableDevice,
+  transitionRow,
+  type VerifySource,
+} from "./chain";
+import {
   checkBatchInput,
   checkDate,
   checkLimit,
@@ -30,6 +46,7 @@ import {
 } from "./common";
 import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "./schema";
 import type {
+  AuditHead,
   AuditRecord,
   BatchRecord,
   CertificateRecord,
@@ -40,6 +57,8 @@ import type {
   Registry,
   StateCounts,
   Transition,
+  VerifyOptions,
+  VerifyReport,
 } from "./types";
 
 export interface PostgresOptions {
@@ -104,6 +123,195 @@ function toAudit(r: Row): AuditRecord {
     to: r.to_state as DeviceState,
     reason: (r.reason as string | null) ?? null,
     detail: (r.detail as Record<string, unknown> | null) ?? null,
+    prevHash: (r.prev_hash as string | null) ?? null,
+    hash: (r.hash as string | null) ?? null,
+  };
+}
+
+const AUDIT_LOCK = "fleetguard.registry.audit";
+const AUDIT_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, detail, public_key_sha256, epoch,
+  cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, prev_hash, hash`;
+const DEVICE_COLUMNS = `device_id, batch, state, reason,
+  CASE WHEN public_key IS NULL THEN NULL ELSE encode(sha256(public_key), 'hex') END AS public_key_sha256,
+  epoch, cert_serial`;
+const CERT_COLUMNS = `serial, device_id, batch, issuer, encode(sha256(der), 'hex') AS sha256, status,
+  revoked_at, revocation_reason`;
+const ms = (v: unknown): number | null => (v === null || v === undefined ? null : (v as Date).getTime());
+
+/** An audit row as read back, as the chain hashes it (exported for the tests that play the attacker). */
+export function toChainRow(r: Row): ChainRow {
+  return {
+    seq: Number(r.seq),
+    at: ms(r.at)!,
+    batch: r.batch as string,
+    deviceId: r.device_id as string,
+    from: (r.from_state as string | null) ?? null,
+    to: r.to_state as string,
+    reason: (r.reason as string | null) ?? null,
+    // jsonb comes back parsed, its keys reordered: canonical JSON gives what was hashed
+    detail: r.detail === null || r.detail === undefined ? null : canonicalJson(r.detail),
+    publicKeySha256: (r.public_key_sha256 as string | null) ?? null,
+    epoch: (r.epoch as number | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
+    certSha256: (r.cert_sha256 as string | null) ?? null,
+    certIssuer: (r.cert_issuer as string | null) ?? null,
+    revokeReason: (r.revoke_reason as string | null) ?? null,
+    revokeAt: ms(r.revoke_at),
+    baseline: (r.baseline as string | null) ?? null,
+    prevHash: (r.prev_hash as string | null) ?? null,
+    hash: (r.hash as string | null) ?? null,
+  };
+}
+
+function toTableDevice(r: Row): TableDevice {
+  return {
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    state: r.state as string,
+    reason: (r.reason as string | null) ?? null,
+    publicKeySha256: (r.public_key_sha256 as string | null) ?? null,
+    epoch: (r.epoch as number | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
+  };
+}
+
+function toTableCert(r: Row): TableCert {
+  return {
+    serial: r.serial as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    issuer: r.issuer as string,
+    sha256: r.sha256 as string,
+    status: r.status as string,
+    revokedAt: ms(r.revoked_at),
+    reason: (r.revocation_reason as string | null) ?? null,
+  };
+}
+
+/**
+ * Chain rows onto the head and insert them, inside the caller's transaction. The advisory lock
+ * serialises appenders (held to commit), so every writer chains onto the head the previous one
+ * committed; it is taken last, after the compare-and-set, so writers on other devices still run
+ * their device updates side by side.
+ */
+async function appendAudit(c: PoolClient, rows: readonly NewRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [AUDIT_LOCK]);
+  const h = (await c.query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")).rows[0];
+  const head = h ? { seq: Number(h.seq), hash: h.hash as string } : { seq: 0, hash: GENESIS };
+  const cs = chain(head, rows);
+  const t = (v: number | null) => (v === null ? null : new Date(v).toISOString());
+  await c.query(
+    `INSERT INTO audit (${AUDIT_COLUMNS})
+     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+       $7::text[], $8::jsonb[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[],
+       $15::timestamptz[], $16::text[], $17::text[], $18::text[])`,
+    [
+      cs.map((r) => r.seq),
+      cs.map((r) => t(r.at)),
+      cs.map((r) => r.batch),
+      cs.map((r) => r.deviceId),
+      cs.map((r) => r.from),
+      cs.map((r) => r.to),
+      cs.map((r) => r.reason),
+      cs.map((r) => r.detail),
+      cs.map((r) => r.publicKeySha256),
+      cs.map((r) => r.epoch),
+      cs.map((r) => r.certSerial),
+      cs.map((r) => r.certSha256),
+      cs.map((r) => r.certIssuer),
+      cs.map((r) => r.revokeReason),
+      cs.map((r) => t(r.revokeAt)),
+      cs.map((r) => r.baseline),
+      cs.map((r) => r.prevHash),
+      cs.map((r) => r.hash),
+    ],
+  );
+}
+
+/** Migration 2: hash the rows already there, then a baseline row per device (see chain.ts). */
+async function chainExisting(c: PoolClient): Promise<void> {
+  await c.query("ALTER TABLE audit DISABLE TRIGGER audit_no_update_delete");
+  let head = { seq: 0, hash: GENESIS };
+  for (;;) {
+    const page = (
+      await c.query(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT 10000`, [head.seq])
+    ).rows.map(toChainRow);
+    if (page.length === 0) break;
+    const upd: { s: number[]; p: string[]; h: string[] } = { s: [], p: [], h: [] };
+    for (const r of page) {
+      const hash = rowHash({ ...r, prevHash: head.hash });
+      upd.s.push(r.seq);
+      upd.p.push(head.hash);
+      upd.h.push(hash);
+      head = { seq: r.seq, hash };
+    }
+    await c.query(
+      `UPDATE audit a SET prev_hash = u.p, hash = u.h
+       FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(s, p, h) WHERE a.seq = u.s`,
+      [upd.s, upd.p, upd.h],
+    );
+  }
+  await c.query("ALTER TABLE audit ENABLE TRIGGER audit_no_update_delete");
+  const at = Date.now();
+  for (let after = ""; ; ) {
+    const ds = (
+      await c.query(
+        `SELECT ${DEVICE_COLUMNS} FROM devices WHERE device_id > $1 ORDER BY device_id LIMIT 5000`,
+        [after],
+      )
+    ).rows.map(toTableDevice);
+    if (ds.length === 0) break;
+    const last = ds[ds.length - 1]!.deviceId;
+    const byDevice = new Map<string, TableCert[]>();
+    for (const r of (
+      await c.query(
+        `SELECT ${CERT_COLUMNS} FROM certificates WHERE device_id > $1 AND device_id <= $2 ORDER BY device_id, serial`,
+        [after, last],
+      )
+    ).rows.map(toTableCert)) {
+      const l = byDevice.get(r.deviceId) ?? [];
+      l.push(r);
+      byDevice.set(r.deviceId, l);
+    }
+    await appendAudit(
+      c,
+      ds.map((d) => baselineRow(at, d, byDevice.get(d.deviceId) ?? [])),
+    );
+    after = last;
+  }
+  await c.query("ALTER TABLE audit ALTER COLUMN prev_hash SET NOT NULL, ALTER COLUMN hash SET NOT NULL");
+}
+
+/** The verifier's reads, on one connection in one REPEATABLE READ READ ONLY transaction (a snapshot). */
+function postgresSource(c: PoolClient): VerifySource {
+  const q = async (sql: string, args: unknown[]) => (await c.query(sql, args)).rows as Row[];
+  const range = (table: string, cols: string, order: string) => async (after: string, upTo: string | null) =>
+    upTo === null
+      ? q(`SELECT ${cols} FROM ${table} WHERE device_id > $1 ORDER BY ${order}`, [after])
+      : q(`SELECT ${cols} FROM ${table} WHERE device_id > $1 AND device_id <= $2 ORDER BY ${order}`, [
+          after,
+          upTo,
+        ]);
+  const dev = range("devices", DEVICE_COLUMNS, "device_id");
+  const aud = range("audit", AUDIT_COLUMNS, "device_id, seq");
+  const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
+  return {
+    countAudit: async () => Number((await q("SELECT count(*) AS n FROM audit", []))[0]!.n),
+    chainPage: async (afterSeq, limit) =>
+      (
+        await q(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2`, [afterSeq, limit])
+      ).map(toChainRow),
+    rangeEnd: async (table, after, offset) =>
+      ((
+        await q(`SELECT device_id FROM ${table} WHERE device_id > $1 ORDER BY device_id LIMIT 1 OFFSET $2`, [
+          after,
+          offset - 1,
+        ])
+      )[0]?.device_id as string | undefined) ?? null,
+    devices: async (after, upTo) => (await dev(after, upTo)).map(toTableDevice),
+    audit: async (after, upTo) => (await aud(after, upTo)).map(toChainRow),
+    certificates: async (after, upTo) => (await crt(after, upTo)).map(toTableCert),
   };
 }
 
@@ -230,6 +438,7 @@ export class PostgresRegistry implements Registry {
       for (const m of MIGRATIONS) {
         if (m.version <= cur) continue;
         await c.query(m.postgres);
+        if (m.step === "audit-chain") await chainExisting(c);
         await c.query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, now())", [
           m.version,
           m.name,
@@ -345,11 +554,10 @@ export class PostgresRegistry implements Registry {
           a.x.push(JSON.stringify({ fromBatch: o.batch }));
         }
       }
-      await c.query(
-        `INSERT INTO audit (at, batch, device_id, from_state, to_state, reason, detail)
-         SELECT $1, $2, d, f, 'pending', r, x::jsonb
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(d, f, r, x, n) ORDER BY n`,
-        [when, batch, a.d, a.f, a.r, a.x],
+      const atMs = at.getTime();
+      await appendAudit(
+        c,
+        a.d.map((d, i) => declareRow(atMs, batch, d, a.f[i] ?? null, a.r[i] ?? null, a.x[i] ?? null)),
       );
       return a.d.length;
     });
@@ -400,7 +608,12 @@ export class PostgresRegistry implements Registry {
       // Joins against unnest() must probe the indexes: left to itself the planner hashes the
       // whole devices table for every chunk once it holds ~100k rows (O(batch) per chunk).
       await c.query(APPLY_SESSION_SQL);
-      for (const round of rounds(transitions)) await this.applyRound(c, round, when);
+      const rows: NewRow[] = [];
+      for (const round of rounds(transitions)) {
+        await this.applyRound(c, round, when);
+        for (const t of round) rows.push(transitionRow(t, at.getTime(), detailJson("detail", t.detail)));
+      }
+      await appendAudit(c, rows);
     });
   }
 
@@ -470,21 +683,6 @@ export class PostgresRegistry implements Registry {
            AND c.serial IS DISTINCT FROM d.cert_serial`,
         [act, at],
       );
-    await c.query(
-      `INSERT INTO audit (at, batch, device_id, from_state, to_state, reason, detail)
-       SELECT $1, b, d, f, t, r, x::jsonb
-       FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-         WITH ORDINALITY AS u(b, d, f, t, r, x, n) ORDER BY n`,
-      [
-        at,
-        ts.map((t) => t.batch),
-        ts.map((t) => t.deviceId),
-        ts.map((t) => t.from),
-        ts.map((t) => t.to),
-        ts.map((t) => t.reason ?? null),
-        ts.map((t) => detailJson("detail", t.detail)),
-      ],
-    );
   }
 
   async certificates(q: {
@@ -569,6 +767,36 @@ export class PostgresRegistry implements Registry {
       sql += ` LIMIT $${args.length}`;
     }
     return (await this.q(sql, args)).map(toAudit);
+  }
+
+  async auditHead(): Promise<AuditHead> {
+    const h = (await this.q("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"))[0];
+    return h ? { seq: Number(h.seq), hash: h.hash as string } : { seq: 0, hash: GENESIS };
+  }
+
+  async verify(opts?: VerifyOptions): Promise<VerifyReport> {
+    const o = checkVerifyOptions(opts);
+    this.open();
+    let c: PoolClient;
+    try {
+      c = await this.pool.connect();
+    } catch (err) {
+      throw mapError(err, this.location);
+    }
+    let broken = false;
+    try {
+      await c.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      const report = await runVerify(postgresSource(c), o);
+      await c.query("COMMIT");
+      return report;
+    } catch (err) {
+      await c.query("ROLLBACK").catch(() => {
+        broken = true;
+      });
+      throw mapError(err, this.location);
+    } finally {
+      c.release(broken);
+    }
   }
 
   async close(): Promise<void> {

@@ -13,7 +13,12 @@
  * index covers state, so counts still read only the index.
  * Representation: SQLite stores times as epoch milliseconds (INTEGER) and bytes as BLOB;
  * PostgreSQL uses timestamptz and bytea. The audit table is append-only, enforced by the database
- * itself (triggers), not only by this code.
+ * itself (triggers), not only by this code, and hash-chained (migration 2, chain.ts): every row
+ * carries prev_hash and hash, written by fleetguard in the transaction of the row; SQLite refuses
+ * a row whose seq is not above the head (INSERT OR REPLACE, or a row without an explicit seq) or
+ * that has no hash; PostgreSQL's seq is a plain key given by the writer and hash is NOT NULL
+ * (upserts already fire the UPDATE trigger). A database owner can still drop the triggers: the
+ * chain and its anchor are what notice that.
  */
 import { DEVICE_STATES } from "./types";
 
@@ -22,6 +27,11 @@ export interface Migration {
   name: string;
   sqlite: string;
   postgres: string;
+  /**
+   * A step in code that each backend runs after the SQL, in the same transaction: "audit-chain"
+   * hashes the rows already there in seq order and appends one baseline row per device (chain.ts).
+   */
+  step?: "audit-chain";
 }
 
 const states = DEVICE_STATES.map((s) => `'${s}'`).join(", ");
@@ -143,7 +153,49 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
   FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 `,
   },
+  {
+    version: 2,
+    name: "audit hash chain and recorded facts",
+    step: "audit-chain",
+    sqlite: `
+ALTER TABLE audit ADD COLUMN public_key_sha256 TEXT;
+ALTER TABLE audit ADD COLUMN epoch INTEGER;
+ALTER TABLE audit ADD COLUMN cert_serial TEXT;
+ALTER TABLE audit ADD COLUMN cert_sha256 TEXT;
+ALTER TABLE audit ADD COLUMN cert_issuer TEXT;
+ALTER TABLE audit ADD COLUMN revoke_reason TEXT;
+ALTER TABLE audit ADD COLUMN revoke_at INTEGER;
+ALTER TABLE audit ADD COLUMN baseline TEXT;
+ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+ALTER TABLE audit ADD COLUMN hash TEXT;
+CREATE TRIGGER audit_append_at_head BEFORE INSERT ON audit
+  WHEN NEW.seq <= (SELECT COALESCE(MAX(seq), 0) FROM audit)
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only: INSERT at or below the head refused (INSERT OR REPLACE, or no explicit seq)'); END;
+CREATE TRIGGER audit_hash_required BEFORE INSERT ON audit
+  WHEN NEW.hash IS NULL OR NEW.prev_hash IS NULL
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only: a row without prev_hash and hash refused'); END;
+`,
+    postgres: `
+ALTER TABLE audit ALTER COLUMN seq DROP IDENTITY;
+ALTER TABLE audit ALTER COLUMN device_id TYPE text COLLATE "C";
+ALTER TABLE audit
+  ADD COLUMN public_key_sha256 text,
+  ADD COLUMN epoch integer,
+  ADD COLUMN cert_serial text,
+  ADD COLUMN cert_sha256 text,
+  ADD COLUMN cert_issuer text,
+  ADD COLUMN revoke_reason text,
+  ADD COLUMN revoke_at timestamptz,
+  ADD COLUMN baseline text,
+  ADD COLUMN prev_hash text,
+  ADD COLUMN hash text;
+`,
+  },
 ];
+
+/** The SQLite update trigger of migration 1, dropped and created again while migration 2 hashes old rows. */
+export const SQLITE_AUDIT_NO_UPDATE = `CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only: UPDATE refused'); END`;
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 

@@ -14,6 +14,23 @@ import * as path from "node:path";
 import Database from "better-sqlite3";
 import { FleetError, invalid } from "../errors";
 import {
+  baselineRow,
+  type ChainRow,
+  canonicalJson,
+  chain,
+  checkVerifyOptions,
+  declareRow,
+  GENESIS,
+  type NewRow,
+  rowHash,
+  runVerify,
+  sha256Hex,
+  type TableCert,
+  type TableDevice,
+  transitionRow,
+  type VerifySource,
+} from "./chain";
+import {
   checkBatchInput,
   checkDate,
   checkLimit,
@@ -29,8 +46,9 @@ import {
   unknownBatchError,
   validateTransitions,
 } from "./common";
-import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "./schema";
+import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE, SQLITE_AUDIT_NO_UPDATE } from "./schema";
 import type {
+  AuditHead,
   AuditRecord,
   BatchRecord,
   CertificateRecord,
@@ -41,6 +59,8 @@ import type {
   Registry,
   StateCounts,
   Transition,
+  VerifyOptions,
+  VerifyReport,
 } from "./types";
 
 export interface SqliteOptions {
@@ -111,7 +131,117 @@ function toAudit(r: Row): AuditRecord {
     to: r.to_state as DeviceState,
     reason: (r.reason as string | null) ?? null,
     detail: r.detail === null ? null : (JSON.parse(r.detail as string) as Record<string, unknown>),
+    prevHash: (r.prev_hash as string | null) ?? null,
+    hash: (r.hash as string | null) ?? null,
   };
+}
+
+/** Detail text as hashed: canonical JSON (text that is not JSON is hashed as it is, and so differs). */
+function hashedDetail(v: unknown): string | null {
+  if (v === null || v === undefined) return null;
+  try {
+    return canonicalJson(JSON.parse(v as string));
+  } catch {
+    return String(v);
+  }
+}
+
+const AUDIT_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, detail, public_key_sha256, epoch,
+  cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, prev_hash, hash`;
+
+/** An audit row as read back, as the chain hashes it (exported for the tests that play the attacker). */
+export function toChainRow(r: Row): ChainRow {
+  return {
+    seq: r.seq as number,
+    at: r.at as number,
+    batch: r.batch as string,
+    deviceId: r.device_id as string,
+    from: (r.from_state as string | null) ?? null,
+    to: r.to_state as string,
+    reason: (r.reason as string | null) ?? null,
+    detail: hashedDetail(r.detail),
+    publicKeySha256: (r.public_key_sha256 as string | null) ?? null,
+    epoch: (r.epoch as number | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
+    certSha256: (r.cert_sha256 as string | null) ?? null,
+    certIssuer: (r.cert_issuer as string | null) ?? null,
+    revokeReason: (r.revoke_reason as string | null) ?? null,
+    revokeAt: (r.revoke_at as number | null) ?? null,
+    baseline: (r.baseline as string | null) ?? null,
+    prevHash: (r.prev_hash as string | null) ?? null,
+    hash: (r.hash as string | null) ?? null,
+  };
+}
+
+function toTableDevice(r: Row): TableDevice {
+  return {
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    state: r.state as string,
+    reason: (r.reason as string | null) ?? null,
+    publicKeySha256: r.public_key ? sha256Hex(r.public_key as Buffer) : null,
+    epoch: (r.epoch as number | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
+  };
+}
+
+function toTableCert(r: Row): TableCert {
+  return {
+    serial: r.serial as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    issuer: r.issuer as string,
+    sha256: sha256Hex(r.der as Buffer),
+    status: r.status as string,
+    revokedAt: (r.revoked_at as number | null) ?? null,
+    reason: (r.revocation_reason as string | null) ?? null,
+  };
+}
+
+const DEVICE_COLUMNS = "device_id, batch, state, reason, public_key, epoch, cert_serial";
+const CERT_COLUMNS = "serial, device_id, batch, issuer, der, status, revoked_at, revocation_reason";
+
+/**
+ * The verifier's reads, on a connection of their own inside one read transaction (WAL: a
+ * snapshot that writers do not disturb). Range queries come in two forms (bounded, open) so that
+ * each is an index range scan.
+ */
+function sqliteSource(db: Database.Database): VerifySource {
+  const p = (sql: string) => db.prepare(sql);
+  const range = (table: string, cols: string, order: string) => ({
+    bounded: p(`SELECT ${cols} FROM ${table} WHERE device_id > ? AND device_id <= ? ORDER BY ${order}`),
+    open: p(`SELECT ${cols} FROM ${table} WHERE device_id > ? ORDER BY ${order}`),
+  });
+  const rows = (
+    q: { bounded: Database.Statement; open: Database.Statement },
+    after: string,
+    upTo: string | null,
+  ) => (upTo === null ? q.open.all(after) : q.bounded.all(after, upTo)) as Row[];
+  const dev = range("devices", DEVICE_COLUMNS, "device_id");
+  const aud = range("audit", AUDIT_COLUMNS, "device_id, seq");
+  const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
+  const ends = {
+    devices: p("SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?"),
+    audit: p("SELECT device_id FROM audit WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?"),
+    certificates: p(
+      "SELECT device_id FROM certificates WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?",
+    ),
+  };
+  const page = p(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`);
+  const count = p("SELECT COUNT(*) AS n FROM audit");
+  return {
+    countAudit: async () => (count.get() as { n: number }).n,
+    chainPage: async (afterSeq, limit) => (page.all(afterSeq, limit) as Row[]).map(toChainRow),
+    rangeEnd: async (table, after, offset) =>
+      (ends[table].get(after, offset - 1) as { device_id: string } | undefined)?.device_id ?? null,
+    devices: async (after, upTo) => rows(dev, after, upTo).map(toTableDevice),
+    audit: async (after, upTo) => rows(aud, after, upTo).map(toChainRow),
+    certificates: async (after, upTo) => rows(crt, after, upTo).map(toTableCert),
+  };
+}
+
+function auditArgs(r: ChainRow): Record<string, unknown> {
+  return r as unknown as Record<string, unknown>;
 }
 
 function isConstraint(err: unknown, code: string): boolean {
@@ -189,10 +319,71 @@ export class SqliteRegistry implements Registry {
       for (const m of MIGRATIONS) {
         if (m.version <= cur) continue;
         this.db.exec(m.sqlite);
+        if (m.step === "audit-chain") this.chainExisting(Date.now());
         record.run(m.version, m.name, Date.now());
       }
     });
     run.immediate();
+  }
+
+  /**
+   * Migration 2: hash the rows already there, in seq order, then append a baseline row per
+   * device (what the tables hold now), so that verify can re-derive every device from the log.
+   */
+  private chainExisting(at: number): void {
+    const db = this.db;
+    db.exec("DROP TRIGGER audit_no_update");
+    const read = db.prepare(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT 10000`);
+    const write = db.prepare("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?");
+    let head = { seq: 0, hash: GENESIS };
+    for (;;) {
+      const page = (read.all(head.seq) as Row[]).map(toChainRow);
+      for (const r of page) {
+        const hash = rowHash({ ...r, prevHash: head.hash });
+        write.run(head.hash, hash, r.seq);
+        head = { seq: r.seq, hash };
+      }
+      if (page.length < 10000) break;
+    }
+    db.exec(SQLITE_AUDIT_NO_UPDATE);
+    const devs = db.prepare(
+      `SELECT ${DEVICE_COLUMNS} FROM devices WHERE device_id > ? ORDER BY device_id LIMIT 5000`,
+    );
+    const certs = db.prepare(
+      `SELECT ${CERT_COLUMNS} FROM certificates WHERE device_id > ? AND device_id <= ? ORDER BY device_id, serial`,
+    );
+    const insert = this.insertAuditStmt();
+    for (let after = ""; ; ) {
+      const ds = (devs.all(after) as Row[]).map(toTableDevice);
+      if (ds.length === 0) break;
+      const last = ds[ds.length - 1]!.deviceId;
+      const byDevice = new Map<string, TableCert[]>();
+      for (const c of (certs.all(after, last) as Row[]).map(toTableCert)) {
+        const l = byDevice.get(c.deviceId) ?? [];
+        l.push(c);
+        byDevice.set(c.deviceId, l);
+      }
+      const rows = chain(
+        head,
+        ds.map((d) => baselineRow(at, d, byDevice.get(d.deviceId) ?? [])),
+      );
+      for (const r of rows) insert.run(auditArgs(r));
+      head = { seq: rows[rows.length - 1]!.seq, hash: rows[rows.length - 1]!.hash! };
+      after = last;
+    }
+  }
+
+  private insertAuditStmt(): Database.Statement {
+    return this.db.prepare(`INSERT INTO audit (${AUDIT_COLUMNS}) VALUES (@seq, @at, @batch, @deviceId,
+      @from, @to, @reason, @detail, @publicKeySha256, @epoch, @certSerial, @certSha256, @certIssuer,
+      @revokeReason, @revokeAt, @baseline, @prevHash, @hash)`);
+  }
+
+  /** Chain rows onto the head and insert them (inside the caller's write transaction). */
+  private append(rows: readonly NewRow[]): void {
+    if (rows.length === 0) return;
+    const head = (this.st.head.get() as AuditHead | undefined) ?? { seq: 0, hash: GENESIS };
+    for (const r of chain(head, rows)) this.st.insertAudit.run(auditArgs(r));
   }
 
   private prepareAll() {
@@ -233,8 +424,8 @@ export class SqliteRegistry implements Registry {
         WHERE device_id = ? AND status = 'live' AND serial IS NOT ?`),
       insertCert: p(`INSERT INTO certificates (serial, device_id, batch, issuer, der, not_before, not_after,
         issued_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'live')`),
-      insertAudit: p(`INSERT INTO audit (at, batch, device_id, from_state, to_state, reason, detail)
-        VALUES (?, ?, ?, ?, ?, ?, ?)`),
+      insertAudit: this.insertAuditStmt(),
+      head: p("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"),
       counts: p("SELECT state, COUNT(*) AS n FROM devices WHERE batch = ? GROUP BY state"),
       revokedBy: p(`SELECT serial, revoked_at, revocation_reason FROM certificates
         WHERE issuer = ? AND status = 'revoked' ORDER BY serial`),
@@ -308,33 +499,34 @@ export class SqliteRegistry implements Registry {
         `batch: got ${JSON.stringify(batch)}, deleted, want a live batch (declare it again first)`,
         "batch",
       );
-    let added = 0;
+    const rows: NewRow[] = [];
     for (const id of ids) {
       const o = this.st.owner.get(id) as
         | { batch: string; state: string; deleted_at: number | null }
         | undefined;
       if (!o) {
         this.st.insertDevice.run(id, batch, at);
-        this.st.insertAudit.run(at, batch, id, null, "pending", null, null);
+        rows.push(declareRow(at, batch, id, null, null, null));
       } else if (o.batch === batch) {
         continue;
       } else if (o.deleted_at === null) {
         throw crossBatchError(id, o.batch, batch);
       } else {
         this.st.moveDevice.run(batch, at, id);
-        this.st.insertAudit.run(
-          at,
-          batch,
-          id,
-          o.state,
-          "pending",
-          "moved from a deleted batch",
-          JSON.stringify({ fromBatch: o.batch }),
+        rows.push(
+          declareRow(
+            at,
+            batch,
+            id,
+            o.state,
+            "moved from a deleted batch",
+            JSON.stringify({ fromBatch: o.batch }),
+          ),
         );
       }
-      added++;
     }
-    return added;
+    this.append(rows);
+    return rows.length;
   }
 
   async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
@@ -383,6 +575,7 @@ export class SqliteRegistry implements Registry {
 
   private applyAll(ts: readonly Transition[], at: number): void {
     const st = this.st;
+    const rows: NewRow[] = [];
     for (const t of ts) {
       const c = t.certificate;
       const row = st.cas.get({
@@ -420,16 +613,9 @@ export class SqliteRegistry implements Registry {
         }
       }
       if (t.to === "active") st.supersede.run(at, t.deviceId, row.cert_serial);
-      st.insertAudit.run(
-        at,
-        t.batch,
-        t.deviceId,
-        t.from,
-        t.to,
-        t.reason ?? null,
-        detailJson("detail", t.detail),
-      );
+      rows.push(transitionRow(t, at, detailJson("detail", t.detail)));
     }
+    this.append(rows);
   }
 
   async certificates(q: {
@@ -511,6 +697,30 @@ export class SqliteRegistry implements Registry {
       args.push(limit);
     }
     return (this.stmt(sql).all(...args) as Row[]).map(toAudit);
+  }
+
+  async auditHead(): Promise<AuditHead> {
+    this.open();
+    const h = this.stmt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").get() as
+      | AuditHead
+      | undefined;
+    return h ?? { seq: 0, hash: GENESIS };
+  }
+
+  async verify(opts?: VerifyOptions): Promise<VerifyReport> {
+    this.open();
+    const o = checkVerifyOptions(opts);
+    // a connection of its own: its read transaction is a snapshot, and this one's writes go on
+    const db = new Database(this.location, { readonly: true, fileMustExist: true });
+    try {
+      db.pragma("cache_size = -65536");
+      db.exec("BEGIN");
+      const report = await runVerify(sqliteSource(db), o);
+      db.exec("COMMIT");
+      return report;
+    } finally {
+      db.close();
+    }
   }
 
   /** The underlying handle, for tests that must prove the database itself refuses a write. */

@@ -2,7 +2,8 @@
  * The device registry: the source of truth for every device of every batch (brief, rules 1-2).
  * Pulumi state holds one summary per batch; every per-device fact lives here: the device's state
  * in the lifecycle below, its identity key, every certificate ever issued to it, and an
- * append-only audit log with one row per transition.
+ * append-only audit log with one row per transition, hash-chained (chain.ts) so that a database
+ * changed behind fleetguard's back is found by `verify`.
  *
  * Two backends implement this interface with one schema and one set of migrations: SQLite
  * (better-sqlite3 12, WAL, the default: a file next to the program) and PostgreSQL (`postgres://`).
@@ -114,6 +115,84 @@ export interface AuditRecord {
   to: DeviceState;
   reason: string | null;
   detail: Record<string, unknown> | null;
+  /** the previous row's hash (chain.ts GENESIS for the first row) */
+  prevHash: string | null;
+  /** SHA-256 over the row's canonical encoding and prevHash (chain.ts) */
+  hash: string | null;
+}
+
+/** The head of the audit log: its last row's seq and hash ({ 0, GENESIS } when empty). */
+export interface AuditHead {
+  seq: number;
+  hash: string;
+}
+
+export interface VerifyOptions {
+  /** compare only the devices of this batch (by the tables or by the audit); the chain is always checked whole */
+  batch?: string;
+  /** a head recorded earlier (Pulumi state): the row at anchor.seq must still have anchor.hash */
+  anchor?: AuditHead;
+  /** work done and total (audit rows hashed plus audit rows replayed), after every page */
+  onProgress?: (done: number, total: number) => void;
+  /** findings kept in the report (default 10,000); `count` counts them all */
+  maxFindings?: number;
+}
+
+/** One difference verify found. `message` is the same in words, for people. */
+export type VerifyFinding =
+  | {
+      /** the first broken link of the chain: a row whose prev_hash or hash is not what it should be */
+      kind: "chain";
+      seq: number;
+      field: "prev_hash" | "hash";
+      stored: string | null;
+      expected: string;
+      message: string;
+    }
+  | {
+      /** the row at the anchor's seq does not have the anchor's hash, or is gone */
+      kind: "anchor";
+      seq: number;
+      field: "hash" | "seq";
+      stored: string | null;
+      anchor: string;
+      message: string;
+    }
+  | {
+      /** a device whose table row differs from what its audit rows derive (field "device": one side has none) */
+      kind: "device";
+      deviceId: string;
+      field: string;
+      table: string | null;
+      audit: string | null;
+      message: string;
+    }
+  | {
+      /** a certificate whose table row differs from what the audit derives (field "certificate": one side has none) */
+      kind: "certificate";
+      deviceId: string;
+      serial: string;
+      field: string;
+      table: string | null;
+      audit: string | null;
+      message: string;
+    };
+
+export interface VerifyReport {
+  /** no finding at all */
+  ok: boolean;
+  /** every finding, including those beyond maxFindings */
+  count: number;
+  findings: VerifyFinding[];
+  /** more findings than maxFindings were found */
+  truncated: boolean;
+  /** the head of the log as verified (anchor it to detect a later rewrite) */
+  head: AuditHead;
+  /** audit rows hashed */
+  rows: number;
+  /** devices compared */
+  devices: number;
+  batch?: string;
 }
 
 export type StateCounts = Record<DeviceState, number>;
@@ -164,6 +243,16 @@ export interface Registry {
   revokedBy(issuer: string): Promise<Array<{ serial: string; revokedAt: Date; reason: string | null }>>;
 
   audit(q: { batch?: string; deviceId?: string; afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
+
+  /** The head of the whole audit log (the value to anchor in Pulumi state). */
+  auditHead(): Promise<AuditHead>;
+  /**
+   * Check the registry against its own audit log, in one snapshot: re-hash the chain (the first
+   * broken link), check the anchor, and re-derive every device's state, key and certificates from
+   * the audit rows alone, comparing them with the devices and certificates tables. Reads in pages:
+   * memory stays bounded whatever the registry's size.
+   */
+  verify(opts?: VerifyOptions): Promise<VerifyReport>;
 
   close(): Promise<void>;
 }

@@ -1,0 +1,618 @@
+/**
+ * The audit log's hash chain and the verifier both registry backends share (brief, rule 6).
+ *
+ * Every audit row carries `prev_hash` (the hash of the row before it; GENESIS for the first) and
+ * `hash` = SHA-256 over a canonical encoding of the row: the JSON array, in this order, of
+ * `["fleetguard.audit.v1", seq, at (epoch ms), batch, device_id, from_state, to_state, reason,
+ * detail (canonical JSON: keys sorted, no spaces), public_key_sha256, epoch, cert_serial,
+ * cert_sha256, cert_issuer, revoke_reason, revoke_at (epoch ms), baseline, prev_hash]`, every
+ * absent value `null`. JSON.stringify of strings and integers is deterministic, so the encoding
+ * is the same whichever backend stored the row (SQLite text, PostgreSQL jsonb, which reorders
+ * keys, both canonicalised the same way). A row changed, inserted or removed breaks the chain at
+ * that row; a log rewritten and hashed again from the start is caught by an anchor (a seq and its
+ * hash kept elsewhere: the batch's outputs in Pulumi state).
+ *
+ * The rows also carry the facts each transition recorded (the key's SHA-256, the epoch, the new
+ * certificate's serial, fingerprint and issuer, the revocation), so that replaying a device's rows
+ * in order re-derives its state, key and certificates with the exact semantics of `apply`
+ * (index.ts) and the verifier can compare them with the devices and certificates tables. Rows
+ * written before migration 2 carry no facts; migration 2 appended one `baseline` row per device
+ * (its state, key, epoch, current serial and every certificate as the tables held them then), from
+ * which the replay starts.
+ *
+ * The verifier reads in pages within one snapshot: pass 1 re-hashes the log in seq order (O(1)
+ * memory), pass 2 walks device-ID ranges bounded by a number of rows of each table, so memory is
+ * bounded by a page whatever the registry's size.
+ */
+import * as crypto from "node:crypto";
+import { invalid } from "../errors";
+import type { CertificateStatus, Transition, VerifyFinding, VerifyOptions, VerifyReport } from "./types";
+
+/** The prev_hash of the first row of every log. */
+export const GENESIS = "0".repeat(64);
+const DOMAIN = "fleetguard.audit.v1";
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+export const sha256Hex = (b: Uint8Array | string): string =>
+  crypto.createHash("sha256").update(b).digest("hex");
+
+/** JSON with object keys sorted (recursively), so equal values encode to equal text. */
+export function canonicalJson(v: unknown): string {
+  return JSON.stringify(sortKeys(v));
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(o).sort()) out[k] = sortKeys(o[k]);
+    return out;
+  }
+  return v;
+}
+
+/** An audit row as hashed and replayed: times in epoch ms, detail and baseline as canonical JSON. */
+export interface ChainRow {
+  seq: number;
+  at: number;
+  batch: string;
+  deviceId: string;
+  from: string | null;
+  to: string;
+  reason: string | null;
+  detail: string | null;
+  publicKeySha256: string | null;
+  epoch: number | null;
+  certSerial: string | null;
+  certSha256: string | null;
+  certIssuer: string | null;
+  revokeReason: string | null;
+  revokeAt: number | null;
+  /** JSON array of BaselineCert, only in the rows migration 2 appended */
+  baseline: string | null;
+  prevHash: string | null;
+  hash: string | null;
+}
+
+/** A row before it is chained: what a write knows. */
+export type NewRow = Omit<ChainRow, "seq" | "prevHash" | "hash">;
+
+export function rowHash(r: Omit<ChainRow, "hash">): string {
+  return sha256Hex(
+    JSON.stringify([
+      DOMAIN,
+      r.seq,
+      r.at,
+      r.batch,
+      r.deviceId,
+      r.from,
+      r.to,
+      r.reason,
+      r.detail,
+      r.publicKeySha256,
+      r.epoch,
+      r.certSerial,
+      r.certSha256,
+      r.certIssuer,
+      r.revokeReason,
+      r.revokeAt,
+      r.baseline,
+      r.prevHash,
+    ]),
+  );
+}
+
+/** Give rows their seqs and hashes after `head`; returns them and the new head. */
+export function chain(head: { seq: number; hash: string }, rows: readonly NewRow[]): ChainRow[] {
+  let { seq, hash } = head;
+  return rows.map((r) => {
+    seq += 1;
+    const c = { ...r, seq, prevHash: hash } as Omit<ChainRow, "hash">;
+    hash = rowHash(c);
+    return { ...c, hash };
+  });
+}
+
+const NO_FACTS = {
+  publicKeySha256: null,
+  epoch: null,
+  certSerial: null,
+  certSha256: null,
+  certIssuer: null,
+  revokeReason: null,
+  revokeAt: null,
+  baseline: null,
+} as const;
+
+/** The audit row of a transition (validated already), with the facts it records. */
+export function transitionRow(t: Transition, at: number, detail: string | null): NewRow {
+  return {
+    at,
+    batch: t.batch,
+    deviceId: t.deviceId,
+    from: t.from,
+    to: t.to,
+    reason: t.reason ?? null,
+    detail: detail === null ? null : canonicalJson(JSON.parse(detail)),
+    publicKeySha256: t.publicKey ? sha256Hex(t.publicKey) : null,
+    epoch: t.epoch ?? null,
+    certSerial: t.certificate?.serial ?? null,
+    certSha256: t.certificate ? sha256Hex(t.certificate.der) : null,
+    certIssuer: t.certificate?.issuer ?? null,
+    revokeReason: t.revoke?.reason ?? null,
+    revokeAt: t.revoke ? t.revoke.at.getTime() : null,
+    baseline: null,
+  };
+}
+
+/** The audit row of a device declared in, or moved into, a batch (addDevices). */
+export function declareRow(
+  at: number,
+  batch: string,
+  deviceId: string,
+  from: string | null,
+  reason: string | null,
+  detail: string | null,
+): NewRow {
+  return {
+    at,
+    batch,
+    deviceId,
+    from,
+    to: "pending",
+    reason,
+    detail: detail === null ? null : canonicalJson(JSON.parse(detail)),
+    ...NO_FACTS,
+  };
+}
+
+/** What a baseline row records of each certificate of its device. */
+export interface BaselineCert {
+  serial: string;
+  batch: string;
+  issuer: string;
+  sha256: string;
+  status: CertificateStatus;
+  revokedAt: number | null;
+  reason: string | null;
+}
+
+/** A device as the devices table holds it, reduced to what the audit can re-derive. */
+export interface TableDevice {
+  deviceId: string;
+  batch: string;
+  state: string;
+  reason: string | null;
+  publicKeySha256: string | null;
+  epoch: number | null;
+  certSerial: string | null;
+}
+
+/** A certificate as the certificates table holds it (fingerprint instead of DER). */
+export interface TableCert {
+  serial: string;
+  deviceId: string;
+  batch: string;
+  issuer: string;
+  sha256: string;
+  status: string;
+  revokedAt: number | null;
+  reason: string | null;
+}
+
+/** The baseline row of one device, from the tables as they are (migration 2). */
+export function baselineRow(at: number, d: TableDevice, certs: readonly TableCert[]): NewRow {
+  const list: BaselineCert[] = [...certs]
+    .sort((a, b) => cmp(a.serial, b.serial))
+    .map((c) => ({
+      serial: c.serial,
+      batch: c.batch,
+      issuer: c.issuer,
+      sha256: c.sha256,
+      status: c.status as CertificateStatus,
+      revokedAt: c.revokedAt,
+      reason: c.reason,
+    }));
+  return {
+    at,
+    batch: d.batch,
+    deviceId: d.deviceId,
+    from: d.state,
+    to: d.state,
+    reason: d.reason,
+    detail: null,
+    publicKeySha256: d.publicKeySha256,
+    epoch: d.epoch,
+    certSerial: d.certSerial,
+    certSha256: null,
+    certIssuer: null,
+    revokeReason: null,
+    revokeAt: null,
+    baseline: canonicalJson(list),
+  };
+}
+
+interface DerivedCert {
+  batch: string;
+  issuer: string | null;
+  sha256: string | null;
+  status: CertificateStatus;
+  revokedAt: number | null;
+  reason: string | null;
+}
+
+/** A device as its audit rows say it is. */
+export interface Derived {
+  batch: string;
+  state: string;
+  reason: string | null;
+  publicKeySha256: string | null;
+  epoch: number | null;
+  certSerial: string | null;
+  certs: Map<string, DerivedCert>;
+}
+
+/**
+ * Replay one device's rows (in seq order) with the semantics of addDevices and apply. A row from
+ * null declares the device; a row into another batch is a move from a deleted batch (the device
+ * starts over, its certificates stay as they were); a baseline row sets everything it lists.
+ */
+export function replay(rows: readonly ChainRow[]): Derived | undefined {
+  let d: Derived | undefined;
+  for (const r of rows) {
+    if (r.baseline !== null) {
+      const certs = new Map<string, DerivedCert>();
+      let list: BaselineCert[] = [];
+      try {
+        list = JSON.parse(r.baseline) as BaselineCert[];
+      } catch {
+        // an unparsable baseline is a changed row; pass 1 reports it
+      }
+      for (const c of Array.isArray(list) ? list : [])
+        certs.set(c.serial, {
+          batch: c.batch,
+          issuer: c.issuer,
+          sha256: c.sha256,
+          status: c.status,
+          revokedAt: c.revokedAt,
+          reason: c.reason,
+        });
+      d = {
+        batch: r.batch,
+        state: r.to,
+        reason: r.reason,
+        publicKeySha256: r.publicKeySha256,
+        epoch: r.epoch,
+        certSerial: r.certSerial,
+        certs,
+      };
+      continue;
+    }
+    if (r.from === null || !d) {
+      d = {
+        batch: r.batch,
+        state: r.to,
+        reason: r.reason,
+        publicKeySha256: null,
+        epoch: null,
+        certSerial: null,
+        certs: d?.certs ?? new Map(),
+      };
+      continue;
+    }
+    if (r.batch !== d.batch) {
+      // the device row starts over (reason cleared); the row's reason says why it moved
+      d = {
+        ...d,
+        batch: r.batch,
+        state: r.to,
+        reason: null,
+        publicKeySha256: null,
+        epoch: null,
+        certSerial: null,
+      };
+      continue;
+    }
+    d.reason = d.state !== r.to ? r.reason : (r.reason ?? d.reason);
+    d.state = r.to;
+    if (r.publicKeySha256 !== null) d.publicKeySha256 = r.publicKeySha256;
+    if (r.epoch !== null) d.epoch = r.epoch;
+    if (r.revokeReason !== null) {
+      for (const c of d.certs.values())
+        if (c.status === "live") {
+          c.status = "revoked";
+          c.revokedAt = r.revokeAt;
+          c.reason = r.revokeReason;
+        }
+      d.certSerial = null;
+    }
+    if (r.certSerial !== null) {
+      d.certs.set(r.certSerial, {
+        batch: r.batch,
+        issuer: r.certIssuer,
+        sha256: r.certSha256,
+        status: "live",
+        revokedAt: null,
+        reason: null,
+      });
+      d.certSerial = r.certSerial;
+    }
+    if (r.to === "active")
+      for (const [serial, c] of d.certs)
+        if (c.status === "live" && serial !== d.certSerial) {
+          c.status = "revoked";
+          c.revokedAt = r.at;
+          c.reason = "superseded";
+        }
+  }
+  return d;
+}
+
+/** Code-point order (= UTF-8 byte order, the registry's collation), not JS's UTF-16 order. */
+export function cmp(a: string, b: string): number {
+  if (a === b) return 0;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800) x += x < 0xe000 ? 0x2000 : -0x800;
+    if (y >= 0xd800) y += y < 0xe000 ? 0x2000 : -0x800;
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+const time = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+const show = (v: string | number | null) => (v === null ? null : String(v));
+
+/** Every difference between a device's tables and its audit rows. */
+export function compareDevice(
+  deviceId: string,
+  derived: Derived | undefined,
+  table: TableDevice | undefined,
+  certs: readonly TableCert[],
+): VerifyFinding[] {
+  const out: VerifyFinding[] = [];
+  const dev = (field: string, t: string | null, a: string | null, what: string) =>
+    out.push({
+      kind: "device",
+      deviceId,
+      field,
+      table: t,
+      audit: a,
+      message: `device ${deviceId}: ${field}: table ${t ?? "none"}, audit ${a ?? "none"}${what}`,
+    });
+  if (!derived && table) dev("device", table.state, null, " (a device the audit log never recorded)");
+  if (derived && !table) dev("device", null, derived.state, " (a device missing from the devices table)");
+  if (derived && table) {
+    const fields: Array<[string, string | number | null, string | number | null]> = [
+      ["batch", table.batch, derived.batch],
+      ["state", table.state, derived.state],
+      ["reason", table.reason, derived.reason],
+      ["publicKey.sha256", table.publicKeySha256, derived.publicKeySha256],
+      ["epoch", table.epoch, derived.epoch],
+      ["certSerial", table.certSerial, derived.certSerial],
+    ];
+    for (const [f, t, a] of fields) if (t !== a) dev(f, show(t), show(a), "");
+  }
+  const seen = new Set<string>();
+  const cert = (serial: string, field: string, t: string | null, a: string | null, what = "") =>
+    out.push({
+      kind: "certificate",
+      deviceId,
+      serial,
+      field,
+      table: t,
+      audit: a,
+      message: `certificate ${serial} of device ${deviceId}: ${field}: table ${t ?? "none"}, audit ${a ?? "none"}${what}`,
+    });
+  for (const c of certs) {
+    seen.add(c.serial);
+    const a = derived?.certs.get(c.serial);
+    if (!a) {
+      cert(
+        c.serial,
+        "certificate",
+        c.status,
+        null,
+        " (a certificate the audit log never recorded for this device)",
+      );
+      continue;
+    }
+    const fields: Array<[string, string | null, string | null]> = [
+      ["status", c.status, a.status],
+      ["sha256", c.sha256, a.sha256],
+      ["issuer", c.issuer, a.issuer],
+      ["batch", c.batch, a.batch],
+      ["revokedAt", time(c.revokedAt), time(a.revokedAt)],
+      ["revocationReason", c.reason, a.reason],
+    ];
+    for (const [f, t, v] of fields) if (t !== v) cert(c.serial, f, t, v);
+  }
+  if (derived)
+    for (const [serial, a] of derived.certs)
+      if (!seen.has(serial))
+        cert(serial, "certificate", null, a.status, " (missing from the certificates table for this device)");
+  return out;
+}
+
+/** What a backend gives the verifier: reads within one snapshot, in pages. */
+export interface VerifySource {
+  countAudit(): Promise<number>;
+  /** rows with seq > afterSeq, in seq order */
+  chainPage(afterSeq: number, limit: number): Promise<ChainRow[]>;
+  /** the device ID `offset` rows past `after` in a table's device-ID order, or null if fewer remain */
+  rangeEnd(
+    table: "devices" | "audit" | "certificates",
+    after: string,
+    offset: number,
+  ): Promise<string | null>;
+  /** rows with after < device_id <= upTo (no upper bound when null), in device ID (then seq) order */
+  devices(after: string, upTo: string | null): Promise<TableDevice[]>;
+  audit(after: string, upTo: string | null): Promise<ChainRow[]>;
+  certificates(after: string, upTo: string | null): Promise<TableCert[]>;
+}
+
+export const PAGE = { chain: 20_000, devices: 5_000, audit: 25_000, certificates: 10_000 };
+
+export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptions {
+  const o = opts ?? {};
+  if (typeof o !== "object") throw invalid("opts", o, "{ batch?, anchor?, onProgress? }");
+  if (o.batch !== undefined && (typeof o.batch !== "string" || o.batch === ""))
+    throw invalid("opts.batch", o.batch, "a batch name");
+  if (o.anchor !== undefined) {
+    const a = o.anchor;
+    if (a === null || typeof a !== "object") throw invalid("opts.anchor", a, "{ seq, hash }");
+    if (!Number.isSafeInteger(a.seq) || a.seq < 0) throw invalid("opts.anchor.seq", a.seq, "an integer >= 0");
+    if (typeof a.hash !== "string" || !SHA256_HEX.test(a.hash))
+      throw invalid("opts.anchor.hash", a.hash, "a SHA-256, 64 lowercase hex digits");
+  }
+  if (o.onProgress !== undefined && typeof o.onProgress !== "function")
+    throw invalid("opts.onProgress", o.onProgress, "a function (done, total)");
+  if (o.maxFindings !== undefined && !(Number.isInteger(o.maxFindings) && o.maxFindings >= 0))
+    throw invalid("opts.maxFindings", o.maxFindings, "an integer >= 0");
+  return o;
+}
+
+/** Pass 1 (the chain and the anchor), then pass 2 (every device re-derived and compared). */
+export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise<VerifyReport> {
+  const max = opts.maxFindings ?? 10_000;
+  const findings: VerifyFinding[] = [];
+  let count = 0;
+  const add = (f: VerifyFinding) => {
+    count++;
+    if (findings.length < max) findings.push(f);
+  };
+  const rows = await src.countAudit();
+  const total = 2 * rows;
+  let done = 0;
+  const progress = (n: number) => {
+    done += n;
+    opts.onProgress?.(Math.min(done, total), total);
+  };
+
+  // pass 1: the chain, in seq order
+  let prev = GENESIS;
+  let broken = false;
+  let head = { seq: 0, hash: GENESIS };
+  const anchor = opts.anchor;
+  let anchorSeen = anchor?.seq === 0;
+  if (anchor && anchor.seq === 0 && anchor.hash !== GENESIS)
+    add({
+      kind: "anchor",
+      seq: 0,
+      field: "hash",
+      stored: GENESIS,
+      anchor: anchor.hash,
+      message: `anchor 0: hash: the empty log is ${GENESIS}, the anchor says ${anchor.hash}`,
+    });
+  for (let after = 0; ; ) {
+    const page = await src.chainPage(after, PAGE.chain);
+    for (const r of page) {
+      if (!broken) {
+        const again = rowHash(r);
+        if (r.prevHash !== prev) {
+          broken = true;
+          add({
+            kind: "chain",
+            seq: r.seq,
+            field: "prev_hash",
+            stored: r.prevHash,
+            expected: prev,
+            message: `audit row ${r.seq}: prev_hash: stored ${r.prevHash ?? "none"}, the previous row's hash is ${prev} (a row before it was removed, inserted or rewritten)`,
+          });
+        } else if (r.hash !== again) {
+          broken = true;
+          add({
+            kind: "chain",
+            seq: r.seq,
+            field: "hash",
+            stored: r.hash,
+            expected: again,
+            message: `audit row ${r.seq} (device ${r.deviceId}): hash: stored ${r.hash ?? "none"}, its content hashes to ${again} (the row was changed after it was written)`,
+          });
+        }
+      }
+      if (anchor && r.seq === anchor.seq) {
+        anchorSeen = true;
+        if (r.hash !== anchor.hash)
+          add({
+            kind: "anchor",
+            seq: r.seq,
+            field: "hash",
+            stored: r.hash,
+            anchor: anchor.hash,
+            message: `anchor ${anchor.seq}: hash: the log holds ${r.hash ?? "none"}, the anchor says ${anchor.hash} (the log was rewritten up to the anchor)`,
+          });
+      }
+      prev = r.hash ?? "";
+      head = { seq: r.seq, hash: r.hash ?? "" };
+    }
+    progress(page.length);
+    if (page.length < PAGE.chain) break;
+    after = page[page.length - 1]!.seq;
+  }
+  if (anchor && !anchorSeen)
+    add({
+      kind: "anchor",
+      seq: anchor.seq,
+      field: "seq",
+      stored: null,
+      anchor: anchor.hash,
+      message: `anchor ${anchor.seq}: seq: the log has no such row (head ${head.seq}), the anchor says it holds ${anchor.hash} (rows were removed)`,
+    });
+
+  // pass 2: device-ID ranges, each bounded by a page of every table
+  let devices = 0;
+  const ends = async (after: string): Promise<string | null> => {
+    const hs = (
+      await Promise.all([
+        src.rangeEnd("devices", after, PAGE.devices),
+        src.rangeEnd("audit", after, PAGE.audit),
+        src.rangeEnd("certificates", after, PAGE.certificates),
+      ])
+    ).filter((h): h is string => h !== null);
+    return hs.length ? hs.reduce((m, h) => (cmp(h, m) < 0 ? h : m)) : null;
+  };
+  for (let after = ""; ; ) {
+    const upTo = await ends(after);
+    const [ds, as, cs] = [
+      await src.devices(after, upTo),
+      await src.audit(after, upTo),
+      await src.certificates(after, upTo),
+    ];
+    const byDevice = new Map<string, { t?: TableDevice; a: ChainRow[]; c: TableCert[] }>();
+    const slot = (id: string) => {
+      let s = byDevice.get(id);
+      if (!s) {
+        s = { a: [], c: [] };
+        byDevice.set(id, s);
+      }
+      return s;
+    };
+    for (const d of ds) slot(d.deviceId).t = d;
+    for (const r of as) slot(r.deviceId).a.push(r);
+    for (const c of cs) slot(c.deviceId).c.push(c);
+    for (const [id, s] of byDevice) {
+      const derived = replay(s.a);
+      if (opts.batch !== undefined && s.t?.batch !== opts.batch && derived?.batch !== opts.batch) continue;
+      devices++;
+      for (const f of compareDevice(id, derived, s.t, s.c)) add(f);
+    }
+    progress(as.length);
+    if (upTo === null) break;
+    after = upTo;
+  }
+  return {
+    ok: count === 0,
+    count,
+    findings,
+    truncated: count > findings.length,
+    head,
+    rows,
+    devices,
+    ...(opts.batch !== undefined ? { batch: opts.batch } : {}),
+  };
+}
