@@ -21,7 +21,7 @@ import { checkModel, MAX_COUNT } from "../../core/station/ids";
 import type { PufApi, PufConditions } from "../firmware/identity";
 import { toPem } from "../firmware/pkix";
 import { SiliconVendor } from "../injection/vendor";
-import { StationServer } from "../protocol/server";
+import { DEFAULT_LIMITS, LIMIT_RANGES, type Limits, StationServer } from "../protocol/server";
 import { Farm, type FaultSpec, MAX_WORKERS } from "./farm";
 import { StateStore } from "./store";
 
@@ -42,8 +42,12 @@ export interface StartOptions {
   noisyBer?: number;
   conditions?: PufConditions;
   compactBytes?: number;
+  /** station protocol limits per connection and per farm (defaults: DEFAULT_LIMITS) */
   maxInFlight?: number;
   maxBody?: number;
+  writeHighWater?: number;
+  idleTimeoutMs?: number;
+  maxConnections?: number;
   deviceTimeoutMs?: number;
   puf?: PufApi;
   /**
@@ -67,6 +71,76 @@ export function defaultWorkers(): number {
     return n;
   }
   return availableParallelism();
+}
+
+/**
+ * `fleet devices serve` flags for the station protocol limits: flag -> option, in the flag's
+ * unit (`scale` option units per flag unit). The CLI takes the names, the usage lines and
+ * limitOptions() from here, so that a limit is added in one place.
+ */
+export const LIMIT_FLAGS: ReadonlyArray<{
+  flag: string;
+  option: keyof Limits;
+  scale: number;
+  /** `$default` stands for the default, in the flag's unit */
+  help: string;
+}> = [
+  {
+    flag: "max-in-flight",
+    option: "maxInFlight",
+    scale: 1,
+    help: "requests (batch items) in flight per connection; past it the farm stops reading it (default $default)",
+  },
+  {
+    flag: "max-connections",
+    option: "maxConnections",
+    scale: 1,
+    help: "connections open at once; one more gets BUSY and is closed (default $default)",
+  },
+  {
+    flag: "idle-timeout-s",
+    option: "idleTimeoutMs",
+    scale: 1000,
+    help: "close a connection that completes no frame and drains no reply for N s (default $default; 0 = never)",
+  },
+  {
+    flag: "write-buffer-kb",
+    option: "writeHighWater",
+    scale: 1024,
+    help: "stop reading a connection while its unsent replies exceed N KiB (default $default)",
+  },
+  {
+    flag: "max-body-kb",
+    option: "maxBody",
+    scale: 1024,
+    help: "largest request body accepted, KiB (default $default)",
+  },
+];
+
+/** Usage lines for LIMIT_FLAGS, in the layout of the CLI's usage text. */
+export function limitUsage(indent = "      ", column = 19): string {
+  return LIMIT_FLAGS.map(({ flag, option, scale, help }) => {
+    const name = `--${flag} N`;
+    const text = help.replace("$default", String(DEFAULT_LIMITS[option] / scale));
+    return name.length < column - 1
+      ? `${indent}${name.padEnd(column)}${text}`
+      : `${indent}${name}\n${indent}${" ".repeat(column)}${text}`;
+  }).join("\n");
+}
+
+/** Parse the LIMIT_FLAGS present in `flags` (flag name without dashes -> value) into options. */
+export function limitOptions(flags: Readonly<Record<string, string | undefined>>): Partial<Limits> {
+  const out: Partial<Limits> = {};
+  for (const { flag, option, scale } of LIMIT_FLAGS) {
+    const v = flags[flag];
+    if (v === undefined) continue;
+    const min = Math.ceil(LIMIT_RANGES[option][0] / scale);
+    const max = Math.floor(LIMIT_RANGES[option][1] / scale);
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min || n > max) throw invalid(`--${flag}`, v, `an integer in ${min}..${max}`);
+    out[option] = n * scale;
+  }
+  return out;
 }
 
 export interface RunningFarm {
@@ -164,7 +238,14 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
       workers,
       log,
     });
-    const server = new StationServer(farm, { maxBody: o.maxBody, maxInFlight: o.maxInFlight, log });
+    const server = new StationServer(farm, {
+      maxBody: o.maxBody,
+      maxInFlight: o.maxInFlight,
+      writeHighWater: o.writeHighWater,
+      idleTimeoutMs: o.idleTimeoutMs,
+      maxConnections: o.maxConnections,
+      log,
+    });
     const port = await server.listen(o.port ?? 0, o.host ?? "127.0.0.1");
     let closed = false;
     return {
