@@ -1,0 +1,163 @@
+/**
+ * `fleet registry verify`: check a device registry against its own hash-chained audit log
+ * (core/registry/chain.ts), without Pulumi.
+ *
+ *   fleet registry verify --registry <path|postgres://...> [--batch NAME] [--anchor SEQ:HASH] [--json]
+ *
+ * It re-hashes the audit chain (reporting the first broken link), checks the anchor if given (the
+ * head a batch recorded in Pulumi state: a log rewritten and hashed again is caught there), and
+ * re-derives every device's state, key and certificates from the log, printing every difference
+ * with the devices and certificates tables. Progress goes to stderr on runs longer than a second.
+ * Exit codes: 0 clean, 1 differences found (INTEGRITY), 2 bad input, 3 registry unavailable.
+ * The registry's location is printed without its password. See docs/registry.md.
+ */
+import * as fs from "node:fs";
+import { FleetError, invalid } from "../core/errors";
+import { openRegistry, parseLocation } from "../core/registry";
+import type { AuditHead, Registry, VerifyReport } from "../core/registry/types";
+
+const USAGE = `usage:
+  fleet registry verify --registry <path|postgres://...> [--batch NAME] [--anchor SEQ:HASH] [--json]
+
+exit codes: 0 clean, 1 differences found, 2 bad input, 3 registry unavailable`;
+
+export interface RegistryIo {
+  out: (line: string) => void;
+  /** progress: the line so far (rewritten in place on a terminal) */
+  progress: (line: string, final: boolean) => void;
+  now: () => number;
+}
+
+const defaultIo = (): RegistryIo => ({
+  out: (line) => process.stdout.write(`${line}\n`),
+  progress: (line, final) => {
+    if (process.stderr.isTTY) process.stderr.write(`\r${line}${final ? "\n" : ""}`);
+    else process.stderr.write(`${line}\n`);
+  },
+  now: () => Date.now(),
+});
+
+const BOOLEAN = new Set(["json"]);
+
+function parse(argv: string[], allowed: string[]): Record<string, string> {
+  const flags: Record<string, string> = {};
+  const want = `one of ${allowed.map((x) => `--${x}`).join(" ")}`;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith("--")) throw invalid("argument", a, want);
+    const eq = a.indexOf("=");
+    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    if (!allowed.includes(name)) throw invalid("option", `--${name}`, want);
+    if (BOOLEAN.has(name)) {
+      if (eq > 0) throw invalid(`--${name}`, a.slice(eq + 1), "no value (a switch)");
+      flags[name] = "true";
+      continue;
+    }
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (value === undefined || (eq < 0 && value.startsWith("--")))
+      throw invalid(`--${name}`, undefined, "a value");
+    flags[name] = value;
+  }
+  return flags;
+}
+
+/** `SEQ:HASH` as the batch's outputs give it (auditHead). */
+export function parseAnchor(v: string): AuditHead {
+  const m = /^(\d{1,15}):([0-9a-f]{64})$/.exec(v);
+  if (!m)
+    throw invalid(
+      "--anchor",
+      v,
+      "SEQ:HASH, a seq and a 64-digit lowercase hex SHA-256 (the batch's audit head)",
+    );
+  return { seq: Number(m[1]), hash: m[2]! };
+}
+
+async function open(loc: string | undefined): Promise<Registry> {
+  if (!loc) throw invalid("--registry", undefined, "a registry file path or a postgres:// URL");
+  let where: ReturnType<typeof parseLocation>;
+  try {
+    where = parseLocation(loc);
+  } catch (err) {
+    if (err instanceof FleetError)
+      throw new FleetError(err.code, err.message.replace(/^registry/, "--registry"));
+    throw err;
+  }
+  // verify must never create an empty registry and call it clean
+  if (where.kind === "sqlite" && !fs.statSync(where.file, { throwIfNoEntry: false })?.isFile())
+    throw invalid("--registry", where.file, "an existing registry file (or a postgres:// URL)");
+  return openRegistry(loc);
+}
+
+const fmt = (n: number) => n.toLocaleString("en-US");
+
+async function verify(argv: string[], io: RegistryIo): Promise<number> {
+  const flags = parse(argv, ["registry", "batch", "anchor", "json"]);
+  const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor) : undefined;
+  if (flags.batch !== undefined && flags.batch === "") throw invalid("--batch", "", "a batch name");
+  const reg = await open(flags.registry);
+  try {
+    if (flags.batch !== undefined && !(await reg.getBatch(flags.batch))) {
+      const names = (await reg.listBatches()).map((b) => b.name);
+      // bad input (exit 2), not a difference (exit 1)
+      throw invalid(
+        "--batch",
+        flags.batch,
+        `one of ${names.length ? names.join(", ") : "(no batches in the registry)"}`,
+      );
+    }
+    const t0 = io.now();
+    let last = t0;
+    let shown = false;
+    const report: VerifyReport = await reg.verify({
+      ...(flags.batch !== undefined ? { batch: flags.batch } : {}),
+      ...(anchor ? { anchor } : {}),
+      onProgress: (done, total) => {
+        const now = io.now();
+        // quiet for short runs; then a line a second
+        if (now - t0 < 1000 || (now - last < 1000 && done < total)) return;
+        last = now;
+        shown = true;
+        const pct = total > 0 ? ((100 * done) / total).toFixed(1) : "100.0";
+        io.progress(
+          `verify: ${pct}% (${fmt(done)}/${fmt(total)} audit rows hashed and replayed)`,
+          done >= total,
+        );
+      },
+    });
+    if (shown) io.progress(`verify: done in ${((io.now() - t0) / 1000).toFixed(1)} s`, true);
+    if (flags.json) {
+      io.out(JSON.stringify({ registry: reg.location, ...report }, null, 2));
+      return report.ok ? 0 : 1;
+    }
+    io.out(
+      `registry ${reg.location} (${reg.kind}, schema ${await reg.schemaVersion()}): ` +
+        `audit head ${report.head.seq}:${report.head.hash}`,
+    );
+    for (const f of report.findings) io.out(`  ${f.kind}: ${f.message}`);
+    if (report.truncated) io.out(`  ... and ${fmt(report.count - report.findings.length)} more`);
+    const scope = `${fmt(report.rows)} audit rows, ${fmt(report.devices)} devices${report.batch !== undefined ? ` of batch ${report.batch}` : ""}${anchor ? `, anchor ${anchor.seq}` : ""}`;
+    io.out(
+      report.ok
+        ? `verify: ok (${scope})`
+        : `verify: ${fmt(report.count)} difference${report.count === 1 ? "" : "s"} (${scope}); the registry was changed outside fleetguard`,
+    );
+    return report.ok ? 0 : 1;
+  } finally {
+    await reg.close();
+  }
+}
+
+/** `fleet registry <verify> ...`; bad input throws FleetError (INVALID_INPUT / NOT_FOUND). */
+export async function registryCommand(argv: string[], io: RegistryIo = defaultIo()): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === "verify") return verify(rest, io);
+  if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    io.out(USAGE);
+    return cmd === undefined ? 2 : 0;
+  }
+  throw invalid("command", cmd, "verify");
+}
+
+/** The dispatcher's convention (cli/fleet.ts loads a group's `run`). */
+export const run = (argv: string[]): Promise<number> => registryCommand(argv);
