@@ -28,6 +28,7 @@ const groups: Record<
     summary: "verify a signed device manifest before a bulk import",
     load: () => import("./manifest"),
   },
+  registry: { summary: "verify the registry against its audit log", load: () => import("./registry") },
 };
 
 function usage(): string {
