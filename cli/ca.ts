@@ -2,7 +2,7 @@
  * `fleet ca summary`: what a CA hierarchy stack holds, read from its outputs (no keys), with
  * every chain checked by OpenSSL and the PEMs written out for `openssl verify` by hand.
  */
-import { spawnSync } from "node:child_process";
+import { type SpawnSyncReturns, spawnSync } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -15,6 +15,21 @@ interface Args {
   cwd: string;
   registry?: string;
 }
+
+/**
+ * A tool this command runs (pulumi, openssl) that did not run at all: spawnSync reports it in
+ * `error` with stdout and stderr null, so say what is missing and how to get it.
+ */
+function notRun(tool: string, r: SpawnSyncReturns<string>, install: string): FleetError | undefined {
+  if (!r.error) return undefined;
+  const code = (r.error as NodeJS.ErrnoException).code;
+  const why = code === "ENOENT" ? "not found on PATH" : `could not be started (${code ?? r.error.message})`;
+  return new FleetError("UNAVAILABLE", `${tool}: ${why}, want ${install}`, tool);
+}
+
+const PULUMI_INSTALL =
+  "the Pulumi CLI on PATH (in this checkout: bash scripts/setup-pulumi && source .cache/pulumi/env; see docs/engine.md)";
+const OPENSSL_INSTALL = "OpenSSL 3 on PATH (e.g. apt-get install openssl)";
 
 function parseArgs(argv: string[]): Args {
   const opts: Args = { stack: "demo", cwd: process.cwd() };
@@ -87,6 +102,8 @@ async function verifyDevices(registry: string, cas: Record<string, CaSummary>, o
             ],
             { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 },
           );
+          const missing = notRun("openssl", r, OPENSSL_INSTALL);
+          if (missing) throw missing;
           ok += (r.stdout.match(/: OK$/gm) ?? []).length;
           if (r.status !== 0)
             bad ||=
@@ -123,7 +140,43 @@ function opensslVerify(dir: string, name: string, ca: CaSummary): string {
   }
   args.push(path.join(dir, `${name}.pem`));
   const r = spawnSync("openssl", args, { encoding: "utf8" });
+  const missing = notRun("openssl", r, OPENSSL_INSTALL);
+  if (missing) throw missing;
   return r.status === 0 ? "OK" : `FAILED: ${(r.stdout + r.stderr).trim().split("\n").pop()}`;
+}
+
+/** Pulumi's error, one line of it: the useful part is its last line ("error: no stack named ..."). */
+function lastLine(text: string | null): string {
+  const lines = (text ?? "").trim().split("\n");
+  return (lines[lines.length - 1] ?? "").trim() || "(no message)";
+}
+
+/** The stack's `cas` output, or an error that says why it is not a CA hierarchy's output. */
+function parseCas(stdout: string, stack: string): Record<string, CaSummary> {
+  let v: unknown;
+  try {
+    v = JSON.parse(stdout);
+  } catch {
+    v = undefined;
+  }
+  const ok =
+    typeof v === "object" &&
+    v !== null &&
+    !Array.isArray(v) &&
+    Object.values(v).every(
+      (c) =>
+        typeof c === "object" &&
+        c !== null &&
+        typeof (c as CaSummary).certificatePem === "string" &&
+        typeof (c as CaSummary).chainPem === "string",
+    );
+  if (!ok)
+    throw invalid(
+      "--stack",
+      stack,
+      "a stack whose `cas` output is a CA hierarchy's summary (a map of CA name to certificatePem, chainPem, ...)",
+    );
+  return v as Record<string, CaSummary>;
 }
 
 async function summary(argv: string[]): Promise<number> {
@@ -136,12 +189,15 @@ async function summary(argv: string[]): Promise<number> {
       maxBuffer: 64 * 1024 * 1024,
     },
   );
+  const missing = notRun("pulumi", r, PULUMI_INSTALL);
+  if (missing) throw missing;
   if (r.status !== 0)
     throw new FleetError(
       "UNAVAILABLE",
-      `pulumi stack output: got exit ${r.status}, want 0: ${r.stderr.trim()}`,
+      `pulumi stack output: got ${r.status === null ? `signal ${r.signal}` : `exit ${r.status}`}, want 0: ${lastLine(r.stderr)}`,
+      "stack",
     );
-  const cas = JSON.parse(r.stdout) as Record<string, CaSummary>;
+  const cas = parseCas(r.stdout, o.stack);
   const out = o.out ?? path.join(o.cwd, ".state", `${o.stack}-pki`);
   fs.mkdirSync(out, { recursive: true });
   const rows: string[][] = [

@@ -3,7 +3,8 @@
  * The `fleet` command: a thin dispatcher. Each command group lives in its own module
  * (cli/<group>.ts exporting `run(argv): Promise<number>`), loaded lazily so that
  * `fleet policy check` never pays for the device farm and vice versa.
- * Exit codes: 0 clean, 1 findings/violations, 2 bad input or usage, 3 unavailable.
+ * Exit codes: 0 clean, 1 findings/violations, 2 bad input or usage, 3 unavailable, 70 internal
+ * error (a bug of ours: one line, no stack; FLEETGUARD_DEBUG=1 prints the stack).
  */
 import { FleetError } from "../core/errors";
 
@@ -53,19 +54,56 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await (await entry.load()).run(rest);
   } catch (err) {
-    if (err instanceof FleetError) {
-      console.error(`fleet ${group}: ${err.message}`);
-      return err.code === "INVALID_INPUT" ? 2 : err.code === "UNAVAILABLE" ? 3 : 1;
+    const known = asFleetError(err);
+    if (known) {
+      console.error(`fleet ${group}: ${known.message}`);
+      return exitCode(known);
     }
     throw err;
   }
+}
+
+export function exitCode(err: FleetError): number {
+  return err.code === "INVALID_INPUT" ? 2 : err.code === "UNAVAILABLE" ? 3 : 1;
+}
+
+const fileProblems: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  EACCES: "permission denied",
+  EPERM: "permission denied",
+  EISDIR: "a directory, not a file",
+  ENOTDIR: "a path through something that is not a directory",
+  ELOOP: "a symlink loop",
+  ENAMETOOLONG: "a name too long",
+};
+
+/**
+ * Errors a person caused that arrive as Node errors rather than FleetErrors: a file named on the
+ * command line that cannot be opened (the path is theirs, so it is shown; the content never is) and
+ * a malformed option from util.parseArgs. Both are bad input (exit 2), not internal errors.
+ */
+export function asFleetError(err: unknown): FleetError | undefined {
+  if (err instanceof FleetError) return err;
+  const e = err as NodeJS.ErrnoException | undefined;
+  if (!(e instanceof Error) || typeof e.code !== "string") return undefined;
+  if (e.code.startsWith("ERR_PARSE_ARGS")) return new FleetError("INVALID_INPUT", e.message, "argument");
+  const what = fileProblems[e.code];
+  if (what && typeof e.path === "string")
+    return new FleetError(
+      "INVALID_INPUT",
+      `${e.path}: got ${what}, want ${e.syscall === "mkdir" ? "a directory that can be created" : "an accessible file"}`,
+      "file",
+    );
+  return undefined;
 }
 
 if (require.main === module) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err) => {
+      // A bug of ours: one line, no stack (FLEETGUARD_DEBUG=1 shows it), exit 70 (EX_SOFTWARE).
       console.error(`fleet: internal error: ${err instanceof Error ? err.message : String(err)}`);
+      if (process.env.FLEETGUARD_DEBUG && err instanceof Error && err.stack) console.error(err.stack);
       process.exit(70);
     },
   );

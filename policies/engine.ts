@@ -176,6 +176,25 @@ export function formatFinding(f: Finding): string {
 }
 
 /**
+ * Load a policy file with its extends chain for a caller that cannot print diagnostics itself (a
+ * component): any problem throws one FleetError listing every diagnostic as file:line:column: path:
+ * message (INVALID_INPUT for a malformed file, POLICY_VIOLATION for a loosening or an expired waiver).
+ * The diagnostics quote no file that is not a policy (policies/source.ts), so neither does this.
+ */
+export function loadPolicyFile(file: string, opts: Pick<EvaluateOptions, "now"> = {}): EffectivePolicy {
+  const load = loadPolicy(file, { now: opts.now });
+  if (load.policy && load.diagnostics.length === 0) return load.policy;
+  const lines = load.diagnostics.map(formatDiagnostic);
+  const code =
+    load.diagnostics.some((d) => d.kind === "input") || !load.policy ? "INVALID_INPUT" : "POLICY_VIOLATION";
+  throw new FleetError(
+    code,
+    `policy ${file}: got ${lines.length} error${lines.length === 1 ? "" : "s"}, want none:\n  ${lines.join("\n  ")}`,
+    "policy",
+  );
+}
+
+/**
  * For components: evaluate what a component declares before anything is created. Throws a FleetError
  * POLICY_VIOLATION naming each mandatory check id and message, so `pulumi preview` fails with them.
  * `policy` is an effective policy or the path of a policy file (loaded with its extends chain).
@@ -186,23 +205,7 @@ export function enforceAtConstruction(
   declared: DeclaredFleet,
   opts: EvaluateOptions = {},
 ): Evaluation {
-  let effective: PolicyInput;
-  if (typeof policy === "string") {
-    const load = loadPolicy(policy, { now: opts.now });
-    if (!load.policy || load.diagnostics.length) {
-      const lines = load.diagnostics.map(formatDiagnostic);
-      const code =
-        load.diagnostics.some((d) => d.kind === "input") || !load.policy
-          ? "INVALID_INPUT"
-          : "POLICY_VIOLATION";
-      throw new FleetError(
-        code,
-        `policy ${policy}: got ${lines.length} error(s), want none:\n  ${lines.join("\n  ")}`,
-        "policy",
-      );
-    }
-    effective = load.policy;
-  } else effective = policy;
+  const effective = typeof policy === "string" ? loadPolicyFile(policy, opts) : policy;
   const ev = evaluate(effective, { declared }, opts);
   if (ev.blocking.length) {
     const lines = ev.blocking.map(formatFinding);

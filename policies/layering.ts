@@ -4,15 +4,21 @@
  * x-order, x-merge) and so is the check a field feeds (x-check); this module walks the schema beside the
  * two documents. A loosening is an error unless the loosening policy carries an unexpired, unscoped waiver
  * for that check (id, written reason, expiry); an expired waiver is an error. The clock is injected.
+ *
+ * `extends` is a path written in a file that may come from a pull request, so it is confined to the
+ * policy root (after symlinks are resolved): otherwise a policy could make the CLI or a preview read
+ * any file the runner can read. See rootFor() and docs/policy.md.
  */
-import { readFileSync } from "node:fs";
-import { dirname, join, normalize } from "node:path";
+import { existsSync, realpathSync } from "node:fs";
+import { dirname, isAbsolute, join, normalize, relative, resolve as resolvePath, sep } from "node:path";
 import { checkIds } from "./checks/index";
 import type { PolicySpec, Waiver } from "./schema/fleet-policy.gen";
 import {
   type Diagnostic,
   loadSchema,
   type PathSegment,
+  readProblem,
+  readSourceText,
   SourceFile,
   sortDiagnostics,
   validateAgainstSchema,
@@ -56,6 +62,42 @@ export interface LoadOptions {
   now?: Date;
   /** Read a file (default: the disk). `fleet policy review` reads from git. */
   readFile?: (path: string) => string;
+  /**
+   * The directory every `extends` must stay inside (default: $FLEETGUARD_POLICY_ROOT, else the git
+   * work tree holding the top policy file, else that file's directory).
+   */
+  root?: string;
+}
+
+/** Deeper than any real layering (baseline <- platform <- product): a bound, not a design limit. */
+export const MAX_EXTENDS_DEPTH = 16;
+
+/**
+ * The policy root of a top policy file: the configured root, else the nearest ancestor directory with
+ * a .git entry (a repository keeps its baseline and product lines together, as policies/ does), else
+ * the file's own directory.
+ */
+export function rootFor(file: string, configured = process.env.FLEETGUARD_POLICY_ROOT): string {
+  if (configured) return resolvePath(configured);
+  const start = dirname(resolvePath(file));
+  for (let dir = start; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, ".git"))) return dir;
+    if (dirname(dir) === dir) return start;
+  }
+}
+
+const inside = (root: string, p: string) => {
+  const r = relative(root, p);
+  return r === "" || (!r.startsWith(`..${sep}`) && r !== ".." && !isAbsolute(r));
+};
+
+/** The real path, or undefined when it does not exist (the read reports that). */
+function real(p: string): string | undefined {
+  try {
+    return realpathSync(p);
+  } catch {
+    return undefined;
+  }
 }
 
 type SchemaNode = Record<string, unknown>;
@@ -201,17 +243,20 @@ interface Loaded {
 /** Load a policy file, resolve its extends chain, and check that every level only tightens its parent. */
 export function loadPolicy(file: string, opts: LoadOptions = {}): PolicyLoad {
   const now = opts.now ?? new Date();
-  const read = opts.readFile ?? ((p: string) => readFileSync(p, "utf8"));
+  const fromDisk = opts.readFile === undefined;
+  const read = opts.readFile ?? readSourceText;
+  const root = rootFor(file, opts.root ?? process.env.FLEETGUARD_POLICY_ROOT);
+  const realRoot = fromDisk ? (real(root) ?? root) : root;
   const diagnostics: Diagnostic[] = [];
   const granted: GrantedLoosening[] = [];
   const chain: Array<{ name: string; file: string }> = [];
 
-  const load = (path: string, stack: string[]): Loaded | undefined => {
+  const load = (path: string, stack: string[]): Loaded | string => {
     let text: string;
     try {
       text = read(path);
-    } catch {
-      return undefined;
+    } catch (err) {
+      return readProblem(err);
     }
     const src = new SourceFile(path, text);
     const schemaErrors = validateAgainstSchema(src, "fleet-policy");
@@ -273,7 +318,19 @@ export function loadPolicy(file: string, opts: LoadOptions = {}): PolicyLoad {
     let effective: Record<string, unknown> = spec;
     let allWaivers = waivers;
     if (typeof meta.extends === "string") {
+      const refuse = (why: string): Loaded => {
+        diagnostics.push(src.diagnostic("input", ["metadata", "extends"], `got ${meta.extends}, ${why}`));
+        return { file: path, name, spec, waivers, inputErrors: true };
+      };
+      if (isAbsolute(meta.extends)) return refuse("want a path relative to this file");
       const parentPath = normalize(join(dirname(path), meta.extends));
+      const outside = `want a policy file inside the policy root ${root} (set FLEETGUARD_POLICY_ROOT to widen it)`;
+      if (!inside(root, resolvePath(parentPath)))
+        return refuse(`which is outside the policy root; ${outside}`);
+      // A symlink inside the root may point anywhere: what counts is where the file really is.
+      const realParent = fromDisk ? real(parentPath) : undefined;
+      if (realParent !== undefined && !inside(realRoot, realParent))
+        return refuse(`which resolves (through a symlink) outside the policy root; ${outside}`);
       if ([...stack, path].includes(parentPath)) {
         diagnostics.push(
           src.diagnostic(
@@ -284,17 +341,10 @@ export function loadPolicy(file: string, opts: LoadOptions = {}): PolicyLoad {
         );
         return { file: path, name, spec, waivers, inputErrors: true };
       }
+      if (stack.length + 1 >= MAX_EXTENDS_DEPTH)
+        return refuse(`a chain deeper than ${MAX_EXTENDS_DEPTH} policies, want at most ${MAX_EXTENDS_DEPTH}`);
       const parent = load(parentPath, [...stack, path]);
-      if (!parent) {
-        diagnostics.push(
-          src.diagnostic(
-            "input",
-            ["metadata", "extends"],
-            `got ${meta.extends}, want a readable policy file (${parentPath})`,
-          ),
-        );
-        return { file: path, name, spec, waivers, inputErrors: true };
-      }
+      if (typeof parent === "string") return refuse(`want a readable policy file (${parentPath}: ${parent})`);
       inputErrors ||= parent.inputErrors;
       const loosenings: Loosening[] = [];
       compare(resolve(defs.PolicySpec), parent.spec ?? {}, spec, [], undefined, parent.name, loosenings);
@@ -331,14 +381,14 @@ export function loadPolicy(file: string, opts: LoadOptions = {}): PolicyLoad {
   };
 
   const top = load(file, []);
-  if (!top) {
+  if (typeof top === "string") {
     diagnostics.push({
       kind: "input",
       file,
       line: 1,
       column: 1,
       path: "(file)",
-      message: "cannot read the policy file",
+      message: `cannot read the policy file: ${top}`,
     });
     return { diagnostics, granted };
   }

@@ -4,11 +4,17 @@
  * for an unknown key (a typo must never silently weaken a policy), the value for a wrong type. The JSON
  * Schemas in policies/schema/ (draft 2020-12, validated with ajv, allErrors) are the single source of
  * truth; this module only turns ajv's errors into messages of the form "<path>: got X, want Y".
+ *
+ * A file named as a policy may be anything (an `extends` can point at /etc/passwd or a .env), so no
+ * message quotes a file that is not one of ours: YAML syntax errors are described by their error code,
+ * never with the source text yaml puts in its own messages, and a document that is not a map of the
+ * expected kind gets one diagnostic without its content. Size and alias expansion are bounded, so a
+ * hostile file is an input error (exit 2), not a crash.
  */
-import { readFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { join } from "node:path";
 import Ajv2020, { type ErrorObject, type ValidateFunction } from "ajv/dist/2020";
-import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
+import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, visit } from "yaml";
 
 /** input: the file is malformed (exit 2). violation: well-formed but breaks the rules (exit 1). */
 export type DiagnosticKind = "input" | "violation";
@@ -24,6 +30,90 @@ export interface Diagnostic {
 }
 
 export type PathSegment = string | number;
+
+/** Largest policy or fleet file read (1 MiB): a real one is a few KiB. Documented in docs/policy.md. */
+export const MAX_SOURCE_BYTES = 1024 * 1024;
+/** yaml's bound on alias resolutions (count x nested aliases per anchor): an alias bomb stops here. */
+export const MAX_ALIAS_COUNT = 100;
+
+/** Why a source file could not be read, as a short phrase that never contains its content. */
+export class SourceReadError extends Error {}
+
+const errnoPhrases: Record<string, string> = {
+  ENOENT: "no such file",
+  EACCES: "permission denied",
+  EPERM: "permission denied",
+  EISDIR: "a directory, not a file",
+  ENOTDIR: "a path through something that is not a directory",
+  ELOOP: "a symlink loop",
+  ENAMETOOLONG: "a name too long",
+};
+
+/** Describe a failed read for a message: the errno as words, never the file's content. */
+export function readProblem(err: unknown): string {
+  if (err instanceof SourceReadError) return err.message;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return (code && errnoPhrases[code]) ?? (code ? `unreadable (${code})` : "unreadable");
+}
+
+/**
+ * Read a policy or fleet file from disk: a regular file of at most MAX_SOURCE_BYTES, checked on the
+ * open descriptor before reading (so /dev/zero or a FIFO is refused instead of read forever).
+ */
+export function readSourceText(path: string): string {
+  const fd = openSync(path, "r");
+  try {
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw new SourceReadError(errnoPhrases.EISDIR!);
+    if (!st.isFile()) throw new SourceReadError("not a regular file");
+    if (st.size > MAX_SOURCE_BYTES) throw new SourceReadError(tooLarge(st.size, true));
+    const buf = Buffer.alloc(MAX_SOURCE_BYTES + 1);
+    let n = 0;
+    for (let r = 1; r > 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, null);
+    if (n > MAX_SOURCE_BYTES) throw new SourceReadError(tooLarge(n));
+    return buf.subarray(0, n).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** `exact` when the size is known (fstat); a file that grew while read is only known to be too big. */
+function tooLarge(bytes: number, exact = false): string {
+  return `got ${exact ? bytes : `more than ${MAX_SOURCE_BYTES}`} bytes, want at most ${MAX_SOURCE_BYTES} (1 MiB)`;
+}
+
+/**
+ * yaml's own messages quote the source ("Not a YAML token: <text>", "Unresolved tag: <tag>"), so a syntax
+ * error is described by its code alone; the position says where.
+ */
+const yamlMessages: Record<string, string> = {
+  ALIAS_PROPS: "got an alias with an anchor or a tag, want a bare alias",
+  BAD_ALIAS: "got an alias that names no anchor before it, want an anchor first",
+  BAD_DIRECTIVE: "got a malformed % directive, want valid YAML",
+  BAD_DQ_ESCAPE: "got an invalid escape sequence in a double-quoted string, want a YAML escape",
+  BAD_INDENT: "got wrong indentation, want the items of a map or list to start at the same column",
+  BAD_PROP_ORDER: "got an anchor or tag in the wrong place, want it before the value",
+  BAD_SCALAR_START: "got a plain value that starts with a reserved character, want it quoted",
+  BLOCK_AS_IMPLICIT_KEY: "got a block value used as a key, want a plain key",
+  BLOCK_IN_FLOW: "got a block value inside [ ] or { }, want flow values there",
+  DUPLICATE_KEY: "got the same key twice in one map, want unique keys",
+  IMPOSSIBLE: "got unparseable YAML, want valid YAML",
+  KEY_OVER_1024_CHARS: "got a key longer than 1024 characters, want a short key",
+  MISSING_CHAR: "got a missing character (a quote, bracket, comma or ': '), want valid YAML",
+  MULTILINE_IMPLICIT_KEY: "got a key that spans lines (a missing ': ' or quote?), want a key on one line",
+  MULTIPLE_ANCHORS: "got two anchors on one node, want at most one",
+  MULTIPLE_DOCS: "got more than one YAML document, want one",
+  MULTIPLE_TAGS: "got two tags on one node, want at most one",
+  NON_STRING_KEY: "got a key that is not a string, want string keys",
+  RESOURCE_EXHAUSTION: "got nesting too deep to read, want a policy-shaped document",
+  TAB_AS_INDENT: "got a tab used as indentation, want spaces",
+  TAG_RESOLVE_FAILED: "got an unknown or invalid tag, want no tags",
+  UNEXPECTED_TOKEN: "got unexpected text, want valid YAML",
+  BAD_COLLECTION_TYPE: "got a tag that does not fit its map or list, want no tags",
+};
+
+/** At most this many syntax errors per file: a binary or a long non-YAML file gives hundreds. */
+const MAX_YAML_ERRORS = 10;
 
 export function formatPath(path: readonly PathSegment[]): string {
   let out = "";
@@ -54,23 +144,74 @@ export class SourceFile {
     readonly file: string,
     readonly text: string,
   ) {
-    this.doc = parseDocument(text, { lineCounter: this.lines, prettyErrors: false, uniqueKeys: true });
-    for (const e of [...this.doc.errors, ...this.doc.warnings]) {
-      const at = this.lines.linePos(e.pos[0]);
-      this.parseDiagnostics.push({
-        kind: "input",
-        file,
-        line: at.line,
-        column: at.col,
-        path: "(yaml)",
-        message: e.message.split("\n")[0] ?? e.code,
-      });
+    const bytes = Buffer.byteLength(text, "utf8");
+    if (bytes > MAX_SOURCE_BYTES) {
+      // Not parsed at all: parsing is what an oversized file would make expensive.
+      this.doc = parseDocument("");
+      this.parseDiagnostics.push(this.at(1, 1, "(file)", tooLarge(bytes, true)));
+      this.data = undefined;
+      return;
     }
-    this.data = this.doc.errors.length === 0 ? this.doc.toJS({ maxAliasCount: 100 }) : undefined;
+    let doc: ReturnType<typeof parseDocument>;
+    try {
+      doc = parseDocument(text, { lineCounter: this.lines, prettyErrors: false, uniqueKeys: true });
+    } catch {
+      // yaml turns most failures into errors; a deep enough nesting can still overflow the stack.
+      this.doc = parseDocument("");
+      this.parseDiagnostics.push(this.at(1, 1, "(yaml)", yamlMessages.RESOURCE_EXHAUSTION!));
+      this.data = undefined;
+      return;
+    }
+    this.doc = doc;
+    const problems = [...doc.errors, ...doc.warnings];
+    for (const e of problems.slice(0, MAX_YAML_ERRORS)) {
+      const at = this.lines.linePos(e.pos[0]);
+      this.parseDiagnostics.push(
+        this.at(at.line, at.col, "(yaml)", yamlMessages[e.code] ?? "got invalid YAML, want valid YAML"),
+      );
+    }
+    if (problems.length > MAX_YAML_ERRORS)
+      this.parseDiagnostics.push(
+        this.at(1, 1, "(yaml)", `got ${problems.length} YAML errors, showing the first ${MAX_YAML_ERRORS}`),
+      );
+    let data: unknown;
+    if (doc.errors.length === 0) {
+      try {
+        data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+      } catch {
+        // ReferenceError "Excessive alias count" (an alias bomb); anything else toJS throws is no better.
+        const first = this.firstAlias();
+        this.parseDiagnostics.push(
+          this.at(
+            first.line,
+            first.col,
+            "(yaml)",
+            `got aliases that expand more than ${MAX_ALIAS_COUNT} times (an alias bomb), want at most ${MAX_ALIAS_COUNT} alias expansions`,
+          ),
+        );
+      }
+    }
+    this.data = data;
+  }
+
+  private at(line: number, column: number, path: string, message: string): Diagnostic {
+    return { kind: "input", file: this.file, line, column, path, message };
+  }
+
+  /** Where the first alias is (or 1:1): the place to start looking when the aliases blow up. */
+  private firstAlias(): { line: number; col: number } {
+    let offset: number | undefined;
+    visit(this.doc, {
+      Alias: (_k, node) => {
+        offset = node.range?.[0];
+        return visit.BREAK;
+      },
+    });
+    return offset === undefined ? { line: 1, col: 1 } : this.lines.linePos(offset);
   }
 
   static read(file: string, displayName = file): SourceFile {
-    return new SourceFile(displayName, readFileSync(file, "utf8"));
+    return new SourceFile(displayName, readSourceText(file));
   }
 
   /** Line/column of a path: at the key when `at` is "key" (and the key exists), else at the value. */
@@ -282,11 +423,37 @@ function ajvToDiagnostic(src: SourceFile, e: ErrorObject): Diagnostic | undefine
   }
 }
 
-/** Validate a parsed file against one of our schemas; all errors at once, each located in the source. */
+const kinds = { "fleet-policy": "FleetPolicy", fleet: "Fleet" } as const;
+
+/**
+ * Validate a parsed file against one of our schemas; all errors at once, each located in the source.
+ * A document that is not a map of the schema's kind is not one of our files (a typo in `extends`, or
+ * a path at /etc/passwd): it gets one diagnostic that names the file and never quotes it.
+ */
 export function validateAgainstSchema(src: SourceFile, name: "fleet-policy" | "fleet"): Diagnostic[] {
   if (src.parseDiagnostics.length) return [...src.parseDiagnostics];
+  const kind = kinds[name];
+  const data = src.data;
+  const isMapDoc = typeof data === "object" && data !== null && !Array.isArray(data);
+  if (!isMapDoc || (data as Record<string, unknown>).kind !== kind) {
+    const hasKind = isMapDoc && "kind" in (data as Record<string, unknown>);
+    return [
+      src.diagnostic(
+        "input",
+        hasKind ? ["kind"] : [],
+        `got a file that is not a ${kind} (content not shown), want a YAML map with apiVersion: fleetguard.io/v1 and kind: ${kind}`,
+      ),
+    ];
+  }
   const v = validator(name);
-  if (v(src.data)) return [];
+  let ok: boolean;
+  try {
+    ok = v(data) as boolean;
+  } catch {
+    // Within the size and alias bounds only an absurd nesting can get here (stack overflow).
+    return [src.diagnostic("input", [], yamlMessages.RESOURCE_EXHAUSTION!)];
+  }
+  if (ok) return [];
   const out: Diagnostic[] = [];
   const seen = new Set<string>();
   for (const e of v.errors ?? []) {
