@@ -7,6 +7,11 @@
  * every request a timeout, and retries idempotent operations a bounded number of times with
  * exponential backoff and full jitter on TIMEOUT, BUSY and lost connections. Non-idempotent
  * operations (INJECT) are never resent: their outcome is settled by asking STATUS.
+ *
+ * A station that cannot be reached once the retries are spent is one UNAVAILABLE error naming
+ * host:port in words (not a bare errno): a person reads it in `pulumi up` and the right move is
+ * always the same, start the station and run again (every step is idempotent, progress is in the
+ * registry).
  */
 import { Socket } from "node:net";
 import { invalid } from "../errors";
@@ -58,6 +63,22 @@ export type BatchItem<T> = { ok: true; value: T } | { ok: false; error: StationE
 
 const RETRYABLE = new Set<number>([Status.TIMEOUT, Status.BUSY, Status.DISCONNECTED]);
 
+/** The socket errors a dead or missing station gives, in words. */
+const CONNECT_ERRORS: Record<string, string> = {
+  ECONNREFUSED: "connection refused (nothing listens there: is the device farm running?)",
+  ECONNRESET: "connection reset by the station",
+  EPIPE: "connection reset by the station",
+  ETIMEDOUT: "connect timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  ENOTFOUND: "host name not found",
+  EAI_AGAIN: "host name lookup failed",
+  EADDRNOTAVAIL: "address not available",
+};
+
+const connectProblem = (e: NodeJS.ErrnoException): string =>
+  (e.code && CONNECT_ERRORS[e.code]) ?? `could not connect (${e.code ?? e.message})`;
+
 interface Pending {
   resolve(v: { header: Header; body: CborMap }): void;
   reject(e: StationError): void;
@@ -86,7 +107,7 @@ class Connection {
     this.socket.setNoDelay(true);
     this.ready = new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => {
-        reject(new StationError(Status.DISCONNECTED, `connect to ${host}:${port}: timed out`));
+        reject(new StationError(Status.DISCONNECTED, `connect timed out after ${connectTimeoutMs} ms`));
         this.socket.destroy();
       }, connectTimeoutMs);
       this.socket.once("connect", () => {
@@ -95,7 +116,7 @@ class Connection {
       });
       this.socket.once("error", (e: NodeJS.ErrnoException) => {
         clearTimeout(t);
-        reject(new StationError(Status.DISCONNECTED, `connect to ${host}:${port}: ${e.code ?? e.message}`));
+        reject(new StationError(Status.DISCONNECTED, connectProblem(e)));
       });
     });
     this.ready.catch(() => {});
@@ -133,7 +154,7 @@ class Connection {
       }
     });
     this.socket.on("error", () => {}); // "close" follows and settles everything
-    this.socket.on("close", () => this.fail("connection closed"));
+    this.socket.on("close", () => this.fail("the connection closed before the answer"));
     this.socket.connect(port, host);
   }
 
@@ -389,17 +410,24 @@ export class StationClient {
           this.release(conn);
         }
       } catch (e) {
-        if (
-          !(e instanceof StationError) ||
-          !RETRYABLE.has(e.status) ||
-          attempt + 1 >= attempts ||
-          this.closed
-        )
-          throw e;
+        if (!(e instanceof StationError) || !RETRYABLE.has(e.status) || this.closed) throw e;
+        if (attempt + 1 >= attempts) throw this.unreachable(e, attempts);
         const cap = Math.min(2_000, this.backoffMs * 2 ** attempt);
         await new Promise((r) => setTimeout(r, Math.floor(this.random() * cap)));
       }
     }
+  }
+
+  /** The error a caller sees once the retries are spent: which station, why, and what to do. */
+  private unreachable(e: StationError, attempts: number): StationError {
+    if (e.status !== Status.DISCONNECTED) return e;
+    const tries = attempts > 1 ? ` (${attempts} attempts)` : "";
+    return new StationError(
+      Status.DISCONNECTED,
+      `station ${this.host}:${this.port} could not be reached: got ${e.detail}${tries}, want a running station; ` +
+        "start it and run again (every step is idempotent: progress is recorded in the registry)",
+      "station",
+    );
   }
 
   /** Close every connection; requests in flight fail with DISCONNECTED. */
