@@ -5,6 +5,8 @@
  */
 import type { Check } from "../check";
 import { check as CA001 } from "./ca/FG-CA-001";
+import { check as CA002 } from "./ca/FG-CA-002";
+import { check as CA003 } from "./ca/FG-CA-003";
 import { check as CERT001 } from "./certificates/FG-CERT-001";
 import { check as CERT002 } from "./certificates/FG-CERT-002";
 import { check as HUB001 } from "./hubs/FG-HUB-001";
@@ -33,6 +35,8 @@ export const catalog: readonly Check[] = [
   CERT001,
   CERT002,
   CA001,
+  CA002,
+  CA003,
   ID001,
   ID002,
   ID003,

@@ -6,6 +6,23 @@
  */
 export type IdentitySource = "puf" | "injected";
 /**
+ * An extended key usage (RFC 5280 4.2.1.12) by name, or any other as a dotted OID. manifestSigning is fleetguard's manifest-signer purpose (docs/pki-interop.md).
+ *
+ * This interface was referenced by `FleetPolicy`'s JSON-Schema
+ * via the `definition` "ExtKeyUsage".
+ */
+export type ExtKeyUsage =
+  | (
+      | "clientAuth"
+      | "serverAuth"
+      | "codeSigning"
+      | "emailProtection"
+      | "timeStamping"
+      | "OCSPSigning"
+      | "manifestSigning"
+    )
+  | string;
+/**
  * This interface was referenced by `FleetPolicy`'s JSON-Schema
  * via the `definition` "AzureAttestation".
  */
@@ -174,6 +191,17 @@ export interface CaConstraintRules {
    * Issuing CAs carry name constraints.
    */
   requireNameConstraints?: boolean;
+  /**
+   * What issuing CAs may issue.
+   */
+  issuing?: {
+    /**
+     * Extended key usages an issuing CA may put in the certificates it signs, and carry itself if its certificate has the extension; absent: clientAuth and manifestSigning (device TLS client authentication and fleetguard's manifest signers).
+     *
+     * @minItems 1
+     */
+    allowedExtKeyUsages?: ExtKeyUsage[];
+  };
 }
 /**
  * This interface was referenced by `FleetPolicy`'s JSON-Schema

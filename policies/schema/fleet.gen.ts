@@ -34,6 +34,23 @@ export type KeyUsage =
   | "encipherOnly"
   | "decipherOnly";
 /**
+ * An extended key usage (RFC 5280 4.2.1.12) by name, or any other as a dotted OID.
+ *
+ * This interface was referenced by `FleetDeclaration`'s JSON-Schema
+ * via the `definition` "ExtKeyUsage".
+ */
+export type ExtKeyUsage =
+  | (
+      | "clientAuth"
+      | "serverAuth"
+      | "codeSigning"
+      | "emailProtection"
+      | "timeStamping"
+      | "OCSPSigning"
+      | "manifestSigning"
+    )
+  | string;
+/**
  * This interface was referenced by `FleetDeclaration`'s JSON-Schema
  * via the `definition` "StringOrList".
  */
@@ -94,6 +111,10 @@ export interface NameConstraints {
 export interface DeclaredBatch {
   id: Name;
   deviceModel?: string;
+  /**
+   * TLS library of the device model's firmware: its X.509 parser decides which certificates the device can load (FG-CA-003; docs/pki-interop.md).
+   */
+  tlsStack?: "mbedtls" | "wolfssl" | "openssl" | "boringssl" | "aws-lc" | "rustls" | "go" | "other";
   issuingCa: Name;
   identitySource: "puf" | "injected";
   count: number;
@@ -105,6 +126,10 @@ export interface CertificateProfile {
   algorithm: KeyAlgorithm;
   validityDays: number;
   keyUsage?: KeyUsage[];
+  /**
+   * Extended key usages of the device certificates; absent: clientAuth (what core/enroll/profile issues by default).
+   */
+  extKeyUsage?: ExtKeyUsage[];
 }
 /**
  * The HSM production counter bounding how many chips a factory may provision.
