@@ -9,9 +9,9 @@
  * processes serialize on the write lock (`busy_timeout` waits for it) instead of failing on a lock
  * upgrade. Statements are prepared once and reused.
  */
-import * as fs from "node:fs";
 import * as path from "node:path";
 import Database from "better-sqlite3";
+import { createPrivateFile } from "../durable";
 import { FleetError, invalid } from "../errors";
 import {
   baselineRow,
@@ -260,7 +260,7 @@ export class SqliteRegistry implements Registry {
 
   constructor(file: string, opts: SqliteOptions = {}) {
     this.location = path.resolve(file);
-    fs.mkdirSync(path.dirname(this.location), { recursive: true });
+    createPrivateFile(this.location); // 0600 in a 0700 folder; SQLite gives -wal and -shm its mode
     const busy = opts.busyTimeoutMs ?? 10_000;
     const cacheMiB = opts.cacheMiB ?? 64;
     if (!Number.isInteger(busy) || busy < 0) throw invalid("busyTimeoutMs", busy, "an integer >= 0");

@@ -25,7 +25,6 @@
 import {
   closeSync,
   fsyncSync,
-  mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -35,6 +34,7 @@ import {
 import { type FileHandle, open, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
+import { ensurePrivateDir, PRIVATE_FILE } from "../../core/durable";
 import { FleetError } from "../../core/errors";
 import { type DeviceState, decodeState, encodeState } from "../firmware/state";
 
@@ -131,7 +131,8 @@ export class StateStore {
   ) {}
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<StateStore> {
-    mkdirSync(dir, { recursive: true });
+    // the device states hold every device's secrets: a private folder, private files (durable.ts)
+    ensurePrivateDir(dir);
     const s = new StateStore(dir, opts.compactBytes ?? 256 * 1024 * 1024, opts.log ?? (() => {}));
     await s.recover();
     return s;
@@ -166,7 +167,7 @@ export class StateStore {
       if (buf.length < WAL_MAGIC.length || !buf.subarray(0, WAL_MAGIC.length).equals(WAL_MAGIC)) {
         if (g !== this.gen || buf.length > WAL_MAGIC.length)
           throw new FleetError("INTEGRITY", `state: ${walName(g)} has no log header, want one`);
-        writeFileSync(path, WAL_MAGIC); // created but never written: a crash right at rotation
+        writeFileSync(path, WAL_MAGIC, { mode: PRIVATE_FILE }); // created but never written: a crash right at rotation
       } else {
         const r = scanRecords(buf, WAL_MAGIC.length, (i, st) => {
           this.states.set(i, decodeState(st));
@@ -184,7 +185,7 @@ export class StateStore {
     }
     const path = join(this.dir, walName(this.gen));
     const fresh = !replay.includes(this.gen);
-    this.fh = await open(path, fresh ? "w+" : "r+");
+    this.fh = await open(path, fresh ? "w+" : "r+", PRIVATE_FILE);
     if (fresh) {
       await this.fh.write(WAL_MAGIC, 0, WAL_MAGIC.length, 0);
       await this.fh.sync();
@@ -282,7 +283,7 @@ export class StateStore {
     this.compacting = true;
     const old = this.gen;
     const g = old + 1;
-    const fh = await open(join(this.dir, walName(g)), "w+");
+    const fh = await open(join(this.dir, walName(g)), "w+", PRIVATE_FILE);
     await fh.write(WAL_MAGIC, 0, WAL_MAGIC.length, 0);
     await fh.sync();
     fsyncDir(this.dir);
@@ -301,7 +302,7 @@ export class StateStore {
   private async writeSnapshot(g: number, old: number, parts: Buffer[]): Promise<void> {
     const tmp = join(this.dir, `${snapName(g)}.tmp`);
     try {
-      const fh = await open(tmp, "w");
+      const fh = await open(tmp, "w", PRIVATE_FILE);
       try {
         for (const p of parts) await fh.write(p);
         await fh.sync();
