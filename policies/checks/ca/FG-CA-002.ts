@@ -32,7 +32,7 @@ export const check: Check = {
     iec62443_4_2: ["CR 1.2", "CR 1.8"],
   },
   rationale:
-    "A device certificate that also says serverAuth or codeSigning turns one extracted device key into a server or firmware signer the fleet's relying parties trust. fleetguard's CA certificates carry no extendedKeyUsage, so the check reads what an issuing CA issues: each declared batch profile's extKeyUsage (clientAuth when absent) and every deployed device certificate's; a deployed issuing CA certificate that does carry the extension (a brought-your-own CA) must stay within the same list, and its devices within its own list, which Go and Windows enforce along the chain. The default allows clientAuth and manifestSigning, the fleet's manifest signers.",
+    "A device certificate that also says serverAuth or codeSigning turns one extracted device key into a server or firmware signer the fleet's relying parties trust. fleetguard's CA certificates carry no extendedKeyUsage, so the check reads what an issuing CA issues: each declared batch profile's extKeyUsage (clientAuth when absent) and every deployed device certificate's; a deployed issuing CA certificate that does carry the extension (a brought-your-own CA) must stay within the same list, and its devices within its own list: Windows and NSS intersect usages along the chain, and Go requires the usage it verifies in every CA that lists any. The default allows clientAuth and manifestSigning, the fleet's manifest signers.",
   appliesTo: ["declared.batches", "deployed.certificates"],
   check(ctx) {
     const listed = ctx.policy.spec.caConstraints?.issuing?.allowedExtKeyUsages ?? DEFAULT_ALLOWED;
@@ -74,7 +74,7 @@ export const check: Check = {
         if (outside.length)
           v.push({
             subject: `cert:${c.id}`,
-            message: `extKeyUsage: got ${show(ekus)}, want within its issuer ${issuer.id}'s ${show(limit)}; Go and Windows refuse the chain for ${show(outside)}`,
+            message: `extKeyUsage: got ${show(ekus)}, want within its issuer ${issuer.id}'s ${show(limit)}; ${show(outside)} fails verifiers that intersect usages along the chain (Windows, NSS; Go for the usage it verifies)`,
           });
       }
     }
