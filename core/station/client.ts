@@ -19,6 +19,7 @@ import { type CborMap, decode, encode, isMap, type Value } from "./cbor";
 import { DEFAULT_MAX_BODY, Flag, FrameDecoder, type Header, Op, StationError, Status } from "./frame";
 import {
   BATCH_MAX,
+  type CommandAuth,
   DEVICE_OPS,
   type DeviceOpName,
   type DeviceStatus,
@@ -27,6 +28,7 @@ import {
   type IdentifyResult,
   list,
   map,
+  PROTOCOL,
   parseFarmInfo,
   parseFarmStats,
   type RequestOf,
@@ -282,20 +284,21 @@ export class StationClient {
   csr(device: string, subject: Subject, opts?: CallOptions) {
     return this.device("CSR", { device, subject }, opts);
   }
-  setTrustAnchor(device: string, anchor: Uint8Array, opts?: CallOptions) {
-    return this.device("SET_TRUST", { device, anchor }, opts);
+  // a closed device takes these only as signed commands (command.ts): `o.auth`
+  setTrustAnchor(device: string, anchor: Uint8Array, o: CommandOptions = {}) {
+    return this.device("SET_TRUST", { device, anchor, auth: o.auth }, o);
   }
-  install(device: string, chain: Uint8Array[], opts?: CallOptions) {
-    return this.device("INSTALL", { device, chain }, opts);
+  install(device: string, chain: Uint8Array[], o: CommandOptions = {}) {
+    return this.device("INSTALL", { device, chain, auth: o.auth }, o);
   }
-  rotate(device: string, subject: Subject, opts?: CallOptions) {
-    return this.device("ROTATE", { device, subject }, opts);
+  rotate(device: string, subject: Subject, o: CommandOptions = {}) {
+    return this.device("ROTATE", { device, subject, auth: o.auth }, o);
   }
   status(device: string, opts?: CallOptions): Promise<DeviceStatus> {
     return this.device("STATUS", { device }, opts);
   }
-  decommission(device: string, opts?: CallOptions) {
-    return this.device("DECOMMISSION", { device, confirm: device }, opts);
+  decommission(device: string, o: CommandOptions = {}) {
+    return this.device("DECOMMISSION", { device, confirm: device, auth: o.auth }, o);
   }
   inject(device: string, license: Uint8Array, payload: Uint8Array, opts?: CallOptions) {
     return this.device("INJECT", { device, license, payload }, opts);
@@ -317,13 +320,19 @@ export class StationClient {
   csrBatch(items: Array<{ device: string; subject: Subject }>, opts?: BatchOptions) {
     return this.batch("CSR", items, opts);
   }
-  setTrustAnchorBatch(items: Array<{ device: string; anchor: Uint8Array }>, opts?: BatchOptions) {
+  setTrustAnchorBatch(
+    items: Array<{ device: string; anchor: Uint8Array; auth?: CommandAuth }>,
+    opts?: BatchOptions,
+  ) {
     return this.batch("SET_TRUST", items, opts);
   }
-  installBatch(items: Array<{ device: string; chain: Uint8Array[] }>, opts?: BatchOptions) {
+  installBatch(
+    items: Array<{ device: string; chain: Uint8Array[]; auth?: CommandAuth }>,
+    opts?: BatchOptions,
+  ) {
     return this.batch("INSTALL", items, opts);
   }
-  rotateBatch(items: Array<{ device: string; subject: Subject }>, opts?: BatchOptions) {
+  rotateBatch(items: Array<{ device: string; subject: Subject; auth?: CommandAuth }>, opts?: BatchOptions) {
     return this.batch("ROTATE", items, opts);
   }
   statusBatch(devices: string[], opts?: BatchOptions) {
@@ -333,10 +342,15 @@ export class StationClient {
       opts,
     );
   }
-  decommissionBatch(devices: string[], opts?: BatchOptions) {
+  /** devices by ID, or with the signed command a closed device needs */
+  decommissionBatch(devices: Array<string | { device: string; auth?: CommandAuth }>, opts?: BatchOptions) {
     return this.batch(
       "DECOMMISSION",
-      devices.map((device) => ({ device, confirm: device })),
+      devices.map((d) =>
+        typeof d === "string"
+          ? { device: d, confirm: d }
+          : { device: d.device, confirm: d.device, auth: d.auth },
+      ),
       opts,
     );
   }
@@ -344,7 +358,13 @@ export class StationClient {
   /** One device operation. */
   async device<K extends DeviceOpName>(op: K, req: RequestOf<K>, opts?: CallOptions): Promise<ResultOf<K>> {
     const spec = DEVICE_OPS[op];
-    const body = await this.call(spec.code, 0, req as unknown as CborMap, spec.idempotent, opts);
+    const body = await this.call(
+      spec.code,
+      0,
+      { ...(req as unknown as CborMap), protocol: PROTOCOL },
+      spec.idempotent,
+      opts,
+    );
     try {
       return spec.parseResult(body);
     } catch (e) {
@@ -364,7 +384,11 @@ export class StationClient {
   ): Promise<Array<BatchItem<ResultOf<K>>>> {
     if (reqs.length === 0 || reqs.length > BATCH_MAX) throw invalid("batch", reqs, `1..${BATCH_MAX} items`);
     const spec = DEVICE_OPS[op];
-    const req: CborMap = { items: reqs as unknown as Value[], deviceTimeoutMs: opts.deviceTimeoutMs };
+    const req: CborMap = {
+      items: reqs as unknown as Value[],
+      deviceTimeoutMs: opts.deviceTimeoutMs,
+      protocol: PROTOCOL,
+    };
     const body = await this.call(spec.code, Flag.BATCH, req, spec.idempotent, opts);
     let results: Value[];
     try {
@@ -489,4 +513,9 @@ export class StationClient {
 
 export interface BatchOptions extends CallOptions {
   deviceTimeoutMs?: number;
+}
+
+export interface CommandOptions extends CallOptions {
+  /** the signed command a closed device needs (core/station/command.ts) */
+  auth?: CommandAuth;
 }

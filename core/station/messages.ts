@@ -7,7 +7,7 @@
  */
 import { invalid } from "../errors";
 import { type CborMap, isMap, type Value } from "./cbor";
-import { Op, type OpName } from "./frame";
+import { Op, type OpName, StationError, Status } from "./frame";
 
 export type Lifecycle = "blank" | "provisioned" | "closed" | "decommissioned";
 export const LIFECYCLES: readonly Lifecycle[] = ["blank", "provisioned", "closed", "decommissioned"];
@@ -17,6 +17,21 @@ export type IdentitySource = "puf" | "injected";
 export const SUBJECT_ATTRS = ["CN", "O", "OU", "C", "L", "ST", "serialNumber"] as const;
 export type SubjectAttr = (typeof SUBJECT_ATTRS)[number];
 export type Subject = Array<[SubjectAttr, string]>;
+
+/**
+ * The version of the device operations' bodies. 2: a closed device takes SET_TRUST, INSTALL,
+ * ROTATE and DECOMMISSION only as signed commands (command.ts, `auth`), and ATTEST, STATUS and the
+ * commands' results carry the device's current challenge. Every device request carries
+ * `protocol`; the farm refuses one without it (a version-1 station would send unsigned commands),
+ * and PING reports it, so a station refuses a farm that predates it.
+ */
+export const PROTOCOL = 2;
+/**
+ * The status of a command a closed device refuses for want of a valid authorization (none, a
+ * signer that does not chain to its trust anchor, a bad signature). Wire value 14, next to
+ * core/station/frame.ts's Status codes.
+ */
+export const UNAUTHORIZED = 14;
 
 export const DEVICE_ID_MAX = 64;
 export const NONCE_MIN = 16;
@@ -107,6 +122,42 @@ function bytesList(m: CborMap, field: string, min: number, max: number): Buffer[
   });
 }
 
+/** An authorization of one command (command.ts), signed by a CA key the device's anchor certifies. */
+export interface CommandAuth {
+  /** the signer's certificate first, then its issuers up to a root the device trusts */
+  signer: Buffer[];
+  /** the device's challenge the command was signed for */
+  nonce: Buffer;
+  signature: Buffer;
+}
+
+export function authField(m: CborMap): CommandAuth | undefined {
+  const v = m.auth;
+  if (v === undefined || v === null) return undefined;
+  const a = map(v, "auth");
+  return {
+    signer: bytesList(a, "signer", 1, CHAIN_MAX).map((c, i) => {
+      if (c.length > CERT_MAX) throw invalid(`auth.signer[${i}]`, c, `1..${CERT_MAX} bytes`);
+      return c;
+    }),
+    nonce: bytes(a, "nonce", NONCE_MIN, NONCE_MAX),
+    signature: bytes(a, "signature", 8, 1024),
+  };
+}
+
+/** The request's protocol version (after its other fields were read): refused unless PROTOCOL. */
+export function checkProtocol(v: Value | undefined): void {
+  if (v === PROTOCOL) return;
+  throw new StationError(
+    Status.UNSUPPORTED_VERSION,
+    `protocol: got ${v === undefined ? "1 (no protocol field)" : JSON.stringify(v)}, want ${PROTOCOL} ` +
+      "(closed devices take signed commands only; upgrade the station)",
+  );
+}
+
+const challenge = (m: CborMap) =>
+  m.challenge === undefined || m.challenge === null ? undefined : bytes(m, "challenge", NONCE_MIN, NONCE_MAX);
+
 // ------------------------------------------------------------------ requests and results
 
 export interface IdentifyRequest {
@@ -133,6 +184,8 @@ export interface AttestResult {
   epoch: number;
   /** ECDSA P-256 / SHA-256, DER, over attestationMessage(device, epoch, nonce) */
   signature: Buffer;
+  /** the device's current command challenge (absent once decommissioned) */
+  challenge?: Buffer;
 }
 export interface CsrRequest {
   device: string;
@@ -147,29 +200,39 @@ export interface SetTrustRequest {
   device: string;
   /** DER certificate of the root the device shall trust; its SHA-256 is burned into OTP */
   anchor: Uint8Array;
+  /** required by a closed device for an anchor it does not hold yet */
+  auth?: CommandAuth;
 }
 export interface SetTrustResult {
   device: string;
   slot: number;
+  /** the challenge for the next command */
+  challenge?: Buffer;
 }
 export interface InstallRequest {
   device: string;
   /** leaf first, ending with a trusted root */
   chain: Uint8Array[];
+  /** required by a closed device for a chain other than the one it holds */
+  auth?: CommandAuth;
 }
 export interface InstallResult {
   device: string;
   lifecycle: Lifecycle;
   epoch: number;
+  challenge?: Buffer;
 }
 export interface RotateRequest {
   device: string;
   subject: Subject;
+  /** required by a closed device to start a re-key */
+  auth?: CommandAuth;
 }
 export interface RotateResult {
   device: string;
   epoch: number;
   csr: Buffer;
+  challenge?: Buffer;
 }
 export interface StatusRequest {
   device: string;
@@ -196,11 +259,15 @@ export interface DeviceStatus {
   trustAnchors: Buffer[];
   chain: Buffer[];
   otp: OtpRegionView[];
+  /** the challenge a command to this device must be signed for (absent once decommissioned) */
+  challenge?: Buffer;
 }
 export interface DecommissionRequest {
   device: string;
   /** must repeat the device ID: zeroization is irreversible */
   confirm: string;
+  /** required by a closed device */
+  auth?: CommandAuth;
 }
 export interface DecommissionResult {
   device: string;
@@ -288,6 +355,7 @@ export const DEVICE_OPS: { [K in DeviceOpName]: OpSpec<K> } = {
       device: deviceField(m),
       epoch: uint(m, "epoch"),
       signature: bytes(m, "signature", 8, 80),
+      challenge: challenge(m),
     }),
   },
   CSR: {
@@ -299,20 +367,34 @@ export const DEVICE_OPS: { [K in DeviceOpName]: OpSpec<K> } = {
   SET_TRUST: {
     code: Op.SET_TRUST,
     idempotent: true,
-    parseRequest: (m) => ({ device: deviceField(m), anchor: bytes(m, "anchor") }),
-    parseResult: (m) => ({ device: deviceField(m), slot: uint(m, "slot", 255) }),
+    parseRequest: (m) => ({ device: deviceField(m), anchor: bytes(m, "anchor"), auth: authField(m) }),
+    parseResult: (m) => ({ device: deviceField(m), slot: uint(m, "slot", 255), challenge: challenge(m) }),
   },
   INSTALL: {
     code: Op.INSTALL,
     idempotent: true,
-    parseRequest: (m) => ({ device: deviceField(m), chain: bytesList(m, "chain", 2, CHAIN_MAX) }),
-    parseResult: (m) => ({ device: deviceField(m), lifecycle: lifecycle(m), epoch: uint(m, "epoch") }),
+    parseRequest: (m) => ({
+      device: deviceField(m),
+      chain: bytesList(m, "chain", 2, CHAIN_MAX),
+      auth: authField(m),
+    }),
+    parseResult: (m) => ({
+      device: deviceField(m),
+      lifecycle: lifecycle(m),
+      epoch: uint(m, "epoch"),
+      challenge: challenge(m),
+    }),
   },
   ROTATE: {
     code: Op.ROTATE,
     idempotent: true,
-    parseRequest: (m) => ({ device: deviceField(m), subject: subjectField(m) }),
-    parseResult: (m) => ({ device: deviceField(m), epoch: uint(m, "epoch"), csr: bytes(m, "csr") }),
+    parseRequest: (m) => ({ device: deviceField(m), subject: subjectField(m), auth: authField(m) }),
+    parseResult: (m) => ({
+      device: deviceField(m),
+      epoch: uint(m, "epoch"),
+      csr: bytes(m, "csr"),
+      challenge: challenge(m),
+    }),
   },
   STATUS: {
     code: Op.STATUS,
@@ -340,12 +422,17 @@ export const DEVICE_OPS: { [K in DeviceOpName]: OpSpec<K> } = {
           data: x.data === null || x.data === undefined ? null : bytes(x, "data", 0, 4096),
         };
       }),
+      challenge: challenge(m),
     }),
   },
   DECOMMISSION: {
     code: Op.DECOMMISSION,
     idempotent: true,
-    parseRequest: (m) => ({ device: deviceField(m), confirm: text(m, "confirm", DEVICE_ID_MAX) }),
+    parseRequest: (m) => ({
+      device: deviceField(m),
+      confirm: text(m, "confirm", DEVICE_ID_MAX),
+      auth: authField(m),
+    }),
     parseResult: (m) => ({ device: deviceField(m), lifecycle: lifecycle(m) }),
   },
   INJECT: {

@@ -18,6 +18,10 @@
  *   drop    the operation runs, then the connection is closed instead of answered
  *   hang    the operation runs, then no answer is ever sent (in a batch: TIMEOUT for the item)
  * drop and hang take an optional count (`id:3`): misbehave on the first 3 requests only.
+ *
+ * Every device request must say `protocol: 2` (messages.ts PROTOCOL): a station of version 1
+ * sends unsigned commands, which closed devices now refuse, so it is told to upgrade instead.
+ * A signed command to a closed device is verified where the device's keys are (its worker).
  */
 import { createHash } from "node:crypto";
 import { invalid } from "../../core/errors";
@@ -27,10 +31,12 @@ import { Op, StationError, Status } from "../../core/station/frame";
 import { deviceId, indexOf } from "../../core/station/ids";
 import {
   BATCH_MAX,
+  checkProtocol,
   DEVICE_OPS,
   type DeviceOpName,
   deviceOpByCode,
   type FarmStats,
+  PROTOCOL,
 } from "../../core/station/messages";
 import {
   type AgentCounters,
@@ -41,6 +47,7 @@ import {
   runDeviceOp,
 } from "../firmware/agent";
 import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
+import { lifecycleOf } from "../firmware/lifecycle";
 import { blankState, type DeviceState, decodeState, encodeState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
@@ -211,7 +218,7 @@ export class Farm implements Service {
       return {
         kind: "ok",
         body: {
-          protocol: 1,
+          protocol: PROTOCOL,
           model: this.o.model,
           count: this.o.count,
           farmId: this.farmId,
@@ -220,7 +227,7 @@ export class Farm implements Service {
       };
     if (op === Op.STATS) return { kind: "ok", body: this.stats() as unknown as CborMap };
     const name = deviceOpByCode(op)!;
-    return batch ? this.batch(name, body) : this.single(name, body);
+    return batch ? this.batch(name, body) : this.single(name, body, body.protocol);
   }
 
   /**
@@ -230,11 +237,14 @@ export class Farm implements Service {
   private run(
     name: DeviceOpName,
     m: Value | undefined,
+    protocol: Value | undefined,
   ): { reply: Reply | Promise<Reply>; fault: Fault; index?: number } {
     let index: number | undefined;
     try {
       if (!isMap(m)) throw new StationError(Status.BAD_REQUEST, "item: got a non-map, want a map");
       const req = DEVICE_OPS[name].parseRequest(m) as { device: string };
+      // after the fields, so that a malformed request is still told what is wrong with it
+      checkProtocol(protocol);
       index = indexOf(this.o.model, this.o.count, req.device);
       if (index === undefined)
         throw new StationError(
@@ -283,7 +293,7 @@ export class Farm implements Service {
     try {
       const dev = this.devRef(req.device, index);
       let out: Outcome<unknown> | Reply;
-      if (!WORKER_OPS.has(name)) {
+      if (!WORKER_OPS.has(name) && !signedTrust(name, dev, req)) {
         const r = this.execHere(name, dev, req);
         out = r instanceof Promise ? await r : r;
       } else out = fromWorker(await this.pool!.submit({ kind: "op", op: name, req, ...jobDevice(dev) }));
@@ -306,8 +316,9 @@ export class Farm implements Service {
     if (name !== "INSTALL") return this.dispatch(name, dev, req);
     const begun = this.agent.installBegin(dev, req as never);
     if ("done" in begun) return begun.done;
-    const chain = begun.chain.slice(0, 2);
-    return this.pool!.submit({ kind: "leaf", chain, ...jobDevice(dev) }).then((a) => {
+    // a closed device's authorization covers the whole chain; otherwise the leaf and its issuer do
+    const chain = begun.lc === "closed" ? begun.chain : begun.chain.slice(0, 2);
+    return this.pool!.submit({ kind: "leaf", chain, auth: begun.auth, ...jobDevice(dev) }).then((a) => {
       if (!a.ok) return { kind: "error", status: a.status, message: a.message };
       const { target, facts } = a.result as LeafAnswer;
       return this.agent.installEnd(dev, begun, { target, check: leafCheckFrom(facts as LeafFacts) });
@@ -325,8 +336,8 @@ export class Farm implements Service {
     return f.kind;
   }
 
-  private async single(name: DeviceOpName, body: CborMap): Promise<Reply> {
-    const started = this.run(name, body);
+  private async single(name: DeviceOpName, body: CborMap, protocol: Value | undefined): Promise<Reply> {
+    const started = this.run(name, body, protocol);
     const { index } = started;
     const reply = await started.reply;
     if (index !== undefined) await this.o.store.barrier(index);
@@ -345,7 +356,7 @@ export class Farm implements Service {
     const t = body.deviceTimeoutMs;
     const deviceTimeoutMs =
       typeof t === "number" && t >= 0 && t <= 600_000 ? t : (this.o.deviceTimeoutMs ?? 2_000);
-    const started = items.map((item) => this.run(name, item));
+    const started = items.map((item) => this.run(name, item, body.protocol));
     const replies = this.pool
       ? await Promise.all(started.map((s) => s.reply))
       : started.map((s) => s.reply as Reply);
@@ -380,6 +391,13 @@ export class Farm implements Service {
 }
 
 export const MAX_WORKERS = 64;
+
+/** SET_TRUST of a closed device with a signed command: its check runs in the device's worker. */
+function signedTrust(name: DeviceOpName, dev: DeviceRef, req: unknown): boolean {
+  return (
+    name === "SET_TRUST" && !!(req as { auth?: unknown }).auth && lifecycleOf(dev.state.otp) === "closed"
+  );
+}
 
 function jobDevice(dev: DeviceRef) {
   return {

@@ -14,7 +14,7 @@
  * worker -> {type: "done", id, answers, counters} (counters: what this list added).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { DeviceOpName } from "../../core/station/messages";
+import type { CommandAuth, DeviceOpName } from "../../core/station/messages";
 import {
   type AgentCounters,
   DeviceAgent,
@@ -61,8 +61,8 @@ interface JobDevice {
 
 export type WorkerJob =
   | (JobDevice & { kind: "op"; op: DeviceOpName; req: unknown })
-  /** INSTALL's leaf part: chain = [leaf, issuer?] */
-  | (JobDevice & { kind: "leaf"; chain: Uint8Array[] });
+  /** INSTALL's leaf part: chain = [leaf, issuer?], the whole chain with a closed device's `auth` */
+  | (JobDevice & { kind: "leaf"; chain: Uint8Array[]; auth?: CommandAuth });
 
 export type WorkerAnswer =
   | { ok: true; result: unknown; next?: Uint8Array }
@@ -106,6 +106,7 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
         const r: LeafAnswer = agent.installLeafFacts(
           dev,
           job.chain.map((c) => asBuffers(c) as Buffer),
+          job.auth && (asBuffers(job.auth) as CommandAuth),
         );
         return { ok: true, result: r };
       }
@@ -121,7 +122,9 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
 }
 
 function dispatch(a: DeviceAgent, op: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
-  if (!WORKER_OPS.has(op)) throw new Error(`worker: got ${op}, want an operation that runs in a worker`);
+  // SET_TRUST comes here only as a closed device's signed command (farm.ts signedTrust)
+  if (!WORKER_OPS.has(op) && op !== "SET_TRUST")
+    throw new Error(`worker: got ${op}, want an operation that runs in a worker`);
   return runDeviceOp(a, op, dev, req);
 }
 

@@ -11,6 +11,10 @@
  * secrets and closes it in one step; decommissioning zeroizes (any -> decommissioned).
  * Signatures are ECDSA P-256 with SHA-256 (FIPS 186-5); attestation messages are domain
  * separated (core/station/attest.ts).
+ *
+ * Ownership (command.ts): a closed device changes its anchors, chain or key, or zeroizes, only on
+ * a command signed under the trust anchor it holds; it hands out the challenge such a command is
+ * signed for in ATTEST, STATUS and the commands' results.
  */
 import { createECDH, createHash, createPublicKey, sign, X509Certificate } from "node:crypto";
 import { FleetError } from "../../core/errors";
@@ -32,6 +36,7 @@ import {
   parseLeaf,
   verifyChainWith,
 } from "./chain";
+import { challengeOf, checkCommand } from "./command";
 import {
   contextOf,
   type DeviceKey,
@@ -84,6 +89,8 @@ export interface InstallBegun {
   chain: Buffer[];
   anchors: Buffer[];
   lc: "provisioned" | "closed";
+  /** a closed device's authorization of the install, checked with the leaf (installLeaf) */
+  auth?: M.CommandAuth;
 }
 
 /** INSTALL's leaf: the epoch whose key it certifies (if any) and the check of it. */
@@ -230,6 +237,29 @@ export class DeviceAgent {
     return { key: this.pufKey(dev, helper, e, genuine), source: "puf", next: copy };
   }
 
+  /** The device's command challenge in `state` (none once decommissioned). */
+  challenge(dev: DeviceRef, state: DeviceState = dev.state): Buffer | undefined {
+    if (lifecycleOf(state.otp) === "decommissioned") return undefined;
+    return challengeOf(dev.clone ? this.cloneSeed : this.o.seed, dev.id, state.commands);
+  }
+
+  /** Refuse a command to a closed device that its authorization does not cover (command.ts). */
+  private authorize(
+    dev: DeviceRef,
+    payload: Parameters<typeof checkCommand>[0]["payload"],
+    auth?: M.CommandAuth,
+  ) {
+    checkCommand({
+      device: dev.id,
+      payload,
+      auth,
+      anchors: trustAnchors(dev.state),
+      challenge: this.challenge(dev)!,
+      now: this.clock(),
+      cache: this.caCache,
+    });
+  }
+
   private sourceOf(state: DeviceState): M.IdentitySource {
     return state.epoch === 0 && state.otp.words[1]! & CONFIG.INJECTED && readOem(state).k
       ? "injected"
@@ -278,7 +308,10 @@ export class DeviceAgent {
     const { key, next } = this.keyFor(dev);
     const epoch = dev.state.epoch;
     const signature = sign("sha256", attestationMessage(dev.id, epoch, req.nonce), key.privateKey);
-    return { result: { device: dev.id, epoch, signature }, next };
+    return {
+      result: { device: dev.id, epoch, signature, challenge: this.challenge(dev, next ?? dev.state) },
+      next,
+    };
   }
 
   csr(dev: DeviceRef, req: M.CsrRequest): Outcome<M.CsrResult> {
@@ -306,19 +339,22 @@ export class DeviceAgent {
     const h = cert.hash;
     const anchors = trustAnchors(dev.state);
     const at = anchors.findIndex((a) => a.equals(h));
-    if (at >= 0) return { result: { device: dev.id, slot: at } };
+    if (at >= 0) return { result: { device: dev.id, slot: at, challenge: this.challenge(dev) } };
+    const closed = lifecycleOf(dev.state.otp) === "closed";
+    if (closed) this.authorize(dev, { op: "SET_TRUST", anchor: req.anchor }, req.auth);
     const slot = anchors.length;
     if (slot >= TRUST_SLOTS)
       fail(Status.INVALID_STATE, `trust: got ${slot} slots fused, want a free one of ${TRUST_SLOTS}`);
     const next = cloneState(dev.state);
     next.otp.program("trust", h, slot * 8);
-    return { result: { device: dev.id, slot }, next };
+    if (closed) next.commands++;
+    return { result: { device: dev.id, slot, challenge: this.challenge(dev, next) }, next };
   }
 
   install(dev: DeviceRef, req: M.InstallRequest): Outcome<M.InstallResult> {
     const begun = this.installBegin(dev, req);
     if ("done" in begun) return begun.done;
-    return this.installEnd(dev, begun, this.installLeaf(dev, begun.chain));
+    return this.installEnd(dev, begun, this.installLeaf(dev, begun.chain, begun.auth));
   }
 
   /**
@@ -335,15 +371,23 @@ export class DeviceAgent {
       fail(Status.INVALID_STATE, "trust: got no fused trust anchor, want one (SET_TRUST first)");
     const chain = req.chain.map((c) => Buffer.from(c));
     if (lc === "closed" && sameChain(chain, dev.state.chain))
-      return { done: { result: { device: dev.id, lifecycle: lc, epoch: dev.state.epoch } } };
-    return { chain, anchors, lc: lc as InstallBegun["lc"] };
+      return {
+        done: {
+          result: { device: dev.id, lifecycle: lc, epoch: dev.state.epoch, challenge: this.challenge(dev) },
+        },
+      };
+    // refused here, before any cryptography, when there is nothing to verify
+    if (lc === "closed" && !req.auth) this.authorize(dev, { op: "INSTALL", chain }, undefined);
+    return { chain, anchors, lc: lc as InstallBegun["lc"], auth: req.auth };
   }
 
   /**
-   * INSTALL, the leaf: parse it, find which of the device's keys it certifies (the current
-   * epoch's, else the pending rotation's), and hand back the leaf check for that key.
+   * INSTALL, the leaf: a closed device's authorization first (`auth`: the whole chain is needed),
+   * then parse the leaf, find which of the device's keys it certifies (the current epoch's, else
+   * the pending rotation's), and hand back the leaf check for that key.
    */
-  installLeaf(dev: DeviceRef, chain: Buffer[]): InstallLeaf {
+  installLeaf(dev: DeviceRef, chain: Buffer[], auth?: M.CommandAuth): InstallLeaf {
+    if (lifecycleOf(dev.state.otp) === "closed") this.authorize(dev, { op: "INSTALL", chain }, auth);
     const leaf = parseLeaf(chain[0]!);
     let target = dev.state.epoch;
     let key = this.keyFor(dev, target).key;
@@ -358,8 +402,12 @@ export class DeviceAgent {
   }
 
   /** installLeaf with every answer computed, to send to another thread (chain: leaf, issuer). */
-  installLeafFacts(dev: DeviceRef, chain: Buffer[]): { target: number; facts: LeafFacts } {
-    const { target, check } = this.installLeaf(dev, chain);
+  installLeafFacts(
+    dev: DeviceRef,
+    chain: Buffer[],
+    auth?: M.CommandAuth,
+  ): { target: number; facts: LeafFacts } {
+    const { target, check } = this.installLeaf(dev, chain, auth);
     return { target, facts: leafFactsOf(check, chain[1], this.caCache) };
   }
 
@@ -374,7 +422,16 @@ export class DeviceAgent {
       next.pendingEpoch = null;
     }
     if (lc === "provisioned") transition(next.otp, "closed");
-    return { result: { device: dev.id, lifecycle: lifecycleOf(next.otp), epoch: next.epoch }, next };
+    else next.commands++; // a closed device's install was a command (installLeaf checked it)
+    return {
+      result: {
+        device: dev.id,
+        lifecycle: lifecycleOf(next.otp),
+        epoch: next.epoch,
+        challenge: this.challenge(dev, next),
+      },
+      next,
+    };
   }
 
   rotate(dev: DeviceRef, req: M.RotateRequest): Outcome<M.RotateResult> {
@@ -382,13 +439,25 @@ export class DeviceAgent {
     if (lc !== "provisioned" && lc !== "closed")
       fail(Status.INVALID_STATE, `lifecycle: got ${lc}, want provisioned or closed`);
     const epoch = dev.state.pendingEpoch ?? dev.state.epoch + 1;
+    // starting a re-key changes the device; repeating it (same pending epoch) does not
+    const starts = dev.state.pendingEpoch !== epoch;
+    if (starts && lc === "closed") this.authorize(dev, { op: "ROTATE", subject: req.subject }, req.auth);
     const { key, next: enrolled } = this.keyFor(dev, epoch);
     let next = enrolled;
-    if (dev.state.pendingEpoch !== epoch) {
+    if (starts) {
       next = next ?? cloneState(dev.state);
       next.pendingEpoch = epoch;
+      if (lc === "closed") next.commands++;
     }
-    return { result: { device: dev.id, epoch, csr: buildCsr(req.subject, key.spki, key.privateKey) }, next };
+    return {
+      result: {
+        device: dev.id,
+        epoch,
+        csr: buildCsr(req.subject, key.spki, key.privateKey),
+        challenge: this.challenge(dev, next ?? dev.state),
+      },
+      next,
+    };
   }
 
   status(dev: DeviceRef): Outcome<M.DeviceStatus> {
@@ -405,6 +474,7 @@ export class DeviceAgent {
         trustAnchors: trustAnchors(s),
         chain: s.chain,
         otp: s.otp.map(),
+        challenge: this.challenge(dev),
       },
     };
   }
@@ -414,6 +484,7 @@ export class DeviceAgent {
       fail(Status.BAD_REQUEST, "confirm: got another ID, want the device ID repeated");
     const lc = lifecycleOf(dev.state.otp);
     if (lc === "decommissioned") return { result: { device: dev.id, lifecycle: lc } };
+    if (lc === "closed") this.authorize(dev, { op: "DECOMMISSION", confirm: req.confirm }, req.auth);
     const next = cloneState(dev.state);
     next.otp.zeroize("oem");
     next.otp.program("config", Buffer.from([0, 0, 0, CONFIG.PUF_DISABLED]));

@@ -368,3 +368,48 @@ export function verifyChainWith(
       "chain[0].subjectPublicKey: got another key, want this device's key",
     );
 }
+
+/**
+ * Validate the chain of a command's signer (devices/firmware/command.ts): every certificate a CA
+ * (the signer too: a device's own end-entity certificate chains to the same anchor and must not
+ * command other devices), valid at `now`, each issued and signed by the next, allowed to sign
+ * certificates within its path length, ending in a root whose hash is fused in `anchors`. Every
+ * check but the anchor match and the validity window is memoized in `cache`, so a signer seen
+ * before costs hash lookups. Returns the signer's entry. Throws `refuse(message)`.
+ */
+export function verifySignerChain(
+  signer: readonly Uint8Array[],
+  anchors: readonly Buffer[],
+  now: Date,
+  cache: CaCache,
+  refuse: (message: string) => Error,
+): CaEntry {
+  const cas: CaEntry[] = [];
+  for (let i = 0; i < signer.length; i++) {
+    const e = cache.entry(signer[i]!);
+    if (!e) throw refuse(`auth.signer[${i}]: got bytes that do not parse, want a DER certificate`);
+    cas.push(e);
+  }
+  const root = cas[cas.length - 1]!;
+  if (!anchors.some((a) => a.equals(root.hash)))
+    throw refuse(
+      "auth.signer: got a chain to a root this device does not trust, want one ending in its fused trust anchor (the device is owned by another CA)",
+    );
+  if (!cache.selfSigned(root))
+    throw refuse(`auth.signer[${cas.length - 1}]: root self-signature does not verify`);
+  for (let i = 0; i < cas.length; i++) {
+    const e = cas[i]!;
+    if (e.readError !== undefined || !e.basicCa || !e.certSign)
+      throw refuse(`auth.signer[${i}]: got a certificate that may not sign certificates, want a CA`);
+    // RFC 5280 4.2.1.9: the signer is the path's target, so i - 1 CA certificates lie between
+    if (e.pathLen !== undefined && i - 1 > e.pathLen)
+      throw refuse(`auth.signer[${i}].pathLen: got ${i - 1} CA(s) below, want at most ${e.pathLen}`);
+    if (!(e.validFrom <= now && now <= e.validTo))
+      throw refuse(
+        `auth.signer[${i}].validity: got ${e.validFrom.toISOString()}..${e.validTo.toISOString()}, want it to include ${now.toISOString()}`,
+      );
+    if (i + 1 < cas.length && cache.link(e, cas[i + 1]!) !== "ok")
+      throw refuse(`auth.signer[${i}]: got a certificate not issued and signed by auth.signer[${i + 1}]`);
+  }
+  return cas[0]!;
+}

@@ -17,10 +17,12 @@ export interface DeviceState {
   epoch: number;
   pendingEpoch: number | null;
   chain: Buffer[];
+  /** signed commands executed (command.ts): the device's challenge derives from it, so each runs once */
+  commands: number;
 }
 
 export function blankState(): DeviceState {
-  return { otp: new Otp(), helper: null, epoch: 0, pendingEpoch: null, chain: [] };
+  return { otp: new Otp(), helper: null, epoch: 0, pendingEpoch: null, chain: [], commands: 0 };
 }
 
 export function cloneState(s: DeviceState): DeviceState {
@@ -30,6 +32,7 @@ export function cloneState(s: DeviceState): DeviceState {
     epoch: s.epoch,
     pendingEpoch: s.pendingEpoch,
     chain: s.chain.slice(),
+    commands: s.commands,
   };
 }
 
@@ -40,6 +43,8 @@ export function encodeState(s: DeviceState): Buffer {
     epoch: s.epoch,
     pending: s.pendingEpoch ?? undefined,
     chain: s.chain.length ? s.chain : undefined,
+    // absent in states written before signed commands existed: 0
+    commands: s.commands || undefined,
   });
 }
 
@@ -77,5 +82,6 @@ export function decodeState(b: Uint8Array): DeviceState {
     epoch,
     pendingEpoch: typeof v.pending === "number" ? v.pending : null,
     chain: storedChain(chain as Uint8Array[]),
+    commands: typeof v.commands === "number" ? v.commands : 0,
   };
 }

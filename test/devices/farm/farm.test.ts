@@ -48,7 +48,7 @@ describe("device farm over TCP", () => {
 
   it("answers ping with the farm's model, size and vendor CA", async () => {
     const info = await client.ping();
-    expect(info).toMatchObject({ protocol: 1, model: "fg100", count: 1000 });
+    expect(info).toMatchObject({ protocol: 2, model: "fg100", count: 1000 });
     expect(info.vendorCa.equals(farm.vendor.certificate)).toBe(true);
   });
 
@@ -134,8 +134,13 @@ describe("device farm over TCP", () => {
     const k0 = (await client.identify(d)).publicKey!;
     await client.setTrustAnchor(d, ca.root);
     await client.install(d, ca.chainFor(k0, d));
-    const r1 = await client.rotate(d, subject(5));
+    // closed: the re-key and the new install are commands signed under the device's anchor
+    const c0 = (await client.status(d)).challenge!;
+    const r1 = await client.rotate(d, subject(5), {
+      auth: ca.command(d, { op: "ROTATE", subject: subject(5) }, c0),
+    });
     expect(r1.epoch).toBe(1);
+    expect(r1.challenge!.equals(c0)).toBe(false); // the command moved the challenge on
     const r1b = await client.rotate(d, subject(5)); // idempotent: same pending epoch, same key
     const csr1 = verifyCsr(r1.csr);
     expect(verifyCsr(r1b.csr).spki.equals(csr1.spki)).toBe(true);
@@ -146,7 +151,12 @@ describe("device farm over TCP", () => {
     const a0 = await client.attest(d, n);
     expect(a0.epoch).toBe(0);
     expect(verifyAttestation(k0, d, 0, n, a0.signature)).toBe(true);
-    expect(await client.install(d, ca.chainFor(csr1.spki, d))).toMatchObject({
+    const chain1 = ca.chainFor(csr1.spki, d);
+    expect(
+      await client.install(d, chain1, {
+        auth: ca.command(d, { op: "INSTALL", chain: chain1 }, r1.challenge!),
+      }),
+    ).toMatchObject({
       epoch: 1,
       lifecycle: "closed",
     });

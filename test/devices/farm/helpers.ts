@@ -4,7 +4,9 @@ import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } fro
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Subject } from "../../../core/station/messages";
+import { signCommand } from "../../../core/enroll/authorize";
+import type { CommandPayload } from "../../../core/station/command";
+import type { CommandAuth, Subject } from "../../../core/station/messages";
 import { type RunningFarm, type StartOptions, startFarm } from "../../../devices/farm/serve";
 import { buildCertificate } from "../../../devices/firmware/pkix";
 
@@ -14,6 +16,8 @@ export interface TestCa {
   issue(spki: Uint8Array, cn: string, opts?: { notAfter?: Date; notBefore?: Date }): Buffer;
   /** the chain to install for a leaf: leaf, issuing, root */
   chainFor(spki: Uint8Array, cn: string): Buffer[];
+  /** a command to a closed device, signed by the issuing CA for the device's challenge */
+  command(device: string, payload: CommandPayload, challenge: Uint8Array): CommandAuth;
 }
 
 function keyPair(): { privateKey: KeyObject; spki: Buffer } {
@@ -71,7 +75,14 @@ export function makeCa(name = "Test"): TestCa {
       ca: false,
       signer: issKey.privateKey,
     });
-  return { root, issuing, issue, chainFor: (spki, cn) => [issue(spki, cn), issuing, root] };
+  const material = { certificate: issuing, chain: [root], key: issKey.privateKey, fingerprint: "" };
+  return {
+    root,
+    issuing,
+    issue,
+    chainFor: (spki, cn) => [issue(spki, cn), issuing, root],
+    command: (device, payload, challenge) => signCommand(material, device, payload, challenge),
+  };
 }
 
 export function tempDir(prefix = "fg-dev-"): { path: string; remove(): void } {

@@ -14,7 +14,7 @@ import { type BatchItem, StationClient } from "../../../core/station/client";
 import { verifyCsr } from "../../../core/station/csr";
 import { StationError, Status } from "../../../core/station/frame";
 import { deviceId } from "../../../core/station/ids";
-import type { Subject } from "../../../core/station/messages";
+import { type Subject, UNAUTHORIZED } from "../../../core/station/messages";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { Hsm } from "../../../devices/injection/hsm";
 import * as puf from "../../../devices/puf";
@@ -133,21 +133,63 @@ describe("farm worker threads answer like the in-thread farm", () => {
       Status.BAD_CERTIFICATE,
     ]);
 
-    // rotation: the next epoch's key is the same on both; installing it switches epochs
+    // the devices are closed now: commands signed by another CA, or for an old challenge, are
+    // refused alike (the workers verify them), and change nothing
     const rot = enrolled.slice(6, 12);
-    const rotated = await both((c) =>
-      c.rotateBatch(rot.map((device) => ({ device, subject: subject(device) }))),
+    const challenges = await both(async (c) => values(await c.statusBatch(rot)).map((s) => s.challenge!));
+    expect(challenges[1]).toEqual(challenges[0]);
+    const rotReq = (signer: typeof ca, ch: Buffer[]) =>
+      rot.map((device, i) => ({
+        device,
+        subject: subject(device),
+        auth: signer.command(device, { op: "ROTATE", subject: subject(device) }, ch[i]!),
+      }));
+    const refused = await both((c) => c.rotateBatch(rotReq(stranger, challenges[0]!)));
+    expect(plain(refused[1]!)).toEqual(plain(refused[0]!));
+    expect(refused[0]!.every((r) => !r.ok && r.error.status === UNAUTHORIZED)).toBe(true);
+    expect((refused[0]![0] as { error: StationError }).error.detail).toMatch(
+      /^auth\.signer: got a chain to a root/,
     );
+
+    // rotation: the next epoch's key is the same on both; installing it switches epochs
+    const rotated = await both((c) => c.rotateBatch(rotReq(ca, challenges[0]!)));
     const next = rotated.map((rs) => values(rs).map((r) => verifyCsr(r.csr).spki));
     expect(next[1]).toEqual(next[0]);
-    const chains1 = rot.map((device, i) => ({ device, chain: ca.chainFor(next[0]![i]!, device) }));
+    const replayed = await both((c) => c.rotateBatch(rotReq(ca, challenges[0]!).slice(0, 1)));
+    expect(replayed[0]![0]!.ok).toBe(true); // a repeat of a started re-key changes nothing: no command
+    const after = values(rotated[0]!).map((r) => r.challenge!);
+    const chains1 = rot.map((device, i) => {
+      const chain = ca.chainFor(next[0]![i]!, device);
+      return { device, chain, auth: ca.command(device, { op: "INSTALL", chain }, after[i]!) };
+    });
     const inst1 = await both((c) => c.installBatch(chains1));
     expect(plain(inst1[1]!)).toEqual(plain(inst1[0]!));
     expect(values(inst1[0]!).every((r) => r.epoch === 1)).toBe(true);
+    // the same commands again: the chains are installed, so nothing to authorize; another chain with a spent challenge is refused
+    const again = await both((c) => c.installBatch(chains1.slice(0, 1)));
+    expect(values(again[0]!)[0]!.epoch).toBe(1);
+    const other = ca.chainFor(next[0]![0]!, rot[0]!);
+    const stale = await both((c) =>
+      c.installBatch([
+        {
+          device: rot[0]!,
+          chain: other,
+          auth: ca.command(rot[0]!, { op: "INSTALL", chain: other }, after[0]!),
+        },
+      ]),
+    );
+    expect(plain(stale[1]!)).toEqual(plain(stale[0]!));
+    expect((stale[0]![0] as { error: StationError }).error.detail).toMatch(/^auth\.nonce/);
 
-    // decommission
-    const dec = await both((c) => c.decommission(enrolled[12]!));
+    // decommission: a signed command for the device's challenge
+    const d12 = enrolled[12]!;
+    const dec = await both(async (c) =>
+      c.decommission(d12, {
+        auth: ca.command(d12, { op: "DECOMMISSION", confirm: d12 }, (await c.status(d12)).challenge!),
+      }),
+    );
     expect(dec[1]).toEqual(dec[0]);
+    expect(dec[0]!.lifecycle).toBe("decommissioned");
 
     // key injection: one license (ECIES to the chip key, which both farms derive from the seed)
     const hsm = Hsm.create(
