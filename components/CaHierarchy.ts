@@ -8,6 +8,7 @@
 import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
+import { type CustodySpec, type KeyRef, validateCustody } from "../core/custody";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
 import type { Subject } from "../core/x509/names";
@@ -30,6 +31,8 @@ export interface CaSpec {
   readonly crlIntervalHours?: number;
   /** free text; changing it updates the CA in place */
   readonly description?: pulumi.Input<string>;
+  /** where this CA's key lives; default: the hierarchy's `custody` */
+  readonly custody?: CustodySpec;
 }
 
 export interface ChildCaSpec extends CaSpec {
@@ -56,6 +59,14 @@ export interface CaHierarchyArgs {
    * obey: a mandatory violation fails construction, so `pulumi preview` stops with the check id.
    */
   readonly policy?: string | PolicyInput;
+  /**
+   * Key custody of every CA (a CA's own `custody` wins): `{ kind: "embedded", store? }` (the
+   * default: a sealed key store, `.fleetguard/keys` under the program directory, sealed with
+   * FLEETGUARD_KEK or the stack's passphrase), `{ kind: "pkcs11", uri }` (an HSM, RFC 7512 URI),
+   * or `{ kind: "pulumi-secret" }` (the key in the state as a Pulumi secret: it then crosses
+   * Pulumi's RPC and shows in verbose engine logs; only as an explicit choice). docs/custody.md.
+   */
+  readonly custody?: CustodySpec;
 }
 
 export interface PlannedCa {
@@ -68,7 +79,8 @@ export interface PlannedCa {
 
 const isExisting = (s: CaSpec | ExistingRoot): s is ExistingRoot => "existing" in s;
 
-export class CaHierarchyError extends Error {
+/** A bad declaration: a RunError, so the program stops with the message alone (no stack trace). */
+export class CaHierarchyError extends pulumi.RunError {
   constructor(readonly problems: string[]) {
     super(`CaHierarchy: ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
     this.name = "CaHierarchyError";
@@ -153,6 +165,16 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
     }
     if (!isExisting(p.spec)) {
       const s = p.spec;
+      const custody = s.custody ?? args.custody;
+      try {
+        const c = validateCustody(custody, s.custody ? `${p.field}.custody` : "custody");
+        if (c.kind === "pkcs11" && s.algorithm === "ed25519")
+          problems.push(
+            `${p.field}.algorithm: got "ed25519", want ecdsa-p256, ecdsa-p384 or rsa-3072 with a PKCS#11 custody`,
+          );
+      } catch (e) {
+        problems.push((e as Error).message);
+      }
       if (s.algorithm !== undefined && !KEY_ALGORITHMS.includes(s.algorithm)) {
         problems.push(
           `${p.field}.algorithm: got ${JSON.stringify(s.algorithm)}, want one of ${KEY_ALGORITHMS.join(", ")}`,
@@ -190,7 +212,10 @@ export interface CaSummary {
 export interface CaOutputs {
   certificatePem: pulumi.Output<string>;
   chainPem: pulumi.Output<string>;
-  keyPem: pulumi.Output<string>;
+  /** where the CA key is (a provider opens it itself); never the key */
+  keyRef: pulumi.Output<KeyRef>;
+  /** only for the pulumi-secret custody: the key itself, a secret */
+  keyPem: pulumi.Output<string | undefined>;
   fingerprintSha256: pulumi.Output<string>;
   subjectKeyId: pulumi.Output<string>;
   notAfter: pulumi.Output<string>;
@@ -203,11 +228,20 @@ export interface CaOutputs {
  */
 export { canonicalJson };
 
-export function declarationDigest(spec: CaSpec, role: string, parentDigest: string): string {
-  const { description: _d, ...rest } = spec;
+export function declarationDigest(
+  spec: CaSpec,
+  role: string,
+  parentDigest: string,
+  custody?: CustodySpec,
+): string {
+  const { description: _d, custody: _c, ...rest } = spec;
+  // a new custody is a new key (replace), except the Pulumi secret, which a key store takes in place
+  const c = validateCustody(custody ?? spec.custody);
+  const decl =
+    c.kind === "pulumi-secret" || (c.kind === "embedded" && !c.store) ? rest : { ...rest, custody: c };
   return crypto
     .createHash("sha256")
-    .update(`${role}\n${canonicalJson(rest)}\n${parentDigest}`)
+    .update(`${role}\n${canonicalJson(decl)}\n${parentDigest}`)
     .digest("hex");
 }
 
@@ -262,7 +296,9 @@ export class CaHierarchy extends pulumi.ComponentResource {
         ? pulumi
             .output(p.spec.existing.certificatePem)
             .apply((pem) => crypto.createHash("sha256").update(`existing\n${pem}`).digest("hex"))
-        : parentDigest.apply((pd) => declarationDigest(p.spec as CaSpec, p.role, pd));
+        : parentDigest.apply((pd) =>
+            declarationDigest(p.spec as CaSpec, p.role, pd, (p.spec as CaSpec).custody ?? args.custody),
+          );
       const parent = p.parent ? this.cas[p.parent]! : undefined;
       const common = { name: p.name, role: p.role, description: p.spec.description };
       const caArgs = isExisting(p.spec)
@@ -283,11 +319,14 @@ export class CaHierarchy extends pulumi.ComponentResource {
             nameConstraints: p.spec.nameConstraints,
             crlDistributionPoint: p.spec.crlDistributionPoint,
             crlIntervalHours: p.spec.crlIntervalHours,
+            custody: validateCustody(p.spec.custody ?? args.custody),
+            // the issuer's key is named, not passed: this CA's provider opens it from its custody
             issuer: parent
               ? {
                   name: p.parent!,
                   certificatePem: parent.certificatePem,
                   chainPem: parent.chainPem,
+                  keyRef: parent.keyRef,
                   keyPem: parent.keyPem,
                 }
               : undefined,
@@ -340,6 +379,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
       name,
       certificatePem: c.certificatePem,
       chainPem: c.chainPem,
+      keyRef: c.keyRef,
       keyPem: c.keyPem,
       fingerprintSha256: c.fingerprintSha256,
       subjectKeyId: c.subjectKeyId,

@@ -122,7 +122,10 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         count: args.serials.count,
         profile: (args.profile ?? {}) as never,
         issuer: { name: ca.name, certificatePem: ca.certificatePem, chainPem: ca.chainPem } as never,
-        issuerKeyPem: pulumi.secret(ca.keyPem),
+        // the provider opens the CA key from its custody by this reference: the key never crosses Pulumi's RPC
+        issuerKeyRef: ca.keyRef as never,
+        // only the explicit pulumi-secret custody passes the key itself (a secret)
+        issuerKeyPem: pulumi.secret(ca.keyPem) as never,
         station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
         crlDir: args.crlDir ?? ".fleetguard/crl",

@@ -45,7 +45,7 @@ export const caProvider: pulumi.dynamic.ResourceProvider = {
 
 export type CaResourceArgs = { [K in keyof CaInputs]: pulumi.Input<CaInputs[K]> };
 
-/** One CA as a Pulumi resource; `keyPem` is a secret output. */
+/** One CA as a Pulumi resource; its key stays in its custody (`keyRef`); `keyPem`, if any, is a secret output. */
 export class CertificateAuthority extends pulumi.dynamic.Resource {
   declare readonly kind: pulumi.Output<string>;
   declare readonly name: pulumi.Output<string>;
@@ -53,7 +53,10 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
   declare readonly algorithm: pulumi.Output<string>;
   declare readonly certificatePem: pulumi.Output<string>;
   declare readonly chainPem: pulumi.Output<string>;
-  declare readonly keyPem: pulumi.Output<string>;
+  /** only for the pulumi-secret custody (and bring-your-own PEMs); other custodies keep the key */
+  declare readonly keyPem: pulumi.Output<string | undefined>;
+  /** where the key is: a reference a provider opens itself (core/custody), never the key */
+  declare readonly keyRef: pulumi.Output<import("../core/custody").KeyRef>;
   declare readonly fingerprintSha256: pulumi.Output<string>;
   declare readonly subjectKeyId: pulumi.Output<string>;
   declare readonly authorityKeyId: pulumi.Output<string>;
@@ -74,6 +77,7 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
       certificatePem: undefined,
       chainPem: undefined,
       keyPem: undefined,
+      keyRef: undefined,
       fingerprintSha256: undefined,
       subjectKeyId: undefined,
       authorityKeyId: undefined,

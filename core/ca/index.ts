@@ -28,6 +28,7 @@ import {
   type KeyAlgorithm,
   loadPrivateKey,
   privateKeyPem,
+  type SigningKey,
   spkiDer,
 } from "../x509/keys";
 import { encodeSubject, type Subject, subjectErrors, subjectString } from "../x509/names";
@@ -58,14 +59,32 @@ export interface CaRequest {
   crlIntervalHours?: number;
 }
 
-/** What a child needs from its parent: its certificate chain and key (a secret). */
+/**
+ * What a child needs from its parent: its certificate chain and its key, either opened from a
+ * key custody (`key`) or, for the Pulumi-secret custody, as PEM (`keyPem`).
+ */
 export interface CaMaterial {
   certificatePem: string;
   chainPem: string;
-  keyPem: string;
+  keyPem?: string;
+  key?: SigningKey;
 }
 
-export interface IssuedCa extends CaMaterial {
+/** The signing key of `m`: the opened custody key, else the PEM (Pulumi-secret custody). */
+export function signingKeyOf(m: { key?: SigningKey; keyPem?: string }, field: string): SigningKey {
+  return m.key ?? loadPrivateKey(m.keyPem, field);
+}
+
+/** A CA key made by a custody before its certificate: the certificate is issued for it. */
+export interface SubjectKey {
+  spki: Buffer;
+  key: SigningKey;
+}
+
+/** A CA certificate as issued, its key kept by a custody (only a reference leaves it). */
+export interface IssuedCaCertificate {
+  certificatePem: string;
+  chainPem: string;
   algorithm: KeyAlgorithm;
   subjectDn: string;
   serialNumber: string;
@@ -75,6 +94,11 @@ export interface IssuedCa extends CaMaterial {
   notBefore: string;
   notAfter: string;
   pathLen: number | null;
+}
+
+/** A CA whose key was made in memory (the Pulumi-secret custody, bring-your-own PEMs, tests). */
+export interface IssuedCa extends IssuedCaCertificate {
+  keyPem: string;
 }
 
 export interface Deps {
@@ -290,18 +314,18 @@ function fail(failures: Failure[]): never {
 
 function describeCert(
   der: Buffer,
-  keyPem: string,
+  keyPem: string | undefined,
   chainPem: string,
   algorithm: KeyAlgorithm,
   subjectDn: string,
-): IssuedCa {
+): IssuedCaCertificate & { keyPem?: string } {
   const c = parseCertificate(der);
   const x = new crypto.X509Certificate(der);
   const bc = basicConstraintsOf(c);
   return {
     certificatePem: toPem("CERTIFICATE", der),
     chainPem,
-    keyPem,
+    ...(keyPem !== undefined ? { keyPem } : {}),
     algorithm,
     subjectDn,
     serialNumber: c.serialBytes.toString("hex"),
@@ -315,11 +339,19 @@ function describeCert(
 }
 
 /** Create a CA: self-signed when `parent` is absent (role root), else signed by the parent. */
+export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, deps?: Deps): IssuedCa;
+export function issueCa(
+  req: CaRequest,
+  parent: (CaMaterial & { name: string }) | undefined,
+  deps: Deps | undefined,
+  subjectKey: SubjectKey,
+): IssuedCaCertificate;
 export function issueCa(
   req: CaRequest,
   parent?: CaMaterial & { name: string },
   deps: Deps = defaultDeps(),
-): IssuedCa {
+  subjectKey?: SubjectKey,
+): IssuedCaCertificate {
   const parsedParent = parent
     ? readParent(parent.name, parent.certificatePem, "issuer.certificatePem")
     : undefined;
@@ -332,8 +364,16 @@ export function issueCa(
     });
   if (failures.length) fail(failures);
 
-  const pair = generateKey(req.algorithm);
-  const spki = spkiDer(pair.publicKey);
+  // a custody made the key first (inside an HSM, sealed in the key store); else make one here
+  const pair = subjectKey ? undefined : generateKey(req.algorithm);
+  const spki = subjectKey?.spki ?? spkiDer(pair!.publicKey);
+  const ownKey: SigningKey = subjectKey?.key ?? pair!.privateKey;
+  if (algorithmOf(ownKey, "custody") !== req.algorithm)
+    throw invalid(
+      "algorithm",
+      req.algorithm,
+      `the algorithm of the custody's key (${algorithmOf(ownKey, "custody")})`,
+    );
   const kid = keyIdentifier(spki);
   const subject = encodeSubject(req.subject);
   const now = deps.now();
@@ -345,13 +385,13 @@ export function issueCa(
   let issuerName = subject;
   let issuerKid = kid;
   let signerAlg = req.algorithm;
-  let signerKey = pair.privateKey;
+  let signerKey = ownKey;
   let pathLen = req.pathLen;
   if (parent && facts && parsedParent) {
     const pc = parsedParent.cert;
     issuerName = pc.subject;
     issuerKid = subjectKeyIdOf(pc) ?? keyIdentifier(pc.spki);
-    signerKey = loadPrivateKey(parent.keyPem, "issuer.keyPem");
+    signerKey = signingKeyOf(parent, "issuer.keyPem");
     signerAlg = algorithmOf(signerKey, "issuer.keyPem");
     if (pathLen === undefined && facts.pathLen !== undefined) pathLen = facts.pathLen - 1;
   }
@@ -378,7 +418,7 @@ export function issueCa(
   const chainPem = parent ? certPem + parent.chainPem : certPem;
   return describeCert(
     der,
-    privateKeyPem(pair.privateKey),
+    pair ? privateKeyPem(pair.privateKey) : undefined,
     chainPem,
     req.algorithm,
     subjectString(req.subject),
@@ -428,7 +468,7 @@ export function importCa(_name: string, certificatePem: unknown, keyPem: unknown
   const chainPem = blocks.map((b) => toPem("CERTIFICATE", b)).join("");
   const subjectDn = x.subject.split("\n").join(", ");
   const described = describeCert(der, privateKeyPem(key), chainPem, algorithm, subjectDn);
-  return { ...described, certificatePem: pem };
+  return { ...described, keyPem: privateKeyPem(key), certificatePem: pem } as IssuedCa;
 }
 
 export const DEFAULT_CRL_INTERVAL_HOURS = 168;
@@ -445,13 +485,13 @@ export interface SignedCrl {
  * `intervalHours`. cRLNumber must only grow (RFC 5280 5.2.3): pass the previous one.
  */
 export function signCrl(
-  ca: Pick<CaMaterial, "certificatePem" | "keyPem">,
+  ca: Pick<CaMaterial, "certificatePem" | "keyPem" | "key">,
   opts: { previousNumber?: number; intervalHours?: number; revoked?: RevokedEntry[] },
   deps: Pick<Deps, "now"> = defaultDeps(),
 ): SignedCrl {
   const der = pemOne(ca.certificatePem, "CERTIFICATE", "ca.certificatePem");
   const c = parseCertificate(der, "ca.certificatePem");
-  const key = loadPrivateKey(ca.keyPem, "ca.keyPem");
+  const key = signingKeyOf(ca, "ca.keyPem");
   const hours = opts.intervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const now = new Date(Math.floor(deps.now().getTime() / 1000) * 1000);
   const thisUpdate = new Date(now.getTime() - 60_000);

@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { commitFile } from "../durable";
 import { createManifestSigner, type DeviceManifestInput, ManifestDigest, writeManifest } from "../manifest";
 import type { Registry } from "../registry/types";
+import type { SigningKey } from "../x509/keys";
 import { parseCertificate } from "../x509/parse";
 import { pemBlocks } from "../x509/pem";
 
@@ -23,7 +24,7 @@ export interface ExportedManifest {
 export async function exportManifest(
   registry: Registry,
   batch: { name: string; model: string },
-  issuer: { certificatePem: string; chainPem: string; keyPem: string },
+  issuer: { certificatePem: string; chainPem: string; key: SigningKey },
   file: string,
 ): Promise<ExportedManifest> {
   const signer = createManifestSigner(issuer);

@@ -18,7 +18,15 @@ import {
   keyUsage,
   subjectKeyIdentifier,
 } from "../x509/ext";
-import { algorithmOf, generateKey, type KeyAlgorithm, loadPrivateKey, spkiDer } from "../x509/keys";
+import {
+  algorithmOf,
+  generateKey,
+  type KeyAlgorithm,
+  loadPrivateKey,
+  publicKeyOf,
+  type SigningKey,
+  spkiDer,
+} from "../x509/keys";
 import { encodeSubject, type Subject, subjectErrors } from "../x509/names";
 import { basicConstraintsOf, parseCertificate, subjectKeyIdOf } from "../x509/parse";
 import { pemOne, toPem } from "../x509/pem";
@@ -83,7 +91,7 @@ function issuerError(field: string, got: string, want: string): FleetError {
  * when given, is the issuer's chain up to the root and is appended to `signerChainPem`).
  */
 export function createManifestSigner(
-  issuer: { certificatePem: string; keyPem: string; chainPem?: string },
+  issuer: { certificatePem: string; keyPem?: string; key?: SigningKey; chainPem?: string },
   opts: ManifestSignerOptions = {},
   deps: Deps = defaultDeps(),
 ): ManifestSigner {
@@ -104,8 +112,9 @@ export function createManifestSigner(
   const ix = new crypto.X509Certificate(issuerDer);
   if (!basicConstraintsOf(ic)?.ca)
     throw issuerError("issuer.certificatePem", "a certificate that is not a CA", "a CA certificate");
-  const issuerKey = loadPrivateKey(issuer.keyPem, "issuer.keyPem");
-  if (!ix.checkPrivateKey(issuerKey))
+  // a key opened from a custody (an HSM signs, it does not export), or a PEM (Pulumi-secret custody)
+  const issuerKey: SigningKey = issuer.key ?? loadPrivateKey(issuer.keyPem, "issuer.keyPem");
+  if (!ix.publicKey.equals(publicKeyOf(issuerKey)))
     throw issuerError("issuer.keyPem", "a key that does not match the certificate", "the CA's private key");
   const issuerAlg: KeyAlgorithm = algorithmOf(issuerKey, "issuer.keyPem");
 

@@ -7,9 +7,11 @@
  * the registry, so a `pulumi up` interrupted at any point converges when run again (rule 2).
  */
 import * as crypto from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
-import { publishCrl } from "../../core/enroll/crl";
+import { type KeyRef, openCaKey } from "../../core/custody";
+import { crlCurrent, publishCrl } from "../../core/enroll/crl";
 import {
   BatchEngine,
   type BatchSpec,
@@ -24,11 +26,11 @@ import {
   type IssuerMaterial,
   resolveProfile,
 } from "../../core/enroll/profile";
-import { FleetError, invalid } from "../../core/errors";
-import { openRegistry } from "../../core/registry";
+import { FleetError, invalid, phrase } from "../../core/errors";
+import { openRegistry, parseLocation, redactUrl } from "../../core/registry";
 import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
-import { loadPrivateKey } from "../../core/x509/keys";
+import { loadPrivateKey, type SigningKey } from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
 import { engineLog } from "./engine-log";
@@ -49,8 +51,10 @@ export interface BatchInputs {
   count: number;
   profile: DeviceCertificateProfile;
   issuer: { name: string; certificatePem: string; chainPem: string };
-  /** the issuing CA's private key: a secret input and output, never in plaintext state */
-  issuerKeyPem: string;
+  /** where the issuing CA's key is (core/custody): this provider opens it itself */
+  issuerKeyRef?: KeyRef;
+  /** only for the pulumi-secret custody (and states from before custody): the key, a secret */
+  issuerKeyPem?: string;
   station: { host: string; port: number };
   /** SQLite file (relative to the program directory) or postgres:// URL */
   registry: string;
@@ -122,6 +126,13 @@ function specOf(i: BatchInputs): BatchSpec {
   };
 }
 
+/** The issuing CA's key, opened in this process from its custody (a state from before custody: the PEM). */
+function issuerKey(i: BatchInputs): SigningKey {
+  if (i.issuerKeyRef && !isUnknown(i.issuerKeyRef))
+    return openCaKey(i.issuerKeyRef, { keyPem: i.issuerKeyPem, field: "issuingCa.keyRef" });
+  return loadPrivateKey(i.issuerKeyPem, "issuerKeyPem");
+}
+
 function issuerOf(i: BatchInputs, needKey: boolean): IssuerMaterial {
   const chain = pemBlocks(i.issuer.chainPem, "CERTIFICATE", "issuer.chainPem");
   const certificate = pemBlocks(i.issuer.certificatePem, "CERTIFICATE", "issuer.certificatePem")[0]!;
@@ -134,14 +145,50 @@ function issuerOf(i: BatchInputs, needKey: boolean): IssuerMaterial {
   return {
     certificate,
     chain: chain.slice(1),
-    key: needKey ? loadPrivateKey(i.issuerKeyPem, "issuerKeyPem") : undefined,
+    key: needKey ? issuerKey(i) : undefined,
     fingerprint: crypto.createHash("sha256").update(certificate).digest("hex"),
   };
 }
 
-/** Registry location as the provider process sees it: relative paths are under the program directory. */
-const registryLocation = (r: string) =>
-  /^(postgres|postgresql):\/\//.test(r) ? r : path.resolve(process.cwd(), r.replace(/^sqlite:/, ""));
+/**
+ * Registry location as the provider process sees it: a file path (relative paths are under the
+ * program directory) or a postgres:// URL. Anything else (`mysql://u:p@h/db`, `file:x`) is
+ * refused naming the field, never taken for a file name (which would put a password in a path
+ * and enroll the whole lot again into an empty registry).
+ */
+export function registryLocation(r: unknown): string {
+  const want = "a SQLite file path or a postgres://user@host:port/database URL";
+  if (typeof r !== "string" || !r.trim() || r.includes("\0")) throw invalid("registry", r, want);
+  if (/^postgres(ql)?:\/\//i.test(r)) {
+    parseLocation(r); // host and database present, else a clear error
+    return r;
+  }
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(r)?.[1]?.toLowerCase();
+  if (scheme && scheme !== "sqlite") throw invalid("registry", phrase(`a ${scheme}: location`), want);
+  const file = path.resolve(process.cwd(), r.replace(/^sqlite:/i, ""));
+  // a folder or a file this process cannot write would only fail half-way through a run
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    // not there yet: created on first use
+  }
+  if (st?.isDirectory()) throw invalid("registry", phrase(`the folder ${file}`), want);
+  try {
+    fs.accessSync(st ? file : path.dirname(file), fs.constants.R_OK | fs.constants.W_OK);
+  } catch (e) {
+    if (st || fs.existsSync(path.dirname(file)))
+      throw invalid(
+        "registry",
+        phrase(`${file}, which this process cannot write (${(e as NodeJS.ErrnoException).code})`),
+        want,
+      );
+  }
+  return file;
+}
+
+/** The location for messages: a password in a URL is never shown. */
+const shown = (r: string) => (/^postgres(ql)?:\/\//i.test(r) ? redactUrl(r) : r);
 
 export function check(_olds: Record<string, unknown>, news: BatchInputs) {
   const failures: Array<{ property: string; reason: string }> = [];
@@ -173,14 +220,27 @@ export function check(_olds: Record<string, unknown>, news: BatchInputs) {
       throw invalid("station.port", news.station?.port, "a TCP port 1..65535 of the device station");
   });
   at("registry", () => {
-    if (typeof news.registry !== "string" || !news.registry)
-      throw invalid("registry", news.registry, "a SQLite file path or a postgres:// URL");
+    if (!isUnknown(news.registry)) registryLocation(news.registry);
   });
   return { inputs: news, failures };
 }
 
 async function withRegistry<T>(i: { registry: string }, f: (r: Registry) => Promise<T>): Promise<T> {
-  const reg = await openRegistry(registryLocation(i.registry));
+  const where = registryLocation(i.registry);
+  let reg: Registry;
+  try {
+    reg = await openRegistry(where);
+  } catch (e) {
+    if (e instanceof FleetError && e.field === "registry") throw e;
+    // a folder, a read-only file, a wrong password, a server down: the run stops, naming the field
+    const why =
+      e instanceof FleetError ? e.message : ((e as NodeJS.ErrnoException).code ?? (e as Error).message);
+    throw new FleetError(
+      "UNAVAILABLE",
+      `registry: got ${shown(where)} that cannot be opened for writing (${String(why).replaceAll(where, "<registry>")}), want a registry fleetguard can read and write`,
+      "registry",
+    );
+  }
   try {
     return await f(reg);
   } finally {
@@ -265,10 +325,9 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
       try {
         summary = await engine.converge();
       } finally {
-        // revocations (superseded, decommissioned, quarantined) reach the CRL even when the run fails
-        const revoked = (await registry.revokedBy(issuer.fingerprint)).length;
-        if (revoked !== (prev?.crl?.revoked ?? 0) || (revoked > 0 && !prev?.crl))
-          crl = await publish(i, registry, issuer);
+        // revocations (superseded, decommissioned, quarantined) reach the CRL even when the run
+        // fails; a CRL that differs from the registry (an earlier publish failed) is published again
+        if (!(await crlCurrent(registry, issuer, crlDirOf(i)))) crl = await publish(i, registry, issuer);
       }
       await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
       let manifest: BatchOutputs["manifest"] | undefined;
@@ -276,7 +335,7 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
         const m = await exportManifest(
           registry,
           { name: i.name, model: i.model },
-          { certificatePem: i.issuer.certificatePem, chainPem: i.issuer.chainPem, keyPem: i.issuerKeyPem },
+          { certificatePem: i.issuer.certificatePem, chainPem: i.issuer.chainPem, key: issuer.key! },
           path.resolve(process.cwd(), i.manifestPath),
         );
         manifest = m;
@@ -290,11 +349,12 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
 }
 
 async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMaterial) {
-  return publishCrl(
+  const p = await publishCrl(
     registry,
-    { certificatePem: i.issuer.certificatePem, keyPem: i.issuerKeyPem, fingerprint: issuer.fingerprint },
+    { certificatePem: i.issuer.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
     crlDirOf(i),
   );
+  return { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
 }
 
 /** What the registry keeps of the declaration, for `pulumi import` (no secrets, no endpoints). */
@@ -328,21 +388,39 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
   const o = olds as unknown as BatchInputs & Partial<BatchOutputs>;
   const replaces = REPLACE_ON.filter((k) => o[k] !== news[k]);
   const declared = (o.declarationDigest ?? "") !== declarationDigest(news);
-  // the registry decides whether work is outstanding (an interrupted run, drift found by refresh)
-  let plan = "";
-  let outstanding = false;
-  try {
-    const issuer = issuerOf(news, false);
-    const p = await withRegistry(news, (registry) =>
-      new BatchEngine({ registry, station: undefined as never, issuer }, specOf(news)).plan(),
+  const moved =
+    typeof o.registry === "string" &&
+    !isUnknown(news.registry) &&
+    o.registry !== news.registry &&
+    registryLocation(o.registry) !== registryLocation(news.registry);
+  // the registry decides whether work is outstanding (an interrupted run, drift found by refresh,
+  // a CRL that an earlier run failed to publish); a registry that cannot be read fails the preview
+  const issuer = issuerOf(news, false);
+  const { plan, crlStale } = await withRegistry(news, async (registry) => {
+    if (moved && !replaces.length && !(await registry.getBatch(news.name)))
+      throw new FleetError(
+        "INVALID_INPUT",
+        `registry: got ${shown(news.registry)}, which holds no batch '${news.name}', want the registry its devices are recorded in (${shown(o.registry)}): a batch does not move by a change of location, which would enroll every device again into an empty registry. Set registry back, or copy the registry to the new location first (SQLite: copy the file while no run is going; PostgreSQL: pg_dump | psql) and run again`,
+        "registry",
+      );
+    const plan = await new BatchEngine(
+      { registry, station: undefined as never, issuer },
+      specOf(news),
+    ).plan();
+    const crlStale = !(await crlCurrent(registry, issuer, crlDirOf(news)));
+    return { plan, crlStale };
+  });
+  const outstanding = plan.enroll + plan.resume + plan.reissue + plan.decommission > 0 || crlStale;
+  const changes = replaces.length > 0 || declared || outstanding || moved;
+  if (changes && !replaces.length) {
+    const extra = [moved ? "registry moved" : "", crlStale ? "publish the CRL again" : ""].filter(Boolean);
+    await engineLog(
+      `batch ${news.name}: ${describePlan(plan)}${extra.length ? `; ${extra.join("; ")}` : ""}`,
+      {
+        urn: news.progressUrn,
+      },
     );
-    outstanding = p.enroll + p.resume + p.reissue + p.decommission > 0;
-    plan = describePlan(p);
-  } catch (e) {
-    plan = `plan unavailable (${(e as Error).message})`;
   }
-  const changes = replaces.length > 0 || declared || outstanding;
-  if (changes && !replaces.length) await engineLog(`batch ${news.name}: ${plan}`, { urn: news.progressUrn });
   return {
     changes,
     replaces: [...replaces],

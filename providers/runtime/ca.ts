@@ -4,9 +4,11 @@
  * Key material is returned only in `keyPem`, which the resource marks as a secret output.
  */
 import * as crypto from "node:crypto";
+import * as path from "node:path";
 import {
   type CaRequest,
   DEFAULT_CRL_INTERVAL_HOURS,
+  type IssuedCaCertificate,
   importCa,
   issueCa,
   type ParentFacts,
@@ -15,7 +17,17 @@ import {
   validateCaRequest,
 } from "../../core/ca";
 import { canonicalJson } from "../../core/canonical";
+import {
+  type CustodySpec,
+  createCaKey,
+  DEFAULT_KEY_STORE,
+  type KeyRef,
+  openCaKey,
+  validateCustody,
+} from "../../core/custody";
+import { EmbeddedKeyStore } from "../../core/custody/embedded";
 import { FleetError } from "../../core/errors";
+import { algorithmOf, loadPrivateKey, publicKeyOf, type SigningKey } from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
 
 /** Pulumi's marker for a value not known during preview (sdk/nodejs/runtime/rpc.ts). */
@@ -23,7 +35,10 @@ export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 export interface CaInputs extends CaRequest {
   description?: string;
-  issuer?: { name: string; certificatePem: string; chainPem: string; keyPem: string };
+  /** where this CA's key lives (default: the embedded key store); see core/custody */
+  custody?: CustodySpec;
+  /** the issuer's key is opened from its custody by reference; keyPem only for the pulumi-secret custody */
+  issuer?: { name: string; certificatePem: string; chainPem: string; keyRef?: KeyRef; keyPem?: string };
   /**
    * Digest of the issuer's declaration (and its issuers'), computed by the component. During a
    * preview an issuer that is merely updated has unknown outputs; this tells "updated" (keep
@@ -58,6 +73,7 @@ const STABLE_OUTPUTS = [
   "certificatePem",
   "chainPem",
   "keyPem",
+  "keyRef",
   "fingerprintSha256",
   "subjectKeyId",
   "authorityKeyId",
@@ -87,15 +103,20 @@ const fingerprint = (pem: string): string => {
 export function check(_olds: Record<string, unknown>, news: CaInputs) {
   const failures: { property: string; reason: string }[] = [];
   const inputs = { ...news };
-  if (inputs.existing) {
-    if (!isUnknown(inputs.existing)) {
-      try {
-        importCa(inputs.name, inputs.existing.certificatePem, inputs.existing.privateKeyPem);
-      } catch (err) {
-        if (!(err instanceof FleetError)) throw err;
-        failures.push({ property: err.field ?? "existing", reason: err.message });
-      }
+  const at = (property: string, f: () => void) => {
+    try {
+      f();
+    } catch (err) {
+      if (!(err instanceof FleetError)) throw err;
+      failures.push({ property: err.field?.split(/[.[]/)[0] ?? property, reason: err.message });
     }
+  };
+  if (!isUnknown(inputs.custody)) at("custody", () => validateCustody(inputs.custody));
+  if (inputs.existing) {
+    if (!isUnknown(inputs.existing))
+      at("existing", () =>
+        importCa(inputs.name, inputs.existing!.certificatePem, inputs.existing!.privateKeyPem),
+      );
     return { inputs, failures };
   }
   let parent: ParentFacts | undefined;
@@ -112,6 +133,33 @@ export function check(_olds: Record<string, unknown>, news: CaInputs) {
     failures.push({ property: f.field.split(/[.[]/)[0]!, reason: f.message });
   }
   return { inputs, failures };
+}
+
+/** The custody a CA's state says its key is in (states from before key custody: the Pulumi secret). */
+const custodyOfState = (olds: Record<string, unknown>): string =>
+  (olds.keyRef as KeyRef | undefined)?.custody ?? "pulumi-secret";
+
+/** The declared custody, as compared with the state: kind, and where for a key store or a token. */
+const custodyKey = (c: CustodySpec | undefined): string => {
+  const v = validateCustody(c);
+  return v.kind === "pulumi-secret" ? v.kind : canonicalJson(v);
+};
+
+/**
+ * A key moves in place only from the Pulumi secret into the embedded store (the same key,
+ * sealed; the certificate stays). Any other change of custody is a new key: the CA is replaced.
+ */
+function custodyChange(olds: Record<string, unknown>, news: CaInputs): "none" | "seal" | "replace" {
+  if (isUnknown(news.custody)) return "none";
+  const want = validateCustody(news.custody);
+  const was = custodyOfState(olds);
+  if (was === "pulumi-secret") {
+    if (want.kind === "pulumi-secret" || news.existing) return "none";
+    return want.kind === "embedded" ? "seal" : "replace";
+  }
+  const ref = olds.keyRef as KeyRef;
+  const declared = (olds.declaredCustody as string | undefined) ?? canonicalJson({ kind: ref.custody });
+  return declared === custodyKey(news.custody) ? "none" : "replace";
 }
 
 export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs) {
@@ -135,22 +183,73 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
     )
       replaces.push("existing");
   } else if (olds.existingFingerprint) replaces.push("existing");
+  const custody = custodyChange(olds, news);
+  if (custody === "replace") replaces.push("custody");
   const descChanged = (olds.description ?? null) !== (news.description ?? null);
   const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const intervalChanged = !isUnknown(interval) && olds.crlIntervalHours !== interval;
   return {
-    changes: replaces.length > 0 || descChanged || intervalChanged || crlDue(olds),
+    changes: replaces.length > 0 || descChanged || intervalChanged || custody === "seal" || crlDue(olds),
     replaces,
-    stables: replaces.length ? [] : STABLE_OUTPUTS,
+    stables: replaces.length
+      ? []
+      : custody === "seal"
+        ? STABLE_OUTPUTS.filter((k) => k !== "keyPem" && k !== "keyRef")
+        : STABLE_OUTPUTS,
     deleteBeforeReplace: false,
   };
 }
 
+/** The issuer's signing key, opened in this process from its custody. */
+function issuerMaterial(issuer: NonNullable<CaInputs["issuer"]>) {
+  const ref: KeyRef = issuer.keyRef ?? legacyRef(issuer.keyPem);
+  return {
+    name: issuer.name,
+    certificatePem: issuer.certificatePem,
+    chainPem: issuer.chainPem,
+    key: openCaKey(ref, { keyPem: issuer.keyPem, field: "issuer.keyRef" }),
+  };
+}
+
+/** A state from before key custody holds the key as a Pulumi secret: describe it as such. */
+function legacyRef(keyPem: unknown): KeyRef {
+  const key = loadPrivateKey(keyPem, "issuer.keyPem");
+  const spki = crypto.createPublicKey(key).export({ type: "spki", format: "der" });
+  return {
+    custody: "pulumi-secret",
+    location: "",
+    id: "",
+    algorithm: algorithmOf(key, "issuer.keyPem"),
+    publicKeySha256: crypto.createHash("sha256").update(spki).digest("hex"),
+  };
+}
+
+/** A key id that is unique in a shared store or token: the CA name and a random suffix. */
+const newKeyId = (name: string) => `${name}-${crypto.randomBytes(6).toString("hex")}`;
+
 export function create(inputs: CaInputs) {
-  const issued = inputs.existing
-    ? importCa(inputs.name, inputs.existing.certificatePem, inputs.existing.privateKeyPem)
-    : issueCa(inputs, inputs.issuer);
-  const crl = signCrl(issued, { intervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS });
+  let issued: IssuedCaCertificate & { keyPem?: string };
+  let keyRef: KeyRef;
+  let key: SigningKey;
+  if (inputs.existing) {
+    // bring-your-own PEMs: the key came through the program, so it stays a Pulumi secret
+    const imported = importCa(inputs.name, inputs.existing.certificatePem, inputs.existing.privateKeyPem);
+    issued = imported;
+    keyRef = legacyRef(imported.keyPem);
+    key = loadPrivateKey(imported.keyPem, "existing.privateKeyPem");
+  } else {
+    const custody = validateCustody(inputs.custody);
+    const parent = inputs.issuer ? issuerMaterial(inputs.issuer) : undefined;
+    const made = createCaKey(custody, newKeyId(inputs.name), inputs.algorithm);
+    issued = issueCa(inputs, parent, undefined, { spki: made.spki, key: made.key });
+    if (made.privateKeyPem) issued = { ...issued, keyPem: made.privateKeyPem };
+    keyRef = made.ref;
+    key = made.key;
+  }
+  const crl = signCrl(
+    { certificatePem: issued.certificatePem, key },
+    { intervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS },
+  );
   // the declaration as given, for diff(); effective values (pathLen, algorithm) come from `issued`
   const declared = Object.fromEntries(
     REPLACE_ON.map((k) => [k, (inputs as unknown as Record<string, unknown>)[k] ?? null]),
@@ -158,6 +257,7 @@ export function create(inputs: CaInputs) {
   const outs = {
     kind: "fleetguard:ca",
     declared,
+    declaredCustody: inputs.existing ? "pulumi-secret" : custodyKey(inputs.custody),
     name: inputs.name,
     role: inputs.role,
     subject: inputs.subject ?? null,
@@ -172,6 +272,7 @@ export function create(inputs: CaInputs) {
     existingFingerprint: inputs.existing ? fingerprint(inputs.existing.certificatePem) : null,
     crlIntervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
     ...issued,
+    keyRef,
     crlPem: crl.crlPem,
     crlNumber: crl.crlNumber,
     crlNextUpdate: crl.nextUpdate,
@@ -186,14 +287,37 @@ export function crlDue(olds: Record<string, unknown>, now = new Date()): boolean
   return !Number.isFinite(next) || next - now.getTime() < (hours * 3_600_000) / 2;
 }
 
+/** This CA's own signing key, opened from the custody its state names. */
+function ownKey(olds: Record<string, unknown>): SigningKey {
+  const ref = (olds.keyRef as KeyRef | undefined) ?? legacyRef(olds.keyPem);
+  return openCaKey(ref, { keyPem: olds.keyPem as string | undefined, field: "keyRef" });
+}
+
 export function update(_id: string, olds: Record<string, unknown>, news: CaInputs) {
   const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const outs: Record<string, unknown> = { ...olds, description: news.description ?? null };
+  if (custodyChange(olds, news) === "seal") {
+    // the same key moves out of the state into the embedded store: the certificate stays
+    const custody = validateCustody(news.custody) as Extract<CustodySpec, { kind: "embedded" }>;
+    const location = custody.store ?? DEFAULT_KEY_STORE;
+    const key = loadPrivateKey(olds.keyPem, "keyPem");
+    const id = newKeyId(String(olds.name));
+    const spki = new EmbeddedKeyStore(path.resolve(process.cwd(), location)).seal(id, key);
+    outs.keyRef = {
+      custody: "embedded",
+      location,
+      id,
+      algorithm: algorithmOf(key, "keyPem"),
+      publicKeySha256: crypto.createHash("sha256").update(spki).digest("hex"),
+    } satisfies KeyRef;
+    outs.declaredCustody = custodyKey(news.custody);
+    delete outs.keyPem;
+  }
   if (olds.crlIntervalHours !== interval || crlDue(olds)) {
-    const crl = signCrl(olds as { certificatePem: string; keyPem: string }, {
-      previousNumber: Number(olds.crlNumber ?? 0),
-      intervalHours: interval,
-    });
+    const crl = signCrl(
+      { certificatePem: String(olds.certificatePem), key: ownKey(olds) },
+      { previousNumber: Number(olds.crlNumber ?? 0), intervalHours: interval },
+    );
     Object.assign(outs, {
       crlIntervalHours: interval,
       crlPem: crl.crlPem,
@@ -210,5 +334,14 @@ export function read(id: string, props: Record<string, unknown>) {
   if (typeof pem !== "string" || fingerprint(pem) !== props.fingerprintSha256) {
     throw new FleetError("INTEGRITY", `ca ${id}: certificatePem in state does not match fingerprintSha256`);
   }
+  // the key must still open from its custody, and be this certificate's key
+  const key = ownKey(props);
+  const cert = new crypto.X509Certificate(pemBlocks(pem, "CERTIFICATE", "certificatePem")[0]!);
+  if (!cert.publicKey.equals(publicKeyOf(key)))
+    throw new FleetError(
+      "INTEGRITY",
+      `ca ${id}: the key in custody is not the key of its certificate`,
+      "keyRef",
+    );
   return { id, props };
 }

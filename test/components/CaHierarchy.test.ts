@@ -83,7 +83,12 @@ beforeAll(async () => {
   );
 });
 
+// CA keys go to an embedded key store of this test, sealed with a passphrase of this test
+process.env.FLEETGUARD_KEK = `test-kek-${crypto.randomBytes(8).toString("hex")}`;
+const STORE = path.join(tmpdir(), "keys");
+
 const spec: CaHierarchyArgs = {
+  custody: { kind: "embedded", store: STORE },
   root: {
     name: "root",
     algorithm: "ecdsa-p384",
@@ -184,8 +189,11 @@ describe("CaHierarchy resource graph (mocks)", () => {
       ).ok,
     ).toBe(true);
     expect(pulumi.Output.isInstance(pki.cas.root!.keyPem)).toBe(true);
-    // (secretness of keyPem is applied by the engine via additionalSecretOutputs: see test/integration)
     expect(JSON.stringify(summary)).not.toMatch(/PRIVATE KEY/);
+    // key custody: what crosses to the engine (every resource's inputs) names keys, never holds them
+    expect(JSON.stringify(registered.map((r) => r.inputs))).not.toMatch(/PRIVATE KEY/);
+    const lineA = registered.find((r) => r.name === "fleet-line-a")!.inputs as { issuer: { keyRef: unknown } };
+    expect(lineA.issuer.keyRef).toMatchObject({ custody: "embedded", location: STORE });
   });
 
   it("serializes a provider that captures nothing heavy and no secret (brief rule 3)", () => {
@@ -210,6 +218,7 @@ describe("CaHierarchy resource graph (mocks)", () => {
       allowedUses: ["cert_signing", "crl_signing"],
     });
     const pki = new CaHierarchy("byo", {
+      custody: { kind: "embedded", store: STORE },
       root: { name: "root", existing: { certificatePem: cert.certPem, privateKeyPem: key.privateKeyPem } },
       issuing: [{ name: "line-a", subject: { commonName: "Line A" }, validityDays: 365 }],
     });

@@ -1,8 +1,18 @@
-/** The CA provider's CRUD logic, without the engine: diff semantics and CRL re-signing. */
+/** The CA provider's CRUD logic, without the engine: diff semantics, CRL re-signing, key custody. */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { describe, expect, it } from "vitest";
+import type { KeyRef } from "../../core/custody";
 import { check, create, crlDue, diff, read, UNKNOWN, update } from "../../providers/runtime/ca";
+import { tmpdir } from "../helpers/openssl";
+
+// the embedded key store, in a folder of this test, sealed with a passphrase of this test
+process.env.FLEETGUARD_KEK = `test-kek-${crypto.randomBytes(8).toString("hex")}`;
+const STORE = path.join(tmpdir(), "keys");
 
 const inputs = {
+  custody: { kind: "embedded" as const, store: STORE },
   name: "root",
   role: "root" as const,
   algorithm: "ecdsa-p256" as const,
@@ -27,7 +37,7 @@ describe("CA provider runtime", () => {
       name: "root",
       certificatePem: parent.certificatePem,
       chainPem: parent.chainPem,
-      keyPem: parent.keyPem,
+      keyRef: parent.keyRef,
     };
     const child = {
       ...inputs,
@@ -63,7 +73,7 @@ describe("CA provider runtime", () => {
     expect(diff("id", stale, inputs)).toMatchObject({ changes: true, replaces: [] });
     const u = update("id", stale, inputs).outs as typeof outs;
     expect(u.crlNumber).toBe(outs.crlNumber + 1);
-    expect(u.keyPem).toBe(outs.keyPem);
+    expect(u.keyRef).toEqual(outs.keyRef);
     expect(u.certificatePem).toBe(outs.certificatePem);
     expect(Date.parse(u.crlNextUpdate)).toBeGreaterThan(Date.parse(stale.crlNextUpdate));
   });
@@ -73,5 +83,131 @@ describe("CA provider runtime", () => {
     expect(() => read("id", { ...outs, fingerprintSha256: "00" })).toThrow(
       /does not match fingerprintSha256/,
     );
+  });
+});
+
+describe("CA key custody in the provider (issue 9, finding 1)", () => {
+  it("keeps the key out of the outputs: a reference and the public key, the key sealed 0600 in a 0700 store", () => {
+    const { outs } = create(inputs);
+    const text = JSON.stringify(outs);
+    expect(text).not.toMatch(/PRIVATE KEY/);
+    expect(outs.keyPem).toBeUndefined();
+    const ref = outs.keyRef as KeyRef;
+    expect(ref).toMatchObject({ custody: "embedded", location: STORE, algorithm: "ecdsa-p256" });
+    const cert = new crypto.X509Certificate(outs.certificatePem);
+    const spki = cert.publicKey.export({ type: "spki", format: "der" });
+    expect(ref.publicKeySha256).toBe(crypto.createHash("sha256").update(spki).digest("hex"));
+    const file = path.join(STORE, `${ref.id}.key.json`);
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    expect(fs.statSync(STORE).mode & 0o777).toBe(0o700);
+    // the sealed file holds no key in the clear
+    const raw = fs.readFileSync(file, "utf8");
+    expect(raw).not.toMatch(/PRIVATE KEY/);
+    expect(() =>
+      crypto.createPrivateKey({
+        key: Buffer.from(JSON.parse(raw).sealed.ct, "base64"),
+        format: "der",
+        type: "pkcs8",
+      }),
+    ).toThrow();
+  });
+
+  it("signs children and CRLs with the key opened from the store by reference", () => {
+    const root = create({ ...inputs, pathLen: 1 }).outs;
+    const child = create({
+      ...inputs,
+      name: "iss",
+      role: "issuing" as const,
+      validityDays: 100,
+      issuer: {
+        name: "root",
+        certificatePem: root.certificatePem,
+        chainPem: root.chainPem,
+        keyRef: root.keyRef,
+      },
+    }).outs;
+    const c = new crypto.X509Certificate(child.certificatePem);
+    expect(c.verify(new crypto.X509Certificate(root.certificatePem).publicKey)).toBe(true);
+    expect(child.keyRef.id).not.toBe(root.keyRef.id);
+  });
+
+  it("gives the key as a Pulumi secret only when that custody is chosen", () => {
+    const { outs } = create({ ...inputs, custody: { kind: "pulumi-secret" } });
+    expect(outs.keyPem).toMatch(/BEGIN PRIVATE KEY/);
+    expect(outs.keyRef).toMatchObject({ custody: "pulumi-secret", location: "", id: "" });
+  });
+
+  it("moves a key from the Pulumi secret into the store in place (same certificate), and replaces on any other custody change", () => {
+    const secret = create({ ...inputs, custody: { kind: "pulumi-secret" } }).outs;
+    // a state from before key custody has keyPem and no keyRef
+    const legacy = { ...secret, keyRef: undefined, declaredCustody: undefined } as Record<string, unknown>;
+    const d = diff("id", legacy, inputs);
+    expect(d).toMatchObject({ changes: true, replaces: [] });
+    expect(d.stables).not.toContain("keyRef");
+    const moved = update("id", legacy, inputs).outs as typeof secret;
+    expect(moved.certificatePem).toBe(secret.certificatePem);
+    expect(moved.keyPem).toBeUndefined();
+    expect(JSON.stringify(moved)).not.toMatch(/PRIVATE KEY/);
+    expect(moved.keyRef).toMatchObject({ custody: "embedded", location: STORE });
+    expect(diff("id", moved, inputs)).toMatchObject({ changes: false });
+    expect(read("id", moved).props).toBe(moved);
+    // another store, an HSM: a new key, so the CA is replaced
+    expect(
+      diff("id", moved, { ...inputs, custody: { kind: "embedded", store: `${STORE}-2` } }).replaces,
+    ).toEqual(["custody"]);
+    expect(
+      diff("id", moved, { ...inputs, custody: { kind: "pkcs11", uri: "pkcs11:token=t?module-path=/x.so" } })
+        .replaces,
+    ).toEqual(["custody"]);
+  });
+
+  it("refuses a key store sealed with another passphrase, naming where the passphrase came from but never its value", () => {
+    const { outs } = create(inputs);
+    const good = process.env.FLEETGUARD_KEK!;
+    const other = "another-passphrase-xyz";
+    process.env.FLEETGUARD_KEK = other;
+    try {
+      const store2 = path.join(tmpdir(), "keys"); // a fresh process cache key: a new store
+      fs.cpSync(STORE, store2, { recursive: true });
+      const ref = { ...(outs.keyRef as KeyRef), location: store2 };
+      let msg = "";
+      try {
+        read("id", { ...outs, keyRef: ref });
+      } catch (e) {
+        msg = (e as Error).message;
+      }
+      expect(msg).toMatch(/sealed with another passphrase than FLEETGUARD_KEK holds/);
+      expect(msg).not.toContain(other);
+      expect(msg).not.toContain(good);
+    } finally {
+      process.env.FLEETGUARD_KEK = good;
+    }
+  });
+
+  it("refuses a key file whose key was swapped for another (INTEGRITY), and a custody that is not declared right (check failure)", () => {
+    const a = create(inputs).outs;
+    const b = create(inputs).outs;
+    const store2 = path.join(tmpdir(), "keys");
+    fs.cpSync(STORE, store2, { recursive: true });
+    // the attacker puts b's sealed key under a's id
+    fs.copyFileSync(
+      path.join(store2, `${b.keyRef.id}.key.json`),
+      path.join(store2, `${a.keyRef.id}.key.json`),
+    );
+    expect(() => read("id", { ...a, keyRef: { ...a.keyRef, location: store2 } })).toThrow(
+      /does not hold key|does not match|integrity/,
+    );
+    const r = check({}, { ...inputs, custody: { kind: "vault" } as never });
+    expect(r.failures).toEqual([
+      {
+        property: "custody",
+        reason: expect.stringMatching(
+          /^custody.kind: got "vault", want one of embedded, pkcs11, pulumi-secret/,
+        ),
+      },
+    ]);
+    const pin = check({}, { ...inputs, custody: { kind: "pkcs11", uri: "pkcs11:token=t;pin-value=1234" } });
+    expect(pin.failures[0]!.reason).toMatch(/pin-source/);
+    expect(pin.failures[0]!.reason).not.toContain("1234");
   });
 });
