@@ -192,7 +192,9 @@ describe("CaHierarchy resource graph (mocks)", () => {
     expect(JSON.stringify(summary)).not.toMatch(/PRIVATE KEY/);
     // key custody: what crosses to the engine (every resource's inputs) names keys, never holds them
     expect(JSON.stringify(registered.map((r) => r.inputs))).not.toMatch(/PRIVATE KEY/);
-    const lineA = registered.find((r) => r.name === "fleet-line-a")!.inputs as { issuer: { keyRef: unknown } };
+    const lineA = registered.find((r) => r.name === "fleet-line-a")!.inputs as {
+      issuer: { keyRef: unknown };
+    };
     expect(lineA.issuer.keyRef).toMatchObject({ custody: "embedded", location: STORE });
   });
 
