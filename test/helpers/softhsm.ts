@@ -118,7 +118,7 @@ if (a.op === "inspect") {
   const k = keys[0];
   const one = (type) => { try { return m.C_GetAttributeValue(s, k, [{ type }])[0].value; } catch (e) { return { error: e.message }; } };
   const bool = (type) => { const v = one(type); return Buffer.isBuffer(v) ? v[0] !== 0 : v; };
-  for (const n of ["CKA_EXTRACTABLE", "CKA_SENSITIVE", "CKA_NEVER_EXTRACTABLE", "CKA_ALWAYS_SENSITIVE", "CKA_TOKEN", "CKA_PRIVATE", "CKA_SIGN", "CKA_LOCAL"]) out[n] = bool(p[n]);
+  for (const n of ["CKA_EXTRACTABLE", "CKA_SENSITIVE", "CKA_NEVER_EXTRACTABLE", "CKA_ALWAYS_SENSITIVE", "CKA_TOKEN", "CKA_PRIVATE", "CKA_SIGN", "CKA_LOCAL", "CKA_DECRYPT", "CKA_UNWRAP", "CKA_DERIVE"]) out[n] = bool(p[n]);
   const secret = one(p.CKA_VALUE); const d = one(p.CKA_PRIVATE_EXPONENT);
   out.CKA_VALUE = Buffer.isBuffer(secret) ? "READ " + secret.length + " bytes" : secret.error;
   out.CKA_PRIVATE_EXPONENT = Buffer.isBuffer(d) ? "READ " + d.length + " bytes" : d.error;

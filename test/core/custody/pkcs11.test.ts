@@ -310,8 +310,13 @@ describe("pkcs11: keys made and used inside SoftHSM2", () => {
       });
       expect(a.wrap).toMatch(/CKR_KEY_UNEXTRACTABLE|CKR_KEY_NOT_WRAPPABLE/);
     }
-    expect(inspectPrivateKey(t, "kept").CKA_VALUE).toMatch(/CKR_ATTRIBUTE_SENSITIVE/);
-    expect(inspectPrivateKey(t, "kept-rsa").CKA_PRIVATE_EXPONENT).toMatch(/CKR_ATTRIBUTE_SENSITIVE/);
+    const ec = inspectPrivateKey(t, "kept");
+    const rsa = inspectPrivateKey(t, "kept-rsa");
+    expect(ec.CKA_VALUE).toMatch(/CKR_ATTRIBUTE_SENSITIVE/);
+    expect(rsa.CKA_PRIVATE_EXPONENT).toMatch(/CKR_ATTRIBUTE_SENSITIVE/);
+    // a CA key signs and does nothing else
+    expect(ec.CKA_DERIVE).toBe(false);
+    expect(rsa).toMatchObject({ CKA_DECRYPT: false, CKA_UNWRAP: false });
   });
 
   it("is idempotent for the same label and algorithm, and refuses a label taken by another key", () => {
