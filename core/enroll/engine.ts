@@ -17,6 +17,19 @@
  *
  * Work goes to the station in waves (one BATCH frame per step per wave, several waves in
  * flight), and to the registry as one transaction per step per wave.
+ *
+ * What a run does is derived from the registry's device and certificate records against the
+ * declaration, never from what an earlier run recorded as its intent: devices of the batch outside
+ * the declared serial range and not yet decommissioned are decommissioned, active devices whose
+ * live certificate is not what the declared profile and issuer issue (conformance.ts) are
+ * re-issued, so a run that failed half-way is finished by the next one, and plan() shows it.
+ *
+ * Ownership (station protocol 2, core/station/command.ts): a closed device takes a new trust
+ * anchor, an install, a re-key or a decommission only as a command signed by the issuing CA's key
+ * (its chain must reach the anchor fused in the device) for the device's current challenge. A
+ * device that refuses ours belongs to another CA: it is quarantined `owned-elsewhere`. Refresh
+ * attests active devices (all, or `refreshSample` of them) against the keys on record, so a clone
+ * swapped in after enrollment is quarantined and its certificate revoked.
  */
 import * as crypto from "node:crypto";
 import { FleetError, invalid } from "../errors";
@@ -30,10 +43,20 @@ import type {
 } from "../registry/types";
 import { importP256Spki, verifyAttestation } from "../station/attest";
 import type { BatchItem, StationClient } from "../station/client";
+import type { CommandPayload } from "../station/command";
 import { verifyCsr } from "../station/csr";
-import { checkModel, deviceId, MAX_COUNT } from "../station/ids";
-import type { IdentifyResult } from "../station/messages";
+import type { StationError } from "../station/frame";
+import { checkModel, deviceId, MAX_COUNT, SERIAL_DIGITS } from "../station/ids";
+import {
+  type CommandAuth,
+  type IdentifyResult,
+  type Lifecycle,
+  PROTOCOL,
+  UNAUTHORIZED,
+} from "../station/messages";
 import { randomSerial } from "../x509/cert";
+import { signCommand } from "./authorize";
+import { Conformance } from "./conformance";
 import {
   type CompiledTemplate,
   compileTemplate,
@@ -77,6 +100,26 @@ export interface EngineContext {
   concurrency?: number;
   /** per-device answer time inside a batch frame */
   deviceTimeoutMs?: number;
+  /**
+   * active devices refresh attests, chosen at random (policy, for huge fleets); default: every one.
+   * refresh() reports the sample size and how many failed.
+   */
+  refreshSample?: number;
+}
+
+export interface RefreshResult {
+  lostCertificate: number;
+  missingDevice: number;
+  /** active devices asked for their STATUS */
+  checked: number;
+  attestation: {
+    /** active devices attested (all of them unless refreshSample is smaller) */
+    sample: number;
+    /** active devices the sample was drawn from */
+    population: number;
+    /** quarantined (attestation-failed, key-mismatch) and their certificates revoked */
+    failed: number;
+  };
 }
 
 export interface BatchSummary {
@@ -124,13 +167,13 @@ interface StoredSpec {
   count: number;
   profileDigest: string;
   issuerFingerprint: string;
-  /** live certificates issued before this instant are re-issued (profile or CA changed) */
-  reissueSince: string | null;
   /** the caller's declaration (no secrets), for import */
   declaration?: unknown;
 }
 
 const WORKING: DeviceState[] = ["pending", "attested", "issued", "installed"];
+const ALL_STATES: DeviceState[] = [...WORKING, "active", "quarantined", "revoked", "decommissioned"];
+const LIVE_STATES: DeviceState[] = ALL_STATES.filter((s) => s !== "decommissioned");
 const FINAL_OK: DeviceState[] = ["active"];
 
 class Meter {
@@ -181,6 +224,24 @@ async function pool<T>(next: () => Promise<T | undefined>, concurrency: number, 
 }
 
 const isTransient = (e: FleetError) => e.code === "UNAVAILABLE";
+/** Another run's command moved the device's challenge on: not a refusal, run again. */
+const staleChallenge = (e: StationError) => e.status === UNAUTHORIZED && e.detail.startsWith("auth.nonce");
+
+/** A certificate on its way to a device, with what a command to a closed device needs. */
+interface ToInstall {
+  d: DeviceRecord;
+  chain: Buffer[];
+  /** unknown for a resumed device (install asks STATUS) */
+  lifecycle?: Lifecycle;
+  challenge?: Buffer;
+}
+
+interface Attested {
+  d: DeviceRecord;
+  id: IdentifyResult;
+  key: crypto.KeyObject;
+  challenge?: Buffer;
+}
 const sha = (b: Uint8Array) => crypto.createHash("sha256").update(b).digest();
 
 export class BatchEngine {
@@ -224,46 +285,96 @@ export class BatchEngine {
     return JSON.parse(b.spec) as StoredSpec;
   }
 
+  /** Is `id` one of the declared devices (serial in the declared range)? */
+  private inRange(id: string): boolean {
+    const m = this.spec.model;
+    if (id.length !== m.length + 1 + SERIAL_DIGITS || !id.startsWith(`${m}-`)) return false;
+    const tail = id.slice(m.length + 1);
+    if (!/^\d+$/.test(tail)) return false;
+    const n = Number(tail);
+    return n >= this.spec.firstSerial && n < this.spec.firstSerial + this.spec.count;
+  }
+
+  /**
+   * The batch's device records outside the declared range, in `states`: those before the first
+   * declared ID and those after the last (IDs sort by serial), so the cost is what is outside.
+   */
+  private async *outside(states: readonly DeviceState[]): AsyncGenerator<DeviceRecord[]> {
+    const r = this.ctx.registry;
+    const { model, firstSerial: lo, count } = this.spec;
+    const loId = deviceId(model, lo);
+    const segments: Array<{ after?: string; stopAt?: string }> =
+      count === 0 ? [{}] : [{ stopAt: loId }, { after: deviceId(model, lo + count - 1) }];
+    for (const seg of segments) {
+      let after = seg.after;
+      for (;;) {
+        const page = await r.listDevices(this.spec.name, { states, after, limit: this.waveSize });
+        const stop = seg.stopAt === undefined ? -1 : page.findIndex((d) => d.deviceId >= seg.stopAt!);
+        const mine = (stop >= 0 ? page.slice(0, stop) : page).filter((d) => !this.inRange(d.deviceId));
+        if (mine.length) yield mine;
+        if (stop >= 0 || page.length < this.waveSize) break;
+        after = page[page.length - 1]!.deviceId;
+      }
+    }
+  }
+
+  /**
+   * Live certificates of the batch that are not what the declaration issues: device -> serial.
+   * One pass over the batch's live certificates (pages by serial), whatever their number.
+   */
+  private async nonConforming(): Promise<Map<string, string>> {
+    const c = new Conformance(this.spec.profile, this.ctx.issuer, this.spec.name, this.spec.model);
+    const out = new Map<string, string>();
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.ctx.registry.certificates({
+        batch: this.spec.name,
+        status: ["live"],
+        after,
+        limit: 2000,
+      });
+      for (const cert of page) if (!c.matches(cert)) out.set(cert.deviceId, cert.serial);
+      if (page.length < 2000) return out;
+      after = page[page.length - 1]!.serial;
+    }
+  }
+
+  /** Declared active devices whose current certificate does not conform (or is not recorded). */
+  private async *stalePages(): AsyncGenerator<DeviceRecord[]> {
+    const bad = await this.nonConforming();
+    for await (const page of this.pages(["active"])) {
+      const stale = page.filter(
+        (d) => this.inRange(d.deviceId) && (!d.certSerial || bad.get(d.deviceId) === d.certSerial),
+      );
+      if (stale.length) yield stale;
+    }
+  }
+
   /** What a converge would do, from the registry alone (used by diff/preview). */
   async plan(): Promise<BatchPlan> {
-    const r = this.ctx.registry;
-    const stored = await this.storedSpec();
-    const counts = stored ? await r.counts(this.spec.name) : emptyCounts();
+    const counts = await this.ctx.registry.counts(this.spec.name);
     const known = Object.values(counts).reduce((a, b) => a + b, 0);
-    const lo = this.spec.firstSerial;
-    const hi = lo + this.spec.count;
-    let outside = 0;
-    let inside = 0;
-    if (stored) {
-      // devices outside the declared range that are not decommissioned yet
-      const sLo = stored.firstSerial;
-      const sHi = stored.firstSerial + stored.count;
-      const overlap = Math.max(0, Math.min(hi, sHi) - Math.max(lo, sLo));
-      inside = overlap;
-      outside = stored.count - overlap;
-    }
-    const reissue =
-      stored &&
-      (stored.profileDigest !== profileDigest(this.spec.profile) ||
-        stored.issuerFingerprint !== this.ctx.issuer.fingerprint)
-        ? counts.active
-        : stored?.reissueSince
-          ? await this.countStale(stored.reissueSince)
-          : 0;
+    let outsideAll = 0;
+    let outsideLive = 0;
+    let outsideWorking = 0;
+    let outsideResume = 0;
+    for await (const page of this.outside(ALL_STATES))
+      for (const d of page) {
+        outsideAll++;
+        if (d.state !== "decommissioned") outsideLive++;
+        if (d.state === "pending" || d.state === "attested") outsideWorking++;
+        if (d.state === "issued" || d.state === "installed") outsideResume++;
+      }
+    let reissue = 0;
+    for await (const page of this.stalePages()) reissue += page.length;
     return {
-      enroll: this.spec.count - inside + (stored ? counts.pending + counts.attested : 0),
-      resume: counts.issued + counts.installed,
+      enroll: this.spec.count - (known - outsideAll) + (counts.pending + counts.attested - outsideWorking),
+      resume: counts.issued + counts.installed - outsideResume,
       reissue,
-      decommission: Math.min(outside, known - counts.decommissioned),
+      decommission: outsideLive,
       quarantined: counts.quarantined,
       active: counts.active,
     };
-  }
-
-  private async countStale(since: string): Promise<number> {
-    let n = 0;
-    for await (const page of this.pages(["active"])) n += (await this.stale(page, new Date(since))).length;
-    return n;
   }
 
   private async *pages(states: DeviceState[]): AsyncGenerator<DeviceRecord[]> {
@@ -281,33 +392,29 @@ export class BatchEngine {
     }
   }
 
-  /** Active devices whose live certificate predates `since` or comes from another issuer. */
-  private async stale(page: DeviceRecord[], since: Date): Promise<DeviceRecord[]> {
-    const out: DeviceRecord[] = [];
-    for (const d of page) {
-      const c = await this.liveCert(d);
-      if (!c || c.issuedAt < since || c.issuer !== this.ctx.issuer.fingerprint) out.push(d);
-    }
-    return out;
+  /** A station that predates signed commands would take them from anyone: refuse to use it. */
+  private async checkStation(): Promise<void> {
+    const info = await this.ctx.station.ping();
+    if (info.protocol !== PROTOCOL)
+      throw new FleetError(
+        "INVALID_INPUT",
+        `station.protocol: got ${info.protocol}, want ${PROTOCOL} (a farm before version 2 lets anyone take over closed devices; upgrade it)`,
+        "station",
+      );
   }
 
-  /** Bring the batch to its declaration: enroll, resume, re-issue, decommission. */
+  /** Bring the batch to its declaration: enroll, resume, decommission, re-issue. */
   async converge(): Promise<BatchSummary> {
     const r = this.ctx.registry;
-    const stored = await this.storedSpec();
-    const pd = profileDigest(this.spec.profile);
-    let reissueSince = stored?.reissueSince ?? null;
-    if (stored && (stored.profileDigest !== pd || stored.issuerFingerprint !== this.ctx.issuer.fingerprint))
-      reissueSince = this.now().toISOString();
+    await this.checkStation();
+    // the declaration, for import; what to do comes from the device and certificate records
     const next: StoredSpec = {
       firstSerial: this.spec.firstSerial,
       count: this.spec.count,
-      profileDigest: pd,
+      profileDigest: profileDigest(this.spec.profile),
       issuerFingerprint: this.ctx.issuer.fingerprint,
-      reissueSince,
       declaration: this.opts.declaration,
     };
-    const removed = stored ? this.removedIds(stored) : [];
     await r.putBatch({
       name: this.spec.name,
       model: this.spec.model,
@@ -324,7 +431,15 @@ export class BatchEngine {
     const pages = this.pages(WORKING);
     const template = compileTemplate(this.spec.profile, this.ctx.issuer, this.now());
     await pool(
-      async () => (await pages.next()).value || undefined,
+      async () => {
+        // devices outside the range are decommissioned below, not enrolled
+        for (;;) {
+          const page: DeviceRecord[] | undefined = (await pages.next()).value || undefined;
+          if (!page) return undefined;
+          const mine = page.filter((d) => this.inRange(d.deviceId));
+          if (mine.length) return mine;
+        }
+      },
       this.concurrency,
       async (page) => {
         const n = await this.wave(page, template);
@@ -333,19 +448,13 @@ export class BatchEngine {
     );
     meter.add(0, true);
 
-    if (reissueSince) {
-      const before = this.reissued;
-      await this.reissue(new Date(reissueSince), template);
-      this.revokedThisRun += this.reissued - before; // each confirmed re-issue supersedes one certificate
-      if (this.unreachable === 0)
-        await r.putBatch({
-          name: this.spec.name,
-          model: this.spec.model,
-          source: this.spec.source,
-          spec: JSON.stringify({ ...next, reissueSince: null }),
-        });
-    }
+    const removed: DeviceRecord[] = [];
+    for await (const page of this.outside(LIVE_STATES)) removed.push(...page);
     if (removed.length) await this.decommission(removed, "removed from the batch");
+
+    const before = this.reissued;
+    await this.reissue(template);
+    this.revokedThisRun += this.reissued - before; // each confirmed re-issue supersedes one certificate
     const summary = await this.summary();
     const total = this.spec.count;
     if (this.unreachable > 0) {
@@ -368,15 +477,6 @@ export class BatchEngine {
     return summary;
   }
 
-  private removedIds(stored: StoredSpec): string[] {
-    const out: string[] = [];
-    const lo = this.spec.firstSerial;
-    const hi = lo + this.spec.count;
-    for (let s = stored.firstSerial; s < stored.firstSerial + stored.count; s++)
-      if (s < lo || s >= hi) out.push(deviceId(this.spec.model, s));
-    return out;
-  }
-
   private async loadKeys(): Promise<void> {
     this.keys = new Map();
     for await (const page of this.pages(["attested", "issued", "installed", "active"]))
@@ -387,7 +487,7 @@ export class BatchEngine {
   private async wave(page: DeviceRecord[], template: CompiledTemplate): Promise<number> {
     const fresh = page.filter((d) => d.state === "pending" || d.state === "attested");
     const resume = page.filter((d) => d.state === "issued" || d.state === "installed");
-    const toInstall: Array<{ d: DeviceRecord; chain: Buffer[] }> = [];
+    const toInstall: ToInstall[] = [];
     let final = 0;
 
     if (fresh.length) {
@@ -420,9 +520,7 @@ export class BatchEngine {
   }
 
   /** identify + attest; records attested (with the key) or quarantined. Returns the attested. */
-  private async attest(
-    devs: DeviceRecord[],
-  ): Promise<Array<{ d: DeviceRecord; id: IdentifyResult; key: crypto.KeyObject }>> {
+  private async attest(devs: DeviceRecord[]): Promise<Attested[]> {
     const st = this.ctx.station;
     const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
     const ident = await st.identifyBatch(
@@ -467,7 +565,7 @@ export class BatchEngine {
           opts,
         )
       : [];
-    const out: Array<{ d: DeviceRecord; id: IdentifyResult; key: crypto.KeyObject }> = [];
+    const out: Attested[] = [];
     for (let i = 0; i < att.length; i++)
       ((res: (typeof att)[number]): unknown => {
         const c = candidates[i]!;
@@ -497,7 +595,12 @@ export class BatchEngine {
             epoch: c.id.epoch,
           });
         // the state the registry now holds: pending became attested; attested or active stay
-        out.push({ d: { ...c.d, state: c.d.state === "pending" ? "attested" : c.d.state }, id: c.id, key });
+        out.push({
+          d: { ...c.d, state: c.d.state === "pending" ? "attested" : c.d.state },
+          id: c.id,
+          key,
+          challenge: res.value.challenge,
+        });
         return undefined;
       })(att[i]!);
     if (tx.length) await this.ctx.registry.apply(tx, this.now());
@@ -511,11 +614,16 @@ export class BatchEngine {
     step: string,
   ): undefined {
     const e = res.error;
-    if (isTransient(e)) {
+    if (isTransient(e) || staleChallenge(e)) {
       this.unreachable++;
       return undefined;
     }
     const detail = e.message.replace(/[\r\n]+/g, " ").slice(0, 200);
+    if (e.status === UNAUTHORIZED)
+      return q(
+        d,
+        `owned-elsewhere: ${step}: the device is closed under a trust anchor this batch's CA does not chain to, and refused its signed command: ${detail}`,
+      ) as undefined;
     if (e.code === "INTEGRITY" && /KEY_FAILURE/.test(e.message))
       q(
         d,
@@ -527,10 +635,7 @@ export class BatchEngine {
   }
 
   /** CSR, verify, issue, and record `issued` with the certificate. Returns what to install. */
-  private async issue(
-    devs: Array<{ d: DeviceRecord; id: IdentifyResult; key: crypto.KeyObject }>,
-    template: CompiledTemplate,
-  ): Promise<Array<{ d: DeviceRecord; chain: Buffer[] }>> {
+  private async issue(devs: Attested[], template: CompiledTemplate): Promise<ToInstall[]> {
     if (!devs.length) return [];
     const names = devs.map((x) =>
       deviceNames(this.spec.profile, x.d.deviceId, this.spec.name, this.spec.model),
@@ -540,12 +645,12 @@ export class BatchEngine {
       { deviceTimeoutMs: this.ctx.deviceTimeoutMs },
     );
     const tx: Transition[] = [];
-    const out: Array<{ d: DeviceRecord; chain: Buffer[] }> = [];
+    const out: ToInstall[] = [];
     const now = this.now();
     const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, d.state, reason));
     for (let i = 0; i < csrs.length; i++)
       ((res: (typeof csrs)[number]): unknown => {
-        const { d, id, key } = devs[i]!;
+        const { d, id, key, challenge } = devs[i]!;
         if (!res.ok) return this.failed(d, res, q, "csr");
         if (res.value.epoch !== id.epoch)
           return q(d, `csr-refused: epoch ${res.value.epoch}, identified ${id.epoch}`);
@@ -579,7 +684,12 @@ export class BatchEngine {
             issuedAt: now,
           },
         });
-        out.push({ d: { ...d, state: "issued" }, chain: [der, ...this.chainDer] });
+        out.push({
+          d: { ...d, state: "issued" },
+          chain: [der, ...this.chainDer],
+          lifecycle: id.lifecycle,
+          challenge,
+        });
         return undefined;
       })(csrs[i]!);
     // recorded before any of these certificates leaves this process
@@ -587,28 +697,63 @@ export class BatchEngine {
     return out;
   }
 
-  /** set trust + install; records installed then active (or quarantined). Returns how many ended final. */
-  private async install(items: Array<{ d: DeviceRecord; chain: Buffer[] }>): Promise<number> {
+  /**
+   * set trust + install; records installed then active (or quarantined). Returns how many ended
+   * final. A closed device gets both as signed commands, the install for the challenge the
+   * set-trust answer hands on; a resumed device's lifecycle and challenge come from STATUS.
+   */
+  private async install(items: ToInstall[]): Promise<number> {
     const st = this.ctx.station;
     const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
-    const trust = await st.setTrustAnchorBatch(
-      items.map((x) => ({ device: x.d.deviceId, anchor: this.rootDer })),
-      opts,
-    );
     const tx: Transition[] = [];
     let quarantined = 0;
     const q = (d: DeviceRecord, reason: string) => {
       quarantined++;
       tx.push(quarantine(d, d.state, reason));
     };
-    const ready = items.filter((x, i) => {
+    let live = items;
+    const unknown = items.filter((x) => x.lifecycle === undefined);
+    if (unknown.length) {
+      const res = await st.statusBatch(
+        unknown.map((x) => x.d.deviceId),
+        opts,
+      );
+      const gone = new Set<ToInstall>();
+      unknown.forEach((x, i) => {
+        const r = res[i]!;
+        if (!r.ok) {
+          this.failed(x.d, r, q, "status");
+          gone.add(x);
+          return;
+        }
+        x.lifecycle = r.value.lifecycle;
+        x.challenge = r.value.challenge;
+      });
+      live = items.filter((x) => !gone.has(x));
+    }
+    const trust = live.length
+      ? await st.setTrustAnchorBatch(
+          live.map((x) => ({
+            device: x.d.deviceId,
+            anchor: this.rootDer,
+            auth: this.command(x, { op: "SET_TRUST", anchor: this.rootDer }),
+          })),
+          opts,
+        )
+      : [];
+    const ready = live.filter((x, i) => {
       const r = trust[i]!;
       if (!r.ok) this.failed(x.d, r, q, "set-trust");
+      else if (r.value.challenge) x.challenge = r.value.challenge;
       return r.ok;
     });
     const inst = ready.length
       ? await st.installBatch(
-          ready.map((x) => ({ device: x.d.deviceId, chain: x.chain })),
+          ready.map((x) => ({
+            device: x.d.deviceId,
+            chain: x.chain,
+            auth: this.command(x, { op: "INSTALL", chain: x.chain }),
+          })),
           opts,
         )
       : [];
@@ -645,11 +790,17 @@ export class BatchEngine {
     return installed.length + quarantined;
   }
 
-  /** Re-issue stale certificates in waves no larger than the policy allows. */
-  private async reissue(since: Date, template: CompiledTemplate): Promise<void> {
+  /** The signed command a closed device needs (none for a device still on the line). */
+  private command(x: ToInstall, payload: CommandPayload): CommandAuth | undefined {
+    if (x.lifecycle !== "closed" || !x.challenge) return undefined;
+    return signCommand(this.ctx.issuer, x.d.deviceId, payload, x.challenge);
+  }
+
+  /** Re-issue the certificates that do not conform to the declaration, in waves no larger than the policy allows. */
+  private async reissue(template: CompiledTemplate): Promise<void> {
     const waveMax = Math.max(1, Math.floor(this.spec.count * this.spec.maxWaveFraction));
     const stale: DeviceRecord[] = [];
-    for await (const page of this.pages(["active"])) stale.push(...(await this.stale(page, since)));
+    for await (const page of this.stalePages()) stale.push(...page);
     if (!stale.length) return;
     const meter = new Meter("reissue", stale.length, this.ctx.onProgress);
     for (let w = 0; w < stale.length; w += waveMax) {
@@ -662,7 +813,7 @@ export class BatchEngine {
         quarantined += part.length - attested.length;
         const issued = await this.issue(attested, template);
         quarantined += attested.length - issued.length;
-        await this.install(issued.map((x) => ({ d: { ...x.d, state: "issued" }, chain: x.chain })));
+        await this.install(issued);
         this.reissued += issued.length;
         meter.add(part.length);
       }
@@ -680,33 +831,57 @@ export class BatchEngine {
     meter.add(0, true);
   }
 
-  /** Decommission devices at the station and in the registry (revoking their certificates). */
-  async decommission(ids: string[], why: string): Promise<number> {
+  /**
+   * Decommission devices at the station and in the registry (revoking their certificates). A
+   * closed device zeroizes only on a signed command, for the challenge its STATUS shows.
+   */
+  async decommission(devices: DeviceRecord[], why: string): Promise<number> {
     const r = this.ctx.registry;
-    const meter = new Meter("decommission", ids.length, this.ctx.onProgress);
+    const st = this.ctx.station;
+    const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
+    const meter = new Meter("decommission", devices.length, this.ctx.onProgress);
     let n = 0;
-    for (let i = 0; i < ids.length; i += this.waveSize) {
-      const part = ids.slice(i, i + this.waveSize);
-      const recs = (await Promise.all(part.map((id) => r.getDevice(id)))).filter(
-        (d): d is DeviceRecord => !!d && d.batch === this.spec.name && d.state !== "decommissioned",
-      );
+    for (let i = 0; i < devices.length; i += this.waveSize) {
+      const part = devices.slice(i, i + this.waveSize);
+      const recs = part.filter((d) => d.batch === this.spec.name && d.state !== "decommissioned");
       if (!recs.length) continue;
-      const res = await this.ctx.station.decommissionBatch(
+      const status = await st.statusBatch(
         recs.map((d) => d.deviceId),
-        { deviceTimeoutMs: this.ctx.deviceTimeoutMs },
+        opts,
+      );
+      const res = await st.decommissionBatch(
+        recs.map((d, j) => {
+          const s = status[j]!;
+          const auth =
+            s.ok && s.value.lifecycle === "closed" && s.value.challenge
+              ? signCommand(
+                  this.ctx.issuer,
+                  d.deviceId,
+                  { op: "DECOMMISSION", confirm: d.deviceId },
+                  s.value.challenge,
+                )
+              : undefined;
+          return { device: d.deviceId, auth };
+        }),
+        opts,
       );
       const at = this.now();
       const tx: Transition[] = [];
       for (let j = 0; j < res.length; j++)
         ((x: (typeof res)[number]): unknown => {
           const d = recs[j]!;
-          if (!x.ok && isTransient(x.error)) {
+          if (!x.ok && (isTransient(x.error) || staleChallenge(x.error))) {
             this.unreachable++;
             return;
           }
           const gone = !x.ok && x.error.code === "NOT_FOUND";
-          const refused =
-            !x.ok && !gone ? ` (the station refused to zeroize it: ${x.error.message.slice(0, 120)})` : "";
+          const refused = x.ok
+            ? ""
+            : x.error.status === UNAUTHORIZED
+              ? ` (owned-elsewhere: the device refused this batch's signed command and was not zeroized: ${x.error.detail.slice(0, 120)})`
+              : gone
+                ? ""
+                : ` (the station refused to zeroize it: ${x.error.message.slice(0, 120)})`;
           tx.push({
             deviceId: d.deviceId,
             batch: d.batch,
@@ -715,11 +890,11 @@ export class BatchEngine {
             reason: gone ? `${why} (the station no longer knows the device)` : why + refused,
             revoke: { at, reason: "cessationOfOperation" },
           });
+          if (d.certSerial) this.revokedThisRun++;
           return undefined;
         })(res[j]!);
       if (tx.length) await r.apply(tx, at);
       n += tx.length;
-      this.revokedThisRun += recs.filter((d) => d.certSerial).length;
       meter.add(part.length);
     }
     this.decommissioned += n;
@@ -731,19 +906,11 @@ export class BatchEngine {
   async deleteBatch(): Promise<{ revoked: number; decommissioned: number }> {
     const stored = await this.storedSpec();
     if (!stored) return { revoked: 0, decommissioned: 0 };
+    await this.checkStation();
     const before = await this.ctx.registry.certificates({ batch: this.spec.name, status: ["live"] });
-    const ids: string[] = [];
-    for await (const page of this.pages([
-      "pending",
-      "attested",
-      "issued",
-      "installed",
-      "active",
-      "quarantined",
-      "revoked",
-    ]))
-      ids.push(...page.map((d) => d.deviceId));
-    const n = await this.decommission(ids, "batch deleted");
+    const devs: DeviceRecord[] = [];
+    for await (const page of this.pages(LIVE_STATES)) devs.push(...page);
+    const n = await this.decommission(devs, "batch deleted");
     if (this.unreachable > 0) {
       throw new FleetError(
         "UNAVAILABLE",
@@ -756,26 +923,80 @@ export class BatchEngine {
   }
 
   /**
-   * Refresh: compare the registry with the devices. An active device that no longer holds its
-   * certificate goes back to `issued` (the next run installs the recorded one again); a record
-   * whose device the station does not know is quarantined. Returns the drift found.
+   * Refresh: compare the registry with the devices. Every active device (or a random
+   * `refreshSample` of them) attests for a fresh nonce, checked against the key and epoch on
+   * record: one that cannot (a clone swapped in, another part) is quarantined and its
+   * certificate revoked. An active device that no longer holds its certificate goes back to
+   * `issued` (the next run installs the recorded one again); a record whose device the station
+   * does not know is quarantined. Returns the drift found and the attestation sample.
    */
-  async refresh(): Promise<{ lostCertificate: number; missingDevice: number; checked: number }> {
+  async refresh(): Promise<RefreshResult> {
+    const want = this.ctx.refreshSample;
+    if (want !== undefined && !(Number.isInteger(want) && want >= 0))
+      throw invalid("refreshSample", want, "an integer >= 0 (active devices to attest)");
+    await this.checkStation();
     const counts = await this.ctx.registry.counts(this.spec.name);
-    const meter = new Meter("refresh", counts.active, this.ctx.onProgress);
+    const population = counts.active;
+    const sample = want === undefined || want >= population ? undefined : await this.sampleActive(want);
+    const meter = new Meter("refresh", population, this.ctx.onProgress);
+    const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
     let lost = 0;
     let missing = 0;
     let checked = 0;
+    let asked = 0;
+    let failed = 0;
     for await (const page of this.pages(["active"])) {
-      const res = await this.ctx.station.statusBatch(
-        page.map((d) => d.deviceId),
-        { deviceTimeoutMs: this.ctx.deviceTimeoutMs },
-      );
+      const toAttest = sample ? page.filter((d) => sample.has(d.deviceId)) : page;
+      const nonces = toAttest.map(() => crypto.randomBytes(32));
+      const [res, att] = await Promise.all([
+        this.ctx.station.statusBatch(
+          page.map((d) => d.deviceId),
+          opts,
+        ),
+        toAttest.length
+          ? this.ctx.station.attestBatch(
+              toAttest.map((d, i) => ({ device: d.deviceId, nonce: nonces[i]! })),
+              opts,
+            )
+          : Promise.resolve([]),
+      ]);
+      asked += toAttest.length;
       const tx: Transition[] = [];
+      const bad = new Set<string>();
+      const q = (d: DeviceRecord, reason: string) => {
+        failed++;
+        bad.add(d.deviceId);
+        tx.push(quarantine(d, "active", reason));
+      };
+      toAttest.forEach((d, i) => {
+        const a = att[i]!;
+        if (!a.ok) {
+          // unreachable: tried again next time; unknown: STATUS below says so
+          if (isTransient(a.error) || a.error.code === "NOT_FOUND") return;
+          const detail = a.error.message.replace(/[\r\n]+/g, " ").slice(0, 160);
+          q(
+            d,
+            `attestation-failed: refresh: the device cannot attest with its identity key (clone or swapped part suspected): ${detail}`,
+          );
+        } else if (d.epoch !== null && a.value.epoch !== d.epoch)
+          q(
+            d,
+            `key-mismatch: refresh: the device attests with key epoch ${a.value.epoch}, the registry records ${d.epoch}`,
+          );
+        else if (
+          !d.publicKey ||
+          !verifyAttestation(d.publicKey, d.deviceId, a.value.epoch, nonces[i]!, a.value.signature)
+        )
+          q(
+            d,
+            "attestation-failed: refresh: the answer is not signed by the key recorded for this device (clone or swapped part)",
+          );
+      });
       for (let i = 0; i < page.length; i++) {
         const d = page[i]!;
         const s = res[i]!;
         checked++;
+        if (bad.has(d.deviceId)) continue;
         if (!s.ok) {
           if (s.error.code === "NOT_FOUND") {
             missing++;
@@ -803,10 +1024,32 @@ export class BatchEngine {
         }
       }
       if (tx.length) await this.ctx.registry.apply(tx, this.now());
+      this.revokedThisRun += bad.size; // a quarantined active device's certificate is revoked
       meter.add(page.length);
     }
     meter.add(0, true);
-    return { lostCertificate: lost, missingDevice: missing, checked };
+    return {
+      lostCertificate: lost,
+      missingDevice: missing,
+      checked,
+      attestation: { sample: asked, population, failed },
+    };
+  }
+
+  /** `k` active devices drawn uniformly (reservoir sampling: one pass, memory for `k` IDs). */
+  private async sampleActive(k: number): Promise<Set<string>> {
+    const picked: string[] = [];
+    let seen = 0;
+    for await (const page of this.pages(["active"]))
+      for (const d of page) {
+        seen++;
+        if (picked.length < k) picked.push(d.deviceId);
+        else {
+          const j = crypto.randomInt(seen);
+          if (j < k) picked[j] = d.deviceId;
+        }
+      }
+    return new Set(picked);
   }
 
   async summary(): Promise<BatchSummary> {

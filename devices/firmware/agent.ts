@@ -340,7 +340,9 @@ export class DeviceAgent {
     const anchors = trustAnchors(dev.state);
     const at = anchors.findIndex((a) => a.equals(h));
     if (at >= 0) return { result: { device: dev.id, slot: at, challenge: this.challenge(dev) } };
-    const closed = lifecycleOf(dev.state.otp) === "closed";
+    // a closed device that holds no anchor yet (key injection closes it on the line) has no
+    // trust to check a command against: it takes its first anchor as a device on the line does
+    const closed = lifecycleOf(dev.state.otp) === "closed" && anchors.length > 0;
     if (closed) this.authorize(dev, { op: "SET_TRUST", anchor: req.anchor }, req.auth);
     const slot = anchors.length;
     if (slot >= TRUST_SLOTS)

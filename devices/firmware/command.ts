@@ -5,7 +5,8 @@
  * authorization signed by a CA whose certificate chains to one of its fused trust anchors, for
  * this device, this operation and payload, and its current challenge. Repeats of what the device
  * already holds are answered without one (nothing changes), as are devices not yet closed (the
- * production line). The challenge is HMAC-SHA256 under the device's secret of a counter it
+ * production line) and the first anchor of a device closed without one (key injection closes a
+ * chip on the line before it trusts any root). The challenge is HMAC-SHA256 under the device's secret of a counter it
  * advances with every command it executes, so it needs no storage of its own, cannot be predicted
  * from outside, and a command, once run, cannot be replayed.
  *

@@ -214,7 +214,7 @@ describe.each(["sqlite", "postgres"] as const)("BatchEngine (registry: %s)", (ba
     // the CRL lists the superseded certificates; OpenSSL accepts it and rejects a superseded one
     const crl = await publishCrl(
       registry,
-      { ...issuing, fingerprint: issuerMaterial().fingerprint },
+      { ...issuing, key: issuerMaterial().key!, fingerprint: issuerMaterial().fingerprint },
       path.join(dir, "crl"),
     );
     expect(crl.revoked).toBe(40);
@@ -261,7 +261,7 @@ describe.each(["sqlite", "postgres"] as const)("BatchEngine (registry: %s)", (ba
     expect((await registry.getBatch("lot-1"))?.deletedAt).toBeInstanceOf(Date);
     const crl = await publishCrl(
       registry,
-      { ...issuing, fingerprint: issuerMaterial().fingerprint },
+      { ...issuing, key: issuerMaterial().key!, fingerprint: issuerMaterial().fingerprint },
       path.join(dir, "crl"),
     );
     expect(crl.crlNumber).toBe(2);

@@ -1,0 +1,77 @@
+/**
+ * Does a recorded certificate conform to the batch's declaration? It does when it is exactly the
+ * certificate the declared profile and issuing CA would issue today for the same device, key,
+ * serial and validity start: the to-be-signed bytes are rebuilt with the batch's own template
+ * (profile.ts compileTemplate, so there is one definition of what a profile issues) and compared
+ * with the recorded ones. This is what re-issue and plan converge on (issue 9, finding 4): the
+ * registry's certificates against the declaration, whatever an earlier run recorded as its intent.
+ * Nothing is signed: the template's signer only captures the bytes it is given.
+ */
+import { X509Certificate } from "node:crypto";
+import type { CertificateRecord } from "../registry/types";
+import { algorithmOf, type ExternalSigner } from "../x509/keys";
+import { parseCertificate } from "../x509/parse";
+import {
+  type CompiledTemplate,
+  compileTemplate,
+  deviceNames,
+  type IssuerMaterial,
+  type ResolvedProfile,
+} from "./profile";
+
+// compileTemplate starts the validity one minute before the instant it is given
+const BACKDATE_MS = 60_000;
+
+export class Conformance {
+  private readonly templates = new Map<number, CompiledTemplate | null>();
+  private captured: Buffer | undefined;
+  private readonly signer: ExternalSigner;
+
+  constructor(
+    private readonly profile: ResolvedProfile,
+    private readonly issuer: IssuerMaterial,
+    private readonly batch: string,
+    private readonly model: string,
+  ) {
+    const publicKey = new X509Certificate(issuer.certificate).publicKey;
+    this.signer = {
+      algorithm: algorithmOf(publicKey, "issuer.certificatePem"),
+      publicKey,
+      sign: (data) => {
+        this.captured = Buffer.from(data);
+        return Buffer.alloc(0);
+      },
+    };
+  }
+
+  /** True if `c` is what the declaration issues for its device (same issuer, profile and validity length). */
+  matches(c: CertificateRecord): boolean {
+    if (c.issuer !== this.issuer.fingerprint) return false;
+    const t = this.template(c.notBefore);
+    if (!t || t.notAfter.getTime() !== c.notAfter.getTime()) return false;
+    try {
+      const p = parseCertificate(c.der);
+      const n = deviceNames(this.profile, c.deviceId, this.batch, this.model);
+      this.captured = undefined;
+      t.issue(p.serialBytes, n.commonName, p.spki, n.san.uri.length || n.san.dns.length ? n.san : undefined);
+      return this.captured !== undefined && (this.captured as Buffer).equals(p.tbs);
+    } catch {
+      return false; // unreadable, or a name the declaration refuses: not what it issues
+    }
+  }
+
+  private template(notBefore: Date): CompiledTemplate | null {
+    const k = notBefore.getTime();
+    let t = this.templates.get(k);
+    if (t === undefined) {
+      try {
+        t = compileTemplate(this.profile, { ...this.issuer, key: this.signer }, new Date(k + BACKDATE_MS));
+        if (t.notBefore.getTime() !== k) t = null;
+      } catch {
+        t = null;
+      }
+      this.templates.set(k, t);
+    }
+    return t;
+  }
+}
