@@ -23,9 +23,11 @@ export type {
   DeclaredHubs,
   DeclaredIotPolicy,
   DeclaredRotation,
+  ExtKeyUsage,
   InventoryBatch,
   IotPolicyDocument,
   IotPolicyStatement,
+  TlsStack,
 } from "./schema/fleet.gen";
 
 export type CertRole = "root" | "intermediate" | "issuing" | "device";

@@ -6,22 +6,12 @@
  */
 export type IdentitySource = "puf" | "injected";
 /**
- * An extended key usage (RFC 5280 4.2.1.12) by name, or any other as a dotted OID. manifestSigning is fleetguard's manifest-signer purpose (docs/pki-interop.md).
+ * An extended key usage (RFC 5280 4.2.1.12) by name (clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, manifestSigning), or any other as a dotted OID. manifestSigning is fleetguard's manifest-signer purpose (docs/pki-interop.md).
  *
  * This interface was referenced by `FleetPolicy`'s JSON-Schema
  * via the `definition` "ExtKeyUsage".
  */
-export type ExtKeyUsage =
-  | (
-      | "clientAuth"
-      | "serverAuth"
-      | "codeSigning"
-      | "emailProtection"
-      | "timeStamping"
-      | "OCSPSigning"
-      | "manifestSigning"
-    )
-  | string;
+export type ExtKeyUsage = string;
 /**
  * This interface was referenced by `FleetPolicy`'s JSON-Schema
  * via the `definition` "AzureAttestation".

@@ -34,22 +34,16 @@ export type KeyUsage =
   | "encipherOnly"
   | "decipherOnly";
 /**
- * An extended key usage (RFC 5280 4.2.1.12) by name, or any other as a dotted OID.
+ * TLS library of the device model's firmware: its X.509 parser decides which certificates the device can load (FG-CA-003; docs/pki-interop.md).
+ */
+export type TlsStack = "mbedtls" | "wolfssl" | "openssl" | "boringssl" | "aws-lc" | "rustls" | "go" | "other";
+/**
+ * An extended key usage (RFC 5280 4.2.1.12) by name (clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, manifestSigning), or any other as a dotted OID.
  *
  * This interface was referenced by `FleetDeclaration`'s JSON-Schema
  * via the `definition` "ExtKeyUsage".
  */
-export type ExtKeyUsage =
-  | (
-      | "clientAuth"
-      | "serverAuth"
-      | "codeSigning"
-      | "emailProtection"
-      | "timeStamping"
-      | "OCSPSigning"
-      | "manifestSigning"
-    )
-  | string;
+export type ExtKeyUsage = string;
 /**
  * This interface was referenced by `FleetDeclaration`'s JSON-Schema
  * via the `definition` "StringOrList".
@@ -111,10 +105,7 @@ export interface NameConstraints {
 export interface DeclaredBatch {
   id: Name;
   deviceModel?: string;
-  /**
-   * TLS library of the device model's firmware: its X.509 parser decides which certificates the device can load (FG-CA-003; docs/pki-interop.md).
-   */
-  tlsStack?: "mbedtls" | "wolfssl" | "openssl" | "boringssl" | "aws-lc" | "rustls" | "go" | "other";
+  tlsStack?: TlsStack;
   issuingCa: Name;
   identitySource: "puf" | "injected";
   count: number;

@@ -10,7 +10,9 @@ import { describe, expect, it } from "vitest";
 import { type IssuedCa, issueCa, signCrl } from "../../core/ca";
 import { compileTemplate, deviceNames, resolveProfile } from "../../core/enroll/profile";
 import { createManifestSigner, MANIFEST_SIGNER_EKU, SIGNER_ALGORITHMS } from "../../core/manifest";
-import { loadPrivateKey, spkiDer } from "../../core/x509/keys";
+import { LeafTemplate } from "../../core/x509/cert";
+import { algorithmOf, loadPrivateKey, spkiDer } from "../../core/x509/keys";
+import { parseCertificate, subjectKeyIdOf } from "../../core/x509/parse";
 import { pemOne, toPem } from "../../core/x509/pem";
 import { type GoCase, runGoInterop } from "./go-runner";
 
@@ -195,8 +197,9 @@ describe("Go crypto/x509 reads every certificate and CRL fleetguard makes", () =
         {
           name: "device-outside-constraints",
           kind: "cert",
-          // a DNS name outside the issuing CA's permitted subtree: Go's Verify must refuse it
-          pem: deviceLeaf(issuing, "fg100-0000009", { dns: ["{deviceId}.elsewhere.example.org"] }),
+          // a DNS name outside the issuing CA's permitted subtree, signed below the enrollment path
+          // (which refuses it before signing): Go's Verify must refuse it too
+          pem: rogueLeaf(issuing, "fg100-0000009.elsewhere.example.org"),
           roots: ["root"],
           intermediates: ["intermediate", "issuing-eu"],
           usages: ["clientAuth"],
@@ -222,3 +225,24 @@ describe("Go crypto/x509 reads every certificate and CRL fleetguard makes", () =
     expect(byName.get("crl-wrong-issuer")?.error).toMatch(/CheckSignatureFrom/);
   });
 });
+
+/** A leaf signed straight from core/x509's template, with none of the profile's name checks. */
+function rogueLeaf(issuing: IssuedCa, dnsName: string): string {
+  const c = parseCertificate(pemOne(issuing.certificatePem, "CERTIFICATE", "issuing"));
+  const key = loadPrivateKey(issuing.keyPem, "issuing.keyPem");
+  const now = Date.now();
+  const template = new LeafTemplate(
+    { algorithm: algorithmOf(key, "issuing.keyPem"), key, subject: c.subject, keyId: subjectKeyIdOf(c)! },
+    {
+      notBefore: new Date(now - 60_000),
+      notAfter: new Date(now + 86_400_000),
+      keyUsage: ["digitalSignature"],
+      extKeyUsage: [CLIENT_AUTH],
+    },
+  );
+  const { publicKey } = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" });
+  return toPem(
+    "CERTIFICATE",
+    template.issue(crypto.randomBytes(16), "rogue", spkiDer(publicKey), { dns: [dnsName] }),
+  );
+}
