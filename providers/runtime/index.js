@@ -1,7 +1,9 @@
 // Entry point that fleetguard's dynamic providers load at run time. Pulumi serializes a
-// dynamic provider's closure into the state; ours captures only the path to this file, and
-// everything heavy (core crypto, registry, clients) is loaded here, inside the provider
-// process. Compiled JavaScript is used when present, else the TypeScript sources through tsx.
+// dynamic provider's closure into the state; ours captures only the lookup of this file
+// (providers/runtime-entry.ts: from the program's directory first, so a moved checkout keeps
+// working), and everything heavy (core crypto, registry, clients) is loaded here, inside the
+// provider process. Compiled JavaScript is used when present, else the TypeScript sources
+// through tsx, resolved from this file's own checkout or package.
 "use strict";
 const fs = require("node:fs");
 const path = require("node:path");
