@@ -11,7 +11,7 @@ import { type IssuedCa, issueCa, signCrl } from "../../core/ca";
 import { compileTemplate, deviceNames, resolveProfile } from "../../core/enroll/profile";
 import { createManifestSigner, MANIFEST_SIGNER_EKU, SIGNER_ALGORITHMS } from "../../core/manifest";
 import { LeafTemplate } from "../../core/x509/cert";
-import { algorithmOf, loadPrivateKey, spkiDer } from "../../core/x509/keys";
+import { algorithmOf, KEY_ALGORITHMS, loadPrivateKey, spkiDer } from "../../core/x509/keys";
 import { parseCertificate, subjectKeyIdOf } from "../../core/x509/parse";
 import { pemOne, toPem } from "../../core/x509/pem";
 import { type GoCase, runGoInterop } from "./go-runner";
@@ -179,6 +179,65 @@ describe("Go crypto/x509 reads every certificate and CRL fleetguard makes", () =
       "crl-root",
     ]);
   });
+
+  it.each(KEY_ALGORITHMS)(
+    "reads a %s hierarchy: CA certificates, device leaf, manifest signer, CRL",
+    async (algorithm) => {
+      const ca = (name: string, role: "root" | "issuing", parent?: IssuedCa) =>
+        issueCa(
+          {
+            name,
+            role,
+            algorithm,
+            subject: { commonName: `Interop ${algorithm} ${role}` },
+            validityDays: 400,
+          },
+          parent ? { name: "root", ...parent } : undefined,
+        );
+      const root = ca("root", "root");
+      const issuing = ca("issuing", "issuing", root);
+      const path = { roots: ["root"], intermediates: ["issuing"] };
+      const results = await runGoInterop({
+        now: new Date().toISOString(),
+        cases: [
+          { name: "root", kind: "cert", pem: root.certificatePem, wantCA: true },
+          {
+            name: "issuing",
+            kind: "cert",
+            pem: issuing.certificatePem,
+            wantCA: true,
+            roots: ["root"],
+            usages: ["any"],
+          },
+          {
+            name: "device",
+            kind: "cert",
+            pem: deviceLeaf(issuing, "fg100-0000007"),
+            ...path,
+            usages: ["clientAuth"],
+          },
+          {
+            name: "manifest-signer",
+            kind: "cert",
+            pem: createManifestSigner(issuing).signerCertificatePem,
+            wantEkuOids: [MANIFEST_SIGNER_EKU],
+            ...path,
+            usages: ["any"],
+          },
+          {
+            name: "crl",
+            kind: "crl",
+            pem: signCrl(issuing, {}).crlPem,
+            issuer: "issuing",
+            wantRevoked: [],
+            wantNumber: 1,
+          },
+        ],
+      });
+      expect(results.filter((r) => !r.ok)).toEqual([]);
+      expect(results).toHaveLength(5);
+    },
+  );
 
   it("notices what it is asked to check, and pins Go's limits that docs/pki-interop.md describes", async () => {
     const { root, intermediate, issuing } = hierarchy();
