@@ -70,7 +70,7 @@ export const DEFAULT_LIMITS: Readonly<Limits> = {
   maxInFlight: 4096,
   writeHighWater: 1024 * 1024,
   idleTimeoutMs: 120_000,
-  maxConnections: 256,
+  maxConnections: 64,
 };
 
 /** Valid ranges, for the options and for `fleet devices serve`'s flags. */

@@ -8,6 +8,7 @@ import { type CborMap, decode, encode } from "../../../core/station/cbor";
 import { StationClient } from "../../../core/station/client";
 import { encodeFrame, Flag, FrameDecoder, HEADER_SIZE, Op, Status } from "../../../core/station/frame";
 import { deviceId } from "../../../core/station/ids";
+import { PROTOCOL } from "../../../core/station/messages";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { type Reply, type Service, StationServer } from "../../../devices/protocol/server";
 import { farmFor, makeCa, tempDir } from "../farm/helpers";
@@ -139,7 +140,7 @@ describe("a connection that pipelines and never reads (real farm)", () => {
     const heavy = frame(
       Op.STATUS,
       0,
-      { items: Array.from({ length: BATCH }, () => ({ device: id(1) })) },
+      { items: Array.from({ length: BATCH }, () => ({ device: id(1) })), protocol: PROTOCOL },
       Flag.BATCH,
     );
     // the size of one heavy reply, from a client that reads
@@ -147,6 +148,8 @@ describe("a connection that pipelines and never reads (real farm)", () => {
     probe.socket.write(heavy);
     await probe.answered(1);
     expect(probe.answers[0]!.status).toBe(Status.OK);
+    const results = probe.answers[0]!.body.results as CborMap[];
+    expect(results.map((r) => r.status)).toEqual(Array(BATCH).fill(Status.OK));
     const heavyReply = probe.answers[0]!.bytes;
     probe.socket.destroy();
     await probe.whenClosed();
@@ -222,7 +225,7 @@ describe("a connection that pipelines and never reads (real farm)", () => {
     const heavy = frame(
       Op.STATUS,
       1,
-      { items: Array.from({ length: 16 }, () => ({ device: id(1) })) },
+      { items: Array.from({ length: 16 }, () => ({ device: id(1) })), protocol: PROTOCOL },
       Flag.BATCH,
     );
     const flood = raw(port, { read: false });

@@ -44,7 +44,7 @@ describe("protocol limit flags", () => {
     expect(u).toMatch(/--idle-timeout-s N\s+.*\(default 120; 0 = never\)/);
     expect(u).toMatch(/--write-buffer-kb N\s+.*\(default 1024\)/);
     expect(u).toMatch(/--max-body-kb N\s+.*\(default 4096\)/);
-    expect(u).toMatch(/--max-connections N\s+.*\(default 256\)/);
+    expect(u).toMatch(/--max-connections N\s+.*\(default 64\)/);
     expect(u).toMatch(/--max-in-flight N\s+.*\(default 4096\)/);
   });
 
