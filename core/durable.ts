@@ -49,12 +49,9 @@ export function createPrivateFile(file: string): boolean {
   } catch {
     return false;
   }
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fsyncPath(path.dirname(file), "r");
+  // no fsync: an empty file lost to a power cut is created again by the next open, and the
+  // database's first write syncs what it needs
+  fs.closeSync(fd);
   return true;
 }
 
