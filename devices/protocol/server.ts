@@ -151,6 +151,7 @@ class Conn {
   /** frames parsed but not yet started, because a limit was reached */
   private held: FrameEvent[] = NO_EVENTS;
   private heldAt = 0;
+  private running = false;
   private paused = false;
   private peerEnded = false;
   /** no more input is taken: the peer ended, a fatal framing error, or a timeout */
@@ -221,6 +222,20 @@ class Conn {
 
   /** Start held frames while under the limits; stop reading the socket when one is reached. */
   private run(): void {
+    // a reply released synchronously (a hung device) may resume from inside this loop
+    if (this.running) return;
+    this.running = true;
+    try {
+      this.startHeld();
+    } finally {
+      this.running = false;
+    }
+    if (this.heldAt < this.held.length || this.closing) return;
+    if (this.peerEnded) this.onInputEnd();
+    else if (this.paused) this.resumeIfBelow();
+  }
+
+  private startHeld(): void {
     const evs = this.held;
     while (this.heldAt < evs.length) {
       if (this.closing) return;
@@ -244,8 +259,6 @@ class Conn {
     }
     this.held = NO_EVENTS;
     this.heldAt = 0;
-    if (this.peerEnded) this.onInputEnd();
-    else if (this.paused) this.resumeIfBelow();
   }
 
   private pause(): void {
@@ -318,6 +331,7 @@ class Conn {
         this.reply(h.op, h.requestId, r.status, { message: r.message }, 0, weight);
         break;
       case "drop":
+        this.closing = true; // the frames after it in this chunk are not started
         this.socket.destroy();
         return;
       case "hang":

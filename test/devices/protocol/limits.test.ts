@@ -321,6 +321,36 @@ describe("every reply counts toward the in-flight limit", () => {
     expect(c.answers.map((a) => [a.requestId, a.status])).toEqual([[9, Status.OK]]);
     c.socket.destroy();
   });
+
+  it("held frames are started once each when a full connection resumes through hung devices", async () => {
+    const g = gate();
+    let pings = 0;
+    const { server, port } = await serve(
+      service((op) => {
+        if (op === Op.STATUS) return { kind: "hang" };
+        return ++pings <= 2 ? g.wait() : ok;
+      }),
+      { maxInFlight: 2 },
+    );
+    const c = raw(port);
+    c.socket.write(
+      Buffer.concat([
+        frame(Op.PING, 1),
+        frame(Op.PING, 2),
+        ...[3, 4, 5].map((i) => frame(Op.STATUS, i, { device: "d" })),
+        frame(Op.PING, 9),
+      ]),
+    );
+    await until(() => server.connectionStats()[0]?.held === 4);
+    g.open();
+    await c.answered(3);
+    // one more round trip: nothing else comes
+    c.socket.write(frame(Op.PING, 10));
+    await c.answered(4);
+    expect(c.answers.map((a) => a.requestId).sort((x, y) => x - y)).toEqual([1, 2, 9, 10]);
+    expect(pings).toBe(4);
+    c.socket.destroy();
+  });
 });
 
 describe("idle timeout", () => {
