@@ -4,16 +4,34 @@
  * validated once per batch and compiled into a core/x509 LeafTemplate so that each device costs
  * one patch of serial, CN, SPKI, SKI and SAN plus one signature.
  *
- * Templates in the subject and SANs may use `{deviceId}`, `{batch}` and `{model}`.
+ * Templates in the subject and SANs may use `{deviceId}`, `{batch}` and `{model}`. Names follow
+ * RFC 5280 (core/x509/validate-names): a profile's literal parts are checked when it is resolved;
+ * its expansion for one batch is checked once, for a representative device, and then reused:
+ * a device ID differs from another of its batch only in its seven serial digits, and a digit is
+ * valid wherever another is, so each further device costs a concatenation (plus the issuer's name
+ * constraints, which can depend on the digits and are checked for every certificate).
  */
 import * as crypto from "node:crypto";
 import { canonicalJson } from "../canonical";
-import { invalid } from "../errors";
+import { FleetError, invalid, phrase } from "../errors";
 import type { Subject } from "../station/messages";
 import { LeafTemplate } from "../x509/cert";
-import { EKU, KEY_USAGES, type KeyUsage, keyIdentifier } from "../x509/ext";
+import { type AltNames, EKU, KEY_USAGES, type KeyUsage, keyIdentifier } from "../x509/ext";
 import { algorithmOf, type SigningKey } from "../x509/keys";
 import { parseCertificate, subjectKeyIdOf } from "../x509/parse";
+import {
+  type CaNameConstraints,
+  chainNameConstraints,
+  checkDirectoryString,
+  checkDnsName,
+  checkNameConstraints,
+  checkUri,
+  DEFAULT_URI_SCHEMES,
+  type NameRules,
+  shown,
+} from "../x509/validate-names";
+
+export type { NameRules } from "../x509/validate-names";
 
 export interface DeviceCertificateProfile {
   /** subject attributes; commonName is a template (default `{deviceId}`) */
@@ -40,11 +58,12 @@ const TEMPLATE_VARS = new Set(["deviceId", "batch", "model"]);
 const OID_RE = /^[0-2](\.(0|[1-9]\d*))+$/;
 
 function template(v: unknown, field: string): string {
+  const got = typeof v === "string" ? phrase(shown(v)) : v;
   if (typeof v !== "string" || v.length === 0 || v.length > 200)
-    throw invalid(field, v, "a string of 1..200 characters");
+    throw invalid(field, got, "a string of 1..200 characters");
   for (const m of v.matchAll(/\{([^}]*)\}/g)) {
     if (!TEMPLATE_VARS.has(m[1]!))
-      throw invalid(field, v, "only {deviceId}, {batch} and {model} as placeholders");
+      throw invalid(field, got, "only {deviceId}, {batch} and {model} as placeholders");
   }
   return v;
 }
@@ -55,8 +74,18 @@ function stringList(v: unknown, field: string): string[] {
   return v.map((x, i) => template(x, `${field}[${i}]`));
 }
 
-/** Validate a profile and fill in defaults. Field names in errors start with `field`. */
-export function resolveProfile(p: unknown, field = "profile"): ResolvedProfile {
+/** RFC 5280 Appendix A upper bounds of the subject attributes a profile sets. */
+const UB = { organization: 64, organizationalUnit: 64, commonName: 64 } as const;
+const NO_RULES: NameRules = Object.freeze({});
+const CRL_RULES: NameRules = Object.freeze({ allowedUriSchemes: ["http", "https"] });
+
+/**
+ * Validate a profile and fill in defaults. Field names in errors start with `field`. `rules` are
+ * the policy's rules for names (wildcard DNS names, URI schemes); without them, the strict
+ * defaults apply. The result keeps the templates as declared (so its digest does not change when
+ * only the normalization of a name does): deviceNames normalizes.
+ */
+export function resolveProfile(p: unknown, field = "profile", rules: NameRules = NO_RULES): ResolvedProfile {
   const o = (p ?? {}) as DeviceCertificateProfile;
   if (typeof o !== "object" || Array.isArray(o)) throw invalid(field, p, "an object");
   const known = new Set(["subject", "sans", "validityDays", "keyUsage", "extKeyUsage", "crlUrls"]);
@@ -76,7 +105,7 @@ export function resolveProfile(p: unknown, field = "profile"): ResolvedProfile {
     if (subject[k]?.includes("{"))
       throw invalid(
         `${field}.subject.${k}`,
-        subject[k],
+        phrase(shown(subject[k]!)),
         "a constant (only commonName and SANs take placeholders)",
       );
   }
@@ -105,10 +134,10 @@ export function resolveProfile(p: unknown, field = "profile"): ResolvedProfile {
     dns: stringList(o.sans?.dns, `${field}.sans.dns`),
   };
   const crlUrls = stringList(o.crlUrls, `${field}.crlUrls`);
-  crlUrls.forEach((u, i) => {
-    if (!/^https?:\/\//.test(u)) throw invalid(`${field}.crlUrls[${i}]`, u, "an http(s) URL");
-  });
-  return { subject, sans, validityDays, keyUsage: [...keyUsage], extKeyUsage, crlUrls };
+  const resolved = { subject, sans, validityDays, keyUsage: [...keyUsage], extKeyUsage, crlUrls };
+  checkConstantNames(resolved, field);
+  checkLiteralNames(resolved, field, rules);
+  return resolved;
 }
 
 export const profileDigest = (p: ResolvedProfile): string =>
@@ -117,24 +146,308 @@ export const profileDigest = (p: ResolvedProfile): string =>
 export interface DeviceNames {
   commonName: string;
   subject: Subject;
+  /** frozen: the certificate template takes it as checked only while it is unchanged */
   san: { uri: string[]; dns: string[] };
 }
 
-const fill = (t: string, vars: Record<string, string>) =>
-  t.replace(/\{(\w+)\}/g, (_, k: string) => vars[k] ?? "");
+interface Vars {
+  deviceId: string;
+  batch: string;
+  model: string;
+}
 
-/** The names of one device under a profile. */
-export function deviceNames(p: ResolvedProfile, deviceId: string, batch: string, model: string): DeviceNames {
-  const vars = { deviceId, batch, model };
-  const commonName = fill(p.subject.commonName, vars);
-  const subject: Subject = [];
-  if (p.subject.organization) subject.push(["O", p.subject.organization]);
-  if (p.subject.organizationalUnit) subject.push(["OU", p.subject.organizationalUnit]);
-  subject.push(["CN", commonName]);
+const fill = (t: string, vars: Vars) =>
+  t.replace(/\{(\w+)\}/g, (_, k: string) => (vars as unknown as Record<string, string>)[k] ?? "");
+
+/** O, OU and the CRL URLs: constants, checked once per profile. */
+function checkConstantNames(p: ResolvedProfile, field: string): void {
+  for (const k of ["organization", "organizationalUnit"] as const) {
+    const v = p.subject[k];
+    if (v !== undefined) checkDirectoryString(v, `${field}.subject.${k}`, UB[k]);
+  }
+  for (const [i, u] of p.crlUrls.entries())
+    checkUri(u, `${field}.crlUrls[${i}]`, CRL_RULES, "a CRL distribution point");
+}
+
+type NameKind = "commonName" | "dns" | "uri";
+interface NameSlot {
+  kind: NameKind;
+  field: string;
+  template: string;
+}
+interface Checked {
+  name: string;
+  /** a URI's host */
+  host?: string;
+}
+
+function slotsOf(p: ResolvedProfile, field: string): NameSlot[] {
+  return [
+    { kind: "commonName", field: `${field}.subject.commonName`, template: p.subject.commonName },
+    ...p.sans.dns.map((t, i): NameSlot => ({ kind: "dns", field: `${field}.sans.dns[${i}]`, template: t })),
+    ...p.sans.uri.map((t, i): NameSlot => ({ kind: "uri", field: `${field}.sans.uri[${i}]`, template: t })),
+  ];
+}
+
+function checkName(kind: NameKind, field: string, value: string, rules: NameRules): Checked {
+  if (kind === "commonName") return { name: checkDirectoryString(value, field, UB.commonName) };
+  if (kind === "dns") return { name: checkDnsName(value, field, rules) };
+  const u = checkUri(value, field, rules);
+  return u.host !== undefined ? { name: u.uri, host: u.host } : { name: u.uri };
+}
+
+/** checkName of a template's expansion; the message names the template and the device. */
+function checkExpansion(slot: NameSlot, vars: Vars, rules: NameRules): Checked {
+  const value = fill(slot.template, vars);
+  try {
+    return checkName(slot.kind, slot.field, value, rules);
+  } catch (e) {
+    if (e instanceof FleetError && value !== slot.template)
+      throw new FleetError(
+        e.code,
+        `${e.message} (the expansion of ${shown(slot.template)} for device ${shown(vars.deviceId)})`,
+        e.field,
+      );
+    throw e;
+  }
+}
+
+/**
+ * The literal parts of every name, before any batch is known: a template is refused when its
+ * expansion fails for two unlike stand-ins (short, and long with digits), so that what it says
+ * literally (a control character, a wildcard, a scheme) is refused at preview, while a problem
+ * that depends on the real batch and model is left to the exact check of deviceNames.
+ */
+function checkLiteralNames(p: ResolvedProfile, field: string, rules: NameRules): void {
+  const short: Vars = { deviceId: "a-0000000", batch: "a", model: "a" };
+  const long: Vars = { deviceId: "b0b0b0b0-0000000", batch: "b0b0b0b0", model: "b0b0b0b0" };
+  for (const slot of slotsOf(p, field)) {
+    let first: unknown;
+    try {
+      checkExpansion(slot, short, rules);
+      continue;
+    } catch (e) {
+      first = e;
+    }
+    try {
+      checkExpansion(slot, long, rules);
+    } catch {
+      throw first;
+    }
+  }
+}
+
+const SERIAL_DIGITS = 7;
+const SERIALS = ["0000000", "1111111", "9876543"] as const;
+const rulesKey = (r: NameRules) =>
+  `${r.allowWildcardDns ? 1 : 0}|${(r.allowedUriSchemes ?? DEFAULT_URI_SCHEMES).join(",")}`;
+
+/** What deviceNames produced and checked, so the certificate template need not check it again. */
+interface Planned {
+  commonName: string;
+  hosts: ReadonlyArray<string | undefined>;
+  rules: string;
+}
+const PLANNED = new WeakMap<object, Planned>();
+
+interface PlannedSlot {
+  slot: NameSlot;
+  /** the checked name when it does not depend on the device */
+  constant?: Checked;
+  /** the checked name cut where the serial digits go, when only they vary */
+  pieces?: string[];
+  /** [start, end) of a URI's host inside the name */
+  host?: [number, number];
+}
+
+/**
+ * The constant parts of `a` and `b` (two expansions that differ only in serial 0000000 versus
+ * 1111111) around the serial, or undefined when the normalization did not keep the serial as a
+ * plain run of seven digits.
+ */
+function piecesOf(a: string, b: string): string[] | undefined {
+  if (a.length !== b.length) return undefined;
+  const pieces: string[] = [];
+  let from = 0;
+  let i = 0;
+  while (i < a.length) {
+    if (a[i] === b[i]) {
+      i++;
+      continue;
+    }
+    if (a.slice(i, i + SERIAL_DIGITS) !== SERIALS[0] || b.slice(i, i + SERIAL_DIGITS) !== SERIALS[1])
+      return undefined;
+    pieces.push(a.slice(from, i));
+    i += SERIAL_DIGITS;
+    from = i;
+  }
+  pieces.push(a.slice(from));
+  return pieces.length > 1 ? pieces : undefined;
+}
+
+/** The names of every device of one batch under one profile and one set of rules. */
+class NamePlan {
+  private readonly prefix: string;
+  private readonly slots: PlannedSlot[];
+  private readonly o?: string;
+  private readonly ou?: string;
+  private readonly cn: string;
+  private readonly dns: readonly string[];
+  private readonly uri: readonly string[];
+  readonly key: string;
+
+  constructor(
+    p: ResolvedProfile,
+    readonly batch: string,
+    readonly model: string,
+    private readonly rules: NameRules,
+  ) {
+    checkConstantNames(p, "profile");
+    this.o = p.subject.organization;
+    this.ou = p.subject.organizationalUnit;
+    this.cn = p.subject.commonName;
+    this.dns = [...p.sans.dns];
+    this.uri = [...p.sans.uri];
+    this.key = rulesKey(rules);
+    this.prefix = `${model}-`;
+    this.slots = slotsOf(p, "profile").map((slot) => this.plan(slot));
+  }
+
+  private vars(serial: string): Vars {
+    return { deviceId: this.prefix + serial, batch: this.batch, model: this.model };
+  }
+
+  private plan(slot: NameSlot): PlannedSlot {
+    const r = SERIALS.map((s) => checkExpansion(slot, this.vars(s), this.rules));
+    if (!slot.template.includes("{deviceId}")) return { slot, constant: r[0] };
+    const pieces = piecesOf(r[0]!.name, r[1]!.name);
+    // A-labels are re-derived per device: the proof that a digit is valid wherever another is
+    // covers LDH and URI syntax, not the punycode of a label mixing them with non-ASCII
+    if (!pieces || r[0]!.name.includes("xn--") || pieces.join(SERIALS[2]) !== r[2]!.name) return { slot };
+    if (slot.kind === "uri") {
+      const scheme = r[0]!.name.indexOf(":");
+      if (pieces[0]!.length <= scheme) return { slot };
+      if (r[0]!.host !== undefined) {
+        const start = scheme + 3;
+        return { slot, pieces, host: [start, start + r[0]!.host.length] };
+      }
+    }
+    return { slot, pieces };
+  }
+
+  fits(p: ResolvedProfile, batch: string, model: string, rules: NameRules): boolean {
+    const same = (a: readonly string[], b: readonly string[]) =>
+      a.length === b.length && a.every((x, i) => x === b[i]);
+    return (
+      batch === this.batch &&
+      model === this.model &&
+      (rules === this.rules || rulesKey(rules) === this.key) &&
+      p.subject.commonName === this.cn &&
+      p.subject.organization === this.o &&
+      p.subject.organizationalUnit === this.ou &&
+      same(p.sans.dns, this.dns) &&
+      same(p.sans.uri, this.uri)
+    );
+  }
+
+  /** The serial digits of a device ID of this batch, or undefined for any other string. */
+  private serialOf(deviceId: string): string | undefined {
+    if (deviceId.length !== this.prefix.length + SERIAL_DIGITS || !deviceId.startsWith(this.prefix))
+      return undefined;
+    for (let i = this.prefix.length; i < deviceId.length; i++) {
+      const c = deviceId.charCodeAt(i);
+      if (c < 48 || c > 57) return undefined;
+    }
+    return deviceId.slice(this.prefix.length);
+  }
+
+  names(deviceId: string): DeviceNames {
+    const serial = this.serialOf(deviceId);
+    const vars: Vars = { deviceId, batch: this.batch, model: this.model };
+    let commonName = "";
+    const dns: string[] = [];
+    const uri: string[] = [];
+    const hosts: Array<string | undefined> = [];
+    for (const s of this.slots) {
+      let c: Checked;
+      if (s.constant) c = s.constant;
+      else if (s.pieces && serial !== undefined) {
+        const name = s.pieces.join(serial);
+        c = s.host ? { name, host: name.slice(s.host[0], s.host[1]) } : { name };
+      } else c = checkExpansion(s.slot, vars, this.rules);
+      if (s.slot.kind === "commonName") commonName = c.name;
+      else if (s.slot.kind === "dns") dns.push(c.name);
+      else {
+        uri.push(c.name);
+        hosts.push(c.host);
+      }
+    }
+    const subject: Subject = [];
+    if (this.o) subject.push(["O", this.o]);
+    if (this.ou) subject.push(["OU", this.ou]);
+    subject.push(["CN", commonName]);
+    const san = Object.freeze({ uri: Object.freeze(uri) as string[], dns: Object.freeze(dns) as string[] });
+    PLANNED.set(san, { commonName, hosts, rules: this.key });
+    return { commonName, subject, san };
+  }
+}
+
+const PLANS = new WeakMap<ResolvedProfile, NamePlan>();
+
+/**
+ * Check a profile's names for one batch, exactly (the real batch name and model, every serial),
+ * without issuing anything: what a preview can call to fail before `up`.
+ */
+export function checkBatchNames(p: ResolvedProfile, batch: string, model: string, rules = NO_RULES): void {
+  deviceNames(p, `${model}-${SERIALS[0]}`, batch, model, rules);
+}
+
+/**
+ * The names of one device under a profile, normalized (A-label, lower-case DNS names; lower-case
+ * URI schemes and hosts) and checked per RFC 5280; throws INVALID_INPUT naming the profile field.
+ * The first call for a batch checks the batch's templates once; later calls reuse that check.
+ */
+export function deviceNames(
+  p: ResolvedProfile,
+  deviceId: string,
+  batch: string,
+  model: string,
+  rules: NameRules = NO_RULES,
+): DeviceNames {
+  let plan = PLANS.get(p);
+  if (!plan?.fits(p, batch, model, rules)) {
+    plan = new NamePlan(p, batch, model, rules);
+    PLANS.set(p, plan);
+  }
+  return plan.names(deviceId);
+}
+
+/** Names given to a profile's template are the profile's names, whoever expanded them. */
+const FIELDS = { dns: "profile.sans.dns", uri: "profile.sans.uri", commonName: "profile.subject.commonName" };
+
+/**
+ * The names a certificate is issued with: those deviceNames made are taken as checked; any other
+ * (a caller that built its own) are checked and normalized here, so nothing unchecked is signed.
+ */
+function namesToIssue(
+  commonName: string,
+  san: AltNames | undefined,
+  rules: NameRules,
+  key: string,
+): { commonName: string; san?: AltNames; hosts: ReadonlyArray<string | undefined> } {
+  const planned = san ? PLANNED.get(san) : undefined;
+  if (planned && planned.commonName === commonName && planned.rules === key)
+    return { commonName, san, hosts: planned.hosts };
+  const cn = checkDirectoryString(commonName, FIELDS.commonName, UB.commonName);
+  if (!san) return { commonName: cn, hosts: [] };
+  if (san.email?.length)
+    throw invalid("profile.sans.email", san.email, "no email names (profiles declare none)");
+  const dns = (san.dns ?? []).map((d, i) => checkDnsName(d, `${FIELDS.dns}[${i}]`, rules));
+  const uris = (san.uri ?? []).map((u, i) => checkUri(u, `${FIELDS.uri}[${i}]`, rules));
   return {
-    commonName,
-    subject,
-    san: { uri: p.sans.uri.map((u) => fill(u, vars)), dns: p.sans.dns.map((d) => fill(d, vars)) },
+    commonName: cn,
+    san: { dns, uri: uris.map((u) => u.uri) },
+    hosts: uris.map((u) => u.host),
   };
 }
 
@@ -155,8 +468,15 @@ export interface CompiledTemplate {
 }
 
 /** A template for the device certificates of one run (one validity window for all of them). */
-export function compileTemplate(p: ResolvedProfile, issuer: IssuerMaterial, now: Date): CompiledTemplate {
+export function compileTemplate(
+  p: ResolvedProfile,
+  issuer: IssuerMaterial,
+  now: Date,
+  rules: NameRules = NO_RULES,
+): CompiledTemplate {
   const c = parseCertificate(issuer.certificate, "issuer.certificatePem");
+  checkConstantNames(p, "profile");
+  const constraints = chainNameConstraints([issuer.certificate, ...issuer.chain], "issuer");
   if (!issuer.key)
     throw invalid("issuer.keyPem", undefined, "the issuing CA's private key to issue certificates");
   const notBefore = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
@@ -178,5 +498,34 @@ export function compileTemplate(p: ResolvedProfile, issuer: IssuerMaterial, now:
       crlUrls: p.crlUrls,
     },
   );
-  return { notBefore, notAfter, issue: t.issue.bind(t) };
+  return { notBefore, notAfter, issue: guardedIssue(t, constraints, rules) };
+}
+
+/**
+ * LeafTemplate.issue behind the name checks: nothing is signed before its names are valid and
+ * inside the name constraints of every CA above it (RFC 5280 4.2.1.10), which a verifier would
+ * otherwise refuse the certificate for only after it was issued, recorded and installed.
+ */
+function guardedIssue(
+  t: LeafTemplate,
+  constraints: readonly CaNameConstraints[],
+  rules: NameRules,
+): LeafTemplate["issue"] {
+  const key = rulesKey(rules);
+  return (serial, commonName, spki, san) => {
+    const n = namesToIssue(commonName, san, rules, key);
+    if (constraints.length)
+      checkNameConstraints(
+        {
+          dns: n.san?.dns ?? [],
+          uris: n.san?.uri ?? [],
+          hosts: n.hosts,
+          commonName: n.commonName,
+          fields: FIELDS,
+        },
+        constraints,
+        () => `the certificate of ${shown(n.commonName, 40)}`,
+      );
+    return t.issue(serial, n.commonName, spki, n.san);
+  };
 }
