@@ -353,6 +353,22 @@ describe("every reply counts toward the in-flight limit", () => {
   });
 });
 
+describe("a peer that ends its side", () => {
+  it("still gets the answers to what it sent, then the server ends too", async () => {
+    const { server, port } = await serve(
+      service(async () => {
+        await new Promise((r) => setTimeout(r, 20));
+        return ok;
+      }),
+    );
+    const c = raw(port);
+    c.socket.end(Buffer.concat(Array.from({ length: 10 }, (_, i) => frame(Op.PING, i + 1))));
+    await c.whenClosed();
+    expect(c.answers.map((a) => a.requestId).sort((x, y) => x - y)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    await until(() => server.connections === 0);
+  });
+});
+
 describe("idle timeout", () => {
   const IDLE = 300;
 
