@@ -437,7 +437,7 @@ export function checkNameConstraints(
       const uri = names.uris[i]!;
       const host = names.hosts[i];
       const field = () => `${names.fields.uri}[${i}]`;
-      // OpenSSL fails a host-less URI under permitted URI subtrees, Go under any URI subtree
+      // OpenSSL ("unsupported or invalid name syntax") and Go fail a host-less URI under any URI subtree
       if (host === undefined)
         throw fail(
           field(),

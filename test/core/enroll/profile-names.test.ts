@@ -378,15 +378,12 @@ describe("name constraints, checked before signing", () => {
     expect(issuer.signatures()).toBe(0);
   });
 
-  it.each(cases.slice(0, 3))(
-    "%s: OpenSSL refuses the certificate the unchecked signer makes",
-    (_, profile) => {
-      const pem = toPem("CERTIFICATE", issueUnchecked(profile, ncIssuing));
-      const v = verifyChain(ncRoot.certificatePem, ncIssuing.certificatePem, pem);
-      expect(v.ok).toBe(false);
-      expect(v.out).toMatch(/subtree violation/);
-    },
-  );
+  it.each(cases)("%s: OpenSSL refuses the certificate the unchecked signer makes", (_, profile) => {
+    const pem = toPem("CERTIFICATE", issueUnchecked(profile, ncIssuing));
+    const v = verifyChain(ncRoot.certificatePem, ncIssuing.certificatePem, pem);
+    expect(v.ok).toBe(false);
+    expect(v.out).toMatch(/subtree violation|unsupported or invalid name syntax/);
+  });
 
   it("constraints are checked per device: an exact-host subtree admits one device of the batch", () => {
     const one = issueCa(
