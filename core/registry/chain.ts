@@ -103,14 +103,17 @@ export function rowHash(r: Omit<ChainRow, "hash">): string {
   );
 }
 
-/** Give rows their seqs and hashes after `head`; returns them and the new head. */
+/** Give rows their seqs and hashes after `head` (in place); returns them. */
 export function chain(head: { seq: number; hash: string }, rows: readonly NewRow[]): ChainRow[] {
   let { seq, hash } = head;
+  // the rows are this call's own: completed in place (no copies on the write path)
   return rows.map((r) => {
-    seq += 1;
-    const c = { ...r, seq, prevHash: hash } as Omit<ChainRow, "hash">;
+    const c = r as ChainRow;
+    c.seq = ++seq;
+    c.prevHash = hash;
     hash = rowHash(c);
-    return { ...c, hash };
+    c.hash = hash;
+    return c;
   });
 }
 
@@ -455,7 +458,7 @@ export interface VerifySource {
   certificates(after: string, upTo: string | null): Promise<TableCert[]>;
 }
 
-export const PAGE = { chain: 20_000, devices: 5_000, audit: 25_000, certificates: 10_000 };
+export const PAGE = { chain: 2000, devices: 1000, audit: 5000, certificates: 2000 };
 
 export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptions {
   const o = opts ?? {};
@@ -567,13 +570,12 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
   // pass 2: device-ID ranges, each bounded by a page of every table
   let devices = 0;
   const ends = async (after: string): Promise<string | null> => {
-    const hs = (
-      await Promise.all([
-        src.rangeEnd("devices", after, PAGE.devices),
-        src.rangeEnd("audit", after, PAGE.audit),
-        src.rangeEnd("certificates", after, PAGE.certificates),
-      ])
-    ).filter((h): h is string => h !== null);
+    // one after the other: a PostgreSQL source runs them on its one snapshot connection
+    const hs: string[] = [];
+    for (const t of ["devices", "audit", "certificates"] as const) {
+      const h = await src.rangeEnd(t, after, PAGE[t]);
+      if (h !== null) hs.push(h);
+    }
     return hs.length ? hs.reduce((m, h) => (cmp(h, m) < 0 ? h : m)) : null;
   };
   for (let after = ""; ; ) {

@@ -131,6 +131,8 @@ function toAudit(r: Row): AuditRecord {
 const AUDIT_LOCK = "fleetguard.registry.audit";
 const AUDIT_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, detail, public_key_sha256, epoch,
   cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, prev_hash, hash`;
+const REPLAY_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, public_key_sha256, epoch,
+  cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline`;
 const DEVICE_COLUMNS = `device_id, batch, state, reason,
   CASE WHEN public_key IS NULL THEN NULL ELSE encode(sha256(public_key), 'hex') END AS public_key_sha256,
   epoch, cert_serial`;
@@ -294,7 +296,8 @@ function postgresSource(c: PoolClient): VerifySource {
           upTo,
         ]);
   const dev = range("devices", DEVICE_COLUMNS, "device_id");
-  const aud = range("audit", AUDIT_COLUMNS, "device_id, seq");
+  // what the replay needs (detail and the hashes are pass 1's)
+  const aud = range("audit", REPLAY_COLUMNS, "device_id, seq");
   const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
   return {
     countAudit: async () => Number((await q("SELECT count(*) AS n FROM audit", []))[0]!.n),

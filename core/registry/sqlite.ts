@@ -173,6 +173,34 @@ export function toChainRow(r: Row): ChainRow {
   };
 }
 
+/** The same from a raw row (an array in AUDIT_COLUMNS order): the verifier reads ~1M of them. */
+function arrayChainRow(a: unknown[]): ChainRow {
+  return {
+    seq: a[0] as number,
+    at: a[1] as number,
+    batch: a[2] as string,
+    deviceId: a[3] as string,
+    from: a[4] as string | null,
+    to: a[5] as string,
+    reason: a[6] as string | null,
+    detail: hashedDetail(a[7]),
+    publicKeySha256: a[8] as string | null,
+    epoch: a[9] as number | null,
+    certSerial: a[10] as string | null,
+    certSha256: a[11] as string | null,
+    certIssuer: a[12] as string | null,
+    revokeReason: a[13] as string | null,
+    revokeAt: a[14] as number | null,
+    baseline: a[15] as string | null,
+    prevHash: a[16] as string | null,
+    hash: a[17] as string | null,
+  };
+}
+
+/** What the replay needs, in AUDIT_COLUMNS positions (detail and the hashes left out: pass 1 has them). */
+const REPLAY_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, NULL, public_key_sha256, epoch,
+  cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, NULL, NULL`;
+
 function toTableDevice(r: Row): TableDevice {
   return {
     deviceId: r.device_id as string,
@@ -212,13 +240,15 @@ function sqliteSource(db: Database.Database): VerifySource {
     bounded: p(`SELECT ${cols} FROM ${table} WHERE device_id > ? AND device_id <= ? ORDER BY ${order}`),
     open: p(`SELECT ${cols} FROM ${table} WHERE device_id > ? ORDER BY ${order}`),
   });
-  const rows = (
+  const rows = <T = Row>(
     q: { bounded: Database.Statement; open: Database.Statement },
     after: string,
     upTo: string | null,
-  ) => (upTo === null ? q.open.all(after) : q.bounded.all(after, upTo)) as Row[];
+  ) => (upTo === null ? q.open.all(after) : q.bounded.all(after, upTo)) as T[];
   const dev = range("devices", DEVICE_COLUMNS, "device_id");
-  const aud = range("audit", AUDIT_COLUMNS, "device_id, seq");
+  const aud = range("audit", REPLAY_COLUMNS, "device_id, seq");
+  aud.bounded.raw(true);
+  aud.open.raw(true);
   const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
   const ends = {
     devices: p("SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?"),
@@ -227,21 +257,41 @@ function sqliteSource(db: Database.Database): VerifySource {
       "SELECT device_id FROM certificates WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?",
     ),
   };
-  const page = p(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`);
+  const page = p(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
   const count = p("SELECT COUNT(*) AS n FROM audit");
   return {
     countAudit: async () => (count.get() as { n: number }).n,
-    chainPage: async (afterSeq, limit) => (page.all(afterSeq, limit) as Row[]).map(toChainRow),
+    chainPage: async (afterSeq, limit) => (page.all(afterSeq, limit) as unknown[][]).map(arrayChainRow),
     rangeEnd: async (table, after, offset) =>
       (ends[table].get(after, offset - 1) as { device_id: string } | undefined)?.device_id ?? null,
     devices: async (after, upTo) => rows(dev, after, upTo).map(toTableDevice),
-    audit: async (after, upTo) => rows(aud, after, upTo).map(toChainRow),
+    audit: async (after, upTo) => rows<unknown[]>(aud, after, upTo).map(arrayChainRow),
     certificates: async (after, upTo) => rows(crt, after, upTo).map(toTableCert),
   };
 }
 
-function auditArgs(r: ChainRow): Record<string, unknown> {
-  return r as unknown as Record<string, unknown>;
+/** Positional, in AUDIT_COLUMNS order (named binding of 18 values costs more than the insert). */
+function auditArgs(r: ChainRow): unknown[] {
+  return [
+    r.seq,
+    r.at,
+    r.batch,
+    r.deviceId,
+    r.from,
+    r.to,
+    r.reason,
+    r.detail,
+    r.publicKeySha256,
+    r.epoch,
+    r.certSerial,
+    r.certSha256,
+    r.certIssuer,
+    r.revokeReason,
+    r.revokeAt,
+    r.baseline,
+    r.prevHash,
+    r.hash,
+  ];
 }
 
 function isConstraint(err: unknown, code: string): boolean {
@@ -367,23 +417,23 @@ export class SqliteRegistry implements Registry {
         head,
         ds.map((d) => baselineRow(at, d, byDevice.get(d.deviceId) ?? [])),
       );
-      for (const r of rows) insert.run(auditArgs(r));
+      for (const r of rows) insert.run(...auditArgs(r));
       head = { seq: rows[rows.length - 1]!.seq, hash: rows[rows.length - 1]!.hash! };
       after = last;
     }
   }
 
   private insertAuditStmt(): Database.Statement {
-    return this.db.prepare(`INSERT INTO audit (${AUDIT_COLUMNS}) VALUES (@seq, @at, @batch, @deviceId,
-      @from, @to, @reason, @detail, @publicKeySha256, @epoch, @certSerial, @certSha256, @certIssuer,
-      @revokeReason, @revokeAt, @baseline, @prevHash, @hash)`);
+    return this.db.prepare(
+      `INSERT INTO audit (${AUDIT_COLUMNS}) VALUES (${Array.from({ length: 18 }, () => "?").join(", ")})`,
+    );
   }
 
   /** Chain rows onto the head and insert them (inside the caller's write transaction). */
   private append(rows: readonly NewRow[]): void {
     if (rows.length === 0) return;
     const head = (this.st.head.get() as AuditHead | undefined) ?? { seq: 0, hash: GENESIS };
-    for (const r of chain(head, rows)) this.st.insertAudit.run(auditArgs(r));
+    for (const r of chain(head, rows)) this.st.insertAudit.run(...auditArgs(r));
   }
 
   private prepareAll() {

@@ -19,10 +19,11 @@ let pg: PostgresServer | undefined;
 beforeAll(async () => {
   pg = await startPostgres();
 }, 180_000);
+// stopping the server under load (a shared 2-core machine) can take longer than the 10 s default
 afterAll(async () => {
   await pg?.stop();
   fs.rmSync(dir, { recursive: true, force: true });
-});
+}, 60_000);
 
 const pk = (id: string) => Buffer.from(`spki-${id}`);
 let n = 0;

@@ -32,10 +32,11 @@ const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), "fleetguard-reg-"));
 beforeAll(async () => {
   pg = await startPostgres();
 }, 180_000);
+// stopping the server under load (a shared 2-core machine) can take longer than the 10 s default
 afterAll(async () => {
   await pg?.stop();
   fs.rmSync(tmpRoot, { recursive: true, force: true });
-});
+}, 60_000);
 
 interface Backend {
   name: string;
