@@ -13,7 +13,7 @@
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { writeFileDurably } from "../durable";
+import { ensurePrivateDir, writeFileDurably } from "../durable";
 import { FleetError, invalid } from "../errors";
 import { algorithmOf, generateKey, type KeyAlgorithm, spkiDer } from "../x509/keys";
 
@@ -105,8 +105,13 @@ function unseal(kek: Buffer, s: Sealed, aad: string): Buffer | undefined {
   }
 }
 
-function ensurePrivateDir(dir: string): void {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+/** The key store's folder: created 0700; an existing one open to others is closed (it holds CA keys). */
+function ensureStoreDir(dir: string): void {
+  try {
+    ensurePrivateDir(dir);
+  } catch {
+    throw invalid("custody.embedded.store", dir, "a folder fleetguard can create for the CA key store");
+  }
   const st = fs.statSync(dir);
   if (!st.isDirectory()) throw invalid("custody.embedded.store", dir, "a folder for the CA key store");
   if ((st.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
@@ -140,7 +145,7 @@ export class EmbeddedKeyStore {
         `custody.embedded.store: got ${this.dir} without a key store, want the folder the CA keys were created in (was it moved or deleted?)`,
         "custody",
       );
-    ensurePrivateDir(this.dir);
+    ensureStoreDir(this.dir);
     const salt = crypto.randomBytes(16);
     const pass = this.passphrase();
     const kek = crypto.scryptSync(pass.value, salt, 32, SCRYPT);

@@ -9,7 +9,7 @@
  * What the state holds is a KeyRef: the custody, where, the key id, and the public key digest.
  */
 import * as path from "node:path";
-import { FleetError, invalid } from "../errors";
+import { FleetError, invalid, phrase } from "../errors";
 import {
   type ExternalSigner,
   generateKey,
@@ -21,16 +21,19 @@ import {
   spkiDer,
 } from "../x509/keys";
 import { EmbeddedKeyStore, sha256 } from "./embedded";
+import { formatPkcs11Uri, parsePkcs11Uri } from "./pkcs11-uri";
 
 export const CUSTODY_KINDS = ["embedded", "pkcs11", "pulumi-secret"] as const;
 export type CustodyKind = (typeof CUSTODY_KINDS)[number];
 
+/**
+ * embedded: `store` is the key store folder (relative to the program directory);
+ * pkcs11: `uri` is the token's RFC 7512 URI with module-path, no PIN in it (pin-source=file:...
+ * or FLEETGUARD_PKCS11_PIN).
+ */
 export type CustodySpec =
-  | { kind: "embedded" /** key store folder, relative to the program directory */; store?: string }
-  | {
-      kind: "pkcs11" /** RFC 7512 URI of the token (no PIN in it: pin-source=file:... or FLEETGUARD_PKCS11_PIN) */;
-      uri: string;
-    }
+  | { kind: "embedded"; store?: string }
+  | { kind: "pkcs11"; uri: string }
   | { kind: "pulumi-secret" };
 
 export const DEFAULT_KEY_STORE = ".fleetguard/keys";
@@ -70,31 +73,25 @@ export function validateCustody(v: unknown, field = "custody"): CustodySpec {
     return { kind, ...(c.store ? { store: c.store as string } : {}) };
   }
   if (kind === "pkcs11") {
-    if (typeof c.uri !== "string" || !c.uri.startsWith("pkcs11:"))
-      throw invalid(`${field}.uri`, c.uri, "an RFC 7512 URI, pkcs11:token=...;...?module-path=...");
-    if (/[;?&]pin-value=/i.test(c.uri))
+    // the full RFC 7512 grammar, so a bad URI fails the preview with the reason (never quoting a PIN)
+    const u = parsePkcs11Uri(c.uri, { field: `${field}.uri` });
+    if (!u.modulePath)
       throw invalid(
         `${field}.uri`,
-        "a URI with pin-value",
-        "the PIN from pin-source=file:... or FLEETGUARD_PKCS11_PIN, never in the declaration",
+        phrase("a URI without module-path"),
+        "module-path=/path/to/the/PKCS#11 library",
       );
-    return { kind, uri: c.uri };
+    return { kind, uri: c.uri as string };
   }
   return { kind: "pulumi-secret" };
 }
 
 const storeOf = (location: string, baseDir: string) => new EmbeddedKeyStore(path.resolve(baseDir, location));
 
-/** The URI of object `label` in the token named by `uri` (any object= in it is replaced). */
+/** The URI of object `label` in the token named by `uri` (any object, id or type in it is replaced). */
 export function pkcs11ObjectUri(uri: string, label: string): string {
-  const q = uri.indexOf("?");
-  const pathPart = q < 0 ? uri : uri.slice(0, q);
-  const query = q < 0 ? "" : uri.slice(q);
-  const attrs = pathPart
-    .slice("pkcs11:".length)
-    .split(";")
-    .filter((a) => a && !/^(object|id|type)=/.test(a));
-  return `pkcs11:${[...attrs, `object=${encodeURIComponent(label)}`, "type=private"].join(";")}${query}`;
+  const { id: _id, type: _type, ...token } = parsePkcs11Uri(uri, { field: "custody.uri" });
+  return formatPkcs11Uri({ ...token, object: label, type: "private" });
 }
 
 // the PKCS#11 binding is native: load it only when a pkcs11 custody is used

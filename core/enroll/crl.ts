@@ -7,7 +7,7 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { signCrl } from "../ca";
-import { writeFileDurably } from "../durable";
+import { ensurePrivateDir, PUBLIC_FILE, writeFileDurably } from "../durable";
 import { FleetError } from "../errors";
 import type { Registry } from "../registry/types";
 import { REVOCATION_REASONS, type RevocationReason } from "../x509/crl";
@@ -50,8 +50,7 @@ const digestOf = (serials: string[]) =>
 /** Create the CRL folder, or say which field is wrong (a file in the way, no permission). */
 function ensureDir(dir: string): void {
   try {
-    fs.mkdirSync(dir, { recursive: true });
-    if (!fs.statSync(dir).isDirectory()) throw new Error("not a folder");
+    ensurePrivateDir(dir);
   } catch (e) {
     const why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
     throw new FleetError(
@@ -114,7 +113,7 @@ export async function publishCrl(
     JSON.stringify({ crlNumber: crl.crlNumber, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate }),
     { tmp: tmp(meta) },
   );
-  writeFileDurably(file, crl.crlPem, { tmp: tmp(file) });
+  writeFileDurably(file, crl.crlPem, { tmp: tmp(file), mode: PUBLIC_FILE }); // a CRL is public
   writeFileDurably(
     meta,
     JSON.stringify({

@@ -7,7 +7,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { commitFile } from "../durable";
+import { commitFile, ensurePrivateDir, PUBLIC_FILE } from "../durable";
 import { createManifestSigner, type DeviceManifestInput, ManifestDigest, writeManifest } from "../manifest";
 import type { Registry } from "../registry/types";
 import type { SigningKey } from "../x509/keys";
@@ -50,13 +50,13 @@ export async function exportManifest(
       after = page[page.length - 1]!.serial;
     }
   }
-  fs.mkdirSync(path.dirname(file), { recursive: true });
+  ensurePrivateDir(path.dirname(file));
   const tmp = `${file}.tmp-${process.pid}`;
   const out = fs.createWriteStream(tmp);
   const digest = new ManifestDigest();
   const { count } = await writeManifest(devices(), signer, out, digest);
   await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
-  commitFile(tmp, file);
+  commitFile(tmp, file, PUBLIC_FILE); // a manifest is public; its folder decides who reads it
   const signerPath = `${file}.signer.pem`;
   fs.writeFileSync(signerPath, signer.signerChainPem);
   return { path: file, signerPath, entries: count, digest: digest.digest() };

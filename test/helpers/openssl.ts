@@ -56,7 +56,9 @@ export function verifyLeaves(
     fs.writeFileSync(path.join(dir, "untrusted.pem"), untrustedPem);
     const files = leaves.map((l, i) => {
       const f = path.join(dir, `leaf${i}.pem`);
-      const b64 = Buffer.from(l).toString("base64").replace(/.{64}/g, "$&\n");
+      const b64 = Buffer.from(l)
+        .toString("base64")
+        .replace(/.{64}(?=.)/g, "$&\n");
       fs.writeFileSync(f, `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`);
       return f;
     });

@@ -207,7 +207,7 @@ describe("CA key custody in the provider (issue 9, finding 1)", () => {
       },
     ]);
     const pin = check({}, { ...inputs, custody: { kind: "pkcs11", uri: "pkcs11:token=t;pin-value=1234" } });
-    expect(pin.failures[0]!.reason).toMatch(/pin-source/);
+    expect(pin.failures[0]!.reason).toMatch(/pin-value/);
     expect(pin.failures[0]!.reason).not.toContain("1234");
   });
 });
