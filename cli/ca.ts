@@ -181,6 +181,9 @@ function parseCas(stdout: string, stack: string): Record<string, CaSummary> {
 
 async function summary(argv: string[]): Promise<number> {
   const o = parseArgs(argv);
+  // pulumi would say "chdir ...: no such file or directory" and exit 1, which reads as an outage
+  if (!fs.statSync(o.cwd, { throwIfNoEntry: false })?.isDirectory())
+    throw invalid("--cwd", o.cwd, "the directory of a Pulumi program (its Pulumi.yaml)");
   const r = spawnSync(
     "pulumi",
     ["stack", "output", "cas", "--json", "--stack", o.stack, "--cwd", o.cwd, "--non-interactive"],

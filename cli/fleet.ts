@@ -88,6 +88,9 @@ export function asFleetError(err: unknown): FleetError | undefined {
   if (!(e instanceof Error) || typeof e.code !== "string") return undefined;
   if (e.code.startsWith("ERR_PARSE_ARGS")) return new FleetError("INVALID_INPUT", e.message, "argument");
   const what = fileProblems[e.code];
+  // a read(2) on a directory reports no path: the command's file arguments are all it can be
+  if (what && typeof e.path !== "string")
+    return new FleetError("INVALID_INPUT", `file argument: got ${what}, want an accessible file`, "file");
   if (what && typeof e.path === "string")
     return new FleetError(
       "INVALID_INPUT",

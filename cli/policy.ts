@@ -13,7 +13,7 @@ import { type Evaluation, evaluate, type Finding } from "../policies/engine";
 import { loadFleet } from "../policies/fleet";
 import { loadPolicy, type PolicyLoad } from "../policies/layering";
 import { buildReview, type ReviewSide } from "../policies/review";
-import { type Diagnostic, formatDiagnostic } from "../policies/source";
+import { type Diagnostic, formatDiagnostic, readSourceText } from "../policies/source";
 
 const USAGE = `usage:
   fleet policy check [--policy FILE]... [--fleet FILE] [--now ISO-DATE] [--json]
@@ -55,6 +55,17 @@ function printEvaluation(ev: Evaluation, out: string[]): void {
   );
 }
 
+/** Inventory PEMs (a CRL of a big fleet runs to megabytes) may be larger than a fleet file. */
+const MAX_PEM_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Read the fleet file like a policy file (a regular file of at most 1 MiB) and the PEM files it
+ * names as regular files too, so a path at /dev/zero or a FIFO is refused instead of read forever.
+ */
+function boundedReader(fleetFile: string): (path: string) => string {
+  return (p) => (p === fleetFile ? readSourceText(p) : readSourceText(p, MAX_PEM_BYTES));
+}
+
 function check(argv: string[]): number {
   const { values } = parseArgs({
     args: argv,
@@ -77,7 +88,7 @@ function check(argv: string[]): number {
   const out: string[] = [];
   const diagnostics: Diagnostic[] = [];
   const evaluations: Array<{ policy: string; evaluation: Evaluation }> = [];
-  const fleet = fleetFile ? loadFleet(fleetFile) : undefined;
+  const fleet = fleetFile ? loadFleet(fleetFile, { readFile: boundedReader(fleetFile) }) : undefined;
   if (fleet) diagnostics.push(...fleet.diagnostics);
   const targets = policyFiles.length ? policyFiles : fleet?.policyPath ? [fleet.policyPath] : [];
   if (fleet?.fleet && targets.length === 0)
@@ -175,7 +186,7 @@ function review(argv: string[]): number {
     });
 
   const side = (lbl: string, read?: (p: string) => string): ReviewSide => {
-    const fleet = loadFleet(fleetFile, { readFile: read });
+    const fleet = loadFleet(fleetFile, { readFile: read ?? boundedReader(fleetFile) });
     const policyFile = values.policy ?? fleet.policyPath;
     const s: ReviewSide = {
       label: lbl,

@@ -11,7 +11,7 @@
  * expected kind gets one diagnostic without its content. Size and alias expansion are bounded, so a
  * hostile file is an input error (exit 2), not a crash.
  */
-import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { join } from "node:path";
 import Ajv2020, { type ErrorObject, type ValidateFunction } from "ajv/dist/2020";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, visit } from "yaml";
@@ -60,26 +60,28 @@ export function readProblem(err: unknown): string {
  * Read a policy or fleet file from disk: a regular file of at most MAX_SOURCE_BYTES, checked on the
  * open descriptor before reading (so /dev/zero or a FIFO is refused instead of read forever).
  */
-export function readSourceText(path: string): string {
-  const fd = openSync(path, "r");
+export function readSourceText(path: string, maxBytes = MAX_SOURCE_BYTES): string {
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; a regular file ignores the flag
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const st = fstatSync(fd);
     if (st.isDirectory()) throw new SourceReadError(errnoPhrases.EISDIR!);
     if (!st.isFile()) throw new SourceReadError("not a regular file");
-    if (st.size > MAX_SOURCE_BYTES) throw new SourceReadError(tooLarge(st.size, true));
-    const buf = Buffer.alloc(MAX_SOURCE_BYTES + 1);
+    if (st.size > maxBytes) throw new SourceReadError(tooLarge(st.size, maxBytes));
+    // st.size + 1: a file that grows while it is read is noticed without a buffer of maxBytes
+    const buf = Buffer.alloc(Math.min(maxBytes, st.size) + 1);
     let n = 0;
     for (let r = 1; r > 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, null);
-    if (n > MAX_SOURCE_BYTES) throw new SourceReadError(tooLarge(n));
+    if (n > st.size) throw new SourceReadError("got a file that grew while it was read, want a stable file");
     return buf.subarray(0, n).toString("utf8");
   } finally {
     closeSync(fd);
   }
 }
 
-/** `exact` when the size is known (fstat); a file that grew while read is only known to be too big. */
-function tooLarge(bytes: number, exact = false): string {
-  return `got ${exact ? bytes : `more than ${MAX_SOURCE_BYTES}`} bytes, want at most ${MAX_SOURCE_BYTES} (1 MiB)`;
+function tooLarge(bytes: number, maxBytes = MAX_SOURCE_BYTES): string {
+  const mib = maxBytes % (1024 * 1024) === 0 ? ` (${maxBytes / (1024 * 1024)} MiB)` : "";
+  return `got ${bytes} bytes, want at most ${maxBytes}${mib}`;
 }
 
 /**
@@ -148,7 +150,7 @@ export class SourceFile {
     if (bytes > MAX_SOURCE_BYTES) {
       // Not parsed at all: parsing is what an oversized file would make expensive.
       this.doc = parseDocument("");
-      this.parseDiagnostics.push(this.at(1, 1, "(file)", tooLarge(bytes, true)));
+      this.parseDiagnostics.push(this.at(1, 1, "(file)", tooLarge(bytes)));
       this.data = undefined;
       return;
     }

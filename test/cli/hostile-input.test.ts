@@ -19,12 +19,18 @@ const root = join(work, "root");
 mkdirSync(root);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-function fleet(args: string[], opts: { cwd?: string; path?: string } = {}) {
+function fleet(args: string[], opts: { cwd?: string; path?: string; timeoutMs?: number } = {}) {
   const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: "1" };
   delete env.FLEETGUARD_POLICY_ROOT;
   delete env.FORCE_COLOR;
   if (opts.path !== undefined) env.PATH = opts.path;
-  const r = spawnSync(TSX, [CLI, ...args], { cwd: opts.cwd ?? root, encoding: "utf8", env });
+  const r = spawnSync(TSX, [CLI, ...args], {
+    cwd: opts.cwd ?? root,
+    encoding: "utf8",
+    env,
+    // only a read that never ends takes this long; the test then fails on the exit code
+    timeout: opts.timeoutMs ?? 60_000,
+  });
   return { code: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
@@ -143,6 +149,33 @@ describe("fleet policy check on hostile and careless input", () => {
     expect(r.code).toBe(2);
     expect(r.out).toContain(
       `huge.yaml:1:1: (file): cannot read the policy file: got ${Buffer.byteLength(text)} bytes, want at most 1048576 (1 MiB)`,
+    );
+    clean(r.out);
+  });
+});
+
+describe("fleet files and command-line files that are not files", () => {
+  it("a fleet file that is a FIFO is refused instead of read forever, exit 2", () => {
+    const fifo = join(work, "fleet.fifo");
+    expect(spawnSync("mkfifo", [fifo]).status).toBe(0);
+    const r = fleet(["policy", "check", "--fleet", fifo], { timeoutMs: 30_000 });
+    expect(r.code).toBe(2);
+    expect(r.out).toContain(`${fifo}:1:1: (file): cannot read the fleet file`);
+    clean(r.out);
+  });
+
+  it("a directory where a file is wanted is bad input, exit 2", () => {
+    const r = fleet(["manifest", "verify", "--manifest", work, "--signer", work, "--root", work]);
+    expect(r.code).toBe(2);
+    expect(r.out).toContain("fleet manifest: file argument: got a directory, not a file");
+    clean(r.out);
+  });
+
+  it("fleet ca summary --cwd at a missing directory is bad input naming --cwd, exit 2", () => {
+    const r = fleet(["ca", "summary", "--cwd", join(work, "no-such-program")]);
+    expect(r.code).toBe(2);
+    expect(r.out).toContain(
+      `fleet ca: --cwd: got "${join(work, "no-such-program")}", want the directory of a Pulumi program`,
     );
     clean(r.out);
   });
