@@ -449,7 +449,7 @@ export class StationClient {
     return new StationError(
       Status.DISCONNECTED,
       `station ${this.host}:${this.port} could not be reached: got ${e.detail}${tries}, want a running station; ` +
-        "start it and run again (every step is idempotent: progress is recorded in the registry)",
+        "start it (progress is recorded in the registry; run again to converge)",
       "station",
     );
   }
