@@ -323,7 +323,7 @@ export function checkUri(
 
 // ------------------------------------------------------------------ name constraints
 
-/** The DNS and URI name constraints of one CA of a chain. */
+/** The DNS and URI name constraints of one CA of a chain, bases lower-cased. */
 export interface CaNameConstraints {
   /** the CA's subject as shown in messages */
   ca: string;
@@ -354,7 +354,15 @@ export function chainNameConstraints(certs: readonly Uint8Array[], field = "issu
     if (!nc) return;
     const { permittedDNS, excludedDNS, permittedURI, excludedURI } = nc;
     if (permittedDNS.length + excludedDNS.length + permittedURI.length + excludedURI.length === 0) return;
-    out.push({ ca: caLabel(der), permittedDNS, excludedDNS, permittedURI, excludedURI });
+    // lower-cased once here, so the per-certificate check compares without allocating
+    const lower = (l: string[]) => l.map((b) => b.toLowerCase());
+    out.push({
+      ca: caLabel(der),
+      permittedDNS: lower(permittedDNS),
+      excludedDNS: lower(excludedDNS),
+      permittedURI: lower(permittedURI),
+      excludedURI: lower(excludedURI),
+    });
   });
   return out;
 }
@@ -365,11 +373,14 @@ export function chainNameConstraints(certs: readonly Uint8Array[], field = "issu
  * OpenSSL and Go extension) matches only names below it.
  */
 export function dnsWithin(name: string, base: string): boolean {
-  if (base.length === 0) return true;
-  const n = name.toLowerCase();
-  const b = base.toLowerCase();
-  if (b.startsWith(".")) return n.endsWith(b);
-  return n === b || n.endsWith(`.${b}`);
+  return within(name.toLowerCase(), base.toLowerCase());
+}
+
+/** dnsWithin of names already lower-cased; allocates nothing (it runs per certificate). */
+function within(n: string, b: string): boolean {
+  if (b.length === 0 || n === b) return true;
+  if (!n.endsWith(b)) return false;
+  return b.charCodeAt(0) === 0x2e || n.charCodeAt(n.length - b.length - 1) === 0x2e;
 }
 
 /**
@@ -388,6 +399,8 @@ function wildcardCovers(wild: string, x: string): boolean {
   const n = x.toLowerCase().replace(/^\./, "");
   return n.endsWith(s) && n.length > s.length && !n.slice(0, n.length - s.length).includes(".");
 }
+
+const lowerIfNeeded = (s: string) => (/[A-Z]/.test(s) ? s.toLowerCase() : s);
 
 /** The names of one certificate that name constraints apply to. */
 export interface ConstrainedNames {
@@ -417,19 +430,19 @@ export function checkNameConstraints(
   // field names are built only for a failure: this runs once per certificate
   const cnAsDns =
     names.dns.length === 0 && names.commonName !== undefined && HOST_LIKE_CN.test(names.commonName);
-  const dns = cnAsDns ? [names.commonName!] : names.dns;
+  const dns = cnAsDns ? [names.commonName!.toLowerCase()] : names.dns.map(lowerIfNeeded);
   const fieldOf = (i: number) => (cnAsDns ? names.fields.commonName : `${names.fields.dns}[${i}]`);
   for (const c of constraints) {
     for (let i = 0; i < dns.length; i++) {
       const name = dns[i]!;
-      if (c.permittedDNS.length && !c.permittedDNS.some((b) => dnsWithin(name, b)))
+      if (c.permittedDNS.length && !c.permittedDNS.some((b) => within(name, b)))
         throw fail(
           fieldOf(i),
           name,
           `a name within issuer '${c.ca}' permitted subtrees [${c.permittedDNS.join(", ")}]${at()}`,
         );
       for (const b of c.excludedDNS)
-        if (dnsWithin(name, b) || (name.startsWith("*.") && wildcardCovers(name, b)))
+        if (within(name, b) || (name.startsWith("*.") && wildcardCovers(name, b)))
           throw fail(fieldOf(i), name, `a name outside issuer '${c.ca}' excluded subtree ${b}${at()}`);
     }
     if (c.permittedURI.length + c.excludedURI.length === 0) continue;
