@@ -13,7 +13,9 @@
  *   every live certificate of the device (and clears certSerial); then `certificate` is inserted
  *   live and becomes certSerial (a serial already recorded is a CONFLICT); then a transition to
  *   `active` revokes with reason "superseded" every other live certificate of the device; then one
- *   audit row (from, to, reason, detail JSON) is appended. Every transition appends exactly one
+ *   audit row (from, to, reason, detail JSON, and the facts the transition carried: key hash,
+ *   epoch, certificate serial, fingerprint and issuer, revocation) is appended, hash-chained onto
+ *   the log's head in the same transaction (chain.ts). Every transition appends exactly one
  *   audit row. The device's `reason` is set by a change of state (null if none is given) and kept
  *   by a no-op that gives none.
  * - `addDevices(batch, ids)` declares devices pending (audit row from null to pending); devices
@@ -22,7 +24,10 @@
  *   unknown batch is NOT_FOUND, to a deleted one CONFLICT.
  * - `putBatch` upserts (createdAt kept; a deleted batch declared again is live again);
  *   `markBatchDeleted` keeps the first deletion time.
- * - The audit table is append-only, enforced by the database (triggers refuse UPDATE and DELETE).
+ * - The audit table is append-only, enforced by the database (triggers refuse UPDATE and DELETE;
+ *   SQLite also an INSERT at or below the head, i.e. INSERT OR REPLACE), and tamper-evident:
+ *   `auditHead()` is the head to anchor elsewhere, `verify()` re-hashes the chain, checks an anchor
+ *   and re-derives every device and certificate from the log (chain.ts).
  * - `counts` has all eight states, zeros included. Lists are ordered by their key (device ID,
  *   certificate serial, audit seq) and paginate by keyset (`after` / `afterSeq`).
  * - Times are stored in UTC (epoch ms in SQLite, timestamptz in PostgreSQL), returned as Date;

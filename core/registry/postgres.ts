@@ -6,7 +6,9 @@
  * UPDATE ... FROM unnest, INSERT ... SELECT FROM unnest), not one round trip per device. The
  * compare-and-set stays correct under concurrent writers at READ COMMITTED: PostgreSQL re-checks
  * `state = from` on the latest row version before it updates. Migrations run under
- * `pg_advisory_xact_lock`, so concurrent openers apply them once.
+ * `pg_advisory_xact_lock`, so concurrent openers apply them once. The audit rows of a call are
+ * chained and inserted at its end under a second advisory lock held to commit (appendAudit), so
+ * concurrent writers extend one chain; `verify` reads in a REPEATABLE READ READ ONLY transaction.
  */
 import { Pool, type PoolClient } from "pg";
 import { FleetError } from "../errors";

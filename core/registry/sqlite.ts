@@ -7,7 +7,9 @@
  * an option; with one commit per wave of thousands of transitions the fsync is a small share of
  * the cost, see docs/benchmarks.md). Every write is one `BEGIN IMMEDIATE` transaction, so two
  * processes serialize on the write lock (`busy_timeout` waits for it) instead of failing on a lock
- * upgrade. Statements are prepared once and reused.
+ * upgrade. Statements are prepared once and reused. The audit rows of a call are chained onto
+ * the head inside that write transaction; `verify` reads on a connection of its own (a WAL
+ * snapshot), so it neither blocks writers nor sees half of a write.
  */
 import * as path from "node:path";
 import Database from "better-sqlite3";
