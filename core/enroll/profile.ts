@@ -396,10 +396,31 @@ const PLANS = new WeakMap<ResolvedProfile, NamePlan>();
 
 /**
  * Check a profile's names for one batch, exactly (the real batch name and model, every serial),
- * without issuing anything: what a preview can call to fail before `up`.
+ * without issuing anything: what a preview can call to fail before `up`. With `issuer` (the
+ * issuing CA's certificate and the chain above it, DER) and the batch's serial range, every
+ * device's names are also checked against the chain's name constraints (about 1 µs a device).
  */
-export function checkBatchNames(p: ResolvedProfile, batch: string, model: string, rules = NO_RULES): void {
+export function checkBatchNames(
+  p: ResolvedProfile,
+  batch: string,
+  model: string,
+  rules: NameRules = NO_RULES,
+  issuer?: { certificates: readonly Uint8Array[]; firstSerial: number; count: number },
+): void {
   deviceNames(p, `${model}-${SERIALS[0]}`, batch, model, rules);
+  if (!issuer) return;
+  const constraints = chainNameConstraints(issuer.certificates, "issuer");
+  if (!constraints.length) return;
+  const key = rulesKey(rules);
+  for (let i = issuer.firstSerial; i < issuer.firstSerial + issuer.count; i++) {
+    const n = deviceNames(p, `${model}-${String(i).padStart(SERIAL_DIGITS, "0")}`, batch, model, rules);
+    const c = namesToIssue(n.commonName, n.san, rules, key);
+    checkNameConstraints(
+      { dns: n.san.dns, uris: n.san.uri, hosts: c.hosts, commonName: n.commonName, fields: FIELDS },
+      constraints,
+      () => `device ${shown(n.commonName, 40)}`,
+    );
+  }
 }
 
 /**

@@ -385,6 +385,21 @@ describe("name constraints, checked before signing", () => {
     expect(v.out).toMatch(/subtree violation|unsupported or invalid name syntax/);
   });
 
+  it("a preview can check every device of a batch against the chain, without signing", () => {
+    const p = resolveProfile({ sans: { dns: ["{deviceId}.devices.example.com"] } });
+    const certificates = pemBlocks(ncIssuing.chainPem, "CERTIFICATE", "chain");
+    expect(() =>
+      checkBatchNames(p, BATCH, MODEL, {}, { certificates, firstSerial: 0, count: 1000 }),
+    ).not.toThrow();
+    const lab = resolveProfile({ sans: { dns: ["{deviceId}.lab.devices.example.com"] } });
+    expect(
+      thrown(() => checkBatchNames(lab, BATCH, MODEL, {}, { certificates, firstSerial: 5, count: 10 }))
+        .message,
+    ).toMatch(
+      /^profile\.sans\.dns\[0\]: got "fg100-0000005\.lab\.devices\.example\.com", .*excluded subtree .*\(device "fg100-0000005"\)/,
+    );
+  });
+
   it("constraints are checked per device: an exact-host subtree admits one device of the batch", () => {
     const one = issueCa(
       {
