@@ -3,10 +3,11 @@
  * RDN in a fixed order. Values are checked by core/x509/validate-names (no control characters,
  * well-formed Unicode, the upper bounds of RFC 5280 Appendix A). countryName and serialNumber
  * have PrintableString syntax (X.520, RFC 5280 Appendix A) and are refused when they do not fit
- * it (serialNumber was a UTF8String before, against that syntax); every other
- * attribute is a UTF8String, the encoding every CA fleetguard issued so far used (a CA's name is
- * copied byte for byte into the certificates below it, and Go finds a parent by those bytes, so
- * a CA re-issued or cross-signed under the same name must keep them).
+ * it (serialNumber was encoded as a UTF8String before, against that syntax). Every other
+ * attribute is a UTF8String even when PrintableString would fit: that is the encoding of every
+ * CA fleetguard issued so far, a CA's name is copied byte for byte into the certificates below
+ * it, and Go finds a parent by those bytes, so a CA re-issued or cross-signed under the same
+ * name must keep them.
  */
 import { invalid } from "../errors";
 import { oid, printable, seq, set, utf8 } from "./der";
