@@ -14,6 +14,7 @@
 import * as crypto from "node:crypto";
 import { canonicalJson } from "../canonical";
 import { FleetError, invalid, phrase } from "../errors";
+import { deviceId as deviceIdOf, SERIAL_DIGITS } from "../station/ids";
 import type { Subject } from "../station/messages";
 import { LeafTemplate } from "../x509/cert";
 import { type AltNames, EKU, KEY_USAGES, type KeyUsage, keyIdentifier } from "../x509/ext";
@@ -237,8 +238,8 @@ function checkLiteralNames(p: ResolvedProfile, field: string, rules: NameRules):
   }
 }
 
-const SERIAL_DIGITS = 7;
-const SERIALS = ["0000000", "1111111", "9876543"] as const;
+// three serials of a device ID (core/station/ids): two to find where the digits land, one to confirm
+const SERIALS = ["0", "1", "9876543210"].map((d) => d.repeat(SERIAL_DIGITS).slice(0, SERIAL_DIGITS));
 const rulesKey = (r: NameRules) =>
   `${r.allowWildcardDns ? 1 : 0}|${(r.allowedUriSchemes ?? DEFAULT_URI_SCHEMES).join(",")}`;
 
@@ -407,13 +408,13 @@ export function checkBatchNames(
   rules: NameRules = NO_RULES,
   issuer?: { certificates: readonly Uint8Array[]; firstSerial: number; count: number },
 ): void {
-  deviceNames(p, `${model}-${SERIALS[0]}`, batch, model, rules);
+  deviceNames(p, deviceIdOf(model, 0), batch, model, rules);
   if (!issuer) return;
   const constraints = chainNameConstraints(issuer.certificates, "issuer");
   if (!constraints.length) return;
   const key = rulesKey(rules);
   for (let i = issuer.firstSerial; i < issuer.firstSerial + issuer.count; i++) {
-    const n = deviceNames(p, `${model}-${String(i).padStart(SERIAL_DIGITS, "0")}`, batch, model, rules);
+    const n = deviceNames(p, deviceIdOf(model, i), batch, model, rules);
     const c = namesToIssue(n.commonName, n.san, rules, key);
     checkNameConstraints(
       { dns: n.san.dns, uris: n.san.uri, hosts: c.hosts, commonName: n.commonName, fields: FIELDS },
