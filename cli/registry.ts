@@ -13,8 +13,8 @@
  */
 import * as fs from "node:fs";
 import { FleetError, invalid } from "../core/errors";
-import { openRegistry, parseLocation } from "../core/registry";
-import type { AuditHead, Registry, VerifyReport } from "../core/registry/types";
+import { openRegistry, parseAnchor, parseLocation } from "../core/registry";
+import type { Registry, VerifyReport } from "../core/registry/types";
 
 const USAGE = `usage:
   fleet registry verify --registry <path|postgres://...> [--batch NAME] [--anchor SEQ:HASH] [--json]
@@ -61,18 +61,6 @@ function parse(argv: string[], allowed: string[]): Record<string, string> {
   return flags;
 }
 
-/** `SEQ:HASH` as the batch's outputs give it (auditHead). */
-export function parseAnchor(v: string): AuditHead {
-  const m = /^(\d{1,15}):([0-9a-f]{64})$/.exec(v);
-  if (!m)
-    throw invalid(
-      "--anchor",
-      v,
-      "SEQ:HASH, a seq and a 64-digit lowercase hex SHA-256 (the batch's audit head)",
-    );
-  return { seq: Number(m[1]), hash: m[2]! };
-}
-
 async function open(loc: string | undefined): Promise<Registry> {
   if (!loc) throw invalid("--registry", undefined, "a registry file path or a postgres:// URL");
   let where: ReturnType<typeof parseLocation>;
@@ -93,7 +81,7 @@ const fmt = (n: number) => n.toLocaleString("en-US");
 
 async function verify(argv: string[], io: RegistryIo): Promise<number> {
   const flags = parse(argv, ["registry", "batch", "anchor", "json"]);
-  const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor) : undefined;
+  const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor, "--anchor") : undefined;
   if (flags.batch !== undefined && flags.batch === "") throw invalid("--batch", "", "a batch name");
   const reg = await open(flags.registry);
   try {

@@ -25,8 +25,15 @@
  * bounded by a page whatever the registry's size.
  */
 import * as crypto from "node:crypto";
-import { invalid } from "../errors";
-import type { CertificateStatus, Transition, VerifyFinding, VerifyOptions, VerifyReport } from "./types";
+import { FleetError, invalid } from "../errors";
+import type {
+  AuditHead,
+  CertificateStatus,
+  Transition,
+  VerifyFinding,
+  VerifyOptions,
+  VerifyReport,
+} from "./types";
 
 /** The prev_hash of the first row of every log. */
 export const GENESIS = "0".repeat(64);
@@ -456,6 +463,34 @@ export interface VerifySource {
   devices(after: string, upTo: string | null): Promise<TableDevice[]>;
   audit(after: string, upTo: string | null): Promise<ChainRow[]>;
   certificates(after: string, upTo: string | null): Promise<TableCert[]>;
+}
+
+/** An audit head as text, `SEQ:HASH`: how a batch's outputs and `fleet registry verify --anchor` carry it. */
+export function formatAnchor(h: AuditHead): string {
+  return `${h.seq}:${h.hash}`;
+}
+
+/** Parse `SEQ:HASH`; bad input names `field`. */
+export function parseAnchor(v: unknown, field = "anchor"): AuditHead {
+  const m = typeof v === "string" ? /^(\d{1,15}):([0-9a-f]{64})$/.exec(v) : null;
+  if (!m)
+    throw invalid(field, v, "SEQ:HASH, a seq and a 64-digit lowercase hex SHA-256 (the batch's audit head)");
+  return { seq: Number(m[1]), hash: m[2]! };
+}
+
+/**
+ * The error for a report that is not ok (for callers that must stop, such as a preview): INTEGRITY,
+ * the count, the first few findings, and what to run for all of them.
+ */
+export function integrityError(report: VerifyReport, location: string, shown = 3): FleetError {
+  const first = report.findings.slice(0, shown).map((f) => f.message);
+  const more = report.count - first.length;
+  return new FleetError(
+    "INTEGRITY",
+    `registry: got ${report.count} difference${report.count === 1 ? "" : "s"} from its audit log (${first.join("; ")}${more > 0 ? `; and ${more} more` : ""}), ` +
+      `want none: it was changed outside fleetguard; \`fleet registry verify --registry ${location}\` lists them all`,
+    "registry",
+  );
 }
 
 export const PAGE = { chain: 2000, devices: 1000, audit: 5000, certificates: 2000 };

@@ -42,6 +42,7 @@ import { openPostgres } from "./postgres";
 import { SqliteRegistry } from "./sqlite";
 import type { Registry } from "./types";
 
+export { formatAnchor, GENESIS, integrityError, parseAnchor } from "./chain";
 export * from "./types";
 export { redactUrl };
 

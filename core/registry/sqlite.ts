@@ -560,7 +560,7 @@ export class SqliteRegistry implements Registry {
         this.st.insertDevice.run(id, batch, at);
         rows.push(declareRow(at, batch, id, null, null, null));
       } else if (o.batch === batch) {
-        continue;
+        // already declared in this batch: nothing to record
       } else if (o.deleted_at === null) {
         throw crossBatchError(id, o.batch, batch);
       } else {

@@ -6,10 +6,10 @@ import * as path from "node:path";
 import Database from "better-sqlite3";
 import { Client } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseAnchor, registryCommand } from "../../cli/registry";
+import { registryCommand } from "../../cli/registry";
 import { FleetError } from "../../core/errors";
 import { openRegistry } from "../../core/registry";
-import { sha256Hex } from "../../core/registry/chain";
+import { formatAnchor, integrityError, parseAnchor, sha256Hex } from "../../core/registry/chain";
 import type { AuditHead } from "../../core/registry/types";
 import { type PostgresServer, startPostgres } from "../helpers/postgres";
 
@@ -139,6 +139,12 @@ describe("fleet registry verify", () => {
     const report = JSON.parse(j.lines.join("\n"));
     expect(report).toMatchObject({ registry: loc, ok: false, count: 1 });
     expect(report.findings[0]).toMatchObject({ kind: "device", deviceId: "a-1", field: "publicKey.sha256" });
+    // what a caller that must stop (a preview) throws
+    const e = integrityError(report, loc);
+    expect(e.code).toBe("INTEGRITY");
+    expect(e.message).toBe(
+      `registry: got 1 difference from its audit log (${report.findings[0].message}), want none: it was changed outside fleetguard; \`fleet registry verify --registry ${loc}\` lists them all`,
+    );
   });
 
   it("a revoked certificate set back to live, and a hand-edited audit row, through the real command", async () => {
@@ -240,6 +246,8 @@ describe("fleet registry verify", () => {
     );
     await refused(registryCommand(["check"], io), "INVALID_INPUT", /^command: got "check", want verify/);
     expect(parseAnchor(`7:${"0".repeat(64)}`)).toEqual({ seq: 7, hash: "0".repeat(64) });
+    expect(formatAnchor({ seq: 7, hash: "ab".repeat(32) })).toBe(`7:${"ab".repeat(32)}`);
+    expect(() => parseAnchor(7, "outputs.auditHead")).toThrow(/^outputs\.auditHead: got 7, want SEQ:HASH/);
   }, 60_000);
 
   it("a long run shows a progress line on stderr", async () => {
