@@ -25,7 +25,13 @@ const USAGE = `usage:
       --hang IDS         devices that never answer (ID:n = first n times)
       --key-cache N      reconstructed keys kept per farm, as a powered device keeps its key (default 4096)
       --compact-mb N     compact the write-ahead log into a snapshot past N MiB (default 256; 0 = never)
-      --max-in-flight N  requests in flight per connection before BUSY (default 4096)
+      --max-in-flight N  requests (batch items) in flight per connection; past it the farm stops
+                         reading it (default 4096)
+      --max-connections N  connections open at once; one more gets BUSY and is closed (default 64)
+      --idle-timeout-s N   close a connection that completes no frame and drains no reply for N s
+                           (default 120; 0 = never)
+      --write-buffer-kb N  stop reading a connection while its unsent replies exceed N KiB (default 1024)
+      --max-body-kb N      largest request body accepted, KiB (default 4096)
       --host H           loopback address to bind (default 127.0.0.1)
       --workers N        worker threads for the device-side cryptography (default: one per CPU;
                          0 = all in the main thread)
@@ -74,7 +80,10 @@ const ids = (v: string | undefined) =>
     : [];
 
 async function serve(argv: string[]): Promise<number> {
+  // loaded here so that `fleet devices ping` does not pay for the farm
+  const { startFarm, LIMIT_FLAGS, limitOptions } = await import("../devices/farm/serve");
   const { flags, rest } = parse(argv, [
+    ...LIMIT_FLAGS.map((f) => f.flag),
     "count",
     "port",
     "state",
@@ -87,7 +96,6 @@ async function serve(argv: string[]): Promise<number> {
     "hang",
     "key-cache",
     "compact-mb",
-    "max-in-flight",
     "host",
     "workers",
   ]);
@@ -101,8 +109,6 @@ async function serve(argv: string[]): Promise<number> {
     if (!(noisyBer > 0 && noisyBer <= 0.5))
       throw invalid("--noisy-ber", flags["noisy-ber"], "a number in (0, 0.5]");
   }
-  // loaded here so that `fleet devices ping` does not pay for the farm
-  const { startFarm } = await import("../devices/farm/serve");
   const { MAX_WORKERS } = await import("../devices/farm/farm");
   const farm = await startFarm({
     stateDir: flags.state,
@@ -119,7 +125,7 @@ async function serve(argv: string[]): Promise<number> {
     keyCache: flags["key-cache"] === undefined ? undefined : int(flags, "key-cache", 0, 10_000_000),
     compactBytes:
       flags["compact-mb"] === undefined ? undefined : int(flags, "compact-mb", 0, 1 << 20) * 1024 * 1024,
-    maxInFlight: flags["max-in-flight"] === undefined ? undefined : int(flags, "max-in-flight", 1, 1 << 20),
+    ...limitOptions(flags),
     workers: flags.workers === undefined ? undefined : int(flags, "workers", 0, MAX_WORKERS),
   });
   const info = farm.farm.stats();

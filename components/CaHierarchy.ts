@@ -8,7 +8,7 @@
 import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
-import { type CustodySpec, type KeyRef, validateCustody } from "../core/custody";
+import { type CustodySpec, DEFAULT_KEY_STORE, type KeyRef, validateCustody } from "../core/custody";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
 import type { Subject } from "../core/x509/names";
@@ -16,6 +16,7 @@ import { subjectString } from "../core/x509/names";
 import type { DeclaredCa } from "../policies/context";
 import { enforceAtConstruction, type PolicyInput } from "../policies/engine";
 import { CertificateAuthority } from "../providers/ca";
+import { declared } from "./errors";
 
 export interface CaSpec {
   /** stable key of this CA: lowercase letters, digits, dashes */
@@ -235,10 +236,9 @@ export function declarationDigest(
   custody?: CustodySpec,
 ): string {
   const { description: _d, custody: _c, ...rest } = spec;
-  // a new custody is a new key (replace), except the Pulumi secret, which a key store takes in place
+  // a key moves in place between the Pulumi secret and key stores; an HSM's key is another key
   const c = validateCustody(custody ?? spec.custody);
-  const decl =
-    c.kind === "pulumi-secret" || (c.kind === "embedded" && !c.store) ? rest : { ...rest, custody: c };
+  const decl = c.kind === "pkcs11" ? { ...rest, custody: c } : rest;
   return crypto
     .createHash("sha256")
     .update(`${role}\n${canonicalJson(decl)}\n${parentDigest}`)
@@ -277,6 +277,17 @@ export function declaredCas(plan: PlannedCa[]): DeclaredCa[] {
   });
 }
 
+/**
+ * The custody a CA resource gets. The embedded store defaults to a folder per project and stack
+ * under `.fleetguard/keys`: each stack seals its keys with its own passphrase, so two stacks of
+ * one program never share (or fight over) a store.
+ */
+export function effectiveCustody(c: CustodySpec | undefined): CustodySpec {
+  const v = validateCustody(c);
+  if (v.kind !== "embedded" || v.store) return v;
+  return { kind: "embedded", store: `${DEFAULT_KEY_STORE}/${pulumi.getProject()}.${pulumi.getStack()}` };
+}
+
 export class CaHierarchy extends pulumi.ComponentResource {
   /** every CA by name */
   readonly cas: Record<string, CertificateAuthority>;
@@ -286,8 +297,12 @@ export class CaHierarchy extends pulumi.ComponentResource {
 
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
-    const plan = planHierarchy(args);
-    if (args.policy) enforceAtConstruction(args.policy, { cas: declaredCas(plan) });
+    // a bad declaration stops the program with the field named, no stack trace (a RunError)
+    const plan = declared("CaHierarchy", name, () => {
+      const p = planHierarchy(args);
+      if (args.policy) enforceAtConstruction(args.policy, { cas: declaredCas(p) });
+      return p;
+    });
     this.cas = {};
     const digests: Record<string, pulumi.Output<string>> = {};
     for (const p of plan) {
@@ -319,7 +334,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
             nameConstraints: p.spec.nameConstraints,
             crlDistributionPoint: p.spec.crlDistributionPoint,
             crlIntervalHours: p.spec.crlIntervalHours,
-            custody: validateCustody(p.spec.custody ?? args.custody),
+            custody: effectiveCustody(p.spec.custody ?? args.custody),
             // the issuer's key is named, not passed: this CA's provider opens it from its custody
             issuer: parent
               ? {

@@ -17,12 +17,12 @@ import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
 import { type DeviceCertificateProfile, resolveProfile } from "../core/enroll/profile";
-import { FleetError, invalid } from "../core/errors";
-import type { DeclaredBatch } from "../policies/context";
-import { enforceAtConstruction, type PolicyInput } from "../policies/engine";
-import { loadPolicy } from "../policies/layering";
+import { invalid } from "../core/errors";
+import type { DeclaredBatch, TlsStack } from "../policies/context";
+import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../policies/engine";
 import { DeviceBatchResource } from "../providers/batch";
 import type { CaOutputs } from "./CaHierarchy";
+import { declared } from "./errors";
 
 export interface DeviceIdentityBatchArgs {
   /** batch (production lot) name; default: the component name */
@@ -48,6 +48,8 @@ export interface DeviceIdentityBatchArgs {
   readonly manifestPath?: string;
   /** where revocation lists are published (default `.fleetguard/crl`) */
   readonly crlDir?: string;
+  /** the TLS stack of the device firmware (e.g. `mbedtls`): policy FG-CA-003 warns about what it cannot read */
+  readonly tlsStack?: TlsStack;
   /** fleet policy (path or loaded) the batch must obey; it also bounds quarantine and re-issue waves */
   readonly policy?: string | PolicyInput;
 }
@@ -64,9 +66,8 @@ export interface BatchSummaryOutput {
 function effectivePolicy(p: string | PolicyInput | undefined): PolicyInput | undefined {
   if (p === undefined) return undefined;
   if (typeof p !== "string") return p as PolicyInput;
-  const load = loadPolicy(p);
-  if (!load.policy) throw new FleetError("INVALID_INPUT", `policy ${p}: could not be loaded`, "policy");
-  return load.policy;
+  return loadPolicyFile(p); // every problem as file:line:column: field: message
+
 }
 
 /** The batch as the policy engine sees it. */
@@ -78,10 +79,33 @@ export function declaredBatch(name: string, args: DeviceIdentityBatchArgs): Decl
     issuingCa: args.issuingCa.name,
     identitySource: args.identitySource,
     count: args.serials.count,
-    profile: { algorithm: "ecdsa-p256", validityDays: profile.validityDays, keyUsage: profile.keyUsage },
+    profile: {
+      algorithm: "ecdsa-p256",
+      validityDays: profile.validityDays,
+      keyUsage: profile.keyUsage,
+      extKeyUsage: profile.extKeyUsage,
+    },
+    ...(args.tlsStack ? { tlsStack: args.tlsStack } : {}),
     ...(args.puf ? { puf: { ...args.puf } } : {}),
     ...(args.hsmCounter ? { hsmCounter: { ...args.hsmCounter } } : {}),
   };
+}
+
+/** The arguments' shape, before any resource is registered: each error names the field. */
+export function checkArgs(args: DeviceIdentityBatchArgs, first: number): void {
+  if (!args || typeof args !== "object") throw invalid("args", args, "the batch's declaration");
+  if (!Number.isInteger(first) || first < 0) throw invalid("serials.first", first, "an integer >= 0");
+  if (!Number.isInteger(args.serials?.count) || args.serials.count < 0)
+    throw invalid("serials.count", args.serials?.count, "an integer >= 0");
+  if (args.identitySource !== "puf" && args.identitySource !== "injected")
+    throw invalid("identitySource", args.identitySource, "'puf' or 'injected'");
+  if (!args.issuingCa?.keyRef && !args.issuingCa?.keyPem)
+    throw invalid(
+      "issuingCa",
+      args.issuingCa,
+      'an issuing CA of a CaHierarchy: hierarchy.issuingCa("line-a")',
+    );
+  resolveProfile(args.profile); // bad profiles fail the preview, naming the field
 }
 
 export class DeviceIdentityBatch extends pulumi.ComponentResource {
@@ -92,22 +116,19 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
     super("fleetguard:devices:DeviceIdentityBatch", name, {}, opts);
     const batchName = args.name ?? name;
     const first = args.serials?.first ?? 0;
-    if (!Number.isInteger(first) || first < 0) throw invalid("serials.first", first, "an integer >= 0");
-    if (!Number.isInteger(args.serials?.count) || args.serials.count < 0)
-      throw invalid("serials.count", args.serials?.count, "an integer >= 0");
-    if (args.identitySource !== "puf" && args.identitySource !== "injected")
-      throw invalid("identitySource", args.identitySource, "'puf' or 'injected'");
-    resolveProfile(args.profile); // bad profiles fail the preview, naming the field
-
-    const policy = effectivePolicy(args.policy);
-    if (policy) enforceAtConstruction(policy, { batches: [declaredBatch(batchName, args)] });
-    const spec = policy?.spec ?? {};
-    const policyInputs = {
-      name: policy?.name ?? "(none)",
-      digest: crypto.createHash("sha256").update(canonicalJson(spec)).digest("hex"),
-      maxQuarantinedFraction: spec.identity?.maxQuarantinedFraction ?? 0.01,
-      maxWaveFraction: spec.rotation?.maxWaveFraction ?? 1,
-    };
+    // a bad declaration stops the program with the field named, no stack trace (a RunError)
+    const policyInputs = declared("DeviceIdentityBatch", name, () => {
+      checkArgs(args, first);
+      const policy = effectivePolicy(args.policy);
+      if (policy) enforceAtConstruction(policy, { batches: [declaredBatch(batchName, args)] });
+      const spec = policy?.spec ?? {};
+      return {
+        name: policy?.name ?? "(none)",
+        digest: crypto.createHash("sha256").update(canonicalJson(spec)).digest("hex"),
+        maxQuarantinedFraction: spec.identity?.maxQuarantinedFraction ?? 0.01,
+        maxWaveFraction: spec.rotation?.maxWaveFraction ?? 1,
+      };
+    });
     const registry = pulumi.output(args.registry ?? ".fleetguard/registry.db");
     const hasPassword = (u: string) => /^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(u);
     const ca = args.issuingCa;

@@ -12,10 +12,10 @@
  *   snapshot-<gen>.bin    compacted states (store.ts)
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
-import { writeFileDurably } from "../../core/durable";
+import { ensurePrivateDir, writeFileDurably } from "../../core/durable";
 import { FleetError, invalid } from "../../core/errors";
 import { checkModel, MAX_COUNT } from "../../core/station/ids";
 import type { PufApi, PufConditions } from "../firmware/identity";
@@ -190,7 +190,7 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
     throw invalid("workers", workers, `an integer in 0..${MAX_WORKERS}`);
   if (workers > 0 && o.puf)
     throw invalid("workers", workers, "0 with a custom PUF model (it cannot cross threads)");
-  mkdirSync(o.stateDir, { recursive: true });
+  ensurePrivateDir(o.stateDir); // the farm's seed and device secrets live here: 0700
   const lock = takeLock(o.stateDir);
   try {
     const metaPath = join(o.stateDir, "farm.json");

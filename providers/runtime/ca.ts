@@ -27,7 +27,13 @@ import {
 } from "../../core/custody";
 import { EmbeddedKeyStore } from "../../core/custody/embedded";
 import { FleetError } from "../../core/errors";
-import { algorithmOf, loadPrivateKey, publicKeyOf, type SigningKey } from "../../core/x509/keys";
+import {
+  algorithmOf,
+  loadPrivateKey,
+  privateKeyPem,
+  publicKeyOf,
+  type SigningKey,
+} from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
 
 /** Pulumi's marker for a value not known during preview (sdk/nodejs/runtime/rpc.ts). */
@@ -146,20 +152,21 @@ const custodyKey = (c: CustodySpec | undefined): string => {
 };
 
 /**
- * A key moves in place only from the Pulumi secret into the embedded store (the same key,
- * sealed; the certificate stays). Any other change of custody is a new key: the CA is replaced.
+ * A key moves in place (the same key, the certificate stays) between the Pulumi secret and
+ * embedded key stores, in any direction. A change to or from an HSM is a new key (keys are made
+ * inside a token and never leave it): the CA is replaced.
  */
-function custodyChange(olds: Record<string, unknown>, news: CaInputs): "none" | "seal" | "replace" {
-  if (isUnknown(news.custody)) return "none";
+function custodyChange(olds: Record<string, unknown>, news: CaInputs): "none" | "move" | "replace" {
+  if (isUnknown(news.custody) || news.existing) return "none";
   const want = validateCustody(news.custody);
+  const ref = olds.keyRef as KeyRef | undefined;
   const was = custodyOfState(olds);
-  if (was === "pulumi-secret") {
-    if (want.kind === "pulumi-secret" || news.existing) return "none";
-    return want.kind === "embedded" ? "seal" : "replace";
-  }
-  const ref = olds.keyRef as KeyRef;
-  const declared = (olds.declaredCustody as string | undefined) ?? canonicalJson({ kind: ref.custody });
-  return declared === custodyKey(news.custody) ? "none" : "replace";
+  const declared =
+    (olds.declaredCustody as string | undefined) ??
+    (was === "pulumi-secret" ? "pulumi-secret" : canonicalJson({ kind: ref?.custody }));
+  if (declared === custodyKey(news.custody)) return "none";
+  if (was === "pkcs11" || want.kind === "pkcs11") return "replace";
+  return "move";
 }
 
 export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs) {
@@ -189,11 +196,11 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
   const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const intervalChanged = !isUnknown(interval) && olds.crlIntervalHours !== interval;
   return {
-    changes: replaces.length > 0 || descChanged || intervalChanged || custody === "seal" || crlDue(olds),
+    changes: replaces.length > 0 || descChanged || intervalChanged || custody === "move" || crlDue(olds),
     replaces,
     stables: replaces.length
       ? []
-      : custody === "seal"
+      : custody === "move"
         ? STABLE_OUTPUTS.filter((k) => k !== "keyPem" && k !== "keyRef")
         : STABLE_OUTPUTS,
     deleteBeforeReplace: false,
@@ -296,22 +303,28 @@ function ownKey(olds: Record<string, unknown>): SigningKey {
 export function update(_id: string, olds: Record<string, unknown>, news: CaInputs) {
   const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const outs: Record<string, unknown> = { ...olds, description: news.description ?? null };
-  if (custodyChange(olds, news) === "seal") {
-    // the same key moves out of the state into the embedded store: the certificate stays
-    const custody = validateCustody(news.custody) as Extract<CustodySpec, { kind: "embedded" }>;
-    const location = custody.store ?? DEFAULT_KEY_STORE;
-    const key = loadPrivateKey(olds.keyPem, "keyPem");
-    const id = newKeyId(String(olds.name));
-    const spki = new EmbeddedKeyStore(path.resolve(process.cwd(), location)).seal(id, key);
-    outs.keyRef = {
-      custody: "embedded",
-      location,
-      id,
-      algorithm: algorithmOf(key, "keyPem"),
-      publicKeySha256: crypto.createHash("sha256").update(spki).digest("hex"),
-    } satisfies KeyRef;
+  if (custodyChange(olds, news) === "move") {
+    // the same key moves between the Pulumi secret and a key store: the certificate stays
+    const custody = validateCustody(news.custody);
+    const key = ownKey(olds) as crypto.KeyObject;
+    if (custody.kind === "embedded") {
+      const location = custody.store ?? DEFAULT_KEY_STORE;
+      const id = newKeyId(String(olds.name));
+      const spki = new EmbeddedKeyStore(path.resolve(process.cwd(), location)).seal(id, key);
+      outs.keyRef = {
+        custody: "embedded",
+        location,
+        id,
+        algorithm: algorithmOf(key, "keyRef"),
+        publicKeySha256: crypto.createHash("sha256").update(spki).digest("hex"),
+      } satisfies KeyRef;
+      delete outs.keyPem;
+    } else {
+      // the explicit choice of the Pulumi secret: the key goes into the state, encrypted
+      outs.keyPem = privateKeyPem(key);
+      outs.keyRef = legacyRef(outs.keyPem);
+    }
     outs.declaredCustody = custodyKey(news.custody);
-    delete outs.keyPem;
   }
   if (olds.crlIntervalHours !== interval || crlDue(olds)) {
     const crl = signCrl(

@@ -151,10 +151,14 @@ describe("CA key custody in the provider (issue 9, finding 1)", () => {
     expect(moved.keyRef).toMatchObject({ custody: "embedded", location: STORE });
     expect(diff("id", moved, inputs)).toMatchObject({ changes: false });
     expect(read("id", moved).props).toBe(moved);
-    // another store, an HSM: a new key, so the CA is replaced
-    expect(
-      diff("id", moved, { ...inputs, custody: { kind: "embedded", store: `${STORE}-2` } }).replaces,
-    ).toEqual(["custody"]);
+    // another key store takes the same key in place; an HSM means a new key, so the CA is replaced
+    const store2 = `${STORE}-2`;
+    const other = { ...inputs, custody: { kind: "embedded" as const, store: store2 } };
+    expect(diff("id", moved, other)).toMatchObject({ changes: true, replaces: [] });
+    const again = update("id", moved, other).outs as typeof secret;
+    expect(again.certificatePem).toBe(secret.certificatePem);
+    expect(again.keyRef).toMatchObject({ custody: "embedded", location: store2 });
+    expect(diff("id", again, other)).toMatchObject({ changes: false });
     expect(
       diff("id", moved, { ...inputs, custody: { kind: "pkcs11", uri: "pkcs11:token=t?module-path=/x.so" } })
         .replaces,

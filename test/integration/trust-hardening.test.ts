@@ -1,0 +1,249 @@
+/**
+ * Issue 9 on the real engine: CA keys never cross Pulumi's RPC under the key-store custodies
+ * (a `-v=9 --logflow` log of `pulumi up` holds no private key: embedded store and a SoftHSM2
+ * token), while the explicit Pulumi-secret custody does send them (which is what the log check
+ * catches); a key moves from the Pulumi secret into the store in place; bad registry locations,
+ * a moved registry and bad declarations stop the preview naming the field, without a stack
+ * trace; a CRL whose publish failed is published by the next run.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openssl } from "../helpers/openssl";
+import { PulumiStack, REPO } from "../helpers/pulumi";
+import { inspectPrivateKey, type SoftToken, softToken } from "../helpers/softhsm";
+import { batchStack, configure, FarmProc, withRegistry } from "./batch-helpers";
+
+const PRIVATE = /PRIVATE KEY/;
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-trust-"));
+const farm = new FarmProc(path.join(work, "farm"), 60);
+const stacks: PulumiStack[] = [];
+let token: SoftToken;
+
+const hierarchy = (custody: unknown) => ({
+  custody,
+  root: {
+    name: "root",
+    algorithm: "ecdsa-p384",
+    subject: { commonName: "Custody Root" },
+    validityDays: 3650,
+  },
+  issuing: [
+    { name: "line", algorithm: "ecdsa-p256", subject: { commonName: "Custody Line" }, validityDays: 730 },
+  ],
+});
+
+const caStack = (name: string) => {
+  const s = new PulumiStack(path.join(REPO, "test", "integration", "fixtures", "ca-program"), name);
+  stacks.push(s);
+  return s;
+};
+const verboseUp = (s: PulumiStack) =>
+  s.run(["up", "--yes", "--skip-preview", "-v=9", "--logtostderr", "--logflow"]);
+
+beforeAll(async () => {
+  token = softToken("fg-it");
+  await farm.start();
+}, 120_000);
+
+afterAll(async () => {
+  await farm.stop();
+  for (const s of stacks) s.cleanup();
+  token?.cleanup();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+describe("CA key custody under the real engine (finding 1)", () => {
+  it("the embedded key store: no private key in a -v=9 log of up, nor in the state; keys sealed 0600 beside the program", async () => {
+    const s = caStack("it-custody-embedded");
+    await s.init();
+    const store = path.join(work, "keys-embedded");
+    await s.setConfig("fleetguard:hierarchy", hierarchy({ kind: "embedded", store }));
+    const up = await verboseUp(s);
+    expect(up.stderr.length).toBeGreaterThan(100_000); // the engine did log its RPC payloads
+    expect(`${up.stdout}${up.stderr}`).not.toMatch(PRIVATE);
+    expect(s.stateText()).not.toMatch(PRIVATE);
+    expect(s.stateText()).not.toContain("ciphertext"); // nothing secret left to encrypt
+    const files = fs.readdirSync(store).filter((f) => f.endsWith(".key.json"));
+    expect(files).toHaveLength(2);
+    for (const f of files) expect(fs.statSync(path.join(store, f)).mode & 0o777).toBe(0o600);
+    const r = await s.run(["preview", "--expect-no-changes", "--refresh"]);
+    expect(r.status).toBe(0);
+  });
+
+  it("the explicit Pulumi-secret custody sends keys through the RPC (the log check sees them), and moves into the store in place", async () => {
+    const s = caStack("it-custody-secret");
+    await s.init();
+    await s.setConfig("fleetguard:hierarchy", hierarchy({ kind: "pulumi-secret" }));
+    const up = await verboseUp(s);
+    expect(`${up.stdout}${up.stderr}`).toMatch(PRIVATE);
+    expect(s.stateText()).toContain("ciphertext");
+    const before = (await s.outputs()).cas as Record<string, { fingerprintSha256: string }>;
+    // the same CAs, their keys now sealed in the store: an update, no replacement
+    const store = path.join(work, "keys-moved");
+    await s.setConfig("fleetguard:hierarchy", hierarchy({ kind: "embedded", store }));
+    const steps = await s.previewSteps();
+    expect(
+      steps
+        .filter((x) => x.op !== "same")
+        .map((x) => `${x.op} ${x.urn.split("::").pop()}`)
+        .sort(),
+    ).toEqual(["update pki-line", "update pki-root"]);
+    await s.run(["up", "--yes", "--skip-preview"]);
+    const after = (await s.outputs()).cas as Record<string, { fingerprintSha256: string }>;
+    expect(after.root!.fingerprintSha256).toBe(before.root!.fingerprintSha256);
+    expect(after.line!.fingerprintSha256).toBe(before.line!.fingerprintSha256);
+    const checkpoint = JSON.parse(fs.readFileSync(s.checkpointFile(), "utf8"));
+    const cas = checkpoint.checkpoint.latest.resources.filter((r: { type: string }) =>
+      r.type.startsWith("pulumi-nodejs:dynamic"),
+    );
+    for (const r of cas) {
+      expect(r.outputs.keyPem).toBeUndefined();
+      expect(r.outputs.keyRef.custody).toBe("embedded");
+    }
+    expect(fs.readdirSync(store).filter((f) => f.endsWith(".key.json"))).toHaveLength(2);
+    const again = await s.run(["preview", "--expect-no-changes"]);
+    expect(again.status).toBe(0);
+  });
+
+  it("PKCS#11 (SoftHSM2): keys made in the token, never extractable; a batch enrolls through it and -v=9 shows no key", async () => {
+    const s = batchStack("it-custody-pkcs11");
+    stacks.push(s);
+    s.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF;
+    await s.init();
+    const dir = path.join(work, "pkcs11");
+    fs.mkdirSync(dir);
+    await configure(s, dir, farm.port, { count: 20 });
+    await s.setConfig("fleetguard:custody", { kind: "pkcs11", uri: token.uri });
+    const up = await verboseUp(s);
+    expect(`${up.stdout}${up.stderr}`).not.toMatch(PRIVATE);
+    expect(s.stateText()).not.toMatch(PRIVATE);
+    const out = await s.outputs();
+    expect((out.summary as { counts: Record<string, number> }).counts.active).toBe(20);
+    // the keys are in the token, marked so that nothing can take them out
+    const checkpoint = JSON.parse(fs.readFileSync(s.checkpointFile(), "utf8"));
+    const refs = checkpoint.checkpoint.latest.resources
+      .map((r: { outputs?: { keyRef?: { custody: string; id: string } } }) => r.outputs?.keyRef)
+      .filter(Boolean);
+    expect(refs).toHaveLength(2);
+    for (const ref of refs) {
+      expect(ref.custody).toBe("pkcs11");
+      const k = inspectPrivateKey(token, ref.id);
+      expect(k).toMatchObject({
+        count: 1,
+        CKA_EXTRACTABLE: false,
+        CKA_SENSITIVE: true,
+        CKA_NEVER_EXTRACTABLE: true,
+      });
+      expect(String(k.wrap)).not.toMatch(/WRAPPED/);
+    }
+    // device certificates chain to the HSM-held issuing CA (OpenSSL)
+    const cas = out.cas as Record<string, { certificatePem: string }>;
+    const leaf = await withRegistry(
+      dir,
+      async (r) => (await r.certificates({ status: ["live"], limit: 1 }))[0]!.der,
+    );
+    const f = (n: string, c: string | Buffer) => {
+      const p = path.join(dir, n);
+      fs.writeFileSync(p, c);
+      return p;
+    };
+    const leafPem = `-----BEGIN CERTIFICATE-----\n${leaf.toString("base64").replace(/.{64}(?=.)/g, "$&\n")}\n-----END CERTIFICATE-----\n`;
+    const v = openssl([
+      "verify",
+      "-CAfile",
+      f("root.pem", cas.root!.certificatePem),
+      "-untrusted",
+      f("line.pem", cas.line!.certificatePem),
+      f("leaf.pem", leafPem),
+    ]);
+    expect(v.status, v.out).toBe(0);
+  });
+});
+
+describe("registry input, moves and declarations (findings 3, 9)", () => {
+  let s: PulumiStack;
+  const dir = path.join(work, "reg");
+  beforeAll(async () => {
+    fs.mkdirSync(dir);
+    s = batchStack("it-registry-input");
+    stacks.push(s);
+    await s.init();
+    await configure(s, dir, farm.port, { first: 30, count: 10 });
+    await s.run(["up", "--yes", "--skip-preview"]);
+  }, 300_000);
+
+  const previewFails = async () => {
+    const r = await s.run(["preview"], { allowFail: true });
+    expect(r.status).not.toBe(0);
+    return `${r.stdout}${r.stderr}`;
+  };
+
+  it("a mysql:// URL is refused naming the field, no file is made of it and its password is not shown", async () => {
+    const cwdFiles = () =>
+      fs.readdirSync(path.join(REPO, "test", "integration", "fixtures", "batch-program"));
+    const before = cwdFiles();
+    await s.setConfig("fleetguard:registry", "mysql://fleet:hunter2pw@db.example/fleet");
+    const text = await previewFails();
+    expect(text).toMatch(/registry: got a mysql: location, want a SQLite file path or a postgres:\/\//);
+    expect(text).not.toContain("hunter2pw");
+    expect(cwdFiles()).toEqual(before);
+  });
+
+  it("a folder, and a registry moved to an empty location, fail the preview saying what to do", async () => {
+    await s.setConfig("fleetguard:registry", dir);
+    expect(await previewFails()).toMatch(/registry: got the folder/);
+    await s.setConfig("fleetguard:registry", path.join(dir, "elsewhere.db"));
+    expect(await previewFails()).toMatch(/holds no batch 'lot'.*does not move by a change of location/s);
+    // copied there first, the move is accepted: an update, no device enrolled again
+    fs.copyFileSync(path.join(dir, "registry.db"), path.join(dir, "elsewhere.db"));
+    const up = await s.run(["up", "--yes", "--skip-preview"]);
+    expect(up.stdout).toMatch(/registry moved/);
+    const out = (await s.outputs()).summary as { counts: Record<string, number> };
+    expect(out.counts.active).toBe(10);
+    await s.setConfig("fleetguard:registry", path.join(dir, "registry.db"));
+  });
+
+  it("a bad count stops the program with the field named: no stack trace, no terminal escapes", async () => {
+    for (const bad of [-5, 1.5, "lots"]) {
+      await s.setConfig("fleetguard:batch", { first: 30, count: bad });
+      const text = await previewFails();
+      expect(text).toMatch(/DeviceIdentityBatch 'lot': serials\.count: got .*, want an integer >= 0/);
+      expect(text).not.toMatch(/^\s+at /m);
+      expect(text).not.toContain("\x1b[");
+    }
+    await s.setConfig("fleetguard:batch", { first: 30, count: 10 });
+  });
+});
+
+describe("a CRL publish that failed is published by the next run (finding 4)", () => {
+  it("crlDir blocked by a file: the run fails naming crlDir; unblocked, the next run publishes the revocations", async () => {
+    const dir = path.join(work, "crl-retry");
+    fs.mkdirSync(dir);
+    const s = batchStack("it-crl-retry");
+    stacks.push(s);
+    await s.init();
+    await configure(s, dir, farm.port, { first: 45, count: 6 });
+    await s.run(["up", "--yes", "--skip-preview"]);
+    // a regular file where the CRL folder's parent should be
+    const crlParent = path.join(dir, "blocked");
+    fs.writeFileSync(crlParent, "not a folder");
+    await s.setConfig("fleetguard:crlDir", path.join(crlParent, "crl"));
+    await s.setConfig("fleetguard:batch", { first: 45, count: 4 }); // two devices decommissioned
+    const failed = await s.run(["up", "--yes", "--skip-preview"], { allowFail: true });
+    expect(failed.status).not.toBe(0);
+    expect(`${failed.stdout}${failed.stderr}`).toMatch(/crlDir: got .* that cannot be a folder/);
+    fs.rmSync(crlParent);
+    // nothing else changed: the preview still has work (the CRL), and the run publishes it
+    const p = await s.run(["preview"]);
+    expect(p.stdout).toMatch(/publish the CRL again/);
+    await s.run(["up", "--yes", "--skip-preview"]);
+    const crls = fs.readdirSync(path.join(crlParent, "crl")).filter((f) => f.endsWith(".crl.pem"));
+    expect(crls).toHaveLength(1);
+    const text = openssl(["crl", "-noout", "-text", "-in", path.join(crlParent, "crl", crls[0]!)]).out;
+    expect(text.match(/Serial Number:/g)).toHaveLength(2);
+    const again = await s.run(["preview", "--expect-no-changes"]);
+    expect(again.status).toBe(0);
+  });
+});
