@@ -59,6 +59,8 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
   declare readonly issuerFingerprint: pulumi.Output<string>;
   declare readonly profileDigest: pulumi.Output<string>;
   declare readonly policyDigest: pulumi.Output<string>;
+  /** the registry's audit head after the last run (SEQ:HASH), anchored here in the state */
+  declare readonly auditHead: pulumi.Output<string>;
   declare readonly drift: pulumi.Output<{
     lostCertificate: number;
     missingDevice: number;
@@ -83,6 +85,7 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
       policyDigest: undefined,
       declarationDigest: undefined,
       lastRun: undefined,
+      auditHead: undefined,
       drift: undefined,
       crl: undefined,
       manifest: undefined,

@@ -27,7 +27,14 @@ import {
   resolveProfile,
 } from "../../core/enroll/profile";
 import { FleetError, invalid, phrase } from "../../core/errors";
-import { openRegistry, parseLocation, redactUrl } from "../../core/registry";
+import {
+  formatAnchor,
+  integrityError,
+  openRegistry,
+  parseAnchor,
+  parseLocation,
+  redactUrl,
+} from "../../core/registry";
 import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
 import { loadPrivateKey, type SigningKey } from "../../core/x509/keys";
@@ -77,6 +84,12 @@ export interface BatchOutputs {
   policyDigest: string;
   declarationDigest: string;
   lastRun: { enrolled: number; reissued: number; decommissioned: number; at: string };
+  /**
+   * The registry's audit head after this run (`SEQ:HASH`): anchored in the Pulumi state, so a
+   * registry rewritten behind fleetguard's back (even with its hash chain recomputed) is noticed
+   * by the next preview, refresh or up (brief, rule 6).
+   */
+  auditHead: string;
   drift: { lostCertificate: number; missingDevice: number; checkedAt: string | null };
   crl: { path: string; crlNumber: number; revoked: number } | null;
   manifest: { path: string; signerPath: string; entries: number; digest: string } | null;
@@ -279,12 +292,26 @@ function progressLogger(i: BatchInputs) {
   };
 }
 
+/**
+ * Verify the registry before trusting it: the audit chain whole, the row at the anchor the state
+ * holds unchanged, and this batch's device and certificate records equal to what the audit log
+ * says. Anything else stops the run (INTEGRITY) with what differs and what to run.
+ */
+async function checkIntegrity(i: BatchInputs, registry: Registry, anchor: unknown): Promise<void> {
+  const report = await registry.verify({
+    batch: i.name,
+    ...(typeof anchor === "string" && anchor ? { anchor: parseAnchor(anchor, "auditHead") } : {}),
+  });
+  if (!report.ok) throw integrityError(report, shown(registryLocation(i.registry)));
+}
+
 function outputsOf(
   i: BatchInputs,
   s: BatchSummary,
-  prev?: Partial<BatchOutputs>,
-  crl?: BatchOutputs["crl"],
-  manifest?: BatchOutputs["manifest"],
+  prev: Partial<BatchOutputs> | undefined,
+  crl: BatchOutputs["crl"] | undefined,
+  manifest: BatchOutputs["manifest"] | undefined,
+  auditHead: string,
 ): BatchOutputs {
   return {
     total: s.total,
@@ -304,6 +331,7 @@ function outputsOf(
     drift: prev?.drift ?? { lostCertificate: 0, missingDevice: 0, checkedAt: null },
     crl: crl ?? prev?.crl ?? null,
     manifest: manifest ?? null,
+    auditHead,
   };
 }
 
@@ -320,6 +348,7 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
           declaration: publicDeclaration(i),
         },
       );
+      await checkIntegrity(i, registry, prev?.auditHead);
       let summary: BatchSummary;
       let crl: BatchOutputs["crl"] | undefined;
       try {
@@ -343,7 +372,7 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
           urn: i.progressUrn,
         });
       }
-      return outputsOf(i, summary, prev, crl, manifest);
+      return outputsOf(i, summary, prev, crl, manifest, formatAnchor(await registry.auditHead()));
     }),
   );
 }
@@ -384,7 +413,10 @@ export async function update(_id: string, olds: Record<string, unknown>, news: B
 }
 
 export async function diff(_id: string, olds: Record<string, unknown>, news: BatchInputs) {
-  if (isUnknown(news)) return { changes: true };
+  // what the plan and the registry checks need must be known; an unknown station does not matter
+  const { name, model, source, firstSerial, count, profile, issuer: iss, registry, policy } = news;
+  if (isUnknown({ name, model, source, firstSerial, count, profile, iss, registry, policy }))
+    return { changes: true };
   const o = olds as unknown as BatchInputs & Partial<BatchOutputs>;
   const replaces = REPLACE_ON.filter((k) => o[k] !== news[k]);
   const declared = (o.declarationDigest ?? "") !== declarationDigest(news);
@@ -403,6 +435,7 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
         `registry: got ${shown(news.registry)}, which holds no batch '${news.name}', want the registry its devices are recorded in (${shown(o.registry)}): a batch does not move by a change of location, which would enroll every device again into an empty registry. Set registry back, or copy the registry to the new location first (SQLite: copy the file while no run is going; PostgreSQL: pg_dump | psql) and run again`,
         "registry",
       );
+    await checkIntegrity(news, registry, o.auditHead);
     const plan = await new BatchEngine(
       { registry, station: undefined as never, issuer },
       specOf(news),
@@ -434,6 +467,7 @@ export async function read(id: string, props: Record<string, unknown>) {
   const issuer = issuerOf(i, false);
   return withRegistry(i, (registry) =>
     withStation(i, async (station) => {
+      await checkIntegrity(i, registry, i.auditHead);
       const engine = new BatchEngine({ registry, station, issuer, onProgress: progressLogger(i) }, specOf(i));
       const drift = await engine.refresh();
       const summary = await engine.summary();
@@ -454,6 +488,7 @@ export async function read(id: string, props: Record<string, unknown>) {
             missingDevice: drift.missingDevice,
             checkedAt: new Date().toISOString(),
           },
+          auditHead: formatAnchor(await registry.auditHead()),
         },
       };
     }),
@@ -465,6 +500,7 @@ export async function del(_id: string, props: Record<string, unknown>) {
   const issuer = issuerOf(i, true);
   await withRegistry(i, (registry) =>
     withStation(i, async (station) => {
+      await checkIntegrity(i, registry, (props as { auditHead?: string }).auditHead);
       const engine = new BatchEngine({ registry, station, issuer, onProgress: progressLogger(i) }, specOf(i));
       const r = await engine.deleteBatch();
       const crl = await publish(i, registry, issuer);

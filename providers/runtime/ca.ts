@@ -279,6 +279,8 @@ export function create(inputs: CaInputs) {
     existingFingerprint: inputs.existing ? fingerprint(inputs.existing.certificatePem) : null,
     crlIntervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
     ...issued,
+    // present (null) even without a key: a missing output is "unknown" in every later preview
+    keyPem: issued.keyPem ?? null,
     keyRef,
     crlPem: crl.crlPem,
     crlNumber: crl.crlNumber,
@@ -318,7 +320,7 @@ export function update(_id: string, olds: Record<string, unknown>, news: CaInput
         algorithm: algorithmOf(key, "keyRef"),
         publicKeySha256: crypto.createHash("sha256").update(spki).digest("hex"),
       } satisfies KeyRef;
-      delete outs.keyPem;
+      outs.keyPem = null;
     } else {
       // the explicit choice of the Pulumi secret: the key goes into the state, encrypted
       outs.keyPem = privateKeyPem(key);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { batchCommand, formatDuration, progressBar } from "../../cli/batch";
 import { FleetError } from "../../core/errors";
 import { openRegistry } from "../../core/registry";
+import { LATEST_VERSION } from "../../core/registry/schema";
 import type { Registry } from "../../core/registry/types";
 import { type PostgresServer, startPostgres } from "../helpers/postgres";
 
@@ -77,7 +78,7 @@ describe("fleet batch", () => {
     const { lines, io } = capture();
     expect(await batchCommand(["status", "--registry", loc], io)).toBe(0);
     const text = lines.join("\n");
-    expect(lines[0]).toBe(`registry ${path.resolve(loc)} (sqlite, schema 1)`);
+    expect(lines[0]).toBe(`registry ${path.resolve(loc)} (sqlite, schema ${LATEST_VERSION})`);
     expect(text).toContain("batch lot-a (model fg100, puf): 10 devices");
     expect(text).toContain(
       "  pending 6  attested 1  issued 0  installed 0  active 0  quarantined 3  revoked 0  decommissioned 0",
@@ -220,7 +221,9 @@ describe("fleet batch", () => {
     const password = new URL(url).password;
     expect(lines.join("\n")).not.toContain(password);
     expect(lines[0]).toMatch(
-      /^registry postgres:\/\/fleet:\*\*\*@127\.0\.0\.1:\d+\/cli_batch \(postgres, schema 1\)$/,
+      new RegExp(
+        `^registry postgres://fleet:\\*\\*\\*@127\\.0\\.0\\.1:\\d+/cli_batch \\(postgres, schema ${LATEST_VERSION}\\)$`,
+      ),
     );
     expect(lines.join("\n")).toContain(`  ${progressBar(3, 10)}  3/10 done`);
   });

@@ -9,7 +9,11 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openRegistry } from "../../core/registry";
+import { GENESIS, rowHash } from "../../core/registry/chain";
+import { toChainRow as sqliteChainRow } from "../../core/registry/sqlite";
 import { openssl } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 import { inspectPrivateKey, type SoftToken, softToken } from "../helpers/softhsm";
@@ -64,7 +68,8 @@ describe("CA key custody under the real engine (finding 1)", () => {
     expect(up.stderr.length).toBeGreaterThan(100_000); // the engine did log its RPC payloads
     expect(`${up.stdout}${up.stderr}`).not.toMatch(PRIVATE);
     expect(s.stateText()).not.toMatch(PRIVATE);
-    expect(s.stateText()).not.toContain("ciphertext"); // nothing secret left to encrypt
+    // not even encrypted: the state, decrypted, holds no key
+    expect((await s.run(["stack", "export", "--show-secrets"])).stdout).not.toMatch(PRIVATE);
     const files = fs.readdirSync(store).filter((f) => f.endsWith(".key.json"));
     expect(files).toHaveLength(2);
     for (const f of files) expect(fs.statSync(path.join(store, f)).mode & 0o777).toBe(0o600);
@@ -98,10 +103,8 @@ describe("CA key custody under the real engine (finding 1)", () => {
     const cas = checkpoint.checkpoint.latest.resources.filter((r: { type: string }) =>
       r.type.startsWith("pulumi-nodejs:dynamic"),
     );
-    for (const r of cas) {
-      expect(r.outputs.keyPem).toBeUndefined();
-      expect(r.outputs.keyRef.custody).toBe("embedded");
-    }
+    for (const r of cas) expect(r.outputs.keyRef.custody).toBe("embedded");
+    expect((await s.run(["stack", "export", "--show-secrets"])).stdout).not.toMatch(PRIVATE);
     expect(fs.readdirSync(store).filter((f) => f.endsWith(".key.json"))).toHaveLength(2);
     const again = await s.run(["preview", "--expect-no-changes"]);
     expect(again.status).toBe(0);
@@ -176,7 +179,7 @@ describe("registry input, moves and declarations (findings 3, 9)", () => {
 
   const previewFails = async () => {
     const r = await s.run(["preview"], { allowFail: true });
-    expect(r.status).not.toBe(0);
+    expect(r.status, `${r.stdout}${r.stderr}`).not.toBe(0);
     return `${r.stdout}${r.stderr}`;
   };
 
@@ -187,6 +190,7 @@ describe("registry input, moves and declarations (findings 3, 9)", () => {
     await s.setConfig("fleetguard:registry", "mysql://fleet:hunter2pw@db.example/fleet");
     const text = await previewFails();
     expect(text).toMatch(/registry: got a mysql: location, want a SQLite file path or a postgres:\/\//);
+    expect(text).not.toMatch(/^\s+at /m);
     expect(text).not.toContain("hunter2pw");
     expect(cwdFiles()).toEqual(before);
   });
@@ -245,5 +249,109 @@ describe("a CRL publish that failed is published by the next run (finding 4)", (
     expect(text.match(/Serial Number:/g)).toHaveLength(2);
     const again = await s.run(["preview", "--expect-no-changes"]);
     expect(again.status).toBe(0);
+  });
+});
+
+describe("the registry's audit chain, anchored in the state (finding 2)", () => {
+  let s: PulumiStack;
+  const dir = path.join(work, "audit");
+  const db = () => new Database(path.join(dir, "registry.db"));
+  const exec = (sql: string) => {
+    const d = db();
+    try {
+      d.exec(sql);
+    } finally {
+      d.close();
+    }
+  };
+  const fails = async (args: string[], re: RegExp) => {
+    const r = await s.run(args, { allowFail: true });
+    const text = `${r.stdout}${r.stderr}`;
+    expect(r.status, text).not.toBe(0);
+    expect(text).toMatch(re);
+    expect(text).not.toMatch(/^\s+at /m);
+    return text;
+  };
+  beforeAll(async () => {
+    fs.mkdirSync(dir);
+    s = batchStack("it-audit-anchor");
+    stacks.push(s);
+    await s.init();
+    await configure(s, dir, farm.port, { first: 52, count: 6 });
+    await s.run(["up", "--yes", "--skip-preview"]);
+    expect(((await s.outputs()).summary as { counts: Record<string, number> }).counts.active).toBe(6);
+  }, 300_000);
+
+  it("a public key copied between devices behind fleetguard's back stops preview, refresh and up", async () => {
+    const d = db();
+    const original = (
+      d.prepare("SELECT public_key FROM devices WHERE device_id = 'fg100-0000053'").get() as {
+        public_key: Buffer;
+      }
+    ).public_key;
+    d.close();
+    exec(
+      "UPDATE devices SET public_key = (SELECT public_key FROM devices WHERE device_id = 'fg100-0000052') WHERE device_id = 'fg100-0000053'",
+    );
+    await fails(["preview"], /fg100-0000053/);
+    await fails(["refresh", "--yes"], /fg100-0000053/);
+    await fails(["up", "--yes", "--skip-preview"], /fg100-0000053/);
+    // put back as it was: the registry verifies again and nothing is left to do
+    const w = db();
+    w.prepare("UPDATE devices SET public_key = ? WHERE device_id = 'fg100-0000053'").run(original);
+    w.close();
+    expect((await s.run(["preview", "--expect-no-changes"])).status).toBe(0);
+  });
+
+  it("a revoked certificate set back to live is found, and so is a log rewritten with recomputed hashes (by the anchor)", async () => {
+    // shrink: two certificates revoked
+    await s.setConfig("fleetguard:batch", { first: 52, count: 4 });
+    await s.run(["up", "--yes", "--skip-preview"]);
+    const r0 = db();
+    const revoked = r0
+      .prepare("SELECT serial, revoked_at, revocation_reason FROM certificates WHERE status = 'revoked'")
+      .all() as {
+      serial: string;
+      revoked_at: number;
+      revocation_reason: string;
+    }[];
+    r0.close();
+    expect(revoked.length).toBe(2);
+    exec(
+      "UPDATE certificates SET status = 'live', revoked_at = NULL, revocation_reason = NULL WHERE status = 'revoked'",
+    );
+    await fails(["preview"], /certificate|live/i);
+    const r1 = db();
+    for (const c of revoked)
+      r1.prepare(
+        "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ? WHERE serial = ?",
+      ).run(c.revoked_at, c.revocation_reason, c.serial);
+    r1.close();
+    expect((await s.run(["preview", "--expect-no-changes"])).status).toBe(0);
+    // the attacker changes a row of the log and hashes the whole chain again: only the anchor sees it
+    const d = db();
+    try {
+      for (const t of ["audit_no_update", "audit_no_delete"]) d.exec(`DROP TRIGGER IF EXISTS ${t}`);
+      const victim = d
+        .prepare("SELECT seq FROM audit WHERE device_id = 'fg100-0000052' ORDER BY seq LIMIT 1")
+        .get() as { seq: number };
+      d.prepare("UPDATE audit SET reason = 'rewritten' WHERE seq = ?").run(victim.seq);
+      let prev = GENESIS;
+      for (const row of d.prepare("SELECT * FROM audit ORDER BY seq").all() as Record<string, unknown>[]) {
+        const hash = rowHash({ ...sqliteChainRow(row), prevHash: prev });
+        d.prepare("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?").run(prev, hash, row.seq);
+        prev = hash;
+      }
+    } finally {
+      d.close();
+    }
+    const r = await openRegistry(path.join(dir, "registry.db"));
+    try {
+      expect((await r.verify()).ok).toBe(true); // the chain alone is whole again
+    } finally {
+      await r.close();
+    }
+    await fails(["preview"], /anchor/);
+    await fails(["refresh", "--yes"], /anchor/);
   });
 });
