@@ -17,7 +17,7 @@ import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
 import { type DeviceCertificateProfile, resolveProfile } from "../core/enroll/profile";
-import { invalid } from "../core/errors";
+import { invalid, phrase } from "../core/errors";
 import type { DeclaredBatch, TlsStack } from "../policies/context";
 import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../policies/engine";
 import { DeviceBatchResource } from "../providers/batch";
@@ -67,7 +67,6 @@ function effectivePolicy(p: string | PolicyInput | undefined): PolicyInput | und
   if (p === undefined) return undefined;
   if (typeof p !== "string") return p as PolicyInput;
   return loadPolicyFile(p); // every problem as file:line:column: field: message
-
 }
 
 /** The batch as the policy engine sees it. */
@@ -106,6 +105,16 @@ export function checkArgs(args: DeviceIdentityBatchArgs, first: number): void {
       'an issuing CA of a CaHierarchy: hierarchy.issuingCa("line-a")',
     );
   resolveProfile(args.profile); // bad profiles fail the preview, naming the field
+  const r = args.registry;
+  if (typeof r === "string") {
+    const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(r)?.[1]?.toLowerCase();
+    if (!r.trim() || (scheme && !["sqlite", "postgres", "postgresql"].includes(scheme)))
+      throw invalid(
+        "registry",
+        r.trim() ? phrase(`a ${scheme}: location`) : r,
+        "a SQLite file path or a postgres://user@host:port/database URL",
+      );
+  }
 }
 
 export class DeviceIdentityBatch extends pulumi.ComponentResource {
@@ -130,7 +139,8 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
       };
     });
     const registry = pulumi.output(args.registry ?? ".fleetguard/registry.db");
-    const hasPassword = (u: string) => /^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(u);
+    // any URL with a password is a secret: Pulumi quotes an input's value when a check fails on it
+    const hasPassword = (u: string) => /^[a-z][a-z0-9+.-]*:\/\/[^/@]*:[^/@]*@/i.test(u);
     const ca = args.issuingCa;
     this.batch = new DeviceBatchResource(
       `${name}-lot`,

@@ -91,7 +91,7 @@ describe("CA key custody in the provider (issue 9, finding 1)", () => {
     const { outs } = create(inputs);
     const text = JSON.stringify(outs);
     expect(text).not.toMatch(/PRIVATE KEY/);
-    expect(outs.keyPem).toBeUndefined();
+    expect(outs.keyPem).toBeNull();
     const ref = outs.keyRef as KeyRef;
     expect(ref).toMatchObject({ custody: "embedded", location: STORE, algorithm: "ecdsa-p256" });
     const cert = new crypto.X509Certificate(outs.certificatePem);
@@ -146,7 +146,7 @@ describe("CA key custody in the provider (issue 9, finding 1)", () => {
     expect(d.stables).not.toContain("keyRef");
     const moved = update("id", legacy, inputs).outs as typeof secret;
     expect(moved.certificatePem).toBe(secret.certificatePem);
-    expect(moved.keyPem).toBeUndefined();
+    expect(moved.keyPem).toBeNull();
     expect(JSON.stringify(moved)).not.toMatch(/PRIVATE KEY/);
     expect(moved.keyRef).toMatchObject({ custody: "embedded", location: STORE });
     expect(diff("id", moved, inputs)).toMatchObject({ changes: false });
