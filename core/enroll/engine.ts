@@ -529,7 +529,7 @@ export class BatchEngine {
     );
     const tx: Transition[] = [];
     const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, d.state, reason));
-    const candidates: Array<{ d: DeviceRecord; id: IdentifyResult; nonce: Buffer }> = [];
+    let candidates: Array<{ d: DeviceRecord; id: IdentifyResult; nonce: Buffer }> = [];
     for (let i = 0; i < ident.length; i++)
       ((res: (typeof ident)[number]): unknown => {
         const d = devs[i]!;
@@ -559,6 +559,31 @@ export class BatchEngine {
         candidates.push({ d, id, nonce: crypto.randomBytes(32) });
         return undefined;
       })(ident[i]!);
+    // a closed device that trusts other roots than ours belongs to another CA: say so before
+    // certifying anything for it (what it reports is a hint; its refusal of our commands is the proof)
+    const closed = candidates.filter((c) => c.id.lifecycle === "closed");
+    if (closed.length) {
+      const status = await st.statusBatch(
+        closed.map((c) => c.d.deviceId),
+        opts,
+      );
+      const ours = sha(this.rootDer);
+      const dropped = new Set<string>();
+      closed.forEach((c, i) => {
+        const r = status[i]!;
+        if (!r.ok) {
+          this.failed(c.d, r, q, "status");
+          dropped.add(c.d.deviceId);
+        } else if (r.value.trustAnchors.length > 0 && !r.value.trustAnchors.some((a) => a.equals(ours))) {
+          q(
+            c.d,
+            "owned-elsewhere: identify: the device is closed under a trust anchor other than this batch's root",
+          );
+          dropped.add(c.d.deviceId);
+        }
+      });
+      if (dropped.size) candidates = candidates.filter((c) => !dropped.has(c.d.deviceId));
+    }
     const att = candidates.length
       ? await st.attestBatch(
           candidates.map((c) => ({ device: c.d.deviceId, nonce: c.nonce })),

@@ -1,0 +1,124 @@
+/**
+ * The enrollment engine phase by phase, without Pulumi, CPU time per device (issue 9: what device
+ * ownership, registry-derived convergence and attesting refresh cost). One command:
+ *
+ *   npx tsx bench/engine-phases.ts [--devices 10000]
+ *
+ * A farm of --devices PUF devices in its own process (`fleet devices serve`, default workers), the
+ * engine in this process with a SQLite registry. Phases, each timed (wall) and charged CPU from
+ * this process (process.cpuUsage) and from the farm (its STATS):
+ *   enroll    first contact of every device (identify, attest, CSR, issue, trust, install)
+ *   plan      a no-change plan (what a preview asks the registry)
+ *   converge  a no-change run
+ *   refresh   refresh (STATUS of every active device, and, where the engine does it, attestation)
+ *   reissue   a profile change: every closed device re-issued (set-trust and install again)
+ * CPU is the fair measure on a shared machine: wall time moves with the load, CPU time much less.
+ * Runs on any version of the engine that has BatchEngine.converge/plan/refresh.
+ */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { issueCa } from "../core/ca";
+import { BatchEngine, type BatchSpec } from "../core/enroll/engine";
+import { type IssuerMaterial, resolveProfile } from "../core/enroll/profile";
+import { openRegistry } from "../core/registry";
+import { StationClient } from "../core/station/client";
+import { loadPrivateKey } from "../core/x509/keys";
+import { pemBlocks } from "../core/x509/pem";
+import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
+
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+};
+const N = arg("devices", 10_000);
+
+function issuer(): IssuerMaterial {
+  const root = issueCa({
+    name: "root",
+    role: "root",
+    algorithm: "ecdsa-p256",
+    subject: { commonName: "Bench Root" },
+    validityDays: 3650,
+    pathLen: 1,
+  });
+  const iss = issueCa(
+    {
+      name: "iss",
+      role: "issuing",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "Bench Issuing" },
+      validityDays: 730,
+    },
+    { name: "root", ...root },
+  );
+  const chain = pemBlocks(iss.chainPem, "CERTIFICATE", "chain");
+  return {
+    certificate: chain[0]!,
+    chain: chain.slice(1),
+    key: loadPrivateKey((iss as { keyPem: string }).keyPem, "key"),
+    fingerprint: crypto.createHash("sha256").update(chain[0]!).digest("hex"),
+  };
+}
+
+async function main() {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-phases-"));
+  const { child, port } = await startFarmProcess({
+    count: N,
+    state: path.join(work, "farm"),
+    seed: crypto.randomBytes(32).toString("hex"),
+  });
+  const station = new StationClient({ port, poolSize: 2, maxInFlight: 64, timeoutMs: 120_000 });
+  const registry = await openRegistry(path.join(work, "registry.db"));
+  const material = issuer();
+  const spec = (validityDays: number): BatchSpec => ({
+    name: "lot",
+    model: "fg100",
+    source: "puf",
+    firstSerial: 0,
+    count: N,
+    profile: resolveProfile({ subject: { organization: "Acme" }, validityDays }),
+    maxQuarantinedFraction: 0.01,
+    maxWaveFraction: 1,
+  });
+  const engine = (days = 365) => new BatchEngine({ registry, station, issuer: material }, spec(days));
+  const farmCpu = async () => {
+    const s = await station.stats();
+    return (s.cpuUserMs ?? 0) + (s.cpuSystemMs ?? 0);
+  };
+  const rows: string[] = [];
+  const phase = async (name: string, f: () => Promise<unknown>) => {
+    const f0 = await farmCpu();
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await f();
+    const wall = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    const farm = (await farmCpu()) - f0;
+    const engineMs = (c.user + c.system) / 1000;
+    rows.push(`| ${name} | ${wall.toFixed(2)} | ${(engineMs / N).toFixed(3)} | ${(farm / N).toFixed(3)} |`);
+    process.stderr.write(`${rows[rows.length - 1]}\n`);
+  };
+  try {
+    await phase("enroll", () => engine().converge());
+    await phase("plan (no change)", () => engine().plan());
+    await phase("converge (no change)", () => engine().converge());
+    await phase("refresh", () => engine().refresh());
+    await phase("reissue (profile change)", () => engine(180).converge());
+  } finally {
+    await station.close();
+    await registry.close();
+    await stopFarmProcess(child);
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+  console.log(`## engine phases, ${N.toLocaleString("en-US")} devices, load ${os.loadavg()[0]!.toFixed(1)}`);
+  console.log("| phase | wall (s) | engine CPU ms/device | farm CPU ms/device |");
+  console.log("|---|---|---|---|");
+  for (const r of rows) console.log(r);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
