@@ -254,6 +254,7 @@ export class BatchEngine {
   private enrolled = 0;
   private reissued = 0;
   private decommissioned = 0;
+  private checked?: Promise<StationClient>;
   /** SHA-256 of identity keys seen in this batch -> device, to catch a cloned key */
   private keys?: Map<string, string>;
 
@@ -392,21 +393,26 @@ export class BatchEngine {
     }
   }
 
-  /** A station that predates signed commands would take them from anyone: refuse to use it. */
-  private async checkStation(): Promise<void> {
-    const info = await this.ctx.station.ping();
-    if (info.protocol !== PROTOCOL)
-      throw new FleetError(
-        "INVALID_INPUT",
-        `station.protocol: got ${info.protocol}, want ${PROTOCOL} (a farm before version 2 lets anyone take over closed devices; upgrade it)`,
-        "station",
-      );
+  /**
+   * The station, once it said (asked once, before the first request) that it speaks protocol 2:
+   * one that predates signed commands would take them from anyone, so it is not used at all.
+   */
+  private station(): Promise<StationClient> {
+    this.checked ??= this.ctx.station.ping().then((info) => {
+      if (info.protocol !== PROTOCOL)
+        throw new FleetError(
+          "INVALID_INPUT",
+          `station.protocol: got ${info.protocol}, want ${PROTOCOL} (a farm before version 2 lets anyone take over closed devices; upgrade it)`,
+          "station",
+        );
+      return this.ctx.station;
+    });
+    return this.checked;
   }
 
   /** Bring the batch to its declaration: enroll, resume, decommission, re-issue. */
   async converge(): Promise<BatchSummary> {
     const r = this.ctx.registry;
-    await this.checkStation();
     // the declaration, for import; what to do comes from the device and certificate records
     const next: StoredSpec = {
       firstSerial: this.spec.firstSerial,
@@ -521,7 +527,7 @@ export class BatchEngine {
 
   /** identify + attest; records attested (with the key) or quarantined. Returns the attested. */
   private async attest(devs: DeviceRecord[]): Promise<Attested[]> {
-    const st = this.ctx.station;
+    const st = await this.station();
     const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
     const ident = await st.identifyBatch(
       devs.map((d) => d.deviceId),
@@ -665,7 +671,7 @@ export class BatchEngine {
     const names = devs.map((x) =>
       deviceNames(this.spec.profile, x.d.deviceId, this.spec.name, this.spec.model),
     );
-    const csrs = await this.ctx.station.csrBatch(
+    const csrs = await (await this.station()).csrBatch(
       devs.map((x, i) => ({ device: x.d.deviceId, subject: names[i]!.subject })),
       { deviceTimeoutMs: this.ctx.deviceTimeoutMs },
     );
@@ -728,7 +734,7 @@ export class BatchEngine {
    * set-trust answer hands on; a resumed device's lifecycle and challenge come from STATUS.
    */
   private async install(items: ToInstall[]): Promise<number> {
-    const st = this.ctx.station;
+    const st = await this.station();
     const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
     const tx: Transition[] = [];
     let quarantined = 0;
@@ -862,7 +868,7 @@ export class BatchEngine {
    */
   async decommission(devices: DeviceRecord[], why: string): Promise<number> {
     const r = this.ctx.registry;
-    const st = this.ctx.station;
+    const st = await this.station();
     const opts = { deviceTimeoutMs: this.ctx.deviceTimeoutMs };
     const meter = new Meter("decommission", devices.length, this.ctx.onProgress);
     let n = 0;
@@ -931,7 +937,6 @@ export class BatchEngine {
   async deleteBatch(): Promise<{ revoked: number; decommissioned: number }> {
     const stored = await this.storedSpec();
     if (!stored) return { revoked: 0, decommissioned: 0 };
-    await this.checkStation();
     const before = await this.ctx.registry.certificates({ batch: this.spec.name, status: ["live"] });
     const devs: DeviceRecord[] = [];
     for await (const page of this.pages(LIVE_STATES)) devs.push(...page);
@@ -959,7 +964,6 @@ export class BatchEngine {
     const want = this.ctx.refreshSample;
     if (want !== undefined && !(Number.isInteger(want) && want >= 0))
       throw invalid("refreshSample", want, "an integer >= 0 (active devices to attest)");
-    await this.checkStation();
     const counts = await this.ctx.registry.counts(this.spec.name);
     const population = counts.active;
     const sample = want === undefined || want >= population ? undefined : await this.sampleActive(want);
@@ -971,15 +975,16 @@ export class BatchEngine {
     let asked = 0;
     let failed = 0;
     for await (const page of this.pages(["active"])) {
+      const st = await this.station();
       const toAttest = sample ? page.filter((d) => sample.has(d.deviceId)) : page;
       const nonces = toAttest.map(() => crypto.randomBytes(32));
       const [res, att] = await Promise.all([
-        this.ctx.station.statusBatch(
+        st.statusBatch(
           page.map((d) => d.deviceId),
           opts,
         ),
         toAttest.length
-          ? this.ctx.station.attestBatch(
+          ? st.attestBatch(
               toAttest.map((d, i) => ({ device: d.deviceId, nonce: nonces[i]! })),
               opts,
             )
