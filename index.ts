@@ -18,6 +18,9 @@ const config = new pulumi.Config("fleetguard");
 const org = config.get("organization") ?? "Example Devices Ltd";
 
 const pki = new CaHierarchy("fleet", {
+  // CA keys are made and kept in a key store sealed with the stack's passphrase: the state and
+  // the engine's logs hold only references (docs/custody.md); `pkcs11` puts them in an HSM
+  custody: { kind: "embedded", store: config.get("keyStore") ?? `.state/keys/${pulumi.getStack()}` },
   // the organisation baseline: a mandatory violation stops `pulumi preview` with the check id
   policy: path.join(__dirname, "policies", "baseline.yaml"),
   root: {
@@ -27,7 +30,7 @@ const pki = new CaHierarchy("fleet", {
     validityDays: 3650,
     pathLen: 2,
     nameConstraints: { permittedDNS: ["devices.example.com"] },
-    description: "offline root; key custody: Pulumi secret (demo)",
+    description: "offline root; key custody: the embedded key store (demo)",
   },
   intermediates: [
     {
