@@ -22,6 +22,7 @@ import {
 } from "../../core/enroll/engine";
 import { exportManifest } from "../../core/enroll/manifest";
 import {
+  checkBatchNames,
   type DeviceCertificateProfile,
   type IssuerMaterial,
   resolveProfile,
@@ -217,7 +218,17 @@ export function check(_olds: Record<string, unknown>, news: BatchInputs) {
     if (typeof news.name !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(news.name))
       throw invalid("name", news.name, "1..63 letters, digits, '_', '.', '-'");
   });
-  at("profile", () => resolveProfile(news.profile));
+  at("profile", () => {
+    const p = resolveProfile(news.profile);
+    // every device's names, under the issuing chain's name constraints, before anything is signed
+    if (isUnknown(news.issuer) || isUnknown(news.name) || isUnknown(news.model) || isUnknown(news.count))
+      return;
+    checkBatchNames(p, news.name, news.model, undefined, {
+      certificates: pemBlocks(news.issuer.chainPem, "CERTIFICATE", "issuer.chainPem"),
+      firstSerial: news.firstSerial ?? 0,
+      count: news.count,
+    });
+  });
   at("count", () => {
     if (!Number.isInteger(news.count) || news.count < 0)
       throw invalid("count", news.count, "an integer >= 0");
