@@ -5,7 +5,6 @@
  * reader so `fleet policy review` can load the fleet as it was at a git ref.
  */
 import { X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { dirname, join, normalize } from "node:path";
 import type { DeployedCertificate, DeployedCrl, FleetContext } from "./context";
 import { isValidDay } from "./layering";
@@ -13,6 +12,8 @@ import type { FleetDeclaration } from "./schema/fleet.gen";
 import {
   type Diagnostic,
   type PathSegment,
+  readProblem,
+  readSourceText,
   SourceFile,
   sortDiagnostics,
   validateAgainstSchema,
@@ -28,14 +29,22 @@ export interface FleetLoad {
 }
 
 export function loadFleet(file: string, opts: { readFile?: (path: string) => string } = {}): FleetLoad {
-  const read = opts.readFile ?? ((p: string) => readFileSync(p, "utf8"));
+  // bounded and non-blocking like policy files: a FIFO, a device or a huge file is refused
+  const read = opts.readFile ?? ((p: string) => readSourceText(p));
   let text: string;
   try {
     text = read(file);
-  } catch {
+  } catch (err) {
     return {
       diagnostics: [
-        { kind: "input", file, line: 1, column: 1, path: "(file)", message: "cannot read the fleet file" },
+        {
+          kind: "input",
+          file,
+          line: 1,
+          column: 1,
+          path: "(file)",
+          message: `cannot read the fleet file: ${readProblem(err)}`,
+        },
       ],
     };
   }
