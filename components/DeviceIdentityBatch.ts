@@ -155,8 +155,12 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         issuer: { name: ca.name, certificatePem: ca.certificatePem, chainPem: ca.chainPem } as never,
         // the provider opens the CA key from its custody by this reference: the key never crosses Pulumi's RPC
         issuerKeyRef: ca.keyRef as never,
-        // only the explicit pulumi-secret custody passes the key itself (a secret)
-        issuerKeyPem: pulumi.secret(ca.keyPem) as never,
+        // only the explicit pulumi-secret custody passes the key itself (a secret); others pass nothing
+        issuerKeyPem: pulumi.secret(
+          pulumi
+            .all([ca.keyRef, ca.keyPem])
+            .apply(([ref, pem]) => (ref && ref.custody !== "pulumi-secret" ? undefined : (pem ?? undefined))),
+        ) as never,
         station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
         crlDir: args.crlDir ?? ".fleetguard/crl",

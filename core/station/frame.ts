@@ -63,6 +63,8 @@ export const Status = {
   TIMEOUT: 11,
   BUSY: 12,
   INTERNAL: 13,
+  /** a closed device refused a command not signed by a CA under its trust anchor (another owner) */
+  UNAUTHORIZED: 14,
   /** client side only: the connection closed before the response arrived */
   DISCONNECTED: 64,
 } as const;
@@ -85,6 +87,7 @@ const FLEET_CODE: Record<number, FleetErrorCode> = {
   [Status.TIMEOUT]: "UNAVAILABLE",
   [Status.BUSY]: "UNAVAILABLE",
   [Status.INTERNAL]: "INTERNAL",
+  [Status.UNAUTHORIZED]: "POLICY_VIOLATION",
   [Status.DISCONNECTED]: "UNAVAILABLE",
 };
 

@@ -28,10 +28,9 @@ export type Subject = Array<[SubjectAttr, string]>;
 export const PROTOCOL = 2;
 /**
  * The status of a command a closed device refuses for want of a valid authorization (none, a
- * signer that does not chain to its trust anchor, a bad signature). Wire value 14, next to
- * core/station/frame.ts's Status codes.
+ * signer that does not chain to its trust anchor, a bad signature): frame.ts's Status.UNAUTHORIZED.
  */
-export const UNAUTHORIZED = 14;
+export const UNAUTHORIZED = Status.UNAUTHORIZED;
 
 export const DEVICE_ID_MAX = 64;
 export const NONCE_MIN = 16;

@@ -7,7 +7,11 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openCaKey } from "../../core/custody";
+import { signCommand } from "../../core/enroll/authorize";
+import type { IssuerMaterial } from "../../core/enroll/profile";
 import { StationClient } from "../../core/station/client";
+import { pemBlocks } from "../../core/x509/pem";
 import { openssl } from "../helpers/openssl";
 import {
   batchStack,
@@ -43,6 +47,20 @@ afterAll(async () => {
   stack.cleanup();
   fs.rmSync(work, { recursive: true, force: true });
 });
+
+/** The issuing CA as its custody holds it: the key opened from the stack's embedded key store. */
+async function issuingCaMaterial(): Promise<IssuerMaterial> {
+  const state = JSON.parse((await stack.run(["stack", "export"])).stdout);
+  const line = state.deployment.resources.find((r: { urn: string }) => r.urn.endsWith("::pki-line"));
+  process.env.PULUMI_CONFIG_PASSPHRASE = stack.env.PULUMI_CONFIG_PASSPHRASE;
+  const der = (pem: string) => pemBlocks(pem, "CERTIFICATE", "test")[0]!;
+  return {
+    certificate: der(line.outputs.certificatePem),
+    chain: pemBlocks(line.outputs.chainPem, "CERTIFICATE", "test").slice(1),
+    key: openCaKey(line.outputs.keyRef, { baseDir: stack.programDir }),
+    fingerprint: line.outputs.fingerprintSha256,
+  };
+}
 
 describe("DeviceIdentityBatch with the real engine", () => {
   let cas: Cas;
@@ -102,10 +120,19 @@ describe("DeviceIdentityBatch with the real engine", () => {
   }, 300_000);
 
   it("refresh reports drift; the next up repairs what it can and quarantines the rest", async () => {
-    // out of band: one device is zeroized at the station, and the registry holds a record
-    // whose device the station does not know (restored from an old backup, say)
+    // out of band: an operator holding the issuing CA's key zeroizes one device at the station
+    // (a closed device obeys only commands signed under its trust anchor), and the registry holds
+    // a record whose device the station does not know (restored from an old backup, say)
     const st = new StationClient({ port: farm.port });
-    await st.decommission("fg100-0000042");
+    const challenge = (await st.status("fg100-0000042")).challenge!;
+    await st.decommission("fg100-0000042", {
+      auth: signCommand(
+        await issuingCaMaterial(),
+        "fg100-0000042",
+        { op: "DECOMMISSION", confirm: "fg100-0000042" },
+        challenge,
+      ),
+    });
     await st.close();
     await withRegistry(work, async (reg) => {
       await reg.addDevices("lot", ["fg100-0000999"]);
@@ -118,9 +145,14 @@ describe("DeviceIdentityBatch with the real engine", () => {
         await reg.apply([{ deviceId: "fg100-0000999", batch: "lot", from, to }]);
     });
     const r = await stack.run(["refresh", "--yes"]);
-    expect(r.stdout).toMatch(/drift: 1 device\(s\) lost their certificate, 1 record\(s\) without a device/);
+    // refresh attests every active device: the zeroized one no longer proves its key, so it is
+    // quarantined and its certificate revoked at once (it never gets to "lost its certificate")
+    expect(r.stdout).toMatch(/drift: 0 device\(s\) lost their certificate, 1 record\(s\) without a device/);
     await withRegistry(work, async (reg) => {
-      expect((await reg.getDevice("fg100-0000042"))?.state).toBe("issued");
+      const zeroized = await reg.getDevice("fg100-0000042");
+      expect(zeroized?.state).toBe("quarantined");
+      expect(zeroized?.reason).toMatch(/^attestation-failed: refresh: .*lifecycle: got decommissioned/);
+      expect(await reg.certificates({ deviceId: "fg100-0000042", status: ["live"] })).toHaveLength(0);
       const ghost = await reg.getDevice("fg100-0000999");
       expect(ghost?.state).toBe("quarantined");
       expect(ghost?.reason).toMatch(/^drift: a registry record without a device/);
@@ -131,10 +163,11 @@ describe("DeviceIdentityBatch with the real engine", () => {
     await withRegistry(work, async (reg) => {
       const d = await reg.getDevice("fg100-0000042");
       expect(d?.state).toBe("quarantined");
-      expect(d?.reason).toMatch(/^set-trust-refused: INVALID_STATE: lifecycle: got decommissioned/);
       expect(await reg.certificates({ deviceId: "fg100-0000042", status: ["live"] })).toHaveLength(0);
+      // the ghost record is outside the declared serials: converging from the registry removes it
+      expect((await reg.getDevice("fg100-0000999"))?.state).toBe("decommissioned");
     });
-    await checkInvariants(work, farm.port, "lot", { active: 318, quarantined: 3 });
+    await checkInvariants(work, farm.port, "lot", { active: 318, quarantined: 2 });
   }, 300_000);
 
   it("destroy revokes every certificate and publishes a CRL that OpenSSL accepts", async () => {
