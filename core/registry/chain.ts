@@ -85,29 +85,31 @@ export interface ChainRow {
 /** A row before it is chained: what a write knows. */
 export type NewRow = Omit<ChainRow, "seq" | "prevHash" | "hash">;
 
+/** A row's chained content in its one fixed order: what the hash covers, and the audit columns' order. */
+export function chainValues(r: Omit<ChainRow, "hash">): unknown[] {
+  return [
+    r.seq,
+    r.at,
+    r.batch,
+    r.deviceId,
+    r.from,
+    r.to,
+    r.reason,
+    r.detail,
+    r.publicKeySha256,
+    r.epoch,
+    r.certSerial,
+    r.certSha256,
+    r.certIssuer,
+    r.revokeReason,
+    r.revokeAt,
+    r.baseline,
+    r.prevHash,
+  ];
+}
+
 export function rowHash(r: Omit<ChainRow, "hash">): string {
-  return sha256Hex(
-    JSON.stringify([
-      DOMAIN,
-      r.seq,
-      r.at,
-      r.batch,
-      r.deviceId,
-      r.from,
-      r.to,
-      r.reason,
-      r.detail,
-      r.publicKeySha256,
-      r.epoch,
-      r.certSerial,
-      r.certSha256,
-      r.certIssuer,
-      r.revokeReason,
-      r.revokeAt,
-      r.baseline,
-      r.prevHash,
-    ]),
-  );
+  return sha256Hex(JSON.stringify([DOMAIN, ...chainValues(r)]));
 }
 
 /** Give rows their seqs and hashes after `head` (in place); returns them. */

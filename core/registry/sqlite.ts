@@ -20,6 +20,7 @@ import {
   type ChainRow,
   canonicalJson,
   chain,
+  chainValues,
   checkVerifyOptions,
   declareRow,
   GENESIS,
@@ -274,26 +275,9 @@ function sqliteSource(db: Database.Database): VerifySource {
 
 /** Positional, in AUDIT_COLUMNS order (named binding of 18 values costs more than the insert). */
 function auditArgs(r: ChainRow): unknown[] {
-  return [
-    r.seq,
-    r.at,
-    r.batch,
-    r.deviceId,
-    r.from,
-    r.to,
-    r.reason,
-    r.detail,
-    r.publicKeySha256,
-    r.epoch,
-    r.certSerial,
-    r.certSha256,
-    r.certIssuer,
-    r.revokeReason,
-    r.revokeAt,
-    r.baseline,
-    r.prevHash,
-    r.hash,
-  ];
+  const v = chainValues(r);
+  v.push(r.hash);
+  return v;
 }
 
 function isConstraint(err: unknown, code: string): boolean {
