@@ -16,7 +16,7 @@
 import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
-import { type DeviceCertificateProfile, resolveProfile } from "../core/enroll/profile";
+import { type DeviceCertificateProfile, type NameRules, resolveProfile } from "../core/enroll/profile";
 import { invalid, phrase } from "../core/errors";
 import type { DeclaredBatch, TlsStack } from "../policies/context";
 import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../policies/engine";
@@ -70,8 +70,8 @@ function effectivePolicy(p: string | PolicyInput | undefined): PolicyInput | und
 }
 
 /** The batch as the policy engine sees it. */
-export function declaredBatch(name: string, args: DeviceIdentityBatchArgs): DeclaredBatch {
-  const profile = resolveProfile(args.profile);
+export function declaredBatch(name: string, args: DeviceIdentityBatchArgs, rules?: NameRules): DeclaredBatch {
+  const profile = resolveProfile(args.profile, "profile", rules);
   return {
     id: name,
     deviceModel: args.model,
@@ -91,7 +91,7 @@ export function declaredBatch(name: string, args: DeviceIdentityBatchArgs): Decl
 }
 
 /** The arguments' shape, before any resource is registered: each error names the field. */
-export function checkArgs(args: DeviceIdentityBatchArgs, first: number): void {
+export function checkArgs(args: DeviceIdentityBatchArgs, first: number, rules?: NameRules): void {
   if (!args || typeof args !== "object") throw invalid("args", args, "the batch's declaration");
   if (!Number.isInteger(first) || first < 0) throw invalid("serials.first", first, "an integer >= 0");
   if (!Number.isInteger(args.serials?.count) || args.serials.count < 0)
@@ -104,7 +104,7 @@ export function checkArgs(args: DeviceIdentityBatchArgs, first: number): void {
       args.issuingCa,
       'an issuing CA of a CaHierarchy: hierarchy.issuingCa("line-a")',
     );
-  resolveProfile(args.profile); // bad profiles fail the preview, naming the field
+  resolveProfile(args.profile, "profile", rules); // bad profiles fail the preview, naming the field
   const r = args.registry;
   if (typeof r === "string") {
     const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(r)?.[1]?.toLowerCase();
@@ -127,15 +127,24 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
     const first = args.serials?.first ?? 0;
     // a bad declaration stops the program with the field named, no stack trace (a RunError)
     const policyInputs = declared("DeviceIdentityBatch", name, () => {
-      checkArgs(args, first);
       const policy = effectivePolicy(args.policy);
-      if (policy) enforceAtConstruction(policy, { batches: [declaredBatch(batchName, args)] });
       const spec = policy?.spec ?? {};
+      // what device names may be: the policy's `names` (wildcards, URI schemes), else the strict rules
+      const names: NameRules = {
+        ...(spec.names?.allowWildcardDns !== undefined
+          ? { allowWildcardDns: spec.names.allowWildcardDns }
+          : {}),
+        ...(spec.names?.allowedUriSchemes ? { allowedUriSchemes: spec.names.allowedUriSchemes } : {}),
+      };
+      checkArgs(args, first, names);
+      if (policy) enforceAtConstruction(policy, { batches: [declaredBatch(batchName, args, names)] });
       return {
         name: policy?.name ?? "(none)",
         digest: crypto.createHash("sha256").update(canonicalJson(spec)).digest("hex"),
         maxQuarantinedFraction: spec.identity?.maxQuarantinedFraction ?? 0.01,
         maxWaveFraction: spec.rotation?.maxWaveFraction ?? 1,
+        names,
+        ...(spec.identity?.refreshAttestSample ? { refreshSample: spec.identity.refreshAttestSample } : {}),
       };
     });
     const registry = pulumi.output(args.registry ?? ".fleetguard/registry.db");

@@ -64,6 +64,9 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
   declare readonly drift: pulumi.Output<{
     lostCertificate: number;
     missingDevice: number;
+    attested?: number;
+    attestationPopulation?: number;
+    attestationFailed?: number;
     checkedAt: string | null;
   }>;
   declare readonly crl: pulumi.Output<{ path: string; crlNumber: number; revoked: number } | null>;

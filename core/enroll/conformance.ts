@@ -16,6 +16,7 @@ import {
   compileTemplate,
   deviceNames,
   type IssuerMaterial,
+  type NameRules,
   type ResolvedProfile,
 } from "./profile";
 
@@ -32,6 +33,7 @@ export class Conformance {
     private readonly issuer: IssuerMaterial,
     private readonly batch: string,
     private readonly model: string,
+    private readonly rules?: NameRules,
   ) {
     const publicKey = new X509Certificate(issuer.certificate).publicKey;
     this.signer = {
@@ -51,7 +53,7 @@ export class Conformance {
     if (!t || t.notAfter.getTime() !== c.notAfter.getTime()) return false;
     try {
       const p = parseCertificate(c.der);
-      const n = deviceNames(this.profile, c.deviceId, this.batch, this.model);
+      const n = deviceNames(this.profile, c.deviceId, this.batch, this.model, this.rules);
       this.captured = undefined;
       t.issue(p.serialBytes, n.commonName, p.spki, n.san.uri.length || n.san.dns.length ? n.san : undefined);
       return this.captured !== undefined && (this.captured as Buffer).equals(p.tbs);
@@ -65,7 +67,12 @@ export class Conformance {
     let t = this.templates.get(k);
     if (t === undefined) {
       try {
-        t = compileTemplate(this.profile, { ...this.issuer, key: this.signer }, new Date(k + BACKDATE_MS));
+        t = compileTemplate(
+          this.profile,
+          { ...this.issuer, key: this.signer },
+          new Date(k + BACKDATE_MS),
+          this.rules,
+        );
         if (t.notBefore.getTime() !== k) t = null;
       } catch {
         t = null;

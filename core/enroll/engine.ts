@@ -124,7 +124,7 @@ export class BatchEngine extends BatchRun {
     const meter = new Meter("enroll", this.spec.count, this.ctx.onProgress);
     meter.add(counts0.active + counts0.quarantined + counts0.revoked + counts0.decommissioned);
     const pages = this.pages(WORKING);
-    const template = compileTemplate(this.spec.profile, this.ctx.issuer, this.now());
+    const template = compileTemplate(this.spec.profile, this.ctx.issuer, this.now(), this.spec.names);
     await pool(
       async () => {
         // devices outside the range are decommissioned below, not enrolled

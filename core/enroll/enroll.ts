@@ -174,7 +174,9 @@ export async function issue(
   template: CompiledTemplate,
 ): Promise<ToInstall[]> {
   if (!devs.length) return [];
-  const names = devs.map((x) => deviceNames(run.spec.profile, x.d.deviceId, run.spec.name, run.spec.model));
+  const names = devs.map((x) =>
+    deviceNames(run.spec.profile, x.d.deviceId, run.spec.name, run.spec.model, run.spec.names),
+  );
   const csrs = await (await run.station()).csrBatch(
     devs.map((x, i) => ({ device: x.d.deviceId, subject: names[i]!.subject })),
     { deviceTimeoutMs: run.ctx.deviceTimeoutMs },

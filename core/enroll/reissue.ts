@@ -15,7 +15,7 @@ import { type BatchRun, fmtPct, Meter } from "./run";
  * One pass over the batch's live certificates (pages by serial), whatever their number.
  */
 export async function nonConforming(run: BatchRun): Promise<Map<string, string>> {
-  const c = new Conformance(run.spec.profile, run.ctx.issuer, run.spec.name, run.spec.model);
+  const c = new Conformance(run.spec.profile, run.ctx.issuer, run.spec.name, run.spec.model, run.spec.names);
   const out = new Map<string, string>();
   let after: string | undefined;
   for (;;) {

@@ -18,7 +18,7 @@ import type { BatchItem, StationClient } from "../station/client";
 import type { StationError } from "../station/frame";
 import { checkModel, deviceId, MAX_COUNT, SERIAL_DIGITS } from "../station/ids";
 import { PROTOCOL, UNAUTHORIZED } from "../station/messages";
-import type { IssuerMaterial, ResolvedProfile } from "./profile";
+import type { IssuerMaterial, NameRules, ResolvedProfile } from "./profile";
 
 export interface BatchSpec {
   name: string;
@@ -32,6 +32,8 @@ export interface BatchSpec {
   maxQuarantinedFraction: number;
   /** re-issues go in waves of at most this fraction of the batch (policy) */
   maxWaveFraction: number;
+  /** what device names may be (policy `names`: wildcards, URI schemes); default the strict rules */
+  names?: NameRules;
 }
 
 export interface Progress {

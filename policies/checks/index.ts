@@ -9,6 +9,7 @@ import { check as CA002 } from "./ca/FG-CA-002";
 import { check as CA003 } from "./ca/FG-CA-003";
 import { check as CERT001 } from "./certificates/FG-CERT-001";
 import { check as CERT002 } from "./certificates/FG-CERT-002";
+import { check as CERT003 } from "./certificates/FG-CERT-003";
 import { check as HUB001 } from "./hubs/FG-HUB-001";
 import { check as HUB002 } from "./hubs/FG-HUB-002";
 import { check as HUB003 } from "./hubs/FG-HUB-003";
@@ -34,6 +35,7 @@ export const catalog: readonly Check[] = [
   KEY003,
   CERT001,
   CERT002,
+  CERT003,
   CA001,
   CA002,
   CA003,

@@ -57,6 +57,7 @@ export interface PolicySpec {
   identity?: IdentityRules;
   keys?: KeyRules;
   validity?: ValidityRules;
+  names?: NameRules;
   renewal?: RenewalRules;
   caConstraints?: CaConstraintRules;
   revocation?: RevocationRules;
@@ -90,6 +91,10 @@ export interface IdentityRules {
    * Largest fraction of a batch that may end quarantined (clones, unreadable PUFs) before the run fails.
    */
   maxQuarantinedFraction?: number;
+  /**
+   * Refresh attests this many active devices of a batch, drawn at random (absent: every active device). A larger sample is tighter.
+   */
+  refreshAttestSample?: number;
 }
 /**
  * This interface was referenced by `FleetPolicy`'s JSON-Schema
@@ -149,6 +154,20 @@ export interface ValidityRules {
    * A CA must outlive every certificate it signs by at least this many days.
    */
   caMarginDays?: number;
+}
+/**
+ * This interface was referenced by `FleetPolicy`'s JSON-Schema
+ * via the `definition` "NameRules".
+ */
+export interface NameRules {
+  /**
+   * Accept wildcard DNS names (*.example.com) in device certificates. Default false: a wildcard identifies no single device.
+   */
+  allowWildcardDns?: boolean;
+  /**
+   * URI schemes allowed in the URI SANs of device certificates (RFC 3986). Default: urn, https, spiffe.
+   */
+  allowedUriSchemes?: string[];
 }
 /**
  * This interface was referenced by `FleetPolicy`'s JSON-Schema

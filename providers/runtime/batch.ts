@@ -25,6 +25,7 @@ import {
   checkBatchNames,
   type DeviceCertificateProfile,
   type IssuerMaterial,
+  type NameRules,
   resolveProfile,
 } from "../../core/enroll/profile";
 import { FleetError, invalid, phrase } from "../../core/errors";
@@ -48,6 +49,10 @@ export interface BatchPolicyInputs {
   digest: string;
   maxQuarantinedFraction: number;
   maxWaveFraction: number;
+  /** policy `names`: what device names may be (absent in states from before it: the strict rules) */
+  names?: NameRules;
+  /** policy identity.refreshAttestSample: refresh attests this many active devices (absent: all) */
+  refreshSample?: number;
 }
 
 export interface BatchInputs {
@@ -91,7 +96,15 @@ export interface BatchOutputs {
    * by the next preview, refresh or up (brief, rule 6).
    */
   auditHead: string;
-  drift: { lostCertificate: number; missingDevice: number; checkedAt: string | null };
+  /** what the last refresh found; attestation figures are the sample it attested (policy identity.refreshAttestSample) */
+  drift: {
+    lostCertificate: number;
+    missingDevice: number;
+    attested?: number;
+    attestationPopulation?: number;
+    attestationFailed?: number;
+    checkedAt: string | null;
+  };
   crl: { path: string; crlNumber: number; revoked: number } | null;
   manifest: { path: string; signerPath: string; entries: number; digest: string } | null;
 }
@@ -119,7 +132,7 @@ export function declarationDigest(i: BatchInputs): string {
         source: i.source,
         firstSerial: i.firstSerial,
         count: i.count,
-        profile: resolveProfile(i.profile),
+        profile: resolveProfile(i.profile, "profile", i.policy?.names),
         issuer: issuerFp,
         policy: i.policy?.digest ?? null,
       }),
@@ -134,9 +147,10 @@ function specOf(i: BatchInputs): BatchSpec {
     source: i.source,
     firstSerial: i.firstSerial,
     count: i.count,
-    profile: resolveProfile(i.profile),
+    profile: resolveProfile(i.profile, "profile", i.policy?.names),
     maxQuarantinedFraction: i.policy.maxQuarantinedFraction,
     maxWaveFraction: i.policy.maxWaveFraction,
+    names: i.policy?.names,
   };
 }
 
@@ -219,11 +233,12 @@ export function check(_olds: Record<string, unknown>, news: BatchInputs) {
       throw invalid("name", news.name, "1..63 letters, digits, '_', '.', '-'");
   });
   at("profile", () => {
-    const p = resolveProfile(news.profile);
+    const rules = isUnknown(news.policy) ? undefined : news.policy?.names;
+    const p = resolveProfile(news.profile, "profile", rules);
     // every device's names, under the issuing chain's name constraints, before anything is signed
     if (isUnknown(news.issuer) || isUnknown(news.name) || isUnknown(news.model) || isUnknown(news.count))
       return;
-    checkBatchNames(p, news.name, news.model, undefined, {
+    checkBatchNames(p, news.name, news.model, rules, {
       certificates: pemBlocks(news.issuer.chainPem, "CERTIFICATE", "issuer.chainPem"),
       firstSerial: news.firstSerial ?? 0,
       count: news.count,
@@ -479,14 +494,26 @@ export async function read(id: string, props: Record<string, unknown>) {
   return withRegistry(i, (registry) =>
     withStation(i, async (station) => {
       await checkIntegrity(i, registry, i.auditHead);
-      const engine = new BatchEngine({ registry, station, issuer, onProgress: progressLogger(i) }, specOf(i));
+      const engine = new BatchEngine(
+        {
+          registry,
+          station,
+          issuer,
+          onProgress: progressLogger(i),
+          ...(i.policy?.refreshSample ? { refreshSample: i.policy.refreshSample } : {}),
+        },
+        specOf(i),
+      );
       const drift = await engine.refresh();
       const summary = await engine.summary();
-      if (drift.lostCertificate || drift.missingDevice)
+      const a = drift.attestation;
+      const attested = `${a.sample} of ${a.population} active device(s) attested, ${a.failed} failed (quarantined, certificate revoked)`;
+      if (drift.lostCertificate || drift.missingDevice || a.failed)
         await engineLog(
-          `batch ${i.name}: drift: ${drift.lostCertificate} device(s) lost their certificate, ${drift.missingDevice} record(s) without a device`,
+          `batch ${i.name}: drift: ${drift.lostCertificate} device(s) lost their certificate, ${drift.missingDevice} record(s) without a device; ${attested}`,
           { urn: i.progressUrn, severity: "warning" },
         );
+      else await engineLog(`batch ${i.name}: refresh: ${attested}`, { urn: i.progressUrn });
       return {
         id,
         props: {
@@ -497,6 +524,9 @@ export async function read(id: string, props: Record<string, unknown>) {
           drift: {
             lostCertificate: drift.lostCertificate,
             missingDevice: drift.missingDevice,
+            attested: a.sample,
+            attestationPopulation: a.population,
+            attestationFailed: a.failed,
             checkedAt: new Date().toISOString(),
           },
           auditHead: formatAnchor(await registry.auditHead()),

@@ -73,3 +73,26 @@ describe("batch provider check", () => {
     expect(() => registryLocation(dir)).toThrow(/registry: got the folder/);
   });
 });
+
+describe("batch check under the policy's name rules (policy `names`)", () => {
+  const wild = { sans: { dns: ["*.{deviceId}.devices.example.com"] } };
+  const withNames = (names: object) => ({ ...inputs, profile: wild, policy: { ...inputs.policy, names } });
+
+  it("refuses a wildcard DNS name unless the policy allows it", () => {
+    const refused = check({}, { ...inputs, profile: wild });
+    expect(refused.failures[0]!.reason).toMatch(/wildcards are not allowed by policy/);
+    expect(check({}, withNames({ allowWildcardDns: false })).failures).toHaveLength(1);
+    expect(check({}, withNames({ allowWildcardDns: true })).failures).toEqual([]);
+  });
+
+  it("allows only the policy's URI schemes", () => {
+    const profile = { sans: { uri: ["https://devices.example.com/{deviceId}"] } };
+    expect(check({}, { ...inputs, profile }).failures).toEqual([]);
+    const r = check(
+      {},
+      { ...inputs, profile, policy: { ...inputs.policy, names: { allowedUriSchemes: ["urn"] } } },
+    );
+    expect(r.failures.map((f) => f.property)).toEqual(["profile"]);
+    expect(r.failures[0]!.reason).toMatch(/https/);
+  });
+});
