@@ -1,6 +1,7 @@
 /**
  * `fleet ca summary`: what a CA hierarchy stack holds, read from its outputs (no keys), with
- * every chain checked by OpenSSL and the PEMs written out for `openssl verify` by hand.
+ * every chain checked by OpenSSL and the PEMs written out for `openssl verify` by hand; --json
+ * prints the same as one document (docs/cli.md).
  */
 import { type SpawnSyncReturns, spawnSync } from "node:child_process";
 import * as crypto from "node:crypto";
@@ -8,12 +9,66 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CaSummary } from "../components/CaHierarchy";
 import { FleetError, invalid } from "../core/errors";
+import type { StateCounts } from "../core/registry/types";
+import { type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
+
+export const spec: GroupSpec = {
+  name: "ca",
+  summary: "inspect the CA hierarchy of a stack (and verify device certificates)",
+  commands: [
+    {
+      name: "summary",
+      summary: "every CA of a stack's `cas` output, each chain checked by openssl verify, PEMs written out",
+      options: [
+        { name: "stack", arg: "NAME", help: "the Pulumi stack (default demo)" },
+        { name: "out", arg: "DIR", help: "where the PEMs go (default <cwd>/.state/<stack>-pki)" },
+        { name: "cwd", arg: "DIR", help: "the Pulumi program's directory (default: the current one)" },
+        {
+          name: "registry",
+          arg: "<path|postgres://...>",
+          help: "also verify every live device certificate in this registry against the hierarchy",
+        },
+        JSON_OPTION,
+      ],
+      json: "{stack, out, ok, cas: [{name, role, subject, algorithm, notAfter, fingerprintSha256, verify, ok}], batches: null | [{batch, model, source, counts, live, verified, ok, failure, dir}]}",
+      details: "needs the Pulumi CLI (it reads `pulumi stack output cas`) and OpenSSL 3 on PATH",
+    },
+  ],
+};
 
 interface Args {
   stack: string;
   out?: string;
   cwd: string;
   registry?: string;
+  json: boolean;
+}
+
+/** A batch's device certificates as `--registry` checked them (docs/cli.md). */
+export interface BatchVerifyJson {
+  batch: string;
+  model: string;
+  source: string;
+  counts: StateCounts;
+  live: number;
+  verified: number;
+  ok: boolean;
+  /** openssl's first complaint, or why a certificate could not be checked; null when ok */
+  failure: string | null;
+  dir: string;
+}
+
+/** One CA of `fleet ca summary --json`. */
+export interface CaJson {
+  name: string;
+  role: string;
+  subject: string;
+  algorithm: string;
+  notAfter: string;
+  fingerprintSha256: string;
+  /** "OK" or "FAILED: <openssl's last line>" */
+  verify: string;
+  ok: boolean;
 }
 
 /**
@@ -31,32 +86,29 @@ const PULUMI_INSTALL =
   "the Pulumi CLI on PATH (in this checkout: bash scripts/setup-pulumi && source .cache/pulumi/env; see docs/engine.md)";
 const OPENSSL_INSTALL = "OpenSSL 3 on PATH (e.g. apt-get install openssl)";
 
-function parseArgs(argv: string[]): Args {
-  const opts: Args = { stack: "demo", cwd: process.cwd() };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const v = argv[i + 1];
-    if (!v || !["--stack", "--out", "--cwd", "--registry"].includes(a))
-      throw invalid("argument", a, "--stack NAME, --out DIR, --cwd DIR or --registry FILE|URL");
-    if (a === "--stack") opts.stack = v;
-    if (a === "--out") opts.out = v;
-    if (a === "--cwd") opts.cwd = v;
-    if (a === "--registry") opts.registry = v;
-    i++;
-  }
-  return opts;
+function parseArgs(flags: Flags): Args {
+  return {
+    stack: flags.stack ?? "demo",
+    cwd: flags.cwd ?? process.cwd(),
+    json: flags.json === "true",
+    ...(flags.out !== undefined ? { out: flags.out } : {}),
+    ...(flags.registry !== undefined ? { registry: flags.registry } : {}),
+  };
 }
 
 /**
  * Every live device certificate of every batch in the registry, checked with `openssl verify`
  * against the hierarchy (root trusted, intermediates untrusted), 500 certificates per call.
  */
-async function verifyDevices(registry: string, cas: Record<string, CaSummary>, out: string): Promise<number> {
+async function verifyDevices(
+  registry: string,
+  cas: Record<string, CaSummary>,
+  out: string,
+): Promise<BatchVerifyJson[]> {
   const { openRegistry } = await import("../core/registry");
-  const { describeCounts } = await import("../core/enroll/engine");
   const { toPem } = await import("../core/x509/pem");
   const reg = await openRegistry(registry);
-  let failed = 0;
+  const results: BatchVerifyJson[] = [];
   try {
     const byFp = new Map(Object.values(cas).map((c) => [c.fingerprintSha256, c]));
     for (const b of await reg.listBatches()) {
@@ -113,18 +165,22 @@ async function verifyDevices(registry: string, cas: Record<string, CaSummary>, o
                 .find((l) => !/: OK$/.test(l)) ?? "";
         }
       }
-      if (ok !== live.length) failed++;
-      console.log(
-        `\nbatch ${b.name} (${b.model}, ${b.source}): ${describeCounts(counts)}\n` +
-          `  ${live.length.toLocaleString("en-US")} live device certificates; openssl verify: ${ok.toLocaleString("en-US")} OK` +
-          (ok === live.length ? "" : `, FAILED: ${bad}`) +
-          `\n  written to ${path.relative(process.cwd(), dir) || "."}/`,
-      );
+      results.push({
+        batch: b.name,
+        model: b.model,
+        source: b.source,
+        counts,
+        live: live.length,
+        verified: ok,
+        ok: ok === live.length,
+        failure: ok === live.length ? null : bad,
+        dir: path.resolve(dir),
+      });
     }
   } finally {
     await reg.close();
   }
-  return failed;
+  return results;
 }
 
 function opensslVerify(dir: string, name: string, ca: CaSummary): string {
@@ -179,8 +235,8 @@ function parseCas(stdout: string, stack: string): Record<string, CaSummary> {
   return v as Record<string, CaSummary>;
 }
 
-async function summary(argv: string[]): Promise<number> {
-  const o = parseArgs(argv);
+async function summary(flags: Flags): Promise<number> {
+  const o = parseArgs(flags);
   // pulumi would say "chdir ...: no such file or directory" and exit 1, which reads as an outage
   if (!fs.statSync(o.cwd, { throwIfNoEntry: false })?.isDirectory())
     throw invalid("--cwd", o.cwd, "the directory of a Pulumi program (its Pulumi.yaml)");
@@ -203,10 +259,7 @@ async function summary(argv: string[]): Promise<number> {
   const cas = parseCas(r.stdout, o.stack);
   const out = o.out ?? path.join(o.cwd, ".state", `${o.stack}-pki`);
   fs.mkdirSync(out, { recursive: true });
-  const rows: string[][] = [
-    ["CA", "role", "subject", "algorithm", "not after", "SHA-256 fingerprint", "openssl verify"],
-  ];
-  let failed = 0;
+  const rows: CaJson[] = [];
   for (const [name, ca] of Object.entries(cas)) {
     fs.writeFileSync(path.join(out, `${name}.pem`), ca.certificatePem);
     const x = new crypto.X509Certificate(ca.certificatePem);
@@ -215,19 +268,39 @@ async function summary(argv: string[]): Promise<number> {
         ? `ecdsa ${x.publicKey.asymmetricKeyDetails?.namedCurve}`
         : `${x.publicKey.asymmetricKeyType}${x.publicKey.asymmetricKeyDetails?.modulusLength ? `-${x.publicKey.asymmetricKeyDetails.modulusLength}` : ""}`;
     const verdict = opensslVerify(out, name, ca);
-    if (verdict !== "OK") failed++;
-    rows.push([
+    rows.push({
       name,
-      ca.role,
-      x.subject.split("\n").join(", "),
-      alg,
-      ca.notAfter.slice(0, 10),
-      `${ca.fingerprintSha256.slice(0, 16)}…`,
-      verdict,
-    ]);
+      role: ca.role,
+      subject: x.subject.split("\n").join(", "),
+      algorithm: alg,
+      notAfter: ca.notAfter,
+      fingerprintSha256: ca.fingerprintSha256,
+      verify: verdict,
+      ok: verdict === "OK",
+    });
   }
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  for (const [i, row] of rows.entries()) {
+  const batches = o.registry ? await verifyDevices(o.registry, cas, out) : null;
+  const failed = rows.filter((c) => !c.ok).length + (batches ?? []).filter((b) => !b.ok).length;
+  if (o.json) {
+    console.log(
+      jsonDocument({ stack: o.stack, out: path.resolve(out), ok: failed === 0, cas: rows, batches }),
+    );
+    return failed ? 1 : 0;
+  }
+  const table: string[][] = [
+    ["CA", "role", "subject", "algorithm", "not after", "SHA-256 fingerprint", "openssl verify"],
+    ...rows.map((c) => [
+      c.name,
+      c.role,
+      c.subject,
+      c.algorithm,
+      c.notAfter.slice(0, 10),
+      `${c.fingerprintSha256.slice(0, 16)}…`,
+      c.verify,
+    ]),
+  ];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  for (const [i, row] of table.entries()) {
     console.log(row.map((c, j) => c.padEnd(widths[j]!)).join("  "));
     if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
   }
@@ -237,13 +310,23 @@ async function summary(argv: string[]): Promise<number> {
   console.log(
     `check one yourself: openssl verify -CAfile ${path.join(out, "root.pem")} -untrusted <intermediates> ${path.join(out, "<ca>.pem")}`,
   );
-  if (o.registry) failed += await verifyDevices(o.registry, cas, out);
+  if (batches) {
+    const { describeCounts } = await import("../core/enroll/engine");
+    for (const b of batches)
+      console.log(
+        `\nbatch ${b.batch} (${b.model}, ${b.source}): ${describeCounts(b.counts)}\n` +
+          `  ${b.live.toLocaleString("en-US")} live device certificates; openssl verify: ${b.verified.toLocaleString("en-US")} OK` +
+          (b.ok ? "" : `, FAILED: ${b.failure}`) +
+          `\n  written to ${path.relative(process.cwd(), b.dir) || "."}/`,
+      );
+  }
   return failed ? 1 : 0;
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  if (cmd === "summary") return summary(rest);
-  console.error("usage: fleet ca summary [--stack NAME] [--out DIR] [--cwd DIR] [--registry FILE|URL]");
-  return 2;
+  const r = route(spec, argv);
+  if (r.kind === "help") console.log(r.text);
+  if (r.kind === "usage") console.error(r.text);
+  if (r.kind !== "run") return r.kind === "help" ? 0 : 2;
+  return summary(r.parsed.flags);
 }

@@ -13,52 +13,105 @@ import { invalid } from "../core/errors";
 import type { Value } from "../core/station/cbor";
 import { StationClient } from "../core/station/client";
 import { parseFaults } from "../devices/farm/farm";
+import { LIMIT_FLAGS } from "../devices/farm/serve";
+import { DEFAULT_LIMITS } from "../devices/protocol/server";
+import { type CommandSpec, type Flags, type GroupSpec, JSON_OPTION, type OptionSpec, route } from "./args";
 
-const USAGE = `usage:
-  fleet devices serve --count N --port P --state DIR [options]
-      --seed HEX         farm seed (16..64 bytes hex); random on first start, then pinned in DIR/farm.json
-      --model M          device model, used in device IDs <model>-<serial> (default fg100)
-      --clones IDS       comma-separated device IDs that are clones (no genuine PUF or chip key)
-      --noisy IDS        devices whose PUF is noisier than the fuzzy extractor corrects
-      --noisy-ber X      bit error rate of noisy devices (default 0.35)
-      --drop IDS         devices that drop the connection instead of answering (ID:n = first n times)
-      --hang IDS         devices that never answer (ID:n = first n times)
-      --key-cache N      reconstructed keys kept per farm, as a powered device keeps its key (default 4096)
-      --compact-mb N     compact the write-ahead log into a snapshot past N MiB (default 256; 0 = never)
-      --max-in-flight N  requests (batch items) in flight per connection; past it the farm stops
-                         reading it (default 4096)
-      --max-connections N  connections open at once; one more gets BUSY and is closed (default 64)
-      --idle-timeout-s N   close a connection that completes no frame and drains no reply for N s
-                           (default 120; 0 = never)
-      --write-buffer-kb N  stop reading a connection while its unsent replies exceed N KiB (default 1024)
-      --max-body-kb N      largest request body accepted, KiB (default 4096)
-      --host H           loopback address to bind (default 127.0.0.1)
-      --workers N        worker threads for the device-side cryptography (default: one per CPU;
-                         0 = all in the main thread)
-  fleet devices ping|stats --port P
-  fleet devices identify|status --port P DEVICE`;
+const PORT: OptionSpec = { name: "port", arg: "P", help: "the farm's TCP port", required: true };
+const HOST: OptionSpec = { name: "host", arg: "H", help: "the farm's address (default 127.0.0.1)" };
+const DEVICE = [{ name: "DEVICE", help: "a device ID, <model>-<serial>" }];
 
-type Flags = Record<string, string>;
+const query = (name: string, summary: string, json: string, positionals = false): CommandSpec => ({
+  name,
+  summary,
+  options: [PORT, HOST, JSON_OPTION],
+  ...(positionals ? { positionals: DEVICE } : {}),
+  json: `${json}; always JSON (byte strings as lowercase hex), --json is accepted for scripts`,
+});
 
-function parse(argv: string[], allowed: string[]): { flags: Flags; rest: string[] } {
-  const flags: Flags = {};
-  const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith("--")) {
-      rest.push(a);
-      continue;
-    }
-    const eq = a.indexOf("=");
-    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
-    if (!allowed.includes(name))
-      throw invalid("option", `--${name}`, `one of ${allowed.map((x) => `--${x}`).join(" ")}`);
-    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
-    if (value === undefined) throw invalid(`--${name}`, undefined, "a value");
-    flags[name] = value;
-  }
-  return { flags, rest };
-}
+export const spec: GroupSpec = {
+  name: "devices",
+  summary: "run and inspect the emulated device farm",
+  commands: [
+    {
+      name: "serve",
+      summary: "run an emulated device farm on loopback until SIGINT or SIGTERM",
+      options: [
+        { name: "count", arg: "N", help: "devices in the farm (1..10,000,000)", required: true },
+        { name: "port", arg: "P", help: "TCP port to listen on (0: any free port)", required: true },
+        { name: "state", arg: "DIR", help: "the farm's state directory", required: true },
+        {
+          name: "seed",
+          arg: "HEX",
+          help: "farm seed (16..64 bytes hex); random on first start, then pinned in DIR/farm.json",
+        },
+        {
+          name: "model",
+          arg: "M",
+          help: "device model, used in device IDs <model>-<serial> (default fg100)",
+        },
+        {
+          name: "clones",
+          arg: "IDS",
+          help: "comma-separated device IDs that are clones (no genuine PUF or chip key)",
+        },
+        { name: "noisy", arg: "IDS", help: "devices whose PUF is noisier than the fuzzy extractor corrects" },
+        { name: "noisy-ber", arg: "X", help: "bit error rate of noisy devices (default 0.35)" },
+        {
+          name: "drop",
+          arg: "IDS",
+          help: "devices that drop the connection instead of answering (ID:n = first n times)",
+        },
+        { name: "hang", arg: "IDS", help: "devices that never answer (ID:n = first n times)" },
+        {
+          name: "key-cache",
+          arg: "N",
+          help: "reconstructed keys kept per farm, as a powered device keeps its key (default 4096)",
+        },
+        {
+          name: "compact-mb",
+          arg: "N",
+          help: "compact the write-ahead log into a snapshot past N MiB (default 256; 0 = never)",
+        },
+        ...LIMIT_FLAGS.map(({ flag, option, scale, help }) => ({
+          name: flag,
+          arg: "N",
+          help: help.replace("$default", String(DEFAULT_LIMITS[option] / scale)),
+        })),
+        { name: "host", arg: "H", help: "loopback address to bind (default 127.0.0.1)" },
+        {
+          name: "workers",
+          arg: "N",
+          help: "worker threads for the device-side cryptography (default: one per CPU; 0 = all in the main thread)",
+        },
+      ],
+      details:
+        "prints one line with the port it bound once it serves; the station protocol has no authentication of its own, so it binds loopback only",
+    },
+    query(
+      "ping",
+      "the farm's protocol, model, size and vendor CA",
+      "{protocol, model, count, farmId, vendorCa}",
+    ),
+    query(
+      "stats",
+      "the farm's counters",
+      "{requests, reconstructions, reconstructionFailures, enrollments, changedDevices, walRecords, walBytes, walSyncs, uptimeMs, cpuUserMs?, cpuSystemMs?}",
+    ),
+    query(
+      "identify",
+      "a device's identity (with its chip certificate)",
+      "{device, model, lifecycle, epoch, source, publicKey?, chipCertificate?}",
+      true,
+    ),
+    query(
+      "status",
+      "a device's state: lifecycle, trust anchors, chain, OTP regions",
+      "{device, model, lifecycle, epoch, pendingEpoch, source, helperBytes, trustAnchors, chain, otp: [{name, offset, words, programmed, locked, secret, data}], challenge?}",
+      true,
+    ),
+  ],
+};
 
 function int(flags: Flags, name: string, min: number, max: number, def?: number): number {
   const v = flags[name];
@@ -79,27 +132,8 @@ const ids = (v: string | undefined) =>
         .filter(Boolean)
     : [];
 
-async function serve(argv: string[]): Promise<number> {
-  // loaded here so that `fleet devices ping` does not pay for the farm
-  const { startFarm, LIMIT_FLAGS, limitOptions } = await import("../devices/farm/serve");
-  const { flags, rest } = parse(argv, [
-    ...LIMIT_FLAGS.map((f) => f.flag),
-    "count",
-    "port",
-    "state",
-    "seed",
-    "model",
-    "clones",
-    "noisy",
-    "noisy-ber",
-    "drop",
-    "hang",
-    "key-cache",
-    "compact-mb",
-    "host",
-    "workers",
-  ]);
-  if (rest.length) throw invalid("argument", rest[0], "options only");
+async function serve(flags: Flags): Promise<number> {
+  const { startFarm, limitOptions } = await import("../devices/farm/serve");
   if (!flags.state) throw invalid("--state", undefined, "a state directory");
   const host = flags.host ?? "127.0.0.1";
   if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(host)) throw invalid("--host", host, "a loopback address");
@@ -159,8 +193,7 @@ function show(v: unknown): string {
   );
 }
 
-async function query(cmd: string, argv: string[]): Promise<number> {
-  const { flags, rest } = parse(argv, ["port", "host"]);
+async function ask(cmd: string, flags: Flags, rest: readonly string[]): Promise<number> {
   const client = new StationClient({ host: flags.host ?? "127.0.0.1", port: int(flags, "port", 1, 65535) });
   try {
     if (cmd === "ping") console.log(show(await client.ping()));
@@ -182,23 +215,13 @@ async function query(cmd: string, argv: string[]): Promise<number> {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  switch (cmd) {
-    case "serve":
-      return serve(rest);
-    case "ping":
-    case "stats":
-    case "identify":
-    case "status":
-      return query(cmd, rest);
-    case undefined:
-    case "help":
-    case "--help":
-    case "-h":
-      console.log(USAGE);
-      return cmd ? 0 : 2;
-    default:
-      console.error(`fleet devices: unknown command ${JSON.stringify(cmd)}\n${USAGE}`);
-      return 2;
+  const r = route(spec, argv);
+  if (r.kind !== "run") {
+    if (r.kind === "help") console.log(r.text);
+    else console.error(r.text);
+    return r.kind === "help" ? 0 : 2;
   }
+  const { command, parsed } = r;
+  if (command.name === "serve") return serve(parsed.flags);
+  return ask(command.name, parsed.flags, parsed.positionals);
 }

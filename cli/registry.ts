@@ -8,21 +8,47 @@
  * head a batch recorded in Pulumi state: a log rewritten and hashed again is caught there), and
  * re-derives every device's state, key and certificates from the log, printing every difference
  * with the devices and certificates tables. Progress goes to stderr on runs longer than a second.
- * Exit codes: 0 clean, 1 differences found (INTEGRITY), 2 bad input, 3 registry unavailable.
+ * Exit codes (cli/exit-codes.ts): 0 clean, 1 differences found, 2 bad input, 3 registry unavailable.
  * The registry's location is printed without its password. See docs/registry.md.
  */
 import * as fs from "node:fs";
 import { FleetError, invalid } from "../core/errors";
 import { openRegistry, parseAnchor, parseLocation } from "../core/registry";
 import type { Registry, VerifyReport } from "../core/registry/types";
+import { type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
 
-const USAGE = `usage:
-  fleet registry verify --registry <path|postgres://...> [--batch NAME] [--anchor SEQ:HASH] [--json]
-
-exit codes: 0 clean, 1 differences found, 2 bad input, 3 registry unavailable`;
+export const spec: GroupSpec = {
+  name: "registry",
+  summary: "verify the registry against its audit log",
+  commands: [
+    {
+      name: "verify",
+      summary: "re-hash the audit chain, check an anchor, replay the log against the tables",
+      options: [
+        {
+          name: "registry",
+          arg: "<path|postgres://...>",
+          help: "the registry: a SQLite file (it must exist) or a PostgreSQL URL",
+          required: true,
+        },
+        {
+          name: "batch",
+          arg: "NAME",
+          help: "compare only this batch's devices (the chain is checked whole)",
+        },
+        { name: "anchor", arg: "SEQ:HASH", help: "a head recorded earlier (a batch's auditHead output)" },
+        JSON_OPTION,
+      ],
+      json: "{registry, ok, count, findings: [{kind, message, ...}], truncated, head: {seq, hash}, rows, devices, batch?}",
+      details: "exit 1 means differences were found: the registry was changed outside fleetguard",
+    },
+  ],
+};
 
 export interface RegistryIo {
   out: (line: string) => void;
+  /** usage errors (default: out) */
+  err?: (line: string) => void;
   /** progress: the line so far (rewritten in place on a terminal) */
   progress: (line: string, final: boolean) => void;
   now: () => number;
@@ -30,36 +56,13 @@ export interface RegistryIo {
 
 const defaultIo = (): RegistryIo => ({
   out: (line) => process.stdout.write(`${line}\n`),
+  err: (line) => process.stderr.write(`${line}\n`),
   progress: (line, final) => {
     if (process.stderr.isTTY) process.stderr.write(`\r${line}${final ? "\n" : ""}`);
     else process.stderr.write(`${line}\n`);
   },
   now: () => Date.now(),
 });
-
-const BOOLEAN = new Set(["json"]);
-
-function parse(argv: string[], allowed: string[]): Record<string, string> {
-  const flags: Record<string, string> = {};
-  const want = `one of ${allowed.map((x) => `--${x}`).join(" ")}`;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith("--")) throw invalid("argument", a, want);
-    const eq = a.indexOf("=");
-    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
-    if (!allowed.includes(name)) throw invalid("option", `--${name}`, want);
-    if (BOOLEAN.has(name)) {
-      if (eq > 0) throw invalid(`--${name}`, a.slice(eq + 1), "no value (a switch)");
-      flags[name] = "true";
-      continue;
-    }
-    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
-    if (value === undefined || (eq < 0 && value.startsWith("--")))
-      throw invalid(`--${name}`, undefined, "a value");
-    flags[name] = value;
-  }
-  return flags;
-}
 
 async function open(loc: string | undefined): Promise<Registry> {
   if (!loc) throw invalid("--registry", undefined, "a registry file path or a postgres:// URL");
@@ -79,8 +82,7 @@ async function open(loc: string | undefined): Promise<Registry> {
 
 const fmt = (n: number) => n.toLocaleString("en-US");
 
-async function verify(argv: string[], io: RegistryIo): Promise<number> {
-  const flags = parse(argv, ["registry", "batch", "anchor", "json"]);
+async function verify(flags: Flags, io: RegistryIo): Promise<number> {
   const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor, "--anchor") : undefined;
   if (flags.batch !== undefined && flags.batch === "") throw invalid("--batch", "", "a batch name");
   const reg = await open(flags.registry);
@@ -115,7 +117,7 @@ async function verify(argv: string[], io: RegistryIo): Promise<number> {
     });
     if (shown) io.progress(`verify: done in ${((io.now() - t0) / 1000).toFixed(1)} s`, true);
     if (flags.json) {
-      io.out(JSON.stringify({ registry: reg.location, ...report }, null, 2));
+      io.out(jsonDocument({ registry: reg.location, ...report }));
       return report.ok ? 0 : 1;
     }
     io.out(
@@ -138,13 +140,16 @@ async function verify(argv: string[], io: RegistryIo): Promise<number> {
 
 /** `fleet registry <verify> ...`; bad input throws FleetError (INVALID_INPUT / NOT_FOUND). */
 export async function registryCommand(argv: string[], io: RegistryIo = defaultIo()): Promise<number> {
-  const [cmd, ...rest] = argv;
-  if (cmd === "verify") return verify(rest, io);
-  if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
-    io.out(USAGE);
-    return cmd === undefined ? 2 : 0;
+  const r = route(spec, argv);
+  if (r.kind === "help") {
+    io.out(r.text);
+    return 0;
   }
-  throw invalid("command", cmd, "verify");
+  if (r.kind === "usage") {
+    (io.err ?? io.out)(r.text);
+    return 2;
+  }
+  return verify(r.parsed.flags, io);
 }
 
 /** The dispatcher's convention (cli/fleet.ts loads a group's `run`). */
