@@ -197,6 +197,7 @@ export function route(group: GroupSpec, argv: readonly string[]): Route {
     return { kind: "help", text: sub ? commandHelp(group, sub) : groupHelp(group) };
   }
   const command = group.commands.find((c) => c.name === name);
+  if (!command && rest.some(isHelp)) return { kind: "help", text: groupHelp(group) };
   if (!command) {
     const names = group.commands.map((c) => c.name);
     const list = names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names.at(-1)}` : names[0]!;
