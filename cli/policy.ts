@@ -5,13 +5,17 @@
  * every problem is a located diagnostic or a one-line error.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
-import { isAbsolute, relative, resolve } from "node:path";
+import { existsSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { isAbsolute, join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { openRegistry } from "../core/registry/index";
 import { catalog } from "../policies/checks/index";
-import { type Evaluation, evaluate, type Finding } from "../policies/engine";
+import type { FleetContext, InventoryBatch } from "../policies/context";
+import { type ProgramDeclarations, programEntry, runProgramWithMocks } from "../policies/declared";
+import { type Evaluation, evaluate, type Finding, type PolicyInput } from "../policies/engine";
 import { loadFleet } from "../policies/fleet";
-import { loadPolicy, type PolicyLoad } from "../policies/layering";
+import { type EffectivePolicy, loadPolicy, type PolicyLoad } from "../policies/layering";
 import { buildReview, type ReviewSide } from "../policies/review";
 import { type Diagnostic, formatDiagnostic, readSourceText } from "../policies/source";
 
@@ -19,8 +23,11 @@ const USAGE = `usage:
   fleet policy check [--policy FILE]... [--fleet FILE] [--now ISO-DATE] [--json]
       Validate policy files (schema, layering, waivers) and evaluate a fleet file against its policy.
       Without arguments: --fleet fleet.yaml under the policy it names.
-  fleet policy review --base GIT-REF [--fleet FILE] [--policy FILE] [--out FILE] [--now ISO-DATE]
-      Compare the effective policy and the declared fleet at GIT-REF and at HEAD; write a Markdown report.
+  fleet policy review --base GIT-REF [--head GIT-REF] [--program DIR | --fleet FILE] [--policy FILE]
+                      [--registry LOCATION] [--stack NAME] [--out FILE] [--now ISO-DATE]
+      Compare what the Pulumi program declares (Pulumi.yaml under DIR, default the repository root;
+      each commit in a worktree, run with mocks) or what a fleet file declares, under its policy, at
+      GIT-REF and at HEAD; the deployed side from the registry or the stack. Writes a Markdown report.
   fleet policy list
       The check catalog.
 exit codes: 0 clean, 1 violations, 2 bad input or usage`;
@@ -146,82 +153,269 @@ function git(args: string[], cwd?: string): string {
   return execFileSync("git", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 }
 
-function review(argv: string[]): number {
+interface ReviewValues {
+  base?: string;
+  head?: string;
+  program?: string;
+  fleet?: string;
+  policy?: string;
+  stack?: string;
+  registry?: string;
+  out?: string;
+  now?: string;
+}
+
+/** Diagnostics and policy paths read inside a worktree, shown as the repository's paths. */
+function unroot<T>(v: T, roots: string[]): T {
+  let text = JSON.stringify(v);
+  for (const r of roots) text = text.split(`${r}/`).join("");
+  return JSON.parse(text) as T;
+}
+
+/** Every policy the program's components name (a review evaluates one, the one they share). */
+function programPolicy(
+  d: ProgramDeclarations,
+  wt: string,
+): { file?: string; inline?: PolicyInput; names: string[] } {
+  const files = new Set<string>();
+  let inline: PolicyInput | undefined;
+  for (const c of d.components) {
+    if (!c.policy) continue;
+    if ("file" in c.policy) files.add(c.policy.file);
+    else inline ??= c.policy.inline as PolicyInput;
+  }
+  const names = [...files].map((f) => relative(wt, f).split("\\").join("/"));
+  if (files.size > 1)
+    throw new UsageError(
+      `review: the program's components name ${files.size} policies (${names.join(", ")}), want one: pass --policy FILE to choose the one to review`,
+    );
+  return { file: [...files][0], inline: files.size ? undefined : inline, names };
+}
+
+/** The deployed side: the registry's per-batch state counts, or the stack's batch resources. */
+async function deployedSide(
+  v: ReviewValues,
+  programDir: string,
+): Promise<{ batches?: InventoryBatch[]; what?: string }> {
+  if (v.registry) {
+    // a review reads: a SQLite path that does not exist is refused, not created empty
+    const file = v.registry.replace(/^sqlite:(\/\/(?=\/))?/i, "");
+    if (!/^postgres(ql)?:\/\//i.test(v.registry) && !existsSync(file))
+      throw new UsageError(
+        `--registry: got ${JSON.stringify(v.registry)}, which does not exist, want the SQLite file or postgres:// URL of the fleet's registry`,
+      );
+    const reg = await openRegistry(v.registry);
+    try {
+      const batches: InventoryBatch[] = [];
+      for (const b of await reg.listBatches())
+        batches.push({ id: b.name, states: (await reg.counts(b.name)) as InventoryBatch["states"] });
+      const devices = batches.reduce(
+        (a, b) => a + Object.values(b.states).reduce((x, n) => x + (n ?? 0), 0),
+        0,
+      );
+      return {
+        batches,
+        what: `registry \`${reg.location}\` (${batches.length} batch(es), ${devices.toLocaleString("en-US")} device record(s))`,
+      };
+    } finally {
+      await reg.close();
+    }
+  }
+  if (v.stack) {
+    let state: { deployment?: { resources?: Array<{ outputs?: Record<string, unknown> }> } };
+    try {
+      state = JSON.parse(
+        execFileSync("pulumi", ["stack", "export", "--stack", v.stack], {
+          cwd: programDir,
+          encoding: "utf8",
+          stdio: ["ignore", "pipe", "pipe"],
+          maxBuffer: 256 * 1024 * 1024,
+        }),
+      );
+    } catch (err) {
+      const why = String((err as { stderr?: string }).stderr ?? (err as Error).message)
+        .trim()
+        .split("\n")[0];
+      throw new UsageError(
+        `--stack: got ${JSON.stringify(v.stack)}, want a stack \`pulumi stack export\` can read (${why})`,
+      );
+    }
+    const batches: InventoryBatch[] = [];
+    for (const r of state.deployment?.resources ?? []) {
+      const o = r.outputs ?? {};
+      if (
+        o.kind === "fleetguard:batch" &&
+        typeof o.name === "string" &&
+        o.counts &&
+        typeof o.counts === "object"
+      )
+        batches.push({ id: o.name, states: o.counts as InventoryBatch["states"] });
+    }
+    return { batches, what: `stack \`${v.stack}\` (${batches.length} batch resource(s))` };
+  }
+  return {};
+}
+
+async function review(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
       base: { type: "string" },
+      head: { type: "string" },
+      program: { type: "string" },
       fleet: { type: "string" },
       policy: { type: "string" },
+      stack: { type: "string" },
+      registry: { type: "string" },
       out: { type: "string" },
       now: { type: "string" },
     },
     allowPositionals: false,
   });
   if (!values.base) throw new UsageError("review: --base GIT-REF is required");
+  if (values.fleet && values.program)
+    throw new UsageError(
+      "review: --fleet FILE and --program DIR: got both, want one (a YAML-declared fleet or a Pulumi program)",
+    );
   const now = parseNow(values.now);
-  const fleetFile = values.fleet ?? "fleet.yaml";
   let top: string;
   try {
     top = git(["rev-parse", "--show-toplevel"]).trim();
   } catch {
     throw new UsageError("review: not inside a git repository");
   }
-  let baseSha: string;
-  try {
-    baseSha = git(["rev-parse", "--verify", "--quiet", `${values.base}^{commit}`]).trim();
-  } catch {
-    throw new UsageError(`--base: got ${JSON.stringify(values.base)}, want a git ref that names a commit`);
-  }
-  const headSha = git(["rev-parse", "HEAD"]).trim();
+  const commit = (flag: string, ref: string) => {
+    try {
+      return git(["rev-parse", "--verify", "--quiet", `${ref}^{commit}`]).trim();
+    } catch {
+      throw new UsageError(`${flag}: got ${JSON.stringify(ref)}, want a git ref that names a commit`);
+    }
+  };
+  const baseSha = commit("--base", values.base);
+  const headRef = values.head ?? "HEAD";
+  const headSha = commit("--head", headRef);
   const repoPath = (p: string) =>
     relative(top, isAbsolute(p) ? p : resolve(p))
       .split("\\")
       .join("/");
-  const readAtBase = (p: string) =>
-    execFileSync("git", ["show", `${baseSha}:${repoPath(p)}`], {
-      cwd: top,
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "ignore"],
-    });
+  const baseLabel = `\`${values.base}\` (${baseSha.slice(0, 7)})`;
+  const headLabel = `${values.head ? `\`${values.head}\`` : "HEAD"} (${headSha.slice(0, 7)})`;
+  const programRel = repoPath(values.program ?? top) || ".";
+  if (programRel.startsWith(".."))
+    throw new UsageError(
+      `--program: got ${JSON.stringify(values.program)}, want a directory inside the repository`,
+    );
+  const deployed = await deployedSide(values, resolve(top, programRel));
+  const withDeployed = (fleet: FleetContext | undefined): FleetContext | undefined =>
+    fleet && deployed.batches
+      ? { ...fleet, deployed: { ...fleet.deployed, batches: deployed.batches } }
+      : fleet;
 
-  const side = (lbl: string, read?: (p: string) => string): ReviewSide => {
-    const fleet = loadFleet(fleetFile, { readFile: read ?? boundedReader(fleetFile) });
-    const policyFile = values.policy ?? fleet.policyPath;
-    const s: ReviewSide = {
-      label: lbl,
-      policyFile,
-      fleet: fleet.fleet,
-      diagnostics: [...fleet.diagnostics],
-      granted: [],
-    };
-    if (policyFile) {
-      const p = loadPolicy(policyFile, { now, readFile: read });
-      s.policy = p.policy;
-      s.granted = p.granted;
-      s.diagnostics.push(...p.diagnostics);
-    }
-    if (s.policy && s.fleet) s.evaluation = evaluate(s.policy, s.fleet, { now });
-    return s;
-  };
   let baseSide: ReviewSide;
-  try {
-    readAtBase(fleetFile);
-    baseSide = side(`\`${values.base}\` (${baseSha.slice(0, 7)})`, readAtBase);
-  } catch {
-    baseSide = {
-      label: `\`${values.base}\` (${baseSha.slice(0, 7)}, no ${fleetFile})`,
-      diagnostics: [],
-      granted: [],
+  let headSide: ReviewSide;
+  let fleetName: string | undefined;
+  if (values.fleet) {
+    // a YAML-declared fleet: its file at each commit, read from git
+    const fleetFile = values.fleet;
+    const readAt = (sha: string) => (p: string) =>
+      execFileSync("git", ["show", `${sha}:${repoPath(p)}`], {
+        cwd: top,
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "ignore"],
+        maxBuffer: MAX_PEM_BYTES,
+      });
+    const side = (lbl: string, sha: string): ReviewSide => {
+      const read = readAt(sha);
+      try {
+        read(fleetFile);
+      } catch {
+        return { label: `${lbl.slice(0, -1)}, no ${fleetFile})`, diagnostics: [], granted: [] };
+      }
+      const fleet = loadFleet(fleetFile, { readFile: read });
+      const policyFile = values.policy ?? fleet.policyPath;
+      const s: ReviewSide = {
+        label: lbl,
+        source: `the fleet file \`${repoPath(fleetFile)}\``,
+        policyFile,
+        fleet: withDeployed(fleet.fleet),
+        diagnostics: [...fleet.diagnostics],
+        granted: [],
+      };
+      if (policyFile) {
+        const p = loadPolicy(policyFile, { now, readFile: read });
+        s.policy = p.policy;
+        s.granted = p.granted;
+        s.diagnostics.push(...p.diagnostics);
+      }
+      if (s.policy && s.fleet) s.evaluation = evaluate(s.policy, s.fleet, { now });
+      return s;
     };
+    baseSide = side(baseLabel, baseSha);
+    headSide = side(headLabel, headSha);
+    fleetName = headSide.fleet?.name;
+  } else {
+    // the Pulumi program at each commit, in a worktree of its own, run with mocks
+    const side = (lbl: string, sha: string): ReviewSide => {
+      const wt = mkdtempSync(join(tmpdir(), "fleet-review-wt-"));
+      try {
+        git(["worktree", "add", "--detach", "--quiet", wt, sha], top);
+        // the worktree shares the checkout's installed packages (a fresh worktree has none)
+        if (existsSync(join(top, "node_modules")) && !existsSync(join(wt, "node_modules")))
+          symlinkSync(join(top, "node_modules"), join(wt, "node_modules"), "dir");
+        const dir = join(wt, programRel);
+        if (!existsSync(join(dir, "Pulumi.yaml")))
+          return {
+            label: `${lbl.slice(0, -1)}, no ${programRel === "." ? "" : `${programRel}/`}Pulumi.yaml)`,
+            diagnostics: [],
+            granted: [],
+          };
+        const roots = [wt, realpathSync(wt)];
+        const d = runProgramWithMocks({ dir, stack: values.stack });
+        fleetName ??= d.project;
+        const named = programPolicy(d, wt);
+        const policyAbs = values.policy ? join(wt, repoPath(values.policy)) : named.file;
+        const s: ReviewSide = {
+          label: lbl,
+          source: `the Pulumi program \`${repoPath(join(top, relative(wt, programEntry(dir).main)))}\` (run with mocks: ${d.components.length} fleetguard component(s))`,
+          fleet: withDeployed({ name: d.project, declared: d.declared }),
+          diagnostics: [],
+          granted: [],
+          program: unroot({ refusals: d.refusals, errors: d.errors }, roots),
+        };
+        if (policyAbs) {
+          s.policyFile = relative(wt, policyAbs).split("\\").join("/");
+          const p = loadPolicy(policyAbs, { now });
+          s.policy = p.policy && unroot(p.policy, roots);
+          s.granted = unroot(p.granted, roots);
+          s.diagnostics.push(...unroot(p.diagnostics, roots));
+        } else if (named.inline) s.policy = { chain: [], waivers: [], ...named.inline } as EffectivePolicy;
+        if (s.policy && s.fleet) s.evaluation = evaluate(s.policy, s.fleet, { now });
+        return s;
+      } finally {
+        try {
+          git(["worktree", "remove", "--force", wt], top);
+        } catch {
+          // not added (a bad commit): nothing registered to remove
+        }
+        rmSync(wt, { recursive: true, force: true });
+        try {
+          git(["worktree", "prune"], top);
+        } catch {}
+      }
+    };
+    baseSide = side(baseLabel, baseSha);
+    headSide = side(headLabel, headSha);
+    if (!headSide.fleet)
+      throw new UsageError(
+        `--program: got ${programRel === "." ? "the repository root" : programRel}, which holds no Pulumi.yaml at ${headRef}, want the directory of the Pulumi program (or --fleet FILE for a YAML-declared fleet)`,
+      );
   }
-  const headSide = side(`HEAD (${headSha.slice(0, 7)})`);
   const fatal = headSide.diagnostics.filter((d) => d.kind === "input");
   if (fatal.length && !headSide.fleet) {
     console.error(fatal.map(formatDiagnostic).join("\n"));
     return 2;
   }
-  const r = buildReview(baseSide, headSide, { fleetName: headSide.fleet?.name, now });
+  const r = buildReview(baseSide, headSide, { fleetName, now, deployed: deployed.what });
   if (values.out) {
     writeFileSync(values.out, r.markdown);
     console.log(
@@ -229,7 +423,8 @@ function review(argv: string[]): number {
     );
   } else process.stdout.write(r.markdown);
   if (fatal.length) return 2;
-  return headSide.diagnostics.length || (headSide.evaluation?.blocking.length ?? 0) ? 1 : 0;
+  const stops = (headSide.program?.refusals.length ?? 0) + (headSide.program?.errors.length ?? 0);
+  return headSide.diagnostics.length || stops || (headSide.evaluation?.blocking.length ?? 0) ? 1 : 0;
 }
 
 function list(): number {
@@ -247,7 +442,7 @@ export async function run(argv: string[]): Promise<number> {
       case "check":
         return check(rest);
       case "review":
-        return review(rest);
+        return await review(rest);
       case "list":
         return list();
       case "help":

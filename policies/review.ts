@@ -5,10 +5,9 @@
  * which checks newly fail or pass, and the blast radius of the change: which CAs, batches and how many
  * devices the next `pulumi up` touches (enroll, re-issue, re-key, decommission), and why.
  */
-import type { DeclaredBatch, DeclaredCa, FleetContext } from "./context";
+import type { DeclaredCa, FleetContext } from "./context";
 import type { Evaluation, Finding } from "./engine";
 import { diffPolicies, type EffectivePolicy, type GrantedLoosening, type PolicyChange } from "./layering";
-import type { PolicySpec } from "./schema/fleet-policy.gen";
 import { type Diagnostic, formatDiagnostic } from "./source";
 
 export interface ReviewSide {
@@ -20,10 +19,16 @@ export interface ReviewSide {
   diagnostics: Diagnostic[];
   granted: GrantedLoosening[];
   evaluation?: Evaluation;
+  /** Where the declaration comes from: the Pulumi program (run with mocks) or a fleet file. */
+  source?: string;
+  /** What the program stops with at `pulumi up`: refusals at construction and other errors. */
+  program?: { refusals: Array<{ component: string; name: string; message: string }>; errors: string[] };
 }
 
 export interface Impact {
   cause: string;
+  /** The next `pulumi up` fails on this (a declaration the policy refuses at construction). */
+  fails?: boolean;
   effect: string;
   cas: string[];
   batches: string[];
@@ -67,18 +72,34 @@ function changedFields<T extends object>(a: T, b: T, fields: Array<keyof T>): st
   return fields.filter((f) => JSON.stringify(a[f]) !== JSON.stringify(b[f])).map(String);
 }
 
-function effectiveDeviceValidity(b: DeclaredBatch, spec: PolicySpec | undefined): number {
-  const max = spec?.validity?.maxDays?.device;
-  return max === undefined ? b.profile.validityDays : Math.min(b.profile.validityDays, max);
+/** Devices the registry or the stack holds for a batch (all but decommissioned); undefined: not known. */
+export function live(side: ReviewSide, batch: string): number | undefined {
+  const deployed = side.fleet?.deployed?.batches;
+  if (!deployed) return undefined;
+  const b = deployed.find((x) => x.id === batch);
+  if (!b) return 0;
+  return Object.entries(b.states).reduce((a, [k, n]) => a + (k === "decommissioned" ? 0 : (n ?? 0)), 0);
 }
 
-function algorithmAllowed(alg: string, rule: NonNullable<PolicySpec["keys"]>["device"]): boolean {
-  if (!rule) return true;
-  const m = /^(ecdsa)-p(\d+)$|^(rsa)-(\d+)$|^(ed25519)$/.exec(alg);
-  if (!m) return false;
-  if (m[5]) return rule.ed25519 !== undefined;
-  if (m[1]) return rule.ecdsa !== undefined && Number(m[2]) >= rule.ecdsa.minBits;
-  return rule.rsa !== undefined && Number(m[4]) >= rule.rsa.minBits;
+interface Refusal {
+  kind: "batch" | "ca";
+  id: string;
+  checks: string[];
+}
+
+/** Batches and CAs with a mandatory finding at HEAD that the base did not have. */
+function refusals(base: ReviewSide, head: ReviewSide): Refusal[] {
+  const before = new Set((base.evaluation?.blocking ?? []).map(subjectKey));
+  const out = new Map<string, Refusal>();
+  for (const f of head.evaluation?.blocking ?? []) {
+    if (before.has(subjectKey(f))) continue;
+    const m = /^(batch|ca):(.+)$/.exec(f.subject);
+    if (!m) continue;
+    const r = out.get(f.subject) ?? { kind: m[1] as Refusal["kind"], id: m[2]!, checks: [] };
+    if (!r.checks.includes(f.checkId)) r.checks.push(f.checkId);
+    out.set(f.subject, r);
+  }
+  return [...out.values()];
 }
 
 /** Which CAs, batches and devices the step from base to head touches at the next run. */
@@ -90,6 +111,12 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
   const hBatches = head.fleet?.declared.batches ?? [];
   const bSpec = base.policy?.spec;
   const hSpec = head.policy?.spec;
+  const batchChanged = (id: string) =>
+    JSON.stringify(bBatches.get(id)) !== JSON.stringify(hBatches.find((b) => b.id === id));
+  const caChanged = (name: string) =>
+    JSON.stringify(bCas.get(name)) !== JSON.stringify(hCas.find((c) => c.name === name));
+  // devices a batch has now: the registry's or the stack's count when given, else the base declaration's
+  const now = (id: string, declared: number) => live(head, id) ?? declared;
 
   // CAs replaced directly, then everything below them.
   const replaced = new Map<string, string>();
@@ -128,7 +155,7 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
     if (!r || !bBatches.has(b.id)) continue;
     const imp = byCause.get(r)!;
     imp.batches.push(b.id);
-    imp.devices += b.count;
+    imp.devices += now(b.id, bBatches.get(b.id)?.count ?? 0);
   }
   impacts.push(...byCause.values());
   for (const name of bCas.keys())
@@ -150,28 +177,32 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
         devices: 0,
       });
 
-  // Batches declared differently.
+  // Batches declared differently: what the next run does with the devices there are now.
   for (const b of hBatches) {
     const old = bBatches.get(b.id);
-    if (!old) {
+    const have = now(b.id, old?.count ?? 0);
+    if (b.count > have)
       impacts.push({
-        cause: `batch \`${b.id}\` added`,
+        cause: old
+          ? `batch \`${b.id}\`: count ${fmt(old.count)} → ${fmt(b.count)}`
+          : `batch \`${b.id}\` added`,
         effect: "devices enrolled",
         cas: [],
         batches: [b.id],
-        devices: b.count,
+        devices: b.count - have,
       });
-      continue;
-    }
-    if (old.count !== b.count)
+    else if (b.count < have)
       impacts.push({
-        cause: `batch \`${b.id}\`: count ${fmt(old.count)} → ${fmt(b.count)}`,
-        effect: b.count > old.count ? "devices enrolled" : "devices decommissioned (certificates revoked)",
+        cause: old
+          ? `batch \`${b.id}\`: count ${fmt(old.count)} → ${fmt(b.count)}`
+          : `batch \`${b.id}\` declared`,
+        effect: "devices decommissioned (certificates revoked)",
         cas: [],
         batches: [b.id],
-        devices: Math.abs(b.count - old.count),
+        devices: have - b.count,
       });
-    const kept = Math.min(old.count, b.count);
+    if (!old) continue;
+    const kept = Math.min(have, b.count);
     if (old.profile.algorithm !== b.profile.algorithm)
       impacts.push({
         cause: `batch \`${b.id}\`: profile.algorithm ${old.profile.algorithm} → ${b.profile.algorithm}`,
@@ -181,7 +212,7 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
         devices: kept,
       });
     else {
-      const fields = changedFields(old.profile, b.profile, ["validityDays", "keyUsage"]);
+      const fields = changedFields(old.profile, b.profile, ["validityDays", "keyUsage", "extKeyUsage"]);
       if (fields.length)
         impacts.push({
           cause: `batch \`${b.id}\`: ${fields.map((f) => `profile.${f} ${show(old.profile[f as "validityDays"])} → ${show(b.profile[f as "validityDays"])}`).join(", ")}`,
@@ -215,85 +246,47 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
         effect: "devices decommissioned (certificates revoked)",
         cas: [],
         batches: [id],
-        devices: old.count,
+        devices: now(id, old.count),
       });
 
-  // Policy-driven effects on batches that did not change themselves.
-  const unchanged = hBatches.filter((b) => {
-    const old = bBatches.get(b.id);
-    return old && JSON.stringify(old.profile) === JSON.stringify(b.profile) && old.issuingCa === b.issuingCa;
-  });
-  const bMax = bSpec?.validity?.maxDays?.device;
-  const hMax = hSpec?.validity?.maxDays?.device;
-  if (bMax !== hMax) {
-    const hit = unchanged.filter(
-      (b) => effectiveDeviceValidity(b, bSpec) !== effectiveDeviceValidity(b, hSpec),
-    );
-    if (hit.length)
-      impacts.push({
-        cause: `policy spec.validity.maxDays.device ${show(bMax)} → ${show(hMax)}`,
-        effect:
-          (hMax ?? Number.POSITIVE_INFINITY) < (bMax ?? Number.POSITIVE_INFINITY)
-            ? "device certificates re-issued at the next run with the shorter validity"
-            : "device certificates may be re-issued with a longer validity",
+  // A mandatory finding at HEAD that the base did not have: the component refuses its declaration at
+  // construction, so `pulumi up` stops before anything is created, re-issued or enrolled.
+  const refusedNow = refusals(base, head);
+  if (refusedNow.length) {
+    const changed = diffPolicies(bSpec, hSpec);
+    const byCause = new Map<string, Impact & { checks: Set<string> }>();
+    for (const r of refusedNow) {
+      const declChanged = r.kind === "batch" ? batchChanged(r.id) : caChanged(r.id);
+      // the policy fields the refusing checks read; any change when none of them moved
+      const relevant = changed.filter((c) => c.check && r.checks.includes(c.check));
+      const fields = relevant.length ? relevant : changed;
+      const cause = declChanged
+        ? `${r.kind === "batch" ? "batch" : "CA"} \`${r.id}\` declaration`
+        : fields.length
+          ? `policy ${fields.map((c) => `${c.path} ${show(c.base)} → ${show(c.head)}`).join(", ")}`
+          : "policy";
+      const imp = byCause.get(cause) ?? {
+        cause,
+        effect: "",
         cas: [],
-        batches: hit.map((b) => b.id),
-        devices: hit.reduce((a, b) => a + Math.min(b.count, bBatches.get(b.id)!.count), 0),
-      });
-  }
-  for (const role of ["root", "intermediate", "issuing"] as const) {
-    const bm = bSpec?.validity?.maxDays?.[role];
-    const hm = hSpec?.validity?.maxDays?.[role];
-    if (bm === hm || hm === undefined) continue;
-    const over = hCas.filter(
-      (c) => c.role === role && c.validityDays > hm && (bm === undefined || c.validityDays <= bm),
-    );
-    if (!over.length) continue;
-    const names = new Set(over.map((c) => c.name));
-    const below = hCas.filter((c) => {
-      for (let n: string | undefined = c.name, g = 0; n && g < 64; n = hByName.get(n)?.parent, g++)
-        if (names.has(n)) return true;
-      return false;
-    });
-    const bs = hBatches.filter((b) => below.some((c) => c.name === b.issuingCa));
-    impacts.push({
-      cause: `policy spec.validity.maxDays.${role} ${show(bm)} → ${hm}`,
-      effect: `${role} CAs over the new maximum must be shortened (FG-CERT-001 fails until then); that replaces them and re-issues everything below`,
-      cas: below.map((c) => c.name),
-      batches: bs.map((b) => b.id),
-      devices: bs.reduce((a, b) => a + b.count, 0),
-    });
-  }
-  const bRule = bSpec?.keys?.device;
-  const hRule = hSpec?.keys?.device;
-  if (JSON.stringify(bRule) !== JSON.stringify(hRule)) {
-    const hit = hBatches.filter(
-      (b) => algorithmAllowed(b.profile.algorithm, bRule) && !algorithmAllowed(b.profile.algorithm, hRule),
-    );
-    if (hit.length)
-      impacts.push({
-        cause: "policy spec.keys.device",
-        effect:
-          "device key algorithm no longer allowed: devices must be re-keyed (FG-KEY-001 fails until then)",
-        cas: [],
-        batches: hit.map((b) => b.id),
-        devices: hit.reduce((a, b) => a + b.count, 0),
-      });
-  }
-  const bSrc = bSpec?.identity?.allowedSources;
-  const hSrc = hSpec?.identity?.allowedSources;
-  if (JSON.stringify(bSrc) !== JSON.stringify(hSrc)) {
-    const hit = hBatches.filter(
-      (b) => (!bSrc || bSrc.includes(b.identitySource)) && hSrc && !hSrc.includes(b.identitySource),
-    );
-    if (hit.length)
-      impacts.push({
-        cause: `policy spec.identity.allowedSources ${show(bSrc)} → ${show(hSrc)}`,
-        effect: "batches on a source no longer allowed cannot enroll (FG-ID-001 fails)",
-        cas: [],
-        batches: hit.map((b) => b.id),
-        devices: hit.reduce((a, b) => a + b.count, 0),
-      });
+        batches: [],
+        devices: 0,
+        fails: true,
+        checks: new Set<string>(),
+      };
+      if (r.kind === "batch") imp.batches.push(r.id);
+      else imp.cas.push(r.id);
+      for (const c of r.checks) imp.checks.add(c);
+      byCause.set(cause, imp);
+    }
+    for (const { checks, ...imp } of byCause.values()) {
+      const devices = imp.batches.reduce(
+        (a, id) => a + (live(head, id) ?? hBatches.find((b) => b.id === id)?.count ?? 0),
+        0,
+      );
+      imp.effect = `\`pulumi up\` fails: the policy refuses the declaration at construction (${[...checks].join(", ")}); it is not created, updated, re-issued or enrolled until the declaration or the policy changes${devices ? ` (its ${fmt(devices)} device(s) stay as they are)` : ""}`;
+      impacts.push(imp);
+    }
   }
   const bWave = bSpec?.rotation?.maxWaveFraction;
   const hWave = hSpec?.rotation?.maxWaveFraction;
@@ -407,7 +400,12 @@ function findingTable(fs: Finding[]): string[] {
 export function buildReview(
   base: ReviewSide,
   head: ReviewSide,
-  opts: { fleetName?: string; now: Date },
+  opts: {
+    fleetName?: string;
+    now: Date;
+    /** Where the deployed side (registry, stack) came from; none: the review covers declarations only. */
+    deployed?: string;
+  },
 ): Review {
   const policyChanges = diffPolicies(base.policy?.spec, head.policy?.spec);
   const bf = base.evaluation?.findings ?? [];
@@ -438,6 +436,8 @@ export function buildReview(
     s.evaluation ? String(pick(s.evaluation).length) : "n/a";
   const headBlocking = head.evaluation?.blocking.length ?? 0;
   const headPolicyViolations = head.diagnostics.length;
+  const headErrors = head.program?.errors ?? [];
+  const headRefusals = head.program?.refusals ?? [];
   const md: string[] = [];
   md.push(`# Fleet policy review${opts.fleetName ? `: ${opts.fleetName}` : ""}`, "");
   md.push(`Base ${base.label} → ${head.label}, evaluated at ${opts.now.toISOString().slice(0, 10)}.`);
@@ -448,10 +448,16 @@ export function buildReview(
         .reverse()
         .join(" ← ")}).`,
     );
+  if (head.source) md.push(`Declarations: ${head.source}.`);
+  md.push(
+    opts.deployed
+      ? `Deployed: ${opts.deployed}.`
+      : "Deployed: not given (`--registry`, `--stack`): this review covers the declarations only; device numbers are the declared counts.",
+  );
   md.push("");
   const verdict =
-    headPolicyViolations > 0 || headBlocking > 0
-      ? `**Result: changes requested.** ${headBlocking} mandatory violation(s) and ${headPolicyViolations} policy file problem(s) at HEAD; ${newlyFailing.filter((f) => !f.waived && f.enforcement === "mandatory").length} mandatory finding(s) are new.`
+    headPolicyViolations > 0 || headBlocking > 0 || headErrors.length > 0
+      ? `**Result: changes requested.** ${headBlocking} mandatory violation(s) and ${headPolicyViolations} policy file problem(s) at HEAD; ${newlyFailing.filter((f) => !f.waived && f.enforcement === "mandatory").length} mandatory finding(s) are new.${headRefusals.length || headErrors.length ? ` \`pulumi up\` at HEAD fails (${headRefusals.length} component(s) refused at construction${headErrors.length ? `, ${headErrors.length} program error(s)` : ""}).` : ""}`
       : "**Result: no mandatory violations at HEAD.**";
   md.push(verdict, "");
   md.push("## Summary", "", "| | Base | HEAD |", "|---|---:|---:|");
@@ -466,6 +472,11 @@ export function buildReview(
     "",
   );
 
+  if (headRefusals.length || headErrors.length) {
+    md.push("## `pulumi up` at HEAD", "", "```");
+    for (const r of headRefusals) md.push(`${r.component} '${r.name}': ${r.message}`);
+    md.push(...headErrors, "```", "");
+  }
   if (head.diagnostics.length) {
     md.push("## Policy and fleet file problems at HEAD", "", "```");
     md.push(...head.diagnostics.map(formatDiagnostic), "```", "");
@@ -529,7 +540,9 @@ export function buildReview(
       );
     md.push(
       "",
-      `**Total at the next run:** ${fmt(totals.cas)} CA(s), ${fmt(totals.batches)} batch(es), ${fmt(totals.devices)} device(s) touched.`,
+      headRefusals.length || headErrors.length || impacts.some((i) => i.fails)
+        ? "**At the next run:** `pulumi up` fails: the declaration or the policy must change before this merges."
+        : `**Total at the next run:** ${fmt(totals.cas)} CA(s), ${fmt(totals.batches)} batch(es), ${fmt(totals.devices)} device(s) touched.`,
     );
   }
   md.push("");

@@ -31,9 +31,23 @@ const normalize = (md: string) => md.replace(/\(([0-9a-f]{7})(,|\))/g, "(<sha>$2
 
 describe("fleet policy review on a two-commit repository", () => {
   it("writes the golden Markdown report and exits 1 for the new mandatory violations", () => {
-    const r = fleet(["policy", "review", "--base", "main", "--out", "report.md", "--now", "2026-12-01"], {
-      cwd: repo,
-    });
+    const r = fleet(
+      [
+        "policy",
+        "review",
+        "--base",
+        "main",
+        "--fleet",
+        "fleet.yaml",
+        "--out",
+        "report.md",
+        "--now",
+        "2026-12-01",
+      ],
+      {
+        cwd: repo,
+      },
+    );
     expect(r.stderr).toBe("");
     expect(r.code).toBe(1);
     const md = normalize(readFileSync(join(repo, "report.md"), "utf8"));
@@ -42,12 +56,16 @@ describe("fleet policy review on a two-commit repository", () => {
   });
 
   it("reports blast-radius numbers that match the fleet declared in the repository", () => {
-    const r = fleet(["policy", "review", "--base", "main", "--now", "2026-12-01"], { cwd: repo });
+    const r = fleet(["policy", "review", "--base", "main", "--fleet", "fleet.yaml", "--now", "2026-12-01"], {
+      cwd: repo,
+    });
     const md = r.stdout;
-    // th-sensor-eu-2026a (20,000) + th-sensor-eu-2026b (15,000) exceed the new 365-day maximum
+    // th-sensor-eu-2026a and th-sensor-eu-2026b (730 days) exceed the new 365-day maximum: their
+    // components refuse them at construction, so the next `up` fails (it re-issues nothing)
     expect(md).toMatch(
-      /\| policy spec\.validity\.maxDays\.device 730 → 365 \| .* \| `th-sensor-eu-2026a`, `th-sensor-eu-2026b` \| 35,000 \|/,
+      /\| policy spec\.validity\.maxDays\.device 730 → 365 \| `pulumi up` fails: the policy refuses the declaration at construction \(FG-CERT-001\)[^|]*\(its 35,000 device\(s\) stay as they are\) \| {2}\| `th-sensor-eu-2026a`, `th-sensor-eu-2026b` \| 0 \|/,
     );
+    expect(md).not.toContain("re-issued at the next run");
     // issuing-us changes algorithm: replaced, and its 8,000 devices re-issued
     expect(md).toMatch(
       /\| CA `issuing-us`: algorithm ecdsa-p256 → ecdsa-p384 \| .* \| `issuing-us` \| `air-sensor-us-2026a` \| 8,000 \|/,
@@ -57,7 +75,9 @@ describe("fleet policy review on a two-commit repository", () => {
     );
     // waves: the schedule covers the three original batches (43,000 devices), 10% -> 5%
     expect(md).toContain("waves of at most 2,150 devices (was 4,300)");
-    expect(md).toContain("**Total at the next run:** 1 CA(s), 4 batch(es), 48,000 device(s) touched.");
+    expect(md).toContain(
+      "**At the next run:** `pulumi up` fails: the declaration or the policy must change before this merges.",
+    );
     expect(md).toContain("| `spec.validity.maxDays.device` | 730 | 365 | tightened | FG-CERT-001 |");
     // two mandatory FG-CERT-001 findings (the 730-day batches) and one advisory FG-ROT-001 (waves now too large)
     expect(md).toMatch(/### Newly failing \(3\)/);
@@ -68,7 +88,9 @@ describe("fleet policy review on a two-commit repository", () => {
     git("checkout", "-q", "main");
     let r: ReturnType<typeof fleet>;
     try {
-      r = fleet(["policy", "review", "--base", "HEAD", "--now", "2026-12-01"], { cwd: repo });
+      r = fleet(["policy", "review", "--base", "HEAD", "--fleet", "fleet.yaml", "--now", "2026-12-01"], {
+        cwd: repo,
+      });
     } finally {
       git("checkout", "-q", "feature");
     }

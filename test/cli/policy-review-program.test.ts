@@ -1,0 +1,145 @@
+/**
+ * `fleet policy review` of a Pulumi program: a small git repository with a TypeScript program that uses
+ * fleetguard's components (by a relative import to this checkout) and a policy; each commit is run in a
+ * worktree under Pulumi's mocks, and the report is compared with golden files.
+ */
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runProgramWithMocks } from "../../policies/declared";
+import { fleet, ROOT } from "./policy-helpers";
+
+const FIX = join(__dirname, "fixtures/review-program");
+let repo: string;
+const sha: Record<string, string> = {};
+
+const git = (...args: string[]) => execFileSync("git", args, { cwd: repo, encoding: "utf8" });
+const edit = (file: string, from: string, to: string) => {
+  const p = join(repo, file);
+  const text = readFileSync(p, "utf8");
+  if (!text.includes(from)) throw new Error(`${file}: no ${from}`);
+  writeFileSync(p, text.replace(from, to));
+};
+
+beforeAll(() => {
+  repo = mkdtempSync(join(tmpdir(), "fleet-review-program-"));
+  git("init", "-q", "-b", "main");
+  git("config", "user.email", "review@test.invalid");
+  git("config", "user.name", "review test");
+  cpSync(join(FIX, "base"), repo, { recursive: true });
+  // kept as a template so this checkout's type check does not compile the fixture's imports
+  renameSync(join(repo, "index.ts.template"), join(repo, "index.ts"));
+  // the worktrees the review makes sit beside this repository in the temp dir: the same relative path
+  const fg = relative(repo, ROOT).split("\\").join("/");
+  edit("index.ts", 'from "FLEETGUARD/components/CaHierarchy"', `from "${fg}/components/CaHierarchy"`);
+  edit(
+    "index.ts",
+    'from "FLEETGUARD/components/DeviceIdentityBatch"',
+    `from "${fg}/components/DeviceIdentityBatch"`,
+  );
+  git("add", "-A");
+  git("commit", "-q", "-m", "plant fleet");
+  sha.base = git("rev-parse", "HEAD").trim();
+  edit("index.ts", "profile: { validityDays: 365,", "profile: { validityDays: 300,");
+  git("commit", "-q", "-am", "lot-a: 300-day device certificates");
+  sha.validity = git("rev-parse", "HEAD").trim();
+  edit("policies/plant.yaml", "device: 825", "device: 200");
+  git("commit", "-q", "-am", "policy: device certificates at most 200 days");
+  sha.policy = git("rev-parse", "HEAD").trim();
+});
+
+afterAll(() => rmSync(repo, { recursive: true, force: true }));
+
+const normalize = (md: string) => md.replace(/\(([0-9a-f]{7})(,|\))/g, "(<sha>$2");
+
+function golden(name: string, md: string): void {
+  const file = join(FIX, name);
+  if (process.env.UPDATE_GOLDEN) writeFileSync(file, md);
+  expect(md).toBe(readFileSync(file, "utf8"));
+}
+
+describe("fleet policy review of a Pulumi program", () => {
+  it("reports a batch's validity edited in index.ts as the re-issue the next up does (exit 0)", () => {
+    const r = fleet(
+      ["policy", "review", "--base", sha.base!, "--head", sha.validity!, "--now", "2026-12-01"],
+      { cwd: repo },
+    );
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const md = normalize(r.stdout.replaceAll(sha.base!, "<base>").replaceAll(sha.validity!, "<head>"));
+    expect(md).toContain("- batch `lot-a`: profile.validityDays 365 → 300");
+    // the count comes from the stack config (Pulumi.review.yaml), passed as the engine would
+    expect(md).toMatch(
+      /\| batch `lot-a`: profile\.validityDays 365 → 300 \| device certificates re-issued \| {2}\| `lot-a` \| 200 \|/,
+    );
+    expect(md).toContain("this review covers the declarations only");
+    golden("expected-validity.md", md);
+  });
+
+  it("fails a review that edits only the policy, naming the batch the policy now refuses (exit 1)", () => {
+    const r = fleet(
+      ["policy", "review", "--base", sha.validity!, "--head", sha.policy!, "--now", "2026-12-01"],
+      { cwd: repo },
+    );
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(1);
+    const md = normalize(r.stdout.replaceAll(sha.validity!, "<base>").replaceAll(sha.policy!, "<head>"));
+    expect(md).toContain("No change to the declared fleet.");
+    expect(md).toContain("| `spec.validity.maxDays.device` | 825 | 200 | tightened | FG-CERT-001 |");
+    // lot-a (300 days) breaks the new maximum; lot-b (180 days) does not
+    expect(md).toMatch(/\| FG-CERT-001 \| mandatory \| `batch:lot-a` \|/);
+    expect(md).not.toMatch(/`batch:lot-b`/);
+    expect(md).toMatch(
+      /\| policy spec\.validity\.maxDays\.device 825 → 200 \| `pulumi up` fails: the policy refuses the declaration at construction \(FG-CERT-001\)[^|]*\| {2}\| `lot-a` \| 0 \|/,
+    );
+    expect(md).not.toContain("re-issued at the next run");
+    expect(md).toContain("DeviceIdentityBatch 'lot-a': policy 'plant' refuses this declaration");
+    golden("expected-policy.md", md);
+  });
+
+  it("removes the worktrees it made", () => {
+    fleet(["policy", "review", "--base", sha.base!, "--now", "2026-12-01"], { cwd: repo });
+    expect(git("worktree", "list").trim().split("\n")).toHaveLength(1);
+  });
+
+  it("says so when the base has no program, and refuses --fleet with --program", () => {
+    git("checkout", "-q", "--orphan", "empty");
+    git("rm", "-rfq", ".");
+    writeFileSync(join(repo, "README.md"), "nothing yet\n");
+    git("add", "README.md");
+    git("commit", "-q", "-m", "empty");
+    const empty = git("rev-parse", "HEAD").trim();
+    git("checkout", "-q", "-f", "main");
+    const r = fleet(["policy", "review", "--base", empty, "--now", "2026-12-01"], { cwd: repo });
+    expect(r.code).toBe(1); // HEAD (the policy commit) is refused
+    expect(r.stdout).toContain("no Pulumi.yaml)");
+    expect(r.stdout).toContain("- batch `lot-a` added (200 devices");
+    const both = fleet(["policy", "review", "--base", "main", "--fleet", "f.yaml", "--program", "."], {
+      cwd: repo,
+    });
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain("--fleet FILE and --program DIR: got both");
+  });
+});
+
+describe("the repository's own program under mocks", () => {
+  it("declares the reference fleet (Example Devices Ltd, line-a-lot-1) with no error and no refusal", () => {
+    const program = runProgramWithMocks({ dir: ROOT });
+    expect(program.errors).toEqual([]);
+    expect(program.refusals).toEqual([]);
+    expect(program.declared.cas?.map((c) => `${c.role}:${c.name}:${c.subject}`)).toEqual([
+      "root:root:C=DE, O=Example Devices Ltd, CN=Example Fleet Root CA",
+      "intermediate:manufacturing:O=Example Devices Ltd, CN=Example Manufacturing CA",
+      "issuing:line-a:O=Example Devices Ltd, OU=Plant 1, CN=Example Line A Issuing CA",
+    ]);
+    expect(program.declared.batches?.map((b) => [b.id, b.count, b.profile.validityDays])).toEqual([
+      ["line-a-lot-1", 1000, 365],
+    ]);
+    expect(program.components.map((c) => [c.component, c.name, c.policy])).toEqual([
+      ["CaHierarchy", "fleet", { file: join(ROOT, "policies/baseline.yaml") }],
+      ["DeviceIdentityBatch", "line-a-lot-1", { file: join(ROOT, "policies/baseline.yaml") }],
+    ]);
+  });
+});
