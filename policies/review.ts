@@ -81,6 +81,14 @@ export function live(side: ReviewSide, batch: string): number | undefined {
   return Object.entries(b.states).reduce((a, [k, n]) => a + (k === "decommissioned" ? 0 : (n ?? 0)), 0);
 }
 
+/** Devices of a batch in the given registry states; undefined: no deployed side. */
+function byState(side: ReviewSide, batch: string, states: string[]): number | undefined {
+  const deployed = side.fleet?.deployed?.batches;
+  if (!deployed) return undefined;
+  const b = deployed.find((x) => x.id === batch);
+  return states.reduce((a, k) => a + ((b?.states as Record<string, number> | undefined)?.[k] ?? 0), 0);
+}
+
 interface Refusal {
   kind: "batch" | "ca";
   id: string;
@@ -180,29 +188,36 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
   // Batches declared differently: what the next run does with the devices there are now.
   for (const b of hBatches) {
     const old = bBatches.get(b.id);
-    const have = now(b.id, old?.count ?? 0);
-    if (b.count > have)
+    const known = live(head, b.id);
+    const have = known ?? old?.count ?? 0;
+    const counted =
+      known === undefined
+        ? old
+          ? `count ${fmt(old.count)} → ${fmt(b.count)}`
+          : "added"
+        : `declared ${fmt(b.count)}${old && old.count !== b.count ? ` (was ${fmt(old.count)})` : ""}, the registry holds ${fmt(known)}`;
+    const cause = `batch \`${b.id}\`${counted === "added" ? " added" : `: ${counted}`}`;
+    // devices the registry holds but that never finished enrolling are enrolled by the same run
+    const resume = Math.min(byState(head, b.id, ["pending", "attested"]) ?? 0, b.count);
+    if (b.count > have || resume > 0)
       impacts.push({
-        cause: old
-          ? `batch \`${b.id}\`: count ${fmt(old.count)} → ${fmt(b.count)}`
-          : `batch \`${b.id}\` added`,
+        cause,
         effect: "devices enrolled",
         cas: [],
         batches: [b.id],
-        devices: b.count - have,
+        devices: Math.max(0, b.count - have) + resume,
       });
-    else if (b.count < have)
+    if (b.count < have)
       impacts.push({
-        cause: old
-          ? `batch \`${b.id}\`: count ${fmt(old.count)} → ${fmt(b.count)}`
-          : `batch \`${b.id}\` declared`,
+        cause,
         effect: "devices decommissioned (certificates revoked)",
         cas: [],
         batches: [b.id],
         devices: have - b.count,
       });
     if (!old) continue;
-    const kept = Math.min(have, b.count);
+    // devices holding a certificate: what a re-issue or re-key touches
+    const kept = Math.min(byState(head, b.id, ["issued", "installed", "active"]) ?? have, b.count);
     if (old.profile.algorithm !== b.profile.algorithm)
       impacts.push({
         cause: `batch \`${b.id}\`: profile.algorithm ${old.profile.algorithm} → ${b.profile.algorithm}`,

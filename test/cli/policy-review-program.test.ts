@@ -4,10 +4,11 @@
  * worktree under Pulumi's mocks, and the report is compared with golden files.
  */
 import { execFileSync } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openRegistry } from "../../core/registry/index";
 import { runProgramWithMocks } from "../../policies/declared";
 import { fleet, ROOT } from "./policy-helpers";
 
@@ -97,6 +98,88 @@ describe("fleet policy review of a Pulumi program", () => {
     expect(md).not.toContain("re-issued at the next run");
     expect(md).toContain("DeviceIdentityBatch 'lot-a': policy 'plant' refuses this declaration");
     golden("expected-policy.md", md);
+  });
+
+  it("counts devices from the registry (--registry): re-issue, enroll and decommission what exists now", async () => {
+    const loc = join(repo, "..", `${relative(tmpdir(), repo)}-registry.db`);
+    const r = await openRegistry(loc);
+    try {
+      const at = new Date("2026-06-01T00:00:00Z");
+      const seed = async (batch: string, active: number, pending: number) => {
+        await r.putBatch({ name: batch, model: "th100", source: "puf", spec: "{}" });
+        const ids = Array.from({ length: active + pending }, (_, i) => `${batch}-${i}`);
+        await r.addDevices(batch, ids);
+        await r.apply(
+          ids.slice(0, active).flatMap((deviceId, i) => [
+            { deviceId, batch, from: "pending", to: "attested", publicKey: Buffer.from(`spki-${deviceId}`) },
+            {
+              deviceId,
+              batch,
+              from: "attested",
+              to: "issued",
+              certificate: {
+                serial: `${batch === "lot-a" ? 1 : 2}${String(i).padStart(5, "0")}`,
+                deviceId,
+                batch,
+                issuer: "ab".repeat(32),
+                der: Buffer.alloc(64, i),
+                notBefore: at,
+                notAfter: at,
+                issuedAt: at,
+              },
+            },
+            { deviceId, batch, from: "issued", to: "installed" },
+            { deviceId, batch, from: "installed", to: "active" },
+          ]) as never,
+        );
+      };
+      await seed("lot-a", 120, 30);
+      await seed("lot-b", 60, 0);
+    } finally {
+      await r.close();
+    }
+    try {
+      const res = fleet(
+        [
+          "policy",
+          "review",
+          "--base",
+          sha.base!,
+          "--head",
+          sha.validity!,
+          "--registry",
+          loc,
+          "--now",
+          "2026-12-01",
+        ],
+        { cwd: repo },
+      );
+      expect(res.stderr).toBe("");
+      expect(res.code).toBe(0);
+      expect(res.stdout).toMatch(/Deployed: registry `[^`]+` \(2 batch\(es\), 210 device record\(s\)\)\./);
+      // lot-a: 200 declared, 150 recorded (120 active, 30 pending): 50 new + 30 unfinished enrolled,
+      // the 120 certified re-issued with the new validity
+      expect(res.stdout).toMatch(
+        /\| batch `lot-a`: declared 200, the registry holds 150 \| devices enrolled \| {2}\| `lot-a` \| 80 \|/,
+      );
+      expect(res.stdout).toMatch(
+        /\| batch `lot-a`: profile\.validityDays 365 → 300 \| device certificates re-issued \| {2}\| `lot-a` \| 120 \|/,
+      );
+      // lot-b: 50 declared, 60 recorded: 10 decommissioned
+      expect(res.stdout).toMatch(
+        /\| batch `lot-b`: declared 50, the registry holds 60 \| devices decommissioned \(certificates revoked\) \| {2}\| `lot-b` \| 10 \|/,
+      );
+      const missing = fleet(["policy", "review", "--base", sha.base!, "--registry", join(repo, "nope.db")], {
+        cwd: repo,
+      });
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toContain("which does not exist");
+      expect(existsSync(join(repo, "nope.db"))).toBe(false);
+    } finally {
+      rmSync(loc, { force: true });
+      rmSync(`${loc}-wal`, { force: true });
+      rmSync(`${loc}-shm`, { force: true });
+    }
   });
 
   it("removes the worktrees it made", () => {
