@@ -3,9 +3,11 @@
  *
  *   fleet devices serve --count N --port P --state DIR [--seed HEX] [--model M]
  *                       [--clones ids] [--noisy ids] [--drop ids] [--hang ids] ...
- *   fleet devices ping|stats --port P
- *   fleet devices identify|status --port P DEVICE
+ *   fleet devices ping|stats --port P [--json]
+ *   fleet devices identify|status --port P [--json] DEVICE
  *
+ * The questions print the station's reply as JSON (byte strings as hex) with or without --json;
+ * the options and help come from `spec` (cli/args.ts).
  * The farm listens on loopback only: the station protocol has no authentication of its own.
  * See docs/devices.md.
  */

@@ -47,7 +47,7 @@ export const GROUP_NAMES: readonly string[] = Object.keys(groups);
 function usage(): string {
   const lines = [
     "usage: fleet <group> <command> [options]",
-    "       fleet <group> [<command>] --help",
+    "       fleet <group> [<command>] --help   (or: fleet help <group> [<command>])",
     "       fleet --version",
     "",
     "groups:",
