@@ -5,9 +5,12 @@
  */
 import { spawn } from "node:child_process";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 
 export const ROOT = join(__dirname, "../..");
-const TSX = join(ROOT, "node_modules/.bin/tsx");
+// tsx's loader in this node process (the tsx binary would start a second node per run), by URL so
+// that it resolves from any working directory
+const TSX_LOADER = pathToFileURL(join(ROOT, "node_modules/tsx/dist/loader.mjs")).href;
 const CLI = join(ROOT, "cli/fleet.ts");
 
 export interface Run {
@@ -25,7 +28,7 @@ export function fleetAsync(
   delete env.FORCE_COLOR;
   delete env.FLEETGUARD_DEBUG;
   return new Promise((resolve, reject) => {
-    const child = spawn(TSX, [CLI, ...args], {
+    const child = spawn(process.execPath, ["--import", TSX_LOADER, CLI, ...args], {
       cwd: opts.cwd ?? ROOT,
       env,
       stdio: ["ignore", "pipe", "pipe"],
