@@ -195,7 +195,7 @@ export function blastRadius(base: ReviewSide, head: ReviewSide): Impact[] {
         ? old
           ? `count ${fmt(old.count)} → ${fmt(b.count)}`
           : "added"
-        : `declared ${fmt(b.count)}${old && old.count !== b.count ? ` (was ${fmt(old.count)})` : ""}, the registry holds ${fmt(known)}`;
+        : `declared ${fmt(b.count)}${old && old.count !== b.count ? ` (was ${fmt(old.count)})` : ""}, ${fmt(known)} deployed`;
     const cause = `batch \`${b.id}\`${counted === "added" ? " added" : `: ${counted}`}`;
     // devices the registry holds but that never finished enrolling are enrolled by the same run
     const resume = Math.min(byState(head, b.id, ["pending", "attested"]) ?? 0, b.count);

@@ -4,9 +4,18 @@
  * worktree under Pulumi's mocks, and the report is compared with golden files.
  */
 import { execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { delimiter, join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openRegistry } from "../../core/registry/index";
 import { runProgramWithMocks } from "../../policies/declared";
@@ -160,14 +169,14 @@ describe("fleet policy review of a Pulumi program", () => {
       // lot-a: 200 declared, 150 recorded (120 active, 30 pending): 50 new + 30 unfinished enrolled,
       // the 120 certified re-issued with the new validity
       expect(res.stdout).toMatch(
-        /\| batch `lot-a`: declared 200, the registry holds 150 \| devices enrolled \| {2}\| `lot-a` \| 80 \|/,
+        /\| batch `lot-a`: declared 200, 150 deployed \| devices enrolled \| {2}\| `lot-a` \| 80 \|/,
       );
       expect(res.stdout).toMatch(
         /\| batch `lot-a`: profile\.validityDays 365 → 300 \| device certificates re-issued \| {2}\| `lot-a` \| 120 \|/,
       );
       // lot-b: 50 declared, 60 recorded: 10 decommissioned
       expect(res.stdout).toMatch(
-        /\| batch `lot-b`: declared 50, the registry holds 60 \| devices decommissioned \(certificates revoked\) \| {2}\| `lot-b` \| 10 \|/,
+        /\| batch `lot-b`: declared 50, 60 deployed \| devices decommissioned \(certificates revoked\) \| {2}\| `lot-b` \| 10 \|/,
       );
       const missing = fleet(["policy", "review", "--base", sha.base!, "--registry", join(repo, "nope.db")], {
         cwd: repo,
@@ -179,6 +188,82 @@ describe("fleet policy review of a Pulumi program", () => {
       rmSync(loc, { force: true });
       rmSync(`${loc}-wal`, { force: true });
       rmSync(`${loc}-shm`, { force: true });
+    }
+  });
+
+  it("reads the deployed side from the stack's state (--stack, the real pulumi CLI)", () => {
+    const bin = readdirSync(join(ROOT, ".cache/pulumi"))
+      .map((v) => join(ROOT, ".cache/pulumi", v, "bin"))
+      .find((d) => existsSync(join(d, "pulumi")));
+    expect(bin, "the Pulumi CLI (scripts/setup-pulumi)").toBeDefined();
+    const backend = mkdtempSync(join(tmpdir(), "fleet-review-backend-"));
+    const saved = { ...process.env };
+    Object.assign(process.env, {
+      PATH: `${bin}${delimiter}${process.env.PATH}`,
+      PULUMI_BACKEND_URL: `file://${backend}`,
+      PULUMI_CONFIG_PASSPHRASE: "review-test-only",
+      PULUMI_SKIP_UPDATE_CHECK: "true",
+      PULUMI_DIY_BACKEND_NO_LEGACY_WARNING: "true",
+    });
+    const pulumi = (...args: string[]) =>
+      execFileSync("pulumi", args, { cwd: repo, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    try {
+      pulumi("stack", "init", "review", "--non-interactive");
+      // a state as `pulumi up` leaves it: one batch resource with its registry counts as outputs
+      const state = JSON.parse(pulumi("stack", "export"));
+      const stack = "urn:pulumi:review::plant::pulumi:pulumi:Stack::plant-review";
+      const provider = "urn:pulumi:review::plant::pulumi:providers:pulumi-nodejs::default";
+      const pid = "00000000-0000-0000-0000-000000000000";
+      state.deployment.resources = [
+        { urn: stack, custom: false, type: "pulumi:pulumi:Stack" },
+        { urn: provider, custom: true, id: pid, type: "pulumi:providers:pulumi-nodejs" },
+        {
+          urn: "urn:pulumi:review::plant::fleetguard:devices:DeviceIdentityBatch$pulumi-nodejs:dynamic:Resource::lot-a-lot",
+          custom: true,
+          id: "lot-a",
+          type: "pulumi-nodejs:dynamic:Resource",
+          parent: stack,
+          provider: `${provider}::${pid}`,
+          inputs: {},
+          outputs: { kind: "fleetguard:batch", name: "lot-a", counts: { active: 190, decommissioned: 5 } },
+        },
+      ];
+      writeFileSync(join(backend, "state.json"), JSON.stringify(state));
+      pulumi("stack", "import", "--file", join(backend, "state.json"));
+      const res = fleet(
+        [
+          "policy",
+          "review",
+          "--base",
+          sha.base!,
+          "--head",
+          sha.validity!,
+          "--stack",
+          "review",
+          "--now",
+          "2026-12-01",
+        ],
+        { cwd: repo },
+      );
+      expect(res.stderr).toBe("");
+      expect(res.code).toBe(0);
+      expect(res.stdout).toContain("Deployed: stack `review` (1 batch resource(s)).");
+      expect(res.stdout).toMatch(
+        /\| batch `lot-a`: declared 200, 190 deployed \| devices enrolled \| {2}\| `lot-a` \| 10 \|/,
+      );
+      expect(res.stdout).toMatch(
+        /\| batch `lot-a`: profile\.validityDays 365 → 300 \| device certificates re-issued \| {2}\| `lot-a` \| 190 \|/,
+      );
+      // lot-b is declared but not in the stack: all of it is enrolled by the next up
+      expect(res.stdout).toMatch(
+        /\| batch `lot-b`: declared 50, 0 deployed \| devices enrolled \| {2}\| `lot-b` \| 50 \|/,
+      );
+      const bad = fleet(["policy", "review", "--base", sha.base!, "--stack", "nope"], { cwd: repo });
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('--stack: got "nope", want a stack `pulumi stack export` can read');
+    } finally {
+      process.env = saved;
+      rmSync(backend, { recursive: true, force: true });
     }
   });
 
