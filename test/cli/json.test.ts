@@ -1,6 +1,7 @@
 // `--json` of every read command (docs/cli.md), on the real CLI in child processes against real
 // things: a SQLite registry, a signed manifest, an emulated device farm, and a Pulumi stack read by
 // the real `pulumi` with every chain checked by OpenSSL. Each document is compared field by field.
+import { createPublicKey, generateKeyPairSync, X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -12,7 +13,8 @@ import { openRegistry } from "../../core/registry";
 import { LATEST_VERSION } from "../../core/registry/schema";
 import { DEVICE_STATES } from "../../core/registry/types";
 import { deviceId } from "../../core/station/ids";
-import { makeDevices, makePki } from "../core/manifest/fixtures";
+import { randomSerial } from "../../core/x509/cert";
+import { makeDevices, makePki, templateFor } from "../core/manifest/fixtures";
 import { farmFor } from "../devices/farm/helpers";
 import { PulumiStack } from "../helpers/pulumi";
 import { clean, fleetAsync, fleetMany } from "./cli-run";
@@ -376,6 +378,79 @@ describe("fleet ca summary --json", () => {
         },
       ]);
       expect(fs.readFileSync(path.join(out, "line-a.pem"), "utf8")).toBe(lineA.certificatePem);
+
+      // --registry: the batch's live device certificates, each checked by openssl verify
+      const loc = path.join(dir, "ca.db");
+      const reg = await openRegistry(loc);
+      await reg.putBatch({ name: "lot-c", model: "fg300", source: "puf", spec: "{}" });
+      await reg.addDevices("lot-c", ["c-0", "c-1", "c-2"]);
+      const certify = async (
+        reg: Awaited<ReturnType<typeof openRegistry>>,
+        id: string,
+        issuer: typeof root,
+      ) => {
+        const pub = createPublicKey(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey);
+        const spki = pub.export({ type: "spki", format: "der" });
+        const der = templateFor(issuer).issue(randomSerial(), id, spki);
+        const x = new X509Certificate(der);
+        await reg.apply([
+          { deviceId: id, batch: "lot-c", from: "pending", to: "attested", publicKey: spki, epoch: 0 },
+        ]);
+        await reg.apply([
+          {
+            deviceId: id,
+            batch: "lot-c",
+            from: "attested",
+            to: "issued",
+            certificate: {
+              serial: x.serialNumber.toLowerCase().replace(/^(00)+/, ""),
+              deviceId: id,
+              batch: "lot-c",
+              issuer: issuer.fingerprintSha256,
+              der,
+              notBefore: new Date(x.validFrom),
+              notAfter: new Date(x.validTo),
+              issuedAt: new Date(),
+            },
+          },
+        ]);
+      };
+      await certify(reg, "c-0", lineA);
+      await certify(reg, "c-1", lineA);
+      await reg.close();
+      const withReg = await fleetAsync([...args, "--registry", loc], { env: stack.env });
+      expect(withReg.code, withReg.stderr).toBe(0);
+      const w = JSON.parse(withReg.stdout);
+      expect(w.ok).toBe(true);
+      expect(w.batches).toEqual([
+        {
+          batch: "lot-c",
+          model: "fg300",
+          source: "puf",
+          counts: { ...zero, pending: 1, issued: 2 },
+          live: 2,
+          verified: 2,
+          ok: true,
+          failure: null,
+          dir: path.join(out, "batch-lot-c"),
+        },
+      ]);
+      // a device certificate from a CA the stack does not hold: the batch is not ok, exit 1
+      const again = await openRegistry(loc);
+      try {
+        await certify(again, "c-2", stranger);
+      } finally {
+        await again.close();
+      }
+      const foreign = await fleetAsync([...args, "--registry", loc], { env: stack.env });
+      expect(foreign.code, foreign.stderr).toBe(1);
+      const fj = JSON.parse(foreign.stdout);
+      expect(fj.ok).toBe(false);
+      expect(fj.cas.every((c: { ok: boolean }) => c.ok)).toBe(true);
+      expect(fj.batches[0]).toMatchObject({ live: 3, verified: 2, ok: false });
+      expect(fj.batches[0].failure).toBe(
+        `issuer ${stranger.fingerprintSha256.slice(0, 16)}… is not in stack`,
+      );
 
       // line-a's chain ends at a root that did not sign it: OpenSSL refuses it
       await load({
