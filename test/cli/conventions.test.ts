@@ -28,6 +28,8 @@ describe("fleet --help and --version", () => {
       expect(r.stdout).toMatch(/^usage: fleet <group> <command> \[options\]$/m);
       for (const g of GROUP_NAMES) expect(r.stdout).toMatch(new RegExp(`^ {2}${g} +\\S`, "m"));
       expect(r.stdout).toContain("docs/cli.md");
+      // the dispatcher's one-line summaries (it loads no group for this) are the groups' own
+      for (const g of SPECS) expect(r.stdout).toContain(`  ${g.name.padEnd(10)} ${g.summary}\n`);
     }
     expect(bare!.code).toBe(2);
     expect(bare!.stdout).toBe("");
