@@ -472,7 +472,7 @@ export function buildReview(
   md.push("");
   const verdict =
     headPolicyViolations > 0 || headBlocking > 0 || headErrors.length > 0
-      ? `**Result: changes requested.** ${headBlocking} mandatory violation(s) and ${headPolicyViolations} policy file problem(s) at HEAD; ${newlyFailing.filter((f) => !f.waived && f.enforcement === "mandatory").length} mandatory finding(s) are new.${headRefusals.length || headErrors.length ? ` \`pulumi up\` at HEAD fails (${headRefusals.length} component(s) refused at construction${headErrors.length ? `, ${headErrors.length} program error(s)` : ""}).` : ""}`
+      ? `**Result: changes requested.** ${headBlocking} mandatory violation(s) and ${headPolicyViolations} policy file problem(s) at HEAD; ${newlyFailing.filter((f) => !f.waived && f.enforcement === "mandatory").length} mandatory finding(s) are new.${headRefusals.length || headErrors.length ? ` \`pulumi up\` at HEAD fails (${[headRefusals.length ? `${headRefusals.length} component(s) refused at construction` : "", headErrors.length ? `${headErrors.length} program error(s)` : ""].filter(Boolean).join(", ")}).` : ""}`
       : "**Result: no mandatory violations at HEAD.**";
   md.push(verdict, "");
   md.push("## Summary", "", "| | Base | HEAD |", "|---|---:|---:|");
