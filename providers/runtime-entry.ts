@@ -7,11 +7,16 @@
  * the program the engine runs now (the provider process runs in the program's directory):
  *  1. FLEETGUARD_RUNTIME, an explicit override;
  *  2. the fleetguard package the program's directory resolves (node_modules/fleetguard there or
- *     in a parent folder, as Node resolves it);
+ *     in a parent folder, as Node resolves it): an installed package has only the compiled runtime,
+ *     dist/providers/runtime/index.js;
  *  3. the checkout the program sits in: the nearest folder above it, the program's own included,
  *     whose package.json is named fleetguard;
  *  4. the path recorded at deploy time.
- * Everything is inside the one function: Pulumi serializes it by its source text.
+ * In a folder that has both (a checkout that was built), the sources' entry comes first: a dist/
+ * may be older than the sources, and the sources' entry uses the compiled files only when they sit
+ * next to it. Everything is inside the one function: Pulumi serializes it by its source text when
+ * the program imports fleetguard from a checkout; from node_modules, the serialized provider
+ * requires "fleetguard/providers/runtime-entry" of the package the provider process resolves.
  */
 export interface RuntimeEntry {
   ca(): typeof import("./runtime/ca");
@@ -21,13 +26,21 @@ export interface RuntimeEntry {
 export function loadRuntime(atDeploy: string, cwd: string = process.cwd()): RuntimeEntry {
   const fs = require("node:fs");
   const p = require("node:path");
-  const entryIn = (root: string) => p.join(root, "providers", "runtime", "index.js");
+  const entriesIn = (root: string) => [
+    p.join(root, "providers", "runtime", "index.js"),
+    p.join(root, "dist", "providers", "runtime", "index.js"),
+  ];
   const candidates: string[] = [];
   if (process.env.FLEETGUARD_RUNTIME) candidates.push(process.env.FLEETGUARD_RUNTIME);
-  try {
-    candidates.push(entryIn(p.dirname(require.resolve("fleetguard/package.json", { paths: [cwd] }))));
-  } catch {
-    // the program does not depend on the package: it may sit in a checkout
+  // Node's node_modules lookup, by hand: require.resolve would resolve "fleetguard" to the package
+  // this function runs in when that has "exports" (self-reference), not to the program's
+  for (let dir = cwd; ; dir = p.dirname(dir)) {
+    const pkg = p.join(dir, "node_modules", "fleetguard");
+    if (p.basename(dir) !== "node_modules" && fs.existsSync(p.join(pkg, "package.json"))) {
+      candidates.push(...entriesIn(fs.realpathSync(pkg)));
+      break;
+    }
+    if (p.dirname(dir) === dir) break;
   }
   for (let dir = cwd; ; dir = p.dirname(dir)) {
     let name: unknown;
@@ -37,7 +50,7 @@ export function loadRuntime(atDeploy: string, cwd: string = process.cwd()): Runt
       // no (readable) package.json here
     }
     if (name === "fleetguard") {
-      candidates.push(entryIn(dir));
+      candidates.push(...entriesIn(dir));
       break;
     }
     if (p.dirname(dir) === dir) break;
