@@ -19,6 +19,7 @@ import { delimiter, join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openRegistry } from "../../core/registry/index";
 import { runProgramWithMocks } from "../../policies/declared";
+import { loadFleet } from "../../policies/fleet";
 import { fleet, ROOT } from "./policy-helpers";
 
 const FIX = join(__dirname, "fixtures/review-program");
@@ -309,5 +310,18 @@ describe("the repository's own program under mocks", () => {
       ["CaHierarchy", "fleet", { file: join(ROOT, "policies/baseline.yaml") }],
       ["DeviceIdentityBatch", "line-a-lot-1", { file: join(ROOT, "policies/baseline.yaml") }],
     ]);
+  });
+});
+
+describe("the repository's own program and fleet.yaml", () => {
+  it("declare the same CAs and batches (the review evaluates the program; fleet.yaml must not disagree)", () => {
+    const program = runProgramWithMocks({ dir: ROOT });
+    expect(program.errors).toEqual([]);
+    expect(program.refusals).toEqual([]);
+    const file = loadFleet(join(ROOT, "fleet.yaml"));
+    expect(file.diagnostics).toEqual([]);
+    expect(existsSync(join(ROOT, "index.ts"))).toBe(true);
+    expect(file.fleet?.declared.cas).toEqual(program.declared.cas);
+    expect(file.fleet?.declared.batches).toEqual(program.declared.batches);
   });
 });

@@ -80,7 +80,7 @@ describe("fleet policy check", () => {
 
   it("passes the repository's own fleet.yaml and example policies (exit 0)", () => {
     let r = fleet(["policy", "check", "--now", "2026-12-01"]);
-    expect(r.stdout).toContain("fleet.yaml under sensor-line");
+    expect(r.stdout).toContain("fleet.yaml under baseline");
     expect(r.code).toBe(0);
     r = fleet([
       "policy",
