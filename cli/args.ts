@@ -16,6 +16,8 @@ export interface OptionSpec {
   readonly help: string;
   /** shown without brackets in the usage line; the command itself checks presence (its own message) */
   readonly required?: boolean;
+  /** may be given more than once: every value is in Parsed.lists (flags holds the last) */
+  readonly repeat?: boolean;
 }
 
 export interface CommandSpec {
@@ -51,8 +53,10 @@ export class UsageError extends FleetError {
 export type Flags = Record<string, string>;
 
 export interface Parsed {
-  /** by option name; a switch that was given is "true" */
+  /** by option name; a switch that was given is "true"; a repeated option: its last value */
   readonly flags: Flags;
+  /** every value of each repeatable option given, in order */
+  readonly lists: Readonly<Record<string, readonly string[]>>;
   readonly positionals: readonly string[];
 }
 
@@ -65,7 +69,7 @@ const isHelp = (a: string) => a === "--help" || a === "-h";
 
 function optionUsage(o: OptionSpec): string {
   const s = o.arg ? `--${o.name} ${o.arg}` : `--${o.name}`;
-  return o.required ? s : `[${s}]`;
+  return `${o.required ? s : `[${s}]`}${o.repeat ? "..." : ""}`;
 }
 
 /** The usage of a command, wrapped at 100 columns under its name. */
@@ -142,6 +146,7 @@ export function parse(group: GroupSpec, cmd: CommandSpec, argv: readonly string[
   const want = `one of ${cmd.options.map((o) => `--${o.name}`).join(" ")}`;
   const maxPositionals = cmd.positionals?.length ?? 0;
   const flags: Flags = {};
+  const lists: Record<string, string[]> = {};
   const positionals: string[] = [];
   let optionsEnded = false;
   for (let i = 0; i < argv.length; i++) {
@@ -176,8 +181,9 @@ export function parse(group: GroupSpec, cmd: CommandSpec, argv: readonly string[
     if (value === undefined || (eq < 0 && value.startsWith("--")))
       throw new UsageError(`--${name}`, undefined, `a value (${o.arg})`, usage);
     flags[name] = value;
+    if (o.repeat) lists[name] = [...(lists[name] ?? []), value];
   }
-  return { flags, positionals };
+  return { flags, lists, positionals };
 }
 
 export type Route =

@@ -5,7 +5,7 @@ import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { type GroupSpec, usageLine } from "../../cli/args";
+import { type GroupSpec, parse, UsageError, usageLine } from "../../cli/args";
 import { spec as batch } from "../../cli/batch";
 import { spec as ca } from "../../cli/ca";
 import { spec as devices } from "../../cli/devices";
@@ -208,6 +208,56 @@ describe("unknown flags, commands and groups", () => {
       expect(r.stderr.split("\n")[0]).toBe(want[i]);
       expect(r.stderr).toContain(`usage: fleet ${r.args[0]} ${r.args[1]} `);
       clean(r);
+    }
+  });
+});
+
+describe("the grammar (cli/args.ts parse)", () => {
+  const g: GroupSpec = {
+    name: "demo",
+    summary: "a group for the grammar",
+    commands: [
+      {
+        name: "run",
+        summary: "a command",
+        options: [
+          { name: "policy", arg: "FILE", help: "repeatable", repeat: true },
+          { name: "out", arg: "FILE", help: "one" },
+          { name: "json", help: "a switch" },
+        ],
+        positionals: [{ name: "TARGET", help: "one target" }],
+      },
+    ],
+  };
+  const cmd = g.commands[0]!;
+
+  it("values as --name VALUE or --name=VALUE, repeats kept in order, -- ends the options", () => {
+    const p = parse(g, cmd, ["--policy", "a.yaml", "--policy=b.yaml", "--out", "x", "--json", "--", "--odd"]);
+    expect(p.flags).toEqual({ policy: "b.yaml", out: "x", json: "true" });
+    expect(p.lists).toEqual({ policy: ["a.yaml", "b.yaml"] });
+    expect(p.positionals).toEqual(["--odd"]);
+    expect(usageLine(g, cmd)).toBe("fleet demo run [--policy FILE]... [--out FILE] [--json] TARGET");
+  });
+
+  it("refusals are UsageErrors (INVALID_INPUT) carrying the command's usage", () => {
+    for (const [argv, message] of [
+      [["--nope"], 'option: got "--nope", want one of --policy --out --json'],
+      [["-x"], 'option: got "-x", want one of --policy --out --json'],
+      [["--out"], "--out: got undefined, want a value (FILE)"],
+      [["--out", "--json"], "--out: got undefined, want a value (FILE)"],
+      [["--json=1"], '--json: got "1", want no value (a switch)'],
+      [["a", "b"], 'argument: got "b", want at most 1 argument(s) (TARGET)'],
+    ] as const) {
+      let err: unknown;
+      try {
+        parse(g, cmd, argv);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, argv.join(" ")).toBeInstanceOf(UsageError);
+      expect((err as UsageError).code).toBe("INVALID_INPUT");
+      expect((err as UsageError).message).toBe(message);
+      expect((err as UsageError).usage).toContain("usage: fleet demo run [--policy FILE]...");
     }
   });
 });
