@@ -247,6 +247,10 @@ describe("fleet devices --json", () => {
       const port = String(farm.port);
       const id = deviceId("fg100", 2);
       const cmds = [["ping"], ["stats"], ["identify", id], ["status", id]];
+      // first contact provisions the device; the runs below go two at a time, so a STATUS could
+      // otherwise see it blank or provisioned depending on which command got there first
+      const first = await fleetMany([["devices", "identify", "--port", port, id]]);
+      expect(first[0]!.code, first[0]!.stderr).toBe(0);
       const runs = await fleetMany([
         ...cmds.map((c) => ["devices", c[0]!, "--port", port, "--json", ...c.slice(1)]),
         ...cmds.map((c) => ["devices", c[0]!, "--port", port, ...c.slice(1)]),
