@@ -39,6 +39,16 @@ const mkdir = (...p: string[]) => {
 };
 
 describe("loadRuntime", () => {
+  it("an installed package that ships only compiled code: its dist/providers/runtime/index.js", () => {
+    const stale = fakeFleetguard(mkdir("old", "fleetguard"), "stale copy at the recorded path");
+    const pkg = mkdir("platform", "node_modules", "fleetguard");
+    fs.writeFileSync(path.join(pkg, "package.json"), JSON.stringify({ name: "fleetguard" }));
+    const entry = path.join(pkg, "dist", "providers", "runtime", "index.js");
+    fs.mkdirSync(path.dirname(entry), { recursive: true });
+    fs.writeFileSync(entry, 'module.exports = { ca: () => "compiled package", batch: () => "batch" };');
+    expect(which(loadRuntime(stale, mkdir("platform", "stacks", "prod")))).toBe("compiled package");
+  });
+
   it("a program inside a checkout that moved: the checkout around it, not the recorded path", () => {
     const stale = fakeFleetguard(mkdir("old", "fleetguard"), "stale copy at the recorded path");
     fakeFleetguard(mkdir("new", "fleetguard"), "moved checkout");
