@@ -24,11 +24,11 @@ const USAGE = `usage:
       Validate policy files (schema, layering, waivers) and evaluate a fleet file against its policy.
       Without arguments: --fleet fleet.yaml under the policy it names.
   fleet policy review --base GIT-REF [--head GIT-REF] [--program DIR | --fleet FILE] [--policy FILE]
-                      [--registry LOCATION] [--stack NAME] [--out FILE] [--now ISO-DATE]
+                      [--registry LOCATION] [--stack NAME] [--out FILE] [--now ISO-DATE] [--json]
       Compare what the Pulumi program declares (Pulumi.yaml under DIR, default the repository root;
       each commit in a worktree, run with mocks) or what a fleet file declares, under its policy, at
       GIT-REF and at HEAD; the deployed side from the registry or the stack. Writes a Markdown report.
-  fleet policy list
+  fleet policy list [--json]
       The check catalog.
 exit codes: 0 clean, 1 violations, 2 bad input or usage`;
 
@@ -269,6 +269,7 @@ async function review(argv: string[]): Promise<number> {
       registry: { type: "string" },
       out: { type: "string" },
       now: { type: "string" },
+      json: { type: "boolean" },
     },
     allowPositionals: false,
   });
@@ -416,18 +417,55 @@ async function review(argv: string[]): Promise<number> {
     return 2;
   }
   const r = buildReview(baseSide, headSide, { fleetName, now, deployed: deployed.what });
+  const stops = (headSide.program?.refusals.length ?? 0) + (headSide.program?.errors.length ?? 0);
+  const exit = fatal.length
+    ? 2
+    : headSide.diagnostics.length || stops || (headSide.evaluation?.blocking.length ?? 0)
+      ? 1
+      : 0;
+  if (values.json) {
+    // the review as a document (docs/cli.md): what changes, what newly fails or passes, what up would do
+    const { markdown: _m, ...doc } = r;
+    const json = `${JSON.stringify(
+      {
+        base: { ref: values.base, sha: baseSha },
+        head: { ref: values.head ?? "HEAD", sha: headSha },
+        ...doc,
+        stops: { refusals: headSide.program?.refusals ?? [], errors: headSide.program?.errors ?? [] },
+        exitCode: exit,
+      },
+      null,
+      2,
+    )}\n`;
+    if (values.out) writeFileSync(values.out, json);
+    else process.stdout.write(json);
+    return exit;
+  }
   if (values.out) {
     writeFileSync(values.out, r.markdown);
     console.log(
       `wrote ${values.out}: ${r.newlyFailing.length} newly failing, ${r.newlyPassing.length} newly passing, ${r.totals.devices.toLocaleString("en-US")} device(s) touched`,
     );
   } else process.stdout.write(r.markdown);
-  if (fatal.length) return 2;
-  const stops = (headSide.program?.refusals.length ?? 0) + (headSide.program?.errors.length ?? 0);
-  return headSide.diagnostics.length || stops || (headSide.evaluation?.blocking.length ?? 0) ? 1 : 0;
+  return exit;
 }
 
-function list(): number {
+function list(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv,
+    options: { json: { type: "boolean" } },
+    allowPositionals: false,
+  });
+  if (values.json) {
+    const doc = catalog.map((c) => ({
+      id: c.id,
+      severity: c.severity,
+      title: c.title,
+      standards: c.standards,
+    }));
+    process.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
+    return 0;
+  }
   for (const c of catalog)
     console.log(
       `${c.id.padEnd(12)} ${c.severity.padEnd(8)} ${c.title}${c.standards.awsDeviceDefender ? `  [${c.standards.awsDeviceDefender.join(", ")}]` : ""}`,
@@ -444,7 +482,7 @@ export async function run(argv: string[]): Promise<number> {
       case "review":
         return await review(rest);
       case "list":
-        return list();
+        return list(rest);
       case "help":
       case "--help":
       case "-h":

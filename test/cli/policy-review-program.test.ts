@@ -108,6 +108,17 @@ describe("fleet policy review of a Pulumi program", () => {
     expect(md).not.toContain("re-issued at the next run");
     expect(md).toContain("DeviceIdentityBatch 'lot-a': policy 'plant' refuses this declaration");
     golden("expected-policy.md", md);
+    // the same review as a document: the refused batch, what stops up, the same exit code
+    const j = fleet(
+      ["policy", "review", "--base", sha.validity!, "--head", sha.policy!, "--now", "2026-12-01", "--json"],
+      { cwd: repo },
+    );
+    expect(j.code).toBe(1);
+    const doc = JSON.parse(j.stdout);
+    expect(doc).toMatchObject({ base: { sha: sha.validity }, head: { sha: sha.policy }, exitCode: 1 });
+    expect(doc.newlyFailing.map((f: { subject: string }) => f.subject)).toContain("batch:lot-a");
+    expect(doc.stops.refusals.length).toBeGreaterThan(0);
+    expect(doc.markdown).toBeUndefined();
   });
 
   it("counts devices from the registry (--registry): re-issue, enroll and decommission what exists now", async () => {

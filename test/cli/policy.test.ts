@@ -116,5 +116,15 @@ describe("fleet policy check", () => {
     const r = fleet(["policy", "list"]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^FG-KEY-002\s+critical\s+RSA keys free of the ROCA fingerprint/m);
+    const j = fleet(["policy", "list", "--json"]);
+    expect(j.code).toBe(0);
+    const doc = JSON.parse(j.stdout) as Array<{
+      id: string;
+      severity: string;
+      title: string;
+      standards: object;
+    }>;
+    expect(doc.find((c) => c.id === "FG-KEY-002")).toMatchObject({ severity: "critical" });
+    expect(doc.length).toBe(r.stdout.trim().split("\n").length);
   });
 });
