@@ -12,7 +12,7 @@
  * a terminal or a log through an error message.
  */
 import * as crypto from "node:crypto";
-import { domainToASCII } from "node:url";
+import { domainToASCII, domainToUnicode } from "node:url";
 import { type FleetError, invalid, phrase } from "../errors";
 import { nameConstraintsOf, parseCertificate } from "./parse";
 
@@ -158,6 +158,12 @@ function ldhProblem(name: string): string | undefined {
   return undefined;
 }
 
+function aLabelRoundTrips(label: string): boolean {
+  if (!label.startsWith("xn--")) return true;
+  const u = domainToUnicode(label);
+  return u !== "" && u !== label && domainToASCII(u) === label;
+}
+
 /** The normalized name, or `{ want }` saying what is wrong with it. */
 function normalizeDns(v: string, allowWildcard: boolean): string | { want: string } {
   const want = (why: string) => ({ want: `${LDH_WANT}: ${why}` });
@@ -181,7 +187,9 @@ function normalizeDns(v: string, allowWildcard: boolean): string | { want: strin
   if (NON_ASCII.test(rest) || /(^|\.)xn--/i.test(rest)) {
     // UTS #46 (nontransitional, as IDNA2008) maps, normalizes and punycodes; '' means refused
     ascii = domainToASCII(rest);
-    if (!ascii || ascii !== domainToASCII(ascii))
+    // Node 24 passes an xn-- label through without decoding it, where Node 20 refused
+    // a bad one: an A-label must decode to a U-label that encodes back to the same A-label
+    if (!ascii || ascii !== domainToASCII(ascii) || !ascii.split(".").every(aLabelRoundTrips))
       return want("an internationalized name that IDNA can convert to A-labels");
   } else {
     ascii = rest.toLowerCase();
