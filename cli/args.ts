@@ -192,6 +192,21 @@ export type Route =
   | { readonly kind: "run"; readonly command: CommandSpec; readonly parsed: Parsed };
 
 /**
+ * Answer a route that is not a command to run: help on `out` (exit 0), usage on `err` (exit 2).
+ * Returns the exit code, or undefined when the route is a command the group runs itself.
+ */
+export function answer(
+  r: Route,
+  out: (text: string) => void = console.log,
+  err: (text: string) => void = console.error,
+): number | undefined {
+  if (r.kind === "help") out(r.text);
+  else if (r.kind === "usage") err(r.text);
+  else return undefined;
+  return r.kind === "help" ? 0 : 2;
+}
+
+/**
  * What `fleet <group> ...` asks for: the group's help (exit 0 on stdout), its usage for a missing
  * command (exit 2 on stderr), a command's help, or a command with its parsed arguments.
  */

@@ -22,7 +22,15 @@ import {
   type Registry,
   type StateCounts,
 } from "../core/registry/types";
-import { type Flags, type GroupSpec, JSON_OPTION, jsonDocument, type OptionSpec, route } from "./args";
+import {
+  answer,
+  type Flags,
+  type GroupSpec,
+  JSON_OPTION,
+  jsonDocument,
+  type OptionSpec,
+  route,
+} from "./args";
 
 const REGISTRY: OptionSpec = {
   name: "registry",
@@ -313,14 +321,7 @@ async function audit(flags: Flags, io: BatchIo): Promise<number> {
 /** `fleet batch <status|audit> ...`; bad input throws FleetError (INVALID_INPUT / NOT_FOUND). */
 export async function batchCommand(argv: string[], io: BatchIo = defaultIo()): Promise<number> {
   const r = route(spec, argv);
-  if (r.kind === "help") {
-    io.out(r.text);
-    return 0;
-  }
-  if (r.kind === "usage") {
-    (io.err ?? io.out)(r.text);
-    return 2;
-  }
+  if (r.kind !== "run") return answer(r, io.out, io.err ?? io.out)!;
   return r.command.name === "status" ? status(r.parsed.flags, io) : audit(r.parsed.flags, io);
 }
 

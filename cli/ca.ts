@@ -10,7 +10,7 @@ import * as path from "node:path";
 import type { CaSummary } from "../components/CaHierarchy";
 import { FleetError, invalid } from "../core/errors";
 import type { StateCounts } from "../core/registry/types";
-import { type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
+import { answer, type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
 
 export const spec: GroupSpec = {
   name: "ca",
@@ -325,8 +325,6 @@ async function summary(flags: Flags): Promise<number> {
 
 export async function run(argv: string[]): Promise<number> {
   const r = route(spec, argv);
-  if (r.kind === "help") console.log(r.text);
-  if (r.kind === "usage") console.error(r.text);
-  if (r.kind !== "run") return r.kind === "help" ? 0 : 2;
+  if (r.kind !== "run") return answer(r)!;
   return summary(r.parsed.flags);
 }

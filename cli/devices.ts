@@ -17,7 +17,15 @@ import { StationClient } from "../core/station/client";
 import { parseFaults } from "../devices/farm/farm";
 import { LIMIT_FLAGS } from "../devices/farm/serve";
 import { DEFAULT_LIMITS } from "../devices/protocol/server";
-import { type CommandSpec, type Flags, type GroupSpec, JSON_OPTION, type OptionSpec, route } from "./args";
+import {
+  answer,
+  type CommandSpec,
+  type Flags,
+  type GroupSpec,
+  JSON_OPTION,
+  type OptionSpec,
+  route,
+} from "./args";
 
 const PORT: OptionSpec = { name: "port", arg: "P", help: "the farm's TCP port", required: true };
 const HOST: OptionSpec = { name: "host", arg: "H", help: "the farm's address (default 127.0.0.1)" };
@@ -218,11 +226,7 @@ async function ask(cmd: string, flags: Flags, rest: readonly string[]): Promise<
 
 export async function run(argv: string[]): Promise<number> {
   const r = route(spec, argv);
-  if (r.kind !== "run") {
-    if (r.kind === "help") console.log(r.text);
-    else console.error(r.text);
-    return r.kind === "help" ? 0 : 2;
-  }
+  if (r.kind !== "run") return answer(r)!;
   const { command, parsed } = r;
   if (command.name === "serve") return serve(parsed.flags);
   return ask(command.name, parsed.flags, parsed.positionals);

@@ -7,7 +7,7 @@
  */
 import * as fs from "node:fs";
 import { invalid } from "../core/errors";
-import { type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
+import { answer, type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
 
 export const spec: GroupSpec = {
   name: "manifest",
@@ -85,8 +85,6 @@ async function verify(flags: Flags): Promise<number> {
 
 export async function run(argv: string[]): Promise<number> {
   const r = route(spec, argv);
-  if (r.kind === "help") console.log(r.text);
-  if (r.kind === "usage") console.error(r.text);
-  if (r.kind !== "run") return r.kind === "help" ? 0 : 2;
+  if (r.kind !== "run") return answer(r)!;
   return verify(r.parsed.flags);
 }

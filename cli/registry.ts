@@ -15,7 +15,7 @@ import * as fs from "node:fs";
 import { FleetError, invalid } from "../core/errors";
 import { openRegistry, parseAnchor, parseLocation } from "../core/registry";
 import type { Registry, VerifyReport } from "../core/registry/types";
-import { type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
+import { answer, type Flags, type GroupSpec, JSON_OPTION, jsonDocument, route } from "./args";
 
 export const spec: GroupSpec = {
   name: "registry",
@@ -141,14 +141,7 @@ async function verify(flags: Flags, io: RegistryIo): Promise<number> {
 /** `fleet registry <verify> ...`; bad input throws FleetError (INVALID_INPUT / NOT_FOUND). */
 export async function registryCommand(argv: string[], io: RegistryIo = defaultIo()): Promise<number> {
   const r = route(spec, argv);
-  if (r.kind === "help") {
-    io.out(r.text);
-    return 0;
-  }
-  if (r.kind === "usage") {
-    (io.err ?? io.out)(r.text);
-    return 2;
-  }
+  if (r.kind !== "run") return answer(r, io.out, io.err ?? io.out)!;
   return verify(r.parsed.flags, io);
 }
 
