@@ -1,14 +1,16 @@
 // The enrollment engine with profiles whose names are bad for the batch, against a real device
 // farm (in process, over TCP) and a real SQLite registry: the run fails naming the profile field,
 // and no certificate is signed, recorded or installed. A good profile under a name-constrained
-// CA enrolls, and OpenSSL verifies every certificate against the constraints.
+// CA enrolls, and OpenSSL verifies every certificate against the constraints. The policy's name
+// rules (spec.names) reach issuance: a wildcard the strict default refuses is issued when the
+// policy allows wildcards, and re-issue conformance reads it as what the declaration issues.
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { issueCa } from "../../../core/ca";
 import { BatchEngine, type BatchSpec } from "../../../core/enroll/engine";
-import { type IssuerMaterial, resolveProfile } from "../../../core/enroll/profile";
+import { type IssuerMaterial, type NameRules, resolveProfile } from "../../../core/enroll/profile";
 import { FleetError } from "../../../core/errors";
 import { openRegistry } from "../../../core/registry";
 import type { Registry } from "../../../core/registry/types";
@@ -54,7 +56,7 @@ let registry: Registry;
 
 beforeAll(async () => {
   dir = tmpdir("fg-engine-names-");
-  farm = await startFarm({ stateDir: path.join(dir, "farm"), count: 6, workers: 0 });
+  farm = await startFarm({ stateDir: path.join(dir, "farm"), count: 9, workers: 0 });
   station = new StationClient({ port: farm.port, poolSize: 1, timeoutMs: 20_000 });
   registry = await openRegistry(path.join(dir, "registry.db"));
 }, 60_000);
@@ -66,15 +68,16 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const spec = (name: string, firstSerial: number, profile: unknown): BatchSpec => ({
+const spec = (name: string, firstSerial: number, profile: unknown, names?: NameRules): BatchSpec => ({
   name,
   model: "fg100",
   source: "puf",
   firstSerial,
   count: 3,
-  profile: resolveProfile(profile),
+  profile: resolveProfile(profile, "profile", names),
   maxQuarantinedFraction: 0,
   maxWaveFraction: 1,
+  ...(names ? { names } : {}),
 });
 
 const run = (s: BatchSpec) =>
@@ -116,5 +119,28 @@ describe("the engine with names the issuer's constraints refuse", () => {
       live.map((c) => c.der),
     );
     expect(v.ok, v.out).toBe(3);
+  }, 60_000);
+});
+
+describe("the engine under the policy's name rules", () => {
+  const WILD = { sans: { dns: ["*.{deviceId}.devices.example.com"] } };
+  it("refuses a wildcard without the rule, and issues it when the policy allows wildcards", async () => {
+    expect(() => spec("wild-lot", 6, WILD)).toThrow(/wildcards are not allowed by policy/);
+    const wild = spec("wild-lot", 6, WILD, { allowWildcardDns: true });
+    const s = await run(wild);
+    expect(s.counts.active).toBe(3);
+    const live = await registry.certificates({ batch: "wild-lot", status: ["live"] });
+    expect(live.map((c) => new crypto.X509Certificate(c.der).subjectAltName).sort()).toEqual(
+      [6, 7, 8].map((i) => `DNS:*.fg100-000000${i}.devices.example.com`),
+    );
+    const v = verifyLeaves(
+      root.certificatePem,
+      issuing.certificatePem,
+      live.map((c) => c.der),
+    );
+    expect(v.ok, v.out).toBe(3);
+    // the same declaration again: conformance reads the wildcard certificates as what it issues
+    const again = await new BatchEngine({ registry, station, issuer: issuerMaterial() }, wild).plan();
+    expect(again.reissue).toBe(0);
   }, 60_000);
 });
