@@ -204,6 +204,69 @@ export interface DeviceQuery {
   limit?: number;
 }
 
+/**
+ * A certificate's registration at one hub (HubRegistration, core/hubs). Keyed by (hub, serial): a
+ * device may have two certificates registered at once while it rotates. `registering` and
+ * `disabling` are intents written BEFORE the hub is called, so a run killed mid-call is retried
+ * idempotently by the next one; `failed` is a refusal by the hub (reason says why).
+ */
+export const HUB_STATUSES = ["registering", "active", "disabling", "disabled", "failed", "removed"] as const;
+export type HubStatus = (typeof HUB_STATUSES)[number];
+
+/** Legal hub transitions: from (null: no record yet) -> allowed next statuses. Same status: a no-op that may carry remoteId/reason. */
+export const HUB_TRANSITIONS: Readonly<Record<HubStatus | "none", readonly HubStatus[]>> = {
+  none: ["registering", "active", "failed"],
+  registering: ["active", "failed", "disabling", "disabled", "removed"],
+  active: ["disabling", "disabled", "removed"],
+  disabling: ["disabled", "removed", "failed"],
+  disabled: ["removed", "disabling"],
+  failed: ["registering", "active", "disabling", "disabled", "removed"],
+  // a record of a hub registration that was destroyed; registering again starts over
+  removed: ["registering", "active"],
+};
+
+export interface HubRegistrationRecord {
+  /** the hub registration's name (one HubRegistration resource per hub and batch shares it) */
+  hub: string;
+  deviceId: string;
+  batch: string;
+  /** the certificate registered (serial, lowercase hex, as in certificates) */
+  serial: string;
+  /** the hub's id of it: AWS certificate id, Azure registration id, local: certificate SHA-256 */
+  remoteId: string | null;
+  status: HubStatus;
+  /** why it failed or was disabled */
+  reason: string | null;
+  /** last sync: when the record last changed */
+  updatedAt: Date;
+}
+
+/** One change of a hub registration, applied atomically with the others (compare-and-set on `from`). */
+export interface HubChange {
+  hub: string;
+  deviceId: string;
+  batch: string;
+  serial: string;
+  /** the status the caller believes the record has (null: no record); CONFLICT otherwise */
+  from: HubStatus | null;
+  to: HubStatus;
+  remoteId?: string;
+  reason?: string;
+  /** free-form JSON-able detail for the audit row (never key material or credentials) */
+  detail?: Record<string, unknown>;
+}
+
+export type HubCounts = Record<HubStatus, number>;
+
+export interface HubQuery {
+  batch?: string;
+  deviceId?: string;
+  statuses?: readonly HubStatus[];
+  /** keyset pagination in (device_id, serial) order: rows strictly after this pair */
+  after?: { deviceId: string; serial: string };
+  limit?: number;
+}
+
 export interface Registry {
   /** "sqlite" or "postgres" */
   readonly kind: string;
@@ -241,6 +304,23 @@ export interface Registry {
   }): Promise<CertificateRecord[]>;
   /** revoked certificates of an issuer, for its CRL (serial, time, reason) */
   revokedBy(issuer: string): Promise<Array<{ serial: string; revokedAt: Date; reason: string | null }>>;
+
+  /**
+   * Apply hub registration changes in ONE transaction, all or none (like `apply`): each is a
+   * compare-and-set on the record's status (HUB_TRANSITIONS; CONFLICT naming hub, device, serial,
+   * the status found and the one expected; NOT_FOUND for an unknown device or certificate; the
+   * device must be in `batch` and `serial` one of its certificates). Every change appends one
+   * hash-chained audit row for the device: from_state = to_state = the device's current state,
+   * reason = change.reason, detail = { ...change.detail, hub: { name, serial, from, to, remoteId } }
+   * (the reserved key `hub`), so `verify` re-derives every hub record from the log.
+   */
+  applyHub(changes: readonly HubChange[], at?: Date): Promise<void>;
+  /** hub records in (device_id, serial) order */
+  hubRegistrations(hub: string, q?: HubQuery): Promise<HubRegistrationRecord[]>;
+  /** every status, zeros included; of one batch when given */
+  hubCounts(hub: string, batch?: string): Promise<HubCounts>;
+  /** names of every hub that has records (sorted) */
+  hubs(): Promise<string[]>;
 
   audit(q: { batch?: string; deviceId?: string; afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
 
