@@ -219,7 +219,8 @@ export const HUB_TRANSITIONS: Readonly<Record<HubStatus | "none", readonly HubSt
   registering: ["active", "failed", "disabling", "disabled", "removed"],
   active: ["disabling", "disabled", "removed"],
   disabling: ["disabled", "removed", "failed"],
-  disabled: ["removed", "disabling"],
+  // registering again: a certificate that is live again for a device in good standing (never a revoked one)
+  disabled: ["registering", "removed", "disabling"],
   failed: ["registering", "active", "disabling", "disabled", "removed"],
   // a record of a hub registration that was destroyed; registering again starts over
   removed: ["registering", "active"],
