@@ -176,6 +176,20 @@ export type VerifyFinding =
       table: string | null;
       audit: string | null;
       message: string;
+    }
+  | {
+      /**
+       * a hub registration whose table row differs from what the audit derives (field "registration":
+       * one side has none; else status, remoteId, reason or batch)
+       */
+      kind: "hub";
+      hub: string;
+      deviceId: string;
+      serial: string;
+      field: string;
+      table: string | null;
+      audit: string | null;
+      message: string;
     };
 
 export interface VerifyReport {
@@ -217,7 +231,8 @@ export type HubStatus = (typeof HUB_STATUSES)[number];
 export const HUB_TRANSITIONS: Readonly<Record<HubStatus | "none", readonly HubStatus[]>> = {
   none: ["registering", "active", "failed"],
   registering: ["active", "failed", "disabling", "disabled", "removed"],
-  active: ["disabling", "disabled", "removed"],
+  // failed: refresh found it deactivated or deleted at the hub behind fleetguard's back (the next run registers it again)
+  active: ["disabling", "disabled", "removed", "failed"],
   disabling: ["disabled", "removed", "failed"],
   // registering again: a certificate that is live again for a device in good standing (never a revoked one)
   disabled: ["registering", "removed", "disabling"],
