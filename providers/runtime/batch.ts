@@ -7,7 +7,6 @@
  * the registry, so a `pulumi up` interrupted at any point converges when run again (rule 2).
  */
 import * as crypto from "node:crypto";
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { type KeyRef, openCaKey } from "../../core/custody";
@@ -28,21 +27,17 @@ import {
   type NameRules,
   resolveProfile,
 } from "../../core/enroll/profile";
-import { FleetError, invalid, phrase } from "../../core/errors";
-import {
-  formatAnchor,
-  integrityError,
-  openRegistry,
-  parseAnchor,
-  parseLocation,
-  redactUrl,
-} from "../../core/registry";
+import { FleetError, invalid } from "../../core/errors";
+import { formatAnchor, integrityError, parseAnchor } from "../../core/registry";
 import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
 import { loadPrivateKey, type SigningKey } from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
 import { engineLog } from "./engine-log";
+import { registryLocation, shown, withRegistry } from "./registry";
+
+export { registryLocation };
 
 export interface BatchPolicyInputs {
   name: string;
@@ -178,46 +173,6 @@ function issuerOf(i: BatchInputs, needKey: boolean): IssuerMaterial {
   };
 }
 
-/**
- * Registry location as the provider process sees it: a file path (relative paths are under the
- * program directory) or a postgres:// URL. Anything else (`mysql://u:p@h/db`, `file:x`) is
- * refused naming the field, never taken for a file name (which would put a password in a path
- * and enroll the whole lot again into an empty registry).
- */
-export function registryLocation(r: unknown): string {
-  const want = "a SQLite file path or a postgres://user@host:port/database URL";
-  if (typeof r !== "string" || !r.trim() || r.includes("\0")) throw invalid("registry", r, want);
-  if (/^postgres(ql)?:\/\//i.test(r)) {
-    parseLocation(r); // host and database present, else a clear error
-    return r;
-  }
-  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(r)?.[1]?.toLowerCase();
-  if (scheme && scheme !== "sqlite") throw invalid("registry", phrase(`a ${scheme}: location`), want);
-  const file = path.resolve(process.cwd(), r.replace(/^sqlite:/i, ""));
-  // a folder or a file this process cannot write would only fail half-way through a run
-  let st: fs.Stats | undefined;
-  try {
-    st = fs.statSync(file);
-  } catch {
-    // not there yet: created on first use
-  }
-  if (st?.isDirectory()) throw invalid("registry", phrase(`the folder ${file}`), want);
-  try {
-    fs.accessSync(st ? file : path.dirname(file), fs.constants.R_OK | fs.constants.W_OK);
-  } catch (e) {
-    if (st || fs.existsSync(path.dirname(file)))
-      throw invalid(
-        "registry",
-        phrase(`${file}, which this process cannot write (${(e as NodeJS.ErrnoException).code})`),
-        want,
-      );
-  }
-  return file;
-}
-
-/** The location for messages: a password in a URL is never shown. */
-const shown = (r: string) => (/^postgres(ql)?:\/\//i.test(r) ? redactUrl(r) : r);
-
 export function check(_olds: Record<string, unknown>, news: BatchInputs) {
   const failures: Array<{ property: string; reason: string }> = [];
   const at = (property: string, f: () => void) => {
@@ -262,29 +217,6 @@ export function check(_olds: Record<string, unknown>, news: BatchInputs) {
     if (!isUnknown(news.registry)) registryLocation(news.registry);
   });
   return { inputs: news, failures };
-}
-
-async function withRegistry<T>(i: { registry: string }, f: (r: Registry) => Promise<T>): Promise<T> {
-  const where = registryLocation(i.registry);
-  let reg: Registry;
-  try {
-    reg = await openRegistry(where);
-  } catch (e) {
-    if (e instanceof FleetError && e.field === "registry") throw e;
-    // a folder, a read-only file, a wrong password, a server down: the run stops, naming the field
-    const why =
-      e instanceof FleetError ? e.message : ((e as NodeJS.ErrnoException).code ?? (e as Error).message);
-    throw new FleetError(
-      "UNAVAILABLE",
-      `registry: got ${shown(where)} that cannot be opened for writing (${String(why).replaceAll(where, "<registry>")}), want a registry fleetguard can read and write`,
-      "registry",
-    );
-  }
-  try {
-    return await f(reg);
-  } finally {
-    await reg.close();
-  }
 }
 
 async function withStation<T>(i: BatchInputs, f: (s: StationClient) => Promise<T>): Promise<T> {
