@@ -20,6 +20,13 @@
  * (its state, key, epoch, current serial and every certificate as the tables held them then), from
  * which the replay starts.
  *
+ * A hub registration change (`applyHub`) is an audit row of its device that changes nothing of
+ * the device: from_state = to_state = the device's state, no facts, its reason the change's, and
+ * a detail whose reserved key `hub` is `{ name, serial, from, to, remoteId }` (remoteId as the
+ * record holds it after the change). The device replay skips these rows (hubOf); the hub replay
+ * (deriveHubs) re-derives every (hub, serial) record from them alone, and the verifier compares
+ * them with the hub_registrations table. The encoding is the one above: detail was hashed already.
+ *
  * The verifier reads in pages within one snapshot: pass 1 re-hashes the log in seq order (O(1)
  * memory), pass 2 walks device-ID ranges bounded by a number of rows of each table, so memory is
  * bounded by a page whatever the registry's size.
@@ -29,6 +36,7 @@ import { FleetError, invalid } from "../errors";
 import type {
   AuditHead,
   CertificateStatus,
+  HubChange,
   Transition,
   VerifyFinding,
   VerifyOptions,
@@ -179,6 +187,152 @@ export function declareRow(
   };
 }
 
+/** The audit row of a hub registration change (validated; the device is in `state`; `detail` from detailJson). */
+export function hubRow(
+  c: HubChange,
+  at: number,
+  state: string,
+  remoteId: string | null,
+  detail: string | null,
+): NewRow {
+  const base = detail === null ? {} : (JSON.parse(detail) as Record<string, unknown>);
+  const hub = { name: c.hub, serial: c.serial, from: c.from, to: c.to, remoteId };
+  return {
+    at,
+    batch: c.batch,
+    deviceId: c.deviceId,
+    from: state,
+    to: state,
+    reason: c.reason ?? null,
+    detail: canonicalJson({ ...base, hub }),
+    ...NO_FACTS,
+  };
+}
+
+/** What a hub row says (detail.hub), or null for a row that is not one. */
+export interface HubFact {
+  name: string;
+  serial: string;
+  from: string | null;
+  to: string;
+  remoteId: string | null;
+}
+
+/**
+ * The hub change a row records, or null if it is none: a row from a state to the same state, with
+ * no facts and a detail whose `hub` is an object naming a hub and a serial (apply refuses
+ * `detail.hub`, so no transition looks like one).
+ */
+export function hubOf(r: ChainRow): HubFact | null {
+  if (r.detail === null || r.from !== r.to || r.baseline !== null) return null;
+  if (r.certSerial !== null || r.publicKeySha256 !== null || r.revokeReason !== null || r.epoch !== null)
+    return null;
+  let h: unknown;
+  try {
+    h = (JSON.parse(r.detail) as Record<string, unknown>)?.hub;
+  } catch {
+    return null;
+  }
+  if (h === null || typeof h !== "object" || Array.isArray(h)) return null;
+  const o = h as Record<string, unknown>;
+  if (typeof o.name !== "string" || typeof o.serial !== "string" || typeof o.to !== "string") return null;
+  return {
+    name: o.name,
+    serial: o.serial,
+    from: typeof o.from === "string" ? o.from : null,
+    to: o.to,
+    remoteId: typeof o.remoteId === "string" ? o.remoteId : null,
+  };
+}
+
+/** A hub registration as the hub_registrations table holds it. */
+export interface TableHub {
+  hub: string;
+  deviceId: string;
+  batch: string;
+  serial: string;
+  remoteId: string | null;
+  status: string;
+  reason: string | null;
+}
+
+/** The key of a hub record in the maps below. */
+const hubKey = (hub: string, serial: string) => JSON.stringify([hub, serial]);
+
+/** Replay the hub rows of one device (seq order) with the semantics of applyHub (common.ts nextHub). */
+export function deriveHubs(rows: readonly ChainRow[]): Map<string, TableHub> {
+  const out = new Map<string, TableHub>();
+  for (const r of rows) {
+    const h = hubOf(r);
+    if (!h) continue;
+    const k = hubKey(h.name, h.serial);
+    const prev = out.get(k);
+    out.set(k, {
+      hub: h.name,
+      deviceId: r.deviceId,
+      batch: r.batch,
+      serial: h.serial,
+      remoteId: h.remoteId,
+      status: h.to,
+      reason: h.from !== h.to ? r.reason : (r.reason ?? prev?.reason ?? null),
+    });
+  }
+  return out;
+}
+
+/** Every difference between a device's hub_registrations rows and what its audit rows derive. */
+export function compareHubs(
+  deviceId: string,
+  derived: ReadonlyMap<string, TableHub>,
+  table: readonly TableHub[],
+): VerifyFinding[] {
+  const out: VerifyFinding[] = [];
+  const add = (
+    h: { hub: string; serial: string },
+    field: string,
+    t: string | null,
+    a: string | null,
+    what = "",
+  ) =>
+    out.push({
+      kind: "hub",
+      hub: h.hub,
+      deviceId,
+      serial: h.serial,
+      field,
+      table: t,
+      audit: a,
+      message: `hub ${h.hub}, certificate ${h.serial} of device ${deviceId}: ${field}: table ${t ?? "none"}, audit ${a ?? "none"}${what}`,
+    });
+  const seen = new Set<string>();
+  for (const t of table) {
+    const k = hubKey(t.hub, t.serial);
+    seen.add(k);
+    const a = derived.get(k);
+    if (!a) {
+      add(
+        t,
+        "registration",
+        t.status,
+        null,
+        " (a hub registration the audit log never recorded for this device)",
+      );
+      continue;
+    }
+    const fields: Array<[string, string | null, string | null]> = [
+      ["status", t.status, a.status],
+      ["remoteId", t.remoteId, a.remoteId],
+      ["reason", t.reason, a.reason],
+      ["batch", t.batch, a.batch],
+    ];
+    for (const [f, tv, av] of fields) if (tv !== av) add(t, f, tv, av);
+  }
+  for (const [k, a] of derived)
+    if (!seen.has(k))
+      add(a, "registration", null, a.status, " (missing from the hub_registrations table for this device)");
+  return out;
+}
+
 /** What a baseline row records of each certificate of its device. */
 export interface BaselineCert {
   serial: string;
@@ -273,6 +427,8 @@ export interface Derived {
 export function replay(rows: readonly ChainRow[]): Derived | undefined {
   let d: Derived | undefined;
   for (const r of rows) {
+    // a hub registration row changes nothing of the device (deriveHubs reads it)
+    if (r.detail !== null && hubOf(r)) continue;
     if (r.baseline !== null) {
       const certs = new Map<string, DerivedCert>();
       let list: BaselineCert[] = [];
@@ -457,14 +613,16 @@ export interface VerifySource {
   chainPage(afterSeq: number, limit: number): Promise<ChainRow[]>;
   /** the device ID `offset` rows past `after` in a table's device-ID order, or null if fewer remain */
   rangeEnd(
-    table: "devices" | "audit" | "certificates",
+    table: "devices" | "audit" | "certificates" | "hub_registrations",
     after: string,
     offset: number,
   ): Promise<string | null>;
   /** rows with after < device_id <= upTo (no upper bound when null), in device ID (then seq) order */
   devices(after: string, upTo: string | null): Promise<TableDevice[]>;
+  /** audit rows as the replay needs them: detail only for rows that may be hub rows (null otherwise) */
   audit(after: string, upTo: string | null): Promise<ChainRow[]>;
   certificates(after: string, upTo: string | null): Promise<TableCert[]>;
+  hubs(after: string, upTo: string | null): Promise<TableHub[]>;
 }
 
 /** An audit head as text, `SEQ:HASH`: how a batch's outputs and `fleet registry verify --anchor` carry it. */
@@ -495,7 +653,7 @@ export function integrityError(report: VerifyReport, location: string, shown = 3
   );
 }
 
-export const PAGE = { chain: 2000, devices: 1000, audit: 5000, certificates: 2000 };
+export const PAGE = { chain: 2000, devices: 1000, audit: 5000, certificates: 2000, hub_registrations: 2000 };
 
 export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptions {
   const o = opts ?? {};
@@ -609,7 +767,7 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
   const ends = async (after: string): Promise<string | null> => {
     // one after the other: a PostgreSQL source runs them on its one snapshot connection
     const hs: string[] = [];
-    for (const t of ["devices", "audit", "certificates"] as const) {
+    for (const t of ["devices", "audit", "certificates", "hub_registrations"] as const) {
       const h = await src.rangeEnd(t, after, PAGE[t]);
       if (h !== null) hs.push(h);
     }
@@ -617,16 +775,17 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
   };
   for (let after = ""; ; ) {
     const upTo = await ends(after);
-    const [ds, as, cs] = [
+    const [ds, as, cs, hs] = [
       await src.devices(after, upTo),
       await src.audit(after, upTo),
       await src.certificates(after, upTo),
+      await src.hubs(after, upTo),
     ];
-    const byDevice = new Map<string, { t?: TableDevice; a: ChainRow[]; c: TableCert[] }>();
+    const byDevice = new Map<string, { t?: TableDevice; a: ChainRow[]; c: TableCert[]; h: TableHub[] }>();
     const slot = (id: string) => {
       let s = byDevice.get(id);
       if (!s) {
-        s = { a: [], c: [] };
+        s = { a: [], c: [], h: [] };
         byDevice.set(id, s);
       }
       return s;
@@ -634,11 +793,20 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
     for (const d of ds) slot(d.deviceId).t = d;
     for (const r of as) slot(r.deviceId).a.push(r);
     for (const c of cs) slot(c.deviceId).c.push(c);
+    for (const h of hs) slot(h.deviceId).h.push(h);
     for (const [id, s] of byDevice) {
       const derived = replay(s.a);
-      if (opts.batch !== undefined && s.t?.batch !== opts.batch && derived?.batch !== opts.batch) continue;
+      const hubs = deriveHubs(s.a);
+      if (
+        opts.batch !== undefined &&
+        s.t?.batch !== opts.batch &&
+        derived?.batch !== opts.batch &&
+        !s.h.some((h) => h.batch === opts.batch)
+      )
+        continue;
       devices++;
       for (const f of compareDevice(id, derived, s.t, s.c)) add(f);
+      for (const f of compareHubs(id, hubs, s.h)) add(f);
     }
     progress(as.length);
     if (upTo === null) break;

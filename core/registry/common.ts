@@ -3,11 +3,24 @@
  * state machine in types.ts before any SQL runs), the error messages ("<field>: got X, want Y",
  * naming the device), the audit detail encoding, and the split of one `apply` call into rounds in
  * which each device appears once, so a backend can write a round with set-based statements and
- * still give the same result as applying the transitions one by one, in order.
+ * still give the same result as applying the transitions one by one, in order. The same for hub
+ * registration changes (`applyHub`): validation, the next record's values, the errors.
  */
 import { FleetError, invalid, phrase } from "../errors";
 import { REVOCATION_REASONS } from "../x509/crl";
-import { DEVICE_STATES, type DeviceState, type StateCounts, TRANSITIONS, type Transition } from "./types";
+import {
+  DEVICE_STATES,
+  type DeviceState,
+  HUB_STATUSES,
+  HUB_TRANSITIONS,
+  type HubChange,
+  type HubCounts,
+  type HubQuery,
+  type HubStatus,
+  type StateCounts,
+  TRANSITIONS,
+  type Transition,
+} from "./types";
 
 const STATE_SET: ReadonlySet<string> = new Set(DEVICE_STATES);
 const HEX = /^[0-9a-f]+$/;
@@ -118,8 +131,157 @@ export function validateTransitions(ts: readonly Transition[]): void {
           `one of ${Object.keys(REVOCATION_REASONS).join(", ")}`,
         );
     }
+    if (t.detail && typeof t.detail === "object" && Object.hasOwn(t.detail, "hub"))
+      throw invalid(`${dev}.detail.hub`, t.detail.hub, "no such key (reserved for hub registration rows)");
     detailJson(`${dev}.detail`, t.detail);
   });
+}
+
+const HUB_STATUS_SET: ReadonlySet<string> = new Set(HUB_STATUSES);
+
+export function isHubStatus(s: unknown): s is HubStatus {
+  return typeof s === "string" && HUB_STATUS_SET.has(s);
+}
+
+export function emptyHubCounts(): HubCounts {
+  const c = {} as HubCounts;
+  for (const s of HUB_STATUSES) c[s] = 0;
+  return c;
+}
+
+/** Is `from -> to` allowed for a hub record (from null: no record yet)? The same status is a no-op. */
+export function isHubLegal(from: HubStatus | null, to: HubStatus): boolean {
+  return from === to || HUB_TRANSITIONS[from ?? "none"].includes(to);
+}
+
+/** Validate every change of an `applyHub` call before anything is written. */
+export function validateHubChanges(cs: readonly HubChange[]): void {
+  if (!Array.isArray(cs)) throw invalid("changes", cs, "an array of hub changes");
+  const one = HUB_STATUSES.join(", ");
+  (cs as readonly HubChange[]).forEach((c, i) => {
+    const f = `changes[${i}]`;
+    if (c === null || typeof c !== "object") throw invalid(f, c, "a hub change object");
+    checkName(`${f}.hub`, c.hub);
+    checkName(`${f}.deviceId`, c.deviceId);
+    checkName(`${f}.batch`, c.batch);
+    const at = `${f} (hub ${c.hub}, device ${c.deviceId})`;
+    if (typeof c.serial !== "string" || !HEX.test(c.serial) || c.serial.length > 64)
+      throw invalid(`${at}.serial`, c.serial, "lowercase hex, at most 64 digits");
+    if (c.from !== null && !isHubStatus(c.from)) throw invalid(`${at}.from`, c.from, `null or one of ${one}`);
+    if (!isHubStatus(c.to)) throw invalid(`${at}.to`, c.to, `one of ${one}`);
+    if (!isHubLegal(c.from, c.to)) {
+      const from = c.from ?? "none";
+      throw invalid(
+        at,
+        phrase(`${from} -> ${c.to}`),
+        `${from} -> one of ${HUB_TRANSITIONS[from].join(", ")}${c.from ? ` (or ${c.from}, a no-op)` : ""}`,
+      );
+    }
+    if (
+      c.remoteId !== undefined &&
+      (typeof c.remoteId !== "string" || c.remoteId === "" || c.remoteId.length > 1024)
+    )
+      throw invalid(`${at}.remoteId`, c.remoteId, "a non-empty string of at most 1024 characters");
+    if (c.reason !== undefined && typeof c.reason !== "string")
+      throw invalid(`${at}.reason`, c.reason, "a string");
+    if (
+      c.detail !== undefined &&
+      c.detail !== null &&
+      typeof c.detail === "object" &&
+      Object.hasOwn(c.detail, "hub")
+    )
+      throw invalid(`${at}.detail.hub`, c.detail.hub, "no such key (fleetguard writes it)");
+    detailJson(`${at}.detail`, c.detail);
+  });
+}
+
+/** A hub record's values after a change (validated, compare-and-set passed): remoteId kept unless given; reason like a device's. */
+export function nextHub(
+  c: HubChange,
+  cur: { remoteId: string | null; reason: string | null } | undefined,
+): { remoteId: string | null; reason: string | null } {
+  return {
+    remoteId: c.remoteId ?? cur?.remoteId ?? null,
+    reason: c.from !== c.to ? (c.reason ?? null) : (c.reason ?? cur?.reason ?? null),
+  };
+}
+
+/** What a hub change's target looks like in the database, read inside the write transaction. */
+export interface HubTarget {
+  /** the device's state and batch (undefined: no such device) */
+  device?: { state: string; batch: string };
+  /** the device the certificate belongs to (undefined: no such certificate) */
+  certDevice?: string;
+  /** the current record (undefined: none) */
+  record?: { status: string; remoteId: string | null; reason: string | null };
+}
+
+const hubWhere = (c: HubChange) => `hub ${c.hub}, device ${c.deviceId}, certificate ${c.serial}`;
+
+/** The error for a change whose target does not match it (nothing is written), or undefined if it does. */
+export function hubTargetError(c: HubChange, t: HubTarget): FleetError | undefined {
+  if (!t.device)
+    return new FleetError(
+      "NOT_FOUND",
+      `${hubWhere(c)}: device: got no such device, want a device of batch ${JSON.stringify(c.batch)}`,
+      "deviceId",
+    );
+  if (t.device.batch !== c.batch)
+    return new FleetError(
+      "CONFLICT",
+      `${hubWhere(c)}: batch: got ${JSON.stringify(t.device.batch)}, want ${JSON.stringify(c.batch)}`,
+      "batch",
+    );
+  if (t.certDevice !== c.deviceId)
+    return new FleetError(
+      "NOT_FOUND",
+      `${hubWhere(c)}: serial: got ${t.certDevice === undefined ? "no such certificate" : `a certificate of device ${t.certDevice}`}, want a certificate of device ${c.deviceId}`,
+      "serial",
+    );
+  const found = t.record?.status ?? null;
+  if (found !== c.from) return hubStaleError(c, found);
+  return undefined;
+}
+
+/** The compare-and-set of a hub change failed: the record has `found` (null: none), not `from`. */
+export function hubStaleError(c: HubChange, found: string | null): FleetError {
+  return new FleetError(
+    "CONFLICT",
+    `${hubWhere(c)}: status: got ${found ?? "none (no record)"}, want ${c.from ?? "none (no record)"} (stale change ${c.from ?? "none"} -> ${c.to}; nothing was written)`,
+    "from",
+  );
+}
+
+/** Validate a hubRegistrations query; returns the statuses and limit. */
+export function checkHubQuery(q: HubQuery | undefined): HubQuery {
+  const o = q ?? {};
+  if (typeof o !== "object") throw invalid("q", o, "{ batch?, deviceId?, statuses?, after?, limit? }");
+  checkLimit("q.limit", o.limit);
+  if (o.statuses !== undefined) {
+    if (!Array.isArray(o.statuses)) throw invalid("q.statuses", o.statuses, "an array of hub statuses");
+    for (const s of o.statuses)
+      if (!isHubStatus(s)) throw invalid("q.statuses", s, `one of ${HUB_STATUSES.join(", ")}`);
+  }
+  if (o.after !== undefined) {
+    const a = o.after;
+    if (a === null || typeof a !== "object" || typeof a.deviceId !== "string" || typeof a.serial !== "string")
+      throw invalid("q.after", a, "{ deviceId, serial } (the last record of the previous page)");
+  }
+  return o;
+}
+
+/** Split items into rounds in which each key appears at most once, keeping each key's order. */
+export function roundsBy<T>(items: readonly T[], key: (t: T) => string): T[][] {
+  const seen = new Map<string, number>();
+  const out: T[][] = [];
+  for (const t of items) {
+    const k0 = key(t);
+    const k = seen.get(k0) ?? 0;
+    seen.set(k0, k + 1);
+    if (k === out.length) out.push([]);
+    out[k]!.push(t);
+  }
+  return out;
 }
 
 /**

@@ -25,6 +25,7 @@ import {
   runVerify,
   type TableCert,
   type TableDevice,
+  type TableHub,
   transitionRow,
   type VerifySource,
 } from "./chain";
@@ -133,13 +134,16 @@ function toAudit(r: Row): AuditRecord {
 const AUDIT_LOCK = "fleetguard.registry.audit";
 const AUDIT_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, detail, public_key_sha256, epoch,
   cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, prev_hash, hash`;
-const REPLAY_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, public_key_sha256, epoch,
+// detail only where it may be a hub row's (the replay's; the others' is pass 1's)
+const REPLAY_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason,
+  CASE WHEN from_state = to_state AND detail ? 'hub' THEN detail END AS detail, public_key_sha256, epoch,
   cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline`;
 const DEVICE_COLUMNS = `device_id, batch, state, reason,
   CASE WHEN public_key IS NULL THEN NULL ELSE encode(sha256(public_key), 'hex') END AS public_key_sha256,
   epoch, cert_serial`;
 const CERT_COLUMNS = `serial, device_id, batch, issuer, encode(sha256(der), 'hex') AS sha256, status,
   revoked_at, revocation_reason`;
+const HUB_COLUMNS = "hub, device_id, batch, serial, remote_id, status, reason";
 const ms = (v: unknown): number | null => (v === null || v === undefined ? null : (v as Date).getTime());
 
 /** An audit row as read back, as the chain hashes it (exported for the tests that play the attacker). */
@@ -176,6 +180,18 @@ function toTableDevice(r: Row): TableDevice {
     publicKeySha256: (r.public_key_sha256 as string | null) ?? null,
     epoch: (r.epoch as number | null) ?? null,
     certSerial: (r.cert_serial as string | null) ?? null,
+  };
+}
+
+function toTableHub(r: Row): TableHub {
+  return {
+    hub: r.hub as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    serial: r.serial as string,
+    remoteId: (r.remote_id as string | null) ?? null,
+    status: r.status as string,
+    reason: (r.reason as string | null) ?? null,
   };
 }
 
@@ -301,6 +317,7 @@ function postgresSource(c: PoolClient): VerifySource {
   // what the replay needs (detail and the hashes are pass 1's)
   const aud = range("audit", REPLAY_COLUMNS, "device_id, seq");
   const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
+  const hub = range("hub_registrations", HUB_COLUMNS, "device_id, hub, serial");
   return {
     countAudit: async () => Number((await q("SELECT count(*) AS n FROM audit", []))[0]!.n),
     chainPage: async (afterSeq, limit) =>
@@ -317,6 +334,7 @@ function postgresSource(c: PoolClient): VerifySource {
     devices: async (after, upTo) => (await dev(after, upTo)).map(toTableDevice),
     audit: async (after, upTo) => (await aud(after, upTo)).map(toChainRow),
     certificates: async (after, upTo) => (await crt(after, upTo)).map(toTableCert),
+    hubs: async (after, upTo) => (await hub(after, upTo)).map(toTableHub),
   };
 }
 

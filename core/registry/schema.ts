@@ -19,8 +19,13 @@
  * that has no hash; PostgreSQL's seq is a plain key given by the writer and hash is NOT NULL
  * (upserts already fire the UPDATE trigger). A database owner can still drop the triggers: the
  * chain and its anchor are what notice that.
+ * Migration 3 adds hub_registrations: one row per (hub, certificate serial), the hub's remote id
+ * and status; every change of a row is also an audit row of its device (detail.hub, chain.ts), so
+ * the table is re-derivable from the log like the others. Its (hub, batch, device_id, serial)
+ * index serves listing and counts of one batch at one hub; (device_id, hub, serial) serves
+ * verify's device-ID ranges.
  */
-import { DEVICE_STATES } from "./types";
+import { DEVICE_STATES, HUB_STATUSES } from "./types";
 
 export interface Migration {
   version: number;
@@ -35,6 +40,7 @@ export interface Migration {
 }
 
 const states = DEVICE_STATES.map((s) => `'${s}'`).join(", ");
+const hubStatuses = HUB_STATUSES.map((s) => `'${s}'`).join(", ");
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -189,6 +195,40 @@ ALTER TABLE audit
   ADD COLUMN baseline text,
   ADD COLUMN prev_hash text,
   ADD COLUMN hash text;
+`,
+  },
+  {
+    version: 3,
+    name: "hub registrations",
+    sqlite: `
+CREATE TABLE hub_registrations (
+  hub        TEXT NOT NULL,
+  device_id  TEXT NOT NULL REFERENCES devices(device_id),
+  batch      TEXT NOT NULL,
+  serial     TEXT NOT NULL REFERENCES certificates(serial),
+  remote_id  TEXT,
+  status     TEXT NOT NULL CHECK (status IN (${hubStatuses})),
+  reason     TEXT,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (hub, serial)
+);
+CREATE INDEX hub_registrations_list ON hub_registrations(hub, batch, device_id, serial, status);
+CREATE INDEX hub_registrations_device ON hub_registrations(device_id, hub, serial);
+`,
+    postgres: `
+CREATE TABLE hub_registrations (
+  hub        text COLLATE "C" NOT NULL,
+  device_id  text COLLATE "C" NOT NULL REFERENCES devices(device_id),
+  batch      text NOT NULL,
+  serial     text COLLATE "C" NOT NULL REFERENCES certificates(serial),
+  remote_id  text,
+  status     text NOT NULL CHECK (status IN (${hubStatuses})),
+  reason     text,
+  updated_at timestamptz NOT NULL,
+  PRIMARY KEY (hub, serial)
+);
+CREATE INDEX hub_registrations_list ON hub_registrations(hub, batch, device_id, serial) INCLUDE (status);
+CREATE INDEX hub_registrations_device ON hub_registrations(device_id, hub, serial);
 `,
   },
 ];

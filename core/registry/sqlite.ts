@@ -24,18 +24,21 @@ import {
   checkVerifyOptions,
   declareRow,
   GENESIS,
+  hubRow,
   type NewRow,
   rowHash,
   runVerify,
   sha256Hex,
   type TableCert,
   type TableDevice,
+  type TableHub,
   transitionRow,
   type VerifySource,
 } from "./chain";
 import {
   checkBatchInput,
   checkDate,
+  checkHubQuery,
   checkLimit,
   checkName,
   checkStates,
@@ -43,10 +46,15 @@ import {
   detailJson,
   duplicateSerialError,
   emptyCounts,
+  emptyHubCounts,
+  hubTargetError,
+  isHubStatus,
   isState,
+  nextHub,
   staleError,
   uniqueIds,
   unknownBatchError,
+  validateHubChanges,
   validateTransitions,
 } from "./common";
 import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE, SQLITE_AUDIT_NO_UPDATE } from "./schema";
@@ -59,6 +67,11 @@ import type {
   DeviceQuery,
   DeviceRecord,
   DeviceState,
+  HubChange,
+  HubCounts,
+  HubQuery,
+  HubRegistrationRecord,
+  HubStatus,
   Registry,
   StateCounts,
   Transition,
@@ -200,8 +213,12 @@ function arrayChainRow(a: unknown[]): ChainRow {
   };
 }
 
-/** What the replay needs, in AUDIT_COLUMNS positions (detail and the hashes left out: pass 1 has them). */
-const REPLAY_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, NULL, public_key_sha256, epoch,
+/**
+ * What the replay needs, in AUDIT_COLUMNS positions (the hashes left out: pass 1 has them; detail
+ * only where it may be a hub row's, the others' is pass 1's too).
+ */
+const REPLAY_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason,
+  CASE WHEN from_state = to_state AND instr(detail, '"hub"') > 0 THEN detail END, public_key_sha256, epoch,
   cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, NULL, NULL`;
 
 function toTableDevice(r: Row): TableDevice {
@@ -229,7 +246,33 @@ function toTableCert(r: Row): TableCert {
   };
 }
 
+function toTableHub(r: Row): TableHub {
+  return {
+    hub: r.hub as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    serial: r.serial as string,
+    remoteId: (r.remote_id as string | null) ?? null,
+    status: r.status as string,
+    reason: (r.reason as string | null) ?? null,
+  };
+}
+
+function toHub(r: Row): HubRegistrationRecord {
+  return {
+    hub: r.hub as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    serial: r.serial as string,
+    remoteId: (r.remote_id as string | null) ?? null,
+    status: r.status as HubStatus,
+    reason: (r.reason as string | null) ?? null,
+    updatedAt: date(r.updated_at),
+  };
+}
+
 const DEVICE_COLUMNS = "device_id, batch, state, reason, public_key, epoch, cert_serial";
+const HUB_COLUMNS = "hub, device_id, batch, serial, remote_id, status, reason";
 const CERT_COLUMNS = "serial, device_id, batch, issuer, der, status, revoked_at, revocation_reason";
 
 /**
@@ -253,7 +296,11 @@ function sqliteSource(db: Database.Database): VerifySource {
   aud.bounded.raw(true);
   aud.open.raw(true);
   const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
+  const hub = range("hub_registrations", HUB_COLUMNS, "device_id, hub, serial");
   const ends = {
+    hub_registrations: p(
+      "SELECT device_id FROM hub_registrations WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?",
+    ),
     devices: p("SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?"),
     audit: p("SELECT device_id FROM audit WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?"),
     certificates: p(
@@ -270,6 +317,7 @@ function sqliteSource(db: Database.Database): VerifySource {
     devices: async (after, upTo) => rows(dev, after, upTo).map(toTableDevice),
     audit: async (after, upTo) => rows<unknown[]>(aud, after, upTo).map(arrayChainRow),
     certificates: async (after, upTo) => rows(crt, after, upTo).map(toTableCert),
+    hubs: async (after, upTo) => rows(hub, after, upTo).map(toTableHub),
   };
 }
 
@@ -293,6 +341,7 @@ export class SqliteRegistry implements Registry {
   private readonly st: ReturnType<SqliteRegistry["prepareAll"]>;
   private readonly applyTx: (ts: readonly Transition[], at: number) => void;
   private readonly addTx: (batch: string, ids: string[], at: number) => number;
+  private readonly hubTx: (cs: readonly HubChange[], at: number) => void;
 
   constructor(file: string, opts: SqliteOptions = {}) {
     this.location = path.resolve(file);
@@ -334,6 +383,9 @@ export class SqliteRegistry implements Registry {
     ).immediate;
     this.addTx = this.db.transaction((batch: string, ids: string[], at: number) =>
       this.addAll(batch, ids, at),
+    ).immediate;
+    this.hubTx = this.db.transaction((cs: readonly HubChange[], at: number) =>
+      this.applyHubAll(cs, at),
     ).immediate;
   }
 
@@ -461,6 +513,23 @@ export class SqliteRegistry implements Registry {
       insertCert: p(`INSERT INTO certificates (serial, device_id, batch, issuer, der, not_before, not_after,
         issued_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'live')`),
       insertAudit: this.insertAuditStmt(),
+      // a hub change's target: the device, the certificate's owner and the current record, at once
+      hubTarget: p(`SELECT d.state, d.batch,
+          (SELECT c.device_id FROM certificates c WHERE c.serial = @serial) AS cert_device,
+          h.status, h.remote_id, h.reason
+        FROM (SELECT 1) LEFT JOIN devices d ON d.device_id = @id
+          LEFT JOIN hub_registrations h ON h.hub = @hub AND h.serial = @serial`),
+      hubUpsert:
+        p(`INSERT INTO hub_registrations (hub, device_id, batch, serial, remote_id, status, reason, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (hub, serial) DO UPDATE SET device_id = excluded.device_id, batch = excluded.batch,
+          remote_id = excluded.remote_id, status = excluded.status, reason = excluded.reason,
+          updated_at = excluded.updated_at`),
+      hubCounts: p("SELECT status, COUNT(*) AS n FROM hub_registrations WHERE hub = ? GROUP BY status"),
+      hubCountsBatch: p(
+        "SELECT status, COUNT(*) AS n FROM hub_registrations WHERE hub = ? AND batch = ? GROUP BY status",
+      ),
+      hubs: p("SELECT DISTINCT hub FROM hub_registrations ORDER BY hub"),
       head: p("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"),
       counts: p("SELECT state, COUNT(*) AS n FROM devices WHERE batch = ? GROUP BY state"),
       revokedBy: p(`SELECT serial, revoked_at, revocation_reason FROM certificates
@@ -652,6 +721,91 @@ export class SqliteRegistry implements Registry {
       rows.push(transitionRow(t, at, detailJson("detail", t.detail)));
     }
     this.append(rows);
+  }
+
+  async applyHub(changes: readonly HubChange[], at = new Date()): Promise<void> {
+    this.open();
+    validateHubChanges(changes);
+    const ms = checkDate("at", at).getTime();
+    if (changes.length === 0) return;
+    this.hubTx(changes, ms);
+  }
+
+  /** In order, one by one (a later change sees an earlier one of the same record), in one transaction. */
+  private applyHubAll(cs: readonly HubChange[], at: number): void {
+    const st = this.st;
+    const rows: NewRow[] = [];
+    for (const c of cs) {
+      const r = st.hubTarget.get({ id: c.deviceId, hub: c.hub, serial: c.serial }) as Row;
+      const record =
+        r.status === null
+          ? undefined
+          : {
+              status: r.status as string,
+              remoteId: r.remote_id as string | null,
+              reason: r.reason as string | null,
+            };
+      const err = hubTargetError(c, {
+        device: r.state === null ? undefined : { state: r.state as string, batch: r.batch as string },
+        certDevice: (r.cert_device as string | null) ?? undefined,
+        record,
+      });
+      if (err) throw err;
+      const next = nextHub(c, record);
+      st.hubUpsert.run(c.hub, c.deviceId, c.batch, c.serial, next.remoteId, c.to, next.reason, at);
+      rows.push(hubRow(c, at, r.state as string, next.remoteId, detailJson("detail", c.detail)));
+    }
+    this.append(rows);
+  }
+
+  async hubRegistrations(hub: string, q?: HubQuery): Promise<HubRegistrationRecord[]> {
+    this.open();
+    checkName("hub", hub);
+    const o = checkHubQuery(q);
+    const where = ["hub = ?"];
+    const args: unknown[] = [hub];
+    if (o.batch !== undefined) {
+      where.push("batch = ?");
+      args.push(o.batch);
+    }
+    if (o.deviceId !== undefined) {
+      where.push("device_id = ?");
+      args.push(o.deviceId);
+    }
+    if (o.statuses) {
+      where.push(`status IN (${o.statuses.map(() => "?").join(", ") || "NULL"})`);
+      args.push(...o.statuses);
+    }
+    if (o.after !== undefined) {
+      where.push("(device_id, serial) > (?, ?)");
+      args.push(o.after.deviceId, o.after.serial);
+    }
+    let sql = `SELECT * FROM hub_registrations WHERE ${where.join(" AND ")} ORDER BY device_id, serial`;
+    if (o.limit !== undefined) {
+      sql += " LIMIT ?";
+      args.push(o.limit);
+    }
+    return (this.stmt(sql).all(...args) as Row[]).map(toHub);
+  }
+
+  async hubCounts(hub: string, batch?: string): Promise<HubCounts> {
+    this.open();
+    checkName("hub", hub);
+    if (batch !== undefined) checkName("batch", batch);
+    const c = emptyHubCounts();
+    const rows = (
+      batch === undefined ? this.st.hubCounts.all(hub) : this.st.hubCountsBatch.all(hub, batch)
+    ) as Array<{
+      status: string;
+      n: number;
+    }>;
+    for (const r of rows) if (isHubStatus(r.status)) c[r.status] = r.n;
+    return c;
+  }
+
+  async hubs(): Promise<string[]> {
+    this.open();
+    return (this.st.hubs.all() as Array<{ hub: string }>).map((r) => r.hub);
   }
 
   async certificates(q: {
