@@ -20,6 +20,7 @@ import {
   checkVerifyOptions,
   declareRow,
   GENESIS,
+  hubRow,
   type NewRow,
   rowHash,
   runVerify,
@@ -32,6 +33,7 @@ import {
 import {
   checkBatchInput,
   checkDate,
+  checkHubQuery,
   checkLimit,
   checkName,
   checkStates,
@@ -39,12 +41,19 @@ import {
   detailJson,
   duplicateSerialError,
   emptyCounts,
+  emptyHubCounts,
+  type HubTarget,
+  hubStaleError,
+  hubTargetError,
+  isHubStatus,
   isState,
   redactUrl,
   rounds,
+  roundsBy,
   staleError,
   uniqueIds,
   unknownBatchError,
+  validateHubChanges,
   validateTransitions,
 } from "./common";
 import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "./schema";
@@ -57,6 +66,11 @@ import type {
   DeviceQuery,
   DeviceRecord,
   DeviceState,
+  HubChange,
+  HubCounts,
+  HubQuery,
+  HubRegistrationRecord,
+  HubStatus,
   Registry,
   StateCounts,
   Transition,
@@ -354,6 +368,70 @@ export const CAS_SQL = `UPDATE devices d SET
    AS i(device_id, batch, from_state, to_state, reason, public_key, epoch, cert_serial, revoke)
  WHERE d.device_id = i.device_id AND d.batch = i.batch AND d.state = i.from_state
  RETURNING d.device_id`;
+
+/**
+ * One page of hub changes (each (hub, serial) at most once) in one statement, one round trip:
+ * `chk` reads every change's target (device, certificate owner, current record); only if every
+ * one matches (device in the batch, certificate of the device, status = from) do `upd` (a
+ * compare-and-set UPDATE, re-checked by PostgreSQL on the latest row version) and `ins` (new
+ * records; a concurrent insert makes it do nothing) write, computing remoteId and reason from the
+ * row they change (common.ts nextHub). The result is chk's rows ('c') then the written ones ('w').
+ */
+export const HUB_PAGE_SQL = `WITH i AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                       $8::text[])
+    WITH ORDINALITY AS i(hub, device_id, batch, serial, from_status, to_status, remote_id, reason, n)
+), chk AS (
+  SELECT i.*, d.state, d.batch AS device_batch, c.device_id AS cert_device, h.status AS cur_status
+  FROM i
+  LEFT JOIN devices d ON d.device_id = i.device_id
+  LEFT JOIN certificates c ON c.serial = i.serial
+  LEFT JOIN hub_registrations h ON h.hub = i.hub AND h.serial = i.serial
+), ok AS (
+  SELECT * FROM chk
+  WHERE state IS NOT NULL AND device_batch = batch AND cert_device = device_id
+    AND cur_status IS NOT DISTINCT FROM from_status
+), go AS (
+  SELECT (SELECT count(*) FROM ok) = (SELECT count(*) FROM i) AS ok
+), upd AS (
+  UPDATE hub_registrations h SET
+    device_id = ok.device_id, batch = ok.batch, status = ok.to_status,
+    remote_id = COALESCE(ok.remote_id, h.remote_id),
+    reason = CASE WHEN h.status <> ok.to_status THEN ok.reason ELSE COALESCE(ok.reason, h.reason) END,
+    updated_at = $9
+  FROM ok
+  WHERE (SELECT ok FROM go) AND ok.from_status IS NOT NULL
+    AND h.hub = ok.hub AND h.serial = ok.serial AND h.status = ok.from_status
+  RETURNING h.hub, h.serial, h.remote_id, h.reason
+), ins AS (
+  INSERT INTO hub_registrations (hub, device_id, batch, serial, remote_id, status, reason, updated_at)
+  SELECT hub, device_id, batch, serial, remote_id, to_status, reason, $9 FROM ok
+  WHERE (SELECT ok FROM go) AND from_status IS NULL
+  ORDER BY n
+  ON CONFLICT (hub, serial) DO NOTHING
+  RETURNING hub, serial, remote_id, reason
+)
+SELECT 'c' AS k, n, hub, serial, state, device_batch, cert_device, cur_status, NULL AS remote_id, NULL AS reason
+  FROM chk
+UNION ALL
+SELECT 'w', NULL, hub, serial, NULL, NULL, NULL, NULL, remote_id, reason FROM upd
+UNION ALL
+SELECT 'w', NULL, hub, serial, NULL, NULL, NULL, NULL, remote_id, reason FROM ins`;
+
+const HUB_PAGE = 5000;
+
+function toHub(r: Row): HubRegistrationRecord {
+  return {
+    hub: r.hub as string,
+    deviceId: r.device_id as string,
+    batch: r.batch as string,
+    serial: r.serial as string,
+    remoteId: (r.remote_id as string | null) ?? null,
+    status: r.status as HubStatus,
+    reason: (r.reason as string | null) ?? null,
+    updatedAt: r.updated_at as Date,
+  };
+}
 
 /** Set at the start of every apply transaction: joins against unnest() probe indexes. */
 export const APPLY_SESSION_SQL = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
@@ -706,6 +784,133 @@ export class PostgresRegistry implements Registry {
            AND c.serial IS DISTINCT FROM d.cert_serial`,
         [act, at],
       );
+  }
+
+  async applyHub(changes: readonly HubChange[], at = new Date()): Promise<void> {
+    validateHubChanges(changes);
+    checkDate("at", at);
+    if (changes.length === 0) return;
+    const when = iso(at);
+    const atMs = at.getTime();
+    await this.tx(async (c) => {
+      await c.query(APPLY_SESSION_SQL);
+      const index = new Map<HubChange, number>();
+      changes.forEach((ch, i) => index.set(ch, i));
+      // audit rows in the call's order (a record's changes keep theirs: round k holds its k-th)
+      const rows: NewRow[] = new Array(changes.length);
+      for (const round of roundsBy(changes, (ch) => `${ch.hub}\u0000${ch.serial}`))
+        for (let p = 0; p < round.length; p += HUB_PAGE) {
+          const page = round.slice(p, p + HUB_PAGE);
+          const res = (
+            await c.query(HUB_PAGE_SQL, [
+              page.map((x) => x.hub),
+              page.map((x) => x.deviceId),
+              page.map((x) => x.batch),
+              page.map((x) => x.serial),
+              page.map((x) => x.from),
+              page.map((x) => x.to),
+              page.map((x) => x.remoteId ?? null),
+              page.map((x) => x.reason ?? null),
+              when,
+            ])
+          ).rows as Row[];
+          const checked: Row[] = new Array(page.length);
+          const written = new Map<string, Row>();
+          for (const r of res) {
+            if (r.k === "c") checked[Number(r.n) - 1] = r;
+            else written.set(`${r.hub}\u0000${r.serial}`, r);
+          }
+          for (let j = 0; j < page.length; j++) {
+            const ch = page[j]!;
+            const r = checked[j]!;
+            const target: HubTarget = {
+              ...(r.state === null
+                ? {}
+                : { device: { state: r.state as string, batch: r.device_batch as string } }),
+              ...(r.cert_device === null ? {} : { certDevice: r.cert_device as string }),
+              ...(r.cur_status === null
+                ? {}
+                : { record: { status: r.cur_status as string, remoteId: null, reason: null } }),
+            };
+            const err = hubTargetError(ch, target);
+            if (err) throw err;
+          }
+          for (let j = 0; j < page.length; j++) {
+            const ch = page[j]!;
+            const w = written.get(`${ch.hub}\u0000${ch.serial}`);
+            if (!w) {
+              // changed by a concurrent writer between the read and the write
+              const now = (
+                await c.query("SELECT status FROM hub_registrations WHERE hub = $1 AND serial = $2", [
+                  ch.hub,
+                  ch.serial,
+                ])
+              ).rows[0];
+              throw hubStaleError(ch, (now?.status as string | undefined) ?? null);
+            }
+            rows[index.get(ch)!] = hubRow(
+              ch,
+              atMs,
+              checked[j]!.state as string,
+              (w.remote_id as string | null) ?? null,
+              detailJson("detail", ch.detail),
+            );
+          }
+        }
+      await appendAudit(c, rows);
+    });
+  }
+
+  async hubRegistrations(hub: string, q?: HubQuery): Promise<HubRegistrationRecord[]> {
+    checkName("hub", hub);
+    const o = checkHubQuery(q);
+    const args: unknown[] = [hub];
+    const where = ["hub = $1"];
+    const eq = (col: string, v: unknown) => {
+      if (v === undefined) return;
+      args.push(v);
+      where.push(`${col} = $${args.length}`);
+    };
+    eq("batch", o.batch);
+    eq("device_id", o.deviceId);
+    if (o.statuses) {
+      args.push(o.statuses);
+      where.push(`status = ANY($${args.length}::text[])`);
+    }
+    if (o.after !== undefined) {
+      args.push(o.after.deviceId, o.after.serial);
+      where.push(`(device_id, serial) > ($${args.length - 1}, $${args.length})`);
+    }
+    let sql = `SELECT * FROM hub_registrations WHERE ${where.join(" AND ")} ORDER BY device_id, serial`;
+    if (o.limit !== undefined) {
+      args.push(o.limit);
+      sql += ` LIMIT $${args.length}`;
+    }
+    return (await this.q(sql, args)).map(toHub);
+  }
+
+  async hubCounts(hub: string, batch?: string): Promise<HubCounts> {
+    checkName("hub", hub);
+    if (batch !== undefined) checkName("batch", batch);
+    const c = emptyHubCounts();
+    const rows =
+      batch === undefined
+        ? await this.q(
+            "SELECT status, count(*)::int AS n FROM hub_registrations WHERE hub = $1 GROUP BY status",
+            [hub],
+          )
+        : await this.q(
+            "SELECT status, count(*)::int AS n FROM hub_registrations WHERE hub = $1 AND batch = $2 GROUP BY status",
+            [hub, batch],
+          );
+    for (const r of rows) if (isHubStatus(r.status)) c[r.status] = r.n as number;
+    return c;
+  }
+
+  async hubs(): Promise<string[]> {
+    return (await this.q("SELECT DISTINCT hub FROM hub_registrations ORDER BY hub")).map(
+      (r) => r.hub as string,
+    );
   }
 
   async certificates(q: {
