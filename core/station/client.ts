@@ -20,6 +20,9 @@ import { DEFAULT_MAX_BODY, Flag, FrameDecoder, type Header, Op, StationError, St
 import {
   BATCH_MAX,
   type CommandAuth,
+  type ConnectRequest,
+  type ConnectResult,
+  connectRequestValue,
   DEVICE_OPS,
   type DeviceOpName,
   type DeviceStatus,
@@ -29,6 +32,7 @@ import {
   list,
   map,
   PROTOCOL,
+  parseConnectResult,
   parseFarmInfo,
   parseFarmStats,
   type RequestOf,
@@ -274,6 +278,19 @@ export class StationClient {
   }
   stats(opts?: CallOptions): Promise<FarmStats> {
     return this.call(Op.STATS, 0, {}, true, opts).then(parseFarmStats);
+  }
+  /**
+   * CONNECT (messages.ts): some enrolled devices connect to an MQTT hub and the farm answers with
+   * a tally. Never resent: a repeat would connect every device again. Give `timeoutMs` room for
+   * the whole set (core/station/connect.ts does).
+   */
+  async connect(req: ConnectRequest, opts?: CallOptions): Promise<ConnectResult> {
+    const body = await this.call(Op.CONNECT, 0, connectRequestValue(req), false, opts);
+    try {
+      return parseConnectResult(body);
+    } catch (e) {
+      throw new StationError(Status.BAD_FRAME, `CONNECT result: ${(e as Error).message}`);
+    }
   }
   identify(device: string, o: { chipCert?: boolean } & CallOptions = {}): Promise<IdentifyResult> {
     return this.device("IDENTIFY", { device, chipCert: o.chipCert || undefined }, o);

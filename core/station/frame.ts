@@ -40,6 +40,8 @@ export const Op = {
   STATUS: 0x16,
   DECOMMISSION: 0x17,
   INJECT: 0x18,
+  /** a farm operation: some enrolled devices connect to an MQTT hub (messages.ts CONNECT) */
+  CONNECT: 0x20,
 } as const;
 export type OpName = keyof typeof Op;
 export type OpCode = (typeof Op)[OpName];

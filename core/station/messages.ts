@@ -482,5 +482,190 @@ export function parseFarmStats(m: CborMap): FarmStats {
   return out;
 }
 
+// ------------------------------------------------------------------ CONNECT
+
+/**
+ * CONNECT (Op.CONNECT) is a farm operation, not a device operation: the station asks the farm to
+ * make some of its enrolled devices connect to an MQTT hub over mutual TLS, each with its own key
+ * and installed chain, and the farm answers with a tally. No key, and no certificate, crosses the
+ * station protocol: the request names the devices and the hub, the result counts outcomes. It is
+ * the devices' own firmware behaviour (a device reports in), changes no device state and needs no
+ * signed command. A request covers at most CONNECT_MAX devices, so that one answer stays small and
+ * a station shows progress by sending several (core/station/connect.ts).
+ */
+export const CONNECT_MAX = 4096;
+export const CONNECT_CONCURRENCY_MAX = 4096;
+/** refusals listed by device per result; the rest are only counted, by reason */
+export const CONNECT_FAILURES_MAX = 32;
+/** distinct (stage, reason) pairs per result; past it, "(other reasons)" per stage */
+export const CONNECT_REASONS_MAX = 32;
+export const CONNECT_TIMEOUT_MAX = 600_000;
+export const DEFAULT_TOPIC = "devices/{deviceId}/telemetry";
+/**
+ * Where a device's attempt stopped: device (not enrolled, or not a device of this farm), key (its
+ * key could not be reconstructed), tcp, tls (handshake, either side refusing the other), connack
+ * (the hub answered CONNECT with a refusal code), closed (the hub closed the connection before
+ * CONNACK), puback (no PUBACK for the telemetry message), timeout.
+ */
+export const CONNECT_STAGES = [
+  "device",
+  "key",
+  "tcp",
+  "tls",
+  "connack",
+  "closed",
+  "puback",
+  "timeout",
+] as const;
+export type ConnectStage = (typeof CONNECT_STAGES)[number];
+
+export interface HubEndpoint {
+  host: string;
+  port: number;
+  /** the name to send in SNI and check in the hub's certificate (default: host) */
+  servername?: string;
+  /** PEM of the CA(s) the hub's server certificate must chain to */
+  caPem: string;
+}
+export interface ConnectRequest {
+  hub: HubEndpoint;
+  /** explicit device IDs: each is attempted (one not enrolled is refused at stage "device") */
+  devices?: string[];
+  /** or a range of device indexes: its enrolled (closed) devices are attempted, the rest skipped */
+  first?: number;
+  count?: number;
+  /** the farm's model, checked when given */
+  model?: string;
+  /** MQTT topic of the telemetry message; `{deviceId}` is replaced by the device ID */
+  topic: string;
+  /** sessions open at once */
+  concurrency: number;
+  /** per device, for the whole session (TCP, TLS, CONNACK, PUBACK), ms */
+  timeoutMs: number;
+}
+export interface ConnectReason {
+  stage: ConnectStage;
+  reason: string;
+  count: number;
+}
+export interface ConnectFailure {
+  device: string;
+  stage: ConnectStage;
+  reason: string;
+}
+export interface ConnectResult {
+  attempted: number;
+  connected: number;
+  refused: number;
+  /** devices of the range that are not enrolled (not attempted) */
+  skipped: number;
+  /** refusals by stage and reason, most frequent first */
+  reasons: ConnectReason[];
+  /** the first CONNECT_FAILURES_MAX refusals, by device */
+  failures: ConnectFailure[];
+  elapsedMs: number;
+}
+
+const HOST_RE = /^[A-Za-z0-9._:-]+$/;
+
+function optText(m: CborMap, field: string, max: number): string | undefined {
+  return m[field] === undefined || m[field] === null ? undefined : text(m, field, max);
+}
+
+export function parseHub(v: Value | undefined, field = "hub"): HubEndpoint {
+  const m = map(v, field);
+  const host = text(m, "host", 253);
+  if (!HOST_RE.test(host)) throw invalid(`${field}.host`, host, "a host name or IP address");
+  const port = uint(m, "port", 65535);
+  if (port === 0) throw invalid(`${field}.port`, port, "an integer in 1..65535");
+  const servername = optText(m, "servername", 253);
+  if (servername !== undefined && !/^[A-Za-z0-9.-]+$/.test(servername))
+    throw invalid(`${field}.servername`, servername, "a DNS name");
+  const caPem = text(m, "caPem", 65536);
+  if (!caPem.includes("-----BEGIN CERTIFICATE-----"))
+    throw invalid(`${field}.caPem`, `${caPem.length} chars without a certificate`, "PEM certificates");
+  return { host, port, servername, caPem };
+}
+
+export function checkTopic(topic: string, field = "topic"): string {
+  if (topic.length === 0 || topic.length > 200 || /[+#]/.test(topic) || topic.includes("\0"))
+    throw invalid(field, topic, "an MQTT topic name of 1..200 chars without wildcards (+, #)");
+  const rest = topic.replaceAll("{deviceId}", "");
+  if (/[{}]/.test(rest)) throw invalid(field, topic, "no placeholder but {deviceId}");
+  return topic;
+}
+
+export function parseConnectRequest(m: CborMap): ConnectRequest {
+  const hub = parseHub(m.hub);
+  let devices: string[] | undefined;
+  let first: number | undefined;
+  let count: number | undefined;
+  if (m.devices !== undefined && m.devices !== null) {
+    if (m.first !== undefined || m.count !== undefined)
+      throw invalid("devices", "devices and a range", "either device IDs or first/count");
+    devices = list(m, "devices", 1, CONNECT_MAX).map((d, i) => {
+      if (typeof d !== "string" || d.length === 0 || d.length > DEVICE_ID_MAX || !DEVICE_RE.test(d))
+        throw invalid(`devices[${i}]`, d, "a device ID");
+      return d;
+    });
+  } else {
+    first = uint(m, "first");
+    count = uint(m, "count", CONNECT_MAX);
+    if (count === 0) throw invalid("count", count, `an integer in 1..${CONNECT_MAX}`);
+  }
+  const model = optText(m, "model", 64);
+  const topic = checkTopic(text(m, "topic", 200));
+  const concurrency = uint(m, "concurrency", CONNECT_CONCURRENCY_MAX);
+  if (concurrency === 0) throw invalid("concurrency", 0, `an integer in 1..${CONNECT_CONCURRENCY_MAX}`);
+  const timeoutMs = uint(m, "timeoutMs", CONNECT_TIMEOUT_MAX);
+  if (timeoutMs < 100) throw invalid("timeoutMs", timeoutMs, `an integer in 100..${CONNECT_TIMEOUT_MAX}`);
+  return { hub, devices, first, count, model, topic, concurrency, timeoutMs };
+}
+
+/** The wire form of a request (the readers' inverse). */
+export function connectRequestValue(r: ConnectRequest): CborMap {
+  const hub: CborMap = { host: r.hub.host, port: r.hub.port, caPem: r.hub.caPem };
+  if (r.hub.servername !== undefined) hub.servername = r.hub.servername;
+  const m: CborMap = {
+    hub,
+    topic: r.topic,
+    concurrency: r.concurrency,
+    timeoutMs: r.timeoutMs,
+    protocol: PROTOCOL,
+  };
+  if (r.devices !== undefined) m.devices = r.devices;
+  if (r.first !== undefined) m.first = r.first;
+  if (r.count !== undefined) m.count = r.count;
+  if (r.model !== undefined) m.model = r.model;
+  return m;
+}
+
+const stage = (m: CborMap, field: string): ConnectStage => oneOf(m, field, CONNECT_STAGES);
+
+export function parseConnectResult(m: CborMap): ConnectResult {
+  const r: ConnectResult = {
+    attempted: uint(m, "attempted", CONNECT_MAX),
+    connected: uint(m, "connected", CONNECT_MAX),
+    refused: uint(m, "refused", CONNECT_MAX),
+    skipped: uint(m, "skipped", CONNECT_MAX),
+    reasons: list(m, "reasons", 0, CONNECT_REASONS_MAX + CONNECT_STAGES.length).map((x, i) => {
+      const e = map(x, `reasons[${i}]`);
+      return {
+        stage: stage(e, "stage"),
+        reason: text(e, "reason", 256),
+        count: uint(e, "count", CONNECT_MAX),
+      };
+    }),
+    failures: list(m, "failures", 0, CONNECT_FAILURES_MAX).map((x, i) => {
+      const e = map(x, `failures[${i}]`);
+      return { device: deviceField(e), stage: stage(e, "stage"), reason: text(e, "reason", 256) };
+    }),
+    elapsedMs: uint(m, "elapsedMs"),
+  };
+  if (r.connected + r.refused !== r.attempted)
+    throw invalid("connected + refused", r.connected + r.refused, `the attempted count, ${r.attempted}`);
+  return r;
+}
+
 /** Encode a subject for the wire. */
 export const subjectValue = (s: Subject): Value => s.map(([a, v]) => [a, v]);

@@ -37,6 +37,7 @@ import {
   deviceOpByCode,
   type FarmStats,
   PROTOCOL,
+  parseConnectRequest,
 } from "../../core/station/messages";
 import {
   type AgentCounters,
@@ -47,6 +48,7 @@ import {
   runDeviceOp,
 } from "../firmware/agent";
 import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
+import { type ConnectJob, connectDevices, Tally } from "../firmware/connect";
 import { lifecycleOf } from "../firmware/lifecycle";
 import { blankState, type DeviceState, decodeState, encodeState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
@@ -190,7 +192,7 @@ export class Farm implements Service {
   }
 
   knows(op: number): boolean {
-    return op === Op.PING || op === Op.STATS || deviceOpByCode(op) !== undefined;
+    return op === Op.PING || op === Op.STATS || op === Op.CONNECT || deviceOpByCode(op) !== undefined;
   }
 
   stats(): FarmStats {
@@ -226,6 +228,7 @@ export class Farm implements Service {
         },
       };
     if (op === Op.STATS) return { kind: "ok", body: this.stats() as unknown as CborMap };
+    if (op === Op.CONNECT) return this.connect(body);
     const name = deviceOpByCode(op)!;
     return batch ? this.batch(name, body) : this.single(name, body, body.protocol);
   }
@@ -343,6 +346,91 @@ export class Farm implements Service {
     if (index !== undefined) await this.o.store.barrier(index);
     if (started.fault && reply.kind !== "error") return { kind: started.fault };
     return reply;
+  }
+
+  /**
+   * CONNECT (messages.ts): the named or ranged devices connect to an MQTT hub, each with its own
+   * key, in the thread that holds that key (its worker, or this thread without workers). The
+   * states are read when the request arrives; a session changes no state, so it does not queue
+   * behind the device's other operations. Fault knobs (drop, hang) are about the station link
+   * and do not apply; a clone or a noisy device cannot reconstruct its key and is refused at
+   * stage "key".
+   */
+  private async connect(body: CborMap): Promise<Reply> {
+    const t0 = Date.now();
+    try {
+      const req = parseConnectRequest(body);
+      checkProtocol(body.protocol);
+      if (req.model !== undefined && req.model !== this.o.model)
+        throw new StationError(
+          Status.BAD_REQUEST,
+          `model: got ${JSON.stringify(req.model)}, want ${JSON.stringify(this.o.model)} (this farm's)`,
+        );
+      const tally = new Tally();
+      let skipped = 0;
+      const targets: DeviceRef[] = [];
+      if (req.devices) {
+        for (const id of req.devices) {
+          const i = indexOf(this.o.model, this.o.count, id);
+          if (i === undefined) {
+            tally.attempted++;
+            tally.refuse(id, "device", "not a device of this farm");
+          } else targets.push(this.devRef(id, i));
+        }
+      } else {
+        const first = req.first!;
+        const end = first + req.count!;
+        if (end > this.o.count)
+          throw new StationError(
+            Status.BAD_REQUEST,
+            `first + count: got ${end}, want at most ${this.o.count} (the farm's devices)`,
+          );
+        for (let i = first; i < end; i++) {
+          const st = this.o.store.get(i);
+          if (!st || lifecycleOf(st.otp) !== "closed" || st.chain.length === 0) skipped++;
+          else targets.push(this.devRef(deviceId(this.o.model, i), i));
+        }
+      }
+      const job: ConnectJob = {
+        hub: req.hub,
+        topic: req.topic,
+        concurrency: req.concurrency,
+        timeoutMs: req.timeoutMs,
+      };
+      if (!this.pool) {
+        await connectDevices(
+          targets.map((d) => d.id),
+          (k) => this.agent.credentials(targets[k]!),
+          job,
+          tally,
+        );
+      } else if (targets.length > 0) {
+        const pool = this.pool;
+        const shards = new Map<number, DeviceRef[]>();
+        for (const d of targets) {
+          const s = pool.shardOf(d.index);
+          const l = shards.get(s);
+          if (l) l.push(d);
+          else shards.set(s, [d]);
+        }
+        const results = await Promise.all(
+          [...shards].map(([shard, devs]) =>
+            pool.connect(shard, {
+              devices: devs.map(jobDevice),
+              // the request's concurrency, shared out in proportion to the shard's devices
+              job: {
+                ...job,
+                concurrency: Math.max(1, Math.round((job.concurrency * devs.length) / targets.length)),
+              },
+            }),
+          ),
+        );
+        for (const r of results) tally.add(r);
+      }
+      return { kind: "ok", body: tally.result(skipped, Date.now() - t0) as unknown as CborMap };
+    } catch (e) {
+      return errorReply(e);
+    }
   }
 
   private async batch(name: DeviceOpName, body: CborMap): Promise<Reply> {

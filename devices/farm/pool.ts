@@ -17,8 +17,9 @@
 import * as path from "node:path";
 import { Worker } from "node:worker_threads";
 import { Status } from "../../core/station/frame";
+import type { ConnectResult } from "../../core/station/messages";
 import type { AgentCounters } from "../firmware/agent";
-import type { FromWorker, ToWorker, WorkerAnswer, WorkerJob, WorkerSetup } from "./worker";
+import type { ConnectWork, FromWorker, ToWorker, WorkerAnswer, WorkerJob, WorkerSetup } from "./worker";
 
 // not worker.js: a resolver that prefers .js to .ts would load the entry for "./worker"
 const ENTRY = path.join(__dirname, "worker-entry.js");
@@ -30,6 +31,8 @@ interface Slot {
   outResolvers: Array<(a: WorkerAnswer) => void>;
   /** messages sent, by id, with the resolvers of their jobs in order */
   pending: Map<number, Array<(a: WorkerAnswer) => void>>;
+  /** CONNECT work sent, by id: its device count and resolver */
+  connects: Map<number, { devices: number; resolve: (r: ConnectResult) => void }>;
 }
 
 export interface PoolStats {
@@ -57,7 +60,12 @@ export class WorkerPool {
     private readonly onCounters: (c: AgentCounters) => void,
     private readonly log: (line: string) => void,
   ) {
-    this.slots = Array.from({ length: size }, () => ({ outbox: [], outResolvers: [], pending: new Map() }));
+    this.slots = Array.from({ length: size }, () => ({
+      outbox: [],
+      outResolvers: [],
+      pending: new Map(),
+      connects: new Map(),
+    }));
   }
 
   /** The worker (shard) that owns device `index`. */
@@ -76,6 +84,22 @@ export class WorkerPool {
         this.scheduled = true;
         setImmediate(() => this.flush());
       }
+    });
+  }
+
+  /**
+   * CONNECT for devices of one shard: the worker runs their MQTT sessions with the keys it holds
+   * and answers with a tally (never rejects: a worker that dies refuses the devices it held).
+   */
+  connect(shard: number, work: ConnectWork): Promise<ConnectResult> {
+    if (this.closed) return Promise.resolve(died(work.devices.length));
+    const slot = this.slots[shard]!;
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      slot.connects.set(id, { devices: work.devices.length, resolve });
+      const msg: ToWorker = { type: "connect", id, work };
+      this.stats.messages++;
+      this.workerFor(shard).postMessage(msg);
     });
   }
 
@@ -123,6 +147,13 @@ export class WorkerPool {
     this.stats.started++;
     slot.worker = w;
     w.on("message", (m: FromWorker) => {
+      if (m.type === "connected") {
+        const c = slot.connects.get(m.id);
+        slot.connects.delete(m.id);
+        this.onCounters(m.counters);
+        c?.resolve(m.result);
+        return;
+      }
       const resolvers = slot.pending.get(m.id);
       if (!resolvers) return;
       slot.pending.delete(m.id);
@@ -145,6 +176,8 @@ export class WorkerPool {
         );
       }
       for (const rs of lost) for (const r of rs) r(DIED);
+      for (const c of slot.connects.values()) c.resolve(died(c.devices));
+      slot.connects.clear();
       // jobs queued meanwhile go to a new worker at the next flush
       if (!this.closed && slot.outbox.length && !this.scheduled) {
         this.scheduled = true;
@@ -159,12 +192,27 @@ export class WorkerPool {
     if (this.closed) return;
     this.closed = true;
     for (const slot of this.slots) {
+      for (const c of slot.connects.values()) c.resolve(died(c.devices));
+      slot.connects.clear();
       for (const r of slot.outResolvers) r(DIED);
       slot.outbox = [];
       slot.outResolvers = [];
     }
     await Promise.all(this.slots.map((s) => s.worker?.terminate()));
   }
+}
+
+/** The tally of CONNECT work a dead worker held: every device refused, none listed by name. */
+function died(devices: number): ConnectResult {
+  return {
+    attempted: devices,
+    connected: 0,
+    refused: devices,
+    skipped: 0,
+    reasons: [{ stage: "device", reason: "farm worker died (device power-cycled)", count: devices }],
+    failures: [],
+    elapsedMs: 0,
+  };
 }
 
 /** MurmurHash3's 32-bit finalizer: every input bit affects every output bit. */

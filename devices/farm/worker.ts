@@ -14,7 +14,7 @@
  * worker -> {type: "done", id, answers, counters} (counters: what this list added).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { CommandAuth, DeviceOpName } from "../../core/station/messages";
+import type { CommandAuth, ConnectResult, DeviceOpName } from "../../core/station/messages";
 import {
   type AgentCounters,
   DeviceAgent,
@@ -23,6 +23,7 @@ import {
   runDeviceOp,
 } from "../firmware/agent";
 import type { LeafFacts } from "../firmware/chain";
+import { type ConnectJob, connectDevices } from "../firmware/connect";
 import { blankState, decodeState, encodeState } from "../firmware/state";
 import { SiliconVendor } from "../injection/vendor";
 import { errorReply } from "../protocol/server";
@@ -50,7 +51,7 @@ export const WORKER_OPS = new Set<DeviceOpName>([
   "INJECT",
 ]);
 
-interface JobDevice {
+export interface JobDevice {
   id: string;
   index: number;
   clone: boolean;
@@ -73,8 +74,19 @@ export interface LeafAnswer {
   facts: LeafFacts;
 }
 
-export type ToWorker = { type: "jobs"; id: number; jobs: WorkerJob[] } | { type: "crash" };
-export type FromWorker = { type: "done"; id: number; answers: WorkerAnswer[]; counters: AgentCounters };
+/** CONNECT for the devices of one shard (devices/firmware/connect.ts runs their sessions here). */
+export interface ConnectWork {
+  devices: JobDevice[];
+  job: ConnectJob;
+}
+
+export type ToWorker =
+  | { type: "jobs"; id: number; jobs: WorkerJob[] }
+  | { type: "connect"; id: number; work: ConnectWork }
+  | { type: "crash" };
+export type FromWorker =
+  | { type: "done"; id: number; answers: WorkerAnswer[]; counters: AgentCounters }
+  | { type: "connected"; id: number; result: ConnectResult; counters: AgentCounters };
 
 /**
  * Byte strings arrive as Uint8Array (structured clone drops the Buffer prototype); the agent
@@ -91,17 +103,46 @@ export function asBuffers(v: unknown): unknown {
   return v;
 }
 
+const refOf = (job: JobDevice): DeviceRef => ({
+  id: job.id,
+  index: job.index,
+  state: job.state ? decodeState(job.state) : blankState(),
+  clone: job.clone,
+  noisy: job.noisy,
+});
+
+/** CONNECT's sessions for `work.devices` on `agent` (in a worker: the agent that holds their keys). */
+export async function runConnect(
+  agent: DeviceAgent,
+  work: ConnectWork,
+): Promise<{ result: ConnectResult; counters: AgentCounters }> {
+  const t0 = Date.now();
+  const devs = work.devices;
+  // the counters of the key reconstructions done here (other jobs run in between)
+  const counters: AgentCounters = { reconstructions: 0, reconstructionFailures: 0, enrollments: 0 };
+  const tally = await connectDevices(
+    devs.map((d) => d.id),
+    (i) => {
+      const c = agent.counters;
+      const r0 = c.reconstructions;
+      const f0 = c.reconstructionFailures;
+      try {
+        return agent.credentials(refOf(devs[i]!));
+      } finally {
+        counters.reconstructions += c.reconstructions - r0;
+        counters.reconstructionFailures += c.reconstructionFailures - f0;
+      }
+    },
+    work.job,
+  );
+  return { result: tally.result(0, Date.now() - t0), counters };
+}
+
 /** Run a list of jobs on `agent`, in order. Exported for the in-process tests of the split. */
 export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
   return jobs.map((job) => {
     try {
-      const dev: DeviceRef = {
-        id: job.id,
-        index: job.index,
-        state: job.state ? decodeState(job.state) : blankState(),
-        clone: job.clone,
-        noisy: job.noisy,
-      };
+      const dev = refOf(job);
       if (job.kind === "leaf") {
         const r: LeafAnswer = agent.installLeafFacts(
           dev,
@@ -148,6 +189,13 @@ if (port && (workerData as { fleetFarmWorker?: WorkerSetup })?.fleetFarmWorker) 
   port.on("message", (m: ToWorker) => {
     if (m.type === "crash") {
       crashNext = true;
+      return;
+    }
+    if (m.type === "connect") {
+      void runConnect(agent, m.work).then(({ result, counters }) => {
+        const done: FromWorker = { type: "connected", id: m.id, result, counters };
+        port.postMessage(done);
+      });
       return;
     }
     // uncaught: the worker dies with this list unanswered

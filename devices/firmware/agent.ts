@@ -37,6 +37,7 @@ import {
   verifyChainWith,
 } from "./chain";
 import { challengeOf, checkCommand } from "./command";
+import type { Credentials } from "./connect";
 import {
   contextOf,
   type DeviceKey,
@@ -460,6 +461,26 @@ export class DeviceAgent {
       },
       next,
     };
+  }
+
+  /**
+   * CONNECT: the device's current key and installed chain, for its own MQTT session
+   * (connect.ts), which runs in this thread. Only an enrolled (closed) device with a chain connects.
+   */
+  credentials(dev: DeviceRef): Credentials {
+    const lc = lifecycleOf(dev.state.otp);
+    if (lc !== "closed" || dev.state.chain.length === 0)
+      return {
+        ok: false,
+        stage: "device",
+        reason: `lifecycle ${lc}, want closed (enrolled, chain installed)`,
+      };
+    try {
+      return { ok: true, key: this.keyFor(dev).key.privateKey, chain: dev.state.chain };
+    } catch (e) {
+      const why = e instanceof StationError ? e.detail : "key unavailable";
+      return { ok: false, stage: "key", reason: why };
+    }
   }
 
   status(dev: DeviceRef): Outcome<M.DeviceStatus> {
