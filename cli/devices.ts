@@ -5,6 +5,8 @@
  *                       [--clones ids] [--noisy ids] [--drop ids] [--hang ids] ...
  *   fleet devices ping|stats --port P [--json]
  *   fleet devices identify|status --port P [--json] DEVICE
+ *   fleet devices connect --hub HOST:PORT --hub-ca FILE --station HOST:PORT
+ *                         [--devices IDS | --model M --first N --count N] [--concurrency C] [--json]
  *
  * The questions print the station's reply as JSON (byte strings as hex) with or without --json;
  * the options and help come from `spec` (cli/args.ts).
@@ -26,6 +28,7 @@ import {
   type OptionSpec,
   route,
 } from "./args";
+import { EXIT } from "./exit-codes";
 
 const PORT: OptionSpec = { name: "port", arg: "P", help: "the farm's TCP port", required: true };
 const HOST: OptionSpec = { name: "host", arg: "H", help: "the farm's address (default 127.0.0.1)" };
@@ -108,6 +111,49 @@ export const spec: GroupSpec = {
       "the farm's counters",
       "{requests, reconstructions, reconstructionFailures, enrollments, changedDevices, walRecords, walBytes, walSyncs, uptimeMs, cpuUserMs?, cpuSystemMs?}",
     ),
+    {
+      name: "connect",
+      summary: "make enrolled farm devices connect to an MQTT hub over mutual TLS and publish once",
+      options: [
+        { name: "hub", arg: "HOST:PORT", help: "the hub's MQTT over TLS endpoint", required: true },
+        {
+          name: "hub-ca",
+          arg: "FILE",
+          help: "PEM of the CA the hub's server certificate must chain to (the local hub writes <state>/hub-ca.pem)",
+          required: true,
+        },
+        { name: "station", arg: "HOST:PORT", help: "the device farm (station protocol)", required: true },
+        {
+          name: "devices",
+          arg: "IDS",
+          help: "comma-separated device IDs (default: every enrolled device of the range)",
+        },
+        { name: "model", arg: "M", help: "the farm's model, checked (default: whatever the farm serves)" },
+        { name: "first", arg: "N", help: "first device index of the range (default 0)" },
+        { name: "count", arg: "N", help: "devices in the range (default: up to the farm's last)" },
+        { name: "concurrency", arg: "C", help: "sessions open at once (default 64)" },
+        {
+          name: "topic",
+          arg: "T",
+          help: "telemetry topic, {deviceId} replaced (default devices/{deviceId}/telemetry)",
+        },
+        {
+          name: "servername",
+          arg: "NAME",
+          help: "name to check in the hub's certificate (default: the hub host)",
+        },
+        {
+          name: "timeout-s",
+          arg: "N",
+          help: "per device session: TCP, TLS, CONNACK and PUBACK (default 10)",
+        },
+        JSON_OPTION,
+      ],
+      json: "{attempted, connected, refusedCount, skipped, reasons: [{stage, reason, count}], refused: [{deviceId, stage, reason}], elapsedMs, perSecond}",
+      details:
+        "each device uses its own key, which stays in the farm, and its installed chain; progress on stderr; " +
+        "exit 1 when any device was refused (or none was enrolled), with the refusals listed by stage and reason",
+    },
     query(
       "identify",
       "a device's identity (with its chip certificate)",
@@ -224,10 +270,81 @@ async function ask(cmd: string, flags: Flags, rest: readonly string[]): Promise<
   }
 }
 
+/** "HOST:PORT" (an IPv6 host in brackets) for an option. */
+export function hostPort(v: string | undefined, field: string): { host: string; port: number } {
+  const m = v === undefined ? null : /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})$/.exec(v);
+  const port = m ? Number(m[3]) : 0;
+  if (!m || port < 1 || port > 65535) throw invalid(field, v, "HOST:PORT");
+  return { host: m[1] ?? m[2]!, port };
+}
+
+const n = (x: number) => x.toLocaleString("en-US");
+
+function duration(ms: number): string {
+  const s = Math.round(ms / 1000);
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
+async function connect(flags: Flags): Promise<number> {
+  const { readFileSync } = await import("node:fs");
+  const { connectDevices } = await import("../core/station/connect");
+  const hub = hostPort(flags.hub, "--hub");
+  const station = hostPort(flags.station, "--station");
+  if (!flags["hub-ca"]) throw invalid("--hub-ca", undefined, "a PEM file (the hub's CA)");
+  let caPem: string;
+  try {
+    caPem = readFileSync(flags["hub-ca"], "utf8");
+  } catch {
+    throw invalid("--hub-ca", flags["hub-ca"], "a readable PEM file");
+  }
+  if (!caPem.includes("-----BEGIN CERTIFICATE-----"))
+    throw invalid("--hub-ca", flags["hub-ca"], "a PEM file with a certificate");
+  const devices = flags.devices === undefined ? undefined : ids(flags.devices);
+  if (devices && (flags.first !== undefined || flags.count !== undefined))
+    throw invalid("--devices", flags.devices, "device IDs or a range (--first/--count), not both");
+  if (devices && devices.length === 0) throw invalid("--devices", flags.devices, "one or more device IDs");
+  const client = new StationClient({ host: station.host, port: station.port });
+  const t0 = Date.now();
+  try {
+    const r = await connectDevices(client, {
+      hub: { ...hub, servername: flags.servername, caPem },
+      devices,
+      model: flags.model,
+      first: flags.first === undefined ? undefined : int(flags, "first", 0, 10_000_000),
+      count: flags.count === undefined ? undefined : int(flags, "count", 1, 10_000_000),
+      concurrency: flags.concurrency === undefined ? undefined : int(flags, "concurrency", 1, 8192),
+      topic: flags.topic,
+      deviceTimeoutMs: flags["timeout-s"] === undefined ? undefined : int(flags, "timeout-s", 1, 600) * 1000,
+      onProgress: (p) => {
+        const rate = p.done / Math.max(0.001, p.elapsedMs / 1000);
+        const eta = p.done < p.total ? `, ETA ${duration(((p.total - p.done) / rate) * 1000)}` : "";
+        process.stderr.write(
+          `fleet devices connect: ${n(p.done)} of ${n(p.total)} devices (${n(p.connected)} connected, ` +
+            `${n(p.refused)} refused, ${n(p.skipped)} not enrolled), ${n(Math.round(rate))}/s${eta}\n`,
+        );
+      },
+    });
+    const perSecond = r.attempted / Math.max(0.001, (Date.now() - t0) / 1000);
+    if (flags.json) console.log(JSON.stringify({ ...r, perSecond: Math.round(perSecond) }, null, 2));
+    else {
+      console.log(`${n(r.connected)} of ${n(r.attempted)} devices connected over mTLS`);
+      if (r.skipped) console.log(`${n(r.skipped)} devices of the range are not enrolled (not attempted)`);
+      for (const x of r.reasons) console.log(`  ${n(x.count)} refused at ${x.stage}: ${x.reason}`);
+      const shown = r.refused.slice(0, 20);
+      for (const f of shown) console.log(`    ${f.deviceId}: ${f.stage}: ${f.reason}`);
+      if (r.refusedCount > shown.length) console.log(`    (${n(r.refusedCount - shown.length)} more)`);
+    }
+    return r.refusedCount > 0 || r.attempted === 0 ? EXIT.FINDINGS : EXIT.OK;
+  } finally {
+    await client.close();
+  }
+}
+
 export async function run(argv: string[]): Promise<number> {
   const r = route(spec, argv);
   if (r.kind !== "run") return answer(r)!;
   const { command, parsed } = r;
   if (command.name === "serve") return serve(parsed.flags);
+  if (command.name === "connect") return connect(parsed.flags);
   return ask(command.name, parsed.flags, parsed.positionals);
 }
