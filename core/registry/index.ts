@@ -28,6 +28,19 @@
  *   SQLite also an INSERT at or below the head, i.e. INSERT OR REPLACE), and tamper-evident:
  *   `auditHead()` is the head to anchor elsewhere, `verify()` re-hashes the chain, checks an anchor
  *   and re-derives every device and certificate from the log (chain.ts).
+ * - `applyHub(changes, at)` validates every change first (legal per HUB_TRANSITIONS, `from` null
+ *   for no record; the same status is an allowed no-op; `detail.hub` is reserved, and `apply`
+ *   refuses it too), then applies them in order in ONE transaction, all or none. Each is a
+ *   compare-and-set on the (hub, serial) record's status: the device must exist (NOT_FOUND), be in
+ *   `batch` (CONFLICT) and `serial` must be one of its certificates (NOT_FOUND); a record whose
+ *   status is not `from` is CONFLICT naming hub, device, serial, the status found and the one
+ *   expected. The record's remoteId is kept unless the change gives one; its reason is set by a
+ *   change of status (null if none given) and kept by a no-op that gives none. Each change appends
+ *   one audit row for the device: from = to = the device's current state, reason = change.reason,
+ *   detail = canonical JSON of { ...change.detail, hub: { name, serial, from, to, remoteId } }
+ *   (remoteId as stored after the change); `verify` re-derives every hub record from these rows.
+ *   `hubRegistrations` lists in (deviceId, serial) order, keyset paged by `after`; `hubCounts`
+ *   has all six statuses, zeros included; `hubs()` the names with records, sorted.
  * - `counts` has all eight states, zeros included. Lists are ordered by their key (device ID,
  *   certificate serial, audit seq) and paginate by keyset (`after` / `afterSeq`).
  * - Times are stored in UTC (epoch ms in SQLite, timestamptz in PostgreSQL), returned as Date;

@@ -794,13 +794,13 @@ export class PostgresRegistry implements Registry {
     const atMs = at.getTime();
     await this.tx(async (c) => {
       await c.query(APPLY_SESSION_SQL);
-      const index = new Map<HubChange, number>();
-      changes.forEach((ch, i) => index.set(ch, i));
       // audit rows in the call's order (a record's changes keep theirs: round k holds its k-th)
       const rows: NewRow[] = new Array(changes.length);
-      for (const round of roundsBy(changes, (ch) => `${ch.hub}\u0000${ch.serial}`))
+      const items = changes.map((ch, i) => ({ ch, i }));
+      for (const round of roundsBy(items, (x) => `${x.ch.hub}\u0000${x.ch.serial}`))
         for (let p = 0; p < round.length; p += HUB_PAGE) {
-          const page = round.slice(p, p + HUB_PAGE);
+          const slice = round.slice(p, p + HUB_PAGE);
+          const page = slice.map((x) => x.ch);
           const res = (
             await c.query(HUB_PAGE_SQL, [
               page.map((x) => x.hub),
@@ -848,7 +848,7 @@ export class PostgresRegistry implements Registry {
               ).rows[0];
               throw hubStaleError(ch, (now?.status as string | undefined) ?? null);
             }
-            rows[index.get(ch)!] = hubRow(
+            rows[slice[j]!.i] = hubRow(
               ch,
               atMs,
               checked[j]!.state as string,

@@ -344,9 +344,10 @@ export interface Registry {
   auditHead(): Promise<AuditHead>;
   /**
    * Check the registry against its own audit log, in one snapshot: re-hash the chain (the first
-   * broken link), check the anchor, and re-derive every device's state, key and certificates from
-   * the audit rows alone, comparing them with the devices and certificates tables. Reads in pages:
-   * memory stays bounded whatever the registry's size.
+   * broken link), check the anchor, and re-derive every device's state, key and certificates, and
+   * every hub registration, from the audit rows alone, comparing them with the devices,
+   * certificates and hub_registrations tables. Reads in pages: memory stays bounded whatever the
+   * registry's size.
    */
   verify(opts?: VerifyOptions): Promise<VerifyReport>;
 

@@ -293,6 +293,12 @@ describe.each(backends)("hub registrations on $name", (backend) => {
       status: "disabling",
       remoteId: "x1",
     });
+    // the same change twice in a call (a no-op) is applied twice: two audit rows
+    const noop = change("d-01", serials.get("d-01")!, "disabling", "disabling", { reason: "waiting" });
+    const before = (await r.auditHead()).seq;
+    await r.applyHub([noop, noop]);
+    expect((await r.auditHead()).seq).toBe(before + 2);
+    expect((await r.hubRegistrations("local", { deviceId: "d-01" }))[0]).toMatchObject({ reason: "waiting" });
     expect((await r.verify()).ok).toBe(true);
     await r.close();
   });
