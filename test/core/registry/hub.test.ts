@@ -494,6 +494,31 @@ describe.each(backends)("hub registrations on $name", (backend) => {
     await r.close();
   });
 
+  it("two writers racing on one record: one wins, the other is CONFLICT and writes nothing", async () => {
+    const { r, loc, serials } = await fresh();
+    const other = await openRegistry(loc);
+    const s1 = serials.get("d-01")!;
+    const many = (reg: Registry, rid: string) =>
+      reg.applyHub([
+        ...["d-02", "d-03", "d-04"].map((d) =>
+          change(d, serials.get(d)!, null, "registering", { hub: `h-${rid}` }),
+        ),
+        change("d-01", s1, null, "active", { remoteId: rid }),
+      ]);
+    const out = await Promise.allSettled([many(r, "a"), many(other, "b")]);
+    expect(out.map((o) => o.status).sort()).toEqual(["fulfilled", "rejected"]);
+    const lost = out.find((o) => o.status === "rejected") as PromiseRejectedResult;
+    expect(lost.reason).toBeInstanceOf(FleetError);
+    expect((lost.reason as FleetError).code).toBe("CONFLICT");
+    expect((lost.reason as FleetError).message).toMatch(`certificate ${s1}: status: got active, want none`);
+    const won = out[0]!.status === "fulfilled" ? "a" : "b";
+    expect(await r.hubs()).toEqual([`h-${won}`, "local"]);
+    expect((await r.hubRegistrations("local")).map((h) => h.remoteId)).toEqual([won]);
+    expect((await r.verify()).ok).toBe(true);
+    await other.close();
+    await r.close();
+  });
+
   it("a registry of schema 2 migrates to 3 with its chain intact and takes hub records", async () => {
     const { r, loc, serials } = await fresh();
     await r.close();
