@@ -1,0 +1,632 @@
+/**
+ * AzureDpsDriver against the DPS contract service (test/helpers/dps-contract): a local HTTPS
+ * service that checks every request and response against the vendored OpenAPI document
+ * (api-version 2021-10-01) and enforces SAS signatures, If-Match, paging, the bulk limit and
+ * throttling. It is a contract test, not the service: no allocation to an IoT hub, no device
+ * registration flow (see docs/hub-azure.md). Certificates are made by OpenSSL.
+ */
+import { execFileSync } from "node:child_process";
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  AzureDpsDriver,
+  type AzureDpsOptions,
+  dpsCertificateName,
+  enrollmentGroupId,
+  registrationId,
+} from "../../../core/hubs/azure-dps";
+import type { DeviceCert, RemoteRef, TrustedCa } from "../../../core/hubs/types";
+import { type DpsContractService, sasToken, startDpsContract } from "../../helpers/dps-contract/server";
+import {
+  CORRECTED_ID_PATTERN,
+  loadSpec,
+  operations,
+  PUBLISHED_ID_PATTERN,
+} from "../../helpers/dps-contract/spec";
+import { tmpdir } from "../../helpers/openssl";
+
+const KEY = crypto.randomBytes(32).toString("base64");
+const POLICY = "provisioningserviceowner";
+const dir = tmpdir("dps-contract-test-");
+
+function openssl(args: string[]): void {
+  execFileSync("openssl", args, { stdio: "pipe" });
+}
+
+function makeCa(name: string): TrustedCa & { key: string; pemPath: string } {
+  const pemPath = path.join(dir, `${name}.pem`);
+  const key = path.join(dir, `${name}.key`);
+  openssl([
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-days",
+    "30",
+    "-subj",
+    `/O=Example Devices Ltd/CN=${name}`,
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+    "-keyout",
+    key,
+    "-out",
+    pemPath,
+  ]);
+  const certificatePem = fs.readFileSync(pemPath, "utf8");
+  const x = new crypto.X509Certificate(certificatePem);
+  return {
+    name,
+    fingerprint: x.fingerprint256.replace(/:/g, "").toLowerCase(),
+    certificatePem,
+    chainPem: certificatePem,
+    crlPems: [],
+    key,
+    pemPath,
+  };
+}
+
+function makeDevice(ca: ReturnType<typeof makeCa>, deviceId: string, batch = "lot-1"): DeviceCert {
+  const out = path.join(dir, `${deviceId}-${crypto.randomBytes(4).toString("hex")}.pem`);
+  openssl([
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-days",
+    "10",
+    "-subj",
+    `/CN=${deviceId}`,
+    "-CA",
+    ca.pemPath,
+    "-CAkey",
+    ca.key,
+    "-keyout",
+    "/dev/null",
+    "-out",
+    out,
+  ]);
+  const x = new crypto.X509Certificate(fs.readFileSync(out));
+  return {
+    deviceId,
+    batch,
+    serial: x.serialNumber.toLowerCase(),
+    der: x.raw,
+    sha256: crypto.createHash("sha256").update(x.raw).digest("hex"),
+    issuer: ca.fingerprint,
+  };
+}
+
+const ref = (c: DeviceCert): RemoteRef => ({
+  deviceId: c.deviceId,
+  serial: c.serial,
+  remoteId: registrationId(c.deviceId),
+});
+const ids = (n: number, from = 0) =>
+  Array.from({ length: n }, (_, i) => `Line-A-${String(i + from).padStart(4, "0")}`);
+
+let svc: DpsContractService;
+let caA: ReturnType<typeof makeCa>;
+let caB: ReturnType<typeof makeCa>;
+let foreign: ReturnType<typeof makeCa>;
+let devices: DeviceCert[];
+const drivers: AzureDpsDriver[] = [];
+
+function driver(o: Partial<AzureDpsOptions> = {}): AzureDpsDriver {
+  const d = new AzureDpsDriver({
+    label: "Azure DPS 'contract'",
+    endpoint: svc.url,
+    sasKeyName: POLICY,
+    sasKey: KEY,
+    mode: "individual",
+    ratePerSecond: 0,
+    tls: { ca: svc.ca },
+    ...o,
+  });
+  drivers.push(d);
+  return d;
+}
+const count = (op: string, from = 0) => svc.requests.slice(from).filter((r) => r.operationId === op).length;
+
+beforeAll(async () => {
+  caA = makeCa("issuing-a");
+  caB = makeCa("issuing-b");
+  foreign = makeCa("someone-else");
+  devices = ids(25).map((id) => makeDevice(caA, id));
+  svc = await startDpsContract({
+    policies: { [POLICY]: KEY },
+    certificates: [dpsCertificateName("issuing-a")],
+    maxPageSize: 100,
+  });
+});
+
+afterAll(async () => {
+  for (const d of drivers) await d.close();
+  await svc?.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe("the vendored OpenAPI document", () => {
+  it("is the published 2021-10-01 service API, with the one erratum applied in memory", () => {
+    const { doc, patched } = loadSpec();
+    expect(doc.info.version).toBe("2021-10-01");
+    expect(patched).toBe(7);
+    expect(JSON.stringify(doc)).not.toContain(PUBLISHED_ID_PATTERN);
+    const raw = fs.readFileSync(path.join(__dirname, "../../fixtures/azure-dps/service.json"), "utf8");
+    expect(crypto.createHash("sha256").update(raw).digest("hex")).toBe(
+      "ea36cc86142d29f79238a27572a8e02f62560bf63b9e447189f5c6af71ef1803",
+    );
+    expect(raw.split(PUBLISHED_ID_PATTERN).length - 1).toBe(7);
+    expect(new RegExp(CORRECTED_ID_PATTERN).test("line-a-0001")).toBe(true);
+    const ops = operations(doc).map((o) => o.operationId);
+    for (const op of [
+      "EnrollmentGroup_CreateOrUpdate",
+      "EnrollmentGroup_Get",
+      "EnrollmentGroup_Delete",
+      "EnrollmentGroup_Query",
+      "IndividualEnrollment_CreateOrUpdate",
+      "IndividualEnrollment_Get",
+      "IndividualEnrollment_Delete",
+      "IndividualEnrollment_Query",
+      "IndividualEnrollment_RunBulkOperation",
+    ])
+      expect(ops).toContain(op);
+  });
+});
+
+describe("group mode: one enrollment group per issuing CA", () => {
+  it("ensureTrust creates the group with a CA reference, and a second run writes nothing", async () => {
+    const d = driver({
+      mode: "group",
+      iotHubs: ["hub-1.azure-devices.net"],
+      allocationPolicy: "hashed",
+      idScope: "0ne00000001",
+    });
+    expect(d.mode).toBe("ca");
+    const t = await d.ensureTrust([caA]);
+    expect(t).toEqual({
+      endpoint: "global.azure-devices-provisioning.net (id scope 0ne00000001)",
+      caIds: ["fleetguard-issuing-a"],
+    });
+    const g = svc.groups.get(enrollmentGroupId("issuing-a"));
+    expect(g.attestation.x509.caReferences).toEqual({ primary: "fleetguard-issuing-a" });
+    expect(g.reprovisionPolicy).toEqual({ updateHubAssignment: true, migrateDeviceData: true });
+    expect(g.iotHubs).toEqual(["hub-1.azure-devices.net"]);
+    const puts = count("EnrollmentGroup_CreateOrUpdate");
+    await d.ensureTrust([caA]);
+    expect(count("EnrollmentGroup_CreateOrUpdate")).toBe(puts);
+  });
+
+  it("attests with the CA certificate itself (signingCertificates) when asked; the service answers its info", async () => {
+    const d = driver({ mode: "group", groupAttestation: "signingCertificates" });
+    const t = await d.ensureTrust([caB]);
+    expect(t.caIds).toEqual([caB.fingerprint]);
+    const info = svc.groups.get("fleetguard-issuing-b").attestation.x509.signingCertificates.primary.info;
+    expect(info.sha256Thumbprint.toLowerCase()).toBe(caB.fingerprint);
+    const puts = count("EnrollmentGroup_CreateOrUpdate");
+    await d.ensureTrust([caB]);
+    expect(count("EnrollmentGroup_CreateOrUpdate")).toBe(puts);
+    await d.removeTrust([caB]);
+    expect(svc.groups.has("fleetguard-issuing-b")).toBe(false);
+  });
+
+  it("a CA reference to a certificate the service does not hold is refused, naming the group", async () => {
+    const d = driver({ mode: "group" });
+    await expect(d.ensureTrust([caB])).rejects.toThrow(
+      /enrollment group fleetguard-issuing-b for CA 'issuing-b' refused: .*no certificate named "fleetguard-issuing-b"/,
+    );
+  });
+
+  it("register makes no call; disable writes DISABLED individual enrollments in bulk; read, rerun and remove converge", async () => {
+    const d = driver({ mode: "group" });
+    await d.ensureTrust([caA]);
+    const before = svc.requests.length;
+    const reg = await d.register(devices);
+    expect(svc.requests.length).toBe(before);
+    expect(reg.every((o) => o.ok)).toBe(true);
+    expect(reg.map((o) => (o.ok ? o.remoteId : ""))).toEqual(devices.map((c) => c.deviceId.toLowerCase()));
+
+    const gone = devices.slice(0, 3);
+    const dis = await d.disable(gone.map(ref));
+    expect(dis.every((o) => o.ok)).toBe(true);
+    expect(count("IndividualEnrollment_RunBulkOperation", before)).toBe(1);
+    for (const c of gone)
+      expect(svc.enrollments.get(registrationId(c.deviceId)).provisioningStatus).toBe("disabled");
+    const st = await d.read(devices.map(ref));
+    expect(st.filter((s) => s.status === "inactive").map((s) => s.serial)).toEqual(gone.map((c) => c.serial));
+    expect(st.filter((s) => s.status === "active")).toHaveLength(22);
+
+    // a later run (a new driver: nothing remembered) finds the certificates through lookupCertificate
+    const der = new Map(devices.map((c) => [c.serial, c.der]));
+    const d2 = driver({ mode: "group", lookupCertificate: async (r) => der.get(r.serial) });
+    expect((await d2.disable(gone.map(ref))).every((o) => o.ok)).toBe(true);
+    expect(svc.enrollments.size).toBe(3);
+    const none = driver({ mode: "group" });
+    const [o] = await none.disable([ref(devices[5])]);
+    expect(o).toMatchObject({ ok: false, retryable: false });
+    expect(!o.ok && o.reason).toMatch(/needs its certificate/);
+
+    const rm = await d2.remove(devices.map(ref));
+    expect(rm.every((x) => x.ok)).toBe(true);
+    expect(svc.enrollments.size).toBe(0);
+  });
+});
+
+describe("individual mode: one enrollment per device", () => {
+  it("registers 25 devices in 3 bulk calls; a rerun adds no duplicate; disable 3; drift; remove", async () => {
+    const d = driver();
+    expect(d.mode).toBe("per-device");
+    await d.ensureTrust([caA]);
+    let from = svc.requests.length;
+    const progress: number[] = [];
+    const reg = await d.register(devices, (n) => progress.push(n));
+    expect(reg.filter((o) => o.ok)).toHaveLength(25);
+    expect(svc.requests.slice(from).map((r) => [r.operationId, r.items])).toEqual([
+      ["IndividualEnrollment_RunBulkOperation", 10],
+      ["IndividualEnrollment_RunBulkOperation", 10],
+      ["IndividualEnrollment_RunBulkOperation", 5],
+    ]);
+    expect(progress).toEqual([10, 20, 25]);
+    expect(svc.enrollments.size).toBe(25);
+    const e0 = svc.enrollments.get("line-a-0000");
+    expect(e0.attestation.x509.clientCertificates.primary.info.sha256Thumbprint.toLowerCase()).toBe(
+      devices[0].sha256,
+    );
+
+    // rerun (a run killed after the hub answered): conflicts, read back, nothing written twice
+    from = svc.requests.length;
+    const again = await driver().register(devices);
+    expect(again.filter((o) => o.ok)).toHaveLength(25);
+    expect(svc.enrollments.size).toBe(25);
+    expect(count("IndividualEnrollment_CreateOrUpdate", from)).toBe(0);
+    expect(count("IndividualEnrollment_RunBulkOperation", from)).toBe(3);
+
+    const gone = devices.slice(0, 3);
+    const dis = await d.disable(gone.map(ref));
+    expect(dis.every((o) => o.ok)).toBe(true);
+    for (const c of gone)
+      expect(svc.enrollments.get(registrationId(c.deviceId)).provisioningStatus).toBe("disabled");
+    expect((await d.disable(gone.map(ref))).every((o) => o.ok)).toBe(true);
+
+    const st = await d.read(devices.map(ref));
+    expect(st.filter((s) => s.status === "inactive")).toHaveLength(3);
+    expect(st.filter((s) => s.status === "active")).toHaveLength(22);
+
+    // drift: an enrollment under our CA the registry does not know; one of a foreign CA is not ours
+    const stray = makeDevice(caA, "stray-0001");
+    const other = makeDevice(foreign, "other-0001");
+    await driver().register([stray, other]);
+    const known = new Set(devices.map((c) => registrationId(c.deviceId)));
+    expect(await d.unknown(known)).toEqual(["stray-0001"]);
+    svc.touch("enrollment", "line-a-0010", (r) => {
+      r.provisioningStatus = "disabled";
+    });
+    expect((await d.read([ref(devices[10])]))[0].status).toBe("inactive");
+
+    from = svc.requests.length;
+    const rm = await d.remove([...devices, stray, other].map(ref));
+    expect(rm.every((o) => o.ok)).toBe(true);
+    expect(count("IndividualEnrollment_RunBulkOperation", from)).toBe(3);
+    expect(svc.enrollments.size).toBe(0);
+    expect((await d.remove(devices.slice(0, 2).map(ref))).every((o) => o.ok)).toBe(true);
+  });
+
+  it("a rotation: the next certificate takes the secondary slot; disabling the old one drops its slot", async () => {
+    const d = driver();
+    const [old] = await Promise.all([makeDevice(caA, "rot-0001")]);
+    const next = makeDevice(caA, "rot-0001");
+    await d.register([old]);
+    await d.register([next]);
+    const cc = svc.enrollments.get("rot-0001").attestation.x509.clientCertificates;
+    expect(cc.primary.info.sha256Thumbprint.toLowerCase()).toBe(old.sha256);
+    expect(cc.secondary.info.sha256Thumbprint.toLowerCase()).toBe(next.sha256);
+    expect((await d.disable([ref(old)]))[0].ok).toBe(true);
+    const e = svc.enrollments.get("rot-0001");
+    expect(e.provisioningStatus).toBe("enabled");
+    expect(e.attestation.x509.clientCertificates.primary.info.sha256Thumbprint.toLowerCase()).toBe(
+      next.sha256,
+    );
+    expect(e.attestation.x509.clientCertificates.secondary).toBeUndefined();
+    expect((await d.read([ref(old), ref(next)])).map((s) => s.status)).toEqual(["missing", "active"]);
+    await d.remove([ref(next)]);
+  });
+
+  it("a device id that is no DPS registration id is refused for that device only", async () => {
+    const bad = { ...devices[0], deviceId: "has space", serial: "01" };
+    const out = await driver().register([bad]);
+    expect(out[0]).toMatchObject({ ok: false, retryable: false });
+    expect(!out[0].ok && out[0].reason).toMatch(/deviceId: got "has space"/);
+  });
+});
+
+describe("paging", () => {
+  it("reads more enrollments than one page through x-ms-continuation", async () => {
+    const small = await startDpsContract({ policies: { [POLICY]: KEY }, maxPageSize: 5 });
+    try {
+      const d = new AzureDpsDriver({
+        label: "Azure DPS 'paged'",
+        endpoint: small.url,
+        sasKeyName: POLICY,
+        sasKey: KEY,
+        mode: "individual",
+        ratePerSecond: 0,
+        tls: { ca: small.ca },
+        pageSize: 7,
+      });
+      drivers.push(d);
+      await d.register(devices);
+      const from = small.requests.length;
+      const st = await d.read(devices.map(ref));
+      expect(st.every((s) => s.status === "active")).toBe(true);
+      // 25 records, pages of 5 (the service lowers the asked 7): 5 queries
+      expect(
+        small.requests.slice(from).filter((r) => r.operationId === "IndividualEnrollment_Query"),
+      ).toHaveLength(5);
+      expect(await d.unknown(new Set())).toHaveLength(25);
+      expect(small.violations).toEqual([]);
+    } finally {
+      await small.close();
+    }
+  });
+});
+
+describe("ETags", () => {
+  it("a group changed once between read and write is read again and written", async () => {
+    const d = driver({ mode: "group", iotHubs: ["hub-2.azure-devices.net"] });
+    let touched = 0;
+    svc.beforeHandle = (op, id) => {
+      if (op === "EnrollmentGroup_CreateOrUpdate" && touched++ === 0) svc.touch("group", id as string);
+      return undefined;
+    };
+    try {
+      await d.ensureTrust([caA]);
+    } finally {
+      svc.beforeHandle = undefined;
+    }
+    expect(touched).toBe(2);
+    expect(svc.groups.get("fleetguard-issuing-a").iotHubs).toEqual(["hub-2.azure-devices.net"]);
+    expect(
+      svc.requests
+        .filter((r) => r.operationId === "EnrollmentGroup_CreateOrUpdate")
+        .slice(-2)
+        .map((r) => r.status),
+    ).toEqual([412, 200]);
+  });
+
+  it("a group changed at every attempt is a CONFLICT that tells the ETag story", async () => {
+    const d = driver({ mode: "group", iotHubs: ["hub-3.azure-devices.net"] });
+    svc.beforeHandle = (op, id) => {
+      if (op === "EnrollmentGroup_CreateOrUpdate") svc.touch("group", id as string);
+      return undefined;
+    };
+    try {
+      await expect(d.ensureTrust([caA])).rejects.toMatchObject({
+        code: "CONFLICT",
+        message: expect.stringMatching(
+          /Azure DPS 'contract': enrollment group fleetguard-issuing-a changed while fleetguard updated it \(If-Match ".+", then ".+": 412 twice\)/,
+        ),
+      });
+    } finally {
+      svc.beforeHandle = undefined;
+    }
+  });
+
+  it("the service's If-Match semantics: a stale ETag and '*' on a missing record are 412", async () => {
+    const c = makeDevice(caA, "etag-0001");
+    const d = driver();
+    await d.register([c]);
+    const body = {
+      registrationId: "etag-0001",
+      attestation: {
+        type: "x509",
+        x509: { clientCertificates: { primary: { certificate: c.der.toString("base64") } } },
+      },
+    };
+    const stale = await direct("PUT", "/enrollments/etag-0001", body, { "if-match": '"stale"' });
+    expect(stale.status).toBe(412);
+    const star = await direct(
+      "PUT",
+      "/enrollments/etag-0002",
+      { ...body, registrationId: "etag-0002" },
+      { "if-match": "*" },
+    );
+    expect(star.status).toBe(412);
+    const ok = await direct("PUT", "/enrollments/etag-0001", body, {
+      "if-match": svc.enrollments.get("etag-0001").etag,
+    });
+    expect(ok.status).toBe(200);
+    await d.remove([ref(c)]);
+  });
+});
+
+describe("faults", () => {
+  it("a bad SAS key is a credentials error that does not show the key", async () => {
+    const wrong = crypto.randomBytes(32).toString("base64");
+    const d = driver({ sasKey: wrong });
+    const e = await d.register(devices.slice(0, 3)).catch((x) => x);
+    expect(e).toMatchObject({ code: "INVALID_INPUT", field: "sasKey" });
+    expect(e.message).toMatch(
+      /sasKey: got credentials Azure DPS 'contract' refuses \(401: Unauthorized: the signature does not match\), want a current key of its shared access policy 'provisioningserviceowner'/,
+    );
+    expect(e.message).not.toContain(wrong);
+    expect(e.message).not.toContain(KEY);
+    const unknownPolicy = await driver({ sasKeyName: "nobody" })
+      .register(devices.slice(0, 1))
+      .catch((x) => x);
+    expect(unknownPolicy.message).toMatch(/no shared access policy named "nobody"/);
+  });
+
+  it("the service checks the token's expiry and resource URI", async () => {
+    const host = new URL(svc.url).host;
+    const expired = await direct("GET", "/enrollments/x1", undefined, {
+      authorization: sasToken(host, POLICY, KEY, Math.floor(Date.now() / 1000) - 10),
+    });
+    expect([expired.status, expired.body.message]).toEqual([401, "Unauthorized: the token has expired"]);
+    const elsewhere = await direct("GET", "/enrollments/x1", undefined, {
+      authorization: sasToken(
+        "other.azure-devices-provisioning.net",
+        POLICY,
+        KEY,
+        Math.floor(Date.now() / 1000) + 60,
+      ),
+    });
+    expect(elsewhere.status).toBe(401);
+    expect(elsewhere.body.message).toMatch(/not this service/);
+  });
+
+  it("throttling: 429 with Retry-After is waited out and the registration completes", async () => {
+    const d = driver();
+    const from = svc.requests.length;
+    svc.throttleNext(2, 1);
+    const out = await d.register(devices.slice(0, 10));
+    expect(out.every((o) => o.ok)).toBe(true);
+    expect(svc.requests.slice(from).map((r) => r.status)).toEqual([429, 429, 200]);
+    await d.remove(devices.slice(0, 10).map(ref));
+  });
+
+  it("an unreachable service: UNAVAILABLE naming the hub and the count done", async () => {
+    const d = driver();
+    let bulks = 0;
+    svc.beforeHandle = (op) =>
+      op === "IndividualEnrollment_RunBulkOperation" && ++bulks > 1 ? "drop" : undefined;
+    try {
+      const e = await d.register(devices).catch((x) => x);
+      expect(e).toMatchObject({ code: "UNAVAILABLE" });
+      expect(e.message).toMatch(
+        /^Azure DPS 'contract': unreachable at 127\.0\.0\.1:\d+ \(.+\) \(10 of 25 registered by then\)$/,
+      );
+    } finally {
+      svc.beforeHandle = undefined;
+    }
+    expect(svc.enrollments.size).toBe(10);
+    await d.remove(devices.map(ref));
+    const closed = driver({ endpoint: "https://127.0.0.1:1", mode: "group" });
+    await expect(closed.ensureTrust([caA])).rejects.toThrow(
+      /Azure DPS 'contract': unreachable at 127\.0\.0\.1:1 \(ECONNREFUSED\)/,
+    );
+  });
+
+  it("refuses options it cannot honour", () => {
+    expect(() => driver({ batch: 11 })).toThrow(/batch: got 11, want an integer 1\.\.10/);
+    expect(() => driver({ endpoint: "http://x" })).toThrow(
+      /endpoint: got "http:\/\/x", want an https:\/\/ URL/,
+    );
+    expect(() => driver({ sasKey: "short" })).toThrow(/sasKey: got 5 characters/);
+    expect(() => driver({ mode: "both" as "group" })).toThrow(/mode: got "both", want group or individual/);
+  });
+});
+
+describe("the contract service itself", () => {
+  it("catches a request that violates the document (400, recorded), and enforces the bulk limit", async () => {
+    const neg = await startDpsContract({ policies: { [POLICY]: KEY } });
+    try {
+      const c = devices[0];
+      const bad = await direct(
+        "PUT",
+        "/enrollments/line-a-0000",
+        {
+          registrationId: "line-a-0000",
+          attestation: {
+            type: "x509",
+            x509: { clientCertificates: { primary: { certificate: c.der.toString("base64") } } },
+          },
+          provisioningStatus: "paused",
+          createdDateTimeUtc: "2026-01-01T00:00:00Z",
+        },
+        {},
+        neg,
+      );
+      expect(bad.status).toBe(400);
+      expect(neg.violations).toHaveLength(1);
+      const errs = JSON.stringify(neg.violations[0].errors);
+      expect(errs).toContain("provisioningStatus");
+      expect(errs).toContain("a read-only property in a request");
+      const noApi = await direct("GET", "/enrollments/line-a-0000", undefined, {}, neg, "");
+      expect(noApi.status).toBe(400);
+      expect(JSON.stringify(neg.violations[1].errors)).toContain("api-version");
+      const item = {
+        registrationId: "x1",
+        attestation: {
+          type: "x509",
+          x509: { clientCertificates: { primary: { certificate: c.der.toString("base64") } } },
+        },
+      };
+      const eleven = Array.from({ length: 11 }, (_, i) => ({ ...item, registrationId: `x${i}` }));
+      const big = await direct("POST", "/enrollments", { enrollments: eleven, mode: "create" }, {}, neg);
+      expect([big.status, big.body.message]).toEqual([
+        400,
+        "enrollments: got 11 items, want at most 10 per bulk operation",
+      ]);
+      expect(neg.violations).toHaveLength(2);
+      expect(neg.enrollments.size).toBe(0);
+    } finally {
+      await neg.close();
+    }
+  });
+
+  it("every request and response of this file's driver runs was valid: zero violations", () => {
+    expect(svc.violations).toEqual([]);
+    const seen = new Set(svc.requests.map((r) => r.operationId));
+    for (const op of [
+      "EnrollmentGroup_CreateOrUpdate",
+      "EnrollmentGroup_Get",
+      "EnrollmentGroup_Delete",
+      "EnrollmentGroup_Query",
+      "IndividualEnrollment_CreateOrUpdate",
+      "IndividualEnrollment_Get",
+      "IndividualEnrollment_Query",
+      "IndividualEnrollment_RunBulkOperation",
+    ])
+      expect(seen).toContain(op);
+    expect(svc.requests.length).toBeGreaterThan(60);
+  });
+});
+
+/** One request to a contract service, signed with the good key unless told otherwise. */
+async function direct(
+  method: string,
+  p: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+  s: DpsContractService = svc,
+  query = "?api-version=2021-10-01",
+  // biome-ignore lint/suspicious/noExplicitAny: the service's JSON answers
+): Promise<{ status: number; body: any }> {
+  const https = await import("node:https");
+  const host = new URL(s.url).host;
+  const text = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      `${s.url}${p}${query}`,
+      {
+        method,
+        ca: s.ca,
+        headers: {
+          authorization: sasToken(host, POLICY, KEY, Math.floor(Date.now() / 1000) + 600),
+          ...(text ? { "content-type": "application/json" } : {}),
+          ...headers,
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const raw = Buffer.concat(chunks).toString();
+          resolve({ status: res.statusCode ?? 0, body: raw ? JSON.parse(raw) : undefined });
+        });
+      },
+    );
+    req.on("error", reject);
+    if (text) req.write(text);
+    req.end();
+  });
+}
