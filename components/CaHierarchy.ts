@@ -221,6 +221,12 @@ export interface CaOutputs {
   subjectKeyId: pulumi.Output<string>;
   notAfter: pulumi.Output<string>;
   name: string;
+  /**
+   * The current CRLs of the CAs above this one, its issuer's first (a hub that checks the CRL of
+   * every CA of the chain needs them; this CA's own CRL of its devices is the batch's, published
+   * from the registry). Absent for a CA that is not from a CaHierarchy.
+   */
+  ancestorCrlPems?: pulumi.Output<string[]>;
 }
 
 /**
@@ -294,6 +300,8 @@ export class CaHierarchy extends pulumi.ComponentResource {
   readonly rootCertificatePem: pulumi.Output<string>;
   /** name -> { certificate, chain, fingerprint, keyId } without keys, for stack outputs */
   readonly summary: pulumi.Output<Record<string, CaSummary>>;
+  /** name -> its issuer's name (absent for the root) */
+  private readonly parents: Record<string, string | undefined> = {};
 
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
@@ -306,6 +314,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
     this.cas = {};
     const digests: Record<string, pulumi.Output<string>> = {};
     for (const p of plan) {
+      this.parents[p.name] = p.parent;
       const parentDigest = p.parent ? digests[p.parent]! : pulumi.output("");
       digests[p.name] = isExisting(p.spec)
         ? pulumi
@@ -399,6 +408,14 @@ export class CaHierarchy extends pulumi.ComponentResource {
       fingerprintSha256: c.fingerprintSha256,
       subjectKeyId: c.subjectKeyId,
       notAfter: c.notAfter,
+      ancestorCrlPems: pulumi.all(this.ancestors(name).map((a) => this.cas[a]!.crlPem)),
     };
+  }
+
+  /** The names of the CAs above `name`, its issuer first. */
+  private ancestors(name: string): string[] {
+    const out: string[] = [];
+    for (let p = this.parents[name]; p; p = this.parents[p]) out.push(p);
+    return out;
   }
 }

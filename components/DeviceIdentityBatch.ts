@@ -120,10 +120,18 @@ export function checkArgs(args: DeviceIdentityBatchArgs, first: number, rules?: 
 export class DeviceIdentityBatch extends pulumi.ComponentResource {
   readonly batch: DeviceBatchResource;
   readonly summary: pulumi.Output<BatchSummaryOutput>;
+  /** the batch (production lot) name in the registry */
+  readonly batchName: string;
+  /** the issuing CA the batch's devices chain to (a HubRegistration trusts it) */
+  readonly issuingCa: CaOutputs;
+  /** the registry the batch's devices are recorded in (a secret when it carries a password) */
+  readonly registry: pulumi.Output<string>;
 
   constructor(name: string, args: DeviceIdentityBatchArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:devices:DeviceIdentityBatch", name, {}, opts);
     const batchName = args.name ?? name;
+    this.batchName = batchName;
+    this.issuingCa = args.issuingCa;
     const first = args.serials?.first ?? 0;
     // a bad declaration stops the program with the field named, no stack trace (a RunError)
     const policyInputs = declared("DeviceIdentityBatch", name, () => {
@@ -180,6 +188,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
       { parent: this },
     );
     const b = this.batch;
+    this.registry = b.registry;
     this.summary = pulumi
       .all([b.total, b.counts, b.quarantineReasons, b.manifestDigest, b.issuerFingerprint, b.policyDigest])
       .apply(([total, counts, quarantineReasons, manifestDigest, issuerFingerprint, policyDigest]) => ({

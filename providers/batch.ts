@@ -61,6 +61,8 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
   declare readonly policyDigest: pulumi.Output<string>;
   /** the registry's audit head after the last run (SEQ:HASH), anchored here in the state */
   declare readonly auditHead: pulumi.Output<string>;
+  /** the registry location (an input that rides along; a secret output) */
+  declare readonly registry: pulumi.Output<string>;
   declare readonly drift: pulumi.Output<{
     lostCertificate: number;
     missingDevice: number;

@@ -21,6 +21,7 @@
 export interface RuntimeEntry {
   ca(): typeof import("./runtime/ca");
   batch(): typeof import("./runtime/batch");
+  hub(): typeof import("./runtime/hub");
 }
 
 export function loadRuntime(atDeploy: string, cwd: string = process.cwd()): RuntimeEntry {

@@ -35,6 +35,7 @@ function clean(mod) {
 }
 let ca;
 let batch;
+let hub;
 module.exports = {
   ca: () => {
     ca ??= clean(require("./ca"));
@@ -43,5 +44,9 @@ module.exports = {
   batch: () => {
     batch ??= clean(require("./batch"));
     return batch;
+  },
+  hub: () => {
+    hub ??= clean(require("./hub"));
+    return hub;
   },
 };

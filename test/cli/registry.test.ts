@@ -10,6 +10,7 @@ import { registryCommand } from "../../cli/registry";
 import { FleetError } from "../../core/errors";
 import { openRegistry } from "../../core/registry";
 import { formatAnchor, integrityError, parseAnchor, sha256Hex } from "../../core/registry/chain";
+import { LATEST_VERSION } from "../../core/registry/schema";
 import type { AuditHead } from "../../core/registry/types";
 import { type PostgresServer, startPostgres } from "../helpers/postgres";
 
@@ -115,7 +116,9 @@ describe("fleet registry verify", () => {
     const { loc, head } = await seeded();
     const { lines, io } = capture();
     expect(await registryCommand(["verify", "--registry", loc], io)).toBe(0);
-    expect(lines[0]).toBe(`registry ${loc} (sqlite, schema 2): audit head ${head.seq}:${head.hash}`);
+    expect(lines[0]).toBe(
+      `registry ${loc} (sqlite, schema ${LATEST_VERSION}): audit head ${head.seq}:${head.hash}`,
+    );
     expect(lines.at(-1)).toBe(`verify: ok (${head.seq} audit rows, 2 devices)`);
     expect(
       await registryCommand(["verify", "--registry", loc, "--anchor", `${head.seq}:${head.hash}`], io),
