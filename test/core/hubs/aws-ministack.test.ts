@@ -1,0 +1,205 @@
+/**
+ * The AWS IoT driver against ministack (1.5.33, started on loopback by the test, AUTH=true): its
+ * control plane checks SigV4 credentials, and its mTLS MQTT listener admits only certificates
+ * registered ACTIVE, and (AUTH=true) holds a session to the IoT policies attached to its
+ * certificate, with the policy variables substituted. So a device registered by the driver
+ * connects over MQTT/TLS with its own key (mqtt.js 5.16.0; the farm's CONNECT operation is the
+ * integration test's), and after disable it is refused; the least-privilege policy of
+ * components/hub-aws.ts decides what it may do. ministack does not run JITP templates (it does
+ * JITR: an unknown certificate of an auto-registering CA becomes PENDING_ACTIVATION on connect),
+ * which is enough to show that a certificate the driver registered INACTIVE is not admitted.
+ */
+import {
+  DescribeCertificateCommand,
+  DescribeEndpointCommand,
+  ListCertificatesCommand,
+  UpdateCACertificateCommand,
+} from "@aws-sdk/client-iot";
+import mqtt from "mqtt";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { FleetError } from "../../../core/errors";
+import { AwsIotDriver, type AwsIotDriverOptions } from "../../../core/hubs/aws";
+import { type AwsEmulator, startMinistack } from "../../helpers/aws-emulators";
+import { creds, type Device, makeDevice, makePki, type Pki, provisionHub, region, sdk } from "./aws-fixtures";
+
+let ms: AwsEmulator;
+let brokerCa: string;
+beforeAll(async () => {
+  ms = await startMinistack({ auth: true });
+}, 120_000);
+afterAll(async () => {
+  await ms?.stop();
+});
+beforeEach(async () => {
+  await ms.reset();
+  // the broker's certificate comes from ministack's local CA, which a reset makes anew
+  brokerCa = await (await fetch(`${ms.endpoint}/_ministack/iot/ca.pem`)).text();
+});
+
+type Attempt = { connected: true; published: boolean } | { connected: false; why: string };
+
+/** CONNECT (client ID = device ID unless told), PUBLISH one QoS 1 telemetry message, DISCONNECT. */
+function connect(
+  dev: Device,
+  o: { clientId?: string; topic?: string; servername?: string } = {},
+): Promise<Attempt> {
+  return new Promise((resolve) => {
+    const client = mqtt.connect({
+      protocol: "mqtts",
+      host: "127.0.0.1",
+      port: ms.mqttPort,
+      clientId: o.clientId ?? dev.cert.deviceId,
+      key: dev.keyPem,
+      cert: dev.certPem,
+      ca: brokerCa,
+      servername: o.servername,
+      rejectUnauthorized: true,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      protocolVersion: 4,
+    });
+    let settled = false;
+    const end = (a: Attempt) => {
+      if (settled) return;
+      settled = true;
+      client.end(true);
+      resolve(a);
+    };
+    let connected = false;
+    client.on("connect", () => {
+      connected = true;
+      const topic = o.topic ?? `fleet/${dev.cert.deviceId}/telemetry`;
+      client.publish(topic, JSON.stringify({ t: 21.5 }), { qos: 1 }, (err) =>
+        end({ connected: true, published: !err }),
+      );
+    });
+    client.on("error", (e) => end({ connected: false, why: e.message }));
+    // after CONNACK, a close means the publish was not allowed (AWS, and ministack, drop the connection)
+    client.on("close", () =>
+      end(
+        connected
+          ? { connected: true, published: false }
+          : { connected: false, why: "closed without CONNACK" },
+      ),
+    );
+  });
+}
+
+async function setup(o: { autoRegistration?: boolean } = {}) {
+  const pki = makePki();
+  const iot = sdk(ms.endpoint);
+  const hub = await provisionHub(iot, pki, o);
+  const opts = (more: Partial<AwsIotDriverOptions> = {}): AwsIotDriverOptions => ({
+    label: "AWS IoT 'ministack'",
+    region,
+    endpoint: ms.endpoint,
+    credentials: creds,
+    mode: "per-device",
+    ratePerSecond: 0,
+    caCertificates: [{ id: hub.caId, pem: pki.issuing.certificatePem }],
+    policyName: hub.policyName,
+    thingTypeName: hub.thingTypeName,
+    thingGroupName: hub.thingGroupName,
+    batch: "b1",
+    retry: { maxAttempts: 3, baseMs: 1, capMs: 5 },
+    ...more,
+  });
+  return { pki, iot, hub, opts };
+}
+
+const devices = (pki: Pki, n: number) =>
+  Array.from({ length: n }, (_, i) => makeDevice(pki, `fg100-${String(i).padStart(6, "0")}`));
+const ref = (d: Device, more: object = {}) =>
+  ({ deviceId: d.cert.deviceId, serial: d.cert.serial, remoteId: d.cert.sha256, ...more }) as never;
+
+describe("AwsIotDriver against ministack (mTLS MQTT)", () => {
+  it("a registered device connects and publishes under its own prefix; after disable it is refused", async () => {
+    const { pki, opts } = await setup();
+    const driver = new AwsIotDriver(opts());
+    const trust = await driver.ensureTrust([pki.trusted]);
+    expect(trust.endpoint).toMatch(/-ats\.iot\.us-east-1\.localhost:\d+$/);
+    const [a, b, stranger] = devices(pki, 3);
+    const out = await driver.register([a.cert, b.cert]);
+    expect(out.every((o) => o.ok)).toBe(true);
+
+    expect(await connect(a)).toEqual({ connected: true, published: true });
+    expect(await connect(b)).toEqual({ connected: true, published: true });
+    // never registered (its CA is trusted, the certificate is not known): refused
+    expect((await connect(stranger)).connected).toBe(false);
+    // the policy: client ID must be the thing's name (FG-HUB-001's rule, enforced by ministack here)
+    expect((await connect(a, { clientId: b.cert.deviceId })).connected).toBe(false);
+    // and topics only under fleet/<own thing>/
+    expect(await connect(a, { topic: `fleet/${b.cert.deviceId}/telemetry` })).toEqual({
+      connected: true,
+      published: false,
+    });
+
+    await driver.disable([ref(a)]);
+    const refused = await connect(a);
+    expect(refused.connected).toBe(false);
+    expect(await connect(b)).toEqual({ connected: true, published: true });
+
+    // registered again: INACTIVE is not final, so it connects again
+    await driver.register([a.cert]);
+    expect(await connect(a)).toEqual({ connected: true, published: true });
+    await driver.close();
+  });
+
+  it("jitp: a device disabled before it ever connected is registered INACTIVE and not admitted by the CA", async () => {
+    const { pki, iot, opts } = await setup({ autoRegistration: true });
+    const driver = new AwsIotDriver(opts({ mode: "jitp" }));
+    const trust = await driver.ensureTrust([pki.trusted]);
+    const [blocked, fresh] = devices(pki, 2);
+    await driver.register([blocked.cert, fresh.cert]);
+    expect((await iot.send(new ListCertificatesCommand({}))).certificates).toEqual([]);
+    await driver.disable([ref(blocked, { der: blocked.cert.der })]);
+    const status = async (id: string) =>
+      (await iot.send(new DescribeCertificateCommand({ certificateId: id })).catch(() => undefined))
+        ?.certificateDescription?.status;
+    expect(await status(blocked.cert.sha256)).toBe("INACTIVE");
+
+    // SNI with the account's endpoint name: the CA (SNI_ONLY) auto-registers unknown certificates
+    const servername = trust.endpoint.replace(/:\d+$/, "");
+    expect((await connect(fresh, { servername })).connected).toBe(false);
+    expect(await status(fresh.cert.sha256)).toBe("PENDING_ACTIVATION"); // JITR took it (a JITP template would activate it)
+    expect((await connect(blocked, { servername })).connected).toBe(false);
+    expect(await status(blocked.cert.sha256)).toBe("INACTIVE"); // known, so never auto-registered
+  });
+
+  it("jitp needs a CA with auto-registration (checked before any device)", async () => {
+    const { pki, opts } = await setup({ autoRegistration: false });
+    const err = await new AwsIotDriver(opts({ mode: "jitp" })).ensureTrust([pki.trusted]).catch((e) => e);
+    expect(err).toBeInstanceOf(FleetError);
+    expect(err.code).toBe("CONFLICT");
+    expect(err.message).toMatch(/autoRegistrationStatus: got DISABLE, want ENABLE/);
+  });
+
+  it("a CA made INACTIVE at AWS stops registration before any certificate", async () => {
+    const { pki, iot, hub, opts } = await setup();
+    await iot.send(new UpdateCACertificateCommand({ certificateId: hub.caId, newStatus: "INACTIVE" }));
+    const err = await new AwsIotDriver(opts())
+      .register([makeDevice(pki, "fg100-000001").cert])
+      .catch((e) => e);
+    expect(err.code).toBe("CONFLICT");
+    expect((await iot.send(new ListCertificatesCommand({}))).certificates).toEqual([]);
+  });
+
+  it("bad credentials (ministack checks SigV4 under AUTH=true): a credentials error, the secret never shown", async () => {
+    const { pki, opts } = await setup();
+    const secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    // an access key ministack does not know (its default key "test" is taken with any secret, so a
+    // wrong secret cannot be shown here; the InvalidSignature mapping is tested on moto's proxy)
+    for (const credentials of [{ accessKeyId: "AKIAIOSFODNN7EXAMPLE", secretAccessKey: secret }]) {
+      const err = await new AwsIotDriver(opts({ credentials })).ensureTrust([pki.trusted]).catch((e) => e);
+      expect(err).toBeInstanceOf(FleetError);
+      expect(err.code).toBe("UNAVAILABLE");
+      expect(err.message).toMatch(
+        /^AWS IoT 'ministack': the AWS credentials were refused \((UnrecognizedClientException|InvalidSignatureException): .+\): give valid credentials/,
+      );
+      expect(err.message).not.toContain(secret);
+    }
+    // and the endpoint it would have given devices
+    const ep = await sdk(ms.endpoint).send(new DescribeEndpointCommand({ endpointType: "iot:Data-ATS" }));
+    expect(ep.endpointAddress).toBeTruthy();
+  });
+});
