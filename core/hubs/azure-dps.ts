@@ -153,6 +153,7 @@ export class AzureDpsDriver implements HubDriver {
   private token?: { value: string; expires: number };
   private readonly seen = new Map<string, Buffer>();
   private issuers = new Set<string>();
+  private groupIds = new Set<string>();
 
   constructor(options: AzureDpsOptions) {
     const o = options;
@@ -443,7 +444,10 @@ export class AzureDpsDriver implements HubDriver {
     for (const ca of cas) this.issuers.add(new crypto.X509Certificate(ca.certificatePem).subject);
     const endpoint = this.o.idScope ? `${DPS_GLOBAL_ENDPOINT} (id scope ${this.o.idScope})` : this.host;
     if (this.o.mode === "individual") return { endpoint, caIds: cas.map((c) => c.fingerprint) };
-    for (const ca of cas) await this.ensureGroup(ca);
+    for (const ca of cas) {
+      await this.ensureGroup(ca);
+      this.groupIds.add(enrollmentGroupId(ca.name));
+    }
     return {
       endpoint,
       caIds: cas.map((c) =>
@@ -842,10 +846,11 @@ export class AzureDpsDriver implements HubDriver {
     let groupActive = true;
     if (this.o.mode === "group") {
       const groups = await this.queryAll("enrollmentGroups");
+      // this registration's groups (from ensureTrust), else any group fleetguard made
+      const ours = (id: string) =>
+        this.groupIds.size ? this.groupIds.has(id) : id.startsWith("fleetguard-");
       groupActive = groups.some(
-        (g) =>
-          String(g.enrollmentGroupId).startsWith("fleetguard-") &&
-          (g.provisioningStatus ?? "enabled") === "enabled",
+        (g) => ours(String(g.enrollmentGroupId)) && (g.provisioningStatus ?? "enabled") === "enabled",
       );
     }
     return refs.map((r, i) => {

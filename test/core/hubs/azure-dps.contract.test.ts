@@ -106,6 +106,22 @@ function makeDevice(ca: ReturnType<typeof makeCa>, deviceId: string, batch = "lo
   };
 }
 
+/** Virtual time: sleeps are recorded and advance the clock at once (no waiting, no thresholds). */
+function virtualClock() {
+  let t = 0;
+  const sleeps: number[] = [];
+  return {
+    sleeps,
+    clock: {
+      now: () => t,
+      sleep: async (ms: number) => {
+        sleeps.push(ms);
+        t += ms;
+      },
+    },
+  };
+}
+
 const ref = (c: DeviceCert): RemoteRef => ({
   deviceId: c.deviceId,
   serial: c.serial,
@@ -491,6 +507,51 @@ describe("faults", () => {
     expect(out.every((o) => o.ok)).toBe(true);
     expect(svc.requests.slice(from).map((r) => r.status)).toEqual([429, 429, 200]);
     await d.remove(devices.slice(0, 10).map(ref));
+  });
+
+  it("throttling on virtual time: each 429 waits its Retry-After; a quota that never lifts gives up clearly", async () => {
+    const v = virtualClock();
+    const d = driver({ clock: v.clock });
+    svc.throttleNext(3, 7);
+    expect((await d.register(devices.slice(0, 5))).every((o) => o.ok)).toBe(true);
+    expect(v.sleeps.filter((ms) => ms === 7000)).toHaveLength(3);
+    await d.remove(devices.slice(0, 5).map(ref));
+    const w = virtualClock();
+    svc.throttleNext(1000, 1);
+    try {
+      const e = await driver({ clock: w.clock, maxAttempts: 4 })
+        .register(devices.slice(0, 5))
+        .catch((x) => x);
+      expect(e).toMatchObject({ code: "UNAVAILABLE" });
+      expect(e.message).toMatch(
+        /^Azure DPS 'contract': still throttled \(429\) after 4 attempts; .* lower ratePerSecond \(0 of 5 registered by then\)$/,
+      );
+    } finally {
+      svc.throttleNext(0, 1);
+    }
+  });
+
+  it("holds the default rate, 1,000 enrollments a minute, one token per enrollment written", async () => {
+    const v = virtualClock();
+    const d = driver({ clock: v.clock, ratePerSecond: undefined });
+    expect(d.ratePerSecond).toBeCloseTo(1000 / 60, 10);
+    expect((await d.register(devices)).every((o) => o.ok)).toBe(true);
+    // a burst of 17 tokens, then 8 more at 16.67/s: 0.48 s of waiting (virtual)
+    expect(v.sleeps.reduce((a, b) => a + b, 0)).toBeCloseTo((8 * 1000 * 60) / 1000, 6);
+    await driver().remove(devices.map(ref));
+  });
+
+  it("a certificate the service refuses fails that device only; the rest are registered", async () => {
+    const broken = { ...makeDevice(caA, "broken-0001"), der: Buffer.from("not a certificate") };
+    const out = await driver().register([broken, ...devices.slice(0, 4)]);
+    expect(out.filter((o) => o.ok)).toHaveLength(4);
+    const bad = out.find((o) => !o.ok);
+    expect(bad).toMatchObject({ serial: broken.serial, ok: false, retryable: false });
+    expect(!bad?.ok && bad?.reason).toMatch(
+      /Azure DPS 'contract' refused broken-0001: .*not an X\.509 certificate/,
+    );
+    expect(svc.enrollments.has("broken-0001")).toBe(false);
+    await driver().remove(devices.slice(0, 4).map(ref));
   });
 
   it("an unreachable service: UNAVAILABLE naming the hub and the count done", async () => {
