@@ -338,7 +338,8 @@ export function awsHubInfrastructure(
 
   return {
     caCertificateIds: pulumi.all(cas.map((c) => c.id)),
-    caCertificatePems: pulumi.all(cas.map((c) => c.caCertificatePem)),
+    // the PEMs as given (not the provider's secret copy): the driver passes this exact text with each device certificate
+    caCertificatePems: pulumi.all(issuingCas.map((c) => c.certificatePem)),
     policyName: names.policyName,
     thingTypeName: names.thingTypeName,
     thingGroupName: names.thingGroupName,
