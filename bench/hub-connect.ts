@@ -267,11 +267,25 @@ async function main() {
     count: DEVICES,
     state: path.join(work, "farm"),
     seed: "ab".repeat(32),
+    // every device powered: its key stays in RAM after enrollment, as a running device keeps it
+    // (the storm then measures connecting, not PUF reconstruction; the default cache is 4,096)
+    extraArgs: ["--key-cache", String(DEVICES)],
+    // --farm-prof DIR: a CPU profile of the farm (main thread and workers) for a look at its cost
+    nodeArgs: args.get("farm-prof") ? ["--cpu-prof", "--cpu-prof-dir", args.get("farm-prof")!] : undefined,
     inheritStderr: true,
     startTimeoutMs: 120_000,
   });
   const station = new StationClient({ port: farm.port, poolSize: 2, maxInFlight: 64, timeoutMs: 600_000 });
   const registry = await openRegistry(path.join(work, "registry.db"));
+  const farmCpu = async () => {
+    const st = await station.stats();
+    return (st.cpuUserMs ?? 0) + (st.cpuSystemMs ?? 0);
+  };
+  // the CPU time of a process so far (utime + stime, /proc/<pid>/stat fields 14 and 15), ms
+  const cpuOf0 = (pid: number | undefined) => {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  };
   let hub: HubProcess | undefined;
   try {
     const { material, caPems, crls } = issuer(work);
@@ -332,6 +346,9 @@ async function main() {
     log(`hub state: ${n(registered)} certificates registered`);
 
     hub = await startHubProcess(work, hubState);
+    sampler.sample();
+    const hubCpu0 = cpuOf0(hub.child.pid);
+    const farmCpu0 = await farmCpu();
     const caPem = fs.readFileSync(hub.hubCaFile, "utf8");
     log(`hub on 127.0.0.1:${hub.port}; storm: ${n(DEVICES)} devices, ${CONCURRENCY} at once`);
     const ts = performance.now();
@@ -357,6 +374,9 @@ async function main() {
       bound,
       ratio: r.attempted / stormS / bound.perSecond,
       peakMiB: { farm: peakOf(farm.child.pid), hub: peakOf(hub.child.pid), bench: peakOf(process.pid) },
+      // CPU of the whole run for the farm (enrollment included), of the storm only for the hub
+      hubCpuMsPerDevice: (cpuOf0(hub.child.pid) - hubCpu0) / DEVICES,
+      farmCpuMsPerDeviceStorm: ((await farmCpu()) - farmCpu0) / DEVICES,
       hubStats,
     };
     fs.mkdirSync(path.join(ROOT, "bench", "out"), { recursive: true });
@@ -379,6 +399,9 @@ async function main() {
       `| peak RSS farm (${DEVICES.toLocaleString("en-US")} devices, workers) | ${result.peakMiB.farm.toFixed(0)} MiB |`,
     );
     console.log(`| peak RSS hub | ${result.peakMiB.hub.toFixed(0)} MiB |`);
+    console.log(
+      `| CPU per device during the storm: farm / hub | ${result.farmCpuMsPerDeviceStorm.toFixed(2)} ms / ${result.hubCpuMsPerDevice.toFixed(2)} ms |`,
+    );
     console.log(`| enrollment (BatchEngine, or reuse) | ${enrollS.toFixed(1)} s |`);
   } finally {
     await station.close();

@@ -3,7 +3,7 @@
  * CONNECT, messages.ts) and add up what they report: how many connected, and why the others were
  * refused. `fleet devices connect`, the tests and bench/hub-connect.ts call this.
  *
- * A large set goes as several CONNECT requests of at most `chunkSize` devices (two in flight, so
+ * A large set goes as several CONNECT requests of at most `chunkSize` devices (four in flight, so
  * the hub never sees the storm drain between chunks), which keeps every answer small and gives
  * progress after each; the concurrency asked for is shared between the requests in flight. The
  * devices' keys stay in the farm: only IDs, the hub's address and its CA certificate are sent.
@@ -39,7 +39,7 @@ export interface ConnectOptions {
   concurrency?: number;
   /** per device session, ms (default 10,000) */
   deviceTimeoutMs?: number;
-  /** devices per CONNECT request (default 1,024, at most CONNECT_MAX) */
+  /** devices per CONNECT request (default 512, at most CONNECT_MAX) */
   chunkSize?: number;
   /** refusals kept by device (default 100); the rest are counted in `reasons` */
   maxRefusals?: number;
@@ -76,6 +76,9 @@ export interface ConnectSummary {
   elapsedMs: number;
 }
 
+/** CONNECT requests in flight: enough that one finishing (its last sessions) leaves the hub busy */
+const LANES = 4;
+
 const posInt = (v: unknown, field: string, min: number, max: number): number => {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
     throw invalid(field, v, `an integer in ${min}..${max}`);
@@ -86,7 +89,7 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
   if (!o || typeof o !== "object") throw invalid("options", o, "connect options");
   const concurrency = posInt(o.concurrency ?? 64, "concurrency", 1, CONNECT_CONCURRENCY_MAX * 2);
   const deviceTimeoutMs = posInt(o.deviceTimeoutMs ?? 10_000, "deviceTimeoutMs", 100, CONNECT_TIMEOUT_MAX);
-  const chunkSize = posInt(o.chunkSize ?? 1024, "chunkSize", 1, CONNECT_MAX);
+  const chunkSize = posInt(o.chunkSize ?? 512, "chunkSize", 1, CONNECT_MAX);
   const maxRefusals = posInt(o.maxRefusals ?? 100, "maxRefusals", 0, 1_000_000);
   const topic = checkTopic(o.topic ?? DEFAULT_TOPIC);
   if (!o.hub || typeof o.hub.host !== "string" || !o.hub.host)
@@ -122,7 +125,7 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
     total = count;
   }
 
-  const inFlight = Math.min(2, requests.length);
+  const inFlight = Math.min(LANES, requests.length);
   const perRequest = Math.min(CONNECT_CONCURRENCY_MAX, Math.ceil(concurrency / inFlight));
   const t0 = Date.now();
   const sum: ConnectSummary = {

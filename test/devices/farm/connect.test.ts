@@ -87,7 +87,7 @@ describe.each([0, 2])("CONNECT with %i farm workers", (workers) => {
     expect(r.skipped).toBe(20 - ENROLLED - 1);
     expect(r.connected).toBe(ENROLLED - 1);
     expect(r.refusedCount).toBe(2);
-    // three requests (8, 8 and 4 devices), two in flight: progress after each
+    // three requests (8, 8 and 4 devices), all in flight: progress after each
     expect(progress).toHaveLength(3);
     expect(progress[2]).toBe(20);
     const by = new Map(r.refused.map((x) => [x.deviceId, x]));
