@@ -706,7 +706,7 @@ export class AzureDpsDriver implements HubDriver {
       }
       if (err.code === 409 || /conflict|exist/i.test(err.status)) {
         // an enrollment exists for the device already: make sure it is disabled
-        const [o] = await this.setDisabled(id, rs[0]);
+        const [o] = await this.setDisabled(id, rs[0], true);
         for (const r of rs) out.push({ ...o, serial: r.serial } as Outcome);
         continue;
       }
@@ -737,7 +737,12 @@ export class AzureDpsDriver implements HubDriver {
     return out;
   }
 
-  private async setDisabled(id: string, r: RemoteRef): Promise<Outcome[]> {
+  /**
+   * individual mode: the certificate leaves its slot when the other slot holds a live one (a
+   * rotation), nothing is written when the enrollment no longer holds it, else the enrollment is
+   * disabled; `blockDevice` (group mode): the enrollment is disabled whatever it holds
+   */
+  private async setDisabled(id: string, r: RemoteRef, blockDevice = false): Promise<Outcome[]> {
     for (let attempt = 1; attempt <= 2; attempt++) {
       const have = await this.getEnrollment(id);
       if (!have) return [{ serial: r.serial, ok: true, remoteId: id }]; // nothing can attest with it
@@ -745,8 +750,11 @@ export class AzureDpsDriver implements HubDriver {
       const cc = body.attestation?.x509?.clientCertificates ?? {};
       const slotOf = (s: string) =>
         cc[s]?.info?.serialNumber && normSerial(cc[s].info.serialNumber) === normSerial(r.serial);
-      const other = slotOf("primary") ? "secondary" : slotOf("secondary") ? "primary" : undefined;
-      if (other && cc[other]) {
+      const held = slotOf("primary") ? "primary" : slotOf("secondary") ? "secondary" : undefined;
+      const other = held === "primary" ? "secondary" : "primary";
+      if (!blockDevice && !held && (cc.primary || cc.secondary))
+        return [{ serial: r.serial, ok: true, remoteId: id }]; // it attests with other certificates only
+      if (!blockDevice && held && cc[other]) {
         // a rotation: the device's other certificate stays; this one leaves the enrollment
         cc.primary = cc[other];
         delete cc.secondary;

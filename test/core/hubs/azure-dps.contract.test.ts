@@ -353,6 +353,9 @@ describe("individual mode: one enrollment per device", () => {
     );
     expect(e.attestation.x509.clientCertificates.secondary).toBeUndefined();
     expect((await d.read([ref(old), ref(next)])).map((s) => s.status)).toEqual(["missing", "active"]);
+    // a rerun of that disable (killed before the registry recorded it) leaves the live certificate alone
+    expect((await driver().disable([ref(old)]))[0].ok).toBe(true);
+    expect(svc.enrollments.get("rot-0001").provisioningStatus).toBe("enabled");
     await d.remove([ref(next)]);
   });
 
