@@ -442,7 +442,10 @@ export class AzureDpsDriver implements HubDriver {
   async ensureTrust(cas: readonly TrustedCa[]): Promise<HubTrustSummary> {
     if (!Array.isArray(cas) || cas.length === 0) throw invalid("cas", cas, "at least one issuing CA");
     for (const ca of cas) this.issuers.add(new crypto.X509Certificate(ca.certificatePem).subject);
-    const endpoint = this.o.idScope ? `${DPS_GLOBAL_ENDPOINT} (id scope ${this.o.idScope})` : this.host;
+    // what devices connect to: the global endpoint with the instance's id scope (never the service API host)
+    const endpoint = this.o.idScope
+      ? `${DPS_GLOBAL_ENDPOINT} (id scope ${this.o.idScope})`
+      : DPS_GLOBAL_ENDPOINT;
     if (this.o.mode === "individual") return { endpoint, caIds: cas.map((c) => c.fingerprint) };
     for (const ca of cas) {
       await this.ensureGroup(ca);
