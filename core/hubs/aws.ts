@@ -68,7 +68,10 @@ export interface AwsIotDriverOptions {
   mode: AwsIotMode;
   /** calls per second per API (default 10); 0 or Infinity: no limit */
   ratePerSecond?: number;
-  /** the bucket size per API (default: one second of calls) */
+  /**
+   * the bucket size per API (default 1: calls evenly spaced at 1/rate, so a server-side quota of
+   * the same rate never sees a burst, even when network delays bunch requests together)
+   */
   burst?: number;
   /** the issuing CAs registered at AWS (aws.iot.CaCertificate): their AWS id when known, and PEM */
   caCertificates: ReadonlyArray<{ id?: string; pem: string }>;
@@ -274,7 +277,7 @@ export class AwsIotDriver implements HubDriver {
     if (!bucket) {
       bucket = new TokenBucket(
         rateIsOff(this.ratePerSecond) ? 0 : this.ratePerSecond,
-        this.o.burst,
+        this.o.burst ?? 1,
         this.clock,
       );
       this.buckets.set(api, bucket);

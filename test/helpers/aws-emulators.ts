@@ -19,6 +19,8 @@ export interface AwsEmulator {
   /** the control-plane URL for the SDK's `endpoint` */
   endpoint: string;
   port: number;
+  /** the emulator's process (for its CPU time in benchmarks) */
+  pid: number;
   /** ministack only: the mTLS MQTT listener */
   mqttPort?: number;
   /** forget every resource (moto: POST /moto-api/reset; ministack: POST /_ministack/reset) */
@@ -129,6 +131,7 @@ export async function startMoto(): Promise<AwsEmulator> {
   }
   return {
     kind: "moto",
+    pid: child.pid as number,
     endpoint,
     port,
     output,
@@ -169,6 +172,7 @@ export async function startMinistack(opts: { auth?: boolean } = {}): Promise<Aws
   }
   return {
     kind: "ministack",
+    pid: child.pid as number,
     endpoint,
     port,
     mqttPort,
