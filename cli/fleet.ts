@@ -36,6 +36,10 @@ const groups: Record<string, { summary: string; load: () => Promise<GroupModule>
     load: () => import("./manifest"),
   },
   devices: { summary: "run and inspect the emulated device farm", load: () => import("./devices") },
+  hub: {
+    summary: "run the embedded local MQTT hub (mutual TLS, registrations reloaded live)",
+    load: () => import("./hub"),
+  },
   policy: {
     summary: "validate policies, evaluate a fleet, review a pull request",
     load: () => import("./policy"),

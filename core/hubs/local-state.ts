@@ -26,7 +26,7 @@
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ensurePrivateDir, PUBLIC_FILE, writeFileDurably } from "../durable";
+import { PUBLIC_FILE, writeFileDurably } from "../durable";
 import { FleetError, invalid, phrase } from "../errors";
 import { encodeTbs, randomSerial, signTbs } from "../x509/cert";
 import { children, content, decodeOid, decodeUint, type Node, read, seq, tlv, whole } from "../x509/der";
@@ -96,6 +96,40 @@ export function statePaths(stateDir: string) {
     hubCa: path.join(stateDir, "hub-ca.pem"),
     endpoint: path.join(stateDir, "endpoint.json"),
   };
+}
+
+/**
+ * Create `dir` and its missing parents (0700) one level at a time. fs.mkdirSync's recursive mode
+ * loops forever on some paths (Node 24, as root: /proc/x/y, where mkdir answers ENOENT for a
+ * parent it cannot create), so a bad --state would hang instead of failing: never use it here.
+ * Throws the Node error of the first level that cannot be made.
+ */
+export function makeDirs(dir: string): void {
+  const missing: string[] = [];
+  let d = path.resolve(dir);
+  for (;;) {
+    const st = fs.statSync(d, { throwIfNoEntry: false });
+    if (st) {
+      if (!st.isDirectory())
+        throw Object.assign(new Error(`${d}: not a directory`), {
+          code: "ENOTDIR",
+          path: d,
+          syscall: "mkdir",
+        });
+      break;
+    }
+    missing.push(d);
+    const up = path.dirname(d);
+    if (up === d) break;
+    d = up;
+  }
+  for (const m of missing.reverse()) {
+    try {
+      fs.mkdirSync(m, { mode: 0o700 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+  }
 }
 
 /** Registration and batch names become one file name: letters, digits, '.', '_' and single '-'. */
@@ -260,7 +294,7 @@ export function readRegistration(file: string): RegistrationFile | undefined {
 /** Write a registration file atomically and durably (0600), creating the folders 0700. */
 export function writeRegistration(stateDir: string, reg: RegistrationFile): string {
   const file = registrationPath(stateDir, reg.registration, reg.batch);
-  ensurePrivateDir(path.dirname(file));
+  makeDirs(path.dirname(file));
   writeFileDurably(file, `${JSON.stringify(reg, null, 1)}\n`, { tmp: `${file}.${process.pid}.tmp` });
   return file;
 }
@@ -333,7 +367,7 @@ export function parseCrl(der: Uint8Array, field = "crl"): ParsedCrl {
 
 /** The key of a certificate in the revoked set: its issuer's name and its serial. */
 export function revocationKey(issuerName: Uint8Array, serialHex: string): string {
-  return `${crypto.createHash("sha256").update(issuerName).digest("hex").slice(0, 32)}:${serialHex.replace(/^0+(?=.)/, "").toLowerCase()}`;
+  return `${nameKey(issuerName)}:${serialHex.replace(/^0+(?=.)/, "").toLowerCase()}`;
 }
 
 /** Of two CRLs of one issuer, the current one: the higher cRLNumber, on a tie the later thisUpdate. */
@@ -372,12 +406,15 @@ export interface Trust {
   disabled: Map<string, TrustedDevice>;
   /** revocationKey(issuer, serial) of every certificate on a current CRL */
   revoked: Set<string>;
-  /** sha256(subject name DER) prefix of every trusted CA (a leaf's issuer must be one) */
+  /** nameKey(subject) of every trusted CA (a leaf's issuer must be one) */
   issuers: Set<string>;
+  /** nameKey(issuer) of every CA that has a CRL in the bundle */
+  crlIssuers: Set<string>;
 }
 
 const sha256Hex = (b: Uint8Array) => crypto.createHash("sha256").update(b).digest("hex");
-const nameKey = (name: Uint8Array) => sha256Hex(name).slice(0, 32);
+/** The key of a distinguished name (DER) in the sets of Trust. */
+export const nameKey = (name: Uint8Array): string => sha256Hex(name).slice(0, 32);
 
 /** Read every registration of the state folder (a file that cannot be read is reported, not fatal). */
 export function loadTrust(stateDir: string): Trust {
@@ -406,6 +443,7 @@ export function loadTrust(stateDir: string): Trust {
     disabled: new Map(),
     revoked: new Set(),
     issuers: new Set(),
+    crlIssuers: new Set(),
   };
   const caSeen = new Set<string>();
   const caKeys: string[] = [];
@@ -454,6 +492,7 @@ export function loadTrust(stateDir: string): Trust {
     // a CRL of an issuer the bundle does not trust is useless to OpenSSL: leave it out
     if (!trust.issuers.has(k)) continue;
     trust.crlPems.push(toPem("X509 CRL", c.der));
+    trust.crlIssuers.add(k);
     for (const s of c.revoked) trust.revoked.add(`${k}:${s}`);
   }
   trust.casWithoutCrl = trust.cas.filter((_, i) => !crlByIssuer.has(caKeys[i]!)).map((c) => c.subject);
@@ -464,7 +503,7 @@ export function loadTrust(stateDir: string): Trust {
 export function rebuildBundles(stateDir: string): Trust {
   const trust = loadTrust(stateDir);
   const p = statePaths(stateDir);
-  ensurePrivateDir(p.trust);
+  makeDirs(p.trust);
   writeIfChanged(p.caBundle, trust.caPems.join(""));
   writeIfChanged(p.crls, trust.crlPems.join(""));
   return trust;
@@ -573,7 +612,7 @@ function readPem(file: string, label: string): string {
 export function ensureServerIdentity(stateDir: string, extraHosts: readonly string[] = []): ServerIdentity {
   const p = statePaths(stateDir);
   const hosts = validHosts(extraHosts);
-  ensurePrivateDir(p.server);
+  makeDirs(p.server);
   let caKey: crypto.KeyObject;
   let caPem: string;
   if (fs.existsSync(p.hubCaKey) && fs.existsSync(p.hubCaCert)) {
