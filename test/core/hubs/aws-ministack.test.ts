@@ -3,12 +3,15 @@
  * control plane checks SigV4 credentials, and its mTLS MQTT listener admits only certificates
  * registered ACTIVE, and (AUTH=true) holds a session to the IoT policies attached to its
  * certificate, with the policy variables substituted. So a device registered by the driver
- * connects over MQTT/TLS with its own key (mqtt.js 5.16.0; the farm's CONNECT operation is the
- * integration test's), and after disable it is refused; the least-privilege policy of
+ * connects over MQTT/TLS with its own key (mqtt.js 5.16.0 with a key made in the test, and farm
+ * devices through the station's CONNECT operation, their keys never leaving the farm), and after
+ * disable it is refused; the least-privilege policy of
  * components/hub-aws.ts decides what it may do. ministack does not run JITP templates (it does
  * JITR: an unknown certificate of an auto-registering CA becomes PENDING_ACTIVATION on connect),
  * which is enough to show that a certificate the driver registered INACTIVE is not admitted.
  */
+
+import * as crypto from "node:crypto";
 import {
   DescribeCertificateCommand,
   DescribeEndpointCommand,
@@ -19,6 +22,13 @@ import mqtt from "mqtt";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { FleetError } from "../../../core/errors";
 import { AwsIotDriver, type AwsIotDriverOptions } from "../../../core/hubs/aws";
+import type { DeviceCert, TrustedCa } from "../../../core/hubs/types";
+import { StationClient } from "../../../core/station/client";
+import { connectDevices } from "../../../core/station/connect";
+import { deviceId } from "../../../core/station/ids";
+import { toPem } from "../../../core/x509/pem";
+import type { RunningFarm } from "../../../devices/farm/serve";
+import { farmFor, makeCa, tempDir } from "../../devices/farm/helpers";
 import { type AwsEmulator, startMinistack } from "../../helpers/aws-emulators";
 import { creds, type Device, makeDevice, makePki, type Pki, provisionHub, region, sdk } from "./aws-fixtures";
 
@@ -201,5 +211,84 @@ describe("AwsIotDriver against ministack (mTLS MQTT)", () => {
     // and the endpoint it would have given devices
     const ep = await sdk(ms.endpoint).send(new DescribeEndpointCommand({ endpointType: "iot:Data-ATS" }));
     expect(ep.endpointAddress).toBeTruthy();
+  });
+});
+
+describe("farm devices (the station's CONNECT) against ministack", () => {
+  const dir = tempDir("fg-aws-farm-");
+  const ca = makeCa("AWS Farm");
+  const ids = Array.from({ length: 6 }, (_, i) => deviceId("fg100", i));
+  const certs: DeviceCert[] = [];
+  let farm: RunningFarm;
+  let client: StationClient;
+  const sha = (b: Uint8Array) => crypto.createHash("sha256").update(b).digest("hex");
+  const issuingPem = toPem("CERTIFICATE", ca.issuing);
+  const trusted: TrustedCa = {
+    name: "aws-farm",
+    fingerprint: sha(ca.issuing),
+    certificatePem: issuingPem,
+    chainPem: issuingPem + toPem("CERTIFICATE", ca.root),
+    crlPems: [],
+  };
+
+  beforeAll(async () => {
+    farm = await farmFor(dir.path, { count: 10 });
+    client = new StationClient({ port: farm.port });
+    for (const d of ids) {
+      const { publicKey } = await client.identify(d);
+      await client.setTrustAnchor(d, ca.root);
+      const chain = ca.chainFor(publicKey as Uint8Array, d);
+      await client.install(d, chain);
+      const leaf = chain[0] as Buffer;
+      certs.push({
+        deviceId: d,
+        batch: "b1",
+        serial: d,
+        der: leaf,
+        sha256: sha(leaf),
+        issuer: trusted.fingerprint,
+      });
+    }
+  }, 60_000);
+  afterAll(async () => {
+    await client?.close();
+    await farm?.close();
+    dir.remove();
+  });
+
+  it("registered farm devices connect over mTLS; decommissioned ones are refused", async () => {
+    const iot = sdk(ms.endpoint);
+    const hub = await provisionHub(iot, { issuing: { certificatePem: issuingPem } } as Pki);
+    const driver = new AwsIotDriver({
+      label: "AWS IoT 'ministack'",
+      region,
+      endpoint: ms.endpoint,
+      credentials: creds,
+      mode: "per-device",
+      ratePerSecond: 0,
+      caCertificates: [{ id: hub.caId, pem: issuingPem }],
+      policyName: hub.policyName,
+      thingTypeName: hub.thingTypeName,
+      thingGroupName: hub.thingGroupName,
+      batch: "b1",
+    });
+    await driver.ensureTrust([trusted]);
+    const registered = certs.slice(0, 5); // the sixth is never registered
+    expect((await driver.register(registered)).every((o) => o.ok)).toBe(true);
+    const endpoint = { host: "127.0.0.1", port: ms.mqttPort as number, caPem: brokerCa };
+    const topic = "fleet/{deviceId}/telemetry";
+    const all = await connectDevices(client, { hub: endpoint, devices: ids, topic, concurrency: 3 });
+    expect(all.connected).toBe(5);
+    expect(all.refused.map((r) => r.deviceId)).toEqual([ids[5]]);
+
+    const gone = registered.slice(0, 2);
+    const dis = await driver.disable(
+      gone.map((c) => ({ deviceId: c.deviceId, serial: c.serial, remoteId: c.sha256 })),
+    );
+    expect(dis.every((o) => o.ok)).toBe(true);
+    const after = await connectDevices(client, { hub: endpoint, devices: ids, topic, concurrency: 3 });
+    expect(after.connected).toBe(3);
+    expect(after.refused.map((r) => r.deviceId).sort()).toEqual([ids[0], ids[1], ids[5]].sort());
+    await driver.close();
   });
 });
