@@ -94,7 +94,7 @@ function pkiOf(name: string) {
       ca: false,
       signer: rootKey.privateKey,
     });
-    return { keyPem: k.privateKey.export({ type: "pkcs8", format: "pem" }) as string, certPem: toPem(cert) };
+    return { keyPem: k.privateKey.export({ type: "sec1", format: "pem" }) as string, certPem: toPem(cert) };
   };
   return { rootPem: toPem(root), leaf };
 }
@@ -112,14 +112,20 @@ parentPort.on("message", () => server.close(() => process.exit(0)));
 const CLIENT_JS = `
 const tls = require("node:tls");
 const { parentPort, workerData: w } = require("node:worker_threads");
-// one secure context per device identity, made once: the handshake is what is measured
-const ctx = w.ids.map((id) => tls.createSecureContext({ key: id.keyPem, cert: id.certPem, ca: w.caPem }));
+// one secure context per device identity, made once (the handshake alone is measured), or, with
+// w.fresh, one made per connection from PEM, as a device that connects once pays it
+const ctx = w.fresh ? [] : w.ids.map((id) => tls.createSecureContext({ key: id.keyPem, cert: id.certPem, ca: w.caPem }));
+const contextOf = (i) => {
+  if (!w.fresh) return ctx[i % ctx.length];
+  const id = w.ids[i % w.ids.length];
+  return tls.createSecureContext({ key: id.keyPem, cert: id.certPem, ca: w.caPem });
+};
 let next = 0, ok = 0, failed = 0;
 const t0 = performance.now();
 const one = () => new Promise((resolve) => {
   if (next >= w.total) return resolve(false);
   const i = next++;
-  const s = tls.connect({ host: "127.0.0.1", port: w.port, secureContext: ctx[i % ctx.length], servername: "localhost", noDelay: true });
+  const s = tls.connect({ host: "127.0.0.1", port: w.port, secureContext: contextOf(i), servername: "localhost", noDelay: true });
   s.once("data", () => { ok++; s.destroy(); resolve(true); });
   s.once("error", () => { failed++; s.destroy(); resolve(true); });
 });
@@ -128,16 +134,17 @@ Promise.all(Array.from({ length: w.concurrency }, lane)).then(() =>
   parentPort.postMessage({ ok, failed, seconds: (performance.now() - t0) / 1000 }));
 `;
 
-async function measureHandshakes(total: number, concurrency: number) {
+async function measureHandshakes(total: number, concurrency: number, fresh: boolean) {
   const devices = pkiOf("Bench Devices");
   const hubPki = pkiOf("Bench Hub");
   const server = hubPki.leaf("localhost");
   const ids = Array.from({ length: 200 }, (_, i) => devices.leaf(`dev-${i}`));
+  const cpu0 = process.cpuUsage();
   const sw = new Worker(SERVER_JS, { eval: true, workerData: { ...server, caPem: devices.rootPem } });
   const port = await new Promise<number>((r) => sw.once("message", (m: { port: number }) => r(m.port)));
   const cw = new Worker(CLIENT_JS, {
     eval: true,
-    workerData: { ids, caPem: hubPki.rootPem, port, total, concurrency },
+    workerData: { ids, caPem: hubPki.rootPem, port, total, concurrency, fresh },
   });
   const r = await new Promise<{ ok: number; failed: number; seconds: number }>((res) =>
     cw.once("message", res),
@@ -145,7 +152,11 @@ async function measureHandshakes(total: number, concurrency: number) {
   sw.postMessage("stop");
   await Promise.all([new Promise((res) => sw.once("exit", res)), cw.terminate()]);
   if (r.failed) throw new Error(`bound: ${r.failed} of ${total} handshakes failed`);
-  return { handshakes: r.ok, seconds: r.seconds, perSecond: r.ok / r.seconds };
+  // CPU of both sides (this process: the two workers, the main thread waits), per handshake:
+  // comparable with the farm's and the hub's CPU per device whatever else the machine runs
+  const c = process.cpuUsage(cpu0);
+  const cpuMsPerHandshake = (c.user + c.system) / 1000 / r.ok;
+  return { handshakes: r.ok, seconds: r.seconds, perSecond: r.ok / r.seconds, cpuMsPerHandshake };
 }
 
 // ------------------------------------------------------------------ 2. farm and enrollment
@@ -259,8 +270,12 @@ async function main() {
   log(`machine: ${JSON.stringify(machine)}; work ${work}`);
 
   log(`bound: ${n(BOUND)} mutual-TLS handshakes, ${CONCURRENCY} at once, server and clients in two threads`);
-  const bound = await measureHandshakes(BOUND, CONCURRENCY);
-  log(`bound: ${n(bound.perSecond)} handshakes/s`);
+  const bound = await measureHandshakes(BOUND, CONCURRENCY, false);
+  log(`bound: ${n(bound.perSecond)} handshakes/s, ${bound.cpuMsPerHandshake.toFixed(2)} ms CPU each`);
+  const boundFresh = await measureHandshakes(BOUND, CONCURRENCY, true);
+  log(
+    `bound with a secure context per connection: ${n(boundFresh.perSecond)} handshakes/s, ${boundFresh.cpuMsPerHandshake.toFixed(2)} ms CPU each`,
+  );
 
   const sampler = startSampler(process.pid);
   const farm = await startFarmProcess({
@@ -372,6 +387,7 @@ async function main() {
       enrollSeconds: enrollS,
       connect: { ...r, refused: r.refused.slice(0, 10), seconds: stormS, perSecond: r.attempted / stormS },
       bound,
+      boundFresh,
       ratio: r.attempted / stormS / bound.perSecond,
       peakMiB: { farm: peakOf(farm.child.pid), hub: peakOf(hub.child.pid), bench: peakOf(process.pid) },
       // CPU of the whole run for the farm (enrollment included), of the storm only for the hub
@@ -395,6 +411,15 @@ async function main() {
     console.log(`| storm wall time | ${stormS.toFixed(2)} s |`);
     console.log(`| bound: mutual-TLS handshakes/s, plain Node, 2 threads | ${n(bound.perSecond)} |`);
     console.log(`| ratio storm / bound | ${result.ratio.toFixed(2)} |`);
+    console.log(
+      `| bound with a fresh secure context (key, chain, CA from PEM) per connection, handshakes/s | ${n(boundFresh.perSecond)} |`,
+    );
+    console.log(
+      `| ratio storm / that bound | ${(result.connect.perSecond / boundFresh.perSecond).toFixed(2)} |`,
+    );
+    console.log(
+      `| CPU per handshake (client + server), bound / with fresh contexts | ${bound.cpuMsPerHandshake.toFixed(2)} ms / ${boundFresh.cpuMsPerHandshake.toFixed(2)} ms |`,
+    );
     console.log(
       `| peak RSS farm (${DEVICES.toLocaleString("en-US")} devices, workers) | ${result.peakMiB.farm.toFixed(0)} MiB |`,
     );
