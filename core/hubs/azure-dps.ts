@@ -78,6 +78,13 @@ export interface AzureDpsOptions {
    * by this driver object are remembered without it
    */
   lookupCertificate?: (ref: RemoteRef) => Promise<Buffer | undefined>;
+  /**
+   * group mode: the certificates a device may still connect with (its current one; two during
+   * a rotation), asked when a certificate of a device in good standing is disabled and this
+   * driver object did not register its successor: the device is then pinned to them instead of
+   * blocked. Without it (and without a successor registered here) the device is blocked.
+   */
+  liveCertificates?: (deviceId: string) => Promise<ReadonlyArray<{ serial: string; der: Buffer }>>;
   /** tests: the clock for waits (Retry-After, back-off, the rate) */
   clock?: Clock;
   /** attempts for a throttled call, the first included (default 8) */
@@ -154,6 +161,8 @@ export class AzureDpsDriver implements HubDriver {
   private readonly seen = new Map<string, Buffer>();
   private issuers = new Set<string>();
   private groupIds = new Set<string>();
+  /** group mode: certificates registered by this driver object, by registration id (sync registers before it disables) */
+  private readonly live = new Map<string, DeviceCert[]>();
 
   constructor(options: AzureDpsOptions) {
     const o = options;
@@ -511,6 +520,7 @@ export class AzureDpsDriver implements HubDriver {
         const id = registrationId(c.deviceId);
         this.seen.set(c.serial, c.der);
         if (this.o.mode === "group") {
+          this.live.set(id, [...(this.live.get(id) ?? []).filter((x) => x.serial !== c.serial), c]);
           out.push({ serial: c.serial, ok: true, remoteId: id });
           continue;
         }
@@ -665,6 +675,7 @@ export class AzureDpsDriver implements HubDriver {
     const out: Outcome[] = [];
     const items: Json[] = [];
     const itemRefs = new Map<string, RemoteRef[]>();
+    const pinned = new Map<string, ReadonlyArray<{ der: Buffer }>>();
     for (const r of refs) {
       let id: string;
       try {
@@ -675,6 +686,16 @@ export class AzureDpsDriver implements HubDriver {
       }
       if (itemRefs.has(id)) {
         itemRefs.get(id)?.push(r);
+        continue;
+      }
+      // a device with another live certificate (a rotation) is pinned to it, not blocked: an
+      // enabled individual enrollment holding only the live certificates locks the old one out
+      const known = this.live.get(id) ?? (await this.o.liveCertificates?.(r.deviceId)) ?? [];
+      const live = known.filter((c) => !refs.some((x) => x.serial === c.serial));
+      if (live.length) {
+        itemRefs.set(id, [r]);
+        pinned.set(id, live);
+        items.push(this.pinBody(id, r.deviceId, live));
         continue;
       }
       const der = this.seen.get(r.serial) ?? (await this.o.lookupCertificate?.(r));
@@ -708,8 +729,9 @@ export class AzureDpsDriver implements HubDriver {
         continue;
       }
       if (err.code === 409 || /conflict|exist/i.test(err.status)) {
-        // an enrollment exists for the device already: make sure it is disabled
-        const [o] = await this.setDisabled(id, rs[0], true);
+        // an enrollment exists for the device already: pin it to the live certificates, or disable it
+        const live = pinned.get(id);
+        const [o] = live ? await this.pin(id, rs[0], live) : await this.setDisabled(id, rs[0], true);
         for (const r of rs) out.push({ ...o, serial: r.serial } as Outcome);
         continue;
       }
@@ -722,6 +744,57 @@ export class AzureDpsDriver implements HubDriver {
         });
     }
     return out;
+  }
+
+  private pinBody(id: string, deviceId: string, live: ReadonlyArray<{ der: Buffer }>): Json {
+    const [primary, secondary] = live.slice(-2);
+    return {
+      registrationId: id,
+      deviceId,
+      attestation: {
+        type: "x509",
+        x509: {
+          clientCertificates: {
+            primary: { certificate: AzureDpsDriver.certBase64(primary.der) },
+            ...(secondary ? { secondary: { certificate: AzureDpsDriver.certBase64(secondary.der) } } : {}),
+          },
+        },
+      },
+      capabilities: { iotEdge: false },
+      provisioningStatus: "enabled",
+    };
+  }
+
+  /** group mode: make the device's individual enrollment hold exactly its live certificates, enabled. */
+  private async pin(id: string, r: RemoteRef, live: ReadonlyArray<{ der: Buffer }>): Promise<Outcome[]> {
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const have = await this.getEnrollment(id);
+      await this.take(1);
+      const put = await this.call(
+        "PUT",
+        `/enrollments/${encodeURIComponent(id)}`,
+        this.pinBody(id, r.deviceId, live),
+        have?.etag ? { "if-match": have.etag } : {},
+      );
+      if (put.status === 200) return [{ serial: r.serial, ok: true, remoteId: id }];
+      if (put.status === 412) continue;
+      return [
+        {
+          serial: r.serial,
+          ok: false,
+          reason: `${this.label} refused pinning ${id} to its live certificate: ${put.status} ${String(put.body?.message ?? "").slice(0, 200)}`,
+          retryable: put.status >= 500,
+        },
+      ];
+    }
+    return [
+      {
+        serial: r.serial,
+        ok: false,
+        reason: `${this.label}: enrollment ${id} changed while fleetguard wrote it (412 twice): CONFLICT`,
+        retryable: true,
+      },
+    ];
   }
 
   /** individual mode: drop the certificate's slot if the other slot is live, else disable the enrollment. */
@@ -867,13 +940,20 @@ export class AzureDpsDriver implements HubDriver {
     return refs.map((r, i) => {
       const id = ids[i];
       const e = id ? all.get(id) : undefined;
+      const cc = e?.attestation?.x509?.clientCertificates ?? {};
       if (this.o.mode === "group") {
+        // an individual enrollment takes precedence over the group: disabled, or holding other certificates only
         if (e && e.provisioningStatus === "disabled")
           return { serial: r.serial, remoteId: id ?? "", status: "inactive" };
+        if (e) {
+          const holds = ["primary", "secondary"].some(
+            (s) => cc[s]?.info?.serialNumber && normSerial(cc[s].info.serialNumber) === normSerial(r.serial),
+          );
+          if (!holds) return { serial: r.serial, remoteId: id ?? "", status: "inactive" };
+        }
         return { serial: r.serial, remoteId: id ?? "", status: groupActive ? "active" : "missing" };
       }
       if (!e) return { serial: r.serial, remoteId: id ?? "", status: "missing" };
-      const cc = e.attestation?.x509?.clientCertificates ?? {};
       const held = ["primary", "secondary"].some(
         (s) => cc[s]?.info?.serialNumber && normSerial(cc[s].info.serialNumber) === normSerial(r.serial),
       );

@@ -17,7 +17,10 @@ import {
   enrollmentGroupId,
   registrationId,
 } from "../../../core/hubs/azure-dps";
+import { hubDrift, removeHub, syncHub } from "../../../core/hubs/sync";
 import type { DeviceCert, RemoteRef, TrustedCa } from "../../../core/hubs/types";
+import { openRegistry } from "../../../core/registry";
+import type { Registry } from "../../../core/registry/types";
 import { type DpsContractService, sasToken, startDpsContract } from "../../helpers/dps-contract/server";
 import {
   CORRECTED_ID_PATTERN,
@@ -72,7 +75,12 @@ function makeCa(name: string): TrustedCa & { key: string; pemPath: string } {
   };
 }
 
-function makeDevice(ca: ReturnType<typeof makeCa>, deviceId: string, batch = "lot-1"): DeviceCert {
+function makeDevice(
+  ca: ReturnType<typeof makeCa>,
+  deviceId: string,
+  batch = "lot-1",
+  serial?: string,
+): DeviceCert {
   const out = path.join(dir, `${deviceId}-${crypto.randomBytes(4).toString("hex")}.pem`);
   openssl([
     "req",
@@ -90,6 +98,7 @@ function makeDevice(ca: ReturnType<typeof makeCa>, deviceId: string, batch = "lo
     ca.pemPath,
     "-CAkey",
     ca.key,
+    ...(serial ? ["-set_serial", `0x${serial}`] : []),
     "-keyout",
     "/dev/null",
     "-out",
@@ -586,6 +595,194 @@ describe("faults", () => {
     );
     expect(() => driver({ sasKey: "short" })).toThrow(/sasKey: got 5 characters/);
     expect(() => driver({ mode: "both" as "group" })).toThrow(/mode: got "both", want group or individual/);
+  });
+});
+
+describe("hub sync (core/hubs/sync.ts) with the driver, against a real SQLite registry", () => {
+  let serial = 0x7000;
+  /** a device's certificate made by OpenSSL with the serial the registry records */
+  async function enroll(reg: Registry, id: string, from: "pending" | "active"): Promise<DeviceCert> {
+    const c = makeDevice(caA, id, "lot", (++serial).toString(16));
+    const now = new Date();
+    const cert = {
+      serial: c.serial,
+      deviceId: id,
+      batch: "lot",
+      issuer: caA.fingerprint,
+      der: c.der,
+      notBefore: now,
+      notAfter: new Date(now.getTime() + 864e5),
+      issuedAt: now,
+    };
+    const steps =
+      from === "pending"
+        ? [
+            {
+              deviceId: id,
+              batch: "lot",
+              from: "pending",
+              to: "attested",
+              publicKey: crypto.randomBytes(91),
+              epoch: 0,
+            },
+            { deviceId: id, batch: "lot", from: "attested", to: "issued", certificate: cert },
+          ]
+        : [{ deviceId: id, batch: "lot", from: "active", to: "issued", certificate: cert }];
+    await reg.apply([
+      ...steps,
+      { deviceId: id, batch: "lot", from: "issued", to: "installed" },
+      { deviceId: id, batch: "lot", from: "installed", to: "active" },
+    ] as never);
+    return c;
+  }
+  async function fleet(n: number, file: string): Promise<Registry> {
+    const reg = await openRegistry(path.join(dir, file));
+    await reg.putBatch({ name: "lot", model: "fg100", source: "puf", spec: "{}" });
+    const list = Array.from({ length: n }, (_, i) => `fg100-${String(i).padStart(7, "0")}`);
+    await reg.addDevices("lot", list);
+    for (const id of list) await enroll(reg, id, "pending");
+    return reg;
+  }
+  const decommission = (reg: Registry, id: string) =>
+    reg.apply([
+      {
+        deviceId: id,
+        batch: "lot",
+        from: "active",
+        to: "decommissioned",
+        revoke: { at: new Date(), reason: "cessationOfOperation" },
+      },
+    ] as never);
+
+  it("individual mode: register, decommission and re-issue, a run killed mid-registration converges, destroy", async () => {
+    const reg = await fleet(25, "sync-individual.db");
+    const spec = { hub: "azure-prod", batch: "lot" };
+    let from = svc.requests.length;
+    const r = await syncHub(reg, driver(), spec, [caA]);
+    expect([r.registered, r.failed.length]).toEqual([25, 0]);
+    expect(count("IndividualEnrollment_RunBulkOperation", from)).toBe(3);
+    expect(svc.enrollments.size).toBe(25);
+
+    await decommission(reg, "fg100-0000003");
+    const next = await enroll(reg, "fg100-0000004", "active");
+    const r2 = await syncHub(reg, driver(), spec, [caA]);
+    expect([r2.registered, r2.disabled, r2.failed.length]).toEqual([1, 2, 0]);
+    expect(svc.enrollments.get("fg100-0000003").provisioningStatus).toBe("disabled");
+    const e4 = svc.enrollments.get("fg100-0000004");
+    expect(e4.provisioningStatus).toBe("enabled");
+    expect(e4.attestation.x509.clientCertificates.primary.info.sha256Thumbprint.toLowerCase()).toBe(
+      next.sha256,
+    );
+    expect(e4.attestation.x509.clientCertificates.secondary).toBeUndefined();
+    expect(await hubDrift(reg, driver(), spec)).toEqual({ deactivated: [], reactivated: [], unknown: [] });
+
+    from = svc.requests.length;
+    const { removed } = await removeHub(reg, driver(), spec);
+    expect(removed).toBe(26); // 25 first certificates and the re-issued one
+    expect(svc.enrollments.size).toBe(0);
+    expect((await reg.verify()).ok).toBe(true);
+    await reg.close();
+
+    // an answer lost after the service applied the call: the driver's retry finds the enrollments
+    // there (bulk create answers "exists"), reads them back and writes nothing twice
+    const regLost = await fleet(25, "sync-lost.db");
+    let lost = 0;
+    svc.beforeHandle = (op) =>
+      op === "IndividualEnrollment_RunBulkOperation" && ++lost === 2 ? "drop-after" : undefined;
+    try {
+      const rl = await syncHub(regLost, driver(), spec, [caA], { wave: 10 });
+      expect([rl.registered, rl.failed.length]).toEqual([25, 0]);
+    } finally {
+      svc.beforeHandle = undefined;
+    }
+    expect(svc.enrollments.size).toBe(25);
+    expect(count("IndividualEnrollment_CreateOrUpdate", from)).toBe(0);
+    await removeHub(regLost, driver(), spec);
+    await regLost.close();
+
+    // killed mid-registration: from the second bulk call on the service never answers
+    const reg2 = await fleet(25, "sync-kill.db");
+    let bulks = 0;
+    svc.beforeHandle = (op) =>
+      op === "IndividualEnrollment_RunBulkOperation" && ++bulks >= 2 ? "drop" : undefined;
+    try {
+      await expect(syncHub(reg2, driver(), spec, [caA], { wave: 10 })).rejects.toThrow(
+        /^Azure DPS 'contract': 10 of 25 registered, then: Azure DPS 'contract': unreachable at 127\.0\.0\.1:\d+/,
+      );
+    } finally {
+      svc.beforeHandle = undefined;
+    }
+    // the registry holds 10 active and 10 intents; the service holds the 10 it answered for
+    expect(svc.enrollments.size).toBe(10);
+    const c = await reg2.hubCounts("azure-prod", "lot");
+    expect([c.active, c.registering]).toEqual([10, 10]);
+    const r3 = await syncHub(reg2, driver(), spec, [caA], { wave: 10 });
+    expect([r3.registered, r3.failed.length]).toEqual([15, 0]);
+    expect(svc.enrollments.size).toBe(25);
+    expect((await reg2.hubCounts("azure-prod", "lot")).active).toBe(25);
+    await removeHub(reg2, driver(), spec);
+    await reg2.close();
+  });
+
+  /** what the provider passes in group mode: certificates from the registry */
+  const fromRegistry = (reg: Registry): Partial<AzureDpsOptions> => ({
+    mode: "group",
+    lookupCertificate: async (r) =>
+      (await reg.certificates({ deviceId: r.deviceId })).find((c) => c.serial === r.serial)?.der,
+    liveCertificates: async (deviceId) => {
+      const d = await reg.getDevice(deviceId);
+      if (!d || !["issued", "installed", "active"].includes(d.state)) return [];
+      return (await reg.certificates({ deviceId, status: ["live"] })).filter(
+        (c) => c.serial === d.certSerial,
+      );
+    },
+  });
+
+  it("group mode: no per-device call; a decommissioned device is blocked, a re-issued one pinned to its new certificate", async () => {
+    const reg = await fleet(12, "sync-group.db");
+    const spec = { hub: "azure-group", batch: "lot" };
+    const from = svc.requests.length;
+    const r = await syncHub(reg, driver({ mode: "group" }), spec, [caA]);
+    expect(r.registered).toBe(12);
+    expect(svc.requests.slice(from).filter((x) => x.operationId.startsWith("IndividualEnrollment"))).toEqual(
+      [],
+    );
+
+    await decommission(reg, "fg100-0000003");
+    const next = await enroll(reg, "fg100-0000004", "active");
+    const r2 = await syncHub(reg, driver(fromRegistry(reg)), spec, [caA]);
+    expect([r2.registered, r2.disabled, r2.failed.length]).toEqual([1, 2, 0]);
+    expect(svc.enrollments.get("fg100-0000003").provisioningStatus).toBe("disabled");
+    const e4 = svc.enrollments.get("fg100-0000004");
+    expect(e4.provisioningStatus).toBe("enabled");
+    expect(e4.attestation.x509.clientCertificates.primary.info.sha256Thumbprint.toLowerCase()).toBe(
+      next.sha256,
+    );
+    expect(svc.enrollments.size).toBe(2);
+
+    // a later run that only disables (the successor registered earlier) pins through liveCertificates
+    const e4etag = svc.enrollments.get("fg100-0000004").etag;
+    svc.enrollments.delete("fg100-0000004");
+    const old4 = (await reg.certificates({ deviceId: "fg100-0000004" })).find(
+      (c) => c.serial !== next.serial,
+    );
+    const [o] = await driver(fromRegistry(reg)).disable([
+      { deviceId: "fg100-0000004", serial: old4?.serial as string, remoteId: "fg100-0000004" },
+    ]);
+    expect(o.ok).toBe(true);
+    const again = svc.enrollments.get("fg100-0000004");
+    expect([again.provisioningStatus, again.etag === e4etag]).toEqual(["enabled", false]);
+    expect(again.attestation.x509.clientCertificates.primary.info.sha256Thumbprint.toLowerCase()).toBe(
+      next.sha256,
+    );
+    expect(await hubDrift(reg, driver({ mode: "group" }), spec)).toEqual({
+      deactivated: [],
+      reactivated: [],
+      unknown: [],
+    });
+    await removeHub(reg, driver({ mode: "group" }), spec);
+    expect(svc.enrollments.size).toBe(0);
+    await reg.close();
   });
 });
 

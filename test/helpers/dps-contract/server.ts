@@ -77,9 +77,10 @@ export interface DpsContractService {
   throttleNext(count: number, retryAfterSeconds: number): void;
   /**
    * called after authentication, before the operation runs: a test changes records here (another
-   * writer) or returns "drop" to cut the connection (an unreachable service)
+   * writer), returns "drop" to cut the connection (an unreachable service) or "drop-after" to run
+   * the operation and cut the connection before the answer (a lost answer)
    */
-  beforeHandle?: (operationId: string, id: string | undefined) => "drop" | undefined;
+  beforeHandle?: (operationId: string, id: string | undefined) => "drop" | "drop-after" | undefined;
   /** change a record behind the client's back (a new ETag), as another operator would */
   touch(kind: "enrollment" | "group", id: string, change?: (r: Json) => void): void;
   close(): Promise<void>;
@@ -547,7 +548,8 @@ export async function startDpsContract(options: DpsContractOptions): Promise<Dps
           throttle.count--;
           throw new HttpError(429, "Too many requests", { "retry-after": String(throttle.retryAfter) });
         }
-        if (svc?.beforeHandle?.(op.operationId, params.id) === "drop") {
+        const fault = svc?.beforeHandle?.(op.operationId, params.id);
+        if (fault === "drop") {
           record(0);
           req.socket.destroy();
           return;
@@ -558,6 +560,11 @@ export async function startDpsContract(options: DpsContractOptions): Promise<Dps
           headers,
           body,
         );
+        if (fault === "drop-after") {
+          record(0, op.operationId.endsWith("RunBulkOperation") ? body.enrollments.length : undefined);
+          req.socket.destroy();
+          return;
+        }
         record(r.status, op.operationId.endsWith("RunBulkOperation") ? body.enrollments.length : undefined);
         send(res, op, u.pathname, method, r.status, r.body, r.headers ?? {});
       } catch (e) {
