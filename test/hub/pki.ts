@@ -33,6 +33,8 @@ export interface TestPki {
   device(id: string, batch?: string): TestDevice;
   /** revoke device serials: the next trusted() carries a new issuing CRL listing them */
   revoke(...serials: string[]): void;
+  /** revoke the issuing CA itself: the next trusted() carries a root CRL listing it */
+  revokeIssuing(): void;
   crlPems(): string[];
 }
 
@@ -71,10 +73,14 @@ export function makePki(name: string): TestPki {
     },
   );
   const revoked: string[] = [];
+  const revokedCas: string[] = [];
   let number = 0;
   const crlPems = () => {
     number++;
-    const r = signCrl(root, { previousNumber: number - 1 }).crlPem;
+    const r = signCrl(root, {
+      previousNumber: number - 1,
+      revoked: revokedCas.map((s) => ({ serialHex: s, revokedAt: new Date(Date.now() - 30_000) })),
+    }).crlPem;
     const i = signCrl(issuing, {
       previousNumber: number - 1,
       revoked: revoked.map((s) => ({ serialHex: s, revokedAt: new Date(Date.now() - 30_000) })),
@@ -94,6 +100,7 @@ export function makePki(name: string): TestPki {
       crlPems: crlPems(),
     }),
     revoke: (...serials) => revoked.push(...serials),
+    revokeIssuing: () => revokedCas.push(issuing.serialNumber),
     device(id, batch = "b1") {
       const pair = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
       const serialBytes = randomSerial();

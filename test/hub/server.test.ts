@@ -144,6 +144,27 @@ describe("revocation and trust reload without restart", () => {
     await hub.reload();
   });
 
+  it("refuses a device whose issuing CA its root's CRL revokes (CRL_CHECK_ALL: every CA of the chain)", async () => {
+    const pki = makePki("revoked-ca");
+    const dev = pki.device("fg300-1");
+    pki.revokeIssuing();
+    const d = new LocalHubDriver({ stateDir: dir, registration: "demo", batch: "b3" });
+    await d.ensureTrust([pki.trusted()]);
+    await d.register([dev.cert]);
+    await d.flush();
+    await hub.reload();
+    const a = await connect(dev);
+    expect(a.client).toBeUndefined();
+    await waitFor(
+      () => logs.some((l) => l.endsWith("certificate refused (CERT_REVOKED)")),
+      10_000,
+      "the refusal",
+    );
+    await d.remove([{ deviceId: dev.id, serial: dev.serial, remoteId: dev.sha256 }]);
+    await d.flush();
+    await hub.reload();
+  });
+
   it("trusts a second CA added without a restart", async () => {
     const second = makePki("second");
     const dev = second.device("fg200-1");
