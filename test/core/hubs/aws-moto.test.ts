@@ -15,6 +15,7 @@ import {
   ListThingPrincipalsCommand,
   ListThingsCommand,
   ListThingsInThingGroupCommand,
+  RegisterCertificateCommand,
   UpdateCACertificateCommand,
   UpdateCertificateCommand,
 } from "@aws-sdk/client-iot";
@@ -135,6 +136,30 @@ describe("AwsIotDriver against moto", () => {
       (await iot.send(new ListTargetsForPolicyCommand({ policyName: hub.policyName }))).targets,
     ).toHaveLength(5);
     await driver.close();
+  });
+
+  it("converges after a run killed between calls (certificate registered, nothing else)", async () => {
+    const { pki, iot, hub, opts } = await setup();
+    const [a, b] = devices(pki, 2);
+    // what a kill -9 right after AWS answered RegisterCertificate leaves: the certificate, no thing
+    await iot.send(
+      new RegisterCertificateCommand({
+        certificatePem: a.certPem,
+        caCertificatePem: pki.issuing.certificatePem,
+        status: "ACTIVE",
+      }),
+    );
+    const out = await new AwsIotDriver(opts()).register([a.cert, b.cert]);
+    expect(out).toEqual([
+      { serial: a.cert.serial, ok: true, remoteId: a.cert.sha256 },
+      { serial: b.cert.serial, ok: true, remoteId: b.cert.sha256 },
+    ]);
+    expect((await iot.send(new ListCertificatesCommand({}))).certificates).toHaveLength(2);
+    expect(await principalsOf(iot, a.cert.deviceId)).toEqual([
+      `arn:aws:iot:us-east-1:123456789012:cert/${a.cert.sha256}`,
+    ]);
+    const targets = (await iot.send(new ListTargetsForPolicyCommand({ policyName: hub.policyName }))).targets;
+    expect(targets).toHaveLength(2);
   });
 
   it("refuses to register before the CA is registered and ACTIVE at AWS", async () => {
