@@ -183,7 +183,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
   ]);
 
   let trust: Trust = rebuildBundles(o.stateDir);
+  // live sessions (for closing on reload), and every admitted client's record for the ACL: a
+  // WeakMap, so the will a client leaves on close is still checked against its own prefix
   const sessions = new Map<Client, Session>();
+  const admitted = new WeakMap<Client, Session>();
   const sockets = new Set<net.Socket>();
   const stats: LocalHubStats = {
     connections: 0,
@@ -262,13 +265,15 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       if (trust.revoked.has(revKey)) return refuse(done, clientId, "certificate", 5, "certificate revoked");
       if (!trust.crlIssuers.has(issuerKey))
         return refuse(done, clientId, "certificate", 5, "no current CRL for its CA");
-      sessions.set(client, {
+      const session: Session = {
         sha,
         deviceId: dev.deviceId,
         prefix: o.topicPrefix.replace("{deviceId}", dev.deviceId),
         revKey,
         issuerKey,
-      });
+      };
+      sessions.set(client, session);
+      admitted.set(client, session);
       stats.admitted++;
       sock.once("close", () => sessions.delete(client));
       done(null, true);
@@ -276,8 +281,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     authorizePublish(client, packet, done) {
       // the broker's own messages ($SYS) come without a client
       if (!client) return done(null);
-      const s = sessions.get(client);
-      if (s && packet.topic.startsWith(s.prefix)) return done(null);
+      const s = admitted.get(client);
+      // a session the hub closed (revoked, disabled) leaves no will behind
+      if (!s) return done(new Error("session closed by the hub"));
+      if (packet.topic.startsWith(s.prefix)) return done(null);
       stats.refused.acl++;
       log(
         `hub: refused '${s?.deviceId ?? client.id}': publish to '${packet.topic.slice(0, 200)}' outside its prefix (session closed)`,
@@ -285,7 +292,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       done(new Error("publish outside the device's topic prefix"));
     },
     authorizeSubscribe(client, sub, done) {
-      const s = sessions.get(client);
+      const s = admitted.get(client);
       if (s && sub.topic.startsWith(s.prefix)) return done(null, sub);
       stats.refused.acl++;
       log(
@@ -393,6 +400,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       else if (!next.crlIssuers.has(s.issuerKey)) why = "no current CRL for its CA";
       if (!why) continue;
       sessions.delete(client);
+      admitted.delete(client);
       closedNow++;
       stats.closedOnReload++;
       log(`hub: closed the session of '${s.deviceId}': certificate ${why}`);
