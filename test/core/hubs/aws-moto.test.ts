@@ -338,6 +338,51 @@ describe("AwsIotDriver against moto", () => {
     // autoRegistrationStatus), so the driver's check of it is tested against ministack
   });
 
+  it("holds each API to ratePerSecond (virtual time: no real sleeping)", async () => {
+    const { pki, opts } = await setup();
+    const proxy = await startProxy(moto.endpoint);
+    // one device at a time, so the clock moves only by the buckets' waits
+    let t = 0;
+    const clock = {
+      now: () => t,
+      sleep: async (ms: number) => {
+        t += ms;
+      },
+    };
+    const at = new Map<string, number[]>();
+    proxy.throttle = (_n, path) => {
+      const key = path.split("?")[0]?.replace(/\/fg100-\d+/, "/{thing}") ?? "";
+      at.set(key, [...(at.get(key) ?? []), t]);
+      return false;
+    };
+    try {
+      const driver = new AwsIotDriver(
+        opts({ endpoint: proxy.url, ratePerSecond: 10, concurrency: 1, clock }),
+      );
+      await driver.ensureTrust([pki.trusted]);
+      const out = await driver.register(devices(pki, 12).map((d) => d.cert));
+      expect(out.every((o) => o.ok)).toBe(true);
+      const perApi = [...at.entries()].filter(([, ts]) => ts.length === 12);
+      expect(perApi.map(([k]) => k).sort()).toEqual(
+        [
+          "/certificate/register",
+          "/target-policies/fleetguard-devices",
+          "/thing-groups/addThingToThingGroup",
+          "/things/{thing}",
+          "/things/{thing}/principals",
+        ].sort(),
+      );
+      for (const [, ts] of perApi) {
+        // evenly spaced at 1/rate: 100 ms of virtual time between two calls of one API
+        for (let i = 1; i < ts.length; i++)
+          expect((ts[i] as number) - (ts[i - 1] as number)).toBeGreaterThanOrEqual(100 - 1e-9);
+      }
+      expect(t).toBeCloseTo(1100, 6); // 12 devices: 11 waits of 100 ms
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("backs off on throttling (429 ThrottlingException every 3rd call) and completes", async () => {
     const { pki, iot, opts } = await setup();
     const proxy = await startProxy(moto.endpoint);
