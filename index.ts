@@ -6,6 +6,7 @@ import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { CaHierarchy } from "./components/CaHierarchy";
 import { DeviceIdentityBatch } from "./components/DeviceIdentityBatch";
+import { HubRegistration } from "./components/HubRegistration";
 
 const DEMO_PASSPHRASE = "fleetguard-demo-passphrase-not-a-secret";
 if (pulumi.getStack() !== "demo" && process.env.PULUMI_CONFIG_PASSPHRASE === DEMO_PASSPHRASE) {
@@ -89,6 +90,16 @@ const lot = new DeviceIdentityBatch("line-a-lot-1", {
   policy: path.join(__dirname, "policies", "baseline.yaml"),
 });
 
+// The lot's devices registered with the embedded local MQTT hub (mutual TLS): `fleet hub serve
+// --state .state/hub` serves what this writes; decommissioned or revoked devices are refused there
+// in the same run. `kind: "aws"` or `kind: "azure"` register with AWS IoT Core or Azure DPS instead.
+const hub = new HubRegistration("local-hub", {
+  batches: [lot],
+  hub: { kind: "local", stateDir: config.get("hubState") ?? ".state/hub" },
+  policy: path.join(__dirname, "policies", "baseline.yaml"),
+});
+
 export const rootCertificatePem = pki.rootCertificatePem;
 export const cas = pki.summary;
 export const batch = lot.summary;
+export const hubRegistration = hub.summary;
