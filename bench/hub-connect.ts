@@ -259,7 +259,8 @@ async function startHubProcess(work: string, stateDir: string): Promise<HubProce
 // ------------------------------------------------------------------ main
 
 async function main() {
-  const work = args.get("work") ?? fs.mkdtempSync(path.join(os.tmpdir(), "fg-bench-hub-"));
+  const keep = args.get("work");
+  const work = keep ?? fs.mkdtempSync(path.join(os.tmpdir(), "fg-bench-hub-"));
   fs.mkdirSync(work, { recursive: true });
   const machine = {
     cpus: os.cpus().length,
@@ -438,6 +439,8 @@ async function main() {
       if (hub.child.exitCode === null) hub.child.kill("SIGTERM");
     }
     await stopFarmProcess(farm.child);
+    // a --work DIR is kept for the next run (reuse); a temporary one is not
+    if (!keep) fs.rmSync(work, { recursive: true, force: true });
   }
 }
 
