@@ -120,10 +120,11 @@ export class HubRunError extends FleetError {
 const n = (x: number) => x.toLocaleString("en-US");
 const sha256 = (b: Uint8Array) => crypto.createHash("sha256").update(b).digest("hex");
 
-type ErrorClass =
+export type AwsErrorClass =
   | "throttled"
   | "transient"
   | "credentials"
+  | "denied"
   | "unreachable"
   | "missing"
   | "exists"
@@ -181,12 +182,13 @@ function networkCode(e: unknown): string | undefined {
   return undefined;
 }
 
-export function classifyAwsError(e: unknown): ErrorClass {
+export function classifyAwsError(e: unknown): AwsErrorClass {
   const x = (e ?? {}) as SdkError;
   const name = x.name ?? "";
   const status = x.$metadata?.httpStatusCode;
   if (THROTTLING.has(name) || status === 429) return "throttled";
   if (CREDENTIALS.has(name)) return "credentials";
+  if (name === "AccessDeniedException" || name === "AccessDenied") return "denied";
   if (name === "ResourceNotFoundException") return "missing";
   if (name === "ResourceAlreadyExistsException") return "exists";
   if (networkCode(e)) return "unreachable";
@@ -309,13 +311,17 @@ export class AwsIotDriver implements HubDriver {
       const tries = e instanceof RetryExhaustedError ? ` (${e.attempts} attempts)` : "";
       if (c === "throttled")
         throw new Fatal(
-          `${api} still throttled after back-off${tries}: ${brief(last)}; lower ratePerSecond (now ${this.ratePerSecond}/s) or ask AWS for a higher quota`,
+          `${api} still throttled after back-off${tries}: ${brief(last)}; ${rateIsOff(this.ratePerSecond) ? "set a ratePerSecond (now off)" : `lower ratePerSecond (now ${this.ratePerSecond}/s)`} or ask AWS for a higher quota`,
         );
       if (c === "unreachable")
         throw new Fatal(`cannot reach ${this.where()}${tries}: ${networkCode(last)} (${brief(last)})`);
       if (c === "credentials")
         throw new Fatal(
           `the AWS credentials were refused (${brief(last)}): give valid credentials (options or the default chain: environment, profile, SSO, instance role)`,
+        );
+      if (c === "denied")
+        throw new Fatal(
+          `the AWS credentials may not call ${api} (${brief(last)}): grant it to the identity that runs fleetguard`,
         );
       if (c === "transient") throw new Fatal(`${api}: AWS kept failing${tries}: ${brief(last)}`);
       throw last;
