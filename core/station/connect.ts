@@ -98,9 +98,9 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
   if (typeof o.hub.caPem !== "string" || !o.hub.caPem.includes("-----BEGIN CERTIFICATE-----"))
     throw invalid("hub.caPem", "no PEM certificate", "the hub's CA certificate(s) as PEM");
 
-  // the requests: explicit IDs in chunks, or the range in chunks
-  const requests: Array<Pick<ConnectRequest, "devices" | "first" | "count">> = [];
+  // the set: explicit IDs, or a range; requests take slices of it as lanes free up
   let total: number;
+  let take: (size: number) => Pick<ConnectRequest, "devices" | "first" | "count"> | undefined;
   if (o.devices !== undefined) {
     if (o.first !== undefined || o.count !== undefined)
       throw invalid("devices", "devices and a range", "either device IDs or first/count");
@@ -111,21 +111,32 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
       if (seen.has(d)) throw invalid("devices", d, "each device once");
       seen.add(d);
     }
-    for (let i = 0; i < o.devices.length; i += chunkSize)
-      requests.push({ devices: o.devices.slice(i, i + chunkSize) });
-    total = o.devices.length;
+    const devices = o.devices;
+    total = devices.length;
+    let at = 0;
+    take = (size) => {
+      if (at >= devices.length) return undefined;
+      const part = devices.slice(at, at + size);
+      at += part.length;
+      return { devices: part };
+    };
   } else {
     const info = await client.ping();
     if (o.model !== undefined && o.model !== info.model)
       throw invalid("model", o.model, `the farm's model, ${info.model}`);
     const first = posInt(o.first ?? 0, "first", 0, Math.max(0, info.count - 1));
     const count = posInt(o.count ?? info.count - first, "count", 1, info.count - first);
-    for (let i = first; i < first + count; i += chunkSize)
-      requests.push({ first: i, count: Math.min(chunkSize, first + count - i) });
     total = count;
+    let at = first;
+    take = (size) => {
+      if (at >= first + count) return undefined;
+      const part = { first: at, count: Math.min(size, first + count - at) };
+      at += part.count;
+      return part;
+    };
   }
 
-  const inFlight = Math.min(LANES, requests.length);
+  const inFlight = Math.min(LANES, Math.ceil(total / chunkSize));
   const perRequest = Math.min(CONNECT_CONCURRENCY_MAX, Math.ceil(concurrency / inFlight));
   const t0 = Date.now();
   const sum: ConnectSummary = {
@@ -164,21 +175,29 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
     });
   };
 
-  let next = 0;
-  const lane = async () => {
-    while (next < requests.length) {
-      const part = requests[next++]!;
-      const size = part.devices?.length ?? part.count!;
-      // the farm runs `size` sessions `perRequest` at a time, each within deviceTimeoutMs
-      const timeoutMs = deviceTimeoutMs * (Math.ceil(size / perRequest) + 1) + 10_000;
-      const r = await client.connect(
-        { ...part, hub: o.hub, model: o.model, topic, concurrency: perRequest, timeoutMs: deviceTimeoutMs },
-        { timeoutMs, retries: 0 },
-      );
-      add(r, size);
+  // lane k's first request is (k+1)/inFlight of a chunk, so that the lanes finish their requests
+  // in turn rather than together: progress comes every chunkSize/inFlight devices
+  let failed = false;
+  const lane = async (k: number) => {
+    for (let size = Math.ceil((chunkSize * (k + 1)) / inFlight); !failed; size = chunkSize) {
+      const part = take(size);
+      if (!part) return;
+      const n = part.devices?.length ?? part.count!;
+      // the farm runs `n` sessions `perRequest` at a time, each within deviceTimeoutMs
+      const timeoutMs = deviceTimeoutMs * (Math.ceil(n / perRequest) + 1) + 10_000;
+      const r = await client
+        .connect(
+          { ...part, hub: o.hub, model: o.model, topic, concurrency: perRequest, timeoutMs: deviceTimeoutMs },
+          { timeoutMs, retries: 0 },
+        )
+        .catch((e: unknown) => {
+          failed = true; // the other lanes stop after their current request
+          throw e;
+        });
+      add(r, n);
     }
   };
-  await Promise.all(Array.from({ length: inFlight }, lane));
+  await Promise.all(Array.from({ length: inFlight }, (_, k) => lane(k)));
   sum.reasons = [...reasons.values()].sort((a, b) => b.count - a.count);
   sum.elapsedMs = Date.now() - t0;
   return sum;

@@ -1,6 +1,7 @@
 // `fleet devices connect` in a child process against an in-process farm and an mTLS MQTT broker:
 // the summary line, refusals by reason, progress on stderr, --json, exit codes.
 import { writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
@@ -88,6 +89,19 @@ describe("fleet devices connect", () => {
           "hub closed the connection after the handshake without a CONNACK (device certificate not accepted)",
       },
     ]);
+  });
+
+  it("a station that cannot be reached: exit 3, named in words", async () => {
+    const dead = createServer();
+    await new Promise<void>((res) => dead.listen(0, "127.0.0.1", res));
+    const port = (dead.address() as { port: number }).port;
+    await new Promise<void>((res) => dead.close(() => res()));
+    const argv = args();
+    argv[argv.indexOf("--station") + 1] = `127.0.0.1:${port}`;
+    const r = await fleetAsync(argv);
+    expect(r.code).toBe(3);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain(`station 127.0.0.1:${port} could not be reached`);
   });
 
   it("bad options: exit 2, the option named", async () => {

@@ -87,9 +87,11 @@ describe.each([0, 2])("CONNECT with %i farm workers", (workers) => {
     expect(r.skipped).toBe(20 - ENROLLED - 1);
     expect(r.connected).toBe(ENROLLED - 1);
     expect(r.refusedCount).toBe(2);
-    // three requests (8, 8 and 4 devices), all in flight: progress after each
-    expect(progress).toHaveLength(3);
-    expect(progress[2]).toBe(20);
+    // requests of at most 8 devices, three in flight (the first ones of 3, 6 and 8 devices, so
+    // that they finish in turn): progress after each, up to all 20
+    expect(progress.length).toBeGreaterThanOrEqual(3);
+    expect(progress).toEqual([...progress].sort((a, b) => a - b));
+    expect(progress.at(-1)).toBe(20);
     const by = new Map(r.refused.map((x) => [x.deviceId, x]));
     expect(by.get(id(REFUSED))).toMatchObject({
       stage: "connack",
