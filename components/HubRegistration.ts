@@ -11,14 +11,31 @@
  * decommissioned, revoked or superseded; per-device registration state is in the registry's hub
  * records, with every change in its audit log. Outputs are a fixed-size summary.
  */
+
+import * as dps from "@pulumi/azure-native/deviceprovisioningservices";
 import * as pulumi from "@pulumi/pulumi";
-import { invalid } from "../core/errors";
+import { FleetError, invalid } from "../core/errors";
 import type { DeclaredHubs } from "../policies/context";
 import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../policies/engine";
 import { HubRegistrationResource } from "../providers/hub";
 import type { HubSpecInputs } from "../providers/runtime/hub";
+import type { CaOutputs } from "./CaHierarchy";
 import type { DeviceIdentityBatch } from "./DeviceIdentityBatch";
 import { declared } from "./errors";
+import {
+  type AwsHubArgs,
+  awsHubInfrastructure,
+  awsHubNames,
+  checkAwsHubArgs,
+  declaredAwsHub,
+} from "./hub-aws";
+import {
+  type AzureHubArgs,
+  azureHubInfrastructure,
+  azureHubNames,
+  checkAzureHubArgs,
+  declaredAzureHub,
+} from "./hub-azure";
 
 /** The embedded local hub: a state folder that `fleet hub serve --state DIR` serves. */
 export interface LocalHubArgs {
@@ -27,7 +44,34 @@ export interface LocalHubArgs {
   readonly stateDir?: string;
 }
 
-export type HubArgs = LocalHubArgs;
+/** AWS IoT Core (docs/hub-aws.md): the CA, policy, thing type and group as @pulumi/aws resources; devices through the AWS API. */
+export interface AwsHubRegistrationArgs extends AwsHubArgs {
+  readonly kind: "aws";
+  /** the AWS region (required: the device registrations are made there) */
+  readonly region: string;
+  /** a name for messages and plans ("prod"; default the region) */
+  readonly label?: string;
+  /** an emulator's URL (moto, ministack); unset: AWS itself */
+  readonly endpoint?: string;
+  /** per-device calls per second per API (default 10, the AWS quota); 0: no limit */
+  readonly ratePerSecond?: number;
+}
+
+/** Azure IoT Hub with DPS (docs/hub-azure.md): DPS, its hub and the verified CAs as @pulumi/azure-native resources; enrollments through the DPS service API. */
+export interface AzureHubRegistrationArgs extends AzureHubArgs {
+  readonly kind: "azure";
+  /** a name for messages and plans (default the DPS name) */
+  readonly label?: string;
+  /** the DPS service API to call (default the DPS instance's own endpoint; a contract service in tests) */
+  readonly serviceEndpoint?: pulumi.Input<string>;
+  /** the shared access policy and its key (default provisioningserviceowner, its primary key read from Azure) */
+  readonly sasKeyName?: string;
+  readonly sasKey?: pulumi.Input<string>;
+  /** enrollments written per second (default 1,000 a minute, the DPS quota) */
+  readonly ratePerSecond?: number;
+}
+
+export type HubArgs = LocalHubArgs | AwsHubRegistrationArgs | AzureHubRegistrationArgs;
 
 export interface HubRegistrationArgs {
   /** the registration's name (the registry's hub records are keyed by it); default: the component name */
@@ -67,7 +111,23 @@ export function checkHubArgs(name: string, args: HubRegistrationArgs): void {
   });
   const h = args.hub as { kind?: unknown } | undefined;
   if (!h || typeof h !== "object") throw invalid("hub", h, "{ kind: 'local' | 'aws' | 'azure', ... }");
-  if (h.kind !== "local") throw invalid("hub.kind", h.kind, "'local', 'aws' or 'azure'");
+  if (h.kind !== "local" && h.kind !== "aws" && h.kind !== "azure")
+    throw invalid("hub.kind", h.kind, "'local', 'aws' or 'azure'");
+  const rate = (args.hub as { ratePerSecond?: unknown }).ratePerSecond;
+  if (rate !== undefined && !(typeof rate === "number" && rate >= 0 && Number.isFinite(rate)))
+    throw invalid("hub.ratePerSecond", rate, "calls per second >= 0 (0: no limit)");
+  if (args.hub.kind === "aws") {
+    if (typeof args.hub.region !== "string" || !/^[a-z]{2}(-[a-z]+)+-\d$/.test(args.hub.region))
+      throw invalid("hub.region", args.hub.region, "an AWS region such as eu-central-1");
+    checkAwsHubArgs(args.hub, issuingCas(args.batches));
+    awsHubNames(name, args.hub);
+    return;
+  }
+  if (args.hub.kind === "azure") {
+    checkAzureHubArgs(name, args.hub, issuingCas(args.batches));
+    azureHubNames(name, args.hub, issuingCas(args.batches));
+    return;
+  }
   const l = args.hub as LocalHubArgs;
   if (
     l.stateDir !== undefined &&
@@ -76,15 +136,101 @@ export function checkHubArgs(name: string, args: HubRegistrationArgs): void {
     throw invalid("hub.stateDir", l.stateDir, "a folder path for the local hub's state");
 }
 
-/** The hub's settings as the provider gets them (plain values and outputs). */
-function hubInputs(args: HubRegistrationArgs): pulumi.Input<HubSpecInputs> {
-  const h = args.hub;
-  return { kind: "local", stateDir: h.stateDir ?? ".fleetguard/hub" };
+/** The batches' issuing CAs, each once (by CA name), in the order of the batches. */
+export function issuingCas(batches: readonly DeviceIdentityBatch[]): CaOutputs[] {
+  const seen = new Map<string, CaOutputs>();
+  for (const b of batches)
+    if (b?.issuingCa && !seen.has(b.issuingCa.name)) seen.set(b.issuingCa.name, b.issuingCa);
+  return [...seen.values()];
 }
 
-/** What the policy engine sees of the hub (AWS policies, Azure enrollment groups). */
-function declaredHubs(_args: HubRegistrationArgs): DeclaredHubs {
+/** What the policy engine sees of the hub (AWS policies, Azure enrollment groups): what `up` deploys. */
+export function declaredHubs(name: string, args: HubRegistrationArgs): DeclaredHubs {
+  const h = args.hub;
+  const batches = args.batches.map((b) => b.batchName);
+  if (h.kind === "aws") {
+    const names = awsHubNames(name, h);
+    return {
+      aws: declaredAwsHub({
+        policyName: names.policyName,
+        region: h.region,
+        account: h.account,
+        topicPrefix: h.topicPrefix ?? "fleet",
+        batches,
+        logging: h.logging,
+      }),
+    };
+  }
+  if (h.kind === "azure") return { azure: declaredAzureHub({ ...h, batches }, issuingCas(args.batches)) };
   return {};
+}
+
+/** The hub's infrastructure (ordinary resources) and the settings the per-batch resources get. */
+function hubInfrastructure(
+  name: string,
+  args: HubRegistrationArgs,
+  parent: pulumi.Resource,
+): { hub: pulumi.Input<HubSpecInputs>; dependsOn: pulumi.Resource[] } {
+  const h = args.hub;
+  if (h.kind === "local")
+    return { hub: { kind: "local", stateDir: h.stateDir ?? ".fleetguard/hub" }, dependsOn: [] };
+  const cas = issuingCas(args.batches);
+  if (h.kind === "aws") {
+    const infra = awsHubInfrastructure(
+      name,
+      { ...h, batches: h.batches ?? args.batches.map((b) => b.batchName) },
+      cas.map((c) => ({ name: c.name, certificatePem: c.certificatePem })),
+      parent,
+    );
+    return {
+      hub: pulumi.all([infra.caCertificateIds, infra.caCertificatePems]).apply(([ids, pems]) => ({
+        kind: "aws" as const,
+        account: h.label ?? h.region,
+        region: h.region,
+        ...(h.endpoint ? { endpoint: h.endpoint } : {}),
+        mode: h.mode ?? "per-device",
+        ratePerSecond: h.ratePerSecond ?? 10,
+        caCertificates: pems.map((pem, i) => ({ id: ids[i], pem })),
+        policyName: infra.policyName,
+        thingTypeName: infra.thingTypeName,
+        thingGroupName: infra.thingGroupName,
+      })),
+      // the CAs are registered before any of their certificates (AWS refuses them otherwise)
+      dependsOn: infra.resources,
+    };
+  }
+  const infra = azureHubInfrastructure(name, h, cas, parent);
+  const keyName = h.sasKeyName ?? "provisioningserviceowner";
+  const sasKey =
+    h.sasKey ??
+    dps
+      .listIotDpsResourceKeysForKeyNameOutput(
+        { keyName, provisioningServiceName: infra.dps.name, resourceGroupName: h.resourceGroupName },
+        { parent },
+      )
+      .apply((k) => {
+        if (!k.primaryKey)
+          throw new FleetError(
+            "NOT_FOUND",
+            `hub.sasKeyName: got ${keyName}, which has no primary key at the DPS`,
+          );
+        return k.primaryKey;
+      });
+  return {
+    hub: pulumi
+      .all([h.serviceEndpoint ?? infra.serviceEndpoint, pulumi.secret(sasKey), infra.idScope])
+      .apply(([endpoint, key, idScope]) => ({
+        kind: "azure" as const,
+        account: h.label ?? h.dpsName ?? name,
+        endpoint,
+        sasKeyName: keyName,
+        sasKey: key,
+        mode: h.mode ?? "group",
+        ratePerSecond: h.ratePerSecond ?? 1000 / 60,
+        ...(idScope ? { idScope } : {}),
+      })),
+    dependsOn: [infra.dps, ...Object.values(infra.certificates)],
+  };
 }
 
 export class HubRegistration extends pulumi.ComponentResource {
@@ -98,10 +244,10 @@ export class HubRegistration extends pulumi.ComponentResource {
     declared("HubRegistration", name, () => {
       checkHubArgs(registration, args);
       const policy = typeof args.policy === "string" ? loadPolicyFile(args.policy) : args.policy;
-      const hubs = declaredHubs(args);
+      const hubs = declaredHubs(registration, args);
       if (policy && Object.keys(hubs).length) enforceAtConstruction(policy, { hubs });
     });
-    const hub = hubInputs(args);
+    const infra = hubInfrastructure(registration, args, this);
     this.registrations = {};
     for (const b of args.batches) {
       const ca = b.issuingCa;
@@ -111,7 +257,7 @@ export class HubRegistration extends pulumi.ComponentResource {
           kind: "fleetguard:hub",
           registration,
           batch: b.batchName,
-          hub: pulumi.secret(hub) as never,
+          hub: pulumi.secret(infra.hub) as never,
           trust: pulumi
             .all([ca.certificatePem, ca.chainPem, ca.ancestorCrlPems ?? pulumi.output([]), b.batch.crl])
             .apply(([certificatePem, chainPem, crlPems, crl]) => ({
@@ -124,7 +270,7 @@ export class HubRegistration extends pulumi.ComponentResource {
           registry: b.registry,
           progressUrn: pulumi.createUrn(`${name}-${b.batchName}`, "pulumi-nodejs:dynamic:Resource", this),
         },
-        { parent: this, dependsOn: [b] },
+        { parent: this, dependsOn: [b, ...infra.dependsOn] },
       );
     }
     const rs = Object.values(this.registrations);

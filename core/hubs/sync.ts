@@ -260,12 +260,22 @@ export async function syncHub(
   const size = waveSize(driver, o);
   const at = () => o.now?.() ?? new Date();
   const fail = (done: number, total: number, verb: string, e: unknown): never => {
-    const why = e instanceof Error ? e.message : String(e);
+    // a driver that stopped part-way may say how far it got (the AWS driver's HubRunError): its
+    // own count is of its call, ours is of the run; say the cause once
+    const why = (e instanceof Error ? e.message : String(e)).replace(
+      /^.*?: [\d,]+ of [\d,]+ [a-z]+, then: /,
+      "",
+    );
     throw new FleetError(
       e instanceof FleetError ? e.code : "UNAVAILABLE",
       `${driver.label}: ${n(done)} of ${n(total)} ${verb}, then: ${why}; the registry records exactly what was done: run again to finish`,
       "hub",
     );
+  };
+  /** what a failed call did before it stopped, when the driver says (finished ones are recorded) */
+  const partial = (e: unknown): Outcome[] | undefined => {
+    const got = (e as { outcomes?: unknown } | null)?.outcomes;
+    return Array.isArray(got) ? (got as Outcome[]).filter((x) => x.ok) : undefined;
   };
 
   // register, in waves: intent, call, flush, outcome
@@ -288,6 +298,20 @@ export async function syncHub(
       got = await driver.register(wave, (d) => regProgress(i + d));
       await driver.flush?.();
     } catch (e) {
+      const done = partial(e);
+      if (done?.length && !driver.flush) {
+        const ok = new Set(done.map((x) => x.serial));
+        const changes = outcomes(
+          spec,
+          wave.filter((c) => ok.has(c.serial)),
+          done,
+          "registering",
+          "active",
+          result,
+        );
+        await registry.applyHub(changes, at());
+        result.registered += changes.length;
+      }
       return fail(result.registered, w.register.length, "registered", e);
     }
     const changes = outcomes(spec, wave, got, "registering", "active", result);
@@ -311,16 +335,39 @@ export async function syncHub(
         to: "disabling" as const,
       }));
     if (intents.length) await registry.applyHub(intents, at());
-    const refs: RemoteRef[] = wave.map((r) => ({
-      deviceId: r.deviceId,
-      serial: r.serial,
-      remoteId: r.remoteId,
-    }));
+    // the certificate itself rides along: a hub that never saw it (AWS JITP, a DPS group) can
+    // still be told to refuse it; revoked for cause (not superseded) is REVOKED at AWS
+    const refs: RemoteRef[] = [];
+    for (const r of wave) {
+      const mine = (await registry.certificates({ deviceId: r.deviceId })).find((c) => c.serial === r.serial);
+      refs.push({
+        deviceId: r.deviceId,
+        serial: r.serial,
+        remoteId: r.remoteId,
+        ...(mine
+          ? { der: mine.der, revoked: mine.status === "revoked" && mine.revocationReason !== "superseded" }
+          : {}),
+      });
+    }
     let got: Outcome[];
     try {
       got = await driver.disable(refs, (d) => disProgress(i + d));
       await driver.flush?.();
     } catch (e) {
+      const done = partial(e);
+      if (done?.length && !driver.flush) {
+        const ok = new Set(done.map((x) => x.serial));
+        const changes = outcomes(
+          spec,
+          wave.filter((r) => ok.has(r.serial)),
+          done,
+          "disabling",
+          "disabled",
+          result,
+        );
+        await registry.applyHub(changes, at());
+        result.disabled += changes.length;
+      }
       return fail(result.disabled, w.disable.length, "disabled", e);
     }
     const changes = outcomes(spec, wave, got, "disabling", "disabled", result);

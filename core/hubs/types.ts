@@ -42,6 +42,10 @@ export interface RemoteRef {
   deviceId: string;
   serial: string;
   remoteId: string | null;
+  /** the certificate (sync gives it on disable: a hub that never saw it can still be told to refuse it) */
+  der?: Buffer;
+  /** revoked for cause (compromise, decommission), not only superseded: AWS marks it REVOKED, not INACTIVE */
+  revoked?: boolean;
 }
 
 export type Outcome =

@@ -16,6 +16,7 @@ import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { FleetError, invalid } from "../../core/errors";
 import {
+  CONNECTABLE,
   describeHubPlan,
   hubDrift,
   hubSummary,
@@ -69,6 +70,8 @@ export interface AzureHubInputs {
   iotHubs?: string[];
   /** PEM of a CA the client trusts for the DPS endpoint (tests: the contract service's certificate) */
   tlsCaPem?: string;
+  /** the DPS id scope devices use with the global endpoint */
+  idScope?: string;
 }
 
 export type HubSpecInputs = LocalHubInputs | AwsHubInputs | AzureHubInputs;
@@ -161,7 +164,7 @@ export function labelOf(h: HubSpecInputs, registration: string): string {
 }
 
 /** The driver for this hub, created in this process (never captured by the serialized provider). */
-export function driverOf(i: HubInputs): HubDriver {
+export function driverOf(i: HubInputs, registry: Registry): HubDriver {
   const h = i.hub;
   const label = labelOf(h, i.registration);
   if (h.kind === "local") {
@@ -175,6 +178,7 @@ export function driverOf(i: HubInputs): HubDriver {
   }
   if (h.kind === "aws") {
     const { AwsIotDriver } = require("../../core/hubs/aws") as typeof import("../../core/hubs/aws");
+    // credentials: the SDK's default chain (environment, profile, role), never the state
     return new AwsIotDriver({
       label,
       region: h.region,
@@ -197,14 +201,25 @@ export function driverOf(i: HubInputs): HubDriver {
     sasKey: h.sasKey,
     mode: h.mode,
     ratePerSecond: h.ratePerSecond,
-    batch: i.batch,
     ...(h.iotHubs ? { iotHubs: h.iotHubs } : {}),
-    ...(h.tlsCaPem ? { tlsCaPem: h.tlsCaPem } : {}),
+    ...(h.idScope ? { idScope: h.idScope } : {}),
+    ...(h.tlsCaPem ? { tls: { ca: h.tlsCaPem } } : {}),
+    // group mode blocks or pins one device with an individual enrollment, which carries a certificate
+    lookupCertificate: async (ref) =>
+      (await registry.certificates({ deviceId: ref.deviceId })).find((c) => c.serial === ref.serial)?.der,
+    liveCertificates: async (deviceId) => {
+      const d = await registry.getDevice(deviceId);
+      if (!d || !(CONNECTABLE as readonly string[]).includes(d.state)) return [];
+      return (await registry.certificates({ deviceId, status: ["live"] })).map((c) => ({
+        serial: c.serial,
+        der: c.der,
+      }));
+    },
   });
 }
 
-async function withDriver<T>(i: HubInputs, f: (d: HubDriver) => Promise<T>): Promise<T> {
-  const d = driverOf(i);
+async function withDriver<T>(i: HubInputs, registry: Registry, f: (d: HubDriver) => Promise<T>): Promise<T> {
+  const d = driverOf(i, registry);
   try {
     return await f(d);
   } finally {
@@ -267,7 +282,7 @@ const spec = (i: HubInputs) => ({ hub: i.registration, batch: i.batch });
 async function converge(i: HubInputs, prev?: Partial<HubOutputs>): Promise<HubOutputs> {
   const trust = trustOf(i);
   return withRegistry(i, (registry) =>
-    withDriver(i, async (driver) => {
+    withDriver(i, registry, async (driver) => {
       const r = await syncHub(registry, driver, spec(i), [trust], { onProgress: progress(i) });
       const s = await hubSummary(registry, spec(i));
       await log(
@@ -341,7 +356,7 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Hub
 export async function read(id: string, props: Record<string, unknown>) {
   const i = props as unknown as HubInputs & HubOutputs;
   return withRegistry(i, (registry) =>
-    withDriver(i, async (driver) => {
+    withDriver(i, registry, async (driver) => {
       const d = await hubDrift(registry, driver, spec(i));
       // what the hub changed behind fleetguard's back is recorded, so the next `up` puts it right
       const changes: HubChange[] = d.deactivated.map((x) => ({
@@ -378,8 +393,13 @@ export async function read(id: string, props: Record<string, unknown>) {
 export async function del(_id: string, props: Record<string, unknown>) {
   const i = props as unknown as HubInputs;
   await withRegistry(i, (registry: Registry) =>
-    withDriver(i, async (driver) => {
+    withDriver(i, registry, async (driver) => {
       const r = await removeHub(registry, driver, spec(i), { onProgress: progress(i) });
+      // the hub's trust for this registration goes with its last batch (DPS: the enrollment group)
+      const left = await registry.hubCounts(i.registration);
+      const remove = (driver as { removeTrust?: (cas: TrustedCa[]) => Promise<void> }).removeTrust;
+      if (remove && left.registering + left.active + left.disabling + left.disabled + left.failed === 0)
+        await remove.call(driver, [trustOf(i)]);
       await log(
         i,
         `deleted: ${r.removed} registration(s) removed at ${driver.label}; the audit history stays in the registry`,
