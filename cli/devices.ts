@@ -304,7 +304,6 @@ async function connect(flags: Flags): Promise<number> {
     throw invalid("--devices", flags.devices, "device IDs or a range (--first/--count), not both");
   if (devices && devices.length === 0) throw invalid("--devices", flags.devices, "one or more device IDs");
   const client = new StationClient({ host: station.host, port: station.port });
-  const t0 = Date.now();
   try {
     const r = await connectDevices(client, {
       hub: { ...hub, servername: flags.servername, caPem },
@@ -324,7 +323,7 @@ async function connect(flags: Flags): Promise<number> {
         );
       },
     });
-    const perSecond = r.attempted / Math.max(0.001, (Date.now() - t0) / 1000);
+    const perSecond = r.attempted / Math.max(0.001, r.elapsedMs / 1000);
     if (flags.json) console.log(JSON.stringify({ ...r, perSecond: Math.round(perSecond) }, null, 2));
     else {
       console.log(`${n(r.connected)} of ${n(r.attempted)} devices connected over mTLS`);
