@@ -109,9 +109,7 @@ describe("CONNECT to Mosquitto", () => {
       count: 10,
     });
     expect(r).toMatchObject({ attempted: 5, connected: 4, refusedCount: 1, skipped: 5 });
-    expect(r.refused).toEqual([
-      { deviceId: id(4), stage: "tls", reason: "hub sent TLS alert: unknown ca" },
-    ]);
+    expect(r.refused).toEqual([{ deviceId: id(4), stage: "tls", reason: "hub sent TLS alert: unknown ca" }]);
     for (let i = 0; i < 4; i++) expect(log).toContain(`Received PUBLISH from ${id(i)}`);
     expect(log).not.toContain(`Received PUBLISH from ${id(4)}`);
   });
