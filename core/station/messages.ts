@@ -495,6 +495,8 @@ export function parseFarmStats(m: CborMap): FarmStats {
  */
 export const CONNECT_MAX = 4096;
 export const CONNECT_CONCURRENCY_MAX = 4096;
+/** sessions a farm keeps open at once over all CONNECT requests (each a socket and a TLS state) */
+export const CONNECT_SESSIONS_MAX = 8192;
 /** refusals listed by device per result; the rest are only counted, by reason */
 export const CONNECT_FAILURES_MAX = 32;
 /** distinct (stage, reason) pairs per result; past it, "(other reasons)" per stage */

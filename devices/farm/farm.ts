@@ -36,6 +36,8 @@ import {
   type DeviceOpName,
   deviceOpByCode,
   type FarmStats,
+  CONNECT_SESSIONS_MAX,
+  type ConnectRequest,
   PROTOCOL,
   parseConnectRequest,
 } from "../../core/station/messages";
@@ -89,6 +91,11 @@ export interface FarmOptions extends Omit<AgentOptions, "model" | "seed" | "vend
   hang?: FaultSpec[];
   /** how long a batch waits for a silent device before reporting TIMEOUT (default 2000 ms) */
   deviceTimeoutMs?: number;
+  /**
+   * MQTT sessions (CONNECT) open at once over the whole farm, all requests and connections
+   * together (default CONNECT_SESSIONS_MAX); a CONNECT that would pass it is answered BUSY
+   */
+  connectSessionsMax?: number;
   /** replaces the agent (tests) */
   agent?: DeviceAgent;
   /**
@@ -115,6 +122,8 @@ export class Farm implements Service {
   private readonly faults = new Map<number, { kind: "drop" | "hang"; left: number }>();
   private readonly started = Date.now();
   private requests = 0;
+  /** CONNECT sessions the requests in progress may have open at once */
+  private sessionBudget = 0;
   readonly farmId: string;
 
   constructor(private readonly o: FarmOptions) {
@@ -391,45 +400,62 @@ export class Farm implements Service {
           else targets.push(this.devRef(deviceId(this.o.model, i), i));
         }
       }
-      const job: ConnectJob = {
-        hub: req.hub,
-        topic: req.topic,
-        concurrency: req.concurrency,
-        timeoutMs: req.timeoutMs,
-      };
-      if (!this.pool) {
-        await connectDevices(
-          targets.map((d) => d.id),
-          (k) => this.agent.credentials(targets[k]!),
-          job,
-          tally,
+      // every request may open up to min(concurrency, devices) sockets: bounded over the farm
+      const sessions = Math.min(req.concurrency, targets.length);
+      const max = this.o.connectSessionsMax ?? CONNECT_SESSIONS_MAX;
+      if (this.sessionBudget + sessions > max)
+        throw new StationError(
+          Status.BUSY,
+          `sessions: got ${this.sessionBudget} open and ${sessions} more asked, want at most ${max} at once (lower the concurrency, or wait)`,
         );
-      } else if (targets.length > 0) {
-        const pool = this.pool;
-        const shards = new Map<number, DeviceRef[]>();
-        for (const d of targets) {
-          const s = pool.shardOf(d.index);
-          const l = shards.get(s);
-          if (l) l.push(d);
-          else shards.set(s, [d]);
-        }
-        const results = await Promise.all(
-          [...shards].map(([shard, devs]) =>
-            pool.connect(shard, {
-              devices: devs.map(jobDevice),
-              // the request's concurrency, shared out in proportion to the shard's devices
-              job: {
-                ...job,
-                concurrency: Math.max(1, Math.round((job.concurrency * devs.length) / targets.length)),
-              },
-            }),
-          ),
-        );
-        for (const r of results) tally.add(r);
+      this.sessionBudget += sessions;
+      try {
+        await this.connectTargets(req, targets, tally);
+      } finally {
+        this.sessionBudget -= sessions;
       }
       return { kind: "ok", body: tally.result(skipped, Date.now() - t0) as unknown as CborMap };
     } catch (e) {
       return errorReply(e);
+    }
+  }
+
+  private async connectTargets(req: ConnectRequest, targets: DeviceRef[], tally: Tally): Promise<void> {
+    const job: ConnectJob = {
+      hub: req.hub,
+      topic: req.topic,
+      concurrency: req.concurrency,
+      timeoutMs: req.timeoutMs,
+    };
+    if (!this.pool) {
+      await connectDevices(
+        targets.map((d) => d.id),
+        (k) => this.agent.credentials(targets[k]!),
+        job,
+        tally,
+      );
+    } else if (targets.length > 0) {
+      const pool = this.pool;
+      const shards = new Map<number, DeviceRef[]>();
+      for (const d of targets) {
+        const s = pool.shardOf(d.index);
+        const l = shards.get(s);
+        if (l) l.push(d);
+        else shards.set(s, [d]);
+      }
+      const results = await Promise.all(
+        [...shards].map(([shard, devs]) =>
+          pool.connect(shard, {
+            devices: devs.map(jobDevice),
+            // the request's concurrency, shared out in proportion to the shard's devices
+            job: {
+              ...job,
+              concurrency: Math.max(1, Math.floor((job.concurrency * devs.length) / targets.length)),
+            },
+          }),
+        ),
+      );
+      for (const r of results) tally.add(r);
     }
   }
 

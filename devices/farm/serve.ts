@@ -49,6 +49,8 @@ export interface StartOptions {
   idleTimeoutMs?: number;
   maxConnections?: number;
   deviceTimeoutMs?: number;
+  /** CONNECT sessions open at once over the farm (default CONNECT_SESSIONS_MAX, 8,192) */
+  connectSessionsMax?: number;
   puf?: PufApi;
   /**
    * worker threads for the device-side cryptography (0 = all in the main thread); default
@@ -235,6 +237,7 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
       conditions: o.conditions,
       puf: o.puf,
       deviceTimeoutMs: o.deviceTimeoutMs,
+      connectSessionsMax: o.connectSessionsMax,
       workers,
       log,
     });

@@ -3,10 +3,12 @@
 // that dies while its devices are connecting.
 
 import { createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
 import * as tls from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
 import { connectDevices } from "../../../core/station/connect";
+import { type StationError, Status } from "../../../core/station/frame";
 import { deviceId } from "../../../core/station/ids";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { toPem } from "../../../devices/firmware/pkix";
@@ -111,6 +113,41 @@ describe("CONNECT: hubs that misbehave, a worker that dies", () => {
     expect(r.refused).toEqual([
       { deviceId: id(3), stage: "connack", reason: "return code 4 (bad user name or password)" },
     ]);
+  });
+
+  it("the farm bounds the sessions open at once over all requests: one more is BUSY", async () => {
+    const small = await farmFor(join(dir.path, "small"), { count: 20, workers: 0, connectSessionsMax: 3 });
+    const c = new StationClient({ port: small.port });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const d = id(i);
+        const { publicKey } = await c.identify(d);
+        await c.setTrustAnchor(d, ca.root);
+        await c.install(d, ca.chainFor(publicKey!, d));
+      }
+      const port = await hub(() => {}); // holds every session until its timeout
+      const req = (devices: string[], concurrency: number) =>
+        c.connect(
+          { hub: target(port), devices, topic: "devices/{deviceId}/telemetry", concurrency, timeoutMs: 500 },
+          { retries: 0 },
+        );
+      const first = req([id(0), id(1)], 2); // takes 2 of 3
+      await new Promise((r) => setTimeout(r, 100));
+      const e = await req([id(2), id(0)], 2).then(
+        () => undefined,
+        (x: unknown) => x as StationError,
+      );
+      expect(e?.status).toBe(Status.BUSY);
+      expect(e?.detail).toBe(
+        "sessions: got 2 open and 2 more asked, want at most 3 at once (lower the concurrency, or wait)",
+      );
+      expect((await req([id(2)], 1)).attempted).toBe(1); // fits beside the first
+      expect((await first).failures.map((x) => x.stage)).toEqual(["timeout", "timeout"]);
+      expect((await req([id(0), id(1), id(2)], 3)).attempted).toBe(3); // free again
+    } finally {
+      await c.close();
+      await small.close();
+    }
   });
 
   it("a worker that dies mid-storm: its devices are refused, the farm goes on", async () => {
