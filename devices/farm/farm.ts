@@ -31,13 +31,13 @@ import { Op, StationError, Status } from "../../core/station/frame";
 import { deviceId, indexOf } from "../../core/station/ids";
 import {
   BATCH_MAX,
+  CONNECT_SESSIONS_MAX,
+  type ConnectRequest,
   checkProtocol,
   DEVICE_OPS,
   type DeviceOpName,
   deviceOpByCode,
   type FarmStats,
-  CONNECT_SESSIONS_MAX,
-  type ConnectRequest,
   PROTOCOL,
   parseConnectRequest,
 } from "../../core/station/messages";
