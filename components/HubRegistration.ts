@@ -249,6 +249,9 @@ export class HubRegistration extends pulumi.ComponentResource {
     });
     const infra = hubInfrastructure(registration, args, this);
     this.registrations = {};
+    // this component's URN without a dependency on the component: an input that depends on the
+    // component makes each of its children wait for all the others (two batches would deadlock)
+    const parentUrn = pulumi.output(new Promise<string>((resolve) => this.urn.apply(resolve)));
     for (const b of args.batches) {
       const ca = b.issuingCa;
       this.registrations[b.batchName] = new HubRegistrationResource(
@@ -268,7 +271,11 @@ export class HubRegistration extends pulumi.ComponentResource {
               batchCrl: crl ? { path: crl.path, crlNumber: crl.crlNumber } : null,
             })) as never,
           registry: b.registry,
-          progressUrn: pulumi.createUrn(`${name}-${b.batchName}`, "pulumi-nodejs:dynamic:Resource", this),
+          progressUrn: pulumi.createUrn(
+            `${name}-${b.batchName}`,
+            "pulumi-nodejs:dynamic:Resource",
+            parentUrn,
+          ),
         },
         { parent: this, dependsOn: [b, ...infra.dependsOn] },
       );
