@@ -261,11 +261,10 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
       // with TLS 1.3 the hub's verdict on the device certificate arrives after secureConnect
       const tlsError = !secure || /alert|ssl|certificate/i.test(`${e.code} ${e.message}`);
       if (tlsError && stage !== "puback") return finish({ ok: false, stage: "tls", reason: tlsReason(e) });
-      finish({
-        ok: false,
-        stage: "closed",
-        reason: `connection error (${e.code ?? "unknown"}) waiting for ${stage}`,
-      });
+      const code = (e.code ?? "unknown").toLowerCase();
+      if (stage === "puback")
+        return finish({ ok: false, stage: "puback", reason: `connection error (${code}) before the PUBACK` });
+      finish({ ok: false, stage: "closed", reason: `connection error (${code}) before the CONNACK` });
     });
     socket.on("close", () => {
       if (settled) return;
