@@ -5,7 +5,7 @@
  * own stdout stays its own. argv[2] is the program's entry file.
  *
  * How declarations are seen without a change to the components: this process hooks Node's module
- * loader so that the CaHierarchy and DeviceIdentityBatch classes the program imports (from this
+ * loader so that the CaHierarchy, DeviceIdentityBatch and HubRegistration classes the program imports (from this
  * checkout or from node_modules/fleetguard) are subclasses that first record the declaration with the
  * component module's own mapping (declaredCas(planHierarchy(args)), declaredBatch(name, args)), and
  * so that enforceAtConstruction records a refusal instead of throwing: a review must see every batch
@@ -16,10 +16,10 @@ import Module, { createRequire } from "node:module";
 import { resolve } from "node:path";
 
 interface Record_ {
-  component: "CaHierarchy" | "DeviceIdentityBatch";
+  component: "CaHierarchy" | "DeviceIdentityBatch" | "HubRegistration";
   name: string;
   policy?: { file: string } | { inline: { name: string; spec: unknown; waivers?: unknown[] } };
-  declared: { cas?: unknown[]; batches?: unknown[] };
+  declared: { cas?: unknown[]; batches?: unknown[]; hubs?: unknown };
   error?: string;
 }
 
@@ -116,6 +116,39 @@ function wrap(file: string, exp: Exports): Exports {
       },
     };
   } else if (
+    /[\\/]components[\\/]HubRegistration\.[cm]?[jt]s$/.test(file) &&
+    typeof exp.HubRegistration === "function"
+  ) {
+    const Orig = exp.HubRegistration as Ctor;
+    const map = exp.declaredHubs as (n: string, a: unknown) => unknown;
+    w = {
+      ...exp,
+      HubRegistration: class extends Orig {
+        constructor(...a: unknown[]) {
+          const [name, args] = a as [string, { name?: string; policy?: unknown }];
+          const r: Record_ = {
+            component: "HubRegistration",
+            name,
+            policy: policyOf(args?.policy),
+            declared: {},
+          };
+          try {
+            r.declared.hubs = map(args?.name ?? name, args);
+          } catch (e) {
+            r.error = message(e);
+          }
+          out.components.push(r);
+          const prev = current;
+          current = { component: "HubRegistration", name };
+          try {
+            super(...a);
+          } finally {
+            current = prev;
+          }
+        }
+      },
+    };
+  } else if (
     /[\\/]policies[\\/]engine\.[cm]?[jt]s$/.test(file) &&
     typeof exp.enforceAtConstruction === "function"
   ) {
@@ -155,6 +188,7 @@ loader._load = function (request: string, parent: unknown, isMain: boolean) {
   if (
     !request.includes("CaHierarchy") &&
     !request.includes("DeviceIdentityBatch") &&
+    !request.includes("HubRegistration") &&
     !request.includes("engine")
   )
     return exp;

@@ -14,7 +14,7 @@ import { FleetError } from "../core/errors";
 import type { DeclaredBatch, DeclaredCa, DeclaredFleet } from "./context";
 
 export interface ComponentDeclaration {
-  component: "CaHierarchy" | "DeviceIdentityBatch";
+  component: "CaHierarchy" | "DeviceIdentityBatch" | "HubRegistration";
   name: string;
   /** The policy the component names: an absolute file, or a policy passed inline. */
   policy?:
@@ -163,9 +163,22 @@ export function mergeDeclared(
 ): DeclaredFleet {
   const cas = new Map<string, DeclaredCa>();
   const batches = new Map<string, DeclaredBatch>();
+  const hubs: NonNullable<DeclaredFleet["hubs"]> = {};
   for (const c of components) {
     for (const ca of c.declared.cas ?? []) cas.set(ca.name, ca);
     for (const b of c.declared.batches ?? []) batches.set(b.id, b);
+    // several registrations of one kind: their policies and enrollment groups side by side
+    const h = c.declared.hubs;
+    if (h?.aws)
+      hubs.aws = {
+        ...hubs.aws,
+        ...h.aws,
+        policies: [...(hubs.aws?.policies ?? []), ...(h.aws.policies ?? [])],
+      };
+    if (h?.azure)
+      hubs.azure = {
+        enrollmentGroups: [...(hubs.azure?.enrollmentGroups ?? []), ...(h.azure.enrollmentGroups ?? [])],
+      };
   }
   for (const r of resources) {
     const i = r.inputs;
@@ -200,5 +213,6 @@ export function mergeDeclared(
   const out: DeclaredFleet = {};
   if (cas.size) out.cas = [...cas.values()];
   if (batches.size) out.batches = [...batches.values()];
+  if (hubs.aws || hubs.azure) out.hubs = hubs;
   return out;
 }
