@@ -131,6 +131,7 @@ describe("fleet --help and --version", () => {
       "manifest verify",
       "devices ping",
       "devices stats",
+      "devices connect",
       "devices identify",
       "devices status",
     ]);

@@ -320,6 +320,7 @@ describe("the repository's own program under mocks", () => {
     expect(program.components.map((c) => [c.component, c.name, c.policy])).toEqual([
       ["CaHierarchy", "fleet", { file: join(ROOT, "policies/baseline.yaml") }],
       ["DeviceIdentityBatch", "line-a-lot-1", { file: join(ROOT, "policies/baseline.yaml") }],
+      ["HubRegistration", "local-hub", { file: join(ROOT, "policies/baseline.yaml") }],
     ]);
   });
 });
