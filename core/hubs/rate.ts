@@ -6,7 +6,7 @@
  * answers a quota still produces. The clock, the sleep and the random source are parameters so
  * tests run on virtual time without sleeping.
  */
-import { invalid } from "../errors.js";
+import { invalid } from "../errors";
 
 /** Time as the limiter sees it: milliseconds, and a way to wait. */
 export interface Clock {
