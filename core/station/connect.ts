@@ -12,6 +12,7 @@ import { invalid } from "../errors";
 import type { StationClient } from "./client";
 import {
   CONNECT_CONCURRENCY_MAX,
+  CONNECT_HOLD_MAX,
   CONNECT_MAX,
   CONNECT_TIMEOUT_MAX,
   type ConnectReason,
@@ -43,6 +44,10 @@ export interface ConnectOptions {
   chunkSize?: number;
   /** refusals kept by device (default 100); the rest are counted in `reasons` */
   maxRefusals?: number;
+  /** the MQTT client ID with `{deviceId}` in it (default the device ID): to test a hub's client ID rule */
+  clientId?: string;
+  /** keep each session open this long after its PUBACK (ms), as a device that stays online */
+  holdMs?: number;
   onProgress?: (p: ConnectProgress) => void;
 }
 
@@ -74,6 +79,8 @@ export interface ConnectSummary {
   /** refusals by stage and reason, most frequent first */
   reasons: ConnectReason[];
   elapsedMs: number;
+  /** held sessions (holdMs) that the hub closed before the device did */
+  closedByHub: number;
 }
 
 /** CONNECT requests in flight: enough that one finishing (its last sessions) leaves the hub busy */
@@ -92,6 +99,7 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
   const chunkSize = posInt(o.chunkSize ?? 512, "chunkSize", 1, CONNECT_MAX);
   const maxRefusals = posInt(o.maxRefusals ?? 100, "maxRefusals", 0, 1_000_000);
   const topic = checkTopic(o.topic ?? DEFAULT_TOPIC);
+  if (o.holdMs !== undefined) posInt(o.holdMs, "holdMs", 0, CONNECT_HOLD_MAX);
   if (!o.hub || typeof o.hub.host !== "string" || !o.hub.host)
     throw invalid("hub.host", o.hub?.host, "a host");
   posInt(o.hub.port, "hub.port", 1, 65535);
@@ -147,6 +155,7 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
     skipped: 0,
     reasons: [],
     elapsedMs: 0,
+    closedByHub: 0,
   };
   const reasons = new Map<string, ConnectReason>();
   let done = 0;
@@ -155,6 +164,7 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
     sum.connected += r.connected;
     sum.refusedCount += r.refused;
     sum.skipped += r.skipped;
+    sum.closedByHub += r.closedByHub ?? 0;
     for (const x of r.reasons) {
       const k = `${x.stage}\0${x.reason}`;
       const have = reasons.get(k);
@@ -184,10 +194,19 @@ export async function connectDevices(client: StationClient, o: ConnectOptions): 
       if (!part) return;
       const n = part.devices?.length ?? part.count!;
       // the farm runs `n` sessions `perRequest` at a time, each within deviceTimeoutMs
-      const timeoutMs = deviceTimeoutMs * (Math.ceil(n / perRequest) + 1) + 10_000;
+      const timeoutMs = (deviceTimeoutMs + (o.holdMs ?? 0)) * (Math.ceil(n / perRequest) + 1) + 10_000;
       const r = await client
         .connect(
-          { ...part, hub: o.hub, model: o.model, topic, concurrency: perRequest, timeoutMs: deviceTimeoutMs },
+          {
+            ...part,
+            hub: o.hub,
+            model: o.model,
+            topic,
+            concurrency: perRequest,
+            timeoutMs: deviceTimeoutMs,
+            ...(o.clientId !== undefined ? { clientId: o.clientId } : {}),
+            ...(o.holdMs ? { holdMs: o.holdMs } : {}),
+          },
           { timeoutMs, retries: 0 },
         )
         .catch((e: unknown) => {

@@ -502,6 +502,8 @@ export const CONNECT_FAILURES_MAX = 32;
 /** distinct (stage, reason) pairs per result; past it, "(other reasons)" per stage */
 export const CONNECT_REASONS_MAX = 32;
 export const CONNECT_TIMEOUT_MAX = 600_000;
+/** the longest a device holds its session open after the PUBACK */
+export const CONNECT_HOLD_MAX = 600_000;
 export const DEFAULT_TOPIC = "devices/{deviceId}/telemetry";
 /**
  * Where a device's attempt stopped: device (not enrolled, or not a device of this farm), key (its
@@ -544,6 +546,10 @@ export interface ConnectRequest {
   concurrency: number;
   /** per device, for the whole session (TCP, TLS, CONNACK, PUBACK), ms */
   timeoutMs: number;
+  /** the MQTT client ID, `{deviceId}` replaced (default: the device ID): a test of a hub's client ID rule */
+  clientId?: string;
+  /** keep each session open this long after the PUBACK (ms), as a device that stays online */
+  holdMs?: number;
 }
 export interface ConnectReason {
   stage: ConnectStage;
@@ -566,6 +572,8 @@ export interface ConnectResult {
   /** the first CONNECT_FAILURES_MAX refusals, by device */
   failures: ConnectFailure[];
   elapsedMs: number;
+  /** held sessions (holdMs) that the hub closed before the device did */
+  closedByHub?: number;
 }
 
 const HOST_RE = /^[A-Za-z0-9._:-]+$/;
@@ -621,7 +629,26 @@ export function parseConnectRequest(m: CborMap): ConnectRequest {
   if (concurrency === 0) throw invalid("concurrency", 0, `an integer in 1..${CONNECT_CONCURRENCY_MAX}`);
   const timeoutMs = uint(m, "timeoutMs", CONNECT_TIMEOUT_MAX);
   if (timeoutMs < 100) throw invalid("timeoutMs", timeoutMs, `an integer in 100..${CONNECT_TIMEOUT_MAX}`);
-  return { hub, devices, first, count, model, topic, concurrency, timeoutMs };
+  const clientId = optText(m, "clientId", 128);
+  if (clientId !== undefined && !/^[A-Za-z0-9{}._:-]+$/.test(clientId))
+    throw invalid(
+      "clientId",
+      clientId,
+      "a client ID template of letters, digits, '{deviceId}', '.', '_', ':', '-'",
+    );
+  const holdMs = m.holdMs === undefined ? undefined : uint(m, "holdMs", CONNECT_HOLD_MAX);
+  return {
+    hub,
+    devices,
+    first,
+    count,
+    model,
+    topic,
+    concurrency,
+    timeoutMs,
+    ...(clientId !== undefined ? { clientId } : {}),
+    ...(holdMs ? { holdMs } : {}),
+  };
 }
 
 /** The wire form of a request (the readers' inverse). */
@@ -639,6 +666,8 @@ export function connectRequestValue(r: ConnectRequest): CborMap {
   if (r.first !== undefined) m.first = r.first;
   if (r.count !== undefined) m.count = r.count;
   if (r.model !== undefined) m.model = r.model;
+  if (r.clientId !== undefined) m.clientId = r.clientId;
+  if (r.holdMs !== undefined) m.holdMs = r.holdMs;
   return m;
 }
 
@@ -663,6 +692,8 @@ export function parseConnectResult(m: CborMap): ConnectResult {
       return { device: deviceField(e), stage: stage(e, "stage"), reason: text(e, "reason", 256) };
     }),
     elapsedMs: uint(m, "elapsedMs"),
+    // absent from farms before session holding
+    closedByHub: m.closedByHub === undefined ? 0 : uint(m, "closedByHub", CONNECT_MAX),
   };
   if (r.connected + r.refused !== r.attempted)
     throw invalid("connected + refused", r.connected + r.refused, `the attempted count, ${r.attempted}`);

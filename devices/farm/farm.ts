@@ -426,6 +426,8 @@ export class Farm implements Service {
       topic: req.topic,
       concurrency: req.concurrency,
       timeoutMs: req.timeoutMs,
+      ...(req.clientId ? { clientId: req.clientId } : {}),
+      ...(req.holdMs ? { holdMs: req.holdMs } : {}),
     };
     if (!this.pool) {
       await connectDevices(

@@ -23,12 +23,18 @@ export interface ConnectJob {
   topic: string;
   concurrency: number;
   timeoutMs: number;
+  /** the MQTT client ID with `{deviceId}` in it (default the device ID itself) */
+  clientId?: string;
+  /** keep each session open this long after its PUBACK (ms) */
+  holdMs?: number;
 }
 
 export class Tally {
   attempted = 0;
   connected = 0;
   refused = 0;
+  /** held sessions the hub closed before the device did */
+  closedByHub = 0;
   private readonly reasons = new Map<string, ConnectReason>();
   private readonly overflow = new Map<string, ConnectReason>();
   readonly failures: ConnectFailure[] = [];
@@ -58,6 +64,7 @@ export class Tally {
     this.attempted += r.attempted;
     this.connected += r.connected;
     this.refused += r.refused;
+    this.closedByHub += r.closedByHub ?? 0;
     for (const x of r.reasons) this.reason(x.stage, x.reason, x.count);
     for (const f of r.failures) if (this.failures.length < CONNECT_FAILURES_MAX) this.failures.push(f);
   }
@@ -69,6 +76,7 @@ export class Tally {
       attempted: this.attempted,
       connected: this.connected,
       refused: this.refused,
+      closedByHub: this.closedByHub,
       skipped,
       reasons,
       failures: this.failures,
@@ -119,13 +127,15 @@ export async function connectDevices(
       }
       const o = await runSession({
         hub: job.hub,
-        clientId: device,
+        clientId: job.clientId ? topicFor(job.clientId, device) : device,
         key: c.key,
         certPem: presentedChain(c.chain),
         topic: topicFor(job.topic, device),
         payload: telemetry(device),
         timeoutMs: job.timeoutMs,
+        ...(job.holdMs ? { holdMs: job.holdMs } : {}),
       });
+      if (o.closedByHub) tally.closedByHub++;
       if (o.ok) tally.connected++;
       else tally.refuse(device, o.stage!, o.reason!);
     }

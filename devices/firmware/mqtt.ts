@@ -23,6 +23,8 @@ export type SessionStage = "tcp" | "tls" | "connack" | "closed" | "puback" | "ti
 
 export interface SessionOutcome {
   ok: boolean;
+  /** with holdMs: the hub closed the session while the device held it open (a revocation, a reload) */
+  closedByHub?: boolean;
   /** the stage that failed (absent when ok) */
   stage?: SessionStage;
   /** short, stable, free of key material and device-specific values (outcomes are grouped by it) */
@@ -47,6 +49,11 @@ export interface SessionParams {
   payload: Buffer;
   timeoutMs: number;
   keepAliveS?: number;
+  /**
+   * after the PUBACK, keep the session open this long (ms) before DISCONNECT, as a device that
+   * stays online does; the outcome says whether the hub closed it first
+   */
+  holdMs?: number;
 }
 
 /** CONNACK return codes (MQTT 3.1.1 table 3.1). */
@@ -170,7 +177,8 @@ const TCP_ERRORS: Record<string, string> = {
 /** One MQTT session of one device. Never rejects: the outcome says how far it got. */
 export function runSession(p: SessionParams): Promise<SessionOutcome> {
   return new Promise((resolve) => {
-    let stage: "tcp" | "tls" | "connack" | "puback" | "done" = "tcp";
+    let stage: "tcp" | "tls" | "connack" | "puback" | "held" | "done" = "tcp";
+    let hold: NodeJS.Timeout | undefined;
     let settled = false;
     let secure = false;
     let buf: Buffer = Buffer.alloc(0);
@@ -180,7 +188,8 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      if (o.ok) socket.end(DISCONNECT);
+      clearTimeout(hold);
+      if (o.ok && !o.closedByHub) socket.end(DISCONNECT);
       else socket.destroy();
       resolve(o);
     };
@@ -190,6 +199,7 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
         tls: "TLS handshake",
         connack: "CONNACK",
         puback: "PUBACK",
+        held: "close",
         done: "close",
       };
       finish({ ok: false, stage: "timeout", reason: `no ${waiting[stage]} within ${p.timeoutMs} ms` });
@@ -220,7 +230,8 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
     socket.once("secureConnect", () => {
       secure = true;
       stage = "connack";
-      socket.write(connectPacket(p.clientId, p.keepAliveS));
+      // a held session sends no PINGREQ: keep-alive off, so the hub keeps it for as long as it is held
+      socket.write(connectPacket(p.clientId, p.holdMs ? 0 : p.keepAliveS));
     });
     socket.on("data", (chunk: Buffer) => {
       received += chunk.length;
@@ -249,6 +260,12 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
         } else if (stage === "puback" && pk.type === 4) {
           if (pk.body.length !== 2 || pk.body.readUInt16BE(0) !== PACKET_ID)
             return finish({ ok: false, stage: "puback", reason: "PUBACK for another packet ID" });
+          if (p.holdMs) {
+            stage = "held";
+            clearTimeout(timer);
+            hold = setTimeout(() => finish({ ok: true }), p.holdMs);
+            return;
+          }
           stage = "done";
           return finish({ ok: true });
         }
@@ -256,6 +273,7 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
       }
     });
     socket.on("error", (e: NodeJS.ErrnoException) => {
+      if (stage === "held") return finish({ ok: true, closedByHub: true });
       if (stage === "tcp" && !(e.code ?? "").startsWith("ERR_SSL") && TCP_ERRORS[e.code ?? ""])
         return finish({ ok: false, stage: "tcp", reason: TCP_ERRORS[e.code!]! });
       // with TLS 1.3 the hub's verdict on the device certificate arrives after secureConnect
@@ -268,6 +286,7 @@ export function runSession(p: SessionParams): Promise<SessionOutcome> {
     });
     socket.on("close", () => {
       if (settled) return;
+      if (stage === "held") return finish({ ok: true, closedByHub: true });
       if (stage === "tcp" || stage === "tls")
         return finish({ ok: false, stage: "tls", reason: "connection closed during the TLS handshake" });
       if (stage === "puback")
