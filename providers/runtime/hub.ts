@@ -287,7 +287,7 @@ async function converge(i: HubInputs, prev?: Partial<HubOutputs>): Promise<HubOu
       const s = await hubSummary(registry, spec(i));
       await log(
         i,
-        `${s.active.toLocaleString("en-US")} active, ${s.disabled.toLocaleString("en-US")} disabled at ${driver.label} (${r.registered} registered, ${r.disabled} disabled this run); endpoint ${r.trust.endpoint}`,
+        `${s.active.toLocaleString("en-US")} active, ${s.disabled.toLocaleString("en-US")} disabled at ${driver.label} (${r.registered.toLocaleString("en-US")} registered, ${r.disabled.toLocaleString("en-US")} disabled this run); endpoint ${r.trust.endpoint}`,
       );
       const err = refusalError(driver.label, r, r.registered + r.failed.length);
       if (err) throw err;
