@@ -21,6 +21,15 @@ export {
   DeviceIdentityBatch,
   type DeviceIdentityBatchArgs,
 } from "./components/DeviceIdentityBatch";
+export {
+  type AwsHubRegistrationArgs,
+  type AzureHubRegistrationArgs,
+  type HubArgs,
+  HubRegistration,
+  type HubRegistrationArgs,
+  type HubSummaryOutput,
+  type LocalHubArgs,
+} from "./components/HubRegistration";
 export { FleetError, type FleetErrorCode } from "./core/errors";
 // the readers; their full APIs are the "fleetguard/manifest" and "fleetguard/registry" subpaths
 export {
