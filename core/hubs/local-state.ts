@@ -499,14 +499,42 @@ export function loadTrust(stateDir: string): Trust {
   return trust;
 }
 
-/** Rebuild trust/ca-bundle.pem and trust/crls.pem from the registration files (public, 0644). */
+/**
+ * The registrations folder's signature: names, sizes, mtimes and inodes of its *.json files (a
+ * file replaced by rename gets a new inode). The hub polls it; rebuildBundles compares it.
+ */
+export function registrationsSignature(stateDir: string): string {
+  const dir = statePaths(stateDir).registrations;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).filter((n) => n.endsWith(".json"));
+  } catch {
+    return "unreadable";
+  }
+  names.sort();
+  const parts: string[] = [];
+  for (const n of names) {
+    const st = fs.statSync(path.join(dir, n), { throwIfNoEntry: false });
+    if (st) parts.push(`${n}:${st.size}:${st.mtimeMs}:${st.ino}`);
+  }
+  return parts.join("|");
+}
+
+/**
+ * Rebuild trust/ca-bundle.pem and trust/crls.pem from the registration files (public, 0644).
+ * Two writers (two batches' drivers, the hub) may rebuild at once: whoever sees the folder change
+ * while it rebuilt does it again, so the last bundles written follow the last registration files.
+ */
 export function rebuildBundles(stateDir: string): Trust {
-  const trust = loadTrust(stateDir);
   const p = statePaths(stateDir);
   makeDirs(p.trust);
-  writeIfChanged(p.caBundle, trust.caPems.join(""));
-  writeIfChanged(p.crls, trust.crlPems.join(""));
-  return trust;
+  for (let attempt = 0; ; attempt++) {
+    const before = registrationsSignature(stateDir);
+    const trust = loadTrust(stateDir);
+    writeIfChanged(p.caBundle, trust.caPems.join(""));
+    writeIfChanged(p.crls, trust.crlPems.join(""));
+    if (attempt >= 4 || registrationsSignature(stateDir) === before) return trust;
+  }
 }
 
 function writeIfChanged(file: string, text: string): void {

@@ -32,6 +32,7 @@ import {
   makeDirs,
   nameKey,
   rebuildBundles,
+  registrationsSignature,
   revocationKey,
   statePaths,
   type Trust,
@@ -152,23 +153,6 @@ function checkStateDir(dir: string): void {
     const code = (e as NodeJS.ErrnoException).code ?? "an error";
     throw invalid("stateDir", dir, `a folder the hub can create, read and write (${code})`);
   }
-}
-
-/** The registrations folder's signature: names, sizes and mtimes of its *.json files. */
-function signature(dir: string): string {
-  let names: string[];
-  try {
-    names = fs.readdirSync(dir).filter((n) => n.endsWith(".json"));
-  } catch {
-    return "unreadable";
-  }
-  names.sort();
-  const parts: string[] = [];
-  for (const n of names) {
-    const st = fs.statSync(`${dir}/${n}`, { throwIfNoEntry: false });
-    if (st) parts.push(`${n}:${st.size}:${st.mtimeMs}:${st.ino}`);
-  }
-  return parts.join("|");
 }
 
 export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub> {
@@ -359,19 +343,21 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     };
     server.once("error", onError);
     server.once("listening", onListening);
-    server.listen(o.port, o.host);
+    // a connect storm queues many connections at once: a deeper backlog than Node's 511 (the
+    // kernel caps it at net.core.somaxconn)
+    server.listen({ port: o.port, host: o.host, backlog: 4096 });
   });
   const port = (server.address() as net.AddressInfo).port;
   writeEndpoint(o.stateDir, { host: o.host, port });
 
   // ------------------------------------------------------------ reload
-  let lastSignature = signature(paths.registrations);
+  let lastSignature = registrationsSignature(o.stateDir);
   let running: Promise<void> | undefined;
   let again = false;
   let closed = false;
 
   const doReload = async (): Promise<void> => {
-    const sig = signature(paths.registrations);
+    const sig = registrationsSignature(o.stateDir);
     let next: Trust;
     try {
       next = rebuildBundles(o.stateDir);
@@ -431,7 +417,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
   };
 
   const check = () => {
-    if (!closed && signature(paths.registrations) !== lastSignature) void reload();
+    if (!closed && registrationsSignature(o.stateDir) !== lastSignature) void reload();
   };
   let debounce: NodeJS.Timeout | undefined;
   let watcher: fs.FSWatcher | undefined;
