@@ -15,6 +15,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { FleetError, invalid } from "../../core/errors";
+// static imports: a lazy require() of a .ts file breaks under vitest (see core/registry/index.ts);
+// this module is itself loaded lazily, inside the provider process only
+import { AwsIotDriver } from "../../core/hubs/aws";
+import { AzureDpsDriver } from "../../core/hubs/azure-dps";
+import { LocalHubDriver } from "../../core/hubs/local";
 import {
   CONNECTABLE,
   describeHubPlan,
@@ -168,7 +173,6 @@ export function driverOf(i: HubInputs, registry: Registry): HubDriver {
   const h = i.hub;
   const label = labelOf(h, i.registration);
   if (h.kind === "local") {
-    const { LocalHubDriver } = require("../../core/hubs/local") as typeof import("../../core/hubs/local");
     return new LocalHubDriver({
       stateDir: path.resolve(process.cwd(), h.stateDir),
       registration: i.registration,
@@ -177,7 +181,6 @@ export function driverOf(i: HubInputs, registry: Registry): HubDriver {
     });
   }
   if (h.kind === "aws") {
-    const { AwsIotDriver } = require("../../core/hubs/aws") as typeof import("../../core/hubs/aws");
     // credentials: the SDK's default chain (environment, profile, role), never the state
     return new AwsIotDriver({
       label,
@@ -192,8 +195,6 @@ export function driverOf(i: HubInputs, registry: Registry): HubDriver {
       batch: i.batch,
     });
   }
-  const { AzureDpsDriver } =
-    require("../../core/hubs/azure-dps") as typeof import("../../core/hubs/azure-dps");
   return new AzureDpsDriver({
     label,
     endpoint: h.endpoint,
