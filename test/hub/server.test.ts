@@ -163,6 +163,28 @@ describe("revocation and trust reload without restart", () => {
     await hub.reload();
   });
 
+  it("refuses the devices of a CA that has no CRL, and says which CA", async () => {
+    const pki = makePki("no-crl");
+    const dev = pki.device("fg400-1");
+    const t = pki.trusted();
+    const reg = emptyRegistration("nocrl", "b1");
+    reg.cas = [
+      { name: t.name, fingerprint: t.fingerprint, certificatePem: t.certificatePem, chainPem: t.chainPem },
+    ];
+    reg.devices[dev.sha256] = { deviceId: dev.id, serial: dev.serial };
+    writeRegistration(dir, reg);
+    await hub.reload();
+    expect(logs).toContain(
+      "hub: CA 'CN=no-crl Issuing' has no CRL: its devices are refused (every CA needs a current CRL)",
+    );
+    const before = hub.stats().refused.tls;
+    expect((await connect(dev)).client).toBeUndefined();
+    await waitFor(() => hub.stats().refused.tls > before, 10_000, "the TLS refusal");
+    expect(logs.at(-1)).toMatch(/certificate refused \(UNABLE_TO_GET_CRL\)$/);
+    fs.rmSync(path.join(statePaths(dir).registrations, "nocrl--b1.json"));
+    await hub.reload();
+  });
+
   it("trusts a second CA added without a restart", async () => {
     const second = makePki("second");
     const dev = second.device("fg200-1");
