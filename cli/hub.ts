@@ -48,7 +48,7 @@ export const spec: GroupSpec = {
         },
       ],
       details:
-        "prints one line once it listens; logs reloads and refusals on stderr. Devices verify the hub with DIR/hub-ca.pem.",
+        "prints one line once it listens; logs reloads and refusals on stderr; SIGHUP reloads the state folder at once. Devices verify the hub with DIR/hub-ca.pem.",
     },
   ],
 };
@@ -125,6 +125,11 @@ async function serve(flags: Flags, lists: Readonly<Record<string, readonly strin
     };
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
+    // as Mosquitto does: SIGHUP re-reads the state folder now (the watch and the poll do it anyway)
+    process.on("SIGHUP", () => {
+      err("hub: SIGHUP, reloading");
+      void hub.reload();
+    });
   });
 }
 

@@ -83,6 +83,12 @@ describe("fleet hub serve", () => {
       "log",
     );
     expect(s.out.stderr).not.toMatch(/PRIVATE KEY/);
+    s.child.kill("SIGHUP");
+    await waitFor(
+      () => /hub: SIGHUP, reloading\nhub: reloaded: trusting 2 CAs, 0 devices\n/.test(s.out.stderr),
+      10_000,
+      "log",
+    );
     s.child.kill("SIGTERM");
     expect(await s.exited).toBe(0);
     expect(s.out.stderr).toMatch(/hub: SIGTERM, closing/);
