@@ -51,12 +51,12 @@ interface Work {
 
 async function allHubRecords(
   registry: Registry,
-  spec: HubSyncSpec,
+  spec: { hub: string; batch?: string },
 ): Promise<Map<string, HubRegistrationRecord>> {
   const out = new Map<string, HubRegistrationRecord>();
   for (let after: { deviceId: string; serial: string } | undefined; ; ) {
     const page = await registry.hubRegistrations(spec.hub, {
-      batch: spec.batch,
+      ...(spec.batch !== undefined ? { batch: spec.batch } : {}),
       limit: PAGE,
       ...(after ? { after } : {}),
     });
@@ -475,8 +475,14 @@ export async function hubDrift(registry: Registry, driver: HubDriver, spec: HubS
         drift.reactivated.push({ deviceId: r.deviceId, serial: r.serial });
     }
   }
-  if (driver.unknown)
-    drift.unknown = await driver.unknown(new Set(records.map((r) => r.remoteId ?? r.serial)));
+  if (driver.unknown) {
+    // every record of this hub the registry holds (other batches under the same CA included),
+    // whatever its status: only what it never recorded is unknown
+    const all = [...(await allHubRecords(registry, { hub: spec.hub })).values()];
+    drift.unknown = await driver.unknown(
+      new Set(all.flatMap((r) => [r.serial, ...(r.remoteId ? [r.remoteId] : [])])),
+    );
+  }
   return drift;
 }
 

@@ -10,7 +10,12 @@
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ListCertificatesCommand, UpdateCertificateCommand } from "@aws-sdk/client-iot";
+import {
+  DeleteCertificateCommand,
+  ListCertificatesCommand,
+  RegisterCertificateCommand,
+  UpdateCertificateCommand,
+} from "@aws-sdk/client-iot";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dpsCertificateName } from "../../core/hubs/azure-dps";
 import { openRegistry } from "../../core/registry";
@@ -182,9 +187,22 @@ describe("hub provider, AWS IoT (moto)", () => {
     await sdk(moto.endpoint).send(
       new UpdateCertificateCommand({ certificateId: victim, newStatus: "INACTIVE" }),
     );
+    // and one registered under the CA that the registry never recorded
+    const intruder = makeDevice(pki, "fg100-9999999");
+    await sdk(moto.endpoint).send(
+      new RegisterCertificateCommand({
+        certificatePem: intruder.certPem,
+        caCertificatePem: pki.issuing.certificatePem,
+        status: "ACTIVE",
+      }),
+    );
     const props = { ...inputs, ...outs.outs } as Record<string, unknown>;
     const r = await read("prod/b1", props);
-    expect(r.props.drift).toMatchObject({ deactivated: 1 });
+    expect(r.props.drift).toMatchObject({ deactivated: 1, unknown: 1 });
+    await sdk(moto.endpoint).send(
+      new UpdateCertificateCommand({ certificateId: intruder.cert.sha256, newStatus: "INACTIVE" }),
+    );
+    await sdk(moto.endpoint).send(new DeleteCertificateCommand({ certificateId: intruder.cert.sha256 }));
     expect((await diff("prod/b1", props, inputs)).changes).toBe(true);
     await update("prod/b1", props, {
       ...inputs,
