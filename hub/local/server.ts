@@ -54,6 +54,8 @@ export interface LocalHubOptions {
   hosts?: readonly string[];
   /** one line per event (reloads, refusals, closed sessions); default: none */
   log?: (line: string) => void;
+  /** watch the folder with fs.watch (default true); false leaves the poll alone (tests use it) */
+  watch?: boolean;
 }
 
 export interface LocalHubStats {
@@ -119,7 +121,7 @@ function authError(returnCode: 2 | 5, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
 }
 
-function checkOptions(o: LocalHubOptions): Required<Omit<LocalHubOptions, "log" | "hosts">> {
+function checkOptions(o: LocalHubOptions): Required<Omit<LocalHubOptions, "log" | "hosts" | "watch">> {
   if (!o || typeof o.stateDir !== "string" || !o.stateDir)
     throw invalid("stateDir", o?.stateDir, "the hub's state folder");
   if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535)
@@ -422,6 +424,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
   let debounce: NodeJS.Timeout | undefined;
   let watcher: fs.FSWatcher | undefined;
   try {
+    if (options.watch === false) throw new Error("no watch");
     watcher = fs.watch(paths.registrations, () => {
       clearTimeout(debounce);
       debounce = setTimeout(check, 50);

@@ -185,6 +185,32 @@ describe("revocation and trust reload without restart", () => {
     await hub.reload();
   });
 
+  it("closes a live session when only a CRL revokes its certificate (another writer's registration)", async () => {
+    const pki = makePki("crl-only");
+    const dev = pki.device("fg500-1");
+    const write = () => {
+      const t = pki.trusted();
+      const reg = emptyRegistration("crlonly", "b1");
+      reg.cas = [
+        { name: t.name, fingerprint: t.fingerprint, certificatePem: t.certificatePem, chainPem: t.chainPem },
+      ];
+      reg.crls = t.crlPems;
+      reg.devices[dev.sha256] = { deviceId: dev.id, serial: dev.serial };
+      writeRegistration(dir, reg);
+    };
+    write();
+    await hub.reload();
+    const a = await connect(dev);
+    expect(a.error).toBeUndefined();
+    const closed = new Promise<void>((resolve) => a.client!.once("close", () => resolve()));
+    pki.revoke(dev.serial);
+    write(); // still listed in devices: the CRL alone revokes it
+    await closed;
+    expect(logs).toContain("hub: closed the session of 'fg500-1': certificate revoked");
+    fs.rmSync(path.join(statePaths(dir).registrations, "crlonly--b1.json"));
+    await hub.reload();
+  });
+
   it("trusts a second CA added without a restart", async () => {
     const second = makePki("second");
     const dev = second.device("fg200-1");
@@ -241,6 +267,28 @@ describe("the bundles the hub writes, checked by OpenSSL", () => {
     const revoked = check(d3);
     expect(revoked.status).not.toBe(0);
     expect(revoked.out).toMatch(/certificate revoked/);
+  });
+});
+
+describe("the poll alone (no fs.watch) sees a new registration", () => {
+  it("within a few polls", async () => {
+    const d2 = tmpdir("fleetguard-hub-poll-");
+    const pki = makePki("poll");
+    const dev = pki.device("fg600-1");
+    const h = await startLocalHub({ stateDir: d2, port: 0, reloadMs: 100, watch: false });
+    try {
+      const drv = new LocalHubDriver({ stateDir: d2, registration: "p", batch: "b1" });
+      await drv.ensureTrust([pki.trusted()]);
+      await drv.register([dev.cert]);
+      await drv.flush();
+      await waitFor(() => h.stats().devices === 1, 20_000, "the poll to reload");
+      const a = await connectDevice(h.port, fs.readFileSync(h.hubCaFile, "utf8"), dev);
+      expect(a.error).toBeUndefined();
+      a.client!.end(true);
+    } finally {
+      await h.close();
+      fs.rmSync(d2, { recursive: true, force: true });
+    }
   });
 });
 
