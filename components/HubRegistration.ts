@@ -77,7 +77,13 @@ export interface HubRegistrationArgs {
   /** the registration's name (the registry's hub records are keyed by it); default: the component name */
   readonly name?: string;
   /** the batches whose devices the hub must accept */
-  readonly batches: readonly DeviceIdentityBatch[];
+  readonly batches?: readonly DeviceIdentityBatch[];
+  /**
+   * issuing CAs to trust without per-device registration (AWS just-in-time provisioning, a DPS
+   * enrollment group): devices of these CAs are admitted by the hub itself on first connect. The
+   * batches' issuing CAs are trusted anyway.
+   */
+  readonly issuingCas?: readonly CaOutputs[];
   readonly hub: HubArgs;
   /** fleet policy (path or loaded) the hub's declaration must obey (FG-HUB-*) */
   readonly policy?: string | PolicyInput;
@@ -100,10 +106,18 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 export function checkHubArgs(name: string, args: HubRegistrationArgs): void {
   if (!args || typeof args !== "object") throw invalid("args", args, "the hub registration's declaration");
   if (!NAME.test(name)) throw invalid("name", name, "1..63 letters, digits, '_', '.', '-'");
-  if (!Array.isArray(args.batches) || args.batches.length === 0)
-    throw invalid("batches", args.batches, "one or more DeviceIdentityBatch components");
+  const batches = args.batches ?? [];
+  if (!Array.isArray(batches)) throw invalid("batches", batches, "DeviceIdentityBatch components");
+  if (args.issuingCas !== undefined && !Array.isArray(args.issuingCas))
+    throw invalid("issuingCas", args.issuingCas, "issuing CAs: hierarchy.issuingCa(name)");
+  (args.issuingCas ?? []).forEach((c, i) => {
+    if (!c || typeof c.name !== "string" || !c.certificatePem)
+      throw invalid(`issuingCas[${i}]`, c, 'an issuing CA of a CaHierarchy: hierarchy.issuingCa("line-a")');
+  });
+  if (batches.length === 0 && !(args.issuingCas ?? []).length)
+    throw invalid("batches", batches, "one or more DeviceIdentityBatch components (or issuingCas to trust)");
   const seen = new Set<string>();
-  args.batches.forEach((b, i) => {
+  batches.forEach((b, i) => {
     if (!b || typeof b.batchName !== "string" || !b.issuingCa)
       throw invalid(`batches[${i}]`, b, "a DeviceIdentityBatch component");
     if (seen.has(b.batchName)) throw invalid(`batches[${i}]`, b.batchName, "each batch once");
@@ -119,21 +133,35 @@ export function checkHubArgs(name: string, args: HubRegistrationArgs): void {
   if (args.hub.kind === "aws") {
     if (typeof args.hub.region !== "string" || !/^[a-z]{2}(-[a-z]+)+-\d$/.test(args.hub.region))
       throw invalid("hub.region", args.hub.region, "an AWS region such as eu-central-1");
-    checkAwsHubArgs(args.hub, issuingCas(args.batches));
+    checkAwsHubArgs(args.hub, trustedCas(args));
     awsHubNames(name, args.hub);
     return;
   }
   if (args.hub.kind === "azure") {
-    checkAzureHubArgs(name, args.hub, issuingCas(args.batches));
-    azureHubNames(name, args.hub, issuingCas(args.batches));
+    checkAzureHubArgs(name, args.hub, trustedCas(args));
+    azureHubNames(name, args.hub, trustedCas(args));
     return;
   }
+  if (!batches.length)
+    throw invalid(
+      "batches",
+      batches,
+      "one or more DeviceIdentityBatch components: the local hub admits registered certificates only (issuingCas alone is for AWS JITP and DPS enrollment groups)",
+    );
   const l = args.hub as LocalHubArgs;
   if (
     l.stateDir !== undefined &&
     (typeof l.stateDir !== "string" || !l.stateDir.trim() || l.stateDir.includes("\0"))
   )
     throw invalid("hub.stateDir", l.stateDir, "a folder path for the local hub's state");
+}
+
+/** The CAs the hub trusts: the batches' issuing CAs and those given alone, each once (by CA name). */
+export function trustedCas(args: HubRegistrationArgs): CaOutputs[] {
+  const seen = new Map<string, CaOutputs>();
+  for (const c of [...issuingCas(args.batches ?? []), ...(args.issuingCas ?? [])])
+    if (!seen.has(c.name)) seen.set(c.name, c);
+  return [...seen.values()];
 }
 
 /** The batches' issuing CAs, each once (by CA name), in the order of the batches. */
@@ -147,7 +175,7 @@ export function issuingCas(batches: readonly DeviceIdentityBatch[]): CaOutputs[]
 /** What the policy engine sees of the hub (AWS policies, Azure enrollment groups): what `up` deploys. */
 export function declaredHubs(name: string, args: HubRegistrationArgs): DeclaredHubs {
   const h = args.hub;
-  const batches = args.batches.map((b) => b.batchName);
+  const batches = (args.batches ?? []).map((b) => b.batchName);
   if (h.kind === "aws") {
     const names = awsHubNames(name, h);
     return {
@@ -161,7 +189,7 @@ export function declaredHubs(name: string, args: HubRegistrationArgs): DeclaredH
       }),
     };
   }
-  if (h.kind === "azure") return { azure: declaredAzureHub({ ...h, batches }, issuingCas(args.batches)) };
+  if (h.kind === "azure") return { azure: declaredAzureHub({ ...h, batches }, trustedCas(args)) };
   return {};
 }
 
@@ -174,11 +202,11 @@ function hubInfrastructure(
   const h = args.hub;
   if (h.kind === "local")
     return { hub: { kind: "local", stateDir: h.stateDir ?? ".fleetguard/hub" }, dependsOn: [] };
-  const cas = issuingCas(args.batches);
+  const cas = trustedCas(args);
   if (h.kind === "aws") {
     const infra = awsHubInfrastructure(
       name,
-      { ...h, batches: h.batches ?? args.batches.map((b) => b.batchName) },
+      { ...h, batches: h.batches ?? (args.batches ?? []).map((b) => b.batchName) },
       cas.map((c) => ({ name: c.name, certificatePem: c.certificatePem })),
       parent,
     );
@@ -252,7 +280,7 @@ export class HubRegistration extends pulumi.ComponentResource {
     // this component's URN without a dependency on the component: an input that depends on the
     // component makes each of its children wait for all the others (two batches would deadlock)
     const parentUrn = pulumi.output(new Promise<string>((resolve) => this.urn.apply(resolve)));
-    for (const b of args.batches) {
+    for (const b of args.batches ?? []) {
       const ca = b.issuingCa;
       this.registrations[b.batchName] = new HubRegistrationResource(
         `${name}-${b.batchName}`,

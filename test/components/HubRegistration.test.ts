@@ -215,11 +215,33 @@ describe("HubRegistration (mocks)", () => {
     ).toThrow(/HubRegistration 'p-hub2': policy 'strict' refuses this declaration .*FG-HUB-003/s);
   });
 
+  it("aws with issuing CAs alone (just-in-time provisioning): the CA registrations and no per-device resource", async () => {
+    const { pki } = fleet("j");
+    new HubRegistration("j-hub", {
+      issuingCas: [pki.issuingCa("line")],
+      hub: { kind: "aws", region: "eu-central-1", mode: "jitp" },
+    });
+    for (let i = 0; i < 100 && !registered.some((r) => r.name === "j-hub-ca-line"); i++)
+      await new Promise((r) => setTimeout(r, 50));
+    const ca = registered.find((r) => r.name === "j-hub-ca-line");
+    expect(ca?.type).toBe("aws:iot/caCertificate:CaCertificate");
+    expect(ca?.inputs.allowAutoRegistration).toBe(true);
+    expect(
+      registered.some(
+        (r) => r.type === "aws:iot/provisioningTemplate:ProvisioningTemplate" && r.name === "j-hub-jitp",
+      ),
+    ).toBe(true);
+    expect(hubResources("j-hub")).toEqual([]);
+  });
+
   it("bad input names the field, before any resource is registered", () => {
     const { a } = fleet("e");
     const bad = (args: unknown) => () => checkHubArgs("e-hub", args as HubRegistrationArgs);
     expect(bad({ batches: [], hub: { kind: "local" } })).toThrow(
-      /^batches: got array\(0\), want one or more DeviceIdentityBatch components/,
+      /^batches: got array\(0\), want one or more DeviceIdentityBatch components \(or issuingCas to trust\)/,
+    );
+    expect(bad({ issuingCas: [a.issuingCa], hub: { kind: "local" } })).toThrow(
+      /^batches: got array\(0\), want one or more DeviceIdentityBatch components: the local hub admits registered certificates only/,
     );
     expect(bad({ batches: [a], hub: { kind: "gcp" } })).toThrow(
       /^hub\.kind: got "gcp", want 'local', 'aws' or 'azure'/,
