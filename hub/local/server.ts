@@ -117,6 +117,12 @@ export function certificateNamesDevice(x: crypto.X509Certificate, deviceId: stri
   return false;
 }
 
+/** A client ID or topic as the log shows it: the device chose it, so no control characters, at most 200. */
+const shown = (v: string): string => {
+  const t = v.replace(/[^\x20-\x7e]/g, "?");
+  return t.length > 200 ? `${t.slice(0, 197)}...` : t;
+};
+
 function authError(returnCode: 2 | 5, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
 }
@@ -209,7 +215,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     reason: string,
   ) => {
     stats.refused[kind]++;
-    log(`hub: refused '${who}': ${reason}`);
+    log(`hub: refused '${shown(who)}': ${reason}`);
     done(authError(code, reason), false);
   };
 
@@ -218,7 +224,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     heartbeatInterval: 3_600_000,
     authenticate(client, _username, _password, done) {
       const sock = client.conn as tls.TLSSocket;
-      const clientId = String(client.id).slice(0, 128);
+      const clientId = String(client.id);
       const x = typeof sock.getPeerX509Certificate === "function" ? sock.getPeerX509Certificate() : undefined;
       if (!x) return refuse(done, clientId, "certificate", 5, "no client certificate");
       const sha = x.fingerprint256.replace(/:/g, "").toLowerCase();
@@ -273,7 +279,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       if (packet.topic.startsWith(s.prefix)) return done(null);
       stats.refused.acl++;
       log(
-        `hub: refused '${s?.deviceId ?? client.id}': publish to '${packet.topic.slice(0, 200)}' outside its prefix (session closed)`,
+        `hub: refused '${s.deviceId}': publish to '${shown(packet.topic)}' outside its prefix (session closed)`,
       );
       done(new Error("publish outside the device's topic prefix"));
     },
@@ -282,7 +288,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       if (s && sub.topic.startsWith(s.prefix)) return done(null, sub);
       stats.refused.acl++;
       log(
-        `hub: refused '${s?.deviceId ?? client.id}': subscribe to '${sub.topic.slice(0, 200)}' outside its prefix (SUBACK 0x80)`,
+        `hub: refused '${shown(s?.deviceId ?? client.id)}': subscribe to '${shown(sub.topic)}' outside its prefix (SUBACK 0x80)`,
       );
       done(null, null);
     },
