@@ -11,6 +11,7 @@ import type {
   DeclaredHubs,
   DeclaredRotation,
   InventoryBatch,
+  InventoryHubRegistration,
 } from "./schema/fleet.gen";
 
 export type {
@@ -25,6 +26,7 @@ export type {
   DeclaredRotation,
   ExtKeyUsage,
   InventoryBatch,
+  InventoryHubRegistration,
   IotPolicyDocument,
   IotPolicyStatement,
   TlsStack,
@@ -53,6 +55,14 @@ export interface DeployedCertificate {
   active?: boolean;
   /** When the key was generated, when older than the certificate (re-issue without re-key). */
   keyCreatedAt?: string;
+  /** The registry's status of the certificate, when read from a registry (fleet audit). */
+  status?: "live" | "revoked";
+  revocationReason?: string;
+  /** The registry's state of the device that holds it. */
+  deviceState?: string;
+  epoch?: number;
+  /** Where hubs admit or refuse it (registry hub records, the local hub's state files); absent: unknown. */
+  hubs?: InventoryHubRegistration[];
 }
 
 export interface DeployedCrl {

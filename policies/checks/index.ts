@@ -26,6 +26,8 @@ import { check as LIFE003 } from "./lifecycle/FG-LIFE-003";
 import { check as REV001 } from "./revocation/FG-REV-001";
 import { check as REV002 } from "./revocation/FG-REV-002";
 import { check as REV003 } from "./revocation/FG-REV-003";
+import { check as REV004 } from "./revocation/FG-REV-004";
+import { check as REV005 } from "./revocation/FG-REV-005";
 import { check as ROT001 } from "./rotation/FG-ROT-001";
 
 /** Every check, in catalog order (by area, then id). */
@@ -49,6 +51,8 @@ export const catalog: readonly Check[] = [
   REV001,
   REV002,
   REV003,
+  REV004,
+  REV005,
   HUB001,
   HUB002,
   HUB003,

@@ -248,6 +248,48 @@ export interface InventoryCertificate {
    * When the key was generated, if older than the certificate.
    */
   keyCreatedAt?: string;
+  /**
+   * The registry's status of the certificate (fleet audit).
+   */
+  status?: "live" | "revoked";
+  /**
+   * RFC 5280 reason name, when the registry holds it as revoked.
+   */
+  revocationReason?: string;
+  /**
+   * The registry's state of the device that holds it (active, revoked, decommissioned, ...).
+   */
+  deviceState?: string;
+  /**
+   * The device's key epoch (PUF devices: which derived key).
+   */
+  epoch?: number;
+  /**
+   * Where hubs admit or refuse the certificate: the registry's hub records, and the local hub's state files.
+   */
+  hubs?: InventoryHubRegistration[];
+}
+/**
+ * This interface was referenced by `FleetDeclaration`'s JSON-Schema
+ * via the `definition` "InventoryHubRegistration".
+ */
+export interface InventoryHubRegistration {
+  /**
+   * The hub registration's name (local hub: local:<registration>).
+   */
+  hub: string;
+  /**
+   * Where the fact was read.
+   */
+  source?: "registry" | "local-state";
+  /**
+   * The hub record's status (registering, active, disabled, ...) or, in a local hub's state, allowed or disabled.
+   */
+  status: string;
+  /**
+   * True when the hub lets this certificate connect.
+   */
+  accepts: boolean;
 }
 /**
  * This interface was referenced by `FleetDeclaration`'s JSON-Schema
