@@ -1,0 +1,455 @@
+/**
+ * Renewal (issue 12, points 1-2 and 8): which active devices of a batch are due for a new
+ * certificate or a new key, decided from the registry alone and a clock the caller gives, and the
+ * renewal step itself (new certificate, same key). rekey.ts holds the re-key step; rotate() below
+ * runs both in waves.
+ *
+ * Due, after cert-manager and step-ca (renew at 2/3 of the lifetime, or `renewBefore` days
+ * before expiry) and AWS IoT Device Defender (DEVICE_CERTIFICATE_EXPIRING 30 days, AGE 365):
+ *  - renew when the live certificate's remaining validity is below the renew window: fewer than
+ *    `renewBeforeDays` left, or `renewAtFraction` of its lifetime elapsed (either, when both);
+ *  - re-key when the key is older than `maxKeyAgeDays`. The key's age is read from the
+ *    registry's certificates: the issue time of the first certificate that certifies the key the
+ *    registry holds for the device (the SubjectPublicKeyInfo appears verbatim in every
+ *    certificate of that key), so no new registry field is needed and a re-key, which records
+ *    the new key with its first certificate in one audited transition, restarts the age.
+ * A device due for both is re-keyed (the new key comes with a new certificate).
+ *
+ * Proof that the new certificate's key is the device's (the CSR is bound to an attestation by the
+ * current key): the device signs the CSR with the key it certifies (proof of possession), and the
+ * key the registry holds for the device signs an attestation whose nonce is SHA-256 over a
+ * domain, a fresh random value and that CSR. For a renewal both keys are the same; for a re-key
+ * (rekey.ts) the new key signs the CSR and the current key vouches for it.
+ *
+ * Switching: the new certificate is recorded (`issued`, with the certificate) before it leaves
+ * this process, the old one stays live while the device installs the new one, and the
+ * transition to `active` after the device confirms revokes the old one as superseded in the same
+ * registry transaction (core/registry). A run killed at any point is finished by the next one:
+ * devices left in `issued` or `installed` get the recorded certificate installed again (enroll.ts
+ * wave, idempotent on the device), a device left with a started re-key (pending epoch) answers the
+ * repeated ROTATE with the same pending key.
+ *
+ * Waves: at most `maxWaveFraction` of the batch per wave (policy rotation.maxWaveFraction), one
+ * wave per run unless the caller asks for more (FG-ROT-001 reads the fraction as "per run"); a
+ * wave in which more than `maxFailureFraction` of its devices fail (quarantined or unreachable)
+ * stops the roll-out with POLICY_VIOLATION, the devices not reached keeping their certificates.
+ * An optional maintenance window (UTC, "HH:MM-HH:MM", may wrap midnight) holds all work outside it.
+ */
+import * as crypto from "node:crypto";
+import { FleetError, invalid } from "../errors";
+import type { DeviceRecord, Transition } from "../registry/types";
+import { verifyAttestation } from "../station/attest";
+import { verifyCsr } from "../station/csr";
+import { randomSerial } from "../x509/cert";
+import { wave as enrollWave, install, type ToInstall } from "./enroll";
+import { type CompiledTemplate, deviceNames } from "./profile";
+import { rekey } from "./rekey";
+import { type BatchRun, fmtPct, quarantine, serialHex } from "./run";
+
+const DAY_MS = 86_400_000;
+
+export interface RotationPolicy {
+  /** renew when fewer than this many days of validity remain */
+  renewBeforeDays?: number;
+  /** renew once this fraction of the lifetime has elapsed (cert-manager, step-ca: 2/3); default 2/3 when neither is set */
+  renewAtFraction?: number;
+  /** re-key when the key is older than this (policy renewal.maxKeyAgeDays); none: never re-key */
+  maxKeyAgeDays?: number;
+  /** a wave changes at most this fraction of the batch (policy rotation.maxWaveFraction) */
+  maxWaveFraction: number;
+  /** a wave with more than this fraction of its devices failing stops the roll-out */
+  maxFailureFraction: number;
+  /** UTC "HH:MM-HH:MM" (may wrap midnight): work only inside it */
+  maintenanceWindow?: string;
+  /** waves one run may do (default 1) */
+  wavesPerRun?: number;
+}
+
+export function validatePolicy(p: RotationPolicy): void {
+  if (p === null || typeof p !== "object") throw invalid("rotation", p, "a rotation policy");
+  if (p.renewBeforeDays !== undefined && !(Number.isFinite(p.renewBeforeDays) && p.renewBeforeDays > 0))
+    throw invalid("renewBeforeDays", p.renewBeforeDays, "a number of days > 0");
+  if (p.renewAtFraction !== undefined && !(p.renewAtFraction > 0 && p.renewAtFraction < 1))
+    throw invalid("renewAtFraction", p.renewAtFraction, "a fraction of the lifetime in (0, 1), e.g. 0.667");
+  if (p.maxKeyAgeDays !== undefined && !(Number.isFinite(p.maxKeyAgeDays) && p.maxKeyAgeDays > 0))
+    throw invalid("maxKeyAgeDays", p.maxKeyAgeDays, "a number of days > 0");
+  if (!(p.maxWaveFraction > 0 && p.maxWaveFraction <= 1))
+    throw invalid("maxWaveFraction", p.maxWaveFraction, "a fraction in (0, 1]");
+  if (!(p.maxFailureFraction >= 0 && p.maxFailureFraction <= 1))
+    throw invalid("maxFailureFraction", p.maxFailureFraction, "a fraction in [0, 1]");
+  if (p.maintenanceWindow !== undefined) parseWindow(p.maintenanceWindow);
+  if (p.wavesPerRun !== undefined && !(Number.isInteger(p.wavesPerRun) && p.wavesPerRun >= 1))
+    throw invalid("wavesPerRun", p.wavesPerRun, "an integer >= 1");
+}
+
+/** "HH:MM-HH:MM" (UTC) -> minutes of the day [start, end). */
+export function parseWindow(w: string): { start: number; end: number } {
+  const m = typeof w === "string" ? /^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$/.exec(w) : null;
+  if (!m || m[1] + m[2] === m[3]! + m[4])
+    throw invalid("maintenanceWindow", w, '"HH:MM-HH:MM" in UTC with start != end, e.g. "01:00-05:00"');
+  return { start: Number(m[1]) * 60 + Number(m[2]), end: Number(m[3]) * 60 + Number(m[4]) };
+}
+
+export function inWindow(w: string | undefined, now: Date): boolean {
+  if (w === undefined) return true;
+  const { start, end } = parseWindow(w);
+  const t = now.getUTCHours() * 60 + now.getUTCMinutes();
+  return start < end ? t >= start && t < end : t >= start || t < end;
+}
+
+export interface DueDevice {
+  d: DeviceRecord;
+  /** when it became due */
+  at: Date;
+  /** the live certificate's notAfter (undefined: none recorded) */
+  notAfter?: Date;
+}
+
+export interface Due {
+  renew: DueDevice[];
+  rekey: DueDevice[];
+  /** devices an interrupted run left in issued / installed (finished first) */
+  resume: DeviceRecord[];
+  /** due for a re-key but their key cannot change (injected keys): renewed only, when due */
+  rekeyBlocked: number;
+  /** the earliest time something not yet due becomes due */
+  nextDue?: Date;
+  /** active devices examined */
+  active: number;
+}
+
+/** When a certificate of validity [notBefore, notAfter] becomes due for renewal. */
+export function renewAt(p: RotationPolicy, notBefore: Date, notAfter: Date): Date {
+  const nb = notBefore.getTime();
+  const na = notAfter.getTime();
+  const at: number[] = [];
+  if (p.renewBeforeDays !== undefined) at.push(na - p.renewBeforeDays * DAY_MS);
+  const frac = p.renewAtFraction ?? (p.renewBeforeDays === undefined ? 2 / 3 : undefined);
+  if (frac !== undefined) at.push(nb + Math.round((na - nb) * frac));
+  return new Date(Math.min(...at));
+}
+
+/** What is due for one batch at `now`, from the registry alone (one pass over devices and certificates). */
+export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promise<Due> {
+  validatePolicy(p);
+  const active = new Map<string, { d: DeviceRecord; notBefore?: Date; notAfter?: Date; born?: number }>();
+  for await (const page of run.pages(["active"]))
+    for (const d of page) if (run.inRange(d.deviceId)) active.set(d.deviceId, { d });
+  const resume: DeviceRecord[] = [];
+  for await (const page of run.pages(["issued", "installed"]))
+    for (const d of page) if (run.inRange(d.deviceId)) resume.push(d);
+  let after: string | undefined;
+  for (;;) {
+    const page = await run.ctx.registry.certificates({ batch: run.spec.name, after, limit: 2000 });
+    for (const c of page) {
+      const a = active.get(c.deviceId);
+      if (!a) continue;
+      if (c.serial === a.d.certSerial && c.status === "live") {
+        a.notBefore = c.notBefore;
+        a.notAfter = c.notAfter;
+      }
+      if (a.d.publicKey && c.der.includes(a.d.publicKey)) {
+        const t = c.issuedAt.getTime();
+        if (a.born === undefined || t < a.born) a.born = t;
+      }
+    }
+    if (page.length < 2000) break;
+    after = page[page.length - 1]!.serial;
+  }
+  const t = now.getTime();
+  const out: Due = { renew: [], rekey: [], resume, rekeyBlocked: 0, active: active.size };
+  let next = Number.POSITIVE_INFINITY;
+  const canRekey = run.spec.source === "puf";
+  for (const a of active.values()) {
+    const renewT = a.notBefore && a.notAfter ? renewAt(p, a.notBefore, a.notAfter).getTime() : t;
+    const rekeyT =
+      p.maxKeyAgeDays !== undefined && a.born !== undefined
+        ? a.born + p.maxKeyAgeDays * DAY_MS
+        : Number.POSITIVE_INFINITY;
+    if (rekeyT <= t && canRekey) out.rekey.push({ d: a.d, at: new Date(rekeyT), notAfter: a.notAfter });
+    else if (renewT <= t) {
+      out.renew.push({ d: a.d, at: new Date(renewT), notAfter: a.notAfter });
+      if (rekeyT <= t) out.rekeyBlocked++;
+    } else {
+      if (rekeyT <= t) out.rekeyBlocked++;
+      next = Math.min(next, renewT, canRekey ? rekeyT : Number.POSITIVE_INFINITY);
+    }
+  }
+  // the most urgent first: the earliest expiry, then the longest overdue
+  const order = (x: DueDevice, y: DueDevice) =>
+    (x.notAfter?.getTime() ?? 0) - (y.notAfter?.getTime() ?? 0) || x.at.getTime() - y.at.getTime();
+  out.renew.sort(order);
+  out.rekey.sort(order);
+  if (Number.isFinite(next)) out.nextDue = new Date(next);
+  return out;
+}
+
+export interface RotationPlan {
+  batch: string;
+  renew: number;
+  rekey: number;
+  resume: number;
+  rekeyBlocked: number;
+  /** devices per wave (maxWaveFraction of the batch) */
+  waveSize: number;
+  /** waves the due work needs (this run does the first `wavesPerRun`) */
+  waves: number;
+  /** devices this run would change */
+  thisRun: number;
+  /** false: outside the maintenance window, nothing runs */
+  inWindow: boolean;
+  maintenanceWindow?: string;
+  nextDue?: string;
+  active: number;
+}
+
+export function waveSizeOf(run: BatchRun, p: RotationPolicy): number {
+  return Math.max(1, Math.floor(run.spec.count * p.maxWaveFraction));
+}
+
+/** What a rotation run at `now` would do (diff/preview), from the registry alone. */
+export async function planRotation(run: BatchRun, p: RotationPolicy, now: Date): Promise<RotationPlan> {
+  const due = await dueOf(run, p, now);
+  const size = waveSizeOf(run, p);
+  const n = due.renew.length + due.rekey.length;
+  const open = inWindow(p.maintenanceWindow, now);
+  return {
+    batch: run.spec.name,
+    renew: due.renew.length,
+    rekey: due.rekey.length,
+    resume: due.resume.length,
+    rekeyBlocked: due.rekeyBlocked,
+    waveSize: size,
+    waves: Math.ceil(n / size),
+    thisRun: open ? Math.min(n, size * (p.wavesPerRun ?? 1)) + due.resume.length : 0,
+    inWindow: open,
+    ...(p.maintenanceWindow ? { maintenanceWindow: p.maintenanceWindow } : {}),
+    ...(due.nextDue ? { nextDue: due.nextDue.toISOString() } : {}),
+    active: due.active,
+  };
+}
+
+/** Does the plan mean work for this run? */
+export const hasWork = (p: RotationPlan) => p.inWindow && p.renew + p.rekey + p.resume > 0;
+
+/** "renew 1,204 certificates of lot-7 (wave 1 of 9), re-key 0, CA rollover: none" */
+export function describeRotation(p: RotationPlan): string {
+  const n = (x: number) => x.toLocaleString("en-US");
+  const cert = (x: number) => `${n(x)} certificate${x === 1 ? "" : "s"}`;
+  const dev = (x: number) => `${n(x)} device${x === 1 ? "" : "s"}`;
+  const waves = ` (wave 1 of ${n(p.waves)})`;
+  const parts = [
+    `renew ${cert(p.renew)} of ${p.batch}${p.renew > 0 ? waves : ""}`,
+    `re-key ${n(p.rekey)}${p.renew === 0 && p.rekey > 0 ? waves : ""}`,
+    "CA rollover: none",
+  ];
+  if (p.resume) parts.push(`finish ${dev(p.resume)} interrupted`);
+  if (p.rekeyBlocked) parts.push(`${dev(p.rekeyBlocked)} past the key age cannot re-key (injected keys)`);
+  if (!p.inWindow && p.renew + p.rekey + p.resume > 0)
+    parts.push(`waiting for the maintenance window ${p.maintenanceWindow} UTC`);
+  if (p.renew + p.rekey === 0 && p.nextDue) parts.push(`next due ${p.nextDue.slice(0, 10)}`);
+  return parts.join(", ");
+}
+
+export interface RotationResult {
+  batch: string;
+  renewed: number;
+  rekeyed: number;
+  /** interrupted devices finished */
+  resumed: number;
+  /** devices of this run's waves that failed (quarantined or unreachable) */
+  failed: number;
+  waves: number;
+  /** due devices left for later runs */
+  remaining: number;
+  /** the run did nothing: outside the maintenance window */
+  outsideWindow: boolean;
+}
+
+/** A run of the schedule for one batch: finish interrupted devices, then up to `wavesPerRun` waves. */
+export async function rotate(
+  run: BatchRun,
+  p: RotationPolicy,
+  template: CompiledTemplate,
+): Promise<RotationResult> {
+  validatePolicy(p);
+  const now = run.now();
+  const res: RotationResult = {
+    batch: run.spec.name,
+    renewed: 0,
+    rekeyed: 0,
+    resumed: 0,
+    failed: 0,
+    waves: 0,
+    remaining: 0,
+    outsideWindow: !inWindow(p.maintenanceWindow, now),
+  };
+  const due = await dueOf(run, p, now);
+  if (res.outsideWindow) {
+    res.remaining = due.renew.length + due.rekey.length;
+    return res;
+  }
+  for (let i = 0; i < due.resume.length; i += run.waveSize) {
+    const before = run.enrolled;
+    await enrollWave(run, due.resume.slice(i, i + run.waveSize), template);
+    res.resumed += run.enrolled - before;
+    run.revokedThisRun += run.enrolled - before;
+    run.enrolled = before;
+  }
+  const size = waveSizeOf(run, p);
+  const all = [
+    ...due.rekey.map((x) => ({ ...x, rekey: true })),
+    ...due.renew.map((x) => ({ ...x, rekey: false })),
+  ];
+  const waves = p.wavesPerRun ?? 1;
+  let w = 0;
+  for (; w < waves && w * size < all.length; w++) {
+    const wave = all.slice(w * size, (w + 1) * size);
+    const before = { unreachable: run.unreachable, quarantined: await quarantinedOf(run) };
+    for (let i = 0; i < wave.length; i += run.waveSize) {
+      const part = wave.slice(i, i + run.waveSize);
+      const r = part.filter((x) => !x.rekey).map((x) => x.d);
+      const k = part.filter((x) => x.rekey).map((x) => x.d);
+      if (r.length) res.renewed += await renew(run, r, template);
+      if (k.length) res.rekeyed += await rekey(run, k, template);
+    }
+    const failed = run.unreachable - before.unreachable + ((await quarantinedOf(run)) - before.quarantined);
+    res.failed += failed;
+    res.waves++;
+    if (failed / wave.length > p.maxFailureFraction)
+      throw new FleetError(
+        "POLICY_VIOLATION",
+        `batch ${run.spec.name}: rotation wave ${w + 1} got ${failed} of ${wave.length} devices failing ` +
+          `(${fmtPct(failed / wave.length)}), want at most ${fmtPct(p.maxFailureFraction)} (maxFailureFraction); ` +
+          `roll-out stopped: ${res.renewed} renewed, ${res.rekeyed} re-keyed this run, the devices not reached keep their certificates`,
+        "maxFailureFraction",
+      );
+  }
+  res.remaining = Math.max(0, all.length - w * size);
+  return res;
+}
+
+const quarantinedOf = async (run: BatchRun) => (await run.ctx.registry.counts(run.spec.name)).quarantined;
+
+const BIND_DOMAIN = Buffer.from("fleetguard/rotate-bind/v1\0", "latin1");
+
+/** The attestation nonce that binds a CSR to the device's current key: SHA-256(domain | fresh | CSR). */
+export function bindNonce(csr: Uint8Array, fresh: Uint8Array = crypto.randomBytes(32)): Buffer {
+  return crypto.createHash("sha256").update(BIND_DOMAIN).update(fresh).update(csr).digest();
+}
+
+/**
+ * Renew active devices (same key): CSR by the recorded key, an attestation by the same key over
+ * the CSR, issue and record `issued`, install; the device's confirmation makes it active and
+ * supersedes the old certificate. Returns how many devices confirmed their new certificate.
+ */
+export async function renew(
+  run: BatchRun,
+  devs: DeviceRecord[],
+  template: CompiledTemplate,
+): Promise<number> {
+  const st = await run.station();
+  const opts = { deviceTimeoutMs: run.ctx.deviceTimeoutMs };
+  const tx: Transition[] = [];
+  const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, "active", reason));
+  const names = devs.map((d) =>
+    deviceNames(run.spec.profile, d.deviceId, run.spec.name, run.spec.model, run.spec.names),
+  );
+  const csrs = await st.csrBatch(
+    devs.map((d, i) => ({ device: d.deviceId, subject: names[i]!.subject })),
+    opts,
+  );
+  const bound: Array<{ d: DeviceRecord; i: number; spki: Buffer; nonce: Buffer }> = [];
+  for (const [i, res] of csrs.entries()) {
+    const d = devs[i]!;
+    if (!res.ok) {
+      run.failed(d, res, q, "renew-csr");
+      continue;
+    }
+    if (!d.publicKey) {
+      q(d, "registry: an active device without a recorded key");
+      continue;
+    }
+    if (res.value.epoch !== d.epoch) {
+      q(
+        d,
+        `key-mismatch: renew: the device answers with key epoch ${res.value.epoch}, the registry records ${d.epoch}`,
+      );
+      continue;
+    }
+    try {
+      const spki = verifyCsr(res.value.csr, d.publicKey).spki;
+      bound.push({ d, i, spki, nonce: bindNonce(res.value.csr) });
+    } catch (e) {
+      q(d, `csr-invalid: renew: ${(e as Error).message.slice(0, 160)}`);
+    }
+  }
+  const att = bound.length
+    ? await st.attestBatch(
+        bound.map((b) => ({ device: b.d.deviceId, nonce: b.nonce })),
+        opts,
+      )
+    : [];
+  const now = run.now();
+  const items: ToInstall[] = [];
+  for (const [j, res] of att.entries()) {
+    const { d, i, spki, nonce } = bound[j]!;
+    if (!res.ok) {
+      run.failed(d, res, q, "renew-attest");
+      continue;
+    }
+    if (
+      res.value.epoch !== d.epoch ||
+      !verifyAttestation(d.publicKey!, d.deviceId, d.epoch ?? 0, nonce, res.value.signature)
+    ) {
+      q(d, "attestation-failed: renew: the CSR is not vouched for by the key recorded for this device");
+      continue;
+    }
+    const serial = randomSerial();
+    const n = names[i]!;
+    const der = template.issue(
+      serial,
+      n.commonName,
+      spki,
+      n.san.uri.length || n.san.dns.length ? n.san : undefined,
+    );
+    tx.push({
+      deviceId: d.deviceId,
+      batch: d.batch,
+      from: "active",
+      to: "issued",
+      reason: "renewal: the live certificate entered the renew window",
+      certificate: {
+        serial: serialHex(serial),
+        deviceId: d.deviceId,
+        batch: d.batch,
+        issuer: run.ctx.issuer.fingerprint,
+        der,
+        notBefore: template.notBefore,
+        notAfter: template.notAfter,
+        issuedAt: now,
+      },
+      detail: { rotation: "renew", replaces: d.certSerial },
+    });
+    items.push({
+      d: { ...d, state: "issued" },
+      chain: [der, ...run.chainDer],
+      lifecycle: "closed",
+      challenge: res.value.challenge,
+    });
+  }
+  // recorded before any of these certificates leaves this process
+  if (tx.length) await run.ctx.registry.apply(tx, now);
+  return confirm(run, items);
+}
+
+/** install() from enroll.ts, counted as rotations (not enrollments); each confirmation supersedes one certificate. */
+export async function confirm(run: BatchRun, items: ToInstall[]): Promise<number> {
+  if (!items.length) return 0;
+  const before = run.enrolled;
+  await install(run, items);
+  const n = run.enrolled - before;
+  run.enrolled = before;
+  run.revokedThisRun += n;
+  return n;
+}
