@@ -44,6 +44,10 @@ const groups: Record<string, { summary: string; load: () => Promise<GroupModule>
     summary: "validate policies, evaluate a fleet, review a pull request",
     load: () => import("./policy"),
   },
+  audit: {
+    summary: "audit what is deployed (registry, CRLs, hubs) against the policy: audit.md and audit.json",
+    load: () => import("./audit"),
+  },
 };
 
 export const GROUP_NAMES: readonly string[] = Object.keys(groups);
