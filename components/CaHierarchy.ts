@@ -68,6 +68,23 @@ export interface CaHierarchyArgs {
    * Pulumi's RPC and shows in verbose engine logs; only as an explicit choice). docs/custody.md.
    */
   readonly custody?: CustodySpec;
+  /**
+   * The CRL folder every CA publishes its CRL in (default `.fleetguard/crl`, the batches'
+   * default): give the batches under it the same `crlDir`, so that a CA's CRL has one cRLNumber
+   * sequence (docs/crl.md). Each CA's CRL is also written under the file name its children's
+   * `crlDistributionPoint` ends with (`root.crl`), for `fleet crl serve`.
+   */
+  readonly crlDir?: string;
+}
+
+/** The distribution points naming each CA's CRL: those its child CAs carry (pure; tested). */
+export function crlUrlsByCa(plan: PlannedCa[]): Record<string, string[]> {
+  const out: Record<string, string[]> = Object.fromEntries(plan.map((p) => [p.name, [] as string[]]));
+  for (const p of plan) {
+    const url = isExisting(p.spec) ? undefined : p.spec.crlDistributionPoint;
+    if (p.parent && url && !out[p.parent]!.includes(url)) out[p.parent]!.push(url);
+  }
+  return out;
 }
 
 export interface PlannedCa {
@@ -312,6 +329,8 @@ export class CaHierarchy extends pulumi.ComponentResource {
       return p;
     });
     this.cas = {};
+    const crlUrls = crlUrlsByCa(plan);
+    const crlDir = args.crlDir ?? ".fleetguard/crl";
     const digests: Record<string, pulumi.Output<string>> = {};
     for (const p of plan) {
       this.parents[p.name] = p.parent;
@@ -324,7 +343,13 @@ export class CaHierarchy extends pulumi.ComponentResource {
             declarationDigest(p.spec as CaSpec, p.role, pd, (p.spec as CaSpec).custody ?? args.custody),
           );
       const parent = p.parent ? this.cas[p.parent]! : undefined;
-      const common = { name: p.name, role: p.role, description: p.spec.description };
+      const common = {
+        name: p.name,
+        role: p.role,
+        description: p.spec.description,
+        crlDir,
+        ...(crlUrls[p.name]!.length ? { crlUrls: crlUrls[p.name] } : {}),
+      };
       const caArgs = isExisting(p.spec)
         ? {
             ...common,

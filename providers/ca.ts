@@ -68,12 +68,15 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
   declare readonly crlPem: pulumi.Output<string>;
   declare readonly crlNumber: pulumi.Output<number>;
   declare readonly crlNextUpdate: pulumi.Output<string>;
+  /** the published CRL (PEM) in the CRL folder: `<crlDir>/<fingerprint>.crl.pem`, DER beside it */
+  declare readonly crlPath: pulumi.Output<string>;
 
   constructor(name: string, args: CaResourceArgs, opts?: pulumi.CustomResourceOptions) {
     const outputs = {
       crlPem: undefined,
       crlNumber: undefined,
       crlNextUpdate: undefined,
+      crlPath: undefined,
       certificatePem: undefined,
       chainPem: undefined,
       keyPem: undefined,

@@ -1,7 +1,26 @@
 /**
- * Publishing an issuing CA's CRL (RFC 5280 section 5) from the registry: every certificate the
- * registry holds as revoked for that CA, signed by it, written atomically (core/durable) as `<dir>/<issuer fingerprint>.crl.pem` with a sidecar
- * `.json` that remembers the cRLNumber, which only ever grows.
+ * One CRL per CA (RFC 5280 section 5), with one cRLNumber sequence, published in a CRL folder that
+ * every writer of that CA's CRL shares: the CA provider (CA-level revocations: revoked subordinate
+ * CAs) and the batch providers under an issuing CA (the registry's revoked device certificates).
+ *
+ * Layout of the folder, per CA (fingerprint = SHA-256 of its certificate, hex):
+ *   <fingerprint>.crl       the CRL, DER (what RFC 5280 4.2.1.13 HTTP distribution points serve)
+ *   <fingerprint>.crl.pem   the same CRL, PEM (the name batches used before: old readers keep working)
+ *   <name> and <name>.pem   the same CRL again under each name a distribution point gives it, the
+ *                           last path segment of the URL (`http://pki.example.com/crl/root.crl` ->
+ *                           `root.crl`), so that `fleet crl serve` answers at that URL path
+ *   <fingerprint>.json      the sidecar: cRLNumber, state, names, each writer's revoked entries
+ *   <fingerprint>.lock      held while one writer publishes (two processes may publish at once)
+ *
+ * Sequence rule: the next cRLNumber is max(sidecar cRLNumber, floor) + 1, where floor is a number a
+ * writer knows was used elsewhere (an old CA state's crlNumber, from before this folder). The
+ * sidecar is written (number reserved, state "signing") before any CRL file and again after them
+ * (state "published"): a kill -9 anywhere in between skips a number at worst, never reuses one,
+ * and the next run sees the unfinished state and publishes again. Each writer owns one source of
+ * entries in the sidecar and replaces only that one, so the CA's and the batch's revocations
+ * always appear together on the one CRL. A sidecar from before (a batch's `{crlNumber, ...,
+ * revokedDigest}`) is read as the start of the sequence, and the revocations of the CRL it
+ * describes are carried over, so an upgrade never un-revokes a certificate.
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -11,40 +30,122 @@ import { ensurePrivateDir, PUBLIC_FILE, writeFileDurably } from "../durable";
 import { FleetError } from "../errors";
 import type { Registry } from "../registry/types";
 import { REVOCATION_REASONS, type RevocationReason } from "../x509/crl";
+import { children, content, decodeOid, read } from "../x509/der";
 import type { SigningKey } from "../x509/keys";
+import { pemBlocks, pemOne } from "../x509/pem";
 
-export interface PublishedCrl {
-  path: string;
-  crlNumber: number;
-  revoked: number;
-  /** SHA-256 over the revoked serials it lists: what the registry held when it was signed */
-  revokedDigest: string;
+/** Who wrote entries of a CA's CRL: the CA provider, or the batches (from the registry). */
+export type CrlSource = "ca" | "registry";
+
+export interface CrlEntry {
+  /** serial number, lowercase hex */
+  serial: string;
+  /** ISO 8601, whole seconds */
+  revokedAt: string;
+  reason?: RevocationReason;
 }
 
-interface CrlMeta {
+export interface PublishedCrl {
+  /** the PEM file `<fingerprint>.crl.pem` (as before) */
+  path: string;
+  /** the DER file `<fingerprint>.crl` */
+  derPath: string;
+  /** the files named by distribution points (DER), e.g. `<dir>/root.crl` */
+  namedPaths: string[];
   crlNumber: number;
+  /** entries on the CRL (every source) */
+  revoked: number;
+  /** SHA-256 over the serials of this writer's source: what it held when it signed */
+  revokedDigest: string;
   thisUpdate: string;
+  nextUpdate: string;
+}
+
+export interface CrlMeta {
+  version?: number;
+  crlNumber: number;
+  state?: "signing" | "published";
+  thisUpdate?: string;
   nextUpdate?: string;
+  intervalHours?: number;
+  names?: string[];
+  sources?: Partial<Record<CrlSource, { digest: string; entries: CrlEntry[] }>>;
+  /** a sidecar from before (version 1): the batch's digest */
   revokedDigest?: string;
 }
 
-const filesOf = (dir: string, fingerprint: string) => {
-  const file = path.join(dir, `${fingerprint}.crl.pem`);
-  return { file, meta: `${file.slice(0, -4)}.json` };
-};
+export const DEFAULT_CRL_DIR = ".fleetguard/crl";
+const LOCK_WAIT_MS = 30_000;
 
-function readMeta(meta: string): CrlMeta | undefined {
+export const crlFilesOf = (dir: string, fingerprint: string) => ({
+  der: path.join(dir, `${fingerprint}.crl`),
+  pem: path.join(dir, `${fingerprint}.crl.pem`),
+  meta: path.join(dir, `${fingerprint}.json`),
+  lock: path.join(dir, `${fingerprint}.lock`),
+});
+
+/** SHA-256 (hex) of a CA certificate, the key of its files. */
+export const caFingerprint = (certificatePem: string): string =>
+  crypto
+    .createHash("sha256")
+    .update(pemOne(certificatePem, "CERTIFICATE", "ca.certificatePem"))
+    .digest("hex");
+
+/**
+ * The file a distribution-point URL names: its last path segment, a plain file name ending in
+ * `.crl` (`http://pki.example.com/crl/root.crl` -> `root.crl`).
+ */
+export function crlNameOf(url: string, field = "crlDistributionPoint"): string {
+  let seg = "";
   try {
-    return JSON.parse(fs.readFileSync(meta, "utf8")) as CrlMeta;
+    const u = new URL(url);
+    seg = decodeURIComponent(u.pathname.split("/").pop() ?? "");
+  } catch {
+    seg = "";
+  }
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*\.crl$/.test(seg) || seg.endsWith(".pem.crl"))
+    throw new FleetError(
+      "INVALID_INPUT",
+      `${field}: got ${JSON.stringify(url)}, want an http(s) URL whose last path segment is a file name ending in .crl (letters, digits, . _ -)`,
+      field,
+    );
+  return seg;
+}
+
+/**
+ * The file names of the distribution points among `urls` whose last segment is a `.crl` file
+ * (others, such as an LDAP URL or a path without a file name, name no file: the CRL is then
+ * published as `<fingerprint>.crl` only).
+ */
+export function crlNamesFrom(urls: readonly unknown[] | undefined): string[] {
+  const out: string[] = [];
+  for (const u of urls ?? []) {
+    try {
+      const n = crlNameOf(String(u));
+      if (!out.includes(n)) out.push(n);
+    } catch {}
+  }
+  return out;
+}
+
+export function readCrlMeta(dir: string, fingerprint: string): CrlMeta | undefined {
+  try {
+    const m = JSON.parse(fs.readFileSync(crlFilesOf(dir, fingerprint).meta, "utf8")) as CrlMeta;
+    return typeof m === "object" && m !== null ? m : undefined;
   } catch {
     return undefined;
   }
 }
 
-const digestOf = (serials: string[]) =>
+export const digestOf = (serials: string[]) =>
   crypto
     .createHash("sha256")
-    .update([...serials].sort().join("\n"))
+    .update(
+      [...serials]
+        .map((s) => s.toLowerCase())
+        .sort()
+        .join("\n"),
+    )
     .digest("hex");
 
 /** Create the CRL folder, or say which field is wrong (a file in the way, no permission). */
@@ -61,10 +162,286 @@ function ensureDir(dir: string): void {
   }
 }
 
+const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+function alive(pid: number): boolean {
+  if (pid === process.pid) return false; // our critical sections are synchronous: never ours
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 /**
- * Is the published CRL of `issuer` what the registry holds now? False when it is missing, lists
- * other serials than the registry's revocations, or is past half of its validity: every run
- * republishes then, so a failed publish is retried and a CRL never goes stale.
+ * Run `fn` (synchronous: nothing else of this process runs inside) holding `lock`, a file created
+ * exclusively with our pid. A lock whose process is gone (kill -9) is taken over: renamed aside
+ * first, so of two processes that both saw it stale only one takes it.
+ */
+export function withCrlLock<T>(lock: string, fn: () => T, waitMs = LOCK_WAIT_MS): T {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(lock, "wx", 0o600);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+    if (fd !== undefined) {
+      try {
+        fs.writeSync(fd, `${process.pid}\n`);
+      } finally {
+        fs.closeSync(fd);
+      }
+      break;
+    }
+    let holder = "";
+    let age = 0;
+    try {
+      holder = fs.readFileSync(lock, "utf8").trim();
+      age = Date.now() - fs.statSync(lock).mtimeMs;
+    } catch {
+      continue; // released meanwhile
+    }
+    const pid = Number(holder);
+    const stale = Number.isInteger(pid) && pid > 0 ? !alive(pid) : age > 5_000;
+    if (stale) {
+      const aside = `${lock}.stale-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
+      try {
+        fs.renameSync(lock, aside);
+        if (fs.readFileSync(aside, "utf8").trim() !== holder) {
+          // it was a fresh lock taken meanwhile: give it back (unless yet another one exists)
+          try {
+            fs.linkSync(aside, lock);
+          } catch {}
+        }
+        fs.unlinkSync(aside);
+      } catch {}
+      continue;
+    }
+    if (Date.now() > deadline)
+      throw new FleetError(
+        "UNAVAILABLE",
+        `crlDir: got ${lock} held by process ${holder} for ${Math.round(age / 1000)} s, want it released (another run publishing this CRL)`,
+        "crlDir",
+      );
+    sleep(20);
+  }
+  try {
+    return fn();
+  } finally {
+    try {
+      fs.unlinkSync(lock);
+    } catch {}
+  }
+}
+
+/** The revoked entries of a DER CRL (serial, date, reason): to carry an old CRL's over. */
+export function crlEntriesOf(der: Uint8Array): CrlEntry[] {
+  const root = read(der);
+  const tbs = children(der, children(der, root)[0]!);
+  let i = 0;
+  if (tbs[0]!.tag === 0x02) i++; // version
+  i += 3; // signature, issuer, thisUpdate
+  if (tbs[i] && (tbs[i]!.tag === 0x17 || tbs[i]!.tag === 0x18)) i++; // nextUpdate
+  const list = tbs[i];
+  if (list?.tag !== 0x30) return [];
+  const byCode = Object.fromEntries(Object.entries(REVOCATION_REASONS).map(([k, v]) => [v, k]));
+  return children(der, list!).map((e) => {
+    const parts = children(der, e);
+    const serial = content(der, parts[0]!)
+      .toString("hex")
+      .replace(/^(00)+(?=.)/, "");
+    const t = content(der, parts[1]!).toString("ascii");
+    const full = parts[1]!.tag === 0x17 ? `${Number(t.slice(0, 2)) >= 50 ? "19" : "20"}${t}` : t;
+    const revokedAt = new Date(
+      `${full.slice(0, 4)}-${full.slice(4, 6)}-${full.slice(6, 8)}T${full.slice(8, 10)}:${full.slice(10, 12)}:${full.slice(12, 14)}Z`,
+    ).toISOString();
+    let reason: RevocationReason | undefined;
+    if (parts[2]) {
+      for (const x of children(der, parts[2])) {
+        const xp = children(der, x);
+        if (decodeOid(content(der, xp[0]!)) === "2.5.29.21") {
+          const v = content(der, xp[xp.length - 1]!);
+          reason = byCode[v[v.length - 1]!] as RevocationReason | undefined;
+        }
+      }
+    }
+    return { serial, revokedAt, ...(reason ? { reason } : {}) };
+  });
+}
+
+/** Sources of a sidecar; a sidecar from before brings the entries of the CRL it describes. */
+function sourcesOf(
+  m: CrlMeta | undefined,
+  files: ReturnType<typeof crlFilesOf>,
+): NonNullable<CrlMeta["sources"]> {
+  if (m?.version === 2) return { ...(m.sources ?? {}) };
+  if (!m) return {};
+  try {
+    const der = pemBlocks(fs.readFileSync(files.pem, "utf8"), "X509 CRL", "crl")[0]!;
+    const entries = crlEntriesOf(der);
+    return { registry: { digest: m.revokedDigest ?? "", entries } };
+  } catch {
+    return {};
+  }
+}
+
+/** Names claimed by other CAs' sidecars in `dir` (two CAs must never publish under one name). */
+function claimedElsewhere(dir: string, fingerprint: string, names: string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  if (!names.length) return out;
+  for (const f of fs.readdirSync(dir)) {
+    if (!/^[0-9a-f]{64}\.json$/.test(f) || f.startsWith(fingerprint)) continue;
+    const m = readCrlMeta(dir, f.slice(0, 64));
+    for (const n of m?.names ?? []) if (names.includes(n)) out.set(n, f.slice(0, 64));
+  }
+  return out;
+}
+
+export interface PublishOptions {
+  source: CrlSource;
+  /** this writer's revoked certificates: they replace what this source wrote before */
+  entries: CrlEntry[];
+  /** file names from distribution points (`root.crl`), added to the names the CRL is published under */
+  names?: string[];
+  /** the field names come from, for errors (`crlDistributionPoint`, `profile.crlUrls`) */
+  namesField?: string;
+  /** a cRLNumber already used for this CA elsewhere (an old state's): the next is above it */
+  floor?: number;
+  /** the CA's CRL interval; a writer that is not the CA (a batch) leaves it to the sidecar's */
+  intervalHours?: number;
+  now?: () => Date;
+}
+
+/**
+ * Publish the CRL of `issuer` with this writer's entries and every other writer's (synchronous:
+ * held under the CA's lock). Returns what was written.
+ */
+export function publishCaCrl(
+  dir: string,
+  issuer: { certificatePem: string; key: SigningKey; fingerprint?: string },
+  opts: PublishOptions,
+): PublishedCrl {
+  ensureDir(dir);
+  const fingerprint = issuer.fingerprint ?? caFingerprint(issuer.certificatePem);
+  const files = crlFilesOf(dir, fingerprint);
+  const wanted = [...new Set(opts.names ?? [])];
+  const taken = claimedElsewhere(dir, fingerprint, wanted);
+  if (taken.size) {
+    const [n, other] = [...taken][0]!;
+    const field = opts.namesField ?? "crlDistributionPoint";
+    throw new FleetError(
+      "INVALID_INPUT",
+      `${field}: got ${JSON.stringify(n)}, already the CRL of CA ${other.slice(0, 16)}, want a name no other CA publishes under`,
+      field,
+    );
+  }
+  return withCrlLock(files.lock, () => {
+    const meta = readCrlMeta(dir, fingerprint);
+    const sources = sourcesOf(meta, files);
+    const entries = opts.entries.map((e) => ({ ...e, serial: e.serial.toLowerCase() }));
+    const own = { digest: digestOf(entries.map((e) => e.serial)), entries };
+    sources[opts.source] = own;
+    const names = [...new Set([...(meta?.version === 2 ? (meta.names ?? []) : []), ...wanted])].sort();
+    const intervalHours =
+      opts.source === "ca"
+        ? (opts.intervalHours ?? meta?.intervalHours ?? 168)
+        : (meta?.intervalHours ?? opts.intervalHours ?? 168);
+    const previous = Math.max(Number(meta?.crlNumber) || 0, Number(opts.floor) || 0);
+    const crlNumber = previous + 1;
+    const base = { version: 2, crlNumber, intervalHours, names, sources };
+    // the number is reserved first: a crash from here on skips it, never reuses it
+    writeFileDurably(files.meta, JSON.stringify({ ...base, state: "signing" }), {
+      tmp: `${files.meta}.tmp-${process.pid}`,
+    });
+    const seen = new Set<string>();
+    const all: CrlEntry[] = [];
+    for (const s of ["ca", "registry"] as const)
+      for (const e of sources[s]?.entries ?? [])
+        if (!seen.has(e.serial)) {
+          seen.add(e.serial);
+          all.push(e);
+        }
+    const crl = signCrl(
+      { certificatePem: issuer.certificatePem, key: issuer.key },
+      {
+        previousNumber: previous,
+        intervalHours,
+        revoked: all.map((e) => ({
+          serialHex: e.serial,
+          revokedAt: new Date(Math.floor(Date.parse(e.revokedAt) / 1000) * 1000),
+          ...(e.reason && e.reason in REVOCATION_REASONS ? { reason: e.reason } : {}),
+        })),
+      },
+      opts.now ? { now: opts.now } : undefined,
+    );
+    const der = pemOne(crl.crlPem, "X509 CRL", "crl");
+    const put = (file: string, data: string | Buffer) =>
+      writeFileDurably(file, data, { tmp: `${file}.tmp-${process.pid}`, mode: PUBLIC_FILE }); // public
+    put(files.der, der);
+    put(files.pem, crl.crlPem);
+    const namedPaths = names.map((n) => path.join(dir, n));
+    for (const p of namedPaths) {
+      put(p, der);
+      put(`${p}.pem`, crl.crlPem);
+    }
+    writeFileDurably(
+      files.meta,
+      JSON.stringify({ ...base, state: "published", thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate }),
+      { tmp: `${files.meta}.tmp-${process.pid}` },
+    );
+    return {
+      path: files.pem,
+      derPath: files.der,
+      namedPaths,
+      crlNumber,
+      revoked: all.length,
+      revokedDigest: own.digest,
+      thisUpdate: crl.thisUpdate,
+      nextUpdate: crl.nextUpdate,
+    };
+  });
+}
+
+/**
+ * Is the published CRL of `fingerprint` current for `source`? False when it is missing or
+ * unfinished, was signed with other entries of this source (`digest`), lacks one of `names`, is
+ * below `floor`, or is past half of its validity: every run republishes then, so a failed publish
+ * is retried and a CRL never goes stale.
+ */
+export function caCrlCurrent(
+  dir: string,
+  fingerprint: string,
+  want: { source: CrlSource; digest: string; names?: string[]; floor?: number; intervalHours?: number },
+  now = new Date(),
+): boolean {
+  const files = crlFilesOf(dir, fingerprint);
+  const m = readCrlMeta(dir, fingerprint);
+  if (m?.version !== 2 || m.state !== "published" || !m.nextUpdate) return false;
+  if (!fs.existsSync(files.der) || !fs.existsSync(files.pem)) return false;
+  const hours = m.intervalHours ?? want.intervalHours ?? 168;
+  if (want.source === "ca" && want.intervalHours !== undefined && want.intervalHours !== m.intervalHours)
+    return false;
+  if (Date.parse(m.nextUpdate) - now.getTime() < (hours * 3_600_000) / 2) return false;
+  if ((want.floor ?? 0) > m.crlNumber) return false;
+  if ((m.sources?.[want.source]?.digest ?? digestOf([])) !== want.digest) return false;
+  for (const n of want.names ?? [])
+    if (!m.names?.includes(n) || !fs.existsSync(path.join(dir, n))) return false;
+  return true;
+}
+
+const registryEntries = async (registry: Registry, fingerprint: string): Promise<CrlEntry[]> =>
+  (await registry.revokedBy(fingerprint)).map((r) => ({
+    serial: r.serial.toLowerCase(),
+    revokedAt: new Date(Math.floor(r.revokedAt.getTime() / 1000) * 1000).toISOString(),
+    ...(r.reason && r.reason in REVOCATION_REASONS ? { reason: r.reason as RevocationReason } : {}),
+  }));
+
+/**
+ * Is the issuing CA's published CRL what the registry holds now (every revoked certificate of
+ * every batch under it), under every name of `names`, and fresh?
  */
 export async function crlCurrent(
   registry: Registry,
@@ -72,57 +449,55 @@ export async function crlCurrent(
   dir: string,
   intervalHours = 168,
   now = new Date(),
+  names: string[] = [],
 ): Promise<boolean> {
-  const { file, meta } = filesOf(dir, issuer.fingerprint);
-  const m = readMeta(meta);
-  if (!m?.revokedDigest || !m.nextUpdate || !fs.existsSync(file)) return false;
-  if (Date.parse(m.nextUpdate) - now.getTime() < (intervalHours * 3_600_000) / 2) return false;
-  const revoked = await registry.revokedBy(issuer.fingerprint);
-  return digestOf(revoked.map((r) => r.serial)) === m.revokedDigest;
+  const m = readCrlMeta(dir, issuer.fingerprint);
+  if (m?.version !== 2 || m.state !== "published") return false;
+  const entries = await registryEntries(registry, issuer.fingerprint);
+  return caCrlCurrent(
+    dir,
+    issuer.fingerprint,
+    { source: "registry", digest: digestOf(entries.map((e) => e.serial)), names, intervalHours },
+    now,
+  );
 }
 
+/** Publish the issuing CA's CRL with the registry's revocations of every batch under it. */
 export async function publishCrl(
   registry: Registry,
   issuer: { certificatePem: string; key: SigningKey; fingerprint: string },
   dir: string,
   intervalHours = 168,
+  names: string[] = [],
 ): Promise<PublishedCrl> {
-  ensureDir(dir);
-  const { file, meta } = filesOf(dir, issuer.fingerprint);
-  const previous = Number(readMeta(meta)?.crlNumber) || 0;
-  const revoked = await registry.revokedBy(issuer.fingerprint);
-  const crl = signCrl(
-    { certificatePem: issuer.certificatePem, key: issuer.key },
-    {
-      previousNumber: previous,
-      intervalHours,
-      revoked: revoked.map((r) => ({
-        serialHex: r.serial,
-        revokedAt: new Date(Math.floor(r.revokedAt.getTime() / 1000) * 1000),
-        ...(r.reason && r.reason in REVOCATION_REASONS ? { reason: r.reason as RevocationReason } : {}),
-      })),
-    },
-  );
-  const revokedDigest = digestOf(revoked.map((r) => r.serial));
-  // the number is remembered first: a crash between the two writes skips a number, never reuses
-  // one; the digest is remembered with it, and a crash before the CRL is written leaves the
-  // file older than the meta, which crlCurrent() sees through the missing or older file
-  const tmp = (f: string) => `${f}.tmp-${process.pid}`; // two providers may publish at once
-  writeFileDurably(
-    meta,
-    JSON.stringify({ crlNumber: crl.crlNumber, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate }),
-    { tmp: tmp(meta) },
-  );
-  writeFileDurably(file, crl.crlPem, { tmp: tmp(file), mode: PUBLIC_FILE }); // a CRL is public
-  writeFileDurably(
-    meta,
-    JSON.stringify({
-      crlNumber: crl.crlNumber,
-      thisUpdate: crl.thisUpdate,
-      nextUpdate: crl.nextUpdate,
-      revokedDigest,
-    }),
-    { tmp: tmp(meta) },
-  );
-  return { path: file, crlNumber: crl.crlNumber, revoked: revoked.length, revokedDigest };
+  const entries = await registryEntries(registry, issuer.fingerprint);
+  return publishCaCrl(dir, issuer, {
+    source: "registry",
+    entries,
+    names,
+    namesField: "profile.crlUrls",
+    intervalHours,
+  });
+}
+
+/**
+ * The published CRLs (PEM) of the CAs of `chainPem` (after the first `skip`) found in `dir`, and
+ * the fingerprints of those without one.
+ */
+export function publishedCrlPems(
+  dir: string,
+  chainPem: string,
+  skip = 0,
+): { pems: string[]; missing: string[] } {
+  const pems: string[] = [];
+  const missing: string[] = [];
+  for (const der of pemBlocks(chainPem, "CERTIFICATE", "chainPem").slice(skip)) {
+    const fp = crypto.createHash("sha256").update(der).digest("hex");
+    try {
+      pems.push(fs.readFileSync(crlFilesOf(dir, fp).pem, "utf8"));
+    } catch {
+      missing.push(fp);
+    }
+  }
+  return { pems, missing };
 }

@@ -10,7 +10,7 @@ import * as crypto from "node:crypto";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { type KeyRef, openCaKey } from "../../core/custody";
-import { crlCurrent, publishCrl } from "../../core/enroll/crl";
+import { crlCurrent, crlNamesFrom, DEFAULT_CRL_DIR, publishCrl } from "../../core/enroll/crl";
 import {
   BatchEngine,
   type BatchSpec,
@@ -293,7 +293,10 @@ function outputsOf(
   };
 }
 
-const crlDirOf = (i: BatchInputs) => path.resolve(process.cwd(), i.crlDir || ".fleetguard/crl");
+const crlDirOf = (i: BatchInputs) => path.resolve(process.cwd(), i.crlDir || DEFAULT_CRL_DIR);
+
+/** The file names the profile's CRL distribution points give the issuing CA's CRL (`line-a.crl`). */
+const crlNamesOf = (i: BatchInputs) => crlNamesFrom(i.profile?.crlUrls);
 
 async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<BatchOutputs> {
   const issuer = issuerOf(i, true);
@@ -314,7 +317,8 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
       } finally {
         // revocations (superseded, decommissioned, quarantined) reach the CRL even when the run
         // fails; a CRL that differs from the registry (an earlier publish failed) is published again
-        if (!(await crlCurrent(registry, issuer, crlDirOf(i)))) crl = await publish(i, registry, issuer);
+        if (!(await crlCurrent(registry, issuer, crlDirOf(i), undefined, undefined, crlNamesOf(i))))
+          crl = await publish(i, registry, issuer);
       }
       await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
       let manifest: BatchOutputs["manifest"] | undefined;
@@ -340,6 +344,8 @@ async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMateria
     registry,
     { certificatePem: i.issuer.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
     crlDirOf(i),
+    undefined,
+    crlNamesOf(i),
   );
   return { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
 }
@@ -398,7 +404,14 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
       { registry, station: undefined as never, issuer },
       specOf(news),
     ).plan();
-    const crlStale = !(await crlCurrent(registry, issuer, crlDirOf(news)));
+    const crlStale = !(await crlCurrent(
+      registry,
+      issuer,
+      crlDirOf(news),
+      undefined,
+      undefined,
+      crlNamesOf(news),
+    ));
     return { plan, crlStale };
   });
   const outstanding = plan.enroll + plan.resume + plan.reissue + plan.decommission > 0 || crlStale;

@@ -4,6 +4,7 @@
  * Key material is returned only in `keyPem`, which the resource marks as a secret output.
  */
 import * as crypto from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import {
   type CaRequest,
@@ -13,7 +14,6 @@ import {
   issueCa,
   type ParentFacts,
   parentFacts,
-  signCrl,
   validateCaRequest,
 } from "../../core/ca";
 import { canonicalJson } from "../../core/canonical";
@@ -26,6 +26,15 @@ import {
   validateCustody,
 } from "../../core/custody";
 import { EmbeddedKeyStore } from "../../core/custody/embedded";
+import {
+  type CrlEntry,
+  caCrlCurrent,
+  crlNamesFrom,
+  DEFAULT_CRL_DIR,
+  digestOf,
+  type PublishedCrl,
+  publishCaCrl,
+} from "../../core/enroll/crl";
 import { FleetError } from "../../core/errors";
 import {
   algorithmOf,
@@ -52,6 +61,18 @@ export interface CaInputs extends CaRequest {
    */
   issuerDeclaration?: string;
   existing?: { certificatePem: string; privateKeyPem: string };
+  /**
+   * The CRL folder this CA publishes its CRL in (core/enroll/crl: one CRL, one cRLNumber sequence
+   * shared with the batches under it); default `.fleetguard/crl` next to the program
+   */
+  crlDir?: string;
+  /**
+   * The distribution-point URLs that name this CA's CRL (those in the certificates it issues:
+   * its child CAs' crlDistributionPoint): it is published under their last path segment too
+   */
+  crlUrls?: string[];
+  /** CA-level revocations: certificates this CA issued (subordinate CAs) that are revoked */
+  revoked?: CrlEntry[];
 }
 
 /** True if `v` is, or holds, a value Pulumi does not know yet (a preview of a dependent resource). */
@@ -92,7 +113,7 @@ const STABLE_OUTPUTS = [
   "issuerDeclaration",
   "existingFingerprint",
 ];
-// crlPem, crlNumber and crlNextUpdate change on an update that re-signs the CRL
+// crlPem, crlNumber, crlNextUpdate, crlDir and crlPath change on an update that re-signs the CRL
 
 /** SHA-256 of the first certificate in `pem`, or "" when there is none (an unknown, a bad PEM). */
 const fingerprint = (pem: string): string => {
@@ -118,6 +139,23 @@ export function check(_olds: Record<string, unknown>, news: CaInputs) {
     }
   };
   if (!isUnknown(inputs.custody)) at("custody", () => validateCustody(inputs.custody));
+  if (inputs.revoked !== undefined && !isUnknown(inputs.revoked))
+    at("revoked", () => {
+      if (!Array.isArray(inputs.revoked))
+        throw new FleetError(
+          "INVALID_INPUT",
+          `revoked: got ${typeof inputs.revoked}, want a list of {serial, revokedAt, reason?}`,
+          "revoked",
+        );
+      inputs.revoked.forEach((e, n) => {
+        if (!/^[0-9a-f]+$/i.test(String(e?.serial)) || !Number.isFinite(Date.parse(String(e?.revokedAt))))
+          throw new FleetError(
+            "INVALID_INPUT",
+            `revoked[${n}]: got ${JSON.stringify(e)}, want {serial: hex, revokedAt: ISO date, reason?}`,
+            "revoked",
+          );
+      });
+    });
   if (inputs.existing) {
     if (!isUnknown(inputs.existing))
       at("existing", () =>
@@ -196,7 +234,13 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
   const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const intervalChanged = !isUnknown(interval) && olds.crlIntervalHours !== interval;
   return {
-    changes: replaces.length > 0 || descChanged || intervalChanged || custody === "move" || crlDue(olds),
+    changes:
+      replaces.length > 0 ||
+      descChanged ||
+      intervalChanged ||
+      custody === "move" ||
+      crlDue(olds) ||
+      !publicationCurrent(olds, news),
     replaces,
     stables: replaces.length
       ? []
@@ -253,10 +297,12 @@ export function create(inputs: CaInputs) {
     keyRef = made.ref;
     key = made.key;
   }
-  const crl = signCrl(
-    { certificatePem: issued.certificatePem, key },
-    { intervalHours: inputs.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS },
-  );
+  // published from creation on: a relying party finds a CRL for every CA at once
+  const crl = publish(inputs, {
+    certificatePem: issued.certificatePem,
+    key,
+    fingerprint: issued.fingerprintSha256,
+  });
   // the declaration as given, for diff(); effective values (pathLen, algorithm) come from `issued`
   const declared = Object.fromEntries(
     REPLACE_ON.map((k) => [k, (inputs as unknown as Record<string, unknown>)[k] ?? null]),
@@ -285,8 +331,52 @@ export function create(inputs: CaInputs) {
     crlPem: crl.crlPem,
     crlNumber: crl.crlNumber,
     crlNextUpdate: crl.nextUpdate,
+    crlDir: inputs.crlDir ?? DEFAULT_CRL_DIR,
+    crlPath: crl.path,
   };
   return { id: `${inputs.name}-${issued.fingerprintSha256.slice(0, 16)}`, outs };
+}
+
+const crlDirOf = (i: CaInputs) => path.resolve(process.cwd(), i.crlDir || DEFAULT_CRL_DIR);
+
+const crlNamesOf = (i: CaInputs) =>
+  crlNamesFrom((Array.isArray(i.crlUrls) ? i.crlUrls : []).filter((u) => !isUnknown(u)));
+
+const revokedOf = (i: CaInputs): CrlEntry[] => (Array.isArray(i.revoked) ? i.revoked : []);
+
+/**
+ * Is this CA's published CRL current (core/enroll/crl caCrlCurrent)? During a preview with
+ * unknown inputs, assume it is (the update decides).
+ */
+function publicationCurrent(olds: Record<string, unknown>, news: CaInputs): boolean {
+  if (isUnknown(news.crlDir) || isUnknown(news.crlUrls) || isUnknown(news.revoked)) return true;
+  const fp = olds.fingerprintSha256;
+  if (typeof fp !== "string") return false;
+  const names = crlNamesOf(news);
+  return caCrlCurrent(crlDirOf(news), fp, {
+    source: "ca",
+    digest: digestOf(revokedOf(news).map((e) => e.serial)),
+    names,
+    floor: Number(olds.crlNumber ?? 0),
+    intervalHours: news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
+  });
+}
+
+/** Publish this CA's CRL in its CRL folder (one sequence with the batches under it). */
+function publish(
+  i: CaInputs,
+  ca: { certificatePem: string; key: SigningKey; fingerprint: string },
+  floor = 0,
+): PublishedCrl & { crlPem: string } {
+  const p = publishCaCrl(crlDirOf(i), ca, {
+    source: "ca",
+    entries: revokedOf(i),
+    names: crlNamesOf(i),
+    namesField: "crlUrls",
+    floor,
+    intervalHours: i.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
+  });
+  return { ...p, crlPem: fs.readFileSync(p.path, "utf8") };
 }
 
 /** A CRL is re-signed once half its validity has passed: a nightly `pulumi up` keeps it fresh. */
@@ -328,18 +418,26 @@ export function update(_id: string, olds: Record<string, unknown>, news: CaInput
     }
     outs.declaredCustody = custodyKey(news.custody);
   }
-  if (olds.crlIntervalHours !== interval || crlDue(olds)) {
-    const crl = signCrl(
-      { certificatePem: String(olds.certificatePem), key: ownKey(olds) },
-      { previousNumber: Number(olds.crlNumber ?? 0), intervalHours: interval },
+  const fp = String(olds.fingerprintSha256);
+  let crl: { crlPem: string; crlNumber: number; nextUpdate: string; path: string } | undefined;
+  if (olds.crlIntervalHours !== interval || crlDue(olds) || !publicationCurrent(olds, news)) {
+    // the first run after an upgrade continues above the CA's old series (olds.crlNumber) and
+    // the batch's old one (the sidecar it left): max(both) + 1
+    crl = publish(
+      news,
+      { certificatePem: String(olds.certificatePem), key: ownKey(olds), fingerprint: fp },
+      Number(olds.crlNumber ?? 0),
     );
+  }
+  if (crl)
     Object.assign(outs, {
       crlIntervalHours: interval,
       crlPem: crl.crlPem,
       crlNumber: crl.crlNumber,
       crlNextUpdate: crl.nextUpdate,
+      crlDir: news.crlDir ?? DEFAULT_CRL_DIR,
+      crlPath: crl.path,
     });
-  }
   return { outs };
 }
 

@@ -14,6 +14,7 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
+import { publishedCrlPems } from "../../core/enroll/crl";
 import { FleetError, invalid } from "../../core/errors";
 // static imports: a lazy require() of a .ts file breaks under vitest (see core/registry/index.ts);
 // this module is itself loaded lazily, inside the provider process only
@@ -139,8 +140,13 @@ export function trustOf(i: HubInputs): TrustedCa {
       );
     }
     crls.push(pem);
-  }
-  crls.push(...(t.crlPems ?? []));
+    // the CAs above publish in the same CRL folder (core/enroll/crl: one CRL per CA): their
+    // files are current; a CA without one there (another folder, a state from before) gives its
+    // CaHierarchy CRL instead
+    const above = publishedCrlPems(path.dirname(file), t.chainPem, 1);
+    crls.push(...above.pems);
+    if (above.missing.length) crls.push(...(t.crlPems ?? []));
+  } else crls.push(...(t.crlPems ?? []));
   return {
     name: t.name,
     fingerprint: crypto.createHash("sha256").update(cert).digest("hex"),
