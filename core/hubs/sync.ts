@@ -278,103 +278,96 @@ export async function syncHub(
     return Array.isArray(got) ? (got as Outcome[]).filter((x) => x.ok) : undefined;
   };
 
-  // register, in waves: intent, call, flush, outcome
-  const regProgress = progressOf(o, "register", w.register.length);
-  for (let i = 0; i < w.register.length; i += size) {
-    const wave = w.register.slice(i, i + size);
-    const intents = wave
-      .filter((c) => w.registerFrom.get(c.serial) !== "registering")
-      .map((c) => ({
-        hub: spec.hub,
-        deviceId: c.deviceId,
-        batch: spec.batch,
-        serial: c.serial,
-        from: w.registerFrom.get(c.serial) ?? null,
-        to: "registering" as const,
-      }));
-    if (intents.length) await registry.applyHub(intents, at());
-    let got: Outcome[];
-    try {
-      got = await driver.register(wave, (d) => regProgress(i + d));
-      await driver.flush?.();
-    } catch (e) {
-      const done = partial(e);
-      if (done?.length && !driver.flush) {
-        const ok = new Set(done.map((x) => x.serial));
-        const changes = outcomes(
-          spec,
-          wave.filter((c) => ok.has(c.serial)),
-          done,
-          "registering",
-          "active",
-          result,
-        );
-        await registry.applyHub(changes, at());
-        result.registered += changes.length;
+  /**
+   * One step in waves: the intents (`pending`) recorded first, then the hub's call and flush, then
+   * the outcomes (`to`, or failed); a call that stopped part-way records what it says it finished.
+   */
+  const waves = async <T extends { deviceId: string; serial: string }>(
+    items: readonly T[],
+    step: { phase: "register" | "disable"; verb: string; pending: HubStatus; to: HubStatus },
+    fromOf: (it: T) => HubStatus | null,
+    call: (wave: readonly T[], progress: (d: number) => void) => Promise<Outcome[]>,
+    count: (changes: HubChange[]) => number,
+  ): Promise<number> => {
+    const progress = progressOf(o, step.phase, items.length);
+    let done = 0;
+    for (let i = 0; i < items.length; i += size) {
+      const wave = items.slice(i, i + size);
+      const intents: HubChange[] = [];
+      for (const it of wave) {
+        const from = fromOf(it);
+        if (from !== step.pending)
+          intents.push({
+            hub: spec.hub,
+            deviceId: it.deviceId,
+            batch: spec.batch,
+            serial: it.serial,
+            from,
+            to: step.pending,
+          });
       }
-      return fail(result.registered, w.register.length, "registered", e);
+      if (intents.length) await registry.applyHub(intents, at());
+      let got: Outcome[];
+      try {
+        got = await call(wave, (d) => progress(i + d));
+        await driver.flush?.();
+      } catch (e) {
+        const finished = partial(e);
+        if (finished?.length && !driver.flush) {
+          const ok = new Set(finished.map((x) => x.serial));
+          const changes = outcomes(
+            spec,
+            wave.filter((it) => ok.has(it.serial)),
+            finished,
+            step.pending,
+            step.to,
+            result,
+          );
+          await registry.applyHub(changes, at());
+          done += changes.length;
+        }
+        return fail(done, items.length, step.verb, e);
+      }
+      const changes = outcomes(spec, wave, got, step.pending, step.to, result);
+      if (changes.length) await registry.applyHub(changes, at());
+      done += count(changes);
+      progress(i + wave.length);
     }
-    const changes = outcomes(spec, wave, got, "registering", "active", result);
-    if (changes.length) await registry.applyHub(changes, at());
-    result.registered += changes.filter((c) => c.to === "active").length;
-    regProgress(i + wave.length);
-  }
+    return done;
+  };
 
-  // disable, in waves
-  const disProgress = progressOf(o, "disable", w.disable.length);
-  for (let i = 0; i < w.disable.length; i += size) {
-    const wave = w.disable.slice(i, i + size);
-    const intents = wave
-      .filter((r) => r.status !== "disabling")
-      .map((r) => ({
-        hub: spec.hub,
-        deviceId: r.deviceId,
-        batch: spec.batch,
-        serial: r.serial,
-        from: r.status,
-        to: "disabling" as const,
-      }));
-    if (intents.length) await registry.applyHub(intents, at());
-    // the certificate itself rides along: a hub that never saw it (AWS JITP, a DPS group) can
-    // still be told to refuse it; revoked for cause (not superseded) is REVOKED at AWS
-    const refs: RemoteRef[] = [];
-    for (const r of wave) {
-      const mine = (await registry.certificates({ deviceId: r.deviceId })).find((c) => c.serial === r.serial);
-      refs.push({
-        deviceId: r.deviceId,
-        serial: r.serial,
-        remoteId: r.remoteId,
-        ...(mine
-          ? { der: mine.der, revoked: mine.status === "revoked" && mine.revocationReason !== "superseded" }
-          : {}),
-      });
-    }
-    let got: Outcome[];
-    try {
-      got = await driver.disable(refs, (d) => disProgress(i + d));
-      await driver.flush?.();
-    } catch (e) {
-      const done = partial(e);
-      if (done?.length && !driver.flush) {
-        const ok = new Set(done.map((x) => x.serial));
-        const changes = outcomes(
-          spec,
-          wave.filter((r) => ok.has(r.serial)),
-          done,
-          "disabling",
-          "disabled",
-          result,
+  result.registered = await waves(
+    w.register,
+    { phase: "register", verb: "registered", pending: "registering", to: "active" },
+    (c) => w.registerFrom.get(c.serial) ?? null,
+    (wave, progress) => driver.register(wave, progress),
+    (changes) => changes.filter((c) => c.to === "active").length,
+  );
+  result.disabled = await waves(
+    w.disable,
+    { phase: "disable", verb: "disabled", pending: "disabling", to: "disabled" },
+    (r) => r.status,
+    async (wave, progress) => {
+      // the certificate itself rides along: a hub that never saw it (AWS JITP, a DPS group) can
+      // still be told to refuse it; revoked for cause (not superseded) is REVOKED at AWS
+      const refs: RemoteRef[] = [];
+      for (const r of wave) {
+        const mine = (await registry.certificates({ deviceId: r.deviceId })).find(
+          (c) => c.serial === r.serial,
         );
-        await registry.applyHub(changes, at());
-        result.disabled += changes.length;
+        refs.push({
+          deviceId: r.deviceId,
+          serial: r.serial,
+          remoteId: r.remoteId,
+          ...(mine
+            ? { der: mine.der, revoked: mine.status === "revoked" && mine.revocationReason !== "superseded" }
+            : {}),
+        });
       }
-      return fail(result.disabled, w.disable.length, "disabled", e);
-    }
-    const changes = outcomes(spec, wave, got, "disabling", "disabled", result);
-    if (changes.length) await registry.applyHub(changes, at());
-    result.disabled += changes.length;
-    disProgress(i + wave.length);
-  }
+      return driver.disable(refs, progress);
+    },
+    (changes) => changes.length,
+  );
   return result;
 }
 
