@@ -40,12 +40,22 @@ export function casByName(ctx: CheckContext): Map<string, DeclaredCa> {
 
 export const isCaRole = (role: CertRole): boolean => role !== "device";
 
+// issuerOf per certificate list: several checks walk every device's chain, and a signature check per
+// link per check dominated an audit of a large fleet (a P-384 root verified once per device per check)
+const issuers = new WeakMap<CertInfo[], WeakMap<CertInfo, CertInfo | null>>();
+
 /** The inventory certificate that issued `c` (by Name and signature), if the inventory holds it. */
 export function issuerOf(certs: CertInfo[], c: CertInfo): CertInfo | undefined {
   if (c.issuerDer === c.subjectDer && c.role === "root") return undefined;
-  return certs.find(
+  let memo = issuers.get(certs);
+  if (!memo) issuers.set(certs, (memo = new WeakMap()));
+  const known = memo.get(c);
+  if (known !== undefined) return known ?? undefined;
+  const found = certs.find(
     (p) => p !== c && p.subjectDer === c.issuerDer && isCaRole(p.role) && c.x509.verify(p.publicKey),
   );
+  memo.set(c, found ?? null);
+  return found;
 }
 
 /** Keys "issuerDer/serial" of every certificate revoked by a CRL whose signature verified. */
