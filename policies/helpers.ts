@@ -48,7 +48,10 @@ const issuers = new WeakMap<CertInfo[], WeakMap<CertInfo, CertInfo | null>>();
 export function issuerOf(certs: CertInfo[], c: CertInfo): CertInfo | undefined {
   if (c.issuerDer === c.subjectDer && c.role === "root") return undefined;
   let memo = issuers.get(certs);
-  if (!memo) issuers.set(certs, (memo = new WeakMap()));
+  if (!memo) {
+    memo = new WeakMap();
+    issuers.set(certs, memo);
+  }
   const known = memo.get(c);
   if (known !== undefined) return known ?? undefined;
   const found = certs.find(

@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DeployedAudit } from "../../policies/deployed";
-import { type BuiltFleet, buildFleet } from "./fixtures/audit-fleet";
 import { clean, fleetAsync, fleetMany, ROOT, type Run } from "./cli-run";
+import { type BuiltFleet, buildFleet } from "./fixtures/audit-fleet";
 
 let work: string;
 const fleets: Record<string, BuiltFleet> = {};
