@@ -40,6 +40,10 @@ const groups: Record<string, { summary: string; load: () => Promise<GroupModule>
     summary: "run the embedded local MQTT hub (mutual TLS, registrations reloaded live)",
     load: () => import("./hub"),
   },
+  crl: {
+    summary: "serve the CRL folder over HTTP at the CRL distribution points' URL paths",
+    load: () => import("./crl"),
+  },
   policy: {
     summary: "validate policies, evaluate a fleet, review a pull request",
     load: () => import("./policy"),

@@ -313,6 +313,8 @@ export interface PublishOptions {
   /** the CA's CRL interval; a writer that is not the CA (a batch) leaves it to the sidecar's */
   intervalHours?: number;
   now?: () => Date;
+  /** called after each durable step ("reserved": sidecar; "written": CRL files), for crash tests */
+  onStep?: (step: "reserved" | "written") => void;
 }
 
 /**
@@ -356,6 +358,7 @@ export function publishCaCrl(
     writeFileDurably(files.meta, JSON.stringify({ ...base, state: "signing" }), {
       tmp: `${files.meta}.tmp-${process.pid}`,
     });
+    opts.onStep?.("reserved");
     const seen = new Set<string>();
     const all: CrlEntry[] = [];
     for (const s of ["ca", "registry"] as const)
@@ -387,6 +390,7 @@ export function publishCaCrl(
       put(p, der);
       put(`${p}.pem`, crl.crlPem);
     }
+    opts.onStep?.("written");
     writeFileDurably(
       files.meta,
       JSON.stringify({ ...base, state: "published", thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate }),
