@@ -22,6 +22,7 @@ export interface RuntimeEntry {
   ca(): typeof import("./runtime/ca");
   batch(): typeof import("./runtime/batch");
   hub(): typeof import("./runtime/hub");
+  rotation(): typeof import("./runtime/rotation");
 }
 
 export function loadRuntime(atDeploy: string, cwd: string = process.cwd()): RuntimeEntry {

@@ -36,6 +36,7 @@ function clean(mod) {
 let ca;
 let batch;
 let hub;
+let rotation;
 module.exports = {
   ca: () => {
     ca ??= clean(require("./ca"));
@@ -48,5 +49,9 @@ module.exports = {
   hub: () => {
     hub ??= clean(require("./hub"));
     return hub;
+  },
+  rotation: () => {
+    rotation ??= clean(require("./rotation"));
+    return rotation;
   },
 };
