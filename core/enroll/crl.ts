@@ -9,7 +9,7 @@
  *   <name> and <name>.pem   the same CRL again under each name a distribution point gives it, the
  *                           last path segment of the URL (`http://pki.example.com/crl/root.crl` ->
  *                           `root.crl`), so that `fleet crl serve` answers at that URL path
- *   <fingerprint>.json      the sidecar: cRLNumber, state, names, each writer's revoked entries
+ *   <fingerprint>.json      the sidecar: cRLNumber, state, names and URL paths, each writer's entries
  *   <fingerprint>.lock      held while one writer publishes (two processes may publish at once)
  *
  * Sequence rule: the next cRLNumber is max(sidecar cRLNumber, floor) + 1, where floor is a number a
@@ -69,6 +69,8 @@ export interface CrlMeta {
   nextUpdate?: string;
   intervalHours?: number;
   names?: string[];
+  /** the URL paths of the distribution points that name this CRL (`/crl/root.crl`): what the server answers at */
+  paths?: string[];
   sources?: Partial<Record<CrlSource, { digest: string; entries: CrlEntry[] }>>;
   /** a sidecar from before (version 1): the batch's digest */
   revokedDigest?: string;
@@ -118,11 +120,17 @@ export function crlNameOf(url: string, field = "crlDistributionPoint"): string {
  * published as `<fingerprint>.crl` only).
  */
 export function crlNamesFrom(urls: readonly unknown[] | undefined): string[] {
-  const out: string[] = [];
+  return [...new Set(crlUrlsFrom(urls).map((u) => u.name))];
+}
+
+/** The usable distribution points among `urls`: file name and URL path (`/crl/root.crl`). */
+export function crlUrlsFrom(urls: readonly unknown[] | undefined): { name: string; path: string }[] {
+  const out: { name: string; path: string }[] = [];
   for (const u of urls ?? []) {
     try {
-      const n = crlNameOf(String(u));
-      if (!out.includes(n)) out.push(n);
+      const name = crlNameOf(String(u));
+      const p = new URL(String(u)).pathname;
+      if (!out.some((o) => o.path === p)) out.push({ name, path: p });
     } catch {}
   }
   return out;
@@ -304,8 +312,11 @@ export interface PublishOptions {
   source: CrlSource;
   /** this writer's revoked certificates: they replace what this source wrote before */
   entries: CrlEntry[];
-  /** file names from distribution points (`root.crl`), added to the names the CRL is published under */
-  names?: string[];
+  /**
+   * the distribution points that name this CRL (the URLs in the certificates the CA issues): it is
+   * published under their last path segment too (`root.crl`), and served at their URL path
+   */
+  urls?: readonly string[];
   /** the field names come from, for errors (`crlDistributionPoint`, `profile.crlUrls`) */
   namesField?: string;
   /** a cRLNumber already used for this CA elsewhere (an old state's): the next is above it */
@@ -329,7 +340,8 @@ export function publishCaCrl(
   ensureDir(dir);
   const fingerprint = issuer.fingerprint ?? caFingerprint(issuer.certificatePem);
   const files = crlFilesOf(dir, fingerprint);
-  const wanted = [...new Set(opts.names ?? [])];
+  const dps = crlUrlsFrom(opts.urls);
+  const wanted = [...new Set(dps.map((d) => d.name))];
   const taken = claimedElsewhere(dir, fingerprint, wanted);
   if (taken.size) {
     const [n, other] = [...taken][0]!;
@@ -353,7 +365,10 @@ export function publishCaCrl(
         : (meta?.intervalHours ?? opts.intervalHours ?? 168);
     const previous = Math.max(Number(meta?.crlNumber) || 0, Number(opts.floor) || 0);
     const crlNumber = previous + 1;
-    const base = { version: 2, crlNumber, intervalHours, names, sources };
+    const paths = [
+      ...new Set([...(meta?.version === 2 ? (meta.paths ?? []) : []), ...dps.map((d) => d.path)]),
+    ].sort();
+    const base = { version: 2, crlNumber, intervalHours, names, paths, sources };
     // the number is reserved first: a crash from here on skips it, never reuses it
     writeFileDurably(files.meta, JSON.stringify({ ...base, state: "signing" }), {
       tmp: `${files.meta}.tmp-${process.pid}`,
@@ -418,7 +433,13 @@ export function publishCaCrl(
 export function caCrlCurrent(
   dir: string,
   fingerprint: string,
-  want: { source: CrlSource; digest: string; names?: string[]; floor?: number; intervalHours?: number },
+  want: {
+    source: CrlSource;
+    digest: string;
+    urls?: readonly string[];
+    floor?: number;
+    intervalHours?: number;
+  },
   now = new Date(),
 ): boolean {
   const files = crlFilesOf(dir, fingerprint);
@@ -431,8 +452,9 @@ export function caCrlCurrent(
   if (Date.parse(m.nextUpdate) - now.getTime() < (hours * 3_600_000) / 2) return false;
   if ((want.floor ?? 0) > m.crlNumber) return false;
   if ((m.sources?.[want.source]?.digest ?? digestOf([])) !== want.digest) return false;
-  for (const n of want.names ?? [])
-    if (!m.names?.includes(n) || !fs.existsSync(path.join(dir, n))) return false;
+  for (const d of crlUrlsFrom(want.urls))
+    if (!m.names?.includes(d.name) || !m.paths?.includes(d.path) || !fs.existsSync(path.join(dir, d.name)))
+      return false;
   return true;
 }
 
@@ -445,7 +467,7 @@ const registryEntries = async (registry: Registry, fingerprint: string): Promise
 
 /**
  * Is the issuing CA's published CRL what the registry holds now (every revoked certificate of
- * every batch under it), under every name of `names`, and fresh?
+ * every batch under it), under every distribution point of `urls`, and fresh?
  */
 export async function crlCurrent(
   registry: Registry,
@@ -453,7 +475,7 @@ export async function crlCurrent(
   dir: string,
   intervalHours = 168,
   now = new Date(),
-  names: string[] = [],
+  urls: readonly string[] = [],
 ): Promise<boolean> {
   const m = readCrlMeta(dir, issuer.fingerprint);
   if (m?.version !== 2 || m.state !== "published") return false;
@@ -461,7 +483,7 @@ export async function crlCurrent(
   return caCrlCurrent(
     dir,
     issuer.fingerprint,
-    { source: "registry", digest: digestOf(entries.map((e) => e.serial)), names, intervalHours },
+    { source: "registry", digest: digestOf(entries.map((e) => e.serial)), urls, intervalHours },
     now,
   );
 }
@@ -472,13 +494,13 @@ export async function publishCrl(
   issuer: { certificatePem: string; key: SigningKey; fingerprint: string },
   dir: string,
   intervalHours = 168,
-  names: string[] = [],
+  urls: readonly string[] = [],
 ): Promise<PublishedCrl> {
   const entries = await registryEntries(registry, issuer.fingerprint);
   return publishCaCrl(dir, issuer, {
     source: "registry",
     entries,
-    names,
+    urls,
     namesField: "profile.crlUrls",
     intervalHours,
   });

@@ -2,7 +2,9 @@
  * The CRL server: HTTP GET of the CRLs in one CRL folder (core/enroll/crl), at the URL paths the
  * certificates' CRL distribution points name (RFC 5280 4.2.1.13: an HTTP URI gives a DER CRL,
  * served as application/pkix-crl, RFC 2585 section 4.2). `/<name>.crl` is the DER file,
- * `/<name>.crl.pem` its PEM twin. Nothing else is served: no listing, no sidecars or locks, no
+ * `/<name>.crl.pem` its PEM twin; the same files answer at the URL path of every distribution
+ * point that the folder's sidecars list (`/crl/root.crl` for `http://pki.example.com/crl/root.crl`),
+ * so one DNS name pointed at this server serves the URLs in the certificates. Nothing else is served: no listing, no sidecars or locks, no
  * name with a slash (plain or encoded) or a dot-dot, no symbolic link that leads out of the folder.
  * Responses carry ETag and Last-Modified and answer conditional requests with 304, so a relying
  * party that polls pays for a CRL only when it changed. Files are read at each request: a CRL
@@ -36,11 +38,41 @@ export interface CrlServer {
 /** The names served: a plain file name ending in .crl or .crl.pem. */
 export const SERVED_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.crl(?:\.pem)?$/;
 
-/** The file of the folder a request path names, or undefined (then 404). */
+/** The URL paths the sidecars of the folder list (core/enroll/crl), as `path -> file name`. */
+function publishedPaths(realDir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  let files: string[] = [];
+  try {
+    files = fs.readdirSync(realDir);
+  } catch {
+    return out;
+  }
+  for (const f of files) {
+    if (!/^[0-9a-f]{64}\.json$/.test(f)) continue;
+    try {
+      const m = JSON.parse(fs.readFileSync(path.join(realDir, f), "utf8")) as {
+        names?: unknown;
+        paths?: unknown;
+      };
+      const names = Array.isArray(m.names) ? m.names.map(String) : [];
+      for (const p of Array.isArray(m.paths) ? m.paths.map(String) : []) {
+        const name = p.split("/").pop() ?? "";
+        if (names.includes(name)) out.set(p, name);
+      }
+    } catch {}
+  }
+  return out;
+}
+
+/**
+ * The file of the folder a request path names, or undefined (then 404): `/<name>` for a CRL file
+ * in the folder, or a distribution point's URL path (`/crl/root.crl`) that a sidecar lists, each
+ * with `.pem` for the PEM twin.
+ */
 export function fileFor(realDir: string, rawUrl: string): string | undefined {
   const q = rawUrl.indexOf("?");
   const rawPath = q < 0 ? rawUrl : rawUrl.slice(0, q);
-  // an encoded slash, backslash or dot is never part of a name we publish
+  // an encoded slash, backslash, dot or NUL is never part of a name we publish
   if (/%(2f|5c|2e|00)/i.test(rawPath) || rawPath.includes("\\")) return undefined;
   let p: string;
   try {
@@ -49,8 +81,15 @@ export function fileFor(realDir: string, rawUrl: string): string | undefined {
     return undefined;
   }
   if (!p.startsWith("/")) return undefined;
-  const name = p.slice(1);
-  if (name.includes("/") || name.includes("..") || !SERVED_NAME.test(name)) return undefined;
+  const segments = p.slice(1).split("/");
+  if (segments.some((s) => !/^[A-Za-z0-9_-][A-Za-z0-9._-]*$/.test(s) || s.includes(".."))) return undefined;
+  const name = segments.at(-1)!;
+  if (!SERVED_NAME.test(name)) return undefined;
+  if (segments.length > 1) {
+    const der = name.endsWith(".pem") ? p.slice(0, -4) : p;
+    const listed = publishedPaths(realDir).get(der);
+    if (!listed || (listed !== name && `${listed}.pem` !== name)) return undefined;
+  }
   const file = path.join(realDir, name);
   let real: string;
   try {
@@ -59,7 +98,7 @@ export function fileFor(realDir: string, rawUrl: string): string | undefined {
     return undefined;
   }
   // a symbolic link may point inside the folder (an alias), never out of it
-  if (path.dirname(real) !== realDir && !real.startsWith(realDir + path.sep)) return undefined;
+  if (!real.startsWith(realDir + path.sep)) return undefined;
   try {
     if (!fs.statSync(real).isFile()) return undefined;
   } catch {

@@ -10,7 +10,7 @@ import * as crypto from "node:crypto";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { type KeyRef, openCaKey } from "../../core/custody";
-import { crlCurrent, crlNamesFrom, DEFAULT_CRL_DIR, publishCrl } from "../../core/enroll/crl";
+import { crlCurrent, DEFAULT_CRL_DIR, publishCrl } from "../../core/enroll/crl";
 import {
   BatchEngine,
   type BatchSpec,
@@ -295,8 +295,8 @@ function outputsOf(
 
 const crlDirOf = (i: BatchInputs) => path.resolve(process.cwd(), i.crlDir || DEFAULT_CRL_DIR);
 
-/** The file names the profile's CRL distribution points give the issuing CA's CRL (`line-a.crl`). */
-const crlNamesOf = (i: BatchInputs) => crlNamesFrom(i.profile?.crlUrls);
+/** The profile's CRL distribution points: the issuing CA's CRL is published under their names. */
+const crlUrlsOf = (i: BatchInputs): string[] => i.profile?.crlUrls ?? [];
 
 async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<BatchOutputs> {
   const issuer = issuerOf(i, true);
@@ -317,7 +317,7 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
       } finally {
         // revocations (superseded, decommissioned, quarantined) reach the CRL even when the run
         // fails; a CRL that differs from the registry (an earlier publish failed) is published again
-        if (!(await crlCurrent(registry, issuer, crlDirOf(i), undefined, undefined, crlNamesOf(i))))
+        if (!(await crlCurrent(registry, issuer, crlDirOf(i), undefined, undefined, crlUrlsOf(i))))
           crl = await publish(i, registry, issuer);
       }
       await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
@@ -345,7 +345,7 @@ async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMateria
     { certificatePem: i.issuer.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
     crlDirOf(i),
     undefined,
-    crlNamesOf(i),
+    crlUrlsOf(i),
   );
   return { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
 }
@@ -410,7 +410,7 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
       crlDirOf(news),
       undefined,
       undefined,
-      crlNamesOf(news),
+      crlUrlsOf(news),
     ));
     return { plan, crlStale };
   });

@@ -29,7 +29,6 @@ import { EmbeddedKeyStore } from "../../core/custody/embedded";
 import {
   type CrlEntry,
   caCrlCurrent,
-  crlNamesFrom,
   DEFAULT_CRL_DIR,
   digestOf,
   type PublishedCrl,
@@ -339,8 +338,8 @@ export function create(inputs: CaInputs) {
 
 const crlDirOf = (i: CaInputs) => path.resolve(process.cwd(), i.crlDir || DEFAULT_CRL_DIR);
 
-const crlNamesOf = (i: CaInputs) =>
-  crlNamesFrom((Array.isArray(i.crlUrls) ? i.crlUrls : []).filter((u) => !isUnknown(u)));
+const crlUrlsOf = (i: CaInputs): string[] =>
+  (Array.isArray(i.crlUrls) ? i.crlUrls : []).filter((u) => typeof u === "string" && !isUnknown(u));
 
 const revokedOf = (i: CaInputs): CrlEntry[] => (Array.isArray(i.revoked) ? i.revoked : []);
 
@@ -352,11 +351,10 @@ function publicationCurrent(olds: Record<string, unknown>, news: CaInputs): bool
   if (isUnknown(news.crlDir) || isUnknown(news.crlUrls) || isUnknown(news.revoked)) return true;
   const fp = olds.fingerprintSha256;
   if (typeof fp !== "string") return false;
-  const names = crlNamesOf(news);
   return caCrlCurrent(crlDirOf(news), fp, {
     source: "ca",
     digest: digestOf(revokedOf(news).map((e) => e.serial)),
-    names,
+    urls: crlUrlsOf(news),
     floor: Number(olds.crlNumber ?? 0),
     intervalHours: news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
   });
@@ -371,7 +369,7 @@ function publish(
   const p = publishCaCrl(crlDirOf(i), ca, {
     source: "ca",
     entries: revokedOf(i),
-    names: crlNamesOf(i),
+    urls: crlUrlsOf(i),
     namesField: "crlUrls",
     floor,
     intervalHours: i.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,

@@ -25,7 +25,9 @@ import {
 import { pemOne } from "../../../core/x509/pem";
 import { crlDue, diff, update } from "../../../providers/runtime/ca";
 import { openssl, tmpdir } from "../../helpers/openssl";
-import { type CrlPki, makeCrlPki } from "./crl-pki";
+import { BASE, type CrlPki, makeCrlPki } from "./crl-pki";
+
+const LINE_A = `${BASE}/line-a.crl`;
 
 const norm = (s: string) => s.replace(/^0+(?=.)/, "");
 
@@ -50,7 +52,7 @@ function opensslCrl(file: string, caPem: string): { number: number; serials: str
   // OpenSSL prints the number in decimal (in hex with 0x past 64 bits), serials in hex
   const number = Number(/X509v3 CRL Number:\s*\n\s*(\S+)/.exec(r.out)![1]!);
   const serials = [...r.out.matchAll(/Serial Number: ([0-9A-F]+)/g)].map((m) => norm(m[1]!.toLowerCase()));
-  return { number, serials };
+  return { number, serials: serials.sort() };
 }
 
 let work: string;
@@ -94,10 +96,10 @@ describe("one CRL per CA, one cRLNumber sequence", () => {
     const d1 = await pki.device("dev-1");
     const d2 = await pki.device("dev-2");
     await pki.revoke("dev-1");
-    expect(await crlCurrent(pki.registry, issuer, pki.dir, 168, new Date(), ["line-a.crl"])).toBe(false);
-    const b1 = await publishCrl(pki.registry, issuer, pki.dir, 168, ["line-a.crl"]);
+    expect(await crlCurrent(pki.registry, issuer, pki.dir, 168, new Date(), [LINE_A])).toBe(false);
+    const b1 = await publishCrl(pki.registry, issuer, pki.dir, 168, [LINE_A]);
     expect(b1.crlNumber).toBe(2);
-    expect(await crlCurrent(pki.registry, issuer, pki.dir, 168, new Date(), ["line-a.crl"])).toBe(true);
+    expect(await crlCurrent(pki.registry, issuer, pki.dir, 168, new Date(), [LINE_A])).toBe(true);
     // the sidecar keeps the CA's interval (24 h), not the batch's default
     expect(readCrlMeta(pki.dir, issuer.fingerprint)?.intervalHours).toBe(24);
     // the CA provider re-signs (its output is due): the number continues, the device stays revoked
@@ -110,8 +112,8 @@ describe("one CRL per CA, one cRLNumber sequence", () => {
     expect(seen).toEqual({ number: 3, serials: [norm(d1.serial)] });
     // the batch again, with a second revocation: 4, both listed, under every name
     await pki.revoke("dev-2", "superseded");
-    expect(await crlCurrent(pki.registry, issuer, pki.dir, 168, new Date(), ["line-a.crl"])).toBe(false);
-    expect((await publishCrl(pki.registry, issuer, pki.dir, 168, ["line-a.crl"])).crlNumber).toBe(4);
+    expect(await crlCurrent(pki.registry, issuer, pki.dir, 168, new Date(), [LINE_A])).toBe(false);
+    expect((await publishCrl(pki.registry, issuer, pki.dir, 168, [LINE_A])).crlNumber).toBe(4);
     seen = opensslCrl(named, pki.issuing.outs.certificatePem);
     expect(seen.number).toBe(4);
     expect(seen.serials.sort()).toEqual([norm(d1.serial), norm(d2.serial)].sort());
@@ -144,17 +146,18 @@ describe("one CRL per CA, one cRLNumber sequence", () => {
     const want = {
       source: "ca" as const,
       digest: digestOf([String(pki.intermediate.outs.serialNumber)]),
-      names: ["root.crl"],
+      urls: [`${BASE}/root.crl`],
     };
     expect(caCrlCurrent(pki.dir, fp, want)).toBe(true);
+    expect(readCrlMeta(pki.dir, fp)).toMatchObject({ names: ["root.crl"], paths: ["/crl/root.crl"] });
     // the root's interval is 168 h: past 84 h it is stale
     expect(caCrlCurrent(pki.dir, fp, want, new Date(Date.now() + 85 * 3600_000))).toBe(false);
-    expect(caCrlCurrent(pki.dir, fp, { ...want, names: ["other.crl"] })).toBe(false);
+    expect(caCrlCurrent(pki.dir, fp, { ...want, urls: [`${BASE}/other.crl`] })).toBe(false);
     expect(() =>
       publishCaCrl(pki.dir, pki.issuer(), {
         source: "registry",
         entries: [],
-        names: ["root.crl"],
+        urls: [`${BASE}/root.crl`],
         namesField: "profile.crlUrls",
       }),
     ).toThrow(/profile\.crlUrls: got "root\.crl", already the CRL of CA [0-9a-f]{16}/);
@@ -256,7 +259,7 @@ describe("crash safety and two writers", () => {
     keyPem: pki.issuing.outs.keyPem,
     source: "registry",
     entries: [{ serial: "0a01", revokedAt: new Date().toISOString(), reason: "keyCompromise" }],
-    names: ["line-a.crl"],
+    urls: [LINE_A],
     times: 1,
     ...over,
   });
@@ -275,9 +278,9 @@ describe("crash safety and two writers", () => {
     expect(readCrlMeta(dir, fp)).toMatchObject({ crlNumber: 2, state: "signing" });
     expect(fs.existsSync(f.lock)).toBe(true); // left by the dead process
     record();
-    expect(
-      caCrlCurrent(dir, fp, { source: "registry", digest: digestOf(["0a01"]), names: ["line-a.crl"] }),
-    ).toBe(false);
+    expect(caCrlCurrent(dir, fp, { source: "registry", digest: digestOf(["0a01"]), urls: [LINE_A] })).toBe(
+      false,
+    );
     // the next writer takes over the dead lock and skips 2
     expect((await writer(job({}))).numbers).toEqual([3]);
     record();

@@ -17,7 +17,7 @@ for (let i = 0; i < job.times; i++) {
     {
       source: job.source,
       entries: job.entries,
-      names: job.names,
+      urls: job.urls,
       onStep: (step) => {
         if (step === job.killAt) process.kill(process.pid, "SIGKILL");
       },
