@@ -14,6 +14,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { FleetError, invalid } from "../core/errors";
+import { makeDirs } from "../core/hubs/local-state";
 import { openRegistry, parseLocation } from "../core/registry";
 import type { Registry } from "../core/registry/types";
 import { type AuditRun, auditDeployed, type DeployedAudit } from "../policies/deployed";
@@ -270,7 +271,16 @@ async function audit(flags: Flags, io: AuditIo): Promise<number> {
   } finally {
     await reg.close();
   }
-  fs.mkdirSync(outDir, { recursive: true });
+  // not fs.mkdirSync's recursive mode, which loops forever on some paths (core/hubs/local-state makeDirs)
+  try {
+    makeDirs(outDir);
+  } catch (e) {
+    throw invalid(
+      "--out",
+      outDir,
+      `a folder that can be created (${(e as NodeJS.ErrnoException).code ?? "error"})`,
+    );
+  }
   const json = jsonDocument(report);
   fs.writeFileSync(path.join(outDir, "audit.json"), `${json}\n`);
   fs.writeFileSync(path.join(outDir, "audit.md"), renderMarkdown(report));
