@@ -19,7 +19,7 @@
  * Tests and replays set it; the devices must be on the same clock (they check validity).
  */
 import * as pulumi from "@pulumi/pulumi";
-import { type RotationPolicy, validatePolicy } from "../core/enroll/renew";
+import { type RotationPolicy, validatePolicy } from "../core/enroll/rotation-policy";
 import { invalid } from "../core/errors";
 import type { DeclaredRotation } from "../policies/context";
 import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../policies/engine";

@@ -39,7 +39,8 @@ export async function rekey(
   );
   const asked: Array<{ d: DeviceRecord; i: number; subject: Subject }> = [];
   const items: Array<{ device: string; subject: Subject; auth?: ReturnType<typeof signCommand> }> = [];
-  for (const [i, s] of status.entries()) {
+  for (let i = 0; i < status.length; i++) {
+    const s = status[i]!;
     const d = devs[i]!;
     if (!s.ok) {
       run.failed(d, s, q, "rekey-status");
@@ -62,7 +63,8 @@ export async function rekey(
   }
   const rot = items.length ? await st.rotateBatch(items, opts) : [];
   const bound: Array<{ d: DeviceRecord; i: number; spki: Buffer; epoch: number; nonce: Buffer }> = [];
-  for (const [j, res] of rot.entries()) {
+  for (let j = 0; j < rot.length; j++) {
+    const res = rot[j]!;
     const { d, i } = asked[j]!;
     if (!res.ok) {
       run.failed(d, res, q, "rekey-rotate");
@@ -95,7 +97,8 @@ export async function rekey(
     : [];
   const now = run.now();
   const out: ToInstall[] = [];
-  for (const [j, res] of att.entries()) {
+  for (let j = 0; j < att.length; j++) {
+    const res = att[j]!;
     const { d, i, spki, epoch, nonce } = bound[j]!;
     if (!res.ok) {
       run.failed(d, res, q, "rekey-attest");

@@ -36,7 +36,7 @@
  * An optional maintenance window (UTC, "HH:MM-HH:MM", may wrap midnight) holds all work outside it.
  */
 import * as crypto from "node:crypto";
-import { FleetError, invalid } from "../errors";
+import { FleetError } from "../errors";
 import type { DeviceRecord, Transition } from "../registry/types";
 import { verifyAttestation } from "../station/attest";
 import { verifyCsr } from "../station/csr";
@@ -44,58 +44,13 @@ import { randomSerial } from "../x509/cert";
 import { wave as enrollWave, install, type ToInstall } from "./enroll";
 import { type CompiledTemplate, deviceNames } from "./profile";
 import { rekey } from "./rekey";
+import { inWindow, type RotationPolicy, renewAt, validatePolicy } from "./rotation-policy";
+
+export { inWindow, parseWindow, type RotationPolicy, renewAt, validatePolicy } from "./rotation-policy";
+
 import { type BatchRun, fmtPct, quarantine, serialHex } from "./run";
 
 const DAY_MS = 86_400_000;
-
-export interface RotationPolicy {
-  /** renew when fewer than this many days of validity remain */
-  renewBeforeDays?: number;
-  /** renew once this fraction of the lifetime has elapsed (cert-manager, step-ca: 2/3); default 2/3 when neither is set */
-  renewAtFraction?: number;
-  /** re-key when the key is older than this (policy renewal.maxKeyAgeDays); none: never re-key */
-  maxKeyAgeDays?: number;
-  /** a wave changes at most this fraction of the batch (policy rotation.maxWaveFraction) */
-  maxWaveFraction: number;
-  /** a wave with more than this fraction of its devices failing stops the roll-out */
-  maxFailureFraction: number;
-  /** UTC "HH:MM-HH:MM" (may wrap midnight): work only inside it */
-  maintenanceWindow?: string;
-  /** waves one run may do (default 1) */
-  wavesPerRun?: number;
-}
-
-export function validatePolicy(p: RotationPolicy): void {
-  if (p === null || typeof p !== "object") throw invalid("rotation", p, "a rotation policy");
-  if (p.renewBeforeDays !== undefined && !(Number.isFinite(p.renewBeforeDays) && p.renewBeforeDays > 0))
-    throw invalid("renewBeforeDays", p.renewBeforeDays, "a number of days > 0");
-  if (p.renewAtFraction !== undefined && !(p.renewAtFraction > 0 && p.renewAtFraction < 1))
-    throw invalid("renewAtFraction", p.renewAtFraction, "a fraction of the lifetime in (0, 1), e.g. 0.667");
-  if (p.maxKeyAgeDays !== undefined && !(Number.isFinite(p.maxKeyAgeDays) && p.maxKeyAgeDays > 0))
-    throw invalid("maxKeyAgeDays", p.maxKeyAgeDays, "a number of days > 0");
-  if (!(p.maxWaveFraction > 0 && p.maxWaveFraction <= 1))
-    throw invalid("maxWaveFraction", p.maxWaveFraction, "a fraction in (0, 1]");
-  if (!(p.maxFailureFraction >= 0 && p.maxFailureFraction <= 1))
-    throw invalid("maxFailureFraction", p.maxFailureFraction, "a fraction in [0, 1]");
-  if (p.maintenanceWindow !== undefined) parseWindow(p.maintenanceWindow);
-  if (p.wavesPerRun !== undefined && !(Number.isInteger(p.wavesPerRun) && p.wavesPerRun >= 1))
-    throw invalid("wavesPerRun", p.wavesPerRun, "an integer >= 1");
-}
-
-/** "HH:MM-HH:MM" (UTC) -> minutes of the day [start, end). */
-export function parseWindow(w: string): { start: number; end: number } {
-  const m = typeof w === "string" ? /^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$/.exec(w) : null;
-  if (!m || m[1] + m[2] === m[3]! + m[4])
-    throw invalid("maintenanceWindow", w, '"HH:MM-HH:MM" in UTC with start != end, e.g. "01:00-05:00"');
-  return { start: Number(m[1]) * 60 + Number(m[2]), end: Number(m[3]) * 60 + Number(m[4]) };
-}
-
-export function inWindow(w: string | undefined, now: Date): boolean {
-  if (w === undefined) return true;
-  const { start, end } = parseWindow(w);
-  const t = now.getUTCHours() * 60 + now.getUTCMinutes();
-  return start < end ? t >= start && t < end : t >= start || t < end;
-}
 
 export interface DueDevice {
   d: DeviceRecord;
@@ -116,17 +71,6 @@ export interface Due {
   nextDue?: Date;
   /** active devices examined */
   active: number;
-}
-
-/** When a certificate of validity [notBefore, notAfter] becomes due for renewal. */
-export function renewAt(p: RotationPolicy, notBefore: Date, notAfter: Date): Date {
-  const nb = notBefore.getTime();
-  const na = notAfter.getTime();
-  const at: number[] = [];
-  if (p.renewBeforeDays !== undefined) at.push(na - p.renewBeforeDays * DAY_MS);
-  const frac = p.renewAtFraction ?? (p.renewBeforeDays === undefined ? 2 / 3 : undefined);
-  if (frac !== undefined) at.push(nb + Math.round((na - nb) * frac));
-  return new Date(Math.min(...at));
 }
 
 /** What is due for one batch at `now`, from the registry alone (one pass over devices and certificates). */
@@ -360,7 +304,8 @@ export async function renew(
     opts,
   );
   const bound: Array<{ d: DeviceRecord; i: number; spki: Buffer; nonce: Buffer }> = [];
-  for (const [i, res] of csrs.entries()) {
+  for (let i = 0; i < csrs.length; i++) {
+    const res = csrs[i]!;
     const d = devs[i]!;
     if (!res.ok) {
       run.failed(d, res, q, "renew-csr");
@@ -392,7 +337,8 @@ export async function renew(
     : [];
   const now = run.now();
   const items: ToInstall[] = [];
-  for (const [j, res] of att.entries()) {
+  for (let j = 0; j < att.length; j++) {
+    const res = att[j]!;
     const { d, i, spki, nonce } = bound[j]!;
     if (!res.ok) {
       run.failed(d, res, q, "renew-attest");
