@@ -41,6 +41,7 @@ import { wave } from "./enroll";
 import { compileTemplate, profileDigest } from "./profile";
 import { refresh } from "./refresh";
 import { reissue, stalePages } from "./reissue";
+import { heldForHubs } from "./renew";
 import {
   ALL_STATES,
   type BatchPlan,
@@ -90,9 +91,14 @@ export class BatchEngine extends BatchRun {
       }
     let reissue = 0;
     for await (const page of stalePages(this)) reissue += page.length;
+    // renewals waiting for their hubs are the rotation's, not interrupted work (renew.ts)
+    let held = 0;
+    if (counts.issued)
+      for await (const page of this.pages(["issued"]))
+        held += (await heldForHubs(this, page.filter((d) => this.inRange(d.deviceId)))).size;
     return {
       enroll: this.spec.count - (known - outsideAll) + (counts.pending + counts.attested - outsideWorking),
-      resume: counts.issued + counts.installed - outsideResume,
+      resume: counts.issued + counts.installed - outsideResume - held,
       reissue,
       decommission: outsideLive,
       quarantined: counts.quarantined,
@@ -132,7 +138,10 @@ export class BatchEngine extends BatchRun {
           const page: DeviceRecord[] | undefined = (await pages.next()).value || undefined;
           if (!page) return undefined;
           const mine = page.filter((d) => this.inRange(d.deviceId));
-          if (mine.length) return mine;
+          // a renewal whose new certificate a hub does not hold yet switches later (renew.ts)
+          const held = await heldForHubs(this, mine);
+          const go = held.size ? mine.filter((d) => !held.has(d.deviceId)) : mine;
+          if (go.length) return go;
         }
       },
       this.concurrency,

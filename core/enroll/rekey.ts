@@ -25,6 +25,7 @@ export async function rekey(
   run: BatchRun,
   devs: DeviceRecord[],
   template: CompiledTemplate,
+  opts0: { install?: boolean } = {},
 ): Promise<number> {
   const st = await run.station();
   const opts = { deviceTimeoutMs: run.ctx.deviceTimeoutMs };
@@ -150,5 +151,6 @@ export async function rekey(
     });
   }
   if (tx.length) await run.ctx.registry.apply(tx, now);
+  if (opts0.install === false) return out.length; // staged: installed once the hubs hold them
   return confirm(run, out);
 }

@@ -65,6 +65,8 @@ export interface Due {
   rekey: DueDevice[];
   /** devices an interrupted run left in issued / installed (finished first) */
   resume: DeviceRecord[];
+  /** renewed or re-keyed devices whose new certificate a hub of the batch does not hold yet (not switched) */
+  held: number;
   /** due for a re-key but their key cannot change (injected keys): renewed only, when due */
   rekeyBlocked: number;
   /** the earliest time something not yet due becomes due */
@@ -79,9 +81,11 @@ export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promis
   const active = new Map<string, { d: DeviceRecord; notBefore?: Date; notAfter?: Date; born?: number }>();
   for await (const page of run.pages(["active"]))
     for (const d of page) if (run.inRange(d.deviceId)) active.set(d.deviceId, { d });
-  const resume: DeviceRecord[] = [];
+  const working: DeviceRecord[] = [];
   for await (const page of run.pages(["issued", "installed"]))
-    for (const d of page) if (run.inRange(d.deviceId)) resume.push(d);
+    for (const d of page) if (run.inRange(d.deviceId)) working.push(d);
+  const held = await heldForHubs(run, working);
+  const resume = working.filter((d) => !held.has(d.deviceId));
   let after: string | undefined;
   for (;;) {
     const page = await run.ctx.registry.certificates({ batch: run.spec.name, after, limit: 2000 });
@@ -101,7 +105,7 @@ export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promis
     after = page[page.length - 1]!.serial;
   }
   const t = now.getTime();
-  const out: Due = { renew: [], rekey: [], resume, rekeyBlocked: 0, active: active.size };
+  const out: Due = { renew: [], rekey: [], resume, held: held.size, rekeyBlocked: 0, active: active.size };
   let next = Number.POSITIVE_INFINITY;
   const canRekey = run.spec.source === "puf";
   for (const a of active.values()) {
@@ -133,6 +137,8 @@ export interface RotationPlan {
   renew: number;
   rekey: number;
   resume: number;
+  /** new certificates issued but not yet installed: a hub of the batch does not hold them yet */
+  heldForHubs: number;
   rekeyBlocked: number;
   /** devices per wave (maxWaveFraction of the batch) */
   waveSize: number;
@@ -162,6 +168,7 @@ export async function planRotation(run: BatchRun, p: RotationPolicy, now: Date):
     renew: due.renew.length,
     rekey: due.rekey.length,
     resume: due.resume.length,
+    heldForHubs: due.held,
     rekeyBlocked: due.rekeyBlocked,
     waveSize: size,
     waves: Math.ceil(n / size),
@@ -188,6 +195,8 @@ export function describeRotation(p: RotationPlan): string {
     "CA rollover: none",
   ];
   if (p.resume) parts.push(`finish ${dev(p.resume)} interrupted`);
+  if (p.heldForHubs)
+    parts.push(`${cert(p.heldForHubs)} waiting for hub registration before the devices switch`);
   if (p.rekeyBlocked) parts.push(`${dev(p.rekeyBlocked)} past the key age cannot re-key (injected keys)`);
   if (!p.inWindow && p.renew + p.rekey + p.resume > 0)
     parts.push(`waiting for the maintenance window ${p.maintenanceWindow} UTC`);
@@ -240,6 +249,9 @@ export async function rotate(
     run.revokedThisRun += run.enrolled - before;
     run.enrolled = before;
   }
+  // a batch registered at hubs: the wave's new certificates are recorded (the next hub sync
+  // registers them) and installed by a later run, once every hub holds them
+  const staged = (await hubsOf(run)).length > 0;
   const size = waveSizeOf(run, p);
   const all = [
     ...due.rekey.map((x) => ({ ...x, rekey: true })),
@@ -254,8 +266,8 @@ export async function rotate(
       const part = wave.slice(i, i + run.waveSize);
       const r = part.filter((x) => !x.rekey).map((x) => x.d);
       const k = part.filter((x) => x.rekey).map((x) => x.d);
-      if (r.length) res.renewed += await renew(run, r, template);
-      if (k.length) res.rekeyed += await rekey(run, k, template);
+      if (r.length) res.renewed += await renew(run, r, template, { install: !staged });
+      if (k.length) res.rekeyed += await rekey(run, k, template, { install: !staged });
     }
     const failed = run.unreachable - before.unreachable + ((await quarantinedOf(run)) - before.quarantined);
     res.failed += failed;
@@ -291,6 +303,7 @@ export async function renew(
   run: BatchRun,
   devs: DeviceRecord[],
   template: CompiledTemplate,
+  opts0: { install?: boolean } = {},
 ): Promise<number> {
   const st = await run.station();
   const opts = { deviceTimeoutMs: run.ctx.deviceTimeoutMs };
@@ -386,7 +399,44 @@ export async function renew(
   }
   // recorded before any of these certificates leaves this process
   if (tx.length) await run.ctx.registry.apply(tx, now);
+  if (opts0.install === false) return items.length; // staged: installed once the hubs hold them
   return confirm(run, items);
+}
+
+/** Hubs with registrations of this batch (the registry's hub records). */
+export async function hubsOf(run: BatchRun): Promise<string[]> {
+  const out: string[] = [];
+  for (const h of await run.ctx.registry.hubs()) {
+    const c = await run.ctx.registry.hubCounts(h, run.spec.name);
+    if (Object.values(c).some((n) => n > 0)) out.push(h);
+  }
+  return out;
+}
+
+/**
+ * Devices in `issued` during a rotation (their old certificate still live beside the new one)
+ * whose new certificate some hub of the batch does not hold yet (`active` there): they are not
+ * switched, so a device never presents a certificate its hub would refuse (issue 12, point 2).
+ * The batch engine's resume skips them too (engine.ts).
+ */
+export async function heldForHubs(run: BatchRun, devs: readonly DeviceRecord[]): Promise<Set<string>> {
+  const held = new Set<string>();
+  const issued = devs.filter((d) => d.state === "issued" && d.certSerial);
+  if (!issued.length) return held;
+  const hubs = await hubsOf(run);
+  if (!hubs.length) return held;
+  for (const d of issued) {
+    const live = await run.ctx.registry.certificates({ deviceId: d.deviceId, status: ["live"] });
+    if (live.length < 2) continue; // an enrollment, not a rotation
+    for (const h of hubs) {
+      const recs = await run.ctx.registry.hubRegistrations(h, { deviceId: d.deviceId });
+      if (!recs.some((r) => r.serial === d.certSerial && r.status === "active")) {
+        held.add(d.deviceId);
+        break;
+      }
+    }
+  }
+  return held;
 }
 
 /** install() from enroll.ts, counted as rotations (not enrollments); each confirmation supersedes one certificate. */

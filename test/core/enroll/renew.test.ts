@@ -344,4 +344,57 @@ describe("renewal and re-key over a real farm", () => {
     await converged();
     expect((await registry.verify({ batch: spec.name })).ok).toBe(true);
   }, 120_000);
+  it("a batch registered at a hub: the new certificate is registered before the device switches to it", async () => {
+    clock += 2 * DAY; // every certificate has 363 of its 365 days left
+    const p: RotationPolicy = { renewBeforeDays: 364, maxWaveFraction: 0.25, maxFailureFraction: 0.1 };
+    const hubHolds = async (serials: Array<{ deviceId: string; serial: string }>) =>
+      registry.applyHub(
+        serials.map((x) => ({
+          hub: "hub-t",
+          deviceId: x.deviceId,
+          batch: spec.name,
+          serial: x.serial,
+          from: null,
+          to: "active" as const,
+          remoteId: x.serial,
+        })),
+      );
+    const active = (await registry.listDevices(spec.name)).filter((d) => d.state === "active");
+    await hubHolds(active.map((d) => ({ deviceId: d.deviceId, serial: d.certSerial! })));
+    const r = await rotate(engine(), p, template());
+    expect(r).toMatchObject({ renewed: 5, waves: 1, failed: 0 });
+    const staged = (await registry.listDevices(spec.name)).filter((d) => d.state === "issued");
+    expect(staged).toHaveLength(5);
+    // not switched: each device still holds the certificate the hub knows
+    const st = await station.statusBatch(staged.map((d) => d.deviceId));
+    for (const [i, d] of staged.entries()) {
+      const old = active.find((a) => a.deviceId === d.deviceId)!;
+      const live = await registry.certificates({ deviceId: d.deviceId, status: ["live"] });
+      expect(live.map((c) => c.serial).sort()).toEqual([old.certSerial, d.certSerial].sort());
+      const held = live.find((c) => c.serial === old.certSerial)!;
+      const s = st[i]!;
+      expect(s.ok && s.value.chain[0]!.equals(held.der)).toBe(true);
+    }
+    const plan = await planRotation(engine(), p, now());
+    expect(plan).toMatchObject({ heldForHubs: 5, resume: 0 });
+    expect(describeRotation(plan)).toContain(
+      "5 certificates waiting for hub registration before the devices switch",
+    );
+    // the batch engine does not take them for interrupted work either
+    expect((await engine().plan()).resume).toBe(0);
+    // the hub sync registers the new certificates; the next run switches the devices
+    await hubHolds(staged.map((d) => ({ deviceId: d.deviceId, serial: d.certSerial! })));
+    expect((await planRotation(engine(), p, now())).resume).toBe(5);
+    const r2 = await rotate(engine(), p, template());
+    expect(r2.resumed).toBe(5);
+    for (const d of staged) {
+      const now2 = (await registry.getDevice(d.deviceId))!;
+      expect(now2).toMatchObject({ state: "active", certSerial: d.certSerial });
+      const old = active.find((a) => a.deviceId === d.deviceId)!;
+      const prev = (await registry.certificates({ deviceId: d.deviceId })).find(
+        (c) => c.serial === old.certSerial,
+      )!;
+      expect(prev.revocationReason).toBe("superseded");
+    }
+  });
 });
