@@ -192,11 +192,12 @@ export function readCas(sources: Pick<DeployedSources, "caDir" | "hubStateDir">)
   };
   if (sources.caDir) {
     const files = listFolder(sources.caDir, "caDir").filter((f) => /\.(pem|crt)$/.test(f));
-    // a file of its own names its CA: read those before chain files
-    files.sort((a, b) => Number(a.includes(".chain.")) - Number(b.includes(".chain.")) || a.localeCompare(b));
+    // a file of its own names its CA: read those before chain and bundle files
+    const bundle = (f: string) => Number(/\.(chain|untrusted)\./.test(path.basename(f)));
+    files.sort((a, b) => bundle(a) - bundle(b) || a.localeCompare(b));
     for (const f of files) {
       const blocks = pemBlocks(readPemFile(f), "CERTIFICATE");
-      const own = !f.includes(".chain.") && !f.includes(".untrusted.");
+      const own = !bundle(f);
       blocks.forEach((der, i) => {
         add(der, own && i === 0 ? path.basename(f).replace(/\.(pem|crt)$/, "") : undefined, f);
       });

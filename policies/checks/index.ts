@@ -28,6 +28,7 @@ import { check as REV002 } from "./revocation/FG-REV-002";
 import { check as REV003 } from "./revocation/FG-REV-003";
 import { check as REV004 } from "./revocation/FG-REV-004";
 import { check as REV005 } from "./revocation/FG-REV-005";
+import { check as REV006 } from "./revocation/FG-REV-006";
 import { check as ROT001 } from "./rotation/FG-ROT-001";
 
 /** Every check, in catalog order (by area, then id). */
@@ -53,6 +54,7 @@ export const catalog: readonly Check[] = [
   REV003,
   REV004,
   REV005,
+  REV006,
   HUB001,
   HUB002,
   HUB003,

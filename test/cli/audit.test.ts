@@ -3,7 +3,17 @@
 // revoked the way the engine writes them, hub records, CRLs signed by core/ca, a local hub state folder).
 // A clean fleet passes; each planted defect is reported with the device named; exit codes, the JSON
 // document and the Markdown report's lines.
-import { mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { createHash, X509Certificate } from "node:crypto";
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -97,6 +107,7 @@ describe("fleet audit on a registry, its CRLs and the local hub", () => {
       "FG-REV-003",
       "FG-REV-004",
       "FG-REV-005",
+      "FG-REV-006",
     ])
       expect(run(a, id).status, id).toBe("pass");
     const text = md(out);
@@ -158,6 +169,26 @@ describe("fleet audit on a registry, its CRLs and the local hub", () => {
     expect(md(out)).toMatch(
       /\n\| line-a \| [0-9T:.Z-]+ \| [0-9T:.Z-]+ \| 0 \| `[0-9a-f]{64}\.crl\.pem` \|\n/,
     );
+  });
+
+  it("a CA whose CRL was never published: FG-REV-006 names it", async () => {
+    const f = fleets.clean!;
+    const crlDir = join(work, "crl-line-a-only");
+    mkdirSync(crlDir);
+    // the issuing CA's CRL only: its files are named by the CA certificate's SHA-256
+    const der = new X509Certificate(readFileSync(join(f.caDir, "line-a.pem"))).raw;
+    const fp = createHash("sha256").update(der).digest("hex");
+    for (const file of readdirSync(f.crlDir))
+      if (file.startsWith(fp)) copyFileSync(join(f.crlDir, file), join(crlDir, file));
+    const out = join(work, "out-no-root-crl");
+    const r = await fleetAsync([...auditArgs(f, out), "--crl-dir", crlDir]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(run(report(out), "FG-REV-006").findings.map((x) => [x.subject, x.message])).toEqual([
+      [
+        "cert:root",
+        "root CA root has no published CRL: verifiers that check the whole chain refuse every certificate under it",
+      ],
+    ]);
   });
 
   it("two devices with one key: FG-KEY-003 names both, whatever page each falls in", async () => {
@@ -248,7 +279,7 @@ describe("fleet audit on a registry, its CRLs and the local hub", () => {
       "REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK",
     ]);
     const n = JSON.parse(noCrl!.stdout) as DeployedAudit;
-    for (const id of ["FG-REV-001", "FG-REV-002", "FG-REV-003", "FG-REV-005"])
+    for (const id of ["FG-REV-001", "FG-REV-002", "FG-REV-003", "FG-REV-005", "FG-REV-006"])
       expect(run(n, id).status, id).toBe("not-applicable");
     // the registry's hub records alone: device 3's record is disabled, so no hub admits it
     expect(run(n, "FG-REV-004").status).toBe("pass");
