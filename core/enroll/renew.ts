@@ -48,7 +48,7 @@ import { inWindow, type RotationPolicy, renewAt, validatePolicy } from "./rotati
 
 export { inWindow, parseWindow, type RotationPolicy, renewAt, validatePolicy } from "./rotation-policy";
 
-import { type BatchRun, fmtPct, quarantine, serialHex } from "./run";
+import { type BatchRun, fmtPct, pool, quarantine, serialHex } from "./run";
 
 const DAY_MS = 86_400_000;
 
@@ -262,13 +262,24 @@ export async function rotate(
   for (; w < waves && w * size < all.length; w++) {
     const wave = all.slice(w * size, (w + 1) * size);
     const before = { unreachable: run.unreachable, quarantined: await quarantinedOf(run) };
-    for (let i = 0; i < wave.length; i += run.waveSize) {
-      const part = wave.slice(i, i + run.waveSize);
-      const r = part.filter((x) => !x.rekey).map((x) => x.d);
-      const k = part.filter((x) => x.rekey).map((x) => x.d);
-      if (r.length) res.renewed += await renew(run, r, template, { install: !staged });
-      if (k.length) res.rekeyed += await rekey(run, k, template, { install: !staged });
-    }
+    // the wave's station frames, `concurrency` in flight (as enrollment)
+    let at = 0;
+    await pool(
+      async () => {
+        if (at >= wave.length) return undefined;
+        at += run.waveSize;
+        return wave.slice(at - run.waveSize, at);
+      },
+      run.concurrency,
+      async (part) => {
+        const r = part.filter((x) => !x.rekey).map((x) => x.d);
+        const k = part.filter((x) => x.rekey).map((x) => x.d);
+        const renewed = r.length ? await renew(run, r, template, { install: !staged }) : 0;
+        const rekeyed = k.length ? await rekey(run, k, template, { install: !staged }) : 0;
+        res.renewed += renewed;
+        res.rekeyed += rekeyed;
+      },
+    );
     const failed = run.unreachable - before.unreachable + ((await quarantinedOf(run)) - before.quarantined);
     res.failed += failed;
     res.waves++;
@@ -439,13 +450,21 @@ export async function heldForHubs(run: BatchRun, devs: readonly DeviceRecord[]):
   return held;
 }
 
-/** install() from enroll.ts, counted as rotations (not enrollments); each confirmation supersedes one certificate. */
+/**
+ * install() from enroll.ts, counted as rotations (not enrollments); each confirmation supersedes
+ * one certificate. The parts of a wave install concurrently, so each counts on its own view of
+ * the run (its own enrolled and unreachable counters), added to the run's afterwards.
+ */
 export async function confirm(run: BatchRun, items: ToInstall[]): Promise<number> {
   if (!items.length) return 0;
-  const before = run.enrolled;
-  await install(run, items);
-  const n = run.enrolled - before;
-  run.enrolled = before;
-  run.revokedThisRun += n;
-  return n;
+  const view = Object.create(run) as BatchRun;
+  view.enrolled = 0;
+  view.unreachable = 0;
+  try {
+    await install(view, items);
+  } finally {
+    run.unreachable += view.unreachable;
+    run.revokedThisRun += view.enrolled;
+  }
+  return view.enrolled;
 }

@@ -189,7 +189,12 @@ describe("renewal and re-key over a real farm", () => {
     expect(describeRotation(await planRotation(engine(), POLICY, now()))).toBe(
       "renew 20 certificates of lot-r (wave 1 of 4), re-key 0, CA rollover: none",
     );
-    const r = await rotate(engine(), POLICY, template());
+    // station frames of 2 devices, 2 in flight: the wave's parts run concurrently and are counted exactly
+    const r = await rotate(
+      engineOf(registry, station, h.material, spec, { now, waveSize: 2 }),
+      POLICY,
+      template(),
+    );
     expect(r).toMatchObject({ renewed: 5, rekeyed: 0, failed: 0, waves: 1, remaining: 15 });
     const after = await registry.listDevices(spec.name);
     const renewed = after.filter((d) => d.certSerial !== before.get(d.deviceId)!.certSerial);
