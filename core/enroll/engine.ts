@@ -42,6 +42,7 @@ import { compileTemplate, profileDigest } from "./profile";
 import { refresh } from "./refresh";
 import { reissue, stalePages } from "./reissue";
 import { heldForHubs } from "./renew";
+import { describeRevocations, pendingRevocations, revoke } from "./revoke";
 import {
   ALL_STATES,
   type BatchPlan,
@@ -95,15 +96,49 @@ export class BatchEngine extends BatchRun {
     let held = 0;
     if (counts.issued)
       for await (const page of this.pages(["issued"]))
-        held += (await heldForHubs(this, page.filter((d) => this.inRange(d.deviceId)))).size;
+        held += (
+          await heldForHubs(
+            this,
+            page.filter((d) => this.inRange(d.deviceId)),
+          )
+        ).size;
+    // declared revocations (revoke.ts) by reason; declared devices never certified are not enrolled
+    const revoke: Record<string, number> = {};
+    for await (const page of pendingRevocations(this))
+      for (const w of page) revoke[w.reason] = (revoke[w.reason] ?? 0) + 1;
+    const unenrolled = await this.revokedUnenrolled();
     return {
-      enroll: this.spec.count - (known - outsideAll) + (counts.pending + counts.attested - outsideWorking),
+      ...(Object.keys(revoke).length ? { revoke } : {}),
+      enroll:
+        this.spec.count -
+        (known - outsideAll) +
+        (counts.pending + counts.attested - outsideWorking) -
+        unenrolled,
       resume: counts.issued + counts.installed - outsideResume - held,
       reissue,
       decommission: outsideLive,
       quarantined: counts.quarantined,
       active: counts.active,
     };
+  }
+  /** Declared-revoked devices of the range that enrollment skips: not yet known, pending or attested. */
+  private async revokedUnenrolled(): Promise<number> {
+    if (this.spec.revoked) {
+      const c = await this.ctx.registry.counts(this.spec.name);
+      let certifiedOrDone = 0;
+      for (const s of ["issued", "installed", "active", "quarantined", "revoked", "decommissioned"] as const)
+        certifiedOrDone += c[s];
+      let outside = 0;
+      for await (const page of this.outside(ALL_STATES))
+        for (const d of page) if (d.state !== "pending" && d.state !== "attested") outside++;
+      return this.spec.count - (certifiedOrDone - outside);
+    }
+    let n = 0;
+    for (const r of this.spec.revocations ?? []) {
+      const d = await this.ctx.registry.getDevice(r.device);
+      if (!d || (d.batch === this.spec.name && (d.state === "pending" || d.state === "attested"))) n++;
+    }
+    return n;
   }
   /** Bring the batch to its declaration: enroll, resume, decommission, re-issue. */
   async converge(): Promise<BatchSummary> {
@@ -125,6 +160,8 @@ export class BatchEngine extends BatchRun {
     const ids = this.ids();
     for (let i = 0; i < ids.length; i += 10_000) await r.addDevices(this.spec.name, ids.slice(i, i + 10_000));
     await this.loadKeys();
+    // declared revocations first: a device revoked before it was certified is never enrolled
+    await revoke(this);
 
     const counts0 = await r.counts(this.spec.name);
     const meter = new Meter("enroll", this.spec.count, this.ctx.onProgress);
@@ -137,7 +174,8 @@ export class BatchEngine extends BatchRun {
         for (;;) {
           const page: DeviceRecord[] | undefined = (await pages.next()).value || undefined;
           if (!page) return undefined;
-          const mine = page.filter((d) => this.inRange(d.deviceId));
+          // a device declared revoked that was never certified is not enrolled (revoke.ts)
+          const mine = page.filter((d) => this.inRange(d.deviceId) && !this.declaredRevoked(d.deviceId));
           // a renewal whose new certificate a hub does not hold yet switches later (renew.ts)
           const held = await heldForHubs(this, mine);
           const go = held.size ? mine.filter((d) => !held.has(d.deviceId)) : mine;
@@ -227,6 +265,11 @@ export class BatchEngine extends BatchRun {
     };
   }
 
+  /** Apply the declared revocations (revoke.ts); the caller publishes the CRL. */
+  revoke(): Promise<number> {
+    return revoke(this);
+  }
+
   /** Decommission devices at the station and in the registry (decommission.ts). */
   decommission(devices: DeviceRecord[], why: string): Promise<number> {
     return decommission(this, devices, why);
@@ -247,5 +290,7 @@ export function describePlan(p: BatchPlan): string {
     `decommission ${n(p.decommission)}`,
   ];
   if (p.resume) parts.push(`finish ${n(p.resume)} interrupted`);
+  const revoke = describeRevocations(p.revoke);
+  if (revoke) parts.push(revoke);
   return parts.join(", ");
 }
