@@ -186,6 +186,35 @@ describe("one CRL per CA, one cRLNumber sequence", () => {
   });
 });
 
+describe("size", () => {
+  it("a CRL of 100,000 revocations is published and verifies with OpenSSL", () => {
+    const dir = path.join(work, "big");
+    const entries = Array.from({ length: 100_000 }, (_, i) => ({
+      serial: `${(0x10000000 + i).toString(16)}abcdef0123456789`,
+      revokedAt: new Date().toISOString(),
+      reason: "superseded" as const,
+    }));
+    const r = publishCaCrl(dir, pki.issuer(), { source: "registry", entries });
+    expect(r.revoked).toBe(100_000);
+    const d = tmpdir("fg-crl-big-");
+    fs.writeFileSync(path.join(d, "ca.pem"), pki.issuing.outs.certificatePem);
+    const v = openssl([
+      "crl",
+      "-inform",
+      "DER",
+      "-in",
+      r.derPath,
+      "-CAfile",
+      path.join(d, "ca.pem"),
+      "-noout",
+      "-crlnumber",
+    ]);
+    fs.rmSync(d, { recursive: true, force: true });
+    expect(v.out).toMatch(/verify OK/);
+    expect(v.out).toMatch(/crlNumber=0x01|crlNumber=01/);
+  });
+});
+
 describe("upgrade from the two series", () => {
   it("the first run continues at max(old CA crlNumber, old batch crlNumber) + 1 and keeps the old revocations", async () => {
     const dir = path.join(work, "upgrade");
