@@ -10,7 +10,7 @@ import * as crypto from "node:crypto";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
 import { type KeyRef, openCaKey } from "../../core/custody";
-import { crlCurrent, DEFAULT_CRL_DIR, publishCrl } from "../../core/enroll/crl";
+import { crlCurrent, DEFAULT_CRL_DIR, publishCrl, readCrlMeta } from "../../core/enroll/crl";
 import {
   BatchEngine,
   type BatchSpec,
@@ -347,6 +347,13 @@ async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMateria
     undefined,
     crlUrlsOf(i),
   );
+  // the CA publishes its CRL from creation on: none in this folder means the CaHierarchy writes
+  // another folder, and the issuing CA then has two CRLs with two sequences (docs/crl.md)
+  if (!readCrlMeta(crlDirOf(i), issuer.fingerprint)?.sources?.ca)
+    await engineLog(
+      `batch ${i.name}: crlDir: got ${i.crlDir || DEFAULT_CRL_DIR} where the issuing CA '${i.issuer.name}' publishes no CRL of its own, want the CaHierarchy's crlDir (one CRL per CA, docs/crl.md)`,
+      { urn: i.progressUrn, severity: "warning" },
+    );
   return { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
 }
 
