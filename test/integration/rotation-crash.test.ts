@@ -1,0 +1,140 @@
+/**
+ * Crash safety of a renewal (issue 12, point 8) with the real engine: `pulumi up` (engine,
+ * language host and the rotation provider: the whole process group) killed by SIGKILL in the
+ * middle of a renewal wave, then the documented recovery (docs/batches.md: scripts/recover-stack)
+ * and `pulumi up` again. Afterwards every device has exactly one live certificate, the renewed
+ * one, and holds it; every superseded certificate is revoked; nothing was issued twice (two
+ * certificates per device in all); a preview shows no changes. The farm runs in this process on
+ * the schedule's clock (test/integration/rotation.test.ts).
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openRegistry } from "../../core/registry";
+import { StationClient } from "../../core/station/client";
+import { type RunningFarm, startFarm } from "../../devices/farm/serve";
+import { runCommand } from "../helpers/proc";
+import { PulumiStack, REPO } from "../helpers/pulumi";
+
+const DAY = 86_400_000;
+const COUNT = 1200;
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-rotation-k9-"));
+const stack = new PulumiStack(
+  path.join(REPO, "test", "integration", "fixtures", "rotation-program"),
+  "it-rot-k9",
+);
+let farm: RunningFarm;
+let clock: number | undefined;
+
+async function registry<T>(f: (r: Awaited<ReturnType<typeof openRegistry>>) => Promise<T>): Promise<T> {
+  const r = await openRegistry(path.join(work, "registry.db"));
+  try {
+    return await f(r);
+  } finally {
+    await r.close();
+  }
+}
+
+beforeAll(async () => {
+  farm = await startFarm({ stateDir: path.join(work, "farm"), count: COUNT, workers: 0, log: () => {} });
+  (farm.farm.agent as unknown as { clock: () => Date }).clock = () => new Date(clock ?? Date.now());
+  await stack.init();
+  await stack.setConfig("fleetguard:count", String(COUNT));
+  await stack.setConfig("fleetguard:stationPort", String(farm.port));
+  await stack.setConfig("fleetguard:registry", path.join(work, "registry.db"));
+  await stack.setConfig("fleetguard:crlDir", path.join(work, "crl"));
+  await stack.setConfig("fleetguard:rotation", { maxWaveFraction: 1, maxFailureFraction: 0.05 });
+  await stack.run(["up", "--yes", "--skip-preview"]);
+}, 600_000);
+
+afterAll(async () => {
+  await farm?.close();
+  stack.cleanup();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+describe("a renewal survives kill -9", () => {
+  it("of pulumi up mid-wave: recover-stack, up again, converged", async () => {
+    const before = await registry(
+      async (r) => new Map((await r.listDevices("lot")).map((d) => [d.deviceId, d.certSerial!])),
+    );
+    clock = Date.now() + 250 * DAY;
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
+    const child = spawn(
+      "pulumi",
+      [
+        "up",
+        "--yes",
+        "--skip-preview",
+        "--non-interactive",
+        "--stack",
+        stack.stack,
+        "--cwd",
+        stack.programDir,
+      ],
+      { env: stack.env, detached: true, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
+    // wait until new certificates of the wave are recorded (old ones still live), then kill everything
+    const t0 = Date.now();
+    for (;;) {
+      const c = await registry((r) => r.counts("lot")).catch(() => undefined);
+      if (c && c.issued + c.installed > 0) break;
+      if (Date.now() - t0 > 240_000) throw new Error(`no renewal under way: ${out}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    process.kill(-child.pid!, "SIGKILL");
+    await exited;
+    const mid = await registry(async (r) => ({
+      counts: await r.counts("lot"),
+      superseded: (await r.certificates({ batch: "lot", status: ["revoked"] })).length,
+    }));
+    expect(mid.superseded).toBeLessThan(COUNT); // killed mid-wave
+    expect(mid.counts.active).toBeLessThan(COUNT);
+
+    const rec = await runCommand(
+      "bash",
+      [path.join(REPO, "scripts", "recover-stack"), stack.stack, "--cwd", stack.programDir],
+      {
+        env: stack.env,
+      },
+    );
+    expect(rec.status, rec.stderr).toBe(0);
+    await stack.run(["up", "--yes", "--skip-preview"]);
+    const again = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+    expect(again.status, again.stdout).toBe(0);
+
+    const st = new StationClient({ port: farm.port });
+    try {
+      await registry(async (r) => {
+        const devs = await r.listDevices("lot");
+        expect(devs).toHaveLength(COUNT);
+        const status = [];
+        for (let i = 0; i < devs.length; i += 1000)
+          status.push(...(await st.statusBatch(devs.slice(i, i + 1000).map((d) => d.deviceId))));
+        const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
+        expect(all).toHaveLength(2 * COUNT); // nothing issued twice
+        const live = all.filter((c) => c.status === "live");
+        expect(live).toHaveLength(COUNT);
+        for (const c of all.filter((x) => x.status === "revoked"))
+          expect(c.revocationReason).toBe("superseded");
+        const liveOf = new Map(live.map((c) => [c.deviceId, c]));
+        for (const [i, d] of devs.entries()) {
+          expect(d.state).toBe("active");
+          expect(d.certSerial).not.toBe(before.get(d.deviceId));
+          expect(liveOf.get(d.deviceId)?.serial).toBe(d.certSerial);
+          const s = status[i]!;
+          expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
+        }
+        expect((await r.verify({ batch: "lot" })).ok).toBe(true);
+      });
+    } finally {
+      await st.close();
+    }
+  }, 900_000);
+});
