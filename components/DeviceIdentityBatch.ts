@@ -14,10 +14,13 @@
  * provider host needs the resource's stored properties to find its provider.)
  */
 import * as crypto from "node:crypto";
+import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
 import { type DeviceCertificateProfile, type NameRules, resolveProfile } from "../core/enroll/profile";
+import { type DeviceRevocation, loadRevocationFile, validateRevocations } from "../core/enroll/revocations";
 import { invalid, phrase } from "../core/errors";
+import type { RevocationReason } from "../core/x509/crl";
 import type { DeclaredBatch, TlsStack } from "../policies/context";
 import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../policies/engine";
 import { DeviceBatchResource } from "../providers/batch";
@@ -52,6 +55,16 @@ export interface DeviceIdentityBatchArgs {
   readonly tlsStack?: TlsStack;
   /** fleet policy (path or loaded) the batch must obey; it also bounds quarantine and re-issue waves */
   readonly policy?: string | PolicyInput;
+  /**
+   * Devices to revoke (docs/batches.md, Revocation): `{ device, reason, at? }` each, reason an RFC 5280
+   * reason (keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn,
+   * ...), or the path of a YAML/JSON file holding that list (relative to the program). Every live
+   * certificate of each device goes on its CA's CRL with the reason in the next `pulumi up`, and the
+   * hubs that register the batch disable it in the same run. Revoked is terminal for the device's key.
+   */
+  readonly revocations?: ReadonlyArray<{ device: string; reason: RevocationReason; at?: string }> | string;
+  /** revoke the whole batch: every device's live certificates, with `reason` */
+  readonly revoked?: { readonly reason: RevocationReason; readonly at?: string };
 }
 
 export interface BatchSummaryOutput {
@@ -117,6 +130,32 @@ export function checkArgs(args: DeviceIdentityBatchArgs, first: number, rules?: 
   }
 }
 
+/**
+ * The declared revocations as a list (a file is read here, at construction, so a bad entry fails
+ * the preview as `file:line:column: revocations[i].field: ...`), checked against the batch.
+ */
+export function revocationsOf(
+  batchName: string,
+  args: DeviceIdentityBatchArgs,
+  first: number,
+  cwd = process.cwd(),
+): { revocations?: DeviceRevocation[]; revoked?: { reason: RevocationReason; at?: string } } {
+  const batch = { name: batchName, model: args.model, firstSerial: first, count: args.serials.count };
+  const r = args.revocations;
+  const revocations =
+    typeof r === "string"
+      ? loadRevocationFile(path.resolve(cwd, r), batch, r)
+      : r === undefined
+        ? undefined
+        : (r as DeviceRevocation[]);
+  const revoked = args.revoked ? { ...args.revoked } : undefined;
+  validateRevocations({ ...batch, revocations, revoked });
+  return {
+    ...(revocations?.length ? { revocations: revocations.map((x) => ({ ...x })) } : {}),
+    ...(revoked ? { revoked } : {}),
+  };
+}
+
 export class DeviceIdentityBatch extends pulumi.ComponentResource {
   readonly batch: DeviceBatchResource;
   readonly summary: pulumi.Output<BatchSummaryOutput>;
@@ -133,6 +172,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
     this.batchName = batchName;
     this.issuingCa = args.issuingCa;
     const first = args.serials?.first ?? 0;
+    let revocations: ReturnType<typeof revocationsOf> = {};
     // a bad declaration stops the program with the field named, no stack trace (a RunError)
     const policyInputs = declared("DeviceIdentityBatch", name, () => {
       const policy = effectivePolicy(args.policy);
@@ -145,6 +185,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         ...(spec.names?.allowedUriSchemes ? { allowedUriSchemes: spec.names.allowedUriSchemes } : {}),
       };
       checkArgs(args, first, names);
+      revocations = revocationsOf(batchName, args, first);
       if (policy) enforceAtConstruction(policy, { batches: [declaredBatch(batchName, args, names)] });
       return {
         name: policy?.name ?? "(none)",
@@ -182,6 +223,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
         crlDir: args.crlDir ?? ".fleetguard/crl",
         ...(args.manifestPath ? { manifestPath: args.manifestPath } : {}),
+        ...revocations,
         policy: policyInputs,
         progressUrn: pulumi.createUrn(`${name}-lot`, "pulumi-nodejs:dynamic:Resource", this),
       },

@@ -65,12 +65,14 @@ export {
   type BatchPlan,
   type BatchSpec,
   type BatchSummary,
+  type DeviceRevocation,
   describeCounts,
   type EngineContext,
   emptyCounts,
   type Progress,
   type RefreshResult,
   serialHex,
+  validateRevocations,
   validateSpec,
 } from "./run";
 

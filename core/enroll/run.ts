@@ -18,8 +18,11 @@ import type { BatchItem, StationClient } from "../station/client";
 import type { StationError } from "../station/frame";
 import { checkModel, deviceId, MAX_COUNT, SERIAL_DIGITS } from "../station/ids";
 import { PROTOCOL, UNAUTHORIZED } from "../station/messages";
-import { REVOCATION_REASONS, type RevocationReason } from "../x509/crl";
+import type { RevocationReason } from "../x509/crl";
 import type { IssuerMaterial, NameRules, ResolvedProfile } from "./profile";
+import { type DeviceRevocation, validateRevocations } from "./revocations";
+
+export { type DeviceRevocation, validateRevocations };
 
 export interface BatchSpec {
   name: string;
@@ -39,14 +42,6 @@ export interface BatchSpec {
   revocations?: readonly DeviceRevocation[];
   /** the whole batch declared revoked (revoke.ts): every device of it */
   revoked?: { reason: RevocationReason; at?: string };
-}
-
-/** One device declared revoked: its live certificates go on its CA's CRL with `reason` (RFC 5280). */
-export interface DeviceRevocation {
-  device: string;
-  reason: RevocationReason;
-  /** revocation date (ISO 8601); default the run's time */
-  at?: string;
 }
 
 export interface Progress {
@@ -131,48 +126,6 @@ export function validateSpec(s: BatchSpec): void {
   if (!(s.maxWaveFraction > 0 && s.maxWaveFraction <= 1))
     throw invalid("policy.rotation.maxWaveFraction", s.maxWaveFraction, "a fraction in (0, 1]");
   validateRevocations(s);
-}
-
-const REASONS = Object.keys(REVOCATION_REASONS).join(", ");
-const checkReason = (field: string, r: unknown) => {
-  if (typeof r !== "string" || !Object.hasOwn(REVOCATION_REASONS, r))
-    throw invalid(field, r, `an RFC 5280 reason: one of ${REASONS}`);
-};
-const checkAt = (field: string, at: unknown) => {
-  if (at !== undefined && (typeof at !== "string" || !Number.isFinite(Date.parse(at))))
-    throw invalid(field, at, "an ISO 8601 date and time (2026-12-01T20:00:00Z)");
-};
-
-/** Revocations name devices of this batch (model prefix, declared serial range) with RFC 5280 reasons. */
-function validateRevocations(s: BatchSpec): void {
-  if (s.revoked !== undefined) {
-    if (!s.revoked || typeof s.revoked !== "object") throw invalid("revoked", s.revoked, "{ reason, at? }");
-    checkReason("revoked.reason", s.revoked.reason);
-    checkAt("revoked.at", s.revoked.at);
-  }
-  if (s.revocations === undefined) return;
-  if (!Array.isArray(s.revocations))
-    throw invalid("revocations", s.revocations, "a list of { device, reason, at? }");
-  const seen = new Set<string>();
-  const last = s.firstSerial + s.count - 1;
-  const range =
-    s.count > 0
-      ? `${deviceId(s.model, s.firstSerial)} .. ${deviceId(s.model, last)}`
-      : "none: the batch declares no device";
-  s.revocations.forEach((r, i) => {
-    const f = `revocations[${i}]`;
-    if (!r || typeof r !== "object") throw invalid(f, r, "{ device, reason, at? }");
-    const dev = r.device;
-    const tail =
-      typeof dev === "string" && dev.startsWith(`${s.model}-`) ? dev.slice(s.model.length + 1) : "";
-    const n = /^\d+$/.test(tail) && tail.length === SERIAL_DIGITS ? Number(tail) : -1;
-    if (n < s.firstSerial || n > last)
-      throw invalid(`${f}.device`, dev, `a device of batch ${s.name} (${range})`);
-    if (seen.has(dev)) throw invalid(`${f}.device`, dev, "a device named once (it is revoked already above)");
-    seen.add(dev);
-    checkReason(`${f}.reason`, r.reason);
-    checkAt(`${f}.at`, r.at);
-  });
 }
 
 /** What the registry holds about a batch, stored with it (no secrets). */

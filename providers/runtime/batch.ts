@@ -15,9 +15,11 @@ import {
   BatchEngine,
   type BatchSpec,
   type BatchSummary,
+  type DeviceRevocation,
   describeCounts,
   describePlan,
   type Progress,
+  validateRevocations,
 } from "../../core/enroll/engine";
 import { exportManifest } from "../../core/enroll/manifest";
 import {
@@ -31,6 +33,7 @@ import { FleetError, invalid } from "../../core/errors";
 import { formatAnchor, integrityError, parseAnchor } from "../../core/registry";
 import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
+import type { RevocationReason } from "../../core/x509/crl";
 import { loadPrivateKey, type SigningKey } from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
@@ -73,6 +76,10 @@ export interface BatchInputs {
   manifestPath?: string;
   /** URN of this resource, so progress shows on its line in `pulumi up` */
   progressUrn?: string;
+  /** devices declared revoked (core/enroll/revoke.ts); a file was read by the component */
+  revocations?: DeviceRevocation[];
+  /** the whole batch declared revoked */
+  revoked?: { reason: RevocationReason; at?: string };
 }
 
 export interface BatchOutputs {
@@ -146,6 +153,8 @@ function specOf(i: BatchInputs): BatchSpec {
     maxQuarantinedFraction: i.policy.maxQuarantinedFraction,
     maxWaveFraction: i.policy.maxWaveFraction,
     names: i.policy?.names,
+    ...(i.revocations?.length ? { revocations: i.revocations } : {}),
+    ...(i.revoked ? { revoked: i.revoked } : {}),
   };
 }
 
@@ -215,6 +224,18 @@ export function check(_olds: Record<string, unknown>, news: BatchInputs) {
   });
   at("registry", () => {
     if (!isUnknown(news.registry)) registryLocation(news.registry);
+  });
+  at("revocations", () => {
+    if (isUnknown({ r: news.revocations, b: news.revoked, n: news.name, m: news.model, c: news.count }))
+      return;
+    validateRevocations({
+      name: news.name,
+      model: news.model,
+      firstSerial: news.firstSerial ?? 0,
+      count: news.count,
+      revocations: news.revocations,
+      revoked: news.revoked,
+    });
   });
   return { inputs: news, failures };
 }
@@ -320,6 +341,11 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
         if (!(await crlCurrent(registry, issuer, crlDirOf(i), undefined, undefined, crlUrlsOf(i))))
           crl = await publish(i, registry, issuer);
       }
+      if (engine.revokedDevices)
+        await engineLog(
+          `batch ${i.name}: revoked ${engine.revokedDevices} device(s) as declared${crl ? `; CRL #${crl.crlNumber} at ${crl.path}` : ""}`,
+          { urn: i.progressUrn },
+        );
       await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
       let manifest: BatchOutputs["manifest"] | undefined;
       if (i.manifestPath) {
@@ -369,6 +395,8 @@ function publicDeclaration(i: BatchInputs) {
     issuer: { name: i.issuer.name, certificatePem: i.issuer.certificatePem, chainPem: i.issuer.chainPem },
     policy: i.policy,
     crlDir: i.crlDir,
+    ...(i.revocations?.length ? { revocations: i.revocations } : {}),
+    ...(i.revoked ? { revoked: i.revoked } : {}),
   };
 }
 
@@ -421,7 +449,8 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
     ));
     return { plan, crlStale };
   });
-  const outstanding = plan.enroll + plan.resume + plan.reissue + plan.decommission > 0 || crlStale;
+  const revoke = Object.values(plan.revoke ?? {}).reduce((a, b) => a + b, 0);
+  const outstanding = plan.enroll + plan.resume + plan.reissue + plan.decommission + revoke > 0 || crlStale;
   const changes = replaces.length > 0 || declared || outstanding || moved;
   if (changes && !replaces.length) {
     const extra = [moved ? "registry moved" : "", crlStale ? "publish the CRL again" : ""].filter(Boolean);
