@@ -69,6 +69,8 @@ export interface CrlMeta {
   nextUpdate?: string;
   intervalHours?: number;
   names?: string[];
+  /** the CA's declared name (CaHierarchy): a successor under the same name takes the names over */
+  caName?: string;
   /** the URL paths of the distribution points that name this CRL (`/crl/root.crl`): what the server answers at */
   paths?: string[];
   sources?: Partial<Record<CrlSource, { digest: string; entries: CrlEntry[] }>>;
@@ -297,15 +299,37 @@ function sourcesOf(
 }
 
 /** Names claimed by other CAs' sidecars in `dir` (two CAs must never publish under one name). */
-function claimedElsewhere(dir: string, fingerprint: string, names: string[]): Map<string, string> {
-  const out = new Map<string, string>();
+function claimedElsewhere(
+  dir: string,
+  fingerprint: string,
+  names: string[],
+): Map<string, { fingerprint: string; caName?: string }> {
+  const out = new Map<string, { fingerprint: string; caName?: string }>();
   if (!names.length) return out;
   for (const f of fs.readdirSync(dir)) {
     if (!/^[0-9a-f]{64}\.json$/.test(f) || f.startsWith(fingerprint)) continue;
     const m = readCrlMeta(dir, f.slice(0, 64));
-    for (const n of m?.names ?? []) if (names.includes(n)) out.set(n, f.slice(0, 64));
+    for (const n of m?.names ?? [])
+      if (names.includes(n)) out.set(n, { fingerprint: f.slice(0, 64), caName: m?.caName });
   }
   return out;
+}
+
+/**
+ * A CA replaced by its successor under the same declared name (a new key, a changed subject)
+ * takes its names over: they leave the old CA's sidecar (under its lock), whose files under the
+ * fingerprint stay published for the certificates it issued.
+ */
+function releaseNames(dir: string, fingerprint: string, names: string[]): void {
+  withCrlLock(crlFilesOf(dir, fingerprint).lock, () => {
+    const m = readCrlMeta(dir, fingerprint);
+    if (!m) return;
+    const keep = (m.names ?? []).filter((n) => !names.includes(n));
+    const paths = (m.paths ?? []).filter((p) => !names.includes(p.split("/").pop() ?? ""));
+    writeFileDurably(crlFilesOf(dir, fingerprint).meta, JSON.stringify({ ...m, names: keep, paths }), {
+      tmp: `${crlFilesOf(dir, fingerprint).meta}.tmp-${process.pid}`,
+    });
+  });
 }
 
 export interface PublishOptions {
@@ -317,6 +341,8 @@ export interface PublishOptions {
    * published under their last path segment too (`root.crl`), and served at their URL path
    */
   urls?: readonly string[];
+  /** the CA's declared name: a CA replaced under the same name hands its file names to this one */
+  caName?: string;
   /** the field names come from, for errors (`crlDistributionPoint`, `profile.crlUrls`) */
   namesField?: string;
   /** a cRLNumber already used for this CA elsewhere (an old state's): the next is above it */
@@ -343,15 +369,18 @@ export function publishCaCrl(
   const dps = crlUrlsFrom(opts.urls);
   const wanted = [...new Set(dps.map((d) => d.name))];
   const taken = claimedElsewhere(dir, fingerprint, wanted);
-  if (taken.size) {
-    const [n, other] = [...taken][0]!;
+  // a batch writer does not name its CA: the CA's own sidecar does (written at its creation)
+  const self = opts.caName ?? readCrlMeta(dir, fingerprint)?.caName;
+  for (const [n, other] of taken) {
+    if (self && other.caName === self) continue; // a predecessor: released below
     const field = opts.namesField ?? "crlDistributionPoint";
     throw new FleetError(
       "INVALID_INPUT",
-      `${field}: got ${JSON.stringify(n)}, already the CRL of CA ${other.slice(0, 16)}, want a name no other CA publishes under`,
+      `${field}: got ${JSON.stringify(n)}, already the CRL of CA ${other.caName ? `'${other.caName}' ` : ""}${other.fingerprint.slice(0, 16)}, want a name no other CA publishes under`,
       field,
     );
   }
+  for (const [n, other] of taken) releaseNames(dir, other.fingerprint, [n]);
   return withCrlLock(files.lock, () => {
     const meta = readCrlMeta(dir, fingerprint);
     const sources = sourcesOf(meta, files);
@@ -368,7 +397,16 @@ export function publishCaCrl(
     const paths = [
       ...new Set([...(meta?.version === 2 ? (meta.paths ?? []) : []), ...dps.map((d) => d.path)]),
     ].sort();
-    const base = { version: 2, crlNumber, intervalHours, names, paths, sources };
+    const caName = opts.caName ?? meta?.caName;
+    const base = {
+      version: 2,
+      crlNumber,
+      intervalHours,
+      names,
+      paths,
+      sources,
+      ...(caName ? { caName } : {}),
+    };
     // the number is reserved first: a crash from here on skips it, never reuses it
     writeFileDurably(files.meta, JSON.stringify({ ...base, state: "signing" }), {
       tmp: `${files.meta}.tmp-${process.pid}`,
@@ -495,6 +533,7 @@ export async function publishCrl(
   dir: string,
   intervalHours = 168,
   urls: readonly string[] = [],
+  caName?: string,
 ): Promise<PublishedCrl> {
   const entries = await registryEntries(registry, issuer.fingerprint);
   return publishCaCrl(dir, issuer, {
@@ -502,6 +541,7 @@ export async function publishCrl(
     entries,
     urls,
     namesField: "profile.crlUrls",
+    ...(caName ? { caName } : {}),
     intervalHours,
   });
 }

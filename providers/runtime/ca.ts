@@ -371,6 +371,7 @@ function publish(
     entries: revokedOf(i),
     urls: crlUrlsOf(i),
     namesField: "crlUrls",
+    caName: i.name,
     floor,
     intervalHours: i.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
   });

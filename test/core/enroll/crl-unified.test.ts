@@ -161,7 +161,29 @@ describe("one CRL per CA, one cRLNumber sequence", () => {
         urls: [`${BASE}/root.crl`],
         namesField: "profile.crlUrls",
       }),
-    ).toThrow(/profile\.crlUrls: got "root\.crl", already the CRL of CA [0-9a-f]{16}/);
+    ).toThrow(/profile\.crlUrls: got "root\.crl", already the CRL of CA 'root' [0-9a-f]{16}/);
+  });
+
+  it("a CA replaced under the same declared name takes its names over; the old CA keeps its fingerprint files", async () => {
+    const { create } = await import("../../../providers/runtime/ca");
+    const dir = path.join(work, "replace");
+    const inputs = { ...pki.root.inputs, crlDir: dir };
+    const old = create(inputs).outs as typeof pki.root.outs;
+    const successor = create({ ...inputs, subject: { commonName: "CRL Test Root 2" } })
+      .outs as typeof pki.root.outs;
+    expect(readCrlMeta(dir, successor.fingerprintSha256)).toMatchObject({
+      names: ["root.crl"],
+      caName: "root",
+    });
+    expect(readCrlMeta(dir, old.fingerprintSha256)).toMatchObject({ names: [], paths: [] });
+    expect(fs.readFileSync(path.join(dir, "root.crl"))).toEqual(
+      fs.readFileSync(crlFilesOf(dir, successor.fingerprintSha256).der),
+    );
+    expect(fs.existsSync(crlFilesOf(dir, old.fingerprintSha256).der)).toBe(true);
+    // another CA under another name is still refused
+    expect(() => create({ ...inputs, name: "other-root", subject: { commonName: "Other" } })).toThrow(
+      /crlUrls: got "root\.crl", already the CRL of CA 'root' [0-9a-f]{16}/,
+    );
   });
 
   it("names come from the last path segment of http(s) distribution points", () => {
