@@ -4,11 +4,13 @@
 // device that is not in the batch, and a kill -9 between the registry write and the CRL publish.
 import { spawn } from "node:child_process";
 import type * as crypto from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { crlCurrent, publishCrl } from "../../../core/enroll/crl";
 import { describePlan } from "../../../core/enroll/engine";
+import { loadRevocationFile } from "../../../core/enroll/revocations";
 import { openRegistry } from "../../../core/registry";
 import type { Registry } from "../../../core/registry/types";
 import { StationClient } from "../../../core/station/client";
@@ -151,6 +153,10 @@ describe("revocation declared for single devices", () => {
     expect(s.counts).toMatchObject({ active: 7, revoked: 3 });
     expect(s.enrolledThisRun).toBe(0);
     expect(await registry.certificates({ deviceId: id(1), status: ["live"] })).toHaveLength(0);
+    // its key stays known to the batch: another device presenting it would be quarantined duplicate-key
+    const key = (await registry.getDevice(id(1)))!.publicKey!;
+    await engine.loadKeys();
+    expect(engine.keys!.get(createHash("sha256").update(key).digest("hex"))).toBe(id(1));
   });
 
   it("a device that is not in the batch, a duplicate, an unknown reason: an error naming the field", () => {
@@ -177,6 +183,44 @@ describe("revocation declared for single devices", () => {
     expect(() =>
       engineOf(registry, station, CA.material, batchSpec({ revoked: { reason: "nope" as never } })),
     ).toThrow(/revoked\.reason: got "nope"/);
+  });
+});
+
+describe("a revocation file", () => {
+  const batch = { name: "lot", model: "fg100", firstSerial: 0, count: 10 };
+  const load = (name: string, text: string) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, text);
+    return () => loadRevocationFile(f, batch, name);
+  };
+  it("YAML (a list or under revocations:) and JSON, read as the list", () => {
+    expect(
+      load("a.yaml", `- device: ${id(1)}\n  reason: keyCompromise\n  at: 2026-11-30T08:00:00Z\n`)(),
+    ).toEqual([{ device: id(1), reason: "keyCompromise", at: "2026-11-30T08:00:00Z" }]);
+    expect(load("b.yaml", `revocations:\n  - { device: ${id(2)}, reason: superseded }\n`)()).toEqual([
+      { device: id(2), reason: "superseded" },
+    ]);
+    expect(
+      load("c.json", JSON.stringify({ revocations: [{ device: id(3), reason: "privilegeWithdrawn" }] }))(),
+    ).toEqual([{ device: id(3), reason: "privilegeWithdrawn" }]);
+  });
+  it("every problem at file:line:column with the field", () => {
+    expect(load("d.yaml", `revocations:\n  - device: ${id(1)}\n    reason: stolen\n`)).toThrow(
+      /^d\.yaml:3:13: revocations\[0\]\.reason: got "stolen", want an RFC 5280 reason/,
+    );
+    expect(
+      load(
+        "e.yaml",
+        `- device: ${id(1)}\n  reason: keyCompromise\n- device: ${id(10)}\n  reason: keyCompromise\n`,
+      ),
+    ).toThrow(
+      `e.yaml:3:11: revocations[1].device: got "fg100-0000010", want a device of batch lot (fg100-0000000 .. fg100-0000009)`,
+    );
+    expect(load("f.yaml", "devices: []\n")).toThrow(/^f\.yaml:1:1: revocations: got nothing, want a list/);
+    expect(load("g.yaml", "- device: [\n")).toThrow(/^g\.yaml:\d+:\d+: revocations: got invalid YAML/);
+    expect(() => loadRevocationFile(path.join(dir, "missing.yaml"), batch, "missing.yaml")).toThrow(
+      /revocations: got "missing.yaml", want a readable revocation file \(ENOENT\)/,
+    );
   });
 });
 
