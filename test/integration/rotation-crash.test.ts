@@ -4,7 +4,8 @@
  * middle of a renewal wave, then the documented recovery (docs/batches.md: scripts/recover-stack)
  * and `pulumi up` again. Afterwards every device has exactly one live certificate, the renewed
  * one, and holds it; every superseded certificate is revoked; nothing was issued twice (two
- * certificates per device in all); a preview shows no changes. The farm runs in this process on
+ * certificates per device in all); a preview shows no changes. The same for a re-key killed
+ * mid-wave: every device ends on its next epoch's key and attests with it. The farm runs in this process on
  * the schedule's clock (test/integration/rotation.test.ts).
  */
 import { spawn } from "node:child_process";
@@ -13,6 +14,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openRegistry } from "../../core/registry";
+import { verifyAttestation } from "../../core/station/attest";
 import { StationClient } from "../../core/station/client";
 import { type RunningFarm, startFarm } from "../../devices/farm/serve";
 import { runCommand } from "../helpers/proc";
@@ -45,7 +47,11 @@ beforeAll(async () => {
   await stack.setConfig("fleetguard:stationPort", String(farm.port));
   await stack.setConfig("fleetguard:registry", path.join(work, "registry.db"));
   await stack.setConfig("fleetguard:crlDir", path.join(work, "crl"));
-  await stack.setConfig("fleetguard:rotation", { maxWaveFraction: 1, maxFailureFraction: 0.05 });
+  await stack.setConfig("fleetguard:rotation", {
+    maxWaveFraction: 1,
+    maxFailureFraction: 0.05,
+    maxKeyAgeDays: 300,
+  });
   await stack.run(["up", "--yes", "--skip-preview"]);
 }, 600_000);
 
@@ -55,59 +61,56 @@ afterAll(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-describe("a renewal survives kill -9", () => {
+/** `pulumi up` killed by SIGKILL (whole process group) once new certificates are recorded; recover-stack; up again. */
+async function killMidWaveAndRecover(): Promise<{ superseded: number; active: number }> {
+  const child = spawn(
+    "pulumi",
+    ["up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack.stack, "--cwd", stack.programDir],
+    { env: stack.env, detached: true, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
+  // wait until new certificates of the wave are recorded (old ones still live), then kill everything
+  const t0 = Date.now();
+  for (;;) {
+    const c = await registry((r) => r.counts("lot")).catch(() => undefined);
+    if (c && c.issued + c.installed > 0) break;
+    if (Date.now() - t0 > 240_000) throw new Error(`no renewal under way: ${out}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  process.kill(-child.pid!, "SIGKILL");
+  await exited;
+  const mid = await registry(async (r) => ({
+    counts: await r.counts("lot"),
+    superseded: (await r.certificates({ batch: "lot", status: ["revoked"] })).length,
+  }));
+
+  const rec = await runCommand(
+    "bash",
+    [path.join(REPO, "scripts", "recover-stack"), stack.stack, "--cwd", stack.programDir],
+    {
+      env: stack.env,
+    },
+  );
+  expect(rec.status, rec.stderr).toBe(0);
+  await stack.run(["up", "--yes", "--skip-preview"]);
+  const again = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+  expect(again.status, again.stdout).toBe(0);
+  return { superseded: mid.superseded, active: mid.counts.active };
+}
+
+describe("a rotation survives kill -9", () => {
   it("of pulumi up mid-wave: recover-stack, up again, converged", async () => {
     const before = await registry(
       async (r) => new Map((await r.listDevices("lot")).map((d) => [d.deviceId, d.certSerial!])),
     );
     clock = Date.now() + 250 * DAY;
     await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
-    const child = spawn(
-      "pulumi",
-      [
-        "up",
-        "--yes",
-        "--skip-preview",
-        "--non-interactive",
-        "--stack",
-        stack.stack,
-        "--cwd",
-        stack.programDir,
-      ],
-      { env: stack.env, detached: true, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let out = "";
-    child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
-    // wait until new certificates of the wave are recorded (old ones still live), then kill everything
-    const t0 = Date.now();
-    for (;;) {
-      const c = await registry((r) => r.counts("lot")).catch(() => undefined);
-      if (c && c.issued + c.installed > 0) break;
-      if (Date.now() - t0 > 240_000) throw new Error(`no renewal under way: ${out}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    process.kill(-child.pid!, "SIGKILL");
-    await exited;
-    const mid = await registry(async (r) => ({
-      counts: await r.counts("lot"),
-      superseded: (await r.certificates({ batch: "lot", status: ["revoked"] })).length,
-    }));
+    const mid = await killMidWaveAndRecover();
     expect(mid.superseded).toBeLessThan(COUNT); // killed mid-wave
-    expect(mid.counts.active).toBeLessThan(COUNT);
-
-    const rec = await runCommand(
-      "bash",
-      [path.join(REPO, "scripts", "recover-stack"), stack.stack, "--cwd", stack.programDir],
-      {
-        env: stack.env,
-      },
-    );
-    expect(rec.status, rec.stderr).toBe(0);
-    await stack.run(["up", "--yes", "--skip-preview"]);
-    const again = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
-    expect(again.status, again.stdout).toBe(0);
+    expect(mid.active).toBeLessThan(COUNT);
 
     const st = new StationClient({ port: farm.port });
     try {
@@ -131,6 +134,46 @@ describe("a renewal survives kill -9", () => {
           const s = status[i]!;
           expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
         }
+        expect((await r.verify({ batch: "lot" })).ok).toBe(true);
+      });
+    } finally {
+      await st.close();
+    }
+  }, 900_000);
+  it("of pulumi up mid re-key: recover-stack, up again, every device on its next epoch's key", async () => {
+    const before = await registry(
+      async (r) => new Map((await r.listDevices("lot")).map((d) => [d.deviceId, d])),
+    );
+    clock = Date.now() + 301 * DAY; // the keys (first certified at enrollment) pass maxKeyAgeDays 300
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
+    const pv = await stack.run(["preview"]);
+    expect(pv.stdout).toContain(
+      `rotation nightly: renew 0 certificates of lot, re-key ${COUNT.toLocaleString("en-US")} (wave 1 of 1)`,
+    );
+    const mid = await killMidWaveAndRecover();
+    expect(mid.active).toBeLessThan(COUNT);
+    const st = new StationClient({ port: farm.port });
+    try {
+      await registry(async (r) => {
+        const devs = await r.listDevices("lot");
+        const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
+        expect(all).toHaveLength(3 * COUNT); // nothing issued twice
+        const nonce = Buffer.alloc(32, 9);
+        for (let i = 0; i < devs.length; i += 1000) {
+          const part = devs.slice(i, i + 1000);
+          const att = await st.attestBatch(part.map((d) => ({ device: d.deviceId, nonce })));
+          for (const [j, d] of part.entries()) {
+            const old = before.get(d.deviceId)!;
+            expect(d.state).toBe("active");
+            expect(d.epoch).toBe(old.epoch! + 1);
+            expect(d.publicKey!.equals(old.publicKey!)).toBe(false);
+            const a = att[j]!;
+            expect(
+              a.ok && verifyAttestation(d.publicKey!, d.deviceId, d.epoch!, nonce, a.value.signature),
+            ).toBe(true);
+          }
+        }
+        expect(all.filter((c) => c.status === "live")).toHaveLength(COUNT);
         expect((await r.verify({ batch: "lot" })).ok).toBe(true);
       });
     } finally {
