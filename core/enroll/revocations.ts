@@ -38,7 +38,7 @@ export interface RevocationScope {
 
 const REASONS = Object.keys(REVOCATION_REASONS).join(", ");
 const checkReason = (field: string, r: unknown) => {
-  if (typeof r !== "string" || !Object.prototype.hasOwnProperty.call(REVOCATION_REASONS, r))
+  if (typeof r !== "string" || !Object.keys(REVOCATION_REASONS).includes(r))
     throw invalid(field, r, `an RFC 5280 reason: one of ${REASONS}`);
 };
 const checkAt = (field: string, at: unknown) => {
