@@ -17,8 +17,11 @@ if (pulumi.getStack() !== "demo" && process.env.PULUMI_CONFIG_PASSPHRASE === DEM
 
 const config = new pulumi.Config("fleetguard");
 const org = config.get("organization") ?? "Example Devices Ltd";
+// one CRL folder for every CA and batch: each CA has one CRL with one cRLNumber sequence (docs/crl.md)
+const crlDir = config.get("crlDir") ?? ".state/crl";
 
 const pki = new CaHierarchy("fleet", {
+  crlDir,
   // CA keys are made and kept in a key store sealed with the stack's passphrase: the state and
   // the engine's logs hold only references (docs/custody.md); `pkcs11` puts them in an HSM
   custody: { kind: "embedded", store: config.get("keyStore") ?? `.state/keys/${pulumi.getStack()}` },
@@ -84,7 +87,7 @@ const lot = new DeviceIdentityBatch("line-a-lot-1", {
   },
   station: { port: stationPort },
   registry: config.get("registry") ?? ".state/registry.db",
-  crlDir: config.get("crlDir") ?? ".state/crl",
+  crlDir,
   // a signed manifest (Trust&GO style) a hub registration can bulk-import
   manifestPath: config.get("manifestPath") ?? ".state/manifests/line-a-lot-1.json",
   policy: path.join(__dirname, "policies", "baseline.yaml"),

@@ -165,12 +165,15 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
   readonly issuingCa: CaOutputs;
   /** the registry the batch's devices are recorded in (a secret when it carries a password) */
   readonly registry: pulumi.Output<string>;
+  /** where the batch (and its issuing CA) publish CRLs */
+  readonly crlDir: string;
 
   constructor(name: string, args: DeviceIdentityBatchArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:devices:DeviceIdentityBatch", name, {}, opts);
     const batchName = args.name ?? name;
     this.batchName = batchName;
     this.issuingCa = args.issuingCa;
+    this.crlDir = args.crlDir ?? ".fleetguard/crl";
     const first = args.serials?.first ?? 0;
     let revocations: ReturnType<typeof revocationsOf> = {};
     // a bad declaration stops the program with the field named, no stack trace (a RunError)
@@ -221,7 +224,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         ) as never,
         station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
-        crlDir: args.crlDir ?? ".fleetguard/crl",
+        crlDir: this.crlDir,
         ...(args.manifestPath ? { manifestPath: args.manifestPath } : {}),
         ...revocations,
         policy: policyInputs,

@@ -297,6 +297,7 @@ export class HubRegistration extends pulumi.ComponentResource {
               chainPem,
               crlPems,
               batchCrl: crl ? { path: crl.path, crlNumber: crl.crlNumber } : null,
+              crlDir: b.crlDir,
             })) as never,
           registry: b.registry,
           progressUrn: pulumi.createUrn(

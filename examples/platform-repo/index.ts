@@ -13,7 +13,10 @@ import { CaHierarchy, DeviceIdentityBatch } from "fleetguard";
 const config = new pulumi.Config();
 const policy = path.join(__dirname, "policies", "sensors.yaml");
 
+// one CRL folder for the CAs and the batch: each CA has one CRL with one cRLNumber sequence
+const crlDir = config.get("crlDir") ?? ".fleetguard/crl";
 const pki = new CaHierarchy("acme", {
+  crlDir,
   // the embedded key store under .fleetguard/keys, sealed with the stack's passphrase;
   // `{ kind: "pkcs11", uri }` puts the keys in an HSM
   custody: { kind: "embedded", store: `.fleetguard/keys/${pulumi.getStack()}` },
@@ -49,7 +52,7 @@ const lot = new DeviceIdentityBatch("plant-1-lot-1", {
   },
   station: { port: config.requireNumber("stationPort") },
   registry: config.get("registry") ?? ".fleetguard/registry.db",
-  crlDir: config.get("crlDir") ?? ".fleetguard/crl",
+  crlDir,
   manifestPath: config.get("manifestPath") ?? ".fleetguard/manifests/plant-1-lot-1.json",
   policy,
 });

@@ -97,6 +97,11 @@ export interface HubInputs {
     crlPems: string[];
     /** the issuing CA's CRL as the batch publishes it from the registry */
     batchCrl: { path: string; crlNumber: number } | null;
+    /**
+     * the batch's CRL folder, where every CA of the chain publishes its one CRL (docs/crl.md):
+     * the hub reads them all there; absent in states from before it
+     */
+    crlDir?: string;
   };
   /** the batch's registry (SQLite file or postgres:// URL) */
   registry: string;
@@ -127,7 +132,21 @@ export function trustOf(i: HubInputs): TrustedCa {
   const cert = pemBlocks(t.certificatePem, "CERTIFICATE", "trust.certificatePem")[0]!;
   pemBlocks(t.chainPem, "CERTIFICATE", "trust.chainPem");
   const crls: string[] = [];
-  if (t.batchCrl) {
+  if (t.crlDir) {
+    // every CA of the chain, the issuing CA first, from the folder they publish in; a CA without
+    // a file there (another folder, a state from before) gives what the state holds instead
+    const dir = path.resolve(process.cwd(), t.crlDir);
+    const all = publishedCrlPems(dir, t.chainPem, 0);
+    const issuing = crypto.createHash("sha256").update(cert).digest("hex");
+    if (all.missing.includes(issuing))
+      throw new FleetError(
+        "UNAVAILABLE",
+        `trust.crlDir: got ${dir} without a CRL of issuing CA '${t.name}', want the CRL its CaHierarchy and batch '${i.batch}' publish there: give the CaHierarchy the batch's crlDir and run \`pulumi up\` again`,
+        "trust.crlDir",
+      );
+    crls.push(...all.pems);
+    if (all.missing.length) crls.push(...(t.crlPems ?? []));
+  } else if (t.batchCrl) {
     const file = path.resolve(process.cwd(), t.batchCrl.path);
     let pem: string;
     try {
