@@ -9,7 +9,7 @@
 import * as crypto from "node:crypto";
 import * as path from "node:path";
 import { canonicalJson } from "../../core/canonical";
-import { type KeyRef, openCaKey } from "../../core/custody";
+import type { KeyRef } from "../../core/custody";
 import { crlCurrent, DEFAULT_CRL_DIR, publishCrl, readCrlMeta } from "../../core/enroll/crl";
 import {
   BatchEngine,
@@ -32,12 +32,11 @@ import {
 import { FleetError, invalid } from "../../core/errors";
 import { formatAnchor, integrityError, parseAnchor } from "../../core/registry";
 import type { Registry } from "../../core/registry/types";
-import { StationClient } from "../../core/station/client";
 import type { RevocationReason } from "../../core/x509/crl";
-import { loadPrivateKey, type SigningKey } from "../../core/x509/keys";
 import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
 import { engineLog } from "./engine-log";
+import { issuerOf, withStation } from "./issuer";
 import { registryLocation, shown, withRegistry } from "./registry";
 
 export { registryLocation };
@@ -158,30 +157,6 @@ function specOf(i: BatchInputs): BatchSpec {
   };
 }
 
-/** The issuing CA's key, opened in this process from its custody (a state from before custody: the PEM). */
-function issuerKey(i: BatchInputs): SigningKey {
-  if (i.issuerKeyRef && !isUnknown(i.issuerKeyRef))
-    return openCaKey(i.issuerKeyRef, { keyPem: i.issuerKeyPem, field: "issuingCa.keyRef" });
-  return loadPrivateKey(i.issuerKeyPem, "issuerKeyPem");
-}
-
-function issuerOf(i: BatchInputs, needKey: boolean): IssuerMaterial {
-  const chain = pemBlocks(i.issuer.chainPem, "CERTIFICATE", "issuer.chainPem");
-  const certificate = pemBlocks(i.issuer.certificatePem, "CERTIFICATE", "issuer.certificatePem")[0]!;
-  if (!chain[0]?.equals(certificate))
-    throw invalid(
-      "issuer.chainPem",
-      "a chain that does not start with the issuing CA",
-      "the issuing CA first, up to its root",
-    );
-  return {
-    certificate,
-    chain: chain.slice(1),
-    key: needKey ? issuerKey(i) : undefined,
-    fingerprint: crypto.createHash("sha256").update(certificate).digest("hex"),
-  };
-}
-
 export function check(_olds: Record<string, unknown>, news: BatchInputs) {
   const failures: Array<{ property: string; reason: string }> = [];
   const at = (property: string, f: () => void) => {
@@ -238,22 +213,6 @@ export function check(_olds: Record<string, unknown>, news: BatchInputs) {
     });
   });
   return { inputs: news, failures };
-}
-
-async function withStation<T>(i: BatchInputs, f: (s: StationClient) => Promise<T>): Promise<T> {
-  const s = new StationClient({
-    host: i.station.host,
-    port: i.station.port,
-    poolSize: 2,
-    maxInFlight: 64,
-    timeoutMs: 60_000,
-    retries: 3,
-  });
-  try {
-    return await f(s);
-  } finally {
-    await s.close();
-  }
 }
 
 function progressLogger(i: BatchInputs) {
