@@ -35,6 +35,7 @@ import type { Registry } from "../../core/registry/types";
 import type { RevocationReason } from "../../core/x509/crl";
 import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
+import { checker } from "./check";
 import { engineLog } from "./engine-log";
 import { issuerOf, withStation } from "./issuer";
 import { registryLocation, shown, withRegistry } from "./registry";
@@ -158,15 +159,7 @@ function specOf(i: BatchInputs): BatchSpec {
 }
 
 export function check(_olds: Record<string, unknown>, news: BatchInputs) {
-  const failures: Array<{ property: string; reason: string }> = [];
-  const at = (property: string, f: () => void) => {
-    try {
-      f();
-    } catch (e) {
-      if (e instanceof FleetError) failures.push({ property, reason: e.message });
-      else throw e;
-    }
-  };
+  const { failures, at } = checker();
   at("name", () => {
     if (typeof news.name !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(news.name))
       throw invalid("name", news.name, "1..63 letters, digits, '_', '.', '-'");

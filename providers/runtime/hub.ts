@@ -35,6 +35,7 @@ import type { HubDriver, TrustedCa } from "../../core/hubs/types";
 import type { HubChange, Registry } from "../../core/registry/types";
 import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown } from "./ca";
+import { checker } from "./check";
 import { engineLog } from "./engine-log";
 import { registryLocation, withRegistry } from "./registry";
 
@@ -254,15 +255,7 @@ async function withDriver<T>(i: HubInputs, registry: Registry, f: (d: HubDriver)
 }
 
 export function check(_olds: Record<string, unknown>, news: HubInputs) {
-  const failures: Array<{ property: string; reason: string }> = [];
-  const at = (property: string, f: () => void) => {
-    try {
-      f();
-    } catch (e) {
-      if (e instanceof FleetError) failures.push({ property, reason: e.message });
-      else throw e;
-    }
-  };
+  const { failures, at } = checker();
   at("registration", () => {
     if (typeof news.registration !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(news.registration))
       throw invalid("registration", news.registration, "1..63 letters, digits, '_', '.', '-'");

@@ -26,10 +26,11 @@ import {
   rotate,
   validatePolicy,
 } from "../../core/enroll/renew";
-import { FleetError, invalid } from "../../core/errors";
+import { invalid } from "../../core/errors";
 import { formatAnchor } from "../../core/registry";
 import type { BatchPolicyInputs } from "./batch";
 import { isUnknown } from "./ca";
+import { checker } from "./check";
 import { engineLog } from "./engine-log";
 import { type IssuerInputs, issuerOf, withStation } from "./issuer";
 import { registryLocation, withRegistry } from "./registry";
@@ -89,15 +90,7 @@ function specOf(b: RotationBatchInputs): BatchSpec {
 }
 
 export function check(_olds: Record<string, unknown>, news: RotationInputs) {
-  const failures: Array<{ property: string; reason: string }> = [];
-  const at = (property: string, f: () => void) => {
-    try {
-      f();
-    } catch (e) {
-      if (e instanceof FleetError) failures.push({ property, reason: e.message });
-      else throw e;
-    }
-  };
+  const { failures, at } = checker();
   at("rotation", () => {
     if (!isUnknown(news.rotation)) validatePolicy(news.rotation);
   });
