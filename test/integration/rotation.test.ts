@@ -134,8 +134,10 @@ describe("RotationSchedule with the real engine", () => {
       await registry(async (r) => {
         const devs = await r.listDevices("lot");
         const status = await st.statusBatch(devs.map((d) => d.deviceId));
-        const crlFile = fs.readdirSync(path.join(work, "crl")).find((f) => f.endsWith(".pem"));
-        const crl = crlFile ? fs.readFileSync(path.join(work, "crl", crlFile), "utf8") : undefined;
+        // the issuing CA's one CRL (the root's is in the same folder), named by its fingerprint
+        const [anyCert] = await r.certificates({ batch: "lot", limit: 1 });
+        const crlFile = path.join(work, "crl", `${anyCert!.issuer}.crl.pem`);
+        const crl = fs.existsSync(crlFile) ? fs.readFileSync(crlFile, "utf8") : undefined;
         expect(crl).toBeDefined();
         for (const [i, d] of devs.entries()) {
           expect(d.state).toBe("active");
