@@ -10,15 +10,12 @@
  * with the same key, so the next run carries on where this one stopped.
  */
 import type { DeviceRecord, Transition } from "../registry/types";
-import { verifyAttestation } from "../station/attest";
 import { verifyCsr } from "../station/csr";
 import type { Subject } from "../station/messages";
-import { randomSerial } from "../x509/cert";
 import { signCommand } from "./authorize";
-import type { ToInstall } from "./enroll";
 import { type CompiledTemplate, deviceNames } from "./profile";
-import { bindNonce, confirm } from "./renew";
-import { type BatchRun, quarantine, serialHex } from "./run";
+import { type BoundCsr, bindNonce, vouchIssueInstall } from "./renew";
+import { type BatchRun, quarantine } from "./run";
 
 /** Re-key active PUF devices; returns how many confirmed a certificate for their new key. */
 export async function rekey(
@@ -63,7 +60,7 @@ export async function rekey(
     items.push({ device: d.deviceId, subject, auth });
   }
   const rot = items.length ? await st.rotateBatch(items, opts) : [];
-  const bound: Array<{ d: DeviceRecord; i: number; spki: Buffer; epoch: number; nonce: Buffer }> = [];
+  const bound: BoundCsr[] = [];
   for (let j = 0; j < rot.length; j++) {
     const res = rot[j]!;
     const { d, i } = asked[j]!;
@@ -90,67 +87,14 @@ export async function rekey(
     }
   }
   // the current key vouches for the new key's CSR
-  const att = bound.length
-    ? await st.attestBatch(
-        bound.map((b) => ({ device: b.d.deviceId, nonce: b.nonce })),
-        opts,
-      )
-    : [];
-  const now = run.now();
-  const out: ToInstall[] = [];
-  for (let j = 0; j < att.length; j++) {
-    const res = att[j]!;
-    const { d, i, spki, epoch, nonce } = bound[j]!;
-    if (!res.ok) {
-      run.failed(d, res, q, "rekey-attest");
-      continue;
-    }
-    if (
-      !d.publicKey ||
-      res.value.epoch !== d.epoch ||
-      !verifyAttestation(d.publicKey, d.deviceId, d.epoch ?? 0, nonce, res.value.signature)
-    ) {
-      q(
-        d,
-        "attestation-failed: rekey: the new key's CSR is not vouched for by the key recorded for this device",
-      );
-      continue;
-    }
-    const serial = randomSerial();
-    const n = names[i]!;
-    const der = template.issue(
-      serial,
-      n.commonName,
-      spki,
-      n.san.uri.length || n.san.dns.length ? n.san : undefined,
-    );
-    tx.push({
-      deviceId: d.deviceId,
-      batch: d.batch,
-      from: "active",
-      to: "issued",
+  return vouchIssueInstall(run, { tx, q, names, template, opts, install: opts0.install }, bound, {
+    step: "rekey",
+    attestationFailed:
+      "attestation-failed: rekey: the new key's CSR is not vouched for by the key recorded for this device",
+    transition: (b) => ({
       reason: "re-key: the key reached the maximum key age",
-      publicKey: spki,
-      certificate: {
-        serial: serialHex(serial),
-        deviceId: d.deviceId,
-        batch: d.batch,
-        issuer: run.ctx.issuer.fingerprint,
-        der,
-        notBefore: template.notBefore,
-        notAfter: template.notAfter,
-        issuedAt: now,
-      },
-      detail: { rotation: "rekey", replaces: d.certSerial, fromEpoch: d.epoch, toEpoch: epoch },
-    });
-    out.push({
-      d: { ...d, state: "issued" },
-      chain: [der, ...run.chainDer],
-      lifecycle: "closed",
-      challenge: res.value.challenge,
-    });
-  }
-  if (tx.length) await run.ctx.registry.apply(tx, now);
-  if (opts0.install === false) return out.length; // staged: installed once the hubs hold them
-  return confirm(run, out);
+      publicKey: b.spki,
+      detail: { rotation: "rekey", replaces: b.d.certSerial, fromEpoch: b.d.epoch, toEpoch: b.epoch },
+    }),
+  });
 }

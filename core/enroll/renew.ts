@@ -327,7 +327,7 @@ export async function renew(
     devs.map((d, i) => ({ device: d.deviceId, subject: names[i]!.subject })),
     opts,
   );
-  const bound: Array<{ d: DeviceRecord; i: number; spki: Buffer; nonce: Buffer }> = [];
+  const bound: BoundCsr[] = [];
   for (let i = 0; i < csrs.length; i++) {
     const res = csrs[i]!;
     const d = devs[i]!;
@@ -353,53 +353,102 @@ export async function renew(
       q(d, `csr-invalid: renew: ${(e as Error).message.slice(0, 160)}`);
     }
   }
+  return vouchIssueInstall(run, { tx, q, names, template, opts, install: opts0.install }, bound, {
+    step: "renew",
+    attestationFailed:
+      "attestation-failed: renew: the CSR is not vouched for by the key recorded for this device",
+    transition: (b) => ({
+      reason: "renewal: the live certificate entered the renew window",
+      detail: { rotation: "renew", replaces: b.d.certSerial },
+    }),
+  });
+}
+
+/** A CSR of a device, signed by the key it certifies, waiting for the recorded key's attestation over it. */
+export interface BoundCsr {
+  d: DeviceRecord;
+  /** the device's index in the wave (its names) */
+  i: number;
+  /** the key the CSR certifies */
+  spki: Buffer;
+  /** bindNonce(csr): what the recorded key must sign */
+  nonce: Buffer;
+  /** re-key: the epoch of the new key */
+  epoch?: number;
+}
+
+/**
+ * The second half of a renewal and of a re-key: the key the registry records for each device
+ * attests over its CSR (bindNonce), the certificate is issued and recorded `issued` (before any of
+ * these certificates leaves this process), then installed and confirmed (or staged, with
+ * `install: false`, until the hubs hold them). Returns how many devices confirmed (or were staged).
+ */
+export async function vouchIssueInstall(
+  run: BatchRun,
+  w: {
+    tx: Transition[];
+    q: (d: DeviceRecord, reason: string) => void;
+    names: ReturnType<typeof deviceNames>[];
+    template: CompiledTemplate;
+    opts: { deviceTimeoutMs?: number };
+    install?: boolean;
+  },
+  bound: readonly BoundCsr[],
+  step: {
+    step: "renew" | "rekey";
+    attestationFailed: string;
+    transition: (b: BoundCsr) => Pick<Transition, "reason" | "publicKey" | "detail">;
+  },
+): Promise<number> {
+  const st = await run.station();
   const att = bound.length
     ? await st.attestBatch(
         bound.map((b) => ({ device: b.d.deviceId, nonce: b.nonce })),
-        opts,
+        w.opts,
       )
     : [];
   const now = run.now();
   const items: ToInstall[] = [];
   for (let j = 0; j < att.length; j++) {
     const res = att[j]!;
-    const { d, i, spki, nonce } = bound[j]!;
+    const b = bound[j]!;
+    const { d, i, spki, nonce } = b;
     if (!res.ok) {
-      run.failed(d, res, q, "renew-attest");
+      run.failed(d, res, w.q, `${step.step}-attest`);
       continue;
     }
     if (
+      !d.publicKey ||
       res.value.epoch !== d.epoch ||
-      !verifyAttestation(d.publicKey!, d.deviceId, d.epoch ?? 0, nonce, res.value.signature)
+      !verifyAttestation(d.publicKey, d.deviceId, d.epoch ?? 0, nonce, res.value.signature)
     ) {
-      q(d, "attestation-failed: renew: the CSR is not vouched for by the key recorded for this device");
+      w.q(d, step.attestationFailed);
       continue;
     }
     const serial = randomSerial();
-    const n = names[i]!;
-    const der = template.issue(
+    const n = w.names[i]!;
+    const der = w.template.issue(
       serial,
       n.commonName,
       spki,
       n.san.uri.length || n.san.dns.length ? n.san : undefined,
     );
-    tx.push({
+    w.tx.push({
       deviceId: d.deviceId,
       batch: d.batch,
       from: "active",
       to: "issued",
-      reason: "renewal: the live certificate entered the renew window",
+      ...step.transition(b),
       certificate: {
         serial: serialHex(serial),
         deviceId: d.deviceId,
         batch: d.batch,
         issuer: run.ctx.issuer.fingerprint,
         der,
-        notBefore: template.notBefore,
-        notAfter: template.notAfter,
+        notBefore: w.template.notBefore,
+        notAfter: w.template.notAfter,
         issuedAt: now,
       },
-      detail: { rotation: "renew", replaces: d.certSerial },
     });
     items.push({
       d: { ...d, state: "issued" },
@@ -409,8 +458,8 @@ export async function renew(
     });
   }
   // recorded before any of these certificates leaves this process
-  if (tx.length) await run.ctx.registry.apply(tx, now);
-  if (opts0.install === false) return items.length; // staged: installed once the hubs hold them
+  if (w.tx.length) await run.ctx.registry.apply(w.tx, now);
+  if (w.install === false) return items.length; // staged: installed once the hubs hold them
   return confirm(run, items);
 }
 
