@@ -142,7 +142,11 @@ export function declarationDigest(i: BatchInputs): string {
     .digest("hex");
 }
 
-function specOf(i: BatchInputs): BatchSpec {
+/** The engine's spec of a batch (the rotation provider's, too: it gets the batch's inputs without its revocations). */
+export function specOf(
+  i: Pick<BatchInputs, "name" | "model" | "source" | "firstSerial" | "count" | "profile" | "policy"> &
+    Partial<Pick<BatchInputs, "revocations" | "revoked">>,
+): BatchSpec {
   return {
     name: i.name,
     model: i.model,

@@ -14,7 +14,7 @@
  */
 import * as path from "node:path";
 import { crlCurrent, publishCrl } from "../../core/enroll/crl";
-import { BatchEngine, type BatchSpec } from "../../core/enroll/engine";
+import { BatchEngine } from "../../core/enroll/engine";
 import { compileTemplate, type DeviceCertificateProfile, resolveProfile } from "../../core/enroll/profile";
 import {
   describeRotation,
@@ -28,7 +28,7 @@ import {
 } from "../../core/enroll/renew";
 import { invalid } from "../../core/errors";
 import { formatAnchor } from "../../core/registry";
-import type { BatchPolicyInputs } from "./batch";
+import { type BatchPolicyInputs, specOf } from "./batch";
 import { isUnknown } from "./ca";
 import { checker } from "./check";
 import { engineLog } from "./engine-log";
@@ -74,20 +74,6 @@ const clockOf = (i: RotationInputs) => {
   const t = i.now ? Date.parse(i.now) : Number.NaN;
   return i.now ? () => new Date(t) : () => new Date();
 };
-
-function specOf(b: RotationBatchInputs): BatchSpec {
-  return {
-    name: b.name,
-    model: b.model,
-    source: b.source,
-    firstSerial: b.firstSerial,
-    count: b.count,
-    profile: resolveProfile(b.profile, "profile", b.policy?.names),
-    maxQuarantinedFraction: b.policy.maxQuarantinedFraction,
-    maxWaveFraction: b.policy.maxWaveFraction,
-    names: b.policy?.names,
-  };
-}
 
 export function check(_olds: Record<string, unknown>, news: RotationInputs) {
   const { failures, at } = checker();
