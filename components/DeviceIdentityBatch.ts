@@ -26,6 +26,7 @@ import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../poli
 import { DeviceBatchResource } from "../providers/batch";
 import type { CaOutputs } from "./CaHierarchy";
 import { declared } from "./errors";
+import { childUrn } from "./urn";
 
 export interface DeviceIdentityBatchArgs {
   /** batch (production lot) name; default: the component name */
@@ -228,7 +229,7 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         ...(args.manifestPath ? { manifestPath: args.manifestPath } : {}),
         ...revocations,
         policy: policyInputs,
-        progressUrn: pulumi.createUrn(`${name}-lot`, "pulumi-nodejs:dynamic:Resource", this),
+        progressUrn: childUrn(this, `${name}-lot`),
       },
       { parent: this },
     );

@@ -36,6 +36,7 @@ import {
   checkAzureHubArgs,
   declaredAzureHub,
 } from "./hub-azure";
+import { childUrn } from "./urn";
 
 /** The embedded local hub: a state folder that `fleet hub serve --state DIR` serves. */
 export interface LocalHubArgs {
@@ -277,9 +278,6 @@ export class HubRegistration extends pulumi.ComponentResource {
     });
     const infra = hubInfrastructure(registration, args, this);
     this.registrations = {};
-    // this component's URN without a dependency on the component: an input that depends on the
-    // component makes each of its children wait for all the others (two batches would deadlock)
-    const parentUrn = pulumi.output(new Promise<string>((resolve) => this.urn.apply(resolve)));
     for (const b of args.batches ?? []) {
       const ca = b.issuingCa;
       this.registrations[b.batchName] = new HubRegistrationResource(
@@ -300,11 +298,7 @@ export class HubRegistration extends pulumi.ComponentResource {
               crlDir: b.crlDir,
             })) as never,
           registry: b.registry,
-          progressUrn: pulumi.createUrn(
-            `${name}-${b.batchName}`,
-            "pulumi-nodejs:dynamic:Resource",
-            parentUrn,
-          ),
+          progressUrn: childUrn(this, `${name}-${b.batchName}`),
         },
         { parent: this, dependsOn: [b, ...infra.dependsOn] },
       );

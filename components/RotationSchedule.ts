@@ -26,6 +26,7 @@ import { enforceAtConstruction, loadPolicyFile, type PolicyInput } from "../poli
 import { RotationResource } from "../providers/rotation";
 import type { DeviceIdentityBatch } from "./DeviceIdentityBatch";
 import { declared } from "./errors";
+import { childUrn } from "./urn";
 
 export interface RotationScheduleArgs {
   /** the batches this schedule renews and re-keys */
@@ -112,21 +113,6 @@ export function shapeSchedule(
   };
 }
 
-/**
- * The URN of the per-batch resource, for its log lines in `pulumi up`. Computed from the stack,
- * project and parent type, not from this component's URN: under Pulumi's mocks, two children
- * whose inputs wait on their parent's URN were never registered (seen with @pulumi/pulumi 3).
- */
-function progressUrn(
-  self: pulumi.Resource,
-  rname: string,
-  opts?: pulumi.ComponentResourceOptions,
-): pulumi.Input<string> {
-  const type = "fleetguard:rotation:RotationSchedule$pulumi-nodejs:dynamic:Resource";
-  if (opts?.parent) return pulumi.createUrn(rname, "pulumi-nodejs:dynamic:Resource", self);
-  return `urn:pulumi:${pulumi.getStack()}::${pulumi.getProject()}::${type}::${rname}`;
-}
-
 export class RotationSchedule extends pulumi.ComponentResource {
   /** one resource per batch, by batch name */
   readonly rotations: Record<string, RotationResource> = {};
@@ -173,7 +159,7 @@ export class RotationSchedule extends pulumi.ComponentResource {
           rotation: shaped.rotation,
           bounds: shaped.bounds,
           ...(now !== undefined ? { now } : {}),
-          progressUrn: progressUrn(this, rname, opts),
+          progressUrn: childUrn(this, rname),
         },
         { parent: this, dependsOn: [b] },
       );
