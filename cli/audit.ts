@@ -13,10 +13,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { FleetError, invalid } from "../core/errors";
+import { invalid } from "../core/errors";
 import { makeDirs } from "../core/hubs/local-state";
-import { openRegistry, parseLocation } from "../core/registry";
-import type { Registry } from "../core/registry/types";
 import { type AuditRun, auditDeployed, type DeployedAudit } from "../policies/deployed";
 import { loadPolicyFile } from "../policies/engine";
 import {
@@ -31,6 +29,7 @@ import {
   UsageError,
   wantsHelp,
 } from "./args";
+import { openExistingRegistry } from "./registry";
 
 export const command: CommandSpec = {
   name: "audit",
@@ -83,22 +82,6 @@ const defaultIo = (): AuditIo => ({
 });
 
 const fmt = (n: number) => n.toLocaleString("en-US");
-
-async function open(loc: string | undefined): Promise<Registry> {
-  if (!loc) throw invalid("--registry", undefined, "a registry file path or a postgres:// URL");
-  let where: ReturnType<typeof parseLocation>;
-  try {
-    where = parseLocation(loc);
-  } catch (err) {
-    if (err instanceof FleetError)
-      throw new FleetError(err.code, err.message.replace(/^registry/, "--registry"));
-    throw err;
-  }
-  // an audit must never create an empty registry and call it clean
-  if (where.kind === "sqlite" && !fs.statSync(where.file, { throwIfNoEntry: false })?.isFile())
-    throw invalid("--registry", where.file, "an existing registry file (or a postgres:// URL)");
-  return openRegistry(loc);
-}
 
 function folder(flag: string, v: string | undefined): string | undefined {
   if (v === undefined) return undefined;
@@ -240,7 +223,7 @@ async function audit(flags: Flags, io: AuditIo): Promise<number> {
   if (fs.statSync(outDir, { throwIfNoEntry: false })?.isDirectory() === false)
     throw invalid("--out", outDir, "a folder (or a path where one can be made)");
   const policy = loadPolicyFile(flags.policy ?? defaultPolicy(), { now });
-  const reg = await open(flags.registry);
+  const reg = await openExistingRegistry(flags.registry);
   let report: DeployedAudit;
   try {
     const t0 = io.now();

@@ -64,7 +64,8 @@ const defaultIo = (): RegistryIo => ({
   now: () => Date.now(),
 });
 
-async function open(loc: string | undefined): Promise<Registry> {
+/** Open the registry --registry names; a SQLite file that is not there is an error, never a new, empty registry. */
+export async function openExistingRegistry(loc: string | undefined): Promise<Registry> {
   if (!loc) throw invalid("--registry", undefined, "a registry file path or a postgres:// URL");
   let where: ReturnType<typeof parseLocation>;
   try {
@@ -74,7 +75,7 @@ async function open(loc: string | undefined): Promise<Registry> {
       throw new FleetError(err.code, err.message.replace(/^registry/, "--registry"));
     throw err;
   }
-  // verify must never create an empty registry and call it clean
+  // verify and audit must never create an empty registry and call it clean
   if (where.kind === "sqlite" && !fs.statSync(where.file, { throwIfNoEntry: false })?.isFile())
     throw invalid("--registry", where.file, "an existing registry file (or a postgres:// URL)");
   return openRegistry(loc);
@@ -85,7 +86,7 @@ const fmt = (n: number) => n.toLocaleString("en-US");
 async function verify(flags: Flags, io: RegistryIo): Promise<number> {
   const anchor = flags.anchor !== undefined ? parseAnchor(flags.anchor, "--anchor") : undefined;
   if (flags.batch !== undefined && flags.batch === "") throw invalid("--batch", "", "a batch name");
-  const reg = await open(flags.registry);
+  const reg = await openExistingRegistry(flags.registry);
   try {
     if (flags.batch !== undefined && !(await reg.getBatch(flags.batch))) {
       const names = (await reg.listBatches()).map((b) => b.name);
