@@ -1,19 +1,30 @@
 /**
- * Batch enrollment on the real engine (issue 5, point 8). One command:
+ * Batch enrollment on the real engine (issue 5, point 8; issue 13). One command:
  *
  *   npx tsx bench/batch-enroll.ts [--devices 100000] [--sizes 1000,10000] [--naive 1000] [--bound 20000]
+ *       [--farm 111000] [--old-bound 1] [--farm-prof DIR] [--prof DIR]
  *
  * In one run, on this machine:
- *  1. the raw bound: key generation, CSR build+sign, CSR verify and certificate signing in plain
- *     Node crypto on 1 and 2 worker threads (bench/lib/bound.ts);
- *  2. a device farm of all the devices needed, in its own process (`fleet devices serve`);
+ *  1. the enrollment bound (bench/lib/enroll-bound.ts, issue 13 point 1): the cryptography a
+ *     first-contact PUF enrollment cannot avoid on both sides (PUF reconstruction and key
+ *     derivation, attestation and CSR signatures, the install's chain check; attestation and CSR
+ *     verification, certificate signature), on 1 and 2 worker threads, with the CPU of each side;
+ *     with --old-bound 1 (default) also the old raw bound (bench/lib/bound.ts: keygen, CSR, CSR
+ *     verify, certificate), which the older tables of docs/benchmarks.md used;
+ *  2. a device farm of --farm devices (default max(111,000, all the runs need)), in its own
+ *     process (`fleet devices serve`), under `node --cpu-prof` with --farm-prof;
  *  3. `pulumi up` of a fresh stack with ONE DeviceIdentityBatch of --devices PUF devices (first
  *     contact: PUF enrolled, attested, CSR, issued, installed, confirmed, recorded in SQLite), and
  *     of smaller fresh stacks (--sizes), each on its own serial range; wall time, devices/s, the
  *     ratio to the 2-thread bound, the state file size, and the peak RSS of every process
  *     (engine, language host, program, provider, farm);
  *  4. a no-change `pulumi preview` of the large stack;
- *  5. the naive design side by side: --naive devices as that many Pulumi resources.
+ *  5. the naive design side by side: --naive devices as that many Pulumi resources;
+ *  6. the goals of issue 13 point 2, each MET or MISSED with its figure: under 60 s, at least 0.5
+ *     of the bound, fleetguard's own CPU per device at most twice its part of the bound, a
+ *     no-change preview under 5 s, every process under 1 GiB peak with the farm at 111,000.
+ * With --prof DIR every node process of the large `pulumi up` (program, dynamic provider) writes a
+ * .cpuprofile to DIR (NODE_OPTIONS=--cpu-prof): profiling slows them, so not for the figures.
  * Progress goes to stderr; results to stdout and bench/out/batch-enroll.json.
  */
 import * as fs from "node:fs";
@@ -22,6 +33,8 @@ import * as path from "node:path";
 import { StationClient } from "../core/station/client";
 import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
 import { measureBound } from "./lib/bound";
+import { type EnrollBoundResult, measureEnrollBound } from "./lib/enroll-bound";
+import { goals } from "./lib/goals";
 import { formatReport, type ProcReport, start as startSampler } from "./lib/procmem";
 import { BenchStack } from "./lib/pulumi-run";
 import { runNaive } from "./naive-resources";
@@ -33,6 +46,9 @@ const DEVICES = Number(args.get("devices") ?? 100_000);
 const SIZES = (args.get("sizes") ?? "1000,10000").split(",").filter(Boolean).map(Number);
 const NAIVE = Number(args.get("naive") ?? 1000);
 const BOUND = Number(args.get("bound") ?? 20_000);
+const OLD_BOUND = args.get("old-bound") !== "0";
+const FARM_PROF = args.get("farm-prof");
+const PROF = args.get("prof");
 const ROOT = path.join(__dirname, "..");
 const PROGRAM = path.join(ROOT, "test", "integration", "fixtures", "batch-program");
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -54,6 +70,7 @@ async function runBatch(
   first: number,
   count: number,
   port: number,
+  prof?: string,
 ): Promise<{ r: BatchRunResult; stack: BenchStack }> {
   const dir = path.join(work, name);
   fs.mkdirSync(dir, { recursive: true });
@@ -71,11 +88,16 @@ async function runBatch(
     return (st.cpuUserMs ?? 0) + (st.cpuSystemMs ?? 0);
   };
   const farm0 = await farmCpu();
+  if (prof) {
+    fs.mkdirSync(prof, { recursive: true });
+    stack.env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${prof}`;
+  }
   const up = await stack.run(["up", "--yes", "--skip-preview"], {
     onLine: (l) => {
       if (/batch lot: enroll/.test(l)) log(`[${name}] ${l.trim()}`);
     },
   });
+  delete stack.env.NODE_OPTIONS;
   const out = JSON.parse((await stack.run(["stack", "output", "--json"])).stdout) as {
     summary: { counts: Record<string, number> };
   };
@@ -98,35 +120,68 @@ async function runBatch(
   return { r, stack };
 }
 
+const load = () => os.loadavg().map((l) => Number(l.toFixed(2)));
+
 async function main() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-bench-batch-"));
   const machine = {
     cpus: os.cpus().length,
     model: os.cpus()[0]?.model,
     node: process.version,
-    loadavg: os.loadavg(),
+    openssl: process.versions.openssl,
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    loadavg: load(),
   };
   log(`machine: ${JSON.stringify(machine)}`);
 
-  log(`raw bound: ${BOUND} devices on 1 and 2 threads`);
-  const bound1 = await measureBound({ devices: Math.floor(BOUND / 2), threads: 1 });
-  const bound2 = await measureBound({ devices: BOUND, threads: 2 });
-  log(`bound: 1 thread ${bound1.perSecond.toFixed(0)}/s, 2 threads ${bound2.perSecond.toFixed(0)}/s`);
+  const seed = "be".repeat(32);
+  log(`enrollment bound: ${BOUND} devices on 2 threads, ${Math.floor(BOUND / 2)} on 1`);
+  const eb1 = await measureEnrollBound({
+    devices: Math.floor(BOUND / 2),
+    threads: 1,
+    seed: Buffer.from(seed, "hex"),
+  });
+  const loadBound = load();
+  const eb2 = await measureEnrollBound({ devices: BOUND, threads: 2, seed: Buffer.from(seed, "hex") });
+  log(
+    `enrollment bound: 1 thread ${eb1.perSecond.toFixed(0)}/s, 2 threads ${eb2.perSecond.toFixed(0)}/s (load ${loadBound.join(" ")})`,
+  );
+  let old: { oneThread: number; twoThreads: number } | undefined;
+  if (OLD_BOUND) {
+    const b1 = await measureBound({ devices: Math.floor(BOUND / 2), threads: 1 });
+    const b2 = await measureBound({ devices: BOUND, threads: 2 });
+    old = { oneThread: b1.perSecond, twoThreads: b2.perSecond };
+    log(`old raw bound: 1 thread ${b1.perSecond.toFixed(0)}/s, 2 threads ${b2.perSecond.toFixed(0)}/s`);
+  }
 
   const total = DEVICES + SIZES.reduce((a, b) => a + b, 0);
+  const farmDevices = Number(args.get("farm") ?? Math.max(total, 111_000));
+  if (farmDevices < total) throw new Error(`--farm: got ${farmDevices}, want at least ${total}`);
+  if (FARM_PROF) fs.mkdirSync(FARM_PROF, { recursive: true });
   const farm = await startFarmProcess({
-    count: total,
+    count: farmDevices,
     state: path.join(work, "farm"),
-    seed: "be".repeat(32),
+    seed,
+    ...(FARM_PROF ? { nodeArgs: ["--cpu-prof", "--cpu-prof-dir", FARM_PROF] } : {}),
   });
   const farmMem = startSampler(farm.child.pid!);
   const results: Record<string, BatchRunResult> = {};
   let big: BenchStack | undefined;
   let preview: { seconds: number; memory: ProcReport } | undefined;
+  const loads: Record<string, number[]> = { start: machine.loadavg, bound: loadBound };
   try {
     let first = 0;
     for (const n of [...SIZES, DEVICES]) {
-      const { r, stack } = await runBatch(work, `b${n}`, first, n, farm.port);
+      loads[`before ${n}`] = load();
+      const { r, stack } = await runBatch(
+        work,
+        `b${n}`,
+        first,
+        n,
+        farm.port,
+        n === DEVICES ? PROF : undefined,
+      );
+      loads[`after ${n}`] = load();
       results[String(n)] = r;
       first += n;
       if (n === DEVICES) big = stack;
@@ -134,6 +189,7 @@ async function main() {
     log("no-change preview of the large stack");
     const pv = await big!.run(["preview", "--expect-no-changes"]);
     preview = { seconds: pv.seconds, memory: pv.memory };
+    loads["after preview"] = load();
     log(`preview: ${pv.seconds.toFixed(2)} s`);
   } finally {
     await stopFarmProcess(farm.child);
@@ -144,38 +200,84 @@ async function main() {
   const naive = NAIVE > 0 ? await runNaive({ devices: NAIVE, workDir: path.join(work, "naive") }) : undefined;
 
   const main = results[String(DEVICES)]!;
+  const farmPeakKb = farmReport.processes.reduce((m, p) => Math.max(m, p.peakKb), 0);
+  const cpu = main.cpuMsPerDevice;
+  const farmCpu = cpu["farm (emulated devices)"] ?? 0;
+  const fleetCpu = Object.entries(cpu)
+    .filter(([k]) => !k.startsWith("farm"))
+    .reduce((a, [, v]) => a + v, 0);
+  const providerCpu = cpu["node dynamic provider"] ?? 0;
+  // every process of the large up and of the preview, and the farm
+  const peaks = [
+    ...Object.entries(main.memory.byName).map(([name, v]) => ({ name, peakKb: v.peakKb })),
+    ...Object.entries(preview!.memory.byName).map(([name, v]) => ({
+      name: `preview: ${name}`,
+      peakKb: v.peakKb,
+    })),
+    { name: "farm", peakKb: farmPeakKb },
+  ];
+  const g = goals({
+    devices: DEVICES,
+    seconds: main.seconds,
+    perSecond: main.perSecond,
+    bound: eb2,
+    fleetMsPerDevice: fleetCpu,
+    previewSeconds: preview!.seconds,
+    peaks,
+    farmDevices,
+  });
   const summary = {
     machine,
-    bound: { oneThread: bound1.perSecond, twoThreads: bound2.perSecond },
+    loads,
+    bound: { oneThread: eb1, twoThreads: eb2 },
+    oldBound: old,
     batches: results,
     endToEnd: {
       devices: DEVICES,
       seconds: main.seconds,
       perSecond: main.perSecond,
-      ratioToBound: main.perSecond / bound2.perSecond,
+      ratioToBound: main.perSecond / eb2.perSecond,
+      ratioToOldBound: old ? main.perSecond / old.twoThreads : undefined,
+      fleetguardCpuMsPerDevice: fleetCpu,
+      providerCpuMsPerDevice: providerCpu,
+      farmCpuMsPerDevice: farmCpu,
     },
     preview,
-    farmPeakRssMb: farmReport.processes.reduce((m, p) => Math.max(m, p.peakKb), 0) / 1024,
+    farmDevices,
+    farmPeakRssMb: farmPeakKb / 1024,
+    goals: g,
     naive,
   };
   fs.mkdirSync(path.join(ROOT, "bench", "out"), { recursive: true });
   fs.writeFileSync(path.join(ROOT, "bench", "out", "batch-enroll.json"), JSON.stringify(summary, null, 2));
   const n = (x: number, d = 0) =>
     x.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d });
-  console.log(`\n## batch enrollment, ${machine.cpus} cores, Node ${machine.node}`);
-  console.log(`raw bound: ${n(bound1.perSecond)}/s on 1 thread, ${n(bound2.perSecond)}/s on 2 threads`);
   console.log(
-    "| devices | pulumi up (s) | devices/s | ratio to 2-thread bound | state file (bytes) | active |",
+    `\n## batch enrollment, ${machine.cpus} cores, Node ${machine.node}, OpenSSL ${machine.openssl}; load ${machine.loadavg.join(" ")} at start`,
+  );
+  const b = (r: EnrollBoundResult) =>
+    `${n(r.perSecond)}/s (CPU per device: device ${r.deviceMsPerDevice.toFixed(3)} ms, fleetguard ${r.fleetMsPerDevice.toFixed(3)} ms)`;
+  console.log(
+    `enrollment bound (same run, load ${loadBound.join(" ")}): 1 thread ${b(eb1)}; 2 threads ${b(eb2)}`,
+  );
+  console.log(
+    `  not in the bound: one PUF enrollment (helper data, done at first contact by the farm) ${eb1.pufEnrollMs.toFixed(3)} ms on 1 thread`,
+  );
+  if (old)
+    console.log(
+      `old raw bound (keygen, CSR, CSR verify, certificate; the older tables): ${n(old.oneThread)}/s on 1 thread, ${n(old.twoThreads)}/s on 2`,
+    );
+  console.log(
+    "| devices | pulumi up (s) | devices/s | ratio to the 2-thread bound | state file (bytes) | active |",
   );
   console.log("|---|---|---|---|---|---|");
   for (const r of Object.values(results))
     console.log(
-      `| ${n(r.devices)} | ${n(r.seconds, 1)} | ${n(r.perSecond)} | ${n(r.perSecond / bound2.perSecond, 2)} | ${n(r.stateBytes)} | ${n(r.active)} |`,
+      `| ${n(r.devices)} | ${n(r.seconds, 1)} | ${n(r.perSecond)} | ${n(r.perSecond / eb2.perSecond, 2)} | ${n(r.stateBytes)} | ${n(r.active)} |`,
     );
   console.log(`no-change preview of ${n(DEVICES)}: ${n(preview!.seconds, 2)} s`);
   console.log(`\npeak memory, pulumi up of ${n(DEVICES)}:\n${formatReport(main.memory)}`);
-  console.log(`farm process peak RSS: ${n(summary.farmPeakRssMb)} MiB`);
-  const cpu = main.cpuMsPerDevice;
+  console.log(`farm process (${n(farmDevices)} devices) peak RSS: ${n(summary.farmPeakRssMb)} MiB`);
   const totalCpu = Object.values(cpu).reduce((a, b) => a + b, 0);
   console.log(
     `\nCPU per device, pulumi up of ${n(DEVICES)} (ms): ${Object.entries(cpu)
@@ -183,8 +285,18 @@ async function main() {
       .join(", ")}; total ${totalCpu.toFixed(3)}`,
   );
   console.log(
-    `ceiling on ${machine.cpus} cores at that CPU: ${n((machine.cpus * 1000) / totalCpu)} devices/s; bound's CPU per device: ${((2 * 1000) / bound2.perSecond).toFixed(3)} ms`,
+    `fleetguard's own CPU per device (every process but the farm) ${fleetCpu.toFixed(3)} ms beside its part of the bound ${eb2.fleetMsPerDevice.toFixed(3)} ms (2 threads; ${eb1.fleetMsPerDevice.toFixed(3)} on 1); the farm ${farmCpu.toFixed(3)} ms beside the device part ${eb2.deviceMsPerDevice.toFixed(3)} ms (${eb1.deviceMsPerDevice.toFixed(3)} on 1)`,
   );
+  console.log(
+    `ceiling on ${machine.cpus} cores at that CPU: ${n((machine.cpus * 1000) / totalCpu)} devices/s; the bound's CPU per device: ${eb2.totalMsPerDevice.toFixed(3)} ms (2 threads), ${eb1.totalMsPerDevice.toFixed(3)} ms (1)`,
+  );
+  console.log(
+    `load averages: ${Object.entries(loads)
+      .map(([k, v]) => `${k} ${v.join(" ")}`)
+      .join("; ")}`,
+  );
+  console.log("\ngoals (issue 13 point 2):");
+  for (const x of g) console.log(`  ${x.met ? "MET   " : "MISSED"} ${x.goal}: ${x.figure}`);
   if (naive) console.log(`\nnaive: ${JSON.stringify(naive)}`);
   fs.rmSync(work, { recursive: true, force: true });
   for (const n of [...SIZES, DEVICES]) fs.rmSync(path.join(PROGRAM, `Pulumi.b${n}.yaml`), { force: true });

@@ -39,9 +39,13 @@ export async function wave(run: BatchRun, page: DeviceRecord[], template: Compil
   let final = 0;
 
   if (fresh.length) {
-    const attested = await attest(run, fresh);
+    // one registry transaction for attest and issue: attested (with the key) and issued (with the
+    // certificate) commit together, still before any certificate leaves this process; a wave cut
+    // off between the two leaves its devices pending, and the next run attests them again
+    const deferred: Transition[] = [];
+    const attested = await attest(run, fresh, deferred);
     final += fresh.length - attested.length;
-    const issued = await issue(run, attested, template);
+    const issued = await issue(run, attested, template, deferred);
     final += attested.length - issued.length;
     toInstall.push(...issued);
   }
@@ -60,8 +64,11 @@ export async function wave(run: BatchRun, page: DeviceRecord[], template: Compil
   return final;
 }
 
-/** identify + attest; records attested (with the key) or quarantined. Returns the attested. */
-export async function attest(run: BatchRun, devs: DeviceRecord[]): Promise<Attested[]> {
+/**
+ * identify + attest; records attested (with the key) or quarantined. Returns the attested. With
+ * `defer`, the transitions are pushed there for the caller to commit (issue's `carry`) instead.
+ */
+export async function attest(run: BatchRun, devs: DeviceRecord[], defer?: Transition[]): Promise<Attested[]> {
   const st = await run.station();
   const opts = { deviceTimeoutMs: run.ctx.deviceTimeoutMs };
   const ident = await st.identifyBatch(
@@ -163,17 +170,25 @@ export async function attest(run: BatchRun, devs: DeviceRecord[]): Promise<Attes
       });
       return undefined;
     })(att[i]!);
-  if (tx.length) await run.ctx.registry.apply(tx, run.now());
+  if (defer) defer.push(...tx);
+  else if (tx.length) await run.ctx.registry.apply(tx, run.now());
   return out;
 }
 
-/** CSR, verify, issue, and record `issued` with the certificate. Returns what to install. */
+/**
+ * CSR, verify, issue, and record `issued` with the certificate. Returns what to install. `carry`:
+ * transitions of an earlier step (attest's deferred ones) committed first, in the same transaction.
+ */
 export async function issue(
   run: BatchRun,
   devs: Attested[],
   template: CompiledTemplate,
+  carry: readonly Transition[] = [],
 ): Promise<ToInstall[]> {
-  if (!devs.length) return [];
+  if (!devs.length) {
+    if (carry.length) await run.ctx.registry.apply(carry, run.now());
+    return [];
+  }
   const names = devs.map((x) =>
     deviceNames(run.spec.profile, x.d.deviceId, run.spec.name, run.spec.model, run.spec.names),
   );
@@ -181,7 +196,7 @@ export async function issue(
     devs.map((x, i) => ({ device: x.d.deviceId, subject: names[i]!.subject })),
     { deviceTimeoutMs: run.ctx.deviceTimeoutMs },
   );
-  const tx: Transition[] = [];
+  const tx: Transition[] = [...carry];
   const out: ToInstall[] = [];
   const now = run.now();
   const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, d.state, reason));
@@ -235,7 +250,7 @@ export async function issue(
 }
 
 /**
- * set trust + install; records installed then active (or quarantined). Returns how many ended
+ * set trust + install; records installed then active (or quarantined), in one transaction. Returns how many ended
  * final. A closed device gets both as signed commands, the install for the challenge the
  * set-trust answer hands on; a resumed device's lifecycle and challenge come from STATUS.
  */
@@ -312,17 +327,10 @@ export async function install(run: BatchRun, items: ToInstall[]): Promise<number
       installed.push(d);
       return undefined;
     })(inst[i]!);
+  // installed then active in one transaction (the registry applies them in order)
+  for (const d of installed)
+    tx.push({ deviceId: d.deviceId, batch: d.batch, from: "installed", to: "active" });
   if (tx.length) await run.ctx.registry.apply(tx, run.now());
-  if (installed.length)
-    await run.ctx.registry.apply(
-      installed.map((d) => ({
-        deviceId: d.deviceId,
-        batch: d.batch,
-        from: "installed" as const,
-        to: "active" as const,
-      })),
-      run.now(),
-    );
   run.enrolled += installed.length;
   return installed.length + quarantined;
 }
