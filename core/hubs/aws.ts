@@ -14,6 +14,12 @@
  * What AWS enforces and the emulators do not is enforced here (hubs.md): a REVOKED certificate is
  * never made ACTIVE again (moto allows REVOKED -> ACTIVE), and the CAs must be registered and
  * ACTIVE before any certificate (ensureTrust, also run by the first register).
+ * CA rollover (TrustedCa.generation): AWS holds up to 10 CA certificates with one subject, so a
+ * successor and its predecessor are both registered and ACTIVE during the overlap, and every
+ * RegisterCertificate names the device certificate's own issuer (caCertificatePem: AWS requires
+ * it once two CAs share a subject). A configured CA that shares its subject with a CA of the trust
+ * list but is not in it is a retired generation: not required, and no device is registered under
+ * it (its certificates are only disabled, and still scanned for unknown registrations).
  * Retries: the SDK's own retry is off (maxAttempts 1); throttling, 5xx and dropped connections are
  * retried with full-jitter back-off (rate.ts). Credentials come from the options or the SDK's
  * default chain and never appear in a message.
@@ -33,6 +39,7 @@ import {
   DetachThingPrincipalCommand,
   IoTClient,
   ListCertificatesByCACommand,
+  type ListCertificatesByCACommandOutput,
   RegisterCertificateCommand,
   UpdateCertificateCommand,
 } from "@aws-sdk/client-iot";
@@ -223,8 +230,12 @@ export class AwsIotDriver implements HubDriver {
   private readonly client: IoTClient;
   private readonly buckets = new Map<string, TokenBucket>();
   private readonly clock: Clock;
-  /** issuing CA fingerprint -> { id at AWS, PEM as registered } */
+  /** the CAs registered for this hub (options.caCertificates), by fingerprint: { id at AWS, PEM as registered } */
+  private readonly configured = new Map<string, { id: string; pem: string }>();
+  /** the CAs devices are registered under, by fingerprint (the trust list's and configured CAs of other subjects) */
   private cas = new Map<string, { id: string; pem: string }>();
+  /** configured CAs the trust list retired (an earlier generation: the subject of a listed CA, not listed) */
+  private retired = new Map<string, { id: string; pem: string }>();
   private trusted: HubTrustSummary | undefined;
 
   constructor(options: AwsIotDriverOptions) {
@@ -250,8 +261,9 @@ export class AwsIotDriver implements HubDriver {
       const der = pemOne(ca?.pem, "CERTIFICATE", `${o.label}: caCertificates[${i}].pem`);
       if (ca.id !== undefined && !/^[0-9a-f]{64}$/.test(ca.id))
         throw invalid(`${o.label}: caCertificates[${i}].id`, ca.id, "an AWS certificate id (64 hex digits)");
-      this.cas.set(sha256(der), { id: ca.id ?? sha256(der), pem: ca.pem });
+      this.configured.set(sha256(der), { id: ca.id ?? sha256(der), pem: ca.pem });
     });
+    this.cas = new Map(this.configured);
     this.o = { ...o, concurrency: conc };
     this.label = o.label;
     this.mode = o.mode === "jitp" ? "ca" : "per-device";
@@ -328,8 +340,55 @@ export class AwsIotDriver implements HubDriver {
     }
   }
 
-  private caFor(cert: DeviceCert): { id: string; pem: string } | undefined {
-    return this.cas.get(cert.issuer);
+  /**
+   * The CAs to trust for this list: the listed ones (configured id and PEM text when known: moto
+   * links a certificate to its CA by the exact PEM), then configured CAs of other subjects (other
+   * batches' CAs at this hub); a configured CA with a listed CA's subject that is not listed
+   * itself is an earlier generation the rollover has left behind.
+   */
+  private trustSets(cas: readonly TrustedCa[]): {
+    active: Map<string, { id: string; pem: string }>;
+    retired: Map<string, { id: string; pem: string }>;
+  } {
+    const active = new Map<string, { id: string; pem: string }>();
+    const subjects = new Set<string>();
+    const byName = new Map<string, { subject: string; generation: number }>();
+    cas.forEach((ca, i) => {
+      const at = `${this.label}: CA '${ca?.name}' certificatePem`;
+      const der = pemOne(ca?.certificatePem, "CERTIFICATE", at);
+      const fp = sha256(der);
+      if (ca.fingerprint !== fp)
+        throw invalid(
+          `${this.label}: cas[${i}].fingerprint`,
+          ca.fingerprint,
+          `${fp} (the certificate's SHA-256)`,
+        );
+      const subject = new crypto.X509Certificate(der).subject;
+      const g = ca.generation ?? 1;
+      const same = byName.get(ca.name);
+      if (same && same.subject !== subject)
+        throw invalid(
+          `${this.label}: cas[${i}]`,
+          `CA '${ca.name}' with subject ${subject.replace(/\n/g, ", ")}`,
+          `the subject of its other generation (${same.subject.replace(/\n/g, ", ")}): a rollover keeps the subject`,
+        );
+      if (same && same.generation === g)
+        throw invalid(
+          `${this.label}: cas[${i}].generation`,
+          g,
+          `a generation other than that of the other CA named '${ca.name}'`,
+        );
+      byName.set(ca.name, { subject, generation: g });
+      subjects.add(subject);
+      active.set(fp, this.configured.get(fp) ?? { id: fp, pem: ca.certificatePem });
+    });
+    const retired = new Map<string, { id: string; pem: string }>();
+    for (const [fp, ca] of this.configured) {
+      if (active.has(fp)) continue;
+      const subject = new crypto.X509Certificate(ca.pem).subject;
+      (subjects.has(subject) ? retired : active).set(fp, ca);
+    }
+    return { active, retired };
   }
 
   async ensureTrust(cas: readonly TrustedCa[]): Promise<HubTrustSummary> {
@@ -342,12 +401,11 @@ export class AwsIotDriver implements HubDriver {
   }
 
   private async trust(cas: readonly TrustedCa[]): Promise<HubTrustSummary> {
-    // the batch's issuing CAs join the configured ones (AWS's CA id is the SHA-256 of the DER)
-    for (const ca of cas) {
-      if (!this.cas.has(ca.fingerprint)) {
-        pemOne(ca.certificatePem, "CERTIFICATE", `${this.label}: CA '${ca.name}' certificatePem`);
-        this.cas.set(ca.fingerprint, { id: ca.fingerprint, pem: ca.certificatePem });
-      }
+    if (!Array.isArray(cas)) throw invalid(`${this.label}: cas`, cas, "a list of issuing CAs");
+    if (cas.length) {
+      const { active, retired } = this.trustSets(cas);
+      this.cas = active;
+      this.retired = retired;
     }
     const caIds: string[] = [];
     for (const [fp, ca] of this.cas) {
@@ -464,12 +522,15 @@ export class AwsIotDriver implements HubDriver {
   }
 
   private async registerOne(c: DeviceCert): Promise<Outcome> {
-    const ca = this.caFor(c);
+    // the certificate's own issuer: with two CAs of one subject (a rollover) AWS needs the right one
+    const ca = this.cas.get(c.issuer);
     if (!ca)
       return {
         serial: c.serial,
         ok: false,
-        reason: `issuer ${c.issuer.slice(0, 16)}… is not a CA of this registration (caCertificates)`,
+        reason: this.retired.has(c.issuer)
+          ? `issuer ${c.issuer.slice(0, 16)}… is an earlier generation of a CA this hub no longer trusts (rolled over): no certificate is registered under it`
+          : `issuer ${c.issuer.slice(0, 16)}… is not a CA of this registration (caCertificates)`,
         retryable: false,
       };
     if (this.o.mode === "jitp") return { serial: c.serial, ok: true, remoteId: c.sha256 };
@@ -622,10 +683,17 @@ export class AwsIotDriver implements HubDriver {
     return { serial: r.serial, ok: true, remoteId: id };
   }
 
-  /** the registration CA that issued this DER (by matching the issuer name to a CA's subject) */
+  /**
+   * The registration CA that issued this DER, retired generations included (a superseded
+   * certificate of the predecessor is blocked under it): the issuer name and the signature, since
+   * a rollover gives two CAs one subject.
+   */
   private caForDer(der: Buffer): { id: string; pem: string } | undefined {
     const leaf = new crypto.X509Certificate(der);
-    for (const ca of this.cas.values()) if (leaf.checkIssued(new crypto.X509Certificate(ca.pem))) return ca;
+    for (const ca of [...this.cas.values(), ...this.retired.values()]) {
+      const x = new crypto.X509Certificate(ca.pem);
+      if (leaf.checkIssued(x) && leaf.verify(x.publicKey)) return ca;
+    }
     return undefined;
   }
 
@@ -695,17 +763,29 @@ export class AwsIotDriver implements HubDriver {
   async unknown(known: ReadonlySet<string>): Promise<string[]> {
     const found: string[] = [];
     try {
-      for (const ca of this.cas.values()) {
+      // retired generations too: while Pulumi still declares the predecessor it is ACTIVE at AWS
+      const scan = [
+        ...[...this.cas.values()].map((ca) => ({ ca, retired: false })),
+        ...[...this.retired.values()].map((ca) => ({ ca, retired: true })),
+      ];
+      for (const { ca, retired } of scan) {
         for (let marker: string | undefined; ; ) {
-          const page = await this.call("ListCertificatesByCA", () =>
-            this.client.send(
-              new ListCertificatesByCACommand({
-                caCertificateId: ca.id,
-                pageSize: 250,
-                ...(marker ? { marker } : {}),
-              }),
-            ),
-          );
+          let page: ListCertificatesByCACommandOutput;
+          try {
+            page = await this.call("ListCertificatesByCA", () =>
+              this.client.send(
+                new ListCertificatesByCACommand({
+                  caCertificateId: ca.id,
+                  pageSize: 250,
+                  ...(marker ? { marker } : {}),
+                }),
+              ),
+            );
+          } catch (e) {
+            // a retired generation already deleted at AWS holds nothing
+            if (retired && classifyAwsError(e) === "missing") break;
+            throw e;
+          }
           for (const c of page.certificates ?? [])
             if (c.certificateId && !known.has(c.certificateId)) found.push(c.certificateId);
           marker = page.nextMarker;

@@ -6,6 +6,7 @@
  * enforces. Throttling, dropped connections and AWS error bodies come from a small HTTP proxy in
  * front of moto (aws-fixtures.ts).
  */
+import * as crypto from "node:crypto";
 import {
   DescribeCertificateCommand,
   DescribeThingCommand,
@@ -15,11 +16,13 @@ import {
   ListThingPrincipalsCommand,
   ListThingsCommand,
   ListThingsInThingGroupCommand,
+  RegisterCACertificateCommand,
   RegisterCertificateCommand,
   UpdateCACertificateCommand,
   UpdateCertificateCommand,
 } from "@aws-sdk/client-iot";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { issueCa } from "../../../core/ca";
 import { FleetError } from "../../../core/errors";
 import {
   AwsIotDriver,
@@ -27,6 +30,11 @@ import {
   classifyAwsError,
   HubRunError,
 } from "../../../core/hubs/aws";
+import type { TrustedCa } from "../../../core/hubs/types";
+import { LeafTemplate } from "../../../core/x509/cert";
+import { EKU } from "../../../core/x509/ext";
+import { parseCertificate } from "../../../core/x509/parse";
+import { pemOne, toPem } from "../../../core/x509/pem";
 import { type AwsEmulator, freePort, startMoto } from "../../helpers/aws-emulators";
 import { creds, makeDevice, makePki, type Pki, provisionHub, region, sdk, startProxy } from "./aws-fixtures";
 
@@ -573,5 +581,198 @@ describe("AwsIotDriver against moto", () => {
     );
     expect(new AwsIotDriver({ ...base, ratePerSecond: 0 }).ratePerSecond).toBe(Number.POSITIVE_INFINITY);
     expect(new AwsIotDriver(base).ratePerSecond).toBe(10);
+  });
+});
+
+/**
+ * A CA rollover's successor (CaHierarchy generation 2): a new key, the same subject, signed by the
+ * same root; its device certificates come from its own template.
+ */
+function successorOf(pki: Pki): Pki {
+  const pred = parseCertificate(pemOne(pki.issuing.certificatePem, "CERTIFICATE", "predecessor"));
+  const issuing = issueCa(
+    {
+      name: pki.trusted.name,
+      role: "issuing",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: "Test Issuing iss", organization: "Acme" },
+      validityDays: 180,
+    },
+    { name: "root", ...pki.root },
+  );
+  const pc = parseCertificate(pemOne(issuing.certificatePem, "CERTIFICATE", "successor"));
+  expect(pc.subject.equals(pred.subject)).toBe(true);
+  const template = new LeafTemplate(
+    {
+      algorithm: "ecdsa-p256",
+      key: crypto.createPrivateKey(issuing.keyPem),
+      subject: pc.subject,
+      keyId: Buffer.from(issuing.subjectKeyId, "hex"),
+    },
+    {
+      organization: "Acme",
+      notBefore: new Date(Date.now() - 3600_000),
+      notAfter: new Date(Date.now() + 30 * 86400_000),
+      keyUsage: ["digitalSignature"],
+      extKeyUsage: [EKU.clientAuth],
+    },
+  );
+  const trusted: TrustedCa = {
+    name: pki.trusted.name,
+    generation: 2,
+    fingerprint: issuing.fingerprintSha256.replace(/:/g, "").toLowerCase(),
+    certificatePem: issuing.certificatePem,
+    chainPem: issuing.chainPem,
+    crlPems: [],
+  };
+  return { root: pki.root, issuing, trusted, template };
+}
+
+describe("CA rollover: two CA certificates with one subject (moto)", () => {
+  async function rollover(o: { autoRegistration?: boolean } = {}) {
+    const base = await setup(o);
+    const pred = base.pki;
+    const succ = successorOf(pred);
+    // what the second aws.iot.CaCertificate makes (components/hub-aws.ts: `<hub>-ca-<name>-g2`)
+    const reg = await base.iot.send(
+      new RegisterCACertificateCommand({
+        caCertificate: succ.issuing.certificatePem,
+        setAsActive: true,
+        allowAutoRegistration: o.autoRegistration ?? false,
+        certificateMode: "SNI_ONLY",
+      }),
+    );
+    const succId = reg.certificateId as string;
+    expect(succId).toBe(succ.trusted.fingerprint);
+    expect(succId).not.toBe(base.hub.caId);
+    // the hub's inputs list both CAs (the component declares the predecessor while the program's generation is 2)
+    const caCertificates = [
+      { id: succId, pem: succ.issuing.certificatePem },
+      { id: base.hub.caId, pem: pred.issuing.certificatePem },
+    ];
+    return { ...base, pred, succ, succId, predId: base.hub.caId, caCertificates };
+  }
+  const byCa = async (iot: ReturnType<typeof sdk>, caCertificateId: string) =>
+    ((await iot.send(new ListCertificatesByCACommand({ caCertificateId }))).certificates ?? [])
+      .map((c) => c.certificateId)
+      .sort();
+  const status = async (iot: ReturnType<typeof sdk>, id: string) =>
+    (await iot.send(new DescribeCertificateCommand({ certificateId: id }))).certificateDescription?.status;
+
+  it("during the overlap both are required ACTIVE and each device is registered under its own issuer; after, the predecessor is neither required nor used", async () => {
+    const { iot, pred, succ, succId, predId, caCertificates, opts } = await rollover();
+    const overlap = new AwsIotDriver(opts({ caCertificates }));
+    const trust = await overlap.ensureTrust([succ.trusted, { ...pred.trusted, generation: 1 }]);
+    expect(trust.caIds).toEqual([succId, predId]);
+
+    // devices of both generations (the predecessor's not yet re-issued, new ones under the successor)
+    const old = devices(pred, 3);
+    const fresh = Array.from({ length: 3 }, (_, i) =>
+      makeDevice(succ, `fg200-${String(i).padStart(6, "0")}`),
+    );
+    const out = await overlap.register([...old, ...fresh].map((d) => d.cert));
+    expect(out.every((o) => o.ok)).toBe(true);
+    // moto links a certificate to the CA whose exact PEM RegisterCertificate named: each its own issuer
+    expect(await byCa(iot, predId)).toEqual(old.map((d) => d.cert.sha256).sort());
+    expect(await byCa(iot, succId)).toEqual(fresh.map((d) => d.cert.sha256).sort());
+
+    // both generations must be ACTIVE while both are trusted
+    await iot.send(new UpdateCACertificateCommand({ certificateId: predId, newStatus: "INACTIVE" }));
+    const inactive = await new AwsIotDriver(opts({ caCertificates }))
+      .ensureTrust([succ.trusted, pred.trusted])
+      .catch((e) => e);
+    expect(inactive).toMatchObject({ code: "CONFLICT" });
+    expect(inactive.message).toBe(
+      `AWS IoT 'test': CA ${predId.slice(0, 16)}… status: got INACTIVE, want ACTIVE (certificates under an inactive CA cannot connect)`,
+    );
+
+    // the rotation has moved every device: the trust list holds the successor alone. The
+    // predecessor is still configured (Pulumi declares it until the next generation) but is not
+    // required (it is INACTIVE here and the trust holds), and nothing is registered under it
+    const after = new AwsIotDriver(opts({ caCertificates }));
+    expect((await after.ensureTrust([succ.trusted])).caIds).toEqual([succId]);
+    const late = makeDevice(pred, "fg100-000900");
+    const next = makeDevice(succ, "fg200-000900");
+    const [refused, ok] = await after.register([late.cert, next.cert]);
+    expect(refused).toEqual({
+      serial: late.cert.serial,
+      ok: false,
+      retryable: false,
+      reason: `issuer ${pred.trusted.fingerprint.slice(0, 16)}… is an earlier generation of a CA this hub no longer trusts (rolled over): no certificate is registered under it`,
+    });
+    expect(ok).toEqual({ serial: next.cert.serial, ok: true, remoteId: next.cert.sha256 });
+    expect(await byCa(iot, predId)).toEqual(old.map((d) => d.cert.sha256).sort());
+    expect(await byCa(iot, succId)).toEqual([...fresh, next].map((d) => d.cert.sha256).sort());
+
+    // the predecessor's superseded certificates are disabled as always
+    const dis = await after.disable(
+      old.map((d) => ({ deviceId: d.cert.deviceId, serial: d.cert.serial, remoteId: d.cert.sha256 })),
+    );
+    expect(dis.every((o) => o.ok)).toBe(true);
+    for (const d of old) expect(await status(iot, d.cert.sha256)).toBe("INACTIVE");
+    // a certificate registered under the predecessor behind fleetguard's back is still found
+    const rogue = makeDevice(pred, "fg100-000666");
+    await iot.send(
+      new RegisterCertificateCommand({
+        certificatePem: rogue.certPem,
+        caCertificatePem: pred.issuing.certificatePem,
+        status: "ACTIVE",
+      }),
+    );
+    const known = new Set([...old, ...fresh, next].map((d) => d.cert.sha256));
+    expect(await after.unknown(known)).toEqual([rogue.cert.sha256]);
+    await overlap.close();
+    await after.close();
+  });
+
+  it("jitp: a predecessor's certificate that never connected is blocked under its own issuer (found by signature: the subjects are one)", async () => {
+    const { iot, pred, succ, succId, predId, caCertificates, opts } = await rollover({
+      autoRegistration: true,
+    });
+    const driver = new AwsIotDriver(opts({ mode: "jitp", caCertificates }));
+    await driver.ensureTrust([succ.trusted]);
+    const [a] = devices(pred, 1);
+    const b = makeDevice(succ, "fg200-000001");
+    const dis = await driver.disable([
+      { deviceId: a.cert.deviceId, serial: a.cert.serial, remoteId: a.cert.sha256, der: a.cert.der },
+      {
+        deviceId: b.cert.deviceId,
+        serial: b.cert.serial,
+        remoteId: b.cert.sha256,
+        der: b.cert.der,
+        revoked: true,
+      },
+    ] as never);
+    expect(dis.every((o) => o.ok)).toBe(true);
+    expect(await byCa(iot, predId)).toEqual([a.cert.sha256]);
+    expect(await byCa(iot, succId)).toEqual([b.cert.sha256]);
+    expect(await status(iot, a.cert.sha256)).toBe("INACTIVE");
+    expect(await status(iot, b.cert.sha256)).toBe("REVOKED");
+    await driver.close();
+  });
+
+  it("refuses a trust list whose two CAs of one name differ in subject or share a generation", async () => {
+    const { pki, opts } = await setup();
+    const other = makePki("other");
+    const d = new AwsIotDriver(opts());
+    const subj = await d
+      .ensureTrust([pki.trusted, { ...other.trusted, name: pki.trusted.name, generation: 2 }])
+      .catch((e) => e);
+    expect(subj).toMatchObject({ code: "INVALID_INPUT" });
+    expect(subj.message).toMatch(
+      /^AWS IoT 'test': cas\[1\]: got "CA 'iss' with subject .*CN=Test Issuing other.*", want the subject of its other generation \(.*CN=Test Issuing iss.*\): a rollover keeps the subject$/,
+    );
+    const succ = successorOf(pki);
+    const gen = await d
+      .ensureTrust([pki.trusted, { ...succ.trusted, generation: undefined }])
+      .catch((e) => e);
+    expect(gen.message).toBe(
+      "AWS IoT 'test': cas[1].generation: got 1, want a generation other than that of the other CA named 'iss'",
+    );
+    const fp = await d.ensureTrust([{ ...pki.trusted, fingerprint: "deadbeef" }]).catch((e) => e);
+    expect(fp.message).toMatch(
+      /^AWS IoT 'test': cas\[0\]\.fingerprint: got "deadbeef", want [0-9a-f]{64} \(the certificate's SHA-256\)$/,
+    );
+    await d.close();
   });
 });
