@@ -34,7 +34,7 @@ import type { TrustedCa } from "../../../core/hubs/types";
 import { LeafTemplate } from "../../../core/x509/cert";
 import { EKU } from "../../../core/x509/ext";
 import { parseCertificate } from "../../../core/x509/parse";
-import { pemOne, toPem } from "../../../core/x509/pem";
+import { pemOne } from "../../../core/x509/pem";
 import { type AwsEmulator, freePort, startMoto } from "../../helpers/aws-emulators";
 import { creds, makeDevice, makePki, type Pki, provisionHub, region, sdk, startProxy } from "./aws-fixtures";
 
