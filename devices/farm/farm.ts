@@ -52,12 +52,12 @@ import {
 import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
 import { type ConnectJob, connectDevices, Tally } from "../firmware/connect";
 import { lifecycleOf } from "../firmware/lifecycle";
-import { blankState, type DeviceState, decodeState, encodeState } from "../firmware/state";
+import { blankState, type DeviceState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
 import { WorkerPool } from "./pool";
 import type { StateStore } from "./store";
-import { asBuffers, type LeafAnswer, WORKER_OPS, type WorkerAnswer } from "./worker";
+import { asBuffers, type JobDevice, type LeafAnswer, WORKER_OPS } from "./worker";
 
 export interface FaultSpec {
   id: string;
@@ -283,6 +283,17 @@ export class Farm implements Service {
     };
   }
 
+  /** A worker job's device: its stored state as encoded, not decoded and encoded again. */
+  private jobOf(id: string, index: number): JobDevice {
+    return {
+      id,
+      index,
+      clone: this.clones.has(index),
+      noisy: this.noisy.has(index),
+      state: this.o.store.getEncoded(index) ?? null,
+    };
+  }
+
   /** Workers: run the operation once the device's previous one has finished. */
   private queued(name: DeviceOpName, index: number, req: { device: string }): Promise<Reply> {
     const q = this.busy.get(index);
@@ -300,15 +311,25 @@ export class Farm implements Service {
     else this.busy.delete(index);
   }
 
-  /** Workers: one operation on a device this call holds; the state is read now. */
+  /**
+   * Workers: one operation on a device this call holds; the state is read now. An operation of
+   * a worker gets the stored encoded state and hands back the next one encoded: the main thread
+   * neither decodes nor encodes it.
+   */
   private async exec(name: DeviceOpName, index: number, req: { device: string }): Promise<Reply> {
     try {
+      if (
+        WORKER_OPS.has(name) ||
+        (name === "SET_TRUST" && signedTrust(name, this.devRef(req.device, index), req))
+      ) {
+        const a = await this.pool!.submit({ kind: "op", op: name, req, ...this.jobOf(req.device, index) });
+        if (!a.ok) return { kind: "error", status: a.status, message: a.message };
+        if (a.next) this.o.store.putEncoded(index, a.next);
+        return { kind: "ok", body: asBuffers(a.result) as CborMap };
+      }
       const dev = this.devRef(req.device, index);
-      let out: Outcome<unknown> | Reply;
-      if (!WORKER_OPS.has(name) && !signedTrust(name, dev, req)) {
-        const r = this.execHere(name, dev, req);
-        out = r instanceof Promise ? await r : r;
-      } else out = fromWorker(await this.pool!.submit({ kind: "op", op: name, req, ...jobDevice(dev) }));
+      const r = this.execHere(name, dev, req);
+      const out: Outcome<unknown> | Reply = r instanceof Promise ? await r : r;
       if ("kind" in out) return out;
       if (out.next) this.o.store.put(index, out.next);
       return { kind: "ok", body: out.result as unknown as CborMap };
@@ -330,7 +351,12 @@ export class Farm implements Service {
     if ("done" in begun) return begun.done;
     // a closed device's authorization covers the whole chain; otherwise the leaf and its issuer do
     const chain = begun.lc === "closed" ? begun.chain : begun.chain.slice(0, 2);
-    return this.pool!.submit({ kind: "leaf", chain, auth: begun.auth, ...jobDevice(dev) }).then((a) => {
+    return this.pool!.submit({
+      kind: "leaf",
+      chain,
+      auth: begun.auth,
+      ...this.jobOf(dev.id, dev.index),
+    }).then((a) => {
       if (!a.ok) return { kind: "error", status: a.status, message: a.message };
       const { target, facts } = a.result as LeafAnswer;
       return this.agent.installEnd(dev, begun, { target, check: leafCheckFrom(facts as LeafFacts) });
@@ -397,7 +423,10 @@ export class Farm implements Service {
         for (let i = first; i < end; i++) {
           const st = this.o.store.get(i);
           if (!st || lifecycleOf(st.otp) !== "closed" || st.chain.length === 0) skipped++;
-          else targets.push(this.devRef(deviceId(this.o.model, i), i));
+          else {
+            const id = deviceId(this.o.model, i);
+            targets.push({ id, index: i, state: st, clone: this.clones.has(i), noisy: this.noisy.has(i) });
+          }
         }
       }
       // every request may open up to min(concurrency, devices) sockets: bounded over the farm
@@ -448,7 +477,7 @@ export class Farm implements Service {
       const results = await Promise.all(
         [...shards].map(([shard, devs]) =>
           pool.connect(shard, {
-            devices: devs.map(jobDevice),
+            devices: devs.map((d) => this.jobOf(d.id, d.index)),
             // the request's concurrency, shared out in proportion to the shard's devices
             job: {
               ...job,
@@ -513,20 +542,4 @@ function signedTrust(name: DeviceOpName, dev: DeviceRef, req: unknown): boolean 
   return (
     name === "SET_TRUST" && !!(req as { auth?: unknown }).auth && lifecycleOf(dev.state.otp) === "closed"
   );
-}
-
-function jobDevice(dev: DeviceRef) {
-  return {
-    id: dev.id,
-    index: dev.index,
-    clone: dev.clone ?? false,
-    noisy: dev.noisy ?? false,
-    state: dev.state === BLANK ? null : encodeState(dev.state),
-  };
-}
-
-/** A worker's answer as an outcome (byte strings back to Buffers), or an error reply. */
-function fromWorker(a: WorkerAnswer): Outcome<unknown> | Reply {
-  if (!a.ok) return { kind: "error", status: a.status, message: a.message };
-  return { result: asBuffers(a.result), next: a.next ? decodeState(a.next) : undefined };
 }

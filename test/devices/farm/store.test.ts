@@ -15,7 +15,7 @@ function stateFor(i: number, helperBytes = 40): DeviceState {
   s.otp.program("spare", w);
   return s;
 }
-const enc = (m: Map<number, DeviceState>) =>
+const enc = (m: ReadonlyMap<number, DeviceState>) =>
   new Map([...m].map(([k, v]) => [k, encodeState(v).toString("hex")]));
 
 const dirs: Array<{ remove(): void }> = [];
@@ -141,5 +141,43 @@ describe("state store", () => {
     const snap = join(p, readdirSync(p).find((f) => f.startsWith("snapshot-"))!);
     truncateSync(snap, statSync(snap).size - 3);
     await expect(StateStore.open(p)).rejects.toThrow(FleetError);
+  });
+});
+
+describe("state store, encoded states", () => {
+  it("holds each state as its encoded record in its own allocation; putEncoded and put are the same write", async () => {
+    const p = dir();
+    const s = await StateStore.open(p);
+    const a = stateFor(1, 700);
+    const bytes = encodeState(stateFor(2, 700));
+    s.put(1, a);
+    // a slice of a larger buffer: the store keeps an exact-size copy, not the view
+    const big = Buffer.concat([Buffer.alloc(16), bytes, Buffer.alloc(16)]);
+    s.putEncoded(2, big.subarray(16, 16 + bytes.length));
+    big.fill(0);
+    expect(Buffer.from(s.getEncoded(1)!)).toEqual(encodeState(a));
+    const e2 = s.getEncoded(2)!;
+    expect(Buffer.from(e2)).toEqual(bytes);
+    expect(e2.byteLength).toBe(e2.buffer.byteLength);
+    // get() decodes a fresh object each time: changing it changes nothing stored
+    const got = s.get(1)!;
+    got.epoch = 4;
+    expect(s.get(1)!.epoch).toBe(a.epoch);
+    expect(s.states.get(2)!.helper).toEqual(stateFor(2, 700).helper);
+    expect([...s.states.keys()].sort()).toEqual([1, 2]);
+    await s.close();
+    const r = await StateStore.open(p);
+    expect(Buffer.from(r.getEncoded(2)!)).toEqual(bytes);
+    expect(encodeState(r.get(1)!)).toEqual(encodeState(a));
+    await r.compact();
+    await r.close();
+    const c = await StateStore.open(p);
+    expect(enc(new Map(c.states))).toEqual(
+      new Map([
+        [1, encodeState(a).toString("hex")],
+        [2, bytes.toString("hex")],
+      ]),
+    );
+    await c.close();
   });
 });
