@@ -14,6 +14,13 @@
  * rotation), created in bulk operations of at most 10, disabled by provisioningStatus with the
  * record's ETag, deleted on destroy.
  *
+ * CA rollover (TrustedCa.generation): the group of a CA name holds the successor (the higher
+ * generation) in its primary slot and the predecessor in the secondary, caReferences or
+ * signingCertificates alike, while both are trusted; once the predecessor leaves the trust list
+ * the secondary slot is emptied. Each generation is its own DPS certificate (dpsCertificateName:
+ * `-g<generation>` from the second on), so the names never collide. Individual enrollments attest
+ * with device certificates and need nothing for a rollover.
+ *
  * Every write that changes a record it read carries If-Match with that record's ETag; a record
  * changed in between is read again and the write retried once, then reported as a CONFLICT. Calls
  * hold to `ratePerSecond` (one token per enrollment written; DPS's quota is 1,000 registrations
@@ -54,7 +61,10 @@ export interface AzureDpsOptions {
   mode: "group" | "individual";
   /** group mode: attest with a CA reference (a DpsCertificate, verified) or the CA certificate itself */
   groupAttestation?: "caReferences" | "signingCertificates";
-  /** group mode: the DPS certificate name of each CA (default dpsCertificateName(ca.name)) */
+  /**
+   * group mode: the DPS certificate name of each CA, by CA name (a successor generation g > 1 by
+   * `<name>-g<g>`); default dpsCertificateName(ca.name, ca.generation)
+   */
   certificateNames?: Readonly<Record<string, string>>;
   /** the IoT hubs (host names) devices may be allocated to, and how */
   iotHubs?: readonly string[];
@@ -91,9 +101,15 @@ export interface AzureDpsOptions {
   maxAttempts?: number;
 }
 
-/** DPS certificate name for a CA: stable by CA name (logical names are public API). */
-export function dpsCertificateName(caName: string): string {
-  return `fleetguard-${slug(caName)}`;
+/**
+ * DPS certificate name for a CA: stable by CA name (logical names are public API); a rollover's
+ * successor (generation 2 on) gets `-g<generation>`, so both generations can be held at once and
+ * the first keeps the name it had.
+ */
+export function dpsCertificateName(caName: string, generation?: number): string {
+  if (generation !== undefined && (!Number.isInteger(generation) || generation < 1))
+    throw invalid("ca.generation", generation, "a whole number >= 1");
+  return `fleetguard-${slug(caName)}${generation && generation > 1 ? `-g${generation}` : ""}`;
 }
 
 /** The enrollment group id fleetguard uses for an issuing CA. */
@@ -379,13 +395,30 @@ export class AzureDpsDriver implements HubDriver {
 
   // ---- trust -----------------------------------------------------------------------------
 
-  private groupBody(ca: TrustedCa): Json {
+  /** The DPS certificate name of a CA generation. */
+  private certificateName(ca: TrustedCa): string {
+    const g = ca.generation ?? 1;
+    return this.o.certificateNames?.[g > 1 ? `${ca.name}-g${g}` : ca.name] ?? dpsCertificateName(ca.name, g);
+  }
+
+  /** The group of one CA name: the newest generation in the primary slot, the one before in the secondary. */
+  private groupBody(primary: TrustedCa, secondary?: TrustedCa): Json {
     const x509 =
       (this.o.groupAttestation ?? "caReferences") === "caReferences"
-        ? { caReferences: { primary: this.o.certificateNames?.[ca.name] ?? dpsCertificateName(ca.name) } }
-        : { signingCertificates: { primary: { certificate: ca.certificatePem } } };
+        ? {
+            caReferences: {
+              primary: this.certificateName(primary),
+              ...(secondary ? { secondary: this.certificateName(secondary) } : {}),
+            },
+          }
+        : {
+            signingCertificates: {
+              primary: { certificate: primary.certificatePem },
+              ...(secondary ? { secondary: { certificate: secondary.certificatePem } } : {}),
+            },
+          };
     return {
-      enrollmentGroupId: enrollmentGroupId(ca.name),
+      enrollmentGroupId: enrollmentGroupId(primary.name),
       attestation: { type: "x509", x509 },
       capabilities: { iotEdge: false },
       provisioningStatus: "enabled",
@@ -395,17 +428,17 @@ export class AzureDpsDriver implements HubDriver {
     };
   }
 
-  /** Does the group at the service already say what we want? */
-  private groupMatches(have: Json, want: Json, ca: TrustedCa): boolean {
+  /** Does the group at the service already say what we want (both slots included)? */
+  private groupMatches(have: Json, want: Json, primary: TrustedCa, secondary?: TrustedCa): boolean {
     const hx = have.attestation?.x509 ?? {};
     const wx = want.attestation.x509;
+    const thumb = (slot: string) => hx.signingCertificates?.[slot]?.info?.sha256Thumbprint?.toLowerCase();
     const slotOk = wx.caReferences
       ? hx.caReferences?.primary === wx.caReferences.primary &&
-        hx.caReferences?.secondary === undefined &&
+        hx.caReferences?.secondary === wx.caReferences.secondary &&
         !hx.signingCertificates
-      : hx.signingCertificates?.primary?.info?.sha256Thumbprint?.toLowerCase() ===
-          ca.fingerprint.toLowerCase() &&
-        !hx.signingCertificates?.secondary &&
+      : thumb("primary") === primary.fingerprint.toLowerCase() &&
+        thumb("secondary") === secondary?.fingerprint.toLowerCase() &&
         !hx.caReferences;
     const same = (a: unknown, b: unknown) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
     return (
@@ -418,8 +451,8 @@ export class AzureDpsDriver implements HubDriver {
     );
   }
 
-  private async ensureGroup(ca: TrustedCa): Promise<void> {
-    const want = this.groupBody(ca);
+  private async ensureGroup(primary: TrustedCa, secondary?: TrustedCa): Promise<void> {
+    const want = this.groupBody(primary, secondary);
     const id = want.enrollmentGroupId as string;
     const path = `/enrollmentGroups/${encodeURIComponent(id)}`;
     const etags: string[] = [];
@@ -427,7 +460,7 @@ export class AzureDpsDriver implements HubDriver {
       const got = await this.call("GET", path);
       if (got.status !== 200 && got.status !== 404) throw this.unexpected(got, `read enrollment group ${id}`);
       const have = got.status === 200 ? got.body : undefined;
-      if (have && this.groupMatches(have, want, ca)) return;
+      if (have && this.groupMatches(have, want, primary, secondary)) return;
       if (have?.etag) etags.push(have.etag);
       await this.take(1);
       const put = await this.call("PUT", path, want, have?.etag ? { "if-match": have.etag } : {});
@@ -436,7 +469,7 @@ export class AzureDpsDriver implements HubDriver {
       if (put.status === 400)
         throw new FleetError(
           "INVALID_INPUT",
-          `${this.label}: enrollment group ${id} for CA '${ca.name}' refused: ${String(put.body?.message ?? "").slice(0, 300)}`,
+          `${this.label}: enrollment group ${id} for CA '${primary.name}' refused: ${String(put.body?.message ?? "").slice(0, 300)}`,
           "hub",
         );
       throw this.unexpected(put, `write enrollment group ${id}`);
@@ -448,6 +481,38 @@ export class AzureDpsDriver implements HubDriver {
     );
   }
 
+  /**
+   * The trust list by CA name, newest generation first: one or two generations a name (a group
+   * has a primary and a secondary slot), never two of one generation.
+   */
+  private generations(cas: readonly TrustedCa[]): Map<string, TrustedCa[]> {
+    const byName = new Map<string, TrustedCa[]>();
+    cas.forEach((ca, i) => {
+      const g = ca?.generation ?? 1;
+      if (!Number.isInteger(g) || g < 1)
+        throw invalid(`cas[${i}].generation`, ca?.generation, "a whole number >= 1");
+      const same = byName.get(ca.name) ?? [];
+      if (same.some((x) => (x.generation ?? 1) === g))
+        throw invalid(
+          `cas[${i}].generation`,
+          g,
+          `a generation other than that of the other CA named '${ca.name}'`,
+        );
+      same.push(ca);
+      byName.set(ca.name, same);
+    });
+    for (const [name, list] of byName) {
+      list.sort((a, b) => (b.generation ?? 1) - (a.generation ?? 1));
+      if (list.length > 2)
+        throw invalid(
+          "cas",
+          `${list.length} generations of CA '${name}' (${list.map((c) => c.generation ?? 1).join(", ")})`,
+          "at most two: the successor and its predecessor (an enrollment group has a primary and a secondary slot)",
+        );
+    }
+    return byName;
+  }
+
   async ensureTrust(cas: readonly TrustedCa[]): Promise<HubTrustSummary> {
     if (!Array.isArray(cas) || cas.length === 0) throw invalid("cas", cas, "at least one issuing CA");
     for (const ca of cas) this.issuers.add(new crypto.X509Certificate(ca.certificatePem).subject);
@@ -455,16 +520,17 @@ export class AzureDpsDriver implements HubDriver {
     const endpoint = this.o.idScope
       ? `${DPS_GLOBAL_ENDPOINT} (id scope ${this.o.idScope})`
       : DPS_GLOBAL_ENDPOINT;
+    const byName = this.generations(cas);
     if (this.o.mode === "individual") return { endpoint, caIds: cas.map((c) => c.fingerprint) };
-    for (const ca of cas) {
-      await this.ensureGroup(ca);
-      this.groupIds.add(enrollmentGroupId(ca.name));
+    for (const [name, [primary, secondary]] of byName) {
+      await this.ensureGroup(primary, secondary);
+      this.groupIds.add(enrollmentGroupId(name));
     }
     return {
       endpoint,
       caIds: cas.map((c) =>
         (this.o.groupAttestation ?? "caReferences") === "caReferences"
-          ? (this.o.certificateNames?.[c.name] ?? dpsCertificateName(c.name))
+          ? this.certificateName(c)
           : c.fingerprint,
       ),
     };
@@ -473,8 +539,7 @@ export class AzureDpsDriver implements HubDriver {
   /** Delete the enrollment groups of these CAs (destroy of the last registration using them). */
   async removeTrust(cas: readonly TrustedCa[]): Promise<void> {
     if (this.o.mode !== "group") return;
-    for (const ca of cas) {
-      const id = enrollmentGroupId(ca.name);
+    for (const id of new Set(cas.map((ca) => enrollmentGroupId(ca.name)))) {
       await this.take(1);
       const a = await this.call("DELETE", `/enrollmentGroups/${encodeURIComponent(id)}`, undefined, {
         "if-match": "*",

@@ -38,9 +38,10 @@ function openssl(args: string[]): void {
   execFileSync("openssl", args, { stdio: "pipe" });
 }
 
-function makeCa(name: string): TrustedCa & { key: string; pemPath: string } {
-  const pemPath = path.join(dir, `${name}.pem`);
-  const key = path.join(dir, `${name}.key`);
+/** A self-signed CA; `file` apart from `name` makes a rollover's successor (same subject, new key). */
+function makeCa(name: string, file = name): TrustedCa & { key: string; pemPath: string } {
+  const pemPath = path.join(dir, `${file}.pem`);
+  const key = path.join(dir, `${file}.key`);
   openssl([
     "req",
     "-x509",
@@ -283,6 +284,119 @@ describe("group mode: one enrollment group per issuing CA", () => {
     const rm = await d2.remove(devices.map(ref));
     expect(rm.every((x) => x.ok)).toBe(true);
     expect(svc.enrollments.size).toBe(0);
+  });
+});
+
+describe("CA rollover: the successor in the primary slot, the predecessor in the secondary", () => {
+  const group = () => svc.groups.get(enrollmentGroupId("issuing-a"));
+  const puts = () => svc.requests.filter((r) => r.operationId === "EnrollmentGroup_CreateOrUpdate");
+
+  it("caReferences: both trusted (two DPS certificates, one group with both slots), then the predecessor dropped; If-Match every time", async () => {
+    const succ = { ...makeCa("issuing-a", "issuing-a-g2"), generation: 2 };
+    const pred = { ...caA, generation: 1 };
+    expect(new crypto.X509Certificate(succ.certificatePem).subject).toBe(
+      new crypto.X509Certificate(caA.certificatePem).subject,
+    );
+    expect(succ.fingerprint).not.toBe(caA.fingerprint);
+    // the generations' DPS certificates do not collide; the first keeps its name
+    expect(dpsCertificateName("issuing-a", 1)).toBe("fleetguard-issuing-a");
+    expect(dpsCertificateName("issuing-a", 2)).toBe("fleetguard-issuing-a-g2");
+    // what components/hub-azure.ts uploads for the successor (DpsCertificate `<hub>-ca-issuing-a-g2`)
+    svc.certificates.add(dpsCertificateName("issuing-a", 2));
+
+    const d = driver({ mode: "group" });
+    await d.ensureTrust([caA]);
+    expect(group().attestation.x509.caReferences).toEqual({ primary: "fleetguard-issuing-a" });
+    const before = group().etag;
+
+    // the overlap: the order of the list does not matter, the higher generation is primary
+    const overlap = await d.ensureTrust([pred, succ]);
+    expect(overlap.caIds).toEqual(["fleetguard-issuing-a", "fleetguard-issuing-a-g2"]);
+    expect(group().attestation.x509.caReferences).toEqual({
+      primary: "fleetguard-issuing-a-g2",
+      secondary: "fleetguard-issuing-a",
+    });
+    // written over the group it read: If-Match with that ETag
+    expect(puts().at(-1)).toMatchObject({ status: 200, ifMatch: before });
+    expect(group().etag).not.toBe(before);
+    // one group for the CA name, not one per generation
+    expect([...svc.groups.keys()].filter((k) => k.startsWith("fleetguard-issuing-a"))).toEqual([
+      "fleetguard-issuing-a",
+    ]);
+    // a rerun of the overlap writes nothing
+    const n = puts().length;
+    await driver({ mode: "group" }).ensureTrust([succ, pred]);
+    expect(puts().length).toBe(n);
+
+    // the predecessor dropped, with the group changed by someone else between read and write: the
+    // stale ETag is refused (412), the group read again and written with the current one
+    const overlapEtag = group().etag;
+    let touched: string | undefined;
+    svc.beforeHandle = (op, id) => {
+      if (op === "EnrollmentGroup_CreateOrUpdate" && touched === undefined) {
+        svc.touch("group", id as string);
+        touched = group().etag;
+      }
+      return undefined;
+    };
+    const after = await driver({ mode: "group" })
+      .ensureTrust([succ])
+      .finally(() => {
+        svc.beforeHandle = undefined;
+      });
+    expect(after.caIds).toEqual(["fleetguard-issuing-a-g2"]);
+    expect(puts().slice(-2)).toMatchObject([
+      { status: 412, ifMatch: overlapEtag },
+      { status: 200, ifMatch: touched },
+    ]);
+    expect(group().attestation.x509.caReferences).toEqual({ primary: "fleetguard-issuing-a-g2" });
+    const m = puts().length;
+    await driver({ mode: "group" }).ensureTrust([succ]);
+    expect(puts().length).toBe(m);
+    // the service itself: a write with the ETag from before the drop is refused
+    const { etag: _e, createdDateTimeUtc: _c, lastUpdatedDateTimeUtc: _u, ...body } = group();
+    const stale = await direct("PUT", "/enrollmentGroups/fleetguard-issuing-a", body, { "if-match": before });
+    expect(stale.status).toBe(412);
+    // back to generation 1 alone for the tests after this one
+    await driver({ mode: "group" }).ensureTrust([caA]);
+    expect(group().attestation.x509.caReferences).toEqual({ primary: "fleetguard-issuing-a" });
+  });
+
+  it("signingCertificates: both CA certificates in the group's slots, then the secondary emptied", async () => {
+    const succ = { ...makeCa("issuing-b", "issuing-b-g3"), generation: 3 };
+    const pred = { ...caB, generation: 2 };
+    const d = driver({ mode: "group", groupAttestation: "signingCertificates" });
+    const t = await d.ensureTrust([succ, pred]);
+    expect(t.caIds).toEqual([succ.fingerprint, caB.fingerprint]);
+    const sc = () => svc.groups.get("fleetguard-issuing-b").attestation.x509.signingCertificates;
+    expect(sc().primary.info.sha256Thumbprint.toLowerCase()).toBe(succ.fingerprint);
+    expect(sc().secondary.info.sha256Thumbprint.toLowerCase()).toBe(caB.fingerprint);
+    const n = puts().length;
+    await d.ensureTrust([succ, pred]);
+    expect(puts().length).toBe(n);
+    await d.ensureTrust([succ]);
+    expect(sc().primary.info.sha256Thumbprint.toLowerCase()).toBe(succ.fingerprint);
+    expect(sc().secondary).toBeUndefined();
+    // destroy: one group for the CA name, whatever the generations
+    await d.removeTrust([succ, pred]);
+    expect(svc.groups.has("fleetguard-issuing-b")).toBe(false);
+  });
+
+  it("refuses more than two generations of one CA, or two CAs of one generation", async () => {
+    const d = driver({ mode: "group" });
+    const g2 = { ...makeCa("issuing-a", "issuing-a-x2"), generation: 2 };
+    const g3 = { ...makeCa("issuing-a", "issuing-a-x3"), generation: 3 };
+    const before = svc.requests.length;
+    await expect(d.ensureTrust([caA, g2, g3])).rejects.toThrow(
+      /^cas: got "3 generations of CA 'issuing-a' \(3, 2, 1\)", want at most two: the successor and its predecessor \(an enrollment group has a primary and a secondary slot\)$/,
+    );
+    await expect(d.ensureTrust([caA, { ...g2, generation: undefined }])).rejects.toThrow(
+      "cas[1].generation: got 1, want a generation other than that of the other CA named 'issuing-a'",
+    );
+    expect(() => dpsCertificateName("issuing-a", 0)).toThrow(
+      "ca.generation: got 0, want a whole number >= 1",
+    );
+    expect(svc.requests.length).toBe(before);
   });
 });
 

@@ -60,6 +60,8 @@ export interface RequestRecord {
   status: number;
   /** items in a bulk operation */
   items?: number;
+  /** the request's If-Match header, when it sent one */
+  ifMatch?: string;
 }
 
 export interface DpsContractService {
@@ -477,8 +479,16 @@ export async function startDpsContract(options: DpsContractOptions): Promise<Dps
       const u = new URL(req.url ?? "/", "https://x");
       const method = (req.method ?? "GET").toUpperCase();
       const op = ops.find((o) => o.method === method && o.match.test(u.pathname));
+      const ifMatch = typeof req.headers["if-match"] === "string" ? req.headers["if-match"] : undefined;
       const record = (status: number, items?: number) =>
-        requests.push({ operationId: op?.operationId ?? "none", method, path: u.pathname, status, items });
+        requests.push({
+          operationId: op?.operationId ?? "none",
+          method,
+          path: u.pathname,
+          status,
+          items,
+          ...(ifMatch !== undefined ? { ifMatch } : {}),
+        });
       const fail = (
         status: number,
         message: string,
