@@ -2,7 +2,7 @@
  * The enrollment engine phase by phase, without Pulumi, CPU time per device (issue 9: what device
  * ownership, registry-derived convergence and attesting refresh cost). One command:
  *
- *   npx tsx bench/engine-phases.ts [--devices 10000]
+ *   npx tsx bench/engine-phases.ts [--devices 10000] [--phases enroll,plan,converge,refresh,reissue]
  *
  * A farm of --devices PUF devices in its own process (`fleet devices serve`, default workers), the
  * engine in this process with a SQLite registry. Phases, each timed (wall) and charged CPU from
@@ -33,6 +33,12 @@ const arg = (name: string, def: number) => {
   return i > 0 ? Number(process.argv[i + 1]) : def;
 };
 const N = arg("devices", 10_000);
+const PHASES = new Set(
+  (process.argv[process.argv.indexOf("--phases") + 1] && process.argv.includes("--phases")
+    ? process.argv[process.argv.indexOf("--phases") + 1]!
+    : "enroll,plan,converge,refresh,reissue"
+  ).split(","),
+);
 
 function issuer(): IssuerMaterial {
   const root = issueCa({
@@ -101,11 +107,12 @@ async function main() {
     process.stderr.write(`${rows[rows.length - 1]}\n`);
   };
   try {
+    // enrollment always runs: the other phases need enrolled devices
     await phase("enroll", () => engine().converge());
-    await phase("plan (no change)", () => engine().plan());
-    await phase("converge (no change)", () => engine().converge());
-    await phase("refresh", () => engine().refresh());
-    await phase("reissue (profile change)", () => engine(180).converge());
+    if (PHASES.has("plan")) await phase("plan (no change)", () => engine().plan());
+    if (PHASES.has("converge")) await phase("converge (no change)", () => engine().converge());
+    if (PHASES.has("refresh")) await phase("refresh", () => engine().refresh());
+    if (PHASES.has("reissue")) await phase("reissue (profile change)", () => engine(180).converge());
   } finally {
     await station.close();
     await registry.close();
