@@ -52,7 +52,7 @@ export interface EnrollBoundResult {
   devices: number;
   seconds: number;
   perSecond: number;
-  /** CPU ms per device inside the loop: the device's part, fleetguard's, and both */
+  /** CPU ms per device inside the loop (thread CPU time): the device's part, fleetguard's, and both */
   deviceMsPerDevice: number;
   fleetMsPerDevice: number;
   totalMsPerDevice: number;
