@@ -157,12 +157,28 @@ export function checkHubArgs(name: string, args: HubRegistrationArgs): void {
     throw invalid("hub.stateDir", l.stateDir, "a folder path for the local hub's state");
 }
 
-/** The CAs the hub trusts: the batches' issuing CAs and those given alone, each once (by CA name). */
+/**
+ * The CAs the hub trusts: the batches' issuing CAs and those given alone, each once (by CA name),
+ * each followed during a rollover by its predecessor (`previous`: same name, the generation
+ * before), which the hub trusts too while devices hold its certificates. The predecessor's
+ * predecessor is not listed: raising the generation again drops its hub resources.
+ */
 export function trustedCas(args: HubRegistrationArgs): CaOutputs[] {
   const seen = new Map<string, CaOutputs>();
   for (const c of [...issuingCas(args.batches ?? []), ...(args.issuingCas ?? [])])
     if (!seen.has(c.name)) seen.set(c.name, c);
-  return [...seen.values()];
+  return [...seen.values()].flatMap((c) =>
+    c.previous
+      ? [
+          c,
+          {
+            ...c.previous,
+            name: c.name,
+            generation: c.previous.generation ?? Math.max(1, (c.generation ?? 2) - 1),
+          },
+        ]
+      : [c],
+  );
 }
 
 /** The batches' issuing CAs, each once (by CA name), in the order of the batches. */
@@ -208,7 +224,11 @@ function hubInfrastructure(
     const infra = awsHubInfrastructure(
       name,
       { ...h, batches: h.batches ?? (args.batches ?? []).map((b) => b.batchName) },
-      cas.map((c) => ({ name: c.name, certificatePem: c.certificatePem })),
+      cas.map((c) => ({
+        name: c.name,
+        ...(c.generation !== undefined ? { generation: c.generation } : {}),
+        certificatePem: c.certificatePem,
+      })),
       parent,
     );
     return {

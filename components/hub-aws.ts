@@ -13,6 +13,12 @@
  * would have to come into this program (and cross Pulumi's RPC as an input). DEFAULT therefore
  * takes `verificationCertificatePems` (by CA name), made where the CA key lives; the registration
  * code is an output (`registrationCode`) to make it from. SNI_ONLY, the default, needs none.
+ *
+ * CA rollover: while an issuing CA's predecessor is still trusted (CaOutputs.previous), both are
+ * registered, each its own aws.iot.CaCertificate (AWS allows several CAs with one subject). The
+ * first generation keeps the name it always had (`<hub>-ca-<name>`), a successor adds its
+ * generation (`<hub>-ca-<name>-g<g>`), so a stack that rolls over replaces nothing, and the
+ * predecessor's predecessor, no longer declared, is deleted by the next generation's `up`.
  */
 import * as iam from "@pulumi/aws/iam";
 import * as iot from "@pulumi/aws/iot";
@@ -154,7 +160,10 @@ export interface AwsHubArgs {
   mode?: "per-device" | "jitp";
   /** SNI_ONLY (default: no verification, several accounts may register the CA) or DEFAULT */
   certificateMode?: "SNI_ONLY" | "DEFAULT";
-  /** DEFAULT mode: per CA name, a certificate with CN = the registration code, signed by that CA */
+  /**
+   * DEFAULT mode: per CA name, a certificate with CN = the registration code, signed by that CA; a
+   * rollover's successor by `<name>-g<generation>` (caGenerationKey): signed by the successor's key
+   */
   verificationCertificatePems?: Record<string, pulumi.Input<string>>;
   /** jitp: the role the template runs as (default: one made here with AWSIoTThingsRegistration) */
   provisioningRoleArn?: pulumi.Input<string>;
@@ -169,11 +178,23 @@ export interface AwsHubArgs {
 export interface IssuingCaInput {
   /** the CA's name in the CaHierarchy: logical names are made from it */
   name: string;
+  /** the CA's generation (CaHierarchy rollover; absent: 1) */
+  generation?: number;
   certificatePem: pulumi.Input<string>;
 }
 
+/**
+ * A CA generation's key in names: the CA name for the first generation (what a stack made before
+ * any rollover keeps), `<name>-g<g>` for a successor. Logical names (`<hub>-ca-<key>`) and
+ * `verificationCertificatePems` use it.
+ */
+export function caGenerationKey(ca: { name: string; generation?: number }): string {
+  const g = ca.generation ?? 1;
+  return g > 1 ? `${ca.name}-g${g}` : ca.name;
+}
+
 export interface AwsHubInfrastructure {
-  /** the AWS ids of the issuing CAs, in the order given */
+  /** the AWS ids of the issuing CAs (every generation declared), in the order given */
   caCertificateIds: pulumi.Output<string[]>;
   caCertificatePems: pulumi.Output<string[]>;
   policyName: string;
@@ -216,11 +237,20 @@ export function checkAwsHubArgs(args: AwsHubArgs, issuingCas: readonly IssuingCa
   for (const ca of issuingCas) {
     if (!RESOURCE_NAME.test(ca.name))
       throw invalid("issuingCas[].name", ca.name, "a CA name of [A-Za-z0-9_-]");
-    if (seen.has(ca.name)) throw invalid("issuingCas[].name", ca.name, "each CA once");
-    seen.add(ca.name);
-    if (cm === "DEFAULT" && !args.verificationCertificatePems?.[ca.name])
+    const g = ca.generation;
+    if (g !== undefined && (!Number.isInteger(g) || g < 1))
+      throw invalid(`issuingCas[${ca.name}].generation`, g, "a whole number >= 1");
+    const key = caGenerationKey(ca);
+    if (seen.has(key))
       throw invalid(
-        `aws.verificationCertificatePems.${ca.name}`,
+        "issuingCas[].name",
+        ca.name,
+        g && g > 1 ? `each CA generation once (${key} twice)` : "each CA once",
+      );
+    seen.add(key);
+    if (cm === "DEFAULT" && !args.verificationCertificatePems?.[key])
+      throw invalid(
+        `aws.verificationCertificatePems.${key}`,
         undefined,
         "a certificate whose CN is the registration code (output registrationCode), signed by the CA, for certificateMode DEFAULT",
       );
@@ -317,14 +347,15 @@ export function awsHubInfrastructure(
       ? iot.getRegistrationCodeOutput(region ? { region } : {}, { parent }).registrationCode
       : undefined;
   const cas = issuingCas.map((ca) => {
+    const key = caGenerationKey(ca);
     const r = new iot.CaCertificate(
-      `${name}-ca-${ca.name}`,
+      `${name}-ca-${key}`,
       {
         caCertificatePem: ca.certificatePem,
         active: true,
         certificateMode,
         ...(certificateMode === "DEFAULT"
-          ? { verificationCertificatePem: args.verificationCertificatePems?.[ca.name] }
+          ? { verificationCertificatePem: args.verificationCertificatePems?.[key] }
           : {}),
         allowAutoRegistration: args.mode === "jitp",
         ...(template ? { registrationConfig: { templateName: template.name } } : {}),

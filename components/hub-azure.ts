@@ -17,6 +17,13 @@
  * `up` (generateVerificationCode, then a POST verify action that azure-native does not model as a
  * resource). A CA brought from outside (`keyHeldByFleetguard: false`) is declared unverified, so
  * FG-HUB-004 (requireCaVerified) refuses it unless the policy waives it.
+ *
+ * CA rollover: while an issuing CA's predecessor is still trusted (CaOutputs.previous), both are
+ * uploaded, each its own DpsCertificate: the first generation keeps its names (`<hub>-ca-<name>`,
+ * fleetguard-<name>), a successor adds its generation (`<hub>-ca-<name>-g<g>`,
+ * fleetguard-<name>-g<g>), and the enrollment group of the CA name references both (successor
+ * primary, predecessor secondary: core/hubs/azure-dps.ts). The predecessor's predecessor, no
+ * longer declared, is deleted by the next generation's `up`.
  */
 import * as dps from "@pulumi/azure-native/deviceprovisioningservices";
 import * as iothub from "@pulumi/azure-native/iothub";
@@ -57,6 +64,8 @@ export interface AzureHubArgs {
 export interface AzureIssuingCa {
   /** CA name in the CaHierarchy: names the DpsCertificate (logical names are stable by it) */
   readonly name: string;
+  /** the CA's generation (CaHierarchy rollover; absent: 1): a successor's certificate names end in -g<g> */
+  readonly generation?: number;
   readonly certificatePem: pulumi.Input<string>;
   /** the CA's key is in fleetguard's custody (a CaHierarchy CA); false: brought from outside. Default true */
   readonly keyHeldByFleetguard?: boolean;
@@ -65,7 +74,7 @@ export interface AzureIssuingCa {
 export interface AzureHubInfrastructure {
   readonly dps: dps.IotDpsResource;
   readonly hub?: iothub.IotHubResource;
-  /** by CA name */
+  /** by CA name (a rollover's successor by `<name>-g<generation>`) */
   readonly certificates: Readonly<Record<string, dps.DpsCertificate>>;
   /** what devices connect to: global.azure-devices-provisioning.net */
   readonly dpsEndpoint: pulumi.Output<string>;
@@ -127,6 +136,12 @@ export function checkAzureHubArgs(name: string, args: AzureHubArgs, cas: readonl
       problems.push(invalid(`issuingCas[${i}].name`, ca.name, "a CA name with a letter or digit"));
       continue;
     }
+    try {
+      certName = dpsCertificateName(ca.name, ca.generation);
+    } catch {
+      problems.push(invalid(`issuingCas[${i}].generation`, ca.generation, "a whole number >= 1"));
+      continue;
+    }
     if (seen.has(certName))
       problems.push(
         invalid(
@@ -149,13 +164,14 @@ export function declaredAzureHub(args: AzureHubArgs, cas: readonly AzureIssuingC
     return {
       enrollmentGroups: [{ name: "individual-enrollments", attestation: "x509-individual", ...batches }],
     };
-  const groups: DeclaredEnrollmentGroup[] = cas.map((ca) => ({
-    name: enrollmentGroupId(ca.name),
-    attestation: "x509-ca",
-    caVerified: ca.keyHeldByFleetguard !== false,
-    ...batches,
-  }));
-  return { enrollmentGroups: groups };
+  // one group per CA name: a rollover's two generations share it (primary and secondary slot)
+  const byGroup = new Map<string, DeclaredEnrollmentGroup>();
+  for (const ca of cas) {
+    const name = enrollmentGroupId(ca.name);
+    const verified = ca.keyHeldByFleetguard !== false && (byGroup.get(name)?.caVerified ?? true);
+    byGroup.set(name, { name, attestation: "x509-ca", caVerified: verified, ...batches });
+  }
+  return { enrollmentGroups: [...byGroup.values()] };
 }
 
 /** Logical and Azure names of every child, stable by CA name. Pure. */
@@ -166,11 +182,12 @@ export function azureHubNames(name: string, args: AzureHubArgs, cas: readonly Az
     hub: create
       ? { logical: `${name}-iothub`, azure: create.name ?? `${args.dpsName ?? name}-hub` }
       : undefined,
-    certificates: cas.map((ca) => ({
-      ca: ca.name,
-      logical: `${name}-ca-${ca.name}`,
-      azure: dpsCertificateName(ca.name),
-    })),
+    // the first generation keeps the names it had before any rollover
+    certificates: cas.map((ca) => {
+      const g = ca.generation ?? 1;
+      const key = g > 1 ? `${ca.name}-g${g}` : ca.name;
+      return { ca: key, logical: `${name}-ca-${key}`, azure: dpsCertificateName(ca.name, g) };
+    }),
   };
 }
 
@@ -236,7 +253,7 @@ export function azureHubInfrastructure(
   if ((args.mode ?? "group") === "group")
     for (const [i, ca] of issuingCas.entries()) {
       const n = names.certificates[i];
-      certificates[ca.name] = new dps.DpsCertificate(
+      certificates[n.ca] = new dps.DpsCertificate(
         n.logical,
         {
           resourceGroupName: args.resourceGroupName,

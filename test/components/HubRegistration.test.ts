@@ -15,6 +15,7 @@ import {
   declaredHubs,
   HubRegistration,
   type HubRegistrationArgs,
+  trustedCas,
 } from "../../components/HubRegistration";
 
 type Registered = { type: string; name: string; inputs: Record<string, unknown> };
@@ -81,7 +82,7 @@ beforeAll(() => {
 
 const POLICY = path.join(__dirname, "..", "..", "policies", "baseline.yaml");
 
-function fleet(prefix: string) {
+function fleet(prefix: string, generation?: number) {
   const pki = new CaHierarchy(`${prefix}-pki`, {
     root: {
       name: "root",
@@ -90,7 +91,15 @@ function fleet(prefix: string) {
       validityDays: 3650,
       pathLen: 1,
     },
-    issuing: [{ name: "line", algorithm: "ecdsa-p256", subject: { commonName: "L" }, validityDays: 730 }],
+    issuing: [
+      {
+        name: "line",
+        algorithm: "ecdsa-p256",
+        subject: { commonName: "L" },
+        validityDays: 730,
+        ...(generation ? { generation } : {}),
+      },
+    ],
   });
   const lot = (name: string) =>
     new DeviceIdentityBatch(`${prefix}-${name}`, {
@@ -258,5 +267,86 @@ describe("HubRegistration (mocks)", () => {
     expect(() => new HubRegistration("e-hub", { batches: [a], hub: { kind: "nope" } } as never)).toThrow(
       /HubRegistration 'e-hub': hub\.kind: got "nope"/,
     );
+  });
+});
+
+describe("HubRegistration during a CA rollover (mocks)", () => {
+  const fake = (name: string, generation?: number, previous?: object) =>
+    ({
+      name,
+      ...(generation ? { generation } : {}),
+      certificatePem: pulumi.output(`PEM ${name} g${generation ?? 1}`),
+      ...(previous ? { previous } : {}),
+    }) as never;
+
+  it("trustedCas lists each CA once, followed by its predecessor while one is declared", () => {
+    const a2 = fake("a", 2, fake("a", 1));
+    const list = trustedCas({
+      issuingCas: [a2, fake("b"), a2],
+      hub: { kind: "aws", region: "eu-central-1" },
+    });
+    expect(list.map((c) => [c.name, c.generation ?? 1])).toEqual([
+      ["a", 2],
+      ["a", 1],
+      ["b", 1],
+    ]);
+    // the predecessor's own predecessor is never listed (raising the generation again drops it)
+    expect(
+      trustedCas({ issuingCas: [fake("a", 3, fake("a", 2))], hub: { kind: "local" } }).map(
+        (c) => c.generation,
+      ),
+    ).toEqual([3, 2]);
+  });
+
+  const caNames = (prefix: string) =>
+    registered
+      .filter((r) => r.type === "aws:iot/caCertificate:CaCertificate" && r.name.startsWith(prefix))
+      .map((r) => r.name)
+      .sort();
+
+  it("aws: generation 2 declares both CA certificates, the first under today's name; generation 3 no longer declares the first", async () => {
+    const { a, b } = fleet("r2", 2);
+    new HubRegistration("r2-hub", {
+      batches: [a, b],
+      hub: { kind: "aws", region: "eu-central-1", mode: "jitp" },
+    });
+    await settle("r2-hub", 2);
+    expect(caNames("r2-hub")).toEqual(["r2-hub-ca-line", "r2-hub-ca-line-g2"]);
+    const r = hubResources("r2-hub").find((x) => x.name === "r2-hub-lot-a")!;
+    expect(
+      (unwrap(r.inputs.hub) as { caCertificates: Array<{ id: string }> }).caCertificates.map((c) => c.id),
+    ).toEqual(["r2-hub-ca-line-g2-id", "r2-hub-ca-line-id"]);
+    for (const n of caNames("r2-hub"))
+      expect(registered.find((x) => x.name === n)?.inputs).toMatchObject({
+        active: true,
+        allowAutoRegistration: true,
+      });
+
+    const { a: a3 } = fleet("r3", 3);
+    new HubRegistration("r3-hub", { batches: [a3], hub: { kind: "aws", region: "eu-central-1" } });
+    await settle("r3-hub", 1);
+    expect(caNames("r3-hub")).toEqual(["r3-hub-ca-line-g2", "r3-hub-ca-line-g3"]);
+  });
+
+  it("azure: generation 2 uploads both DPS certificates (the successor's ends in -g2); one enrollment group for the CA", async () => {
+    const { a } = fleet("rz", 2);
+    const args: HubRegistrationArgs = {
+      batches: [a],
+      hub: { kind: "azure", resourceGroupName: "rg", location: "westeurope", iotHub: { create: {} } },
+      policy: POLICY,
+    };
+    new HubRegistration("rz-hub", args);
+    await settle("rz-hub", 1);
+    const certs = registered.filter(
+      (r) =>
+        r.name.startsWith("rz-hub") && r.type === "azure-native:deviceprovisioningservices:DpsCertificate",
+    );
+    expect(certs.map((c) => [c.name, c.inputs.certificateName]).sort()).toEqual([
+      ["rz-hub-ca-line", "fleetguard-line"],
+      ["rz-hub-ca-line-g2", "fleetguard-line-g2"],
+    ]);
+    expect(declaredHubs("rz-hub", args).azure?.enrollmentGroups?.map((g) => g.name)).toEqual([
+      "fleetguard-line",
+    ]);
   });
 });

@@ -12,7 +12,9 @@ import {
   awsDevicePolicyDocument,
   awsHubInfrastructure,
   awsHubNames,
+  caGenerationKey,
   declaredAwsHub,
+  type IssuingCaInput,
   jitpTemplateBody,
 } from "../../components/hub-aws";
 import { FleetError } from "../../core/errors";
@@ -68,7 +70,7 @@ const CAS = [
   { name: "line-b", certificatePem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n" },
 ];
 
-async function build(name: string, args: AwsHubArgs, cas = CAS) {
+async function build(name: string, args: AwsHubArgs, cas: IssuingCaInput[] = CAS) {
   registered.length = 0;
   const parent = new Parent(name);
   const infra = awsHubInfrastructure(name, args, cas, parent);
@@ -307,6 +309,80 @@ describe("awsHubInfrastructure (Pulumi mocks)", () => {
     );
     expect(() => awsHubInfrastructure("x", { mode: "bulk" as never }, CAS, new Parent("x2"))).toThrow(
       /^aws\.mode: got "bulk"/,
+    );
+  });
+});
+
+describe("CA rollover (Pulumi mocks)", () => {
+  const G = (g: number) => `-----BEGIN CERTIFICATE-----\nMIIG${g}\n-----END CERTIFICATE-----\n`;
+  const caNames = (mine: Registered[]) =>
+    mine.filter((r) => r.type === "aws:iot/caCertificate:CaCertificate").map((r) => r.name);
+
+  it("during the overlap the predecessor is declared too; the first generation keeps its name; the next rollover drops the oldest", async () => {
+    expect(caGenerationKey({ name: "line-a" })).toBe("line-a");
+    expect(caGenerationKey({ name: "line-a", generation: 1 })).toBe("line-a");
+    expect(caGenerationKey({ name: "line-a", generation: 3 })).toBe("line-a-g3");
+
+    // before any rollover: today's name
+    const before = await build("prod", {}, [{ name: "line-a", certificatePem: G(1) }]);
+    expect(caNames(before.mine)).toEqual(["prod-ca-line-a"]);
+
+    // generation 2: the successor is a new resource, the predecessor keeps its name and inputs (no replace)
+    const two = await build("prod", { mode: "jitp" }, [
+      { name: "line-a", generation: 2, certificatePem: G(2) },
+      { name: "line-a", generation: 1, certificatePem: G(1) },
+    ]);
+    expect(caNames(two.mine)).toEqual(["prod-ca-line-a-g2", "prod-ca-line-a"]);
+    const pred = two.mine.find((r) => r.name === "prod-ca-line-a")!.inputs;
+    const succ = two.mine.find((r) => r.name === "prod-ca-line-a-g2")!.inputs;
+    expect(plain(pred.caCertificatePem)).toBe(G(1));
+    expect(plain(succ.caCertificatePem)).toBe(G(2));
+    // both ACTIVE, and both admit their devices on first connect (JITP) while the overlap lasts
+    for (const ca of [pred, succ])
+      expect(ca).toMatchObject({
+        active: true,
+        allowAutoRegistration: true,
+        registrationConfig: { templateName: "prod-jitp" },
+      });
+    expect(two.ids).toEqual(["ca-id-prod-ca-line-a-g2", "ca-id-prod-ca-line-a"]);
+    expect(two.pems).toEqual([G(2), G(1)]);
+
+    // generation 3: generation 1 is no longer declared (the engine deletes it), generation 2 keeps its name
+    const three = await build("prod", {}, [
+      { name: "line-a", generation: 3, certificatePem: G(3) },
+      { name: "line-a", generation: 2, certificatePem: G(2) },
+    ]);
+    expect(caNames(three.mine)).toEqual(["prod-ca-line-a-g3", "prod-ca-line-a-g2"]);
+    expect(plain(three.mine.find((r) => r.name === "prod-ca-line-a-g2")!.inputs.caCertificatePem)).toBe(G(2));
+  });
+
+  it("DEFAULT mode: a verification certificate per generation (the successor's by <name>-g<g>); one generation twice is refused", async () => {
+    const cas = [
+      { name: "line-a", generation: 2, certificatePem: G(2) },
+      { name: "line-a", generation: 1, certificatePem: G(1) },
+    ];
+    const { mine } = await build(
+      "eu",
+      { certificateMode: "DEFAULT", verificationCertificatePems: { "line-a": "V1", "line-a-g2": "V2" } },
+      cas,
+    );
+    expect(plain(mine.find((r) => r.name === "eu-ca-line-a")!.inputs.verificationCertificatePem)).toBe("V1");
+    expect(plain(mine.find((r) => r.name === "eu-ca-line-a-g2")!.inputs.verificationCertificatePem)).toBe(
+      "V2",
+    );
+    expect(() =>
+      awsHubInfrastructure(
+        "eu",
+        { certificateMode: "DEFAULT", verificationCertificatePems: { "line-a": "V1" } },
+        cas,
+        new Parent("eu3"),
+      ),
+    ).toThrow(/^aws\.verificationCertificatePems\.line-a-g2: got undefined, want a certificate whose CN/);
+    expect(() => awsHubInfrastructure("x", {}, [cas[0], cas[0]], new Parent("x3"))).toThrow(
+      /^issuingCas\[\]\.name: got "line-a", want each CA generation once \(line-a-g2 twice\)$/,
+    );
+    expect(() => awsHubInfrastructure("x", {}, [{ ...cas[0], generation: 0 }], new Parent("x4"))).toThrow(
+      /^issuingCas\[line-a\]\.generation: got 0, want a whole number >= 1$/,
     );
   });
 });

@@ -242,6 +242,62 @@ describe("azureHubInfrastructure (mocks)", () => {
   });
 });
 
+describe("CA rollover (mocks)", () => {
+  const G = (g: number) => `-----BEGIN CERTIFICATE-----\nG${g}\n-----END CERTIFICATE-----\n`;
+  const gen = (g: number): AzureIssuingCa => ({ name: "line-a", generation: g, certificatePem: G(g) });
+
+  it("names a successor's certificate -g<g>; the first generation keeps its names; one enrollment group per CA name", () => {
+    expect(azureHubNames("prod", args, [gen(2), gen(1)]).certificates).toEqual([
+      { ca: "line-a-g2", logical: "prod-ca-line-a-g2", azure: "fleetguard-line-a-g2" },
+      { ca: "line-a", logical: "prod-ca-line-a", azure: "fleetguard-line-a" },
+    ]);
+    // the names of generation 1 are those a stack made before any rollover
+    expect(azureHubNames("prod", args, [gen(1)]).certificates).toEqual(
+      azureHubNames("prod", args, [cas[0]]).certificates,
+    );
+    expect(declaredAzureHub(args, [gen(2), gen(1), cas[1]])).toEqual(declaredAzureHub(args, cas));
+    // a generation brought from outside makes the group unverified
+    expect(
+      declaredAzureHub(args, [gen(2), { ...gen(1), keyHeldByFleetguard: false }]).enrollmentGroups,
+    ).toEqual([
+      { name: "fleetguard-line-a", attestation: "x509-ca", caVerified: false, batches: ["line-a-lot-1"] },
+    ]);
+    expect(() => checkAzureHubArgs("prod", args, [gen(2), gen(2)])).toThrow(
+      /issuingCas\[1\]\.name: got "line-a", want a name whose certificate name \(fleetguard-line-a-g2\) no other CA has/,
+    );
+    expect(() => checkAzureHubArgs("prod", args, [{ ...gen(1), generation: 0 }])).toThrow(
+      /issuingCas\[0\]\.generation: got 0, want a whole number >= 1/,
+    );
+  });
+
+  it("declares the predecessor's DpsCertificate during the overlap, and not the one before once the generation goes up again", async () => {
+    const two = azureHubInfrastructure("roll", args, [gen(2), gen(1)], new Parent("roll"));
+    expect(two.certificateNames).toEqual(["fleetguard-line-a-g2", "fleetguard-line-a"]);
+    expect(Object.keys(two.certificates)).toEqual(["line-a-g2", "line-a"]);
+    await outputOf(two.certificates["line-a"].id);
+    await settle();
+    const certs = (prefix: string) =>
+      registered
+        .filter((r) => r.name.startsWith(prefix) && r.type.endsWith(":DpsCertificate"))
+        .map((r) => [
+          r.name,
+          r.inputs.certificateName,
+          (r.inputs.properties as { certificate: string }).certificate,
+        ]);
+    expect(certs("roll-")).toEqual([
+      ["roll-ca-line-a-g2", "fleetguard-line-a-g2", G(2)],
+      ["roll-ca-line-a", "fleetguard-line-a", G(1)],
+    ]);
+    const three = azureHubInfrastructure("again", args, [gen(3), gen(2)], new Parent("again"));
+    await outputOf(three.certificates["line-a-g2"].id);
+    await settle();
+    expect(certs("again-")).toEqual([
+      ["again-ca-line-a-g3", "fleetguard-line-a-g3", G(3)],
+      ["again-ca-line-a-g2", "fleetguard-line-a-g2", G(2)],
+    ]);
+  });
+});
+
 describe("import cost", () => {
   it("imports the two service modules only, never the azure-native package root", () => {
     const src = fs.readFileSync(path.join(__dirname, "../../components/hub-azure.ts"), "utf8");
