@@ -2,8 +2,8 @@
  * Shared by the AWS IoT driver tests: a CA pair made with the core (root + issuing), device
  * certificates from a LeafTemplate (CN and SAN = device ID, clientAuth), the CA registered through
  * the SDK (standing in for aws.iot.CaCertificate), and the policy, thing type and group (standing
- * in for aws.iot.Policy / ThingType / ThingGroup), plus a small HTTP proxy that can throttle,
- * fail or drop calls on their way to an emulator.
+ * in for aws.iot.Policy / ThingType / ThingGroup), a CA rollover's successor (successorOf), plus a
+ * small HTTP proxy that can throttle, fail or drop calls on their way to an emulator.
  */
 import * as crypto from "node:crypto";
 import * as http from "node:http";
@@ -204,4 +204,48 @@ export async function startProxy(upstream: string): Promise<Proxy> {
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   p.url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
   return p;
+}
+
+/**
+ * A CA rollover's successor (CaHierarchy generation 2): a new key, the same subject, signed by the
+ * same root; its device certificates come from its own template.
+ */
+export function successorOf(pki: Pki): Pki {
+  const pred = parseCertificate(pemOne(pki.issuing.certificatePem, "CERTIFICATE", "predecessor"));
+  const issuing = issueCa(
+    {
+      name: pki.trusted.name,
+      role: "issuing",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: `Test Issuing ${pki.trusted.name}`, organization: "Acme" },
+      validityDays: 180,
+    },
+    { name: "root", ...pki.root },
+  );
+  const pc = parseCertificate(pemOne(issuing.certificatePem, "CERTIFICATE", "successor"));
+  if (!pc.subject.equals(pred.subject)) throw new Error("successorOf: the subject changed");
+  const template = new LeafTemplate(
+    {
+      algorithm: "ecdsa-p256",
+      key: crypto.createPrivateKey(issuing.keyPem),
+      subject: pc.subject,
+      keyId: Buffer.from(issuing.subjectKeyId, "hex"),
+    },
+    {
+      organization: "Acme",
+      notBefore: new Date(Date.now() - 3600_000),
+      notAfter: new Date(Date.now() + 30 * 86400_000),
+      keyUsage: ["digitalSignature"],
+      extKeyUsage: [EKU.clientAuth],
+    },
+  );
+  const trusted: TrustedCa = {
+    name: pki.trusted.name,
+    generation: 2,
+    fingerprint: issuing.fingerprintSha256.replace(/:/g, "").toLowerCase(),
+    certificatePem: issuing.certificatePem,
+    chainPem: issuing.chainPem,
+    crlPems: [],
+  };
+  return { root: pki.root, issuing, trusted, template };
 }

@@ -15,7 +15,10 @@ import * as crypto from "node:crypto";
 import {
   DescribeCertificateCommand,
   DescribeEndpointCommand,
+  ListCertificatesByCACommand,
   ListCertificatesCommand,
+  RegisterCACertificateCommand,
+  RegisterCertificateCommand,
   UpdateCACertificateCommand,
 } from "@aws-sdk/client-iot";
 import mqtt from "mqtt";
@@ -30,7 +33,17 @@ import { toPem } from "../../../core/x509/pem";
 import type { RunningFarm } from "../../../devices/farm/serve";
 import { farmFor, makeCa, tempDir } from "../../devices/farm/helpers";
 import { type AwsEmulator, startMinistack } from "../../helpers/aws-emulators";
-import { creds, type Device, makeDevice, makePki, type Pki, provisionHub, region, sdk } from "./aws-fixtures";
+import {
+  creds,
+  type Device,
+  makeDevice,
+  makePki,
+  type Pki,
+  provisionHub,
+  region,
+  sdk,
+  successorOf,
+} from "./aws-fixtures";
 
 let ms: AwsEmulator;
 let brokerCa: string;
@@ -211,6 +224,77 @@ describe("AwsIotDriver against ministack (mTLS MQTT)", () => {
     // and the endpoint it would have given devices
     const ep = await sdk(ms.endpoint).send(new DescribeEndpointCommand({ endpointType: "iot:Data-ATS" }));
     expect(ep.endpointAddress).toBeTruthy();
+  });
+});
+
+describe("CA rollover against ministack (it checks each leaf against the CA named)", () => {
+  it("during the overlap devices of both generations are registered under their own issuer and connect; after, the predecessor's superseded ones are refused", async () => {
+    const { pki: pred, iot, hub, opts } = await setup();
+    const succ = successorOf(pred);
+    const reg = await iot.send(
+      new RegisterCACertificateCommand({
+        caCertificate: succ.issuing.certificatePem,
+        setAsActive: true,
+        allowAutoRegistration: false,
+        certificateMode: "SNI_ONLY",
+      }),
+    );
+    const succId = reg.certificateId as string;
+    const caCertificates = [
+      { id: succId, pem: succ.issuing.certificatePem },
+      { id: hub.caId, pem: pred.issuing.certificatePem },
+    ];
+    // naming the wrong one of two CAs with one subject is refused (AWS: the leaf must verify under it)
+    const stray = makeDevice(pred, "fg100-000999");
+    const wrong = await iot
+      .send(
+        new RegisterCertificateCommand({
+          certificatePem: stray.certPem,
+          caCertificatePem: succ.issuing.certificatePem,
+          status: "ACTIVE",
+        }),
+      )
+      .catch((e) => e);
+    expect([wrong?.name, wrong?.message]).toEqual([
+      "CertificateValidationException",
+      "The signature of the certificate failed verification against the provided CA certificate.",
+    ]);
+
+    const overlap = new AwsIotDriver(opts({ caCertificates }));
+    expect((await overlap.ensureTrust([succ.trusted, { ...pred.trusted, generation: 1 }])).caIds).toEqual([
+      succId,
+      hub.caId,
+    ]);
+    const old = makeDevice(pred, "fg100-000001");
+    const renewed = makeDevice(succ, "fg100-000001"); // the same device, re-issued under the successor
+    const fresh = makeDevice(succ, "fg100-000002");
+    const out = await overlap.register([old.cert, fresh.cert]);
+    expect(out.every((o) => o.ok)).toBe(true);
+    const byCa = async (id: string) =>
+      ((await iot.send(new ListCertificatesByCACommand({ caCertificateId: id }))).certificates ?? [])
+        .map((c) => c.certificateId)
+        .sort();
+    expect(await byCa(hub.caId)).toEqual([old.cert.sha256]);
+    expect(await byCa(succId)).toEqual([fresh.cert.sha256]);
+    expect(await connect(old)).toEqual({ connected: true, published: true });
+    expect(await connect(fresh)).toEqual({ connected: true, published: true });
+
+    // the rotation re-issues the old device under the successor, then disables its old certificate
+    expect((await overlap.register([renewed.cert]))[0]).toMatchObject({ ok: true });
+    expect(await connect(renewed)).toEqual({ connected: true, published: true });
+    await overlap.disable([ref(old)]);
+    expect((await connect(old)).connected).toBe(false);
+
+    // no live certificate is the predecessor's: the trust list holds the successor alone
+    const after = new AwsIotDriver(opts({ caCertificates }));
+    expect((await after.ensureTrust([succ.trusted])).caIds).toEqual([succId]);
+    const late = await after.register([makeDevice(pred, "fg100-000003").cert]);
+    expect(late[0]).toMatchObject({ ok: false, retryable: false });
+    expect(await connect(renewed)).toEqual({ connected: true, published: true });
+    expect(await connect(fresh)).toEqual({ connected: true, published: true });
+    expect((await connect(old)).connected).toBe(false);
+    await overlap.close();
+    await after.close();
   });
 });
 

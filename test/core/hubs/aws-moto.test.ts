@@ -6,7 +6,6 @@
  * enforces. Throttling, dropped connections and AWS error bodies come from a small HTTP proxy in
  * front of moto (aws-fixtures.ts).
  */
-import * as crypto from "node:crypto";
 import {
   DescribeCertificateCommand,
   DescribeThingCommand,
@@ -22,7 +21,6 @@ import {
   UpdateCertificateCommand,
 } from "@aws-sdk/client-iot";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { issueCa } from "../../../core/ca";
 import { FleetError } from "../../../core/errors";
 import {
   AwsIotDriver,
@@ -30,13 +28,18 @@ import {
   classifyAwsError,
   HubRunError,
 } from "../../../core/hubs/aws";
-import type { TrustedCa } from "../../../core/hubs/types";
-import { LeafTemplate } from "../../../core/x509/cert";
-import { EKU } from "../../../core/x509/ext";
-import { parseCertificate } from "../../../core/x509/parse";
-import { pemOne } from "../../../core/x509/pem";
 import { type AwsEmulator, freePort, startMoto } from "../../helpers/aws-emulators";
-import { creds, makeDevice, makePki, type Pki, provisionHub, region, sdk, startProxy } from "./aws-fixtures";
+import {
+  creds,
+  makeDevice,
+  makePki,
+  type Pki,
+  provisionHub,
+  region,
+  sdk,
+  startProxy,
+  successorOf,
+} from "./aws-fixtures";
 
 let moto: AwsEmulator;
 beforeAll(async () => {
@@ -583,50 +586,6 @@ describe("AwsIotDriver against moto", () => {
     expect(new AwsIotDriver(base).ratePerSecond).toBe(10);
   });
 });
-
-/**
- * A CA rollover's successor (CaHierarchy generation 2): a new key, the same subject, signed by the
- * same root; its device certificates come from its own template.
- */
-function successorOf(pki: Pki): Pki {
-  const pred = parseCertificate(pemOne(pki.issuing.certificatePem, "CERTIFICATE", "predecessor"));
-  const issuing = issueCa(
-    {
-      name: pki.trusted.name,
-      role: "issuing",
-      algorithm: "ecdsa-p256",
-      subject: { commonName: "Test Issuing iss", organization: "Acme" },
-      validityDays: 180,
-    },
-    { name: "root", ...pki.root },
-  );
-  const pc = parseCertificate(pemOne(issuing.certificatePem, "CERTIFICATE", "successor"));
-  expect(pc.subject.equals(pred.subject)).toBe(true);
-  const template = new LeafTemplate(
-    {
-      algorithm: "ecdsa-p256",
-      key: crypto.createPrivateKey(issuing.keyPem),
-      subject: pc.subject,
-      keyId: Buffer.from(issuing.subjectKeyId, "hex"),
-    },
-    {
-      organization: "Acme",
-      notBefore: new Date(Date.now() - 3600_000),
-      notAfter: new Date(Date.now() + 30 * 86400_000),
-      keyUsage: ["digitalSignature"],
-      extKeyUsage: [EKU.clientAuth],
-    },
-  );
-  const trusted: TrustedCa = {
-    name: pki.trusted.name,
-    generation: 2,
-    fingerprint: issuing.fingerprintSha256.replace(/:/g, "").toLowerCase(),
-    certificatePem: issuing.certificatePem,
-    chainPem: issuing.chainPem,
-    crlPems: [],
-  };
-  return { root: pki.root, issuing, trusted, template };
-}
 
 describe("CA rollover: two CA certificates with one subject (moto)", () => {
   async function rollover(o: { autoRegistration?: boolean } = {}) {
