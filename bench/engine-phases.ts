@@ -2,7 +2,8 @@
  * The enrollment engine phase by phase, without Pulumi, CPU time per device (issue 9: what device
  * ownership, registry-derived convergence and attesting refresh cost). One command:
  *
- *   npx tsx bench/engine-phases.ts [--devices 10000] [--phases enroll,plan,converge,refresh,reissue]
+ *   npx tsx bench/engine-phases.ts [--devices 10000] [--phases enroll,plan,verify,converge,refresh,reissue]
+ *       [--prof-phase plan --prof-dir DIR]   # a .cpuprofile of this process for that phase only
  *
  * A farm of --devices PUF devices in its own process (`fleet devices serve`, default workers), the
  * engine in this process with a SQLite registry. Phases, each timed (wall) and charged CPU from
@@ -17,6 +18,7 @@
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
+import { Session } from "node:inspector/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { issueCa } from "../core/ca";
@@ -94,7 +96,17 @@ async function main() {
     return (s.cpuUserMs ?? 0) + (s.cpuSystemMs ?? 0);
   };
   const rows: string[] = [];
+  const argOf = (k: string) =>
+    process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
+  const profPhase = argOf("prof-phase");
+  const profDir = argOf("prof-dir");
   const phase = async (name: string, f: () => Promise<unknown>) => {
+    const session = profPhase && name.startsWith(profPhase) ? new Session() : undefined;
+    if (session) {
+      session.connect();
+      await session.post("Profiler.enable");
+      await session.post("Profiler.start");
+    }
     const f0 = await farmCpu();
     const c0 = process.cpuUsage();
     const t0 = performance.now();
@@ -103,6 +115,12 @@ async function main() {
     const c = process.cpuUsage(c0);
     const farm = (await farmCpu()) - f0;
     const engineMs = (c.user + c.system) / 1000;
+    if (session) {
+      const { profile } = await session.post("Profiler.stop");
+      fs.mkdirSync(profDir ?? ".", { recursive: true });
+      fs.writeFileSync(path.join(profDir ?? ".", `engine-${profPhase}.cpuprofile`), JSON.stringify(profile));
+      session.disconnect();
+    }
     rows.push(`| ${name} | ${wall.toFixed(2)} | ${(engineMs / N).toFixed(3)} | ${(farm / N).toFixed(3)} |`);
     process.stderr.write(`${rows[rows.length - 1]}\n`);
   };
@@ -110,6 +128,8 @@ async function main() {
     // enrollment always runs: the other phases need enrolled devices
     await phase("enroll", () => engine().converge());
     if (PHASES.has("plan")) await phase("plan (no change)", () => engine().plan());
+    // what every preview and up does before the plan (providers/runtime/batch.ts checkIntegrity)
+    if (PHASES.has("verify")) await phase("verify (batch)", () => registry.verify({ batch: "lot" }));
     if (PHASES.has("converge")) await phase("converge (no change)", () => engine().converge());
     if (PHASES.has("refresh")) await phase("refresh", () => engine().refresh());
     if (PHASES.has("reissue")) await phase("reissue (profile change)", () => engine(180).converge());
