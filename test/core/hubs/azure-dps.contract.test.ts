@@ -715,14 +715,19 @@ describe("faults", () => {
 describe("hub sync (core/hubs/sync.ts) with the driver, against a real SQLite registry", () => {
   let serial = 0x7000;
   /** a device's certificate made by OpenSSL with the serial the registry records */
-  async function enroll(reg: Registry, id: string, from: "pending" | "active"): Promise<DeviceCert> {
-    const c = makeDevice(caA, id, "lot", (++serial).toString(16));
+  async function enroll(
+    reg: Registry,
+    id: string,
+    from: "pending" | "active",
+    ca: ReturnType<typeof makeCa> = caA,
+  ): Promise<DeviceCert> {
+    const c = makeDevice(ca, id, "lot", (++serial).toString(16));
     const now = new Date();
     const cert = {
       serial: c.serial,
       deviceId: id,
       batch: "lot",
-      issuer: caA.fingerprint,
+      issuer: ca.fingerprint,
       der: c.der,
       notBefore: now,
       notAfter: new Date(now.getTime() + 864e5),
@@ -896,6 +901,62 @@ describe("hub sync (core/hubs/sync.ts) with the driver, against a real SQLite re
     });
     await removeHub(reg, driver({ mode: "group" }), spec);
     expect(svc.enrollments.size).toBe(0);
+    await reg.close();
+  });
+
+  it("group mode through a CA rollover: both slots while the predecessor has live certificates, re-issued devices pinned under the successor, the secondary dropped after", async () => {
+    const reg = await fleet(6, "sync-rollover.db");
+    const spec = { hub: "azure-rollover", batch: "lot" };
+    const succ = { ...makeCa("issuing-a", "issuing-a-sync-g2"), generation: 2 };
+    const pred = { ...caA, generation: 1 };
+    svc.certificates.add(dpsCertificateName("issuing-a", 2));
+    // what the hub provider trusts (providers/runtime/hub.ts trustedOf): the predecessor while a
+    // live certificate of the batch is its
+    const trusted = async () =>
+      (await reg.certificates({ batch: "lot", issuer: pred.fingerprint, status: ["live"], limit: 1 })).length
+        ? [succ, pred]
+        : [succ];
+    const slots = () => svc.groups.get(enrollmentGroupId("issuing-a")).attestation.x509.caReferences;
+    const ids = Array.from({ length: 6 }, (_, i) => `fg100-${String(i).padStart(7, "0")}`);
+
+    const r1 = await syncHub(reg, driver(fromRegistry(reg)), spec, await trusted());
+    expect(r1.registered).toBe(6);
+    expect(r1.trust.caIds).toEqual(["fleetguard-issuing-a-g2", "fleetguard-issuing-a"]);
+    expect(slots()).toEqual({ primary: "fleetguard-issuing-a-g2", secondary: "fleetguard-issuing-a" });
+
+    // wave 1 re-issues half the devices under the successor
+    const wave1 = await Promise.all(ids.slice(0, 3).map((id) => enroll(reg, id, "active", succ)));
+    const r2 = await syncHub(reg, driver(fromRegistry(reg)), spec, await trusted());
+    expect([r2.registered, r2.disabled, r2.failed.length]).toEqual([3, 3, 0]);
+    expect(slots()).toEqual({ primary: "fleetguard-issuing-a-g2", secondary: "fleetguard-issuing-a" });
+    for (const c of wave1) {
+      const e = svc.enrollments.get(registrationId(c.deviceId));
+      expect(e.provisioningStatus).toBe("enabled");
+      expect(e.attestation.x509.clientCertificates.primary.info.sha256Thumbprint.toLowerCase()).toBe(
+        c.sha256,
+      );
+    }
+
+    // wave 2 moves the rest: no live certificate is the predecessor's, the secondary slot goes
+    await Promise.all(ids.slice(3).map((id) => enroll(reg, id, "active", succ)));
+    expect(await trusted()).toEqual([succ]);
+    const r3 = await syncHub(reg, driver(fromRegistry(reg)), spec, await trusted());
+    expect([r3.registered, r3.disabled, r3.failed.length]).toEqual([3, 3, 0]);
+    expect(r3.trust.caIds).toEqual(["fleetguard-issuing-a-g2"]);
+    expect(slots()).toEqual({ primary: "fleetguard-issuing-a-g2" });
+    // a run with nothing to do writes nothing
+    const puts = count("EnrollmentGroup_CreateOrUpdate");
+    const r4 = await syncHub(reg, driver(fromRegistry(reg)), spec, await trusted());
+    expect([r4.registered, r4.disabled]).toEqual([0, 0]);
+    expect(count("EnrollmentGroup_CreateOrUpdate")).toBe(puts);
+    expect(await hubDrift(reg, driver(fromRegistry(reg)), spec)).toEqual({
+      deactivated: [],
+      reactivated: [],
+      unknown: [],
+    });
+    await removeHub(reg, driver({ mode: "group" }), spec);
+    // back to generation 1 alone for the tests after this one
+    await driver({ mode: "group" }).ensureTrust([caA]);
     await reg.close();
   });
 });
