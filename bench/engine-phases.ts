@@ -4,6 +4,7 @@
  *
  *   npx tsx bench/engine-phases.ts [--devices 10000] [--phases enroll,plan,verify,converge,refresh,reissue]
  *       [--prof-phase plan --prof-dir DIR]   # a .cpuprofile of this process for that phase only
+ *       [--farm-prof DIR]                    # the farm under node --cpu-prof
  *
  * A farm of --devices PUF devices in its own process (`fleet devices serve`, default workers), the
  * engine in this process with a SQLite registry. Phases, each timed (wall) and charged CPU from
@@ -72,10 +73,14 @@ function issuer(): IssuerMaterial {
 
 async function main() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-phases-"));
+  const farmProf = process.argv.includes("--farm-prof")
+    ? process.argv[process.argv.indexOf("--farm-prof") + 1]
+    : undefined;
   const { child, port } = await startFarmProcess({
     count: N,
     state: path.join(work, "farm"),
     seed: crypto.randomBytes(32).toString("hex"),
+    ...(farmProf ? { nodeArgs: ["--cpu-prof", "--cpu-prof-dir", farmProf] } : {}),
   });
   const station = new StationClient({ port, poolSize: 2, maxInFlight: 64, timeoutMs: 120_000 });
   const registry = await openRegistry(path.join(work, "registry.db"));

@@ -76,12 +76,15 @@ export function decodeState(b: Uint8Array): DeviceState {
   const chain = v.chain === undefined ? [] : v.chain;
   if (!Array.isArray(chain) || !chain.every((c) => c instanceof Uint8Array))
     throw invalid("deviceState.chain", "a malformed chain", "an array of bytes");
+  // the decoder hands out fresh copies of byte strings: use them as they are. A decoded state is
+  // short-lived (the farm stores states encoded), so CA certificates are not interned here.
+  const own = (b: Uint8Array) => (Buffer.isBuffer(b) ? b : Buffer.from(b));
   return {
     otp: Otp.decode(v.otp),
-    helper: v.helper instanceof Uint8Array ? Buffer.from(v.helper) : null,
+    helper: v.helper instanceof Uint8Array ? own(v.helper) : null,
     epoch,
     pendingEpoch: typeof v.pending === "number" ? v.pending : null,
-    chain: storedChain(chain as Uint8Array[]),
+    chain: (chain as Uint8Array[]).map(own),
     commands: typeof v.commands === "number" ? v.commands : 0,
   };
 }
