@@ -34,7 +34,8 @@ export function topFrames(p: Profile, top = 15): { busyMs: number; wallMs: numbe
   const self = new Map<number, number>();
   const samples = p.samples ?? [];
   const deltas = p.timeDeltas ?? [];
-  for (let i = 0; i < samples.length; i++) self.set(samples[i]!, (self.get(samples[i]!) ?? 0) + (deltas[i] ?? 0) / 1000);
+  for (let i = 0; i < samples.length; i++)
+    self.set(samples[i]!, (self.get(samples[i]!) ?? 0) + (deltas[i] ?? 0) / 1000);
   const frames = new Map<string, number>();
   let busy = 0;
   for (const [id, ms] of self) {
@@ -62,14 +63,20 @@ function main() {
     else {
       const a = args[i]!;
       if (fs.statSync(a).isDirectory())
-        for (const f of fs.readdirSync(a).sort()) if (f.endsWith(".cpuprofile")) files.push(path.join(a, f));
-      else files.push(a);
+        for (const f of fs.readdirSync(a).sort())
+          if (f.endsWith(".cpuprofile")) files.push(path.join(a, f));
+          else files.push(a);
     }
   }
   for (const f of files) {
     const r = topFrames(JSON.parse(fs.readFileSync(f, "utf8")) as Profile, top);
-    console.log(`\n${path.basename(f)}: busy ${(r.busyMs / 1000).toFixed(2)} s of ${(r.wallMs / 1000).toFixed(2)} s`);
-    for (const x of r.frames) console.log(`  ${(x.share * 100).toFixed(1).padStart(5)}%  ${x.selfMs.toFixed(0).padStart(6)} ms  ${x.frame}`);
+    console.log(
+      `\n${path.basename(f)}: busy ${(r.busyMs / 1000).toFixed(2)} s of ${(r.wallMs / 1000).toFixed(2)} s`,
+    );
+    for (const x of r.frames)
+      console.log(
+        `  ${(x.share * 100).toFixed(1).padStart(5)}%  ${x.selfMs.toFixed(0).padStart(6)} ms  ${x.frame}`,
+      );
   }
 }
 
