@@ -39,6 +39,14 @@ export interface CaSpec {
 export interface ChildCaSpec extends CaSpec {
   /** name of the CA that signs this one; default: the root (intermediates) or the only intermediate */
   readonly parent?: string;
+  /**
+   * An issuing CA's generation (default 1). Raising it by one rolls the CA over (docs/rotation.md,
+   * "CA rollover"): a successor with a new key and the same subject is created, the predecessor
+   * stays (trusted at hubs, its CRL re-signed) while devices still hold its certificates, new
+   * devices enroll under the successor and the RotationSchedule re-issues the others in waves.
+   * Raising it again retires the predecessor's predecessor.
+   */
+  readonly generation?: number;
 }
 
 /** Bring your own root: PEMs from a file, a vault, or @pulumi/tls resources. */
@@ -96,6 +104,17 @@ export interface PlannedCa {
 }
 
 const isExisting = (s: CaSpec | ExistingRoot): s is ExistingRoot => "existing" in s;
+
+/** A CA's generation: 1 unless an issuing CA was rolled over (ChildCaSpec.generation). */
+export const generationOf = (p: PlannedCa): number =>
+  isExisting(p.spec) ? 1 : ((p.spec as ChildCaSpec).generation ?? 1);
+
+/**
+ * The resource name of generation `g` of CA `ca`: `<hierarchy>-<ca>` for the first (so a CA that
+ * is rolled over keeps its resource), `<hierarchy>-<ca>-g<g>` for a successor.
+ */
+export const resourceName = (hierarchy: string, ca: string, g: number): string =>
+  g <= 1 ? `${hierarchy}-${ca}` : `${hierarchy}-${ca}-g${g}`;
 
 /** A bad declaration: a RunError, so the program stops with the message alone (no stack trace). */
 export class CaHierarchyError extends pulumi.RunError {
@@ -203,6 +222,13 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
           `${p.field}.validityDays: got ${JSON.stringify(s.validityDays)}, want a positive whole number of days`,
         );
       }
+      const g = (s as ChildCaSpec).generation;
+      if (g !== undefined && (!Number.isInteger(g) || g < 1))
+        problems.push(`${p.field}.generation: got ${JSON.stringify(g)}, want a whole number >= 1`);
+      else if (g !== undefined && g > 1 && p.role !== "issuing")
+        problems.push(
+          `${p.field}.generation: got ${g}, want it only on an issuing CA (a rollover of a root or an intermediate is not built yet)`,
+        );
       if (p.role === "issuing" && s.pathLen !== undefined && s.pathLen !== 0) {
         problems.push(
           `${p.field}.pathLen: got ${s.pathLen}, want 0 or absent (an issuing CA signs only devices)`,
@@ -217,6 +243,8 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
 
 export interface CaSummary {
   role: string;
+  /** an issuing CA that was rolled over: its generation */
+  generation?: number;
   fingerprintSha256: string;
   subjectKeyId: string;
   notAfter: string;
@@ -238,6 +266,10 @@ export interface CaOutputs {
   subjectKeyId: pulumi.Output<string>;
   notAfter: pulumi.Output<string>;
   name: string;
+  /** the CA's generation (1 unless rolled over) */
+  generation?: number;
+  /** during a rollover: the predecessor, still trusted while devices hold its certificates */
+  previous?: CaOutputs;
   /**
    * The current CRLs of the CAs above this one, its issuer's first (a hub that checks the CRL of
    * every CA of the chain needs them; this CA's own CRL of its devices is the batch's, published
@@ -312,13 +344,17 @@ export function effectiveCustody(c: CustodySpec | undefined): CustodySpec {
 }
 
 export class CaHierarchy extends pulumi.ComponentResource {
-  /** every CA by name */
+  /** every CA by name (an issuing CA's current generation) */
   readonly cas: Record<string, CertificateAuthority>;
+  /** during a rollover: the predecessor of an issuing CA, by name */
+  readonly previous: Record<string, CertificateAuthority> = {};
   readonly rootCertificatePem: pulumi.Output<string>;
   /** name -> { certificate, chain, fingerprint, keyId } without keys, for stack outputs */
   readonly summary: pulumi.Output<Record<string, CaSummary>>;
   /** name -> its issuer's name (absent for the root) */
   private readonly parents: Record<string, string | undefined> = {};
+  /** name -> its generation (issuing CAs that were rolled over) */
+  private readonly generations: Record<string, number> = {};
 
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
@@ -334,6 +370,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
     const digests: Record<string, pulumi.Output<string>> = {};
     for (const p of plan) {
       this.parents[p.name] = p.parent;
+      this.generations[p.name] = generationOf(p);
       const parentDigest = p.parent ? digests[p.parent]! : pulumi.output("");
       digests[p.name] = isExisting(p.spec)
         ? pulumi
@@ -381,37 +418,68 @@ export class CaHierarchy extends pulumi.ComponentResource {
               : undefined,
             issuerDeclaration: p.parent ? digests[p.parent] : undefined,
           };
-      this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, caArgs as never, { parent: this });
+      const g = generationOf(p);
+      if (g > 1) {
+        // a rollover: the predecessor keeps its resource name and inputs (so it is unchanged); the
+        // successor is a new CA with a new key, the same subject, and the generation in its digest
+        const before = caArgs as Record<string, unknown>;
+        const predecessor = g - 1 > 1 ? { ...before, generation: g - 1 } : before;
+        this.previous[p.name] = new CertificateAuthority(
+          resourceName(name, p.name, g - 1),
+          predecessor as never,
+          {
+            parent: this,
+          },
+        );
+        const successor = { ...before, generation: g };
+        this.cas[p.name] = new CertificateAuthority(resourceName(name, p.name, g), successor as never, {
+          parent: this,
+        });
+        pulumi.log.info(
+          `CA rollover of '${p.name}': generation ${g - 1} -> ${g}; generation ${g - 1} stays trusted (hubs, CRL) until the RotationSchedule has re-issued every device under generation ${g}`,
+          this,
+        );
+      } else
+        this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, caArgs as never, { parent: this });
     }
     this.rootCertificatePem = this.cas[plan[0]!.name]!.certificatePem;
+    // every CA by name; during a rollover the predecessor too, as `<name>@g<generation>`
+    const entries: [string, CertificateAuthority, PlannedCa, number][] = plan.flatMap((p) => {
+      const g = generationOf(p);
+      const prev = this.previous[p.name];
+      return [
+        [p.name, this.cas[p.name]!, p, g] as [string, CertificateAuthority, PlannedCa, number],
+        ...(prev
+          ? [[`${p.name}@g${g - 1}`, prev, p, g - 1] as [string, CertificateAuthority, PlannedCa, number]]
+          : []),
+      ];
+    });
     this.summary = pulumi.all(
       Object.fromEntries(
-        plan.map((p) => {
-          const c = this.cas[p.name]!;
-          return [
-            p.name,
-            pulumi
-              .all([
-                c.fingerprintSha256,
-                c.subjectKeyId,
-                c.notAfter,
-                c.chainPem,
-                c.certificatePem,
-                c.crlPem,
-                c.crlNextUpdate,
-              ])
-              .apply(([f, k, n, ch, ce, crl, next]) => ({
-                role: p.role,
-                fingerprintSha256: f,
-                subjectKeyId: k,
-                notAfter: n,
-                chainPem: ch,
-                certificatePem: ce,
-                crlPem: crl,
-                crlNextUpdate: next,
-              })),
-          ];
-        }),
+        entries.map(([key, c, p, g]) => [
+          key,
+          pulumi
+            .all([
+              c.fingerprintSha256,
+              c.subjectKeyId,
+              c.notAfter,
+              c.chainPem,
+              c.certificatePem,
+              c.crlPem,
+              c.crlNextUpdate,
+            ])
+            .apply(([f, k, n, ch, ce, crl, next]) => ({
+              role: p.role,
+              ...(g > 1 || this.previous[p.name] ? { generation: g } : {}),
+              fingerprintSha256: f,
+              subjectKeyId: k,
+              notAfter: n,
+              chainPem: ch,
+              certificatePem: ce,
+              crlPem: crl,
+              crlNextUpdate: next,
+            })),
+        ]),
       ),
     ) as never;
     this.registerOutputs({ rootCertificatePem: this.rootCertificatePem, summary: this.summary });
@@ -424,17 +492,21 @@ export class CaHierarchy extends pulumi.ComponentResource {
       throw new CaHierarchyError([
         `issuingCa: got ${JSON.stringify(name)}, want one of ${Object.keys(this.cas).join(", ")}`,
       ]);
-    return {
+    const outputs = (x: CertificateAuthority, generation: number): CaOutputs => ({
       name,
-      certificatePem: c.certificatePem,
-      chainPem: c.chainPem,
-      keyRef: c.keyRef,
-      keyPem: c.keyPem,
-      fingerprintSha256: c.fingerprintSha256,
-      subjectKeyId: c.subjectKeyId,
-      notAfter: c.notAfter,
+      generation,
+      certificatePem: x.certificatePem,
+      chainPem: x.chainPem,
+      keyRef: x.keyRef,
+      keyPem: x.keyPem,
+      fingerprintSha256: x.fingerprintSha256,
+      subjectKeyId: x.subjectKeyId,
+      notAfter: x.notAfter,
       ancestorCrlPems: pulumi.all(this.ancestors(name).map((a) => this.cas[a]!.crlPem)),
-    };
+    });
+    const g = this.generations[name] ?? 1;
+    const prev = this.previous[name];
+    return { ...outputs(c, g), ...(prev ? { previous: outputs(prev, g - 1) } : {}) };
   }
 
   /** The names of the CAs above `name`, its issuer first. */

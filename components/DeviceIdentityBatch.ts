@@ -157,6 +157,29 @@ export function revocationsOf(
   };
 }
 
+/**
+ * The batch provider's inputs for one issuing CA (`issuer` or, during a rollover,
+ * `previousIssuer`): its certificate and chain, and where its key is; the provider opens the key
+ * from its custody by this reference, so the key never crosses Pulumi's RPC. Only the explicit
+ * pulumi-secret custody passes the key itself (a secret).
+ */
+function issuerInputs(field: "issuer" | "previousIssuer", ca: CaOutputs): Record<string, unknown> {
+  return {
+    [field]: {
+      name: ca.name,
+      certificatePem: ca.certificatePem,
+      chainPem: ca.chainPem,
+      ...(ca.generation && ca.generation > 1 ? { generation: ca.generation } : {}),
+    },
+    [`${field}KeyRef`]: ca.keyRef,
+    [`${field}KeyPem`]: pulumi.secret(
+      pulumi
+        .all([ca.keyRef, ca.keyPem])
+        .apply(([ref, pem]) => (ref && ref.custody !== "pulumi-secret" ? undefined : (pem ?? undefined))),
+    ),
+  };
+}
+
 export class DeviceIdentityBatch extends pulumi.ComponentResource {
   readonly batch: DeviceBatchResource;
   readonly summary: pulumi.Output<BatchSummaryOutput>;
@@ -214,15 +237,9 @@ export class DeviceIdentityBatch extends pulumi.ComponentResource {
         firstSerial: first,
         count: args.serials.count,
         profile: (args.profile ?? {}) as never,
-        issuer: { name: ca.name, certificatePem: ca.certificatePem, chainPem: ca.chainPem } as never,
-        // the provider opens the CA key from its custody by this reference: the key never crosses Pulumi's RPC
-        issuerKeyRef: ca.keyRef as never,
-        // only the explicit pulumi-secret custody passes the key itself (a secret); others pass nothing
-        issuerKeyPem: pulumi.secret(
-          pulumi
-            .all([ca.keyRef, ca.keyPem])
-            .apply(([ref, pem]) => (ref && ref.custody !== "pulumi-secret" ? undefined : (pem ?? undefined))),
-        ) as never,
+        ...(issuerInputs("issuer", ca) as { issuer: never }),
+        // a CA rollover: the predecessor's certificates conform until the rotation re-issues them
+        ...(ca.previous ? issuerInputs("previousIssuer", ca.previous) : {}),
         station: pulumi.output(args.station).apply((s) => ({ host: s.host ?? "127.0.0.1", port: s.port })),
         registry: registry.apply((r) => (hasPassword(r) ? pulumi.secret(r) : r)) as never,
         crlDir: this.crlDir,

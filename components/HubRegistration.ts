@@ -308,14 +308,33 @@ export class HubRegistration extends pulumi.ComponentResource {
           batch: b.batchName,
           hub: pulumi.secret(infra.hub) as never,
           trust: pulumi
-            .all([ca.certificatePem, ca.chainPem, ca.ancestorCrlPems ?? pulumi.output([]), b.batch.crl])
-            .apply(([certificatePem, chainPem, crlPems, crl]) => ({
+            .all([
+              ca.certificatePem,
+              ca.chainPem,
+              ca.ancestorCrlPems ?? pulumi.output([]),
+              b.batch.crl,
+              // a CA rollover: the predecessor, trusted while the batch's devices hold its certificates
+              ca.previous
+                ? pulumi.all([ca.previous.certificatePem, ca.previous.chainPem])
+                : pulumi.output(undefined),
+            ])
+            .apply(([certificatePem, chainPem, crlPems, crl, previous]) => ({
               name: ca.name,
               certificatePem,
               chainPem,
               crlPems,
               batchCrl: crl ? { path: crl.path, crlNumber: crl.crlNumber } : null,
               crlDir: b.crlDir,
+              ...(ca.generation && ca.generation > 1 ? { generation: ca.generation } : {}),
+              ...(previous
+                ? {
+                    previous: {
+                      certificatePem: previous[0],
+                      chainPem: previous[1],
+                      generation: (ca.generation ?? 2) - 1,
+                    },
+                  }
+                : {}),
             })) as never,
           registry: b.registry,
           progressUrn: childUrn(this, `${name}-${b.batchName}`),

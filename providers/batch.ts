@@ -101,7 +101,7 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
       { ...outputs, ...args },
       {
         ...opts,
-        additionalSecretOutputs: ["issuerKeyPem", "registry", ...(opts?.additionalSecretOutputs ?? [])],
+        additionalSecretOutputs: ["issuerKeyPem", "previousIssuerKeyPem", "registry", ...(opts?.additionalSecretOutputs ?? [])],
       },
     );
   }

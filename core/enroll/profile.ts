@@ -481,6 +481,26 @@ export interface IssuerMaterial {
   /** chain above the issuing CA up to and including the root (DER), nearest first */
   chain: Buffer[];
   fingerprint: string;
+  /**
+   * The issuing CA's generation (CaHierarchy `generation`, 1 when absent): a successor's
+   * certificates name its own CRL (crlUrlsFor), not its predecessor's
+   */
+  generation?: number;
+}
+
+/**
+ * The CRL distribution points of certificates issued by generation `g` of an issuing CA: the
+ * profile's URLs for the first generation; for a successor, each URL's last path segment gets
+ * `-g<g>` before its extension (`line-a.crl` -> `line-a-g2.crl`). During a CA rollover both CAs
+ * issue under one profile and each has its own CRL: a relying party that fetches a device's
+ * distribution point gets the CRL of the CA that issued it.
+ */
+export function crlUrlsFor(urls: readonly string[], generation: number | undefined): string[] {
+  const g = generation ?? 1;
+  if (g <= 1) return [...urls];
+  return urls.map((u) =>
+    u.replace(/([^/?#]*?)(\.[^./?#]*)?(?=[?#]|$)/, (_m, stem: string, ext = "") => `${stem}-g${g}${ext}`),
+  );
 }
 
 export interface CompiledTemplate {
@@ -517,7 +537,7 @@ export function compileTemplate(
       notAfter,
       keyUsage: p.keyUsage,
       extKeyUsage: p.extKeyUsage,
-      crlUrls: p.crlUrls,
+      crlUrls: crlUrlsFor(p.crlUrls, issuer.generation),
     },
   );
   return { notBefore, notAfter, issue: guardedIssue(t, constraints, rules) };

@@ -73,12 +73,20 @@ export interface Due {
   nextDue?: Date;
   /** active devices examined */
   active: number;
+  /**
+   * A CA rollover: active devices whose live certificate is not the batch's issuing CA's (its
+   * predecessor's): all due now, counted in renew or rekey as well
+   */
+  rollover: number;
 }
 
 /** What is due for one batch at `now`, from the registry alone (one pass over devices and certificates). */
 export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promise<Due> {
   validatePolicy(p);
-  const active = new Map<string, { d: DeviceRecord; notBefore?: Date; notAfter?: Date; born?: number }>();
+  const active = new Map<
+    string,
+    { d: DeviceRecord; notBefore?: Date; notAfter?: Date; born?: number; issuer?: string }
+  >();
   for await (const page of run.pages(["active"]))
     for (const d of page) if (run.inRange(d.deviceId)) active.set(d.deviceId, { d });
   const working: DeviceRecord[] = [];
@@ -95,6 +103,7 @@ export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promis
       if (c.serial === a.d.certSerial && c.status === "live") {
         a.notBefore = c.notBefore;
         a.notAfter = c.notAfter;
+        a.issuer = c.issuer;
       }
       if (a.d.publicKey && c.der.includes(a.d.publicKey)) {
         const t = c.issuedAt.getTime();
@@ -105,11 +114,24 @@ export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promis
     after = page[page.length - 1]!.serial;
   }
   const t = now.getTime();
-  const out: Due = { renew: [], rekey: [], resume, held: held.size, rekeyBlocked: 0, active: active.size };
+  const out: Due = {
+    renew: [],
+    rekey: [],
+    resume,
+    held: held.size,
+    rekeyBlocked: 0,
+    active: active.size,
+    rollover: 0,
+  };
   let next = Number.POSITIVE_INFINITY;
   const canRekey = run.spec.source === "puf";
+  const current = run.ctx.issuer.fingerprint;
   for (const a of active.values()) {
-    const renewT = a.notBefore && a.notAfter ? renewAt(p, a.notBefore, a.notAfter).getTime() : t;
+    // a certificate of another CA than the batch's issuing CA (its predecessor, in a rollover) is
+    // due now: re-issued under the issuing CA, in waves like any renewal
+    const moved = a.issuer !== undefined && a.issuer !== current;
+    if (moved) out.rollover++;
+    const renewT = moved ? t : a.notBefore && a.notAfter ? renewAt(p, a.notBefore, a.notAfter).getTime() : t;
     const rekeyT =
       p.maxKeyAgeDays !== undefined && a.born !== undefined
         ? a.born + p.maxKeyAgeDays * DAY_MS
@@ -151,6 +173,11 @@ export interface RotationPlan {
   maintenanceWindow?: string;
   nextDue?: string;
   active: number;
+  /**
+   * CA rollover: the issuing CA's generation, whether its predecessor is still declared, and the
+   * due devices whose live certificate is another CA's (they move in this plan's waves)
+   */
+  rollover: { generation: number; predecessor: boolean; devices: number };
 }
 
 export function waveSizeOf(run: BatchRun, p: RotationPolicy): number {
@@ -177,7 +204,22 @@ export async function planRotation(run: BatchRun, p: RotationPolicy, now: Date):
     ...(p.maintenanceWindow ? { maintenanceWindow: p.maintenanceWindow } : {}),
     ...(due.nextDue ? { nextDue: due.nextDue.toISOString() } : {}),
     active: due.active,
+    rollover: {
+      generation: run.ctx.issuer.generation ?? 1,
+      predecessor: run.ctx.previous !== undefined,
+      devices: due.rollover,
+    },
   };
+}
+
+/** "CA rollover: none", "... move 750 devices to generation 2", "... complete: every device under generation 2" */
+export function describeRollover(p: RotationPlan): string {
+  const r = p.rollover;
+  if (!r || (!r.predecessor && r.devices === 0)) return "CA rollover: none";
+  const g = r.generation;
+  if (r.devices === 0)
+    return `CA rollover: complete, every device under generation ${g} (generation ${g - 1} can be retired)`;
+  return `CA rollover: move ${r.devices.toLocaleString("en-US")} device${r.devices === 1 ? "" : "s"} to generation ${g}`;
 }
 
 /** Does the plan mean work for this run? */
@@ -192,7 +234,7 @@ export function describeRotation(p: RotationPlan): string {
   const parts = [
     `renew ${cert(p.renew)} of ${p.batch}${p.renew > 0 ? waves : ""}`,
     `re-key ${n(p.rekey)}${p.renew === 0 && p.rekey > 0 ? waves : ""}`,
-    "CA rollover: none",
+    describeRollover(p),
   ];
   if (p.resume) parts.push(`finish ${dev(p.resume)} interrupted`);
   if (p.heldForHubs)

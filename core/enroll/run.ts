@@ -56,6 +56,12 @@ export interface EngineContext {
   registry: Registry;
   station: StationClient;
   issuer: IssuerMaterial;
+  /**
+   * During a CA rollover, the issuing CA's predecessor: what it issued still conforms (the
+   * RotationSchedule re-issues it under `issuer` in waves, core/enroll/renew.ts); its CRL is
+   * published beside the issuer's
+   */
+  previous?: IssuerMaterial;
   now?: () => Date;
   onProgress?: (p: Progress) => void;
   /** devices per station BATCH frame (<= 1024) */

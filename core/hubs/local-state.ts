@@ -43,7 +43,7 @@ import {
 } from "../x509/ext";
 import { privateKeyPem, spkiDer } from "../x509/keys";
 import { encodeSubject } from "../x509/names";
-import { parseCertificate } from "../x509/parse";
+import { parseCertificate, subjectKeyIdOf } from "../x509/parse";
 import { pemBlocks, toPem } from "../x509/pem";
 
 export const STATE_VERSION = 1;
@@ -313,6 +313,8 @@ export interface ParsedCrl {
   thisUpdate: Date;
   nextUpdate?: Date;
   crlNumber?: bigint;
+  /** the keyIdentifier of its authorityKeyIdentifier, if any: which CA of that name signed it */
+  authorityKeyId?: Buffer;
   /** revoked serials, lowercase hex without leading zeros */
   revoked: string[];
 }
@@ -351,15 +353,28 @@ export function parseCrl(der: Uint8Array, field = "crl"): ParsedCrl {
       }
     }
     let crlNumber: bigint | undefined;
+    let authorityKeyId: Buffer | undefined;
     if (t[i] && t[i]!.tag === 0xa0) {
       for (const e of children(der, children(der, t[i]!)[0]!)) {
         const parts = children(der, e);
-        if (decodeOid(content(der, parts[0]!)) !== OID.crlNumber) continue;
+        const oid = decodeOid(content(der, parts[0]!));
         const octs = content(der, parts[parts.length - 1]!);
-        crlNumber = decodeUint(content(octs, read(octs)));
+        if (oid === OID.crlNumber) crlNumber = decodeUint(content(octs, read(octs)));
+        else if (oid === OID.authorityKeyIdentifier) {
+          const kid = children(octs, read(octs)).find((n) => n.tag === 0x80);
+          if (kid) authorityKeyId = Buffer.from(content(octs, kid));
+        }
       }
     }
-    return { der: Buffer.from(der), issuer, thisUpdate, nextUpdate, crlNumber, revoked };
+    return {
+      der: Buffer.from(der),
+      issuer,
+      thisUpdate,
+      nextUpdate,
+      crlNumber,
+      ...(authorityKeyId ? { authorityKeyId } : {}),
+      revoked,
+    };
   } catch {
     throw invalid(field, phrase("bytes that are not a DER X.509 CRL"), "a DER-encoded X.509 CRL");
   }
@@ -406,15 +421,29 @@ export interface Trust {
   disabled: Map<string, TrustedDevice>;
   /** revocationKey(issuer, serial) of every certificate on a current CRL */
   revoked: Set<string>;
-  /** nameKey(subject) of every trusted CA (a leaf's issuer must be one) */
+  /** caKey(subject) and caKey(subject, subjectKeyId) of every trusted CA (a leaf's issuer must be one) */
   issuers: Set<string>;
-  /** nameKey(issuer) of every CA that has a CRL in the bundle */
+  /**
+   * caKey(issuer, authorityKeyId) of every CRL in the bundle (caKey(issuer) for a CRL without
+   * one): two CAs of one name (a rollover's predecessor and successor) each have their own CRL
+   */
   crlIssuers: Set<string>;
 }
 
 const sha256Hex = (b: Uint8Array) => crypto.createHash("sha256").update(b).digest("hex");
 /** The key of a distinguished name (DER) in the sets of Trust. */
 export const nameKey = (name: Uint8Array): string => sha256Hex(name).slice(0, 32);
+
+/**
+ * The key of a CA in the sets of Trust: its name, and its key identifier when known (a CA's
+ * subjectKeyIdentifier, a CRL's or a leaf's authorityKeyIdentifier).
+ */
+export const caKey = (name: Uint8Array, keyId?: Uint8Array): string =>
+  keyId?.length ? `${nameKey(name)}/${Buffer.from(keyId).toString("hex")}` : nameKey(name);
+
+/** Has the CA that issued a certificate (its issuer name and authorityKeyIdentifier) a CRL in `t`? */
+export const hasCrl = (t: Pick<Trust, "crlIssuers">, issuer: Uint8Array, keyId?: Uint8Array): boolean =>
+  t.crlIssuers.has(caKey(issuer, keyId)) || t.crlIssuers.has(caKey(issuer));
 
 /** Read every registration of the state folder (a file that cannot be read is reported, not fatal). */
 export function loadTrust(stateDir: string): Trust {
@@ -446,7 +475,7 @@ export function loadTrust(stateDir: string): Trust {
     crlIssuers: new Set(),
   };
   const caSeen = new Set<string>();
-  const caKeys: string[] = [];
+  const caKeys: { name: Buffer; kid?: Buffer }[] = [];
   const crlByIssuer = new Map<string, ParsedCrl>();
   for (const n of names) {
     const file = path.join(dir, n);
@@ -465,8 +494,10 @@ export function loadTrust(stateDir: string): Trust {
         if (caSeen.has(fp)) continue;
         caSeen.add(fp);
         const pc = parseCertificate(der, `${file}: chainPem`);
-        trust.issuers.add(nameKey(pc.subject));
-        caKeys.push(nameKey(pc.subject));
+        const kid = subjectKeyIdOf(pc);
+        trust.issuers.add(caKey(pc.subject));
+        trust.issuers.add(caKey(pc.subject, kid));
+        caKeys.push({ name: pc.subject, kid });
         trust.caPems.push(toPem("CERTIFICATE", der));
         trust.cas.push({
           subject: new crypto.X509Certificate(der).subject.replace(/\n/g, ", "),
@@ -476,7 +507,7 @@ export function loadTrust(stateDir: string): Trust {
     }
     for (const pem of reg.crls) {
       const c = parseCrl(pemBlocks(pem, "X509 CRL", "crls")[0]!);
-      const k = nameKey(c.issuer);
+      const k = caKey(c.issuer, c.authorityKeyId);
       const had = crlByIssuer.get(k);
       crlByIssuer.set(k, had ? newerCrl(had, c) : c);
     }
@@ -493,9 +524,12 @@ export function loadTrust(stateDir: string): Trust {
     if (!trust.issuers.has(k)) continue;
     trust.crlPems.push(toPem("X509 CRL", c.der));
     trust.crlIssuers.add(k);
-    for (const s of c.revoked) trust.revoked.add(`${k}:${s}`);
+    // revoked: by issuer name and serial (serials are random: two CAs of one name never share one)
+    for (const s of c.revoked) trust.revoked.add(`${nameKey(c.issuer)}:${s}`);
   }
-  trust.casWithoutCrl = trust.cas.filter((_, i) => !crlByIssuer.has(caKeys[i]!)).map((c) => c.subject);
+  trust.casWithoutCrl = trust.cas
+    .filter((_, i) => !hasCrl(trust, caKeys[i]!.name, caKeys[i]!.kid))
+    .map((c) => c.subject);
   return trust;
 }
 

@@ -16,6 +16,15 @@
 export interface TrustedCa {
   /** CA name in the CaHierarchy */
   name: string;
+  /**
+   * The CA's generation (CaHierarchy `generation`; absent: 1). During a rollover ensureTrust gets
+   * two CAs with one name and subject, the successor (higher generation) and its predecessor; both
+   * must be trusted (AWS: two CA certificates with one subject; DPS: the group's primary slot holds
+   * the successor, the secondary the predecessor; local: both in the bundle). Once no live
+   * certificate depends on the predecessor, ensureTrust gets the successor alone and the hub stops
+   * trusting the predecessor.
+   */
+  generation?: number;
   /** SHA-256 fingerprint of the DER, lowercase hex */
   fingerprint: string;
   certificatePem: string;

@@ -28,9 +28,10 @@ import * as tls from "node:tls";
 import { Aedes, type AuthenticateError, type Client } from "aedes";
 import { FleetError, invalid } from "../../core/errors";
 import {
+  caKey,
   ensureServerIdentity,
+  hasCrl,
   makeDirs,
-  nameKey,
   rebuildBundles,
   registrationsSignature,
   revocationKey,
@@ -38,7 +39,7 @@ import {
   type Trust,
   writeEndpoint,
 } from "../../core/hubs/local-state";
-import { parseCertificate } from "../../core/x509/parse";
+import { authorityKeyIdOf, parseCertificate } from "../../core/x509/parse";
 
 export interface LocalHubOptions {
   stateDir: string;
@@ -102,6 +103,9 @@ interface Session {
   prefix: string;
   revKey: string;
   issuerKey: string;
+  /** the certificate's issuer name and authorityKeyIdentifier (which CA of that name) */
+  issuer: Buffer;
+  aki?: Buffer;
 }
 
 /** Does the certificate name the device: CN, a DNS SAN whose first label is it, or a URI SAN ending in `:id`/`/id`? */
@@ -252,10 +256,11 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
           "the certificate does not name the device (CN or SAN)",
         );
       const pc = parseCertificate(x.raw, "peer certificate");
-      const issuerKey = nameKey(pc.issuer);
+      const aki = authorityKeyIdOf(pc);
+      const issuerKey = caKey(pc.issuer, aki);
       const revKey = revocationKey(pc.issuer, pc.serial.toString(16));
       if (trust.revoked.has(revKey)) return refuse(done, clientId, "certificate", 5, "certificate revoked");
-      if (!trust.crlIssuers.has(issuerKey))
+      if (!hasCrl(trust, pc.issuer, aki))
         return refuse(done, clientId, "certificate", 5, "no current CRL for its CA");
       const session: Session = {
         sha,
@@ -263,6 +268,8 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         prefix: o.topicPrefix.replace("{deviceId}", dev.deviceId),
         revKey,
         issuerKey,
+        issuer: Buffer.from(pc.issuer),
+        ...(aki ? { aki } : {}),
       };
       sessions.set(client, session);
       admitted.set(client, session);
@@ -391,7 +398,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       if (!next.devices.has(s.sha)) why = next.disabled.has(s.sha) ? "disabled" : "no longer registered";
       else if (next.revoked.has(s.revKey)) why = "revoked";
       else if (!next.issuers.has(s.issuerKey)) why = "its CA is no longer trusted";
-      else if (!next.crlIssuers.has(s.issuerKey)) why = "no current CRL for its CA";
+      else if (!hasCrl(next, s.issuer, s.aki)) why = "no current CRL for its CA";
       if (!why) continue;
       sessions.delete(client);
       admitted.delete(client);

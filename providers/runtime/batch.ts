@@ -24,6 +24,7 @@ import {
 import { exportManifest } from "../../core/enroll/manifest";
 import {
   checkBatchNames,
+  crlUrlsFor,
   type DeviceCertificateProfile,
   type IssuerMaterial,
   type NameRules,
@@ -37,7 +38,7 @@ import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
 import { checker } from "./check";
 import { engineLog } from "./engine-log";
-import { issuerOf, withStation } from "./issuer";
+import { type IssuerInputs, issuersOf, withStation } from "./issuer";
 import { registryLocation, shown, withRegistry } from "./registry";
 
 export { registryLocation };
@@ -61,11 +62,15 @@ export interface BatchInputs {
   firstSerial: number;
   count: number;
   profile: DeviceCertificateProfile;
-  issuer: { name: string; certificatePem: string; chainPem: string };
+  issuer: IssuerInputs["issuer"];
   /** where the issuing CA's key is (core/custody): this provider opens it itself */
   issuerKeyRef?: KeyRef;
   /** only for the pulumi-secret custody (and states from before custody): the key, a secret */
   issuerKeyPem?: string;
+  /** during a CA rollover: the issuing CA's predecessor (its certificates conform, its CRL is fed) */
+  previousIssuer?: IssuerInputs["previousIssuer"];
+  previousIssuerKeyRef?: KeyRef;
+  previousIssuerKeyPem?: string;
   station: { host: string; port: number };
   /** SQLite file (relative to the program directory) or postgres:// URL */
   registry: string;
@@ -136,6 +141,13 @@ export function declarationDigest(i: BatchInputs): string {
         count: i.count,
         profile: resolveProfile(i.profile, "profile", i.policy?.names),
         issuer: issuerFp,
+        ...(i.previousIssuer
+          ? {
+              previousIssuer: isUnknown(i.previousIssuer.certificatePem)
+                ? UNKNOWN
+                : fingerprintOf(i.previousIssuer.certificatePem, "previousIssuer.certificatePem"),
+            }
+          : {}),
         policy: i.policy?.digest ?? null,
       }),
     )
@@ -272,15 +284,34 @@ function outputsOf(
 
 const crlDirOf = (i: BatchInputs) => path.resolve(process.cwd(), i.crlDir || DEFAULT_CRL_DIR);
 
-/** The profile's CRL distribution points: the issuing CA's CRL is published under their names. */
-const crlUrlsOf = (i: BatchInputs): string[] => i.profile?.crlUrls ?? [];
+/**
+ * The CRL distribution points of what `ca` issues (the profile's, with a successor's generation:
+ * crlUrlsFor): its CRL is published under their names.
+ */
+const crlUrlsOf = (i: BatchInputs, ca?: IssuerMaterial): string[] =>
+  crlUrlsFor(i.profile?.crlUrls ?? [], ca?.generation);
+
+/** Is every CRL this batch feeds current (the registry's revocations, its names, its sequence)? */
+async function crlsCurrent(i: BatchInputs, registry: Registry, cas: ReturnType<typeof issuersOf>) {
+  for (const ca of [cas.issuer, cas.previous])
+    if (ca && !(await crlCurrent(registry, ca, crlDirOf(i), undefined, undefined, crlUrlsOf(i, ca))))
+      return false;
+  return true;
+}
+
+/** Publish the CRLs this batch feeds; the issuing CA's figures are returned. */
+async function publishAll(i: BatchInputs, registry: Registry, cas: ReturnType<typeof issuersOf>) {
+  if (cas.previous) await publish(i, registry, cas.previous, i.previousIssuer!);
+  return publish(i, registry, cas.issuer, i.issuer);
+}
 
 async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<BatchOutputs> {
-  const issuer = issuerOf(i, true);
+  const cas = issuersOf(i, true);
+  const issuer = cas.issuer;
   return withRegistry(i, (registry) =>
     withStation(i, async (station) => {
       const engine = new BatchEngine(
-        { registry, station, issuer, onProgress: progressLogger(i) },
+        { registry, station, ...cas, onProgress: progressLogger(i) },
         specOf(i),
         {
           declaration: publicDeclaration(i),
@@ -294,8 +325,7 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
       } finally {
         // revocations (superseded, decommissioned, quarantined) reach the CRL even when the run
         // fails; a CRL that differs from the registry (an earlier publish failed) is published again
-        if (!(await crlCurrent(registry, issuer, crlDirOf(i), undefined, undefined, crlUrlsOf(i))))
-          crl = await publish(i, registry, issuer);
+        if (!(await crlsCurrent(i, registry, cas))) crl = await publishAll(i, registry, cas);
       }
       if (engine.revokedDevices)
         await engineLog(
@@ -321,19 +351,24 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
   );
 }
 
-async function publish(i: BatchInputs, registry: Registry, issuer: IssuerMaterial) {
+async function publish(
+  i: BatchInputs,
+  registry: Registry,
+  issuer: IssuerMaterial,
+  ca: { name: string; certificatePem: string },
+) {
   const p = await publishCrl(
     registry,
-    { certificatePem: i.issuer.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
+    { certificatePem: ca.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
     crlDirOf(i),
     undefined,
-    crlUrlsOf(i),
+    crlUrlsOf(i, issuer),
   );
   // the CA publishes its CRL from creation on: none in this folder means the CaHierarchy writes
   // another folder, and the issuing CA then has two CRLs with two sequences (docs/crl.md)
   if (!readCrlMeta(crlDirOf(i), issuer.fingerprint)?.sources?.ca)
     await engineLog(
-      `batch ${i.name}: crlDir: got ${i.crlDir || DEFAULT_CRL_DIR} where the issuing CA '${i.issuer.name}' publishes no CRL of its own, want the CaHierarchy's crlDir (one CRL per CA, docs/crl.md)`,
+      `batch ${i.name}: crlDir: got ${i.crlDir || DEFAULT_CRL_DIR} where the issuing CA '${ca.name}' publishes no CRL of its own, want the CaHierarchy's crlDir (one CRL per CA, docs/crl.md)`,
       { urn: i.progressUrn, severity: "warning" },
     );
   return { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
@@ -349,6 +384,15 @@ function publicDeclaration(i: BatchInputs) {
     count: i.count,
     profile: i.profile,
     issuer: { name: i.issuer.name, certificatePem: i.issuer.certificatePem, chainPem: i.issuer.chainPem },
+    ...(i.previousIssuer
+      ? {
+          previousIssuer: {
+            name: i.previousIssuer.name,
+            certificatePem: i.previousIssuer.certificatePem,
+            chainPem: i.previousIssuer.chainPem,
+          },
+        }
+      : {}),
     policy: i.policy,
     crlDir: i.crlDir,
     ...(i.revocations?.length ? { revocations: i.revocations } : {}),
@@ -382,7 +426,7 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
     registryLocation(o.registry) !== registryLocation(news.registry);
   // the registry decides whether work is outstanding (an interrupted run, drift found by refresh,
   // a CRL that an earlier run failed to publish); a registry that cannot be read fails the preview
-  const issuer = issuerOf(news, false);
+  const cas = issuersOf(news, false);
   const { plan, crlStale } = await withRegistry(news, async (registry) => {
     if (moved && !replaces.length && !(await registry.getBatch(news.name)))
       throw new FleetError(
@@ -392,17 +436,10 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
       );
     await checkIntegrity(news, registry, o.auditHead);
     const plan = await new BatchEngine(
-      { registry, station: undefined as never, issuer },
+      { registry, station: undefined as never, ...cas },
       specOf(news),
     ).plan();
-    const crlStale = !(await crlCurrent(
-      registry,
-      issuer,
-      crlDirOf(news),
-      undefined,
-      undefined,
-      crlUrlsOf(news),
-    ));
+    const crlStale = !(await crlsCurrent(news, registry, cas));
     return { plan, crlStale };
   });
   const revoke = Object.values(plan.revoke ?? {}).reduce((a, b) => a + b, 0);
@@ -427,7 +464,7 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
 export async function read(id: string, props: Record<string, unknown>) {
   // refresh: compare the registry with the devices; drift goes back into the registry
   const i = props as unknown as BatchInputs & BatchOutputs;
-  const issuer = issuerOf(i, false);
+  const cas = issuersOf(i, false);
   return withRegistry(i, (registry) =>
     withStation(i, async (station) => {
       await checkIntegrity(i, registry, i.auditHead);
@@ -435,7 +472,7 @@ export async function read(id: string, props: Record<string, unknown>) {
         {
           registry,
           station,
-          issuer,
+          ...cas,
           onProgress: progressLogger(i),
           ...(i.policy?.refreshSample ? { refreshSample: i.policy.refreshSample } : {}),
         },
@@ -475,13 +512,13 @@ export async function read(id: string, props: Record<string, unknown>) {
 
 export async function del(_id: string, props: Record<string, unknown>) {
   const i = props as unknown as BatchInputs;
-  const issuer = issuerOf(i, true);
+  const cas = issuersOf(i, true);
   await withRegistry(i, (registry) =>
     withStation(i, async (station) => {
       await checkIntegrity(i, registry, (props as { auditHead?: string }).auditHead);
-      const engine = new BatchEngine({ registry, station, issuer, onProgress: progressLogger(i) }, specOf(i));
+      const engine = new BatchEngine({ registry, station, ...cas, onProgress: progressLogger(i) }, specOf(i));
       const r = await engine.deleteBatch();
-      const crl = await publish(i, registry, issuer);
+      const crl = await publishAll(i, registry, cas);
       await engineLog(
         `batch ${i.name}: deleted: ${r.decommissioned} device(s) decommissioned, ${r.revoked} certificate(s) revoked; CRL #${crl.crlNumber} at ${crl.path}`,
         { urn: i.progressUrn },

@@ -70,6 +70,8 @@ export interface CaInputs extends CaRequest {
    * its child CAs' crlDistributionPoint): it is published under their last path segment too
    */
   crlUrls?: string[];
+  /** an issuing CA's generation (CaHierarchy rollover): a successor is another CA, same subject */
+  generation?: number;
   /** CA-level revocations: certificates this CA issued (subordinate CAs) that are revoked */
   revoked?: CrlEntry[];
 }

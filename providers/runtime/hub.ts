@@ -103,6 +103,13 @@ export interface HubInputs {
      * the hub reads them all there; absent in states from before it
      */
     crlDir?: string;
+    /** the issuing CA's generation (absent: 1) */
+    generation?: number;
+    /**
+     * a CA rollover: the issuing CA's predecessor (same name and subject), trusted while a live
+     * certificate of the batch is its (trustedOf)
+     */
+    previous?: { certificatePem: string; chainPem: string; generation?: number };
   };
   /** the batch's registry (SQLite file or postgres:// URL) */
   registry: string;
@@ -127,9 +134,33 @@ export interface HubOutputs {
 
 const HUB_KINDS = ["local", "aws", "azure"];
 
-/** What the hub must trust: the issuing CA, its chain, and a current CRL for every CA of the chain. */
-export function trustOf(i: HubInputs): TrustedCa {
-  const t = i.trust;
+/**
+ * What the hub must trust: the issuing CA, and during a rollover its predecessor as long as one
+ * of the batch's live certificates is the predecessor's (from the registry: the predecessor is
+ * dropped at the hub, AWS and DPS included, once the rotation has moved every device).
+ */
+export async function trustedOf(i: HubInputs, registry: Registry): Promise<TrustedCa[]> {
+  const cas = [trustOf(i)];
+  const p = i.trust.previous;
+  if (p) {
+    const prev = trustOf(i, p);
+    const live = await registry.certificates({
+      batch: i.batch,
+      issuer: prev.fingerprint,
+      status: ["live"],
+      limit: 1,
+    });
+    if (live.length) cas.push(prev);
+  }
+  return cas;
+}
+
+/** What the hub must trust of one CA (default: the issuing CA): it, its chain, a current CRL for every CA of the chain. */
+export function trustOf(
+  i: HubInputs,
+  ca: { certificatePem: string; chainPem: string; generation?: number } = i.trust,
+): TrustedCa {
+  const t = { ...i.trust, ...ca };
   const cert = pemBlocks(t.certificatePem, "CERTIFICATE", "trust.certificatePem")[0]!;
   pemBlocks(t.chainPem, "CERTIFICATE", "trust.chainPem");
   const crls: string[] = [];
@@ -173,14 +204,15 @@ export function trustOf(i: HubInputs): TrustedCa {
     certificatePem: t.certificatePem,
     chainPem: t.chainPem,
     crlPems: crls,
+    // set in a rollover, both CAs (drivers tell the two by it); absent otherwise, as before
+    ...(t.generation !== undefined ? { generation: t.generation } : {}),
   };
 }
 
 const digest = (v: unknown) => crypto.createHash("sha256").update(canonicalJson(v)).digest("hex");
 
-export function trustDigest(i: HubInputs): string {
-  return digest(trustOf(i));
-}
+/** Digest of what the hub is told to trust (one CA alone digests as before rollovers existed). */
+const trustDigestOf = (cas: readonly TrustedCa[]) => digest(cas.length === 1 ? cas[0] : cas);
 
 /** The hub's declaration without secrets (a rotated SAS key is not a change of hub). */
 export function hubDigest(h: HubSpecInputs): string {
@@ -299,10 +331,10 @@ function progress(i: HubInputs) {
 const spec = (i: HubInputs) => ({ hub: i.registration, batch: i.batch });
 
 async function converge(i: HubInputs, prev?: Partial<HubOutputs>): Promise<HubOutputs> {
-  const trust = trustOf(i);
-  return withRegistry(i, (registry) =>
-    withDriver(i, registry, async (driver) => {
-      const r = await syncHub(registry, driver, spec(i), [trust], { onProgress: progress(i) });
+  return withRegistry(i, async (registry) => {
+    const trust = await trustedOf(i, registry);
+    return withDriver(i, registry, async (driver) => {
+      const r = await syncHub(registry, driver, spec(i), trust, { onProgress: progress(i) });
       const s = await hubSummary(registry, spec(i));
       await log(
         i,
@@ -314,13 +346,13 @@ async function converge(i: HubInputs, prev?: Partial<HubOutputs>): Promise<HubOu
         ...s,
         endpoint: r.trust.endpoint,
         caIds: r.trust.caIds,
-        trustDigest: digest(trust),
+        trustDigest: trustDigestOf(trust),
         hubDigest: hubDigest(i.hub),
         lastRun: { registered: r.registered, disabled: r.disabled, at: new Date().toISOString() },
         drift: prev?.drift ?? { deactivated: 0, reactivated: 0, unknown: 0, checkedAt: null },
       };
-    }),
-  );
+    });
+  });
 }
 
 /** The secret inputs never ride along into the outputs in plain text: the resource marks them secret. */
@@ -345,9 +377,12 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Hub
   if (o.registration !== news.registration) replaces.push("registration");
   if (o.batch !== news.batch) replaces.push("batch");
   if (o.hub?.kind !== news.hub.kind) replaces.push("hub");
-  const trustChanged = (o.trustDigest ?? "") !== digest(trustOf(news));
   const hubChanged = (o.hubDigest ?? "") !== hubDigest(news.hub);
-  const plan = await withRegistry(news, (registry) => planHubSync(registry, spec(news)));
+  const { plan, trusted } = await withRegistry(news, async (registry) => ({
+    plan: await planHubSync(registry, spec(news)),
+    trusted: await trustedOf(news, registry),
+  }));
+  const trustChanged = (o.trustDigest ?? "") !== trustDigestOf(trusted);
   const outstanding = plan.register + plan.disable + plan.resume > 0;
   const changes = replaces.length > 0 || trustChanged || hubChanged || outstanding;
   if (changes && !replaces.length) {
@@ -418,7 +453,7 @@ export async function del(_id: string, props: Record<string, unknown>) {
       const left = await registry.hubCounts(i.registration);
       const remove = (driver as { removeTrust?: (cas: TrustedCa[]) => Promise<void> }).removeTrust;
       if (remove && left.registering + left.active + left.disabling + left.disabled + left.failed === 0)
-        await remove.call(driver, [trustOf(i)]);
+        await remove.call(driver, [trustOf(i), ...(i.trust.previous ? [trustOf(i, i.trust.previous)] : [])]);
       await log(
         i,
         `deleted: ${r.removed} registration(s) removed at ${driver.label}; the audit history stays in the registry`,

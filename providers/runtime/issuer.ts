@@ -16,9 +16,16 @@ import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown } from "./ca";
 
 export interface IssuerInputs {
-  issuer: { name: string; certificatePem: string; chainPem: string };
+  issuer: { name: string; certificatePem: string; chainPem: string; generation?: number };
   issuerKeyRef?: KeyRef;
   issuerKeyPem?: string;
+  /**
+   * During a CA rollover (CaHierarchy `generation`), the issuing CA's predecessor: its certificates
+   * stay valid and on its own CRL until the rotation has re-issued every device under `issuer`
+   */
+  previousIssuer?: { name: string; certificatePem: string; chainPem: string; generation?: number };
+  previousIssuerKeyRef?: KeyRef;
+  previousIssuerKeyPem?: string;
 }
 
 /** The issuing CA's key, opened in this process from its custody (a state from before custody: the PEM). */
@@ -29,19 +36,57 @@ export function issuerKey(i: IssuerInputs): SigningKey {
 }
 
 export function issuerOf(i: IssuerInputs, needKey: boolean): IssuerMaterial {
-  const chain = pemBlocks(i.issuer.chainPem, "CERTIFICATE", "issuer.chainPem");
-  const certificate = pemBlocks(i.issuer.certificatePem, "CERTIFICATE", "issuer.certificatePem")[0]!;
+  return materialOf(i.issuer, "issuer", needKey ? () => issuerKey(i) : undefined);
+}
+
+/** The predecessor of the issuing CA during a rollover (undefined when there is none). */
+export function previousIssuerOf(i: IssuerInputs, needKey: boolean): IssuerMaterial | undefined {
+  const p = i.previousIssuer;
+  if (!p || isUnknown(p)) return undefined;
+  return materialOf(
+    p,
+    "previousIssuer",
+    needKey
+      ? () =>
+          i.previousIssuerKeyRef && !isUnknown(i.previousIssuerKeyRef)
+            ? openCaKey(i.previousIssuerKeyRef, {
+                keyPem: i.previousIssuerKeyPem,
+                field: "previousIssuer.keyRef",
+              })
+            : loadPrivateKey(i.previousIssuerKeyPem, "previousIssuerKeyPem")
+      : undefined,
+  );
+}
+
+/** The issuing CA, and its predecessor during a rollover: an engine context's `issuer` and `previous`. */
+export function issuersOf(
+  i: IssuerInputs,
+  needKey: boolean,
+): { issuer: IssuerMaterial; previous?: IssuerMaterial } {
+  const issuer = issuerOf(i, needKey);
+  const previous = previousIssuerOf(i, needKey);
+  return { issuer, ...(previous ? { previous } : {}) };
+}
+
+function materialOf(
+  ca: NonNullable<IssuerInputs["previousIssuer"]>,
+  field: string,
+  key: (() => SigningKey) | undefined,
+): IssuerMaterial {
+  const chain = pemBlocks(ca.chainPem, "CERTIFICATE", `${field}.chainPem`);
+  const certificate = pemBlocks(ca.certificatePem, "CERTIFICATE", `${field}.certificatePem`)[0]!;
   if (!chain[0]?.equals(certificate))
     throw invalid(
-      "issuer.chainPem",
+      `${field}.chainPem`,
       "a chain that does not start with the issuing CA",
       "the issuing CA first, up to its root",
     );
   return {
     certificate,
     chain: chain.slice(1),
-    key: needKey ? issuerKey(i) : undefined,
+    key: key?.(),
     fingerprint: crypto.createHash("sha256").update(certificate).digest("hex"),
+    ...(ca.generation !== undefined && ca.generation > 1 ? { generation: ca.generation } : {}),
   };
 }
 

@@ -15,7 +15,12 @@
 import * as path from "node:path";
 import { crlCurrent, publishCrl } from "../../core/enroll/crl";
 import { BatchEngine } from "../../core/enroll/engine";
-import { compileTemplate, type DeviceCertificateProfile, resolveProfile } from "../../core/enroll/profile";
+import {
+  compileTemplate,
+  crlUrlsFor,
+  type DeviceCertificateProfile,
+  resolveProfile,
+} from "../../core/enroll/profile";
 import {
   describeRotation,
   hasWork,
@@ -32,7 +37,7 @@ import { type BatchPolicyInputs, specOf } from "./batch";
 import { isUnknown } from "./ca";
 import { checker } from "./check";
 import { engineLog } from "./engine-log";
-import { type IssuerInputs, issuerOf, withStation } from "./issuer";
+import { type IssuerInputs, issuersOf, withStation } from "./issuer";
 import { registryLocation, withRegistry } from "./registry";
 
 /** The governed batch, as its DeviceIdentityBatch resource's outputs carry it. */
@@ -105,11 +110,11 @@ export function check(_olds: Record<string, unknown>, news: RotationInputs) {
 }
 
 async function planOf(i: RotationInputs): Promise<RotationPlan> {
-  const issuer = issuerOf(i.batch, false);
+  const cas = issuersOf(i.batch, false);
   const now = clockOf(i);
   return withRegistry(i.batch, (registry) =>
     planRotation(
-      new BatchEngine({ registry, station: undefined as never, issuer, now }, specOf(i.batch)),
+      new BatchEngine({ registry, station: undefined as never, ...cas, now }, specOf(i.batch)),
       i.rotation,
       now(),
     ),
@@ -133,12 +138,13 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Rot
 }
 
 async function run(i: RotationInputs, prev?: Partial<RotationOutputs>): Promise<RotationOutputs> {
-  const issuer = issuerOf(i.batch, true);
+  const cas = issuersOf(i.batch, true);
+  const issuer = cas.issuer;
   const now = clockOf(i);
   return withRegistry(i.batch, (registry) =>
     withStation(i.batch, async (station) => {
       const engine = new BatchEngine(
-        { registry, station, issuer, now, onProgress: undefined },
+        { registry, station, ...cas, now, onProgress: undefined },
         specOf(i.batch),
       );
       const template = compileTemplate(engine.spec.profile, issuer, now(), engine.spec.names);
@@ -148,18 +154,26 @@ async function run(i: RotationInputs, prev?: Partial<RotationOutputs>): Promise<
       try {
         result = await rotate(engine, i.rotation, template);
       } finally {
-        // superseded certificates reach the CRL even when a wave stopped the run
-        if (engine.revokedThisRun > 0 || !(await crlCurrent(registry, issuer, dir))) {
-          const p = await publishCrl(
-            registry,
-            {
-              certificatePem: i.batch.issuer.certificatePem,
-              key: issuer.key!,
-              fingerprint: issuer.fingerprint,
-            },
-            dir,
-          );
-          crl = { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
+        // superseded certificates reach the CRL even when a wave stopped the run; in a rollover
+        // they are the predecessor's, on its own CRL
+        const pems = { issuer: i.batch.issuer, previous: i.batch.previousIssuer };
+        for (const k of ["previous", "issuer"] as const) {
+          const ca = cas[k];
+          if (!ca) continue;
+          const urls = crlUrlsFor(engine.spec.profile.crlUrls, ca.generation);
+          if (
+            engine.revokedThisRun > 0 ||
+            !(await crlCurrent(registry, ca, dir, undefined, undefined, urls))
+          ) {
+            const p = await publishCrl(
+              registry,
+              { certificatePem: pems[k]!.certificatePem, key: ca.key!, fingerprint: ca.fingerprint },
+              dir,
+              undefined,
+              urls,
+            );
+            if (k === "issuer") crl = { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
+          }
         }
       }
       const plan = await planRotation(engine, i.rotation, now());

@@ -169,6 +169,77 @@ describe("declaration digests", () => {
 
 const outputOf = <T>(o: pulumi.Output<T>): Promise<T> => new Promise((resolve) => o.apply((v) => resolve(v)));
 
+describe("CaHierarchy rollover: an issuing CA's generation (mocks)", () => {
+  const rolled = (g: number): CaHierarchyArgs => ({
+    ...spec,
+    issuing: [{ ...spec.issuing[0]!, generation: g }],
+  });
+  it("generation 2 keeps the predecessor's resource and inputs and adds a successor with the same subject and another key", async () => {
+    const { CaHierarchy } = await import("../../components/CaHierarchy");
+    registered.length = 0;
+    await outputOf(new CaHierarchy("g0", spec).summary);
+    const first = registered.find((r) => r.name === "g0-line-a")!.inputs;
+    registered.length = 0;
+    const pki = new CaHierarchy("g1", rolled(2));
+    const summary = await outputOf(pki.summary);
+    expect(registered.map((r) => r.name).filter((n) => n.startsWith("g1"))).toEqual([
+      "g1",
+      "g1-root",
+      "g1-manufacturing",
+      "g1-line-a",
+      "g1-line-a-g2",
+    ]);
+    // the predecessor is declared exactly as before the rollover: Pulumi sees no change to it
+    const { issuer: _a, ...before } = first as Record<string, unknown>;
+    const { issuer: _b, ...after } = registered.find((r) => r.name === "g1-line-a")!.inputs as Record<
+      string,
+      unknown
+    >;
+    expect(after).toEqual(before);
+    expect(registered.find((r) => r.name === "g1-line-a-g2")!.inputs).toMatchObject({
+      name: "line-a",
+      generation: 2,
+    });
+    const prev = summary["line-a@g1"]!;
+    const cur = summary["line-a"]!;
+    expect(cur.generation).toBe(2);
+    expect(prev.generation).toBe(1);
+    const a = new crypto.X509Certificate(prev.certificatePem);
+    const b = new crypto.X509Certificate(cur.certificatePem);
+    expect(b.subject).toBe(a.subject);
+    expect(b.publicKey.equals(a.publicKey)).toBe(false);
+    expect(
+      verifyChain(summary.root!.certificatePem, summary.manufacturing!.certificatePem, cur.certificatePem).ok,
+    ).toBe(true);
+    const out = pki.issuingCa("line-a");
+    expect(out.generation).toBe(2);
+    expect(await outputOf(out.previous!.fingerprintSha256)).toBe(prev.fingerprintSha256);
+  });
+  it("generation 3 retires generation 1: generations 2 and 3 are declared", async () => {
+    const { CaHierarchy } = await import("../../components/CaHierarchy");
+    registered.length = 0;
+    const pki = new CaHierarchy("g3", rolled(3));
+    await outputOf(pki.summary);
+    expect(registered.map((r) => r.name).filter((n) => n.startsWith("g3"))).toEqual([
+      "g3",
+      "g3-root",
+      "g3-manufacturing",
+      "g3-line-a-g2",
+      "g3-line-a-g3",
+    ]);
+    expect(registered.find((r) => r.name === "g3-line-a-g2")!.inputs).toMatchObject({ generation: 2 });
+  });
+  it("refuses a generation that is not a whole number >= 1, or one on a root or an intermediate", () => {
+    expect(() => planHierarchy(rolled(0))).toThrow("issuing[0].generation: got 0, want a whole number >= 1");
+    expect(() => planHierarchy(rolled(1.5))).toThrow(
+      "issuing[0].generation: got 1.5, want a whole number >= 1",
+    );
+    expect(() =>
+      planHierarchy({ ...spec, intermediates: [{ ...spec.intermediates![0]!, generation: 2 }] }),
+    ).toThrow(/intermediates\[0\]\.generation: got 2, want it only on an issuing CA/);
+  });
+});
+
 describe("CaHierarchy resource graph (mocks)", () => {
   it("pins logical names and types, parents children on the component, keeps keys secret", async () => {
     registered.length = 0;
