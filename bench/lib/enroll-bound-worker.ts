@@ -21,7 +21,7 @@
 import * as crypto from "node:crypto";
 import { parentPort, workerData } from "node:worker_threads";
 import { compileTemplate, deviceNames, resolveProfile } from "../../core/enroll/profile";
-import { attestationMessage, importP256Spki, verifyAttestation } from "../../core/station/attest";
+import { attestationMessage, importP256SpkiFresh, verifyAttestation } from "../../core/station/attest";
 import { verifyCsr } from "../../core/station/csr";
 import { randomSerial } from "../../core/x509/cert";
 import { loadPrivateKey } from "../../core/x509/keys";
@@ -112,7 +112,8 @@ try {
     const csr = buildCsr(n.subject, key.spki, key.privateKey);
     const t1 = cpu();
     // fleetguard: attestation and CSR verified against the identified key, certificate signed
-    const pub = importP256Spki(key.spki);
+    // a fresh import: helpers repeat, a first-contact enrollment meets every key once
+    const pub = importP256SpkiFresh(key.spki);
     if (!verifyAttestation(pub, deviceId, 0, nonce, signature))
       throw new Error(`attestation of ${deviceId} refused`);
     const spki = verifyCsr(csr, key.spki, pub).spki;

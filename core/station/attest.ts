@@ -35,13 +35,44 @@ export function attestationMessage(device: string, epoch: number, nonce: Uint8Ar
 const P256_SPKI_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");
 
 /**
+ * Recently imported keys by their point: a renewal checks a device's CSR and then, a round trip
+ * later, its attestation against the same recorded key (core/enroll/renew.ts), and an import costs
+ * as much as a signature check. Public keys only; bounded (a wave of 1,024 devices, 4 in flight).
+ */
+const IMPORTED_MAX = 4096;
+const imported = new Map<string, KeyObject>();
+
+/**
  * Import a P-256 SubjectPublicKeyInfo. Goes through JWK, which OpenSSL 3 imports about twice
- * as fast as SPKI DER; anything that is not a plain uncompressed P-256 SPKI is refused.
+ * as fast as SPKI DER; anything that is not a plain uncompressed P-256 SPKI is refused. The same
+ * key asked for again soon after is the same KeyObject (a least-recently-used memo).
  */
 export function importP256Spki(spki: Uint8Array): KeyObject {
   const b = Buffer.from(spki.buffer, spki.byteOffset, spki.length);
   if (b.length !== 91 || !b.subarray(0, 26).equals(P256_SPKI_PREFIX) || b[26] !== 4)
     throw invalid("publicKey", spki, "a P-256 SubjectPublicKeyInfo with an uncompressed point (91 bytes)");
+  const point = b.toString("latin1", 27, 91);
+  const hit = imported.get(point);
+  if (hit) {
+    imported.delete(point);
+    imported.set(point, hit);
+    return hit;
+  }
+  const key = importJwk(b);
+  imported.set(point, key);
+  if (imported.size > IMPORTED_MAX) imported.delete(imported.keys().next().value!);
+  return key;
+}
+
+/** importP256Spki without the memo: a fresh import every time (benchmarks of what an import costs). */
+export function importP256SpkiFresh(spki: Uint8Array): KeyObject {
+  const b = Buffer.from(spki.buffer, spki.byteOffset, spki.length);
+  if (b.length !== 91 || !b.subarray(0, 26).equals(P256_SPKI_PREFIX) || b[26] !== 4)
+    throw invalid("publicKey", spki, "a P-256 SubjectPublicKeyInfo with an uncompressed point (91 bytes)");
+  return importJwk(b);
+}
+
+function importJwk(b: Buffer): KeyObject {
   return createPublicKey({
     key: {
       kty: "EC",

@@ -48,6 +48,8 @@ import { type DeviceState, decodeState, encodeState } from "../firmware/state";
 const WAL_MAGIC = Buffer.from("FGWAL01\n");
 const SNAP_MAGIC = Buffer.from("FGSNP01\n");
 const REC_HEADER = 8;
+/** bytes of snapshot records framed and written at a time */
+const SNAP_CHUNK = 1 << 20;
 
 export interface StoreStats {
   records: number;
@@ -136,8 +138,12 @@ class DecodedView implements ReadonlyMap<number, DeviceState> {
   }
 }
 
-/** An exact-size copy in its own allocation (never a slice of a shared pool). */
+/**
+ * An array that is alone in an allocation of its own size: `b` itself when it is (what a worker's
+ * answer is after structured clone), else an exact-size copy (never a slice of a shared pool).
+ */
 function own(b: Uint8Array): Uint8Array {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && !Buffer.isBuffer(b)) return b;
   const out = new Uint8Array(b.length);
   out.set(b);
   return out;
@@ -269,7 +275,10 @@ export class StateStore {
     return this.putEncoded(index, encodeState(state));
   }
 
-  /** put() of a state already encoded (encodeState: a farm worker's answer), copied. */
+  /**
+   * put() of a state already encoded (encodeState: a farm worker's answer). An array alone in its
+   * buffer is kept as it is (the caller hands it over and must not change it), anything else copied.
+   */
   putEncoded(index: number, encoded: Uint8Array): number {
     if (this.failed)
       throw new FleetError("UNAVAILABLE", `state: log write failed earlier (${this.failed.message})`);
@@ -359,17 +368,31 @@ export class StateStore {
     this.stats.generation = g;
     // Taken now, from memory: it includes the records still queued, which also go into the
     // new log; replaying them over the snapshot is harmless (last record wins).
-    const parts: Buffer[] = [SNAP_MAGIC];
-    for (const [i, st] of this.enc) parts.push(frameRecord(i, st));
-    void this.writeSnapshot(g, old, parts);
+    // The states are immutable arrays (a put replaces, never edits), so the snapshot holds
+    // references to them and frames them chunk by chunk as it writes: no second copy of every
+    // state in memory while the snapshot is written.
+    void this.writeSnapshot(g, old, [...this.enc]);
   }
 
-  private async writeSnapshot(g: number, old: number, parts: Buffer[]): Promise<void> {
+  private async writeSnapshot(g: number, old: number, states: Array<[number, Uint8Array]>): Promise<void> {
     const tmp = join(this.dir, `${snapName(g)}.tmp`);
     try {
       const fh = await open(tmp, "w", PRIVATE_FILE);
       try {
-        for (const p of parts) await fh.write(p);
+        await fh.write(SNAP_MAGIC);
+        let chunk: Buffer[] = [];
+        let bytes = 0;
+        for (const [i, st] of states) {
+          const rec = frameRecord(i, st);
+          chunk.push(rec);
+          bytes += rec.length;
+          if (bytes >= SNAP_CHUNK) {
+            await fh.write(Buffer.concat(chunk, bytes));
+            chunk = [];
+            bytes = 0;
+          }
+        }
+        if (bytes) await fh.write(Buffer.concat(chunk, bytes));
         await fh.sync();
       } finally {
         await fh.close();
@@ -385,7 +408,7 @@ export class StateStore {
       }
       fsyncDir(this.dir);
       this.stats.compactions++;
-      this.log(`state: compacted ${parts.length - 1} devices into ${snapName(g)}`);
+      this.log(`state: compacted ${states.length} devices into ${snapName(g)}`);
     } catch (e) {
       this.log(`state: snapshot ${snapName(g)} failed (${(e as Error).message}); logs kept`);
     } finally {

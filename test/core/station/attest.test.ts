@@ -7,6 +7,7 @@ import {
   ATTEST_DOMAIN,
   attestationMessage,
   importP256Spki,
+  importP256SpkiFresh,
   verifyAttestation,
 } from "../../../core/station/attest";
 import { parseCsr, verifyCsr } from "../../../core/station/csr";
@@ -85,5 +86,26 @@ describe("layering", () => {
           .map((i) => `${f} imports ${i}`),
       );
     expect(offenders).toEqual([]);
+  });
+});
+
+describe("importP256Spki memo", () => {
+  it("hands back the same KeyObject for the same key, a fresh import for another; the fresh variant never memoizes", () => {
+    const spkiOf = () =>
+      generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({
+        type: "spki",
+        format: "der",
+      });
+    const a = spkiOf();
+    const b = spkiOf();
+    const ka = importP256Spki(a);
+    expect(importP256Spki(Buffer.from(a))).toBe(ka);
+    expect(importP256Spki(b)).not.toBe(ka);
+    expect(importP256SpkiFresh(a)).not.toBe(ka);
+    expect(importP256SpkiFresh(a).export({ type: "spki", format: "der" }).equals(a)).toBe(true);
+    expect(() => importP256SpkiFresh(a.subarray(1))).toThrow(/P-256 SubjectPublicKeyInfo/);
+    // bounded: after 4,096 other keys the first one is imported again
+    for (let i = 0; i < 4096; i++) importP256Spki(spkiOf());
+    expect(importP256Spki(a)).not.toBe(ka);
   });
 });

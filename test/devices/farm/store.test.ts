@@ -159,12 +159,17 @@ describe("state store, encoded states", () => {
     const e2 = s.getEncoded(2)!;
     expect(Buffer.from(e2)).toEqual(bytes);
     expect(e2.byteLength).toBe(e2.buffer.byteLength);
+    // an array alone in its buffer (a worker's answer after structured clone) is taken over
+    const alone = new Uint8Array(bytes);
+    s.putEncoded(3, alone);
+    expect(s.getEncoded(3)).toBe(alone);
+    s.putEncoded(3, bytes);
     // get() decodes a fresh object each time: changing it changes nothing stored
     const got = s.get(1)!;
     got.epoch = 4;
     expect(s.get(1)!.epoch).toBe(a.epoch);
     expect(s.states.get(2)!.helper).toEqual(stateFor(2, 700).helper);
-    expect([...s.states.keys()].sort()).toEqual([1, 2]);
+    expect([...s.states.keys()].sort()).toEqual([1, 2, 3]);
     await s.close();
     const r = await StateStore.open(p);
     expect(Buffer.from(r.getEncoded(2)!)).toEqual(bytes);
@@ -176,8 +181,26 @@ describe("state store, encoded states", () => {
       new Map([
         [1, encodeState(a).toString("hex")],
         [2, bytes.toString("hex")],
+        [3, bytes.toString("hex")],
       ]),
     );
     await c.close();
+  });
+});
+
+describe("state store, snapshot in chunks", () => {
+  it("a snapshot larger than one write chunk (1 MiB) holds every state", async () => {
+    const p = dir();
+    const s = await StateStore.open(p);
+    for (let i = 0; i < 700; i++) s.put(i, stateFor(i, 2500));
+    await s.compact();
+    const want = enc(s.states);
+    await s.close();
+    const snap = readdirSync(p).find((f) => f.startsWith("snapshot-"))!;
+    expect(statSync(join(p, snap)).size).toBeGreaterThan(2 * 1024 * 1024);
+    const r = await StateStore.open(p);
+    expect(r.states.size).toBe(700);
+    expect(enc(r.states)).toEqual(want);
+    await r.close();
   });
 });
