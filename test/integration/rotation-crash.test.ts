@@ -5,7 +5,9 @@
  * and `pulumi up` again. Afterwards every device has exactly one live certificate, the renewed
  * one, and holds it; every superseded certificate is revoked; nothing was issued twice (two
  * certificates per device in all); a preview shows no changes. The same for a re-key killed
- * mid-wave: every device ends on its next epoch's key and attests with it. The farm runs in this process on
+ * mid-wave: every device ends on its next epoch's key and attests with it. And for a CA rollover
+ * killed mid-wave: every device ends on a certificate of the successor CA, every certificate of
+ * the predecessor is revoked and on the predecessor's CRL. The farm runs in this process on
  * the schedule's clock (test/integration/rotation.test.ts).
  */
 import { spawn } from "node:child_process";
@@ -13,6 +15,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { crlEntriesOf, crlFilesOf } from "../../core/enroll/crl";
 import { openRegistry } from "../../core/registry";
 import { verifyAttestation } from "../../core/station/attest";
 import { StationClient } from "../../core/station/client";
@@ -179,5 +182,51 @@ describe("a rotation survives kill -9", () => {
     } finally {
       await st.close();
     }
+  }, 900_000);
+  it("of pulumi up mid CA rollover: recover-stack, up again, every device under the successor, the predecessor's certificates on its CRL", async () => {
+    const before = (await stack.outputs()).cas as Record<string, { fingerprintSha256: string }>;
+    const g1 = before.line!.fingerprintSha256;
+    await stack.setConfig("fleetguard:generation", "2");
+    const mid = await killMidWaveAndRecover();
+    expect(mid.active).toBeLessThan(COUNT);
+    const cas = (await stack.outputs()).cas as Record<string, { fingerprintSha256: string }>;
+    expect(cas["line@g1"]!.fingerprintSha256).toBe(g1);
+    const g2 = cas.line!.fingerprintSha256;
+    expect(g2).not.toBe(g1);
+    const st = new StationClient({ port: farm.port });
+    try {
+      await registry(async (r) => {
+        const devs = await r.listDevices("lot");
+        const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
+        expect(all).toHaveLength(4 * COUNT); // nothing issued twice
+        const live = all.filter((c) => c.status === "live");
+        expect(live).toHaveLength(COUNT);
+        expect(live.every((c) => c.issuer === g2)).toBe(true);
+        const liveOf = new Map(live.map((c) => [c.deviceId, c]));
+        for (let i = 0; i < devs.length; i += 1000) {
+          const part = devs.slice(i, i + 1000);
+          const status = await st.statusBatch(part.map((d) => d.deviceId));
+          for (const [j, d] of part.entries()) {
+            expect(d.state).toBe("active");
+            expect(liveOf.get(d.deviceId)?.serial).toBe(d.certSerial);
+            const s = status[j]!;
+            expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
+          }
+        }
+        // every certificate of the predecessor is revoked, and listed on the predecessor's own CRL
+        const old = all.filter((c) => c.issuer === g1);
+        expect(old).toHaveLength(3 * COUNT);
+        expect(old.every((c) => c.status === "revoked")).toBe(true);
+        const listed = new Set(
+          crlEntriesOf(fs.readFileSync(crlFilesOf(path.join(work, "crl"), g1).der)).map((e) => e.serial),
+        );
+        for (const c of old) expect(listed.has(c.serial)).toBe(true);
+        expect((await r.verify({ batch: "lot" })).ok).toBe(true);
+      });
+    } finally {
+      await st.close();
+    }
+    const pv = await stack.run(["preview"]);
+    expect(pv.stdout).toMatch(/CA rollover: complete, every device under generation 2/);
   }, 900_000);
 });
