@@ -9,6 +9,7 @@ import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
 import { type CustodySpec, DEFAULT_KEY_STORE, type KeyRef, validateCustody } from "../core/custody";
+import { REVOCATION_REASONS, type RevocationReason } from "../core/x509/crl";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
 import type { Subject } from "../core/x509/names";
@@ -34,6 +35,13 @@ export interface CaSpec {
   readonly description?: pulumi.Input<string>;
   /** where this CA's key lives; default: the hierarchy's `custody` */
   readonly custody?: CustodySpec;
+  /**
+   * Revoke this CA (a subordinate only) and everything under it, for good: its certificate goes
+   * on its issuer's CRL with this RFC 5280 reason (cACompromise, keyCompromise, superseded,
+   * cessationOfOperation, ...), and every batch issued under it is revoked with reason
+   * cACompromise (its devices' certificates on their CA's CRL, disabled at every hub)
+   */
+  readonly revoked?: { readonly reason: RevocationReason; readonly at?: string };
 }
 
 export interface ChildCaSpec extends CaSpec {
@@ -222,6 +230,20 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
           `${p.field}.validityDays: got ${JSON.stringify(s.validityDays)}, want a positive whole number of days`,
         );
       }
+      if (s.revoked !== undefined) {
+        if (p.role === "root")
+          problems.push(
+            `${p.field}.revoked: got a revocation of the root, want it only on an intermediate or issuing CA (a root is on no CRL: remove it from every trust store instead)`,
+          );
+        else if (!s.revoked || !(String(s.revoked.reason) in REVOCATION_REASONS))
+          problems.push(
+            `${p.field}.revoked.reason: got ${JSON.stringify(s.revoked?.reason)}, want an RFC 5280 reason: one of ${Object.keys(REVOCATION_REASONS).join(", ")}`,
+          );
+        else if (s.revoked.at !== undefined && !Number.isFinite(Date.parse(s.revoked.at)))
+          problems.push(
+            `${p.field}.revoked.at: got ${JSON.stringify(s.revoked.at)}, want an ISO 8601 date and time`,
+          );
+      }
       const g = (s as ChildCaSpec).generation;
       if (g !== undefined && (!Number.isInteger(g) || g < 1))
         problems.push(`${p.field}.generation: got ${JSON.stringify(g)}, want a whole number >= 1`);
@@ -270,6 +292,8 @@ export interface CaOutputs {
   generation?: number;
   /** during a rollover: the predecessor, still trusted while devices hold its certificates */
   previous?: CaOutputs;
+  /** this CA or one above it is declared revoked: everything it issued is revoked too */
+  revokedAbove?: { ca: string; reason: RevocationReason; at?: string };
   /**
    * The current CRLs of the CAs above this one, its issuer's first (a hub that checks the CRL of
    * every CA of the chain needs them; this CA's own CRL of its devices is the batch's, published
@@ -290,7 +314,8 @@ export function declarationDigest(
   parentDigest: string,
   custody?: CustodySpec,
 ): string {
-  const { description: _d, custody: _c, ...rest } = spec;
+  // a revocation changes no key or certificate: the CA is updated in place, its children stay
+  const { description: _d, custody: _c, revoked: _r, ...rest } = spec;
   // a key moves in place between the Pulumi secret and key stores; an HSM's key is another key
   const c = validateCustody(custody ?? spec.custody);
   const decl = c.kind === "pkcs11" ? { ...rest, custody: c } : rest;
@@ -355,6 +380,8 @@ export class CaHierarchy extends pulumi.ComponentResource {
   private readonly parents: Record<string, string | undefined> = {};
   /** name -> its generation (issuing CAs that were rolled over) */
   private readonly generations: Record<string, number> = {};
+  /** name -> its declared revocation */
+  private readonly revocations: Record<string, { reason: RevocationReason; at?: string }> = {};
 
   constructor(name: string, args: CaHierarchyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("fleetguard:pki:CaHierarchy", name, {}, opts);
@@ -371,6 +398,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
     for (const p of plan) {
       this.parents[p.name] = p.parent;
       this.generations[p.name] = generationOf(p);
+      if (!isExisting(p.spec) && p.spec.revoked) this.revocations[p.name] = { ...p.spec.revoked };
       const parentDigest = p.parent ? digests[p.parent]! : pulumi.output("");
       digests[p.name] = isExisting(p.spec)
         ? pulumi
@@ -405,6 +433,7 @@ export class CaHierarchy extends pulumi.ComponentResource {
             nameConstraints: p.spec.nameConstraints,
             crlDistributionPoint: p.spec.crlDistributionPoint,
             crlIntervalHours: p.spec.crlIntervalHours,
+            ...(p.spec.revoked ? { revocation: { ...p.spec.revoked } } : {}),
             custody: effectiveCustody(p.spec.custody ?? args.custody),
             // the issuer's key is named, not passed: this CA's provider opens it from its custody
             issuer: parent
@@ -506,7 +535,12 @@ export class CaHierarchy extends pulumi.ComponentResource {
     });
     const g = this.generations[name] ?? 1;
     const prev = this.previous[name];
-    return { ...outputs(c, g), ...(prev ? { previous: outputs(prev, g - 1) } : {}) };
+    const revoked = [name, ...this.ancestors(name)].find((a) => this.revocations[a]);
+    return {
+      ...outputs(c, g),
+      ...(prev ? { previous: outputs(prev, g - 1) } : {}),
+      ...(revoked ? { revokedAbove: { ca: revoked, ...this.revocations[revoked]! } } : {}),
+    };
   }
 
   /** The names of the CAs above `name`, its issuer first. */

@@ -149,7 +149,14 @@ export function revocationsOf(
       : r === undefined
         ? undefined
         : (r as DeviceRevocation[]);
-  const revoked = args.revoked ? { ...args.revoked } : undefined;
+  // a CA above the batch declared revoked (CaHierarchy `revoked`) revokes everything it issued:
+  // the batch's own declaration, if any, names the reason instead
+  const above = args.issuingCa?.revokedAbove;
+  const revoked = args.revoked
+    ? { ...args.revoked }
+    : above
+      ? { reason: "cACompromise" as RevocationReason, ...(above.at ? { at: above.at } : {}) }
+      : undefined;
   validateRevocations({ ...batch, revocations, revoked });
   return {
     ...(revocations?.length ? { revocations: revocations.map((x) => ({ ...x })) } : {}),

@@ -34,8 +34,15 @@ import { children, content, decodeOid, read } from "../x509/der";
 import type { SigningKey } from "../x509/keys";
 import { pemBlocks, pemOne } from "../x509/pem";
 
-/** Who wrote entries of a CA's CRL: the CA provider, or the batches (from the registry). */
-export type CrlSource = "ca" | "registry";
+/**
+ * Who wrote entries of a CA's CRL: the CA provider, the batches (from the registry), or a
+ * subordinate CA declared revoked (`subordinate:<its fingerprint>`: the child's own provider puts
+ * its certificate on its issuer's CRL, signed with the issuer's key, which it opens anyway).
+ */
+export type CrlSource = "ca" | "registry" | `subordinate:${string}`;
+
+/** The CRL source of a subordinate CA that revokes itself on its issuer's CRL. */
+export const subordinateSource = (fingerprint: string): CrlSource => `subordinate:${fingerprint}`;
 
 export interface CrlEntry {
   /** serial number, lowercase hex */
@@ -73,7 +80,7 @@ export interface CrlMeta {
   caName?: string;
   /** the URL paths of the distribution points that name this CRL (`/crl/root.crl`): what the server answers at */
   paths?: string[];
-  sources?: Partial<Record<CrlSource, { digest: string; entries: CrlEntry[] }>>;
+  sources?: { [K in CrlSource]?: { digest: string; entries: CrlEntry[] } };
   /** a sidecar from before (version 1): the batch's digest */
   revokedDigest?: string;
 }
@@ -414,7 +421,14 @@ export function publishCaCrl(
     opts.onStep?.("reserved");
     const seen = new Set<string>();
     const all: CrlEntry[] = [];
-    for (const s of ["ca", "registry"] as const)
+    const order = [
+      "ca",
+      "registry",
+      ...Object.keys(sources)
+        .filter((k) => k !== "ca" && k !== "registry")
+        .sort(),
+    ] as CrlSource[];
+    for (const s of order)
       for (const e of sources[s]?.entries ?? [])
         if (!seen.has(e.serial)) {
           seen.add(e.serial);

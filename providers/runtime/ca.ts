@@ -33,8 +33,10 @@ import {
   digestOf,
   type PublishedCrl,
   publishCaCrl,
+  subordinateSource,
 } from "../../core/enroll/crl";
 import { FleetError } from "../../core/errors";
+import { REVOCATION_REASONS, type RevocationReason } from "../../core/x509/crl";
 import {
   algorithmOf,
   loadPrivateKey,
@@ -72,6 +74,11 @@ export interface CaInputs extends CaRequest {
   crlUrls?: string[];
   /** an issuing CA's generation (CaHierarchy rollover): a successor is another CA, same subject */
   generation?: number;
+  /**
+   * This CA declared revoked (CaHierarchy `revoked`, a subordinate CA only): its certificate goes
+   * on its issuer's CRL with this RFC 5280 reason, for good (a revoked CA is never reinstated)
+   */
+  revocation?: { reason: RevocationReason; at?: string };
   /** CA-level revocations: certificates this CA issued (subordinate CAs) that are revoked */
   revoked?: CrlEntry[];
 }
@@ -128,7 +135,7 @@ const fingerprint = (pem: string): string => {
   }
 };
 
-export function check(_olds: Record<string, unknown>, news: CaInputs) {
+export function check(olds: Record<string, unknown>, news: CaInputs) {
   const failures: { property: string; reason: string }[] = [];
   const inputs = { ...news };
   const at = (property: string, f: () => void) => {
@@ -156,6 +163,33 @@ export function check(_olds: Record<string, unknown>, news: CaInputs) {
             "revoked",
           );
       });
+    });
+  if (inputs.revocation !== undefined && !isUnknown(inputs.revocation))
+    at("revocation", () => {
+      const r = inputs.revocation;
+      if (!inputs.issuer)
+        throw new FleetError(
+          "INVALID_INPUT",
+          `revoked: got a revocation of root '${inputs.name}', want it only on a subordinate CA (a root is not on any CRL: remove it from every trust store instead)`,
+          "revoked",
+        );
+      if (!r || typeof r.reason !== "string" || !(r.reason in REVOCATION_REASONS))
+        throw new FleetError(
+          "INVALID_INPUT",
+          `revoked.reason: got ${JSON.stringify(r?.reason)}, want an RFC 5280 reason: one of ${Object.keys(REVOCATION_REASONS).join(", ")}`,
+          "revoked",
+        );
+      if (r.at !== undefined && !Number.isFinite(Date.parse(r.at)))
+        throw new FleetError(
+          "INVALID_INPUT",
+          `revoked.at: got ${JSON.stringify(r.at)}, want an ISO 8601 date and time`,
+          "revoked",
+        );
+    });
+  if (olds.revocation && !inputs.revocation && !isUnknown(inputs.revocation))
+    failures.push({
+      property: "revoked",
+      reason: `revoked: got none for CA '${inputs.name}', which is revoked, want it kept: a revoked CA is never reinstated (its certificate stays on its issuer's CRL); roll it over (generation) or declare a new CA`,
     });
   if (inputs.existing) {
     if (!isUnknown(inputs.existing))
@@ -241,7 +275,8 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
       intervalChanged ||
       custody === "move" ||
       crlDue(olds) ||
-      !publicationCurrent(olds, news),
+      !publicationCurrent(olds, news) ||
+      !revocationCurrent(olds, news),
     replaces,
     stables: replaces.length
       ? []
@@ -334,7 +369,9 @@ export function create(inputs: CaInputs) {
     crlNextUpdate: crl.nextUpdate,
     crlDir: inputs.crlDir ?? DEFAULT_CRL_DIR,
     crlPath: crl.path,
+    revocation: null as unknown,
   };
+  if (inputs.revocation && inputs.issuer) publishRevocation(outs, inputs);
   return { id: `${inputs.name}-${issued.fingerprintSha256.slice(0, 16)}`, outs };
 }
 
@@ -378,6 +415,45 @@ function publish(
     intervalHours: i.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS,
   });
   return { ...p, crlPem: fs.readFileSync(p.path, "utf8") };
+}
+
+/** The entry a revoked subordinate CA puts on its issuer's CRL (its revocation time kept from the first run). */
+function revocationEntry(outs: Record<string, unknown>, news: CaInputs, now = new Date()): CrlEntry {
+  const was = outs.revocation as { reason: RevocationReason; at: string } | null | undefined;
+  const at =
+    news.revocation?.at ?? was?.at ?? new Date(Math.floor(now.getTime() / 1000) * 1000).toISOString();
+  return { serial: String(outs.serialNumber).toLowerCase(), revokedAt: at, reason: news.revocation!.reason };
+}
+
+/**
+ * Is this CA, declared revoked, on its issuer's CRL (the source of its own fingerprint, with its
+ * serial)? Always true when it is not declared revoked; during a preview with unknowns, assume so.
+ */
+function revocationCurrent(olds: Record<string, unknown>, news: CaInputs): boolean {
+  if (!news.revocation || !news.issuer || isUnknown(news.revocation) || isUnknown(news.issuer)) return true;
+  if (typeof olds.fingerprintSha256 !== "string" || typeof olds.serialNumber !== "string") return false;
+  const issuerFp = fingerprint(news.issuer.certificatePem);
+  if (!issuerFp) return true;
+  return caCrlCurrent(crlDirOf(news), issuerFp, {
+    source: subordinateSource(olds.fingerprintSha256),
+    digest: digestOf([String(olds.serialNumber).toLowerCase()]),
+  });
+}
+
+/** Put this revoked CA on its issuer's CRL, signed with the issuer's key (opened here, as at issuance). */
+function publishRevocation(outs: Record<string, unknown>, news: CaInputs): void {
+  const parent = issuerMaterial(news.issuer!);
+  const entry = revocationEntry(outs, news);
+  publishCaCrl(
+    crlDirOf(news),
+    {
+      certificatePem: news.issuer!.certificatePem,
+      key: parent.key,
+      fingerprint: fingerprint(news.issuer!.certificatePem),
+    },
+    { source: subordinateSource(String(outs.fingerprintSha256)), entries: [entry] },
+  );
+  outs.revocation = { reason: entry.reason, at: entry.revokedAt };
 }
 
 /** A CRL is re-signed once half its validity has passed: a nightly `pulumi up` keeps it fresh. */
@@ -430,6 +506,7 @@ export function update(_id: string, olds: Record<string, unknown>, news: CaInput
       Number(olds.crlNumber ?? 0),
     );
   }
+  if (news.revocation && news.issuer && !revocationCurrent(olds, news)) publishRevocation(outs, news);
   if (crl)
     Object.assign(outs, {
       crlIntervalHours: interval,

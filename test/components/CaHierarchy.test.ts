@@ -229,6 +229,33 @@ describe("CaHierarchy rollover: an issuing CA's generation (mocks)", () => {
     ]);
     expect(registered.find((r) => r.name === "g3-line-a-g2")!.inputs).toMatchObject({ generation: 2 });
   });
+  it("revokes a subordinate CA (never the root) with an RFC 5280 reason; what it issued inherits the revocation", async () => {
+    expect(() =>
+      planHierarchy({ ...spec, root: { ...spec.root, revoked: { reason: "keyCompromise" } } as never }),
+    ).toThrow(/root\.revoked: got a revocation of the root, want it only on an intermediate or issuing CA/);
+    expect(() =>
+      planHierarchy({
+        ...spec,
+        intermediates: [{ ...spec.intermediates![0]!, revoked: { reason: "oops" as never } }],
+      }),
+    ).toThrow(/intermediates\[0\]\.revoked\.reason: got "oops", want an RFC 5280 reason/);
+    const { CaHierarchy } = await import("../../components/CaHierarchy");
+    const pki = new CaHierarchy("rv", {
+      ...spec,
+      intermediates: [
+        { ...spec.intermediates![0]!, revoked: { reason: "cACompromise", at: "2026-12-01T00:00:00Z" } },
+      ],
+    });
+    expect(pki.issuingCa("line-a").revokedAbove).toEqual({
+      ca: "manufacturing",
+      reason: "cACompromise",
+      at: "2026-12-01T00:00:00Z",
+    });
+    await outputOf(pki.summary);
+    expect(registered.find((r) => r.name === "rv-manufacturing")!.inputs).toMatchObject({
+      revocation: { reason: "cACompromise" },
+    });
+  });
   it("refuses a generation that is not a whole number >= 1, or one on a root or an intermediate", () => {
     expect(() => planHierarchy(rolled(0))).toThrow("issuing[0].generation: got 0, want a whole number >= 1");
     expect(() => planHierarchy(rolled(1.5))).toThrow(

@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import type { KeyRef } from "../../core/custody";
+import { crlEntriesOf, crlFilesOf } from "../../core/enroll/crl";
 import { check, create, crlDue, diff, read, UNKNOWN, update } from "../../providers/runtime/ca";
 import { tmpdir } from "../helpers/openssl";
 
@@ -57,6 +58,46 @@ describe("CA provider runtime", () => {
     expect(
       diff("id", c, { ...child, issuer: { ...issuer, certificatePem: other.certificatePem } }).replaces,
     ).toEqual(["issuer"]);
+  });
+
+  it("a subordinate declared revoked goes on its issuer's CRL once, keeps its time, and is never reinstated", () => {
+    const crlDir = tmpdir("fg-ca-revoke-");
+    const parent = create({ ...inputs, pathLen: 1, crlDir }).outs;
+    const issuer = {
+      name: "root",
+      certificatePem: parent.certificatePem,
+      chainPem: parent.chainPem,
+      keyRef: parent.keyRef,
+    };
+    const child = { ...inputs, name: "iss", role: "issuing" as const, validityDays: 100, issuer, crlDir };
+    const c = create(child).outs as Record<string, unknown>;
+    const serial = String(c.serialNumber).replace(/^0+/, "");
+    const listed = () =>
+      crlEntriesOf(fs.readFileSync(crlFilesOf(crlDir, String(parent.fingerprintSha256)).der)).filter(
+        (e) => e.serial.replace(/^0+/, "") === serial,
+      );
+    expect(listed()).toHaveLength(0);
+    const revoked = { ...child, revocation: { reason: "cACompromise" as const } };
+    expect(check(c, revoked).failures).toEqual([]);
+    expect(diff("id", c, revoked)).toMatchObject({ changes: true, replaces: [] });
+    const u = update("id", c, revoked).outs as Record<string, unknown>;
+    expect(listed()).toEqual([expect.objectContaining({ reason: "cACompromise" })]);
+    const at = (u.revocation as { at: string }).at;
+    expect(diff("id", u, revoked).changes).toBe(false);
+    // the issuer re-signs its own CRL: the subordinate's entry stays on it, with its time
+    update("id", { ...parent, crlNextUpdate: new Date(0).toISOString() }, { ...inputs, pathLen: 1, crlDir });
+    expect(listed()).toEqual([expect.objectContaining({ reason: "cACompromise", revokedAt: at })]);
+    expect(
+      check(u, child)
+        .failures.map((f) => f.reason)
+        .join(),
+    ).toMatch(/revoked: got none for CA 'iss', which is revoked, want it kept/);
+    expect(check({}, { ...inputs, revocation: { reason: "keyCompromise" } }).failures[0]?.reason).toMatch(
+      /revoked: got a revocation of root 'root', want it only on a subordinate CA/,
+    );
+    expect(check({}, { ...revoked, revocation: { reason: "lost" as never } }).failures[0]?.reason).toMatch(
+      /revoked.reason: got "lost", want an RFC 5280 reason/,
+    );
   });
 
   it("returns check failures for bad input instead of throwing", () => {
