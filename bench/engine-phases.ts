@@ -5,6 +5,7 @@
  *   npx tsx bench/engine-phases.ts [--devices 10000] [--phases enroll,plan,verify,converge,refresh,reissue]
  *       [--prof-phase plan --prof-dir DIR]   # a .cpuprofile of this process for that phase only
  *       [--farm-prof DIR]                    # the farm under node --cpu-prof
+ *       [--farm N]                           # the farm's size (default --devices); its peak RSS is reported
  *
  * A farm of --devices PUF devices in its own process (`fleet devices serve`, default workers), the
  * engine in this process with a SQLite registry. Phases, each timed (wall) and charged CPU from
@@ -30,6 +31,7 @@ import { StationClient } from "../core/station/client";
 import { loadPrivateKey } from "../core/x509/keys";
 import { pemBlocks } from "../core/x509/pem";
 import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
+import { start as startSampler } from "./lib/procmem";
 
 const arg = (name: string, def: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -76,12 +78,14 @@ async function main() {
   const farmProf = process.argv.includes("--farm-prof")
     ? process.argv[process.argv.indexOf("--farm-prof") + 1]
     : undefined;
+  const farmCount = arg("farm", N);
   const { child, port } = await startFarmProcess({
-    count: N,
+    count: farmCount,
     state: path.join(work, "farm"),
     seed: crypto.randomBytes(32).toString("hex"),
     ...(farmProf ? { nodeArgs: ["--cpu-prof", "--cpu-prof-dir", farmProf] } : {}),
   });
+  const farmMem = startSampler(child.pid!);
   const station = new StationClient({ port, poolSize: 2, maxInFlight: 64, timeoutMs: 120_000 });
   const registry = await openRegistry(path.join(work, "registry.db"));
   const material = issuer();
@@ -142,6 +146,10 @@ async function main() {
     await station.close();
     await registry.close();
     await stopFarmProcess(child);
+    const peak = farmMem.stop().processes.reduce((m, p) => Math.max(m, p.peakKb), 0);
+    rows.push(
+      `| farm of ${farmCount.toLocaleString("en-US")}: peak RSS ${(peak / 1024).toFixed(0)} MiB | | | |`,
+    );
     fs.rmSync(work, { recursive: true, force: true });
   }
   console.log(`## engine phases, ${N.toLocaleString("en-US")} devices, load ${os.loadavg()[0]!.toFixed(1)}`);

@@ -17,7 +17,8 @@
  * there and appending resumes.
  *
  * Memory: each device's state is held as its encoded record (firmware/state.ts, what the log
- * carries), one exact-size allocation per device, and decoded on get(): decoded states cost an
+ * carries), one exact-size allocation per device with the chain's CA certificates shared by the
+ * whole farm (pack.ts), and decoded on get(): decoded states cost an
  * object, a fuse array and two Buffers each, and the Buffers, cut from Node's shared 8 KiB pool
  * next to short-lived ones, kept whole pool slabs alive (1.8 GiB for 111,000 enrolled devices).
  * The farm's worker threads take and give encoded states (getEncoded, putEncoded), so a state
@@ -44,6 +45,7 @@ import { crc32 } from "node:zlib";
 import { ensurePrivateDir, PRIVATE_FILE } from "../../core/durable";
 import { FleetError } from "../../core/errors";
 import { type DeviceState, decodeState, encodeState } from "../firmware/state";
+import { pack, SharedCerts, type StoredState, unpack } from "./pack";
 
 const WAL_MAGIC = Buffer.from("FGWAL01\n");
 const SNAP_MAGIC = Buffer.from("FGSNP01\n");
@@ -110,13 +112,13 @@ export interface StoreOptions {
 
 /** A read-only Map view that decodes each state when it is read. */
 class DecodedView implements ReadonlyMap<number, DeviceState> {
-  constructor(private readonly m: Map<number, Uint8Array>) {}
+  constructor(private readonly m: Map<number, StoredState>) {}
   get size(): number {
     return this.m.size;
   }
   get(k: number): DeviceState | undefined {
     const b = this.m.get(k);
-    return b === undefined ? undefined : decodeState(b);
+    return b === undefined ? undefined : decodeState(unpack(b));
   }
   has(k: number): boolean {
     return this.m.has(k);
@@ -125,10 +127,10 @@ class DecodedView implements ReadonlyMap<number, DeviceState> {
     return this.m.keys();
   }
   *entries(): MapIterator<[number, DeviceState]> {
-    for (const [k, b] of this.m) yield [k, decodeState(b)];
+    for (const [k, b] of this.m) yield [k, decodeState(unpack(b))];
   }
   *values(): MapIterator<DeviceState> {
-    for (const b of this.m.values()) yield decodeState(b);
+    for (const b of this.m.values()) yield decodeState(unpack(b));
   }
   [Symbol.iterator](): MapIterator<[number, DeviceState]> {
     return this.entries();
@@ -150,8 +152,9 @@ function own(b: Uint8Array): Uint8Array {
 }
 
 export class StateStore {
-  /** encoded state of every device provisioning changed */
-  private readonly enc = new Map<number, Uint8Array>();
+  /** encoded state of every device provisioning changed, CA certificates shared (pack.ts) */
+  private readonly enc = new Map<number, StoredState>();
+  private readonly shared = new SharedCerts();
   /** the states, decoded on each read (tests, tools; the farm uses get and getEncoded) */
   readonly states: ReadonlyMap<number, DeviceState> = new DecodedView(this.enc);
   private readonly lastSeq = new Map<number, number>();
@@ -256,18 +259,25 @@ export class StateStore {
   /** A recovered record: checked by decoding it once, kept encoded. */
   private load(index: number, st: Uint8Array): void {
     decodeState(st);
-    this.enc.set(index, own(st));
+    this.enc.set(index, this.keep(st));
   }
 
   /** The device's state, decoded (a fresh object: changing it changes nothing stored). */
   get(index: number): DeviceState | undefined {
     const b = this.enc.get(index);
-    return b === undefined ? undefined : decodeState(b);
+    return b === undefined ? undefined : decodeState(unpack(b));
+  }
+
+  /** What the map holds for an encoded state: packed, or an array alone in its allocation. */
+  private keep(encoded: Uint8Array): StoredState {
+    const p = pack(encoded, this.shared);
+    return p === encoded ? own(encoded) : p;
   }
 
   /** The device's state as encodeState() gives it, without decoding (do not modify). */
   getEncoded(index: number): Uint8Array | undefined {
-    return this.enc.get(index);
+    const b = this.enc.get(index);
+    return b === undefined ? undefined : unpack(b);
   }
 
   /** Record a device's new state. Returns the sequence number to wait on with durable(). */
@@ -282,7 +292,7 @@ export class StateStore {
   putEncoded(index: number, encoded: Uint8Array): number {
     if (this.failed)
       throw new FleetError("UNAVAILABLE", `state: log write failed earlier (${this.failed.message})`);
-    this.enc.set(index, own(encoded));
+    this.enc.set(index, this.keep(encoded));
     const rec = frameRecord(index, encoded);
     this.queue.push(rec);
     this.stats.records++;
@@ -374,7 +384,7 @@ export class StateStore {
     void this.writeSnapshot(g, old, [...this.enc]);
   }
 
-  private async writeSnapshot(g: number, old: number, states: Array<[number, Uint8Array]>): Promise<void> {
+  private async writeSnapshot(g: number, old: number, states: Array<[number, StoredState]>): Promise<void> {
     const tmp = join(this.dir, `${snapName(g)}.tmp`);
     try {
       const fh = await open(tmp, "w", PRIVATE_FILE);
@@ -383,7 +393,7 @@ export class StateStore {
         let chunk: Buffer[] = [];
         let bytes = 0;
         for (const [i, st] of states) {
-          const rec = frameRecord(i, st);
+          const rec = frameRecord(i, unpack(st));
           chunk.push(rec);
           bytes += rec.length;
           if (bytes >= SNAP_CHUNK) {
