@@ -7,7 +7,7 @@
  * switches; every device connects after every run; once the last device has moved, every
  * predecessor certificate is revoked (superseded) on the predecessor's own CRL, the hub stops
  * trusting the predecessor, and a preview shows no changes. OpenSSL checks both chains with the
- * CRLs of every CA. Raising the generation again plans the predecessor's retirement.
+ * CRLs of every CA, fetched over HTTP at the certificates' distribution points. Raising the generation again plans the predecessor's retirement.
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -19,6 +19,7 @@ import type { CertificateRecord } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
 import { connectDevices } from "../../core/station/connect";
 import { toPem } from "../../core/x509/pem";
+import { type CrlServer, startCrlServer } from "../../hub/crl/server";
 import { type LocalHub, startLocalHub } from "../../hub/local/server";
 import { openssl, tmpdir } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
@@ -74,8 +75,8 @@ describe("CA rollover of an issuing CA, real engine", () => {
     });
     return r;
   };
-  /** openssl verify -crl_check_all of a leaf against a chain, with the CRL files the distribution points name */
-  const verify = (leaf: Buffer, chainPem: string, crlFiles: string[]) => {
+  /** openssl verify -crl_check_all of a leaf against a chain, with the CRLs (DER) its chain's distribution points gave */
+  const verify = (leaf: Buffer, chainPem: string, crls: Buffer[]) => {
     const d = tmpdir("fg-rollover-verify-");
     try {
       const blocks = chainPem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g)!;
@@ -83,10 +84,7 @@ describe("CA rollover of an issuing CA, real engine", () => {
       fs.writeFileSync(path.join(d, "untrusted.pem"), `${blocks.slice(0, -1).join("\n")}\n`);
       fs.writeFileSync(path.join(d, "leaf.pem"), toPem("CERTIFICATE", leaf));
       // the files a distribution point names hold DER (what an HTTP client fetches)
-      fs.writeFileSync(
-        path.join(d, "crls.pem"),
-        crlFiles.map((f) => toPem("X509 CRL", fs.readFileSync(f))).join(""),
-      );
+      fs.writeFileSync(path.join(d, "crls.pem"), crls.map((der) => toPem("X509 CRL", der)).join(""));
       return openssl([
         "verify",
         "-x509_strict",
@@ -103,7 +101,17 @@ describe("CA rollover of an issuing CA, real engine", () => {
       fs.rmSync(d, { recursive: true, force: true });
     }
   };
-  const crlFile = (name: string) => path.join(crlDir, name);
+  /** the CRL at a distribution point, fetched over HTTP from `fleet crl serve`'s server (at the URL's path) */
+  const fetchCrl = async (server: CrlServer, url: string): Promise<Buffer> => {
+    const r = await fetch(`${server.url}${new URL(url).pathname}`);
+    expect(r.status, url).toBe(200);
+    return Buffer.from(await r.arrayBuffer());
+  };
+  /** the distribution-point URL a certificate (DER) names */
+  const cdpOf = (der: Buffer): string => {
+    const out = openssl(["x509", "-noout", "-ext", "crlDistributionPoints"], toPem("CERTIFICATE", der)).out;
+    return /URI:(\S+)/.exec(out)![1]!;
+  };
 
   beforeAll(async () => {
     await farm.start();
@@ -203,17 +211,22 @@ describe("CA rollover of an issuing CA, real engine", () => {
     expect(now).toHaveLength(COUNT);
     expect(old.length).toBeGreaterThanOrEqual(COUNT);
     expect(old.every((c) => c.status === "revoked" && c.revocationReason === "superseded")).toBe(true);
-    // each CA's CRL under its own distribution-point name: line.crl is generation 1's, line-g2.crl generation 2's
-    const cdp = (der: Buffer) =>
-      openssl(["x509", "-noout", "-ext", "crlDistributionPoints"], toPem("CERTIFICATE", der)).out;
-    expect(cdp(now[0]!.der)).toMatch(/line-g2\.crl/);
-    expect(cdp(old[0]!.der)).toMatch(/\/line\.crl/);
-    const rootCrl = crlFile("root.crl");
-    const okNew = verify(now[0]!.der, g2.chainPem, [crlFile("line-g2.crl"), rootCrl]);
-    expect(okNew.out).toMatch(/: OK/);
-    const revoked = verify(old[0]!.der, g1.chainPem, [crlFile("line.crl"), rootCrl]);
-    expect(revoked.status).not.toBe(0);
-    expect(revoked.out).toMatch(/certificate revoked/);
+    // each CA's CRL under its own distribution point (line.crl generation 1's, line-g2.crl
+    // generation 2's), fetched over HTTP at the URLs the certificates name
+    expect(cdpOf(now[0]!.der)).toBe("http://pki.rollover.example.com/crl/line-g2.crl");
+    expect(cdpOf(old[0]!.der)).toBe("http://pki.rollover.example.com/crl/line.crl");
+    const server = await startCrlServer({ dir: crlDir, port: 0 });
+    try {
+      const issuingCdp = (pem: string) => cdpOf(Buffer.from(new crypto.X509Certificate(pem).raw));
+      const rootCrl = await fetchCrl(server, issuingCdp(g2.certificatePem));
+      const okNew = verify(now[0]!.der, g2.chainPem, [await fetchCrl(server, cdpOf(now[0]!.der)), rootCrl]);
+      expect(okNew.out).toMatch(/: OK/);
+      const revoked = verify(old[0]!.der, g1.chainPem, [await fetchCrl(server, cdpOf(old[0]!.der)), rootCrl]);
+      expect(revoked.status).not.toBe(0);
+      expect(revoked.out).toMatch(/certificate revoked/);
+    } finally {
+      await server.close();
+    }
     // the hub trusts the successor alone once no live certificate is the predecessor's
     await waitFor(() => hub!.stats().cas === 2);
     const bundle = fs.readFileSync(statePaths(state).caBundle, "utf8");
