@@ -92,7 +92,11 @@ describe("example GitHub workflows", () => {
     expect(schedule[0]!.cron.split(" ")).toHaveLength(5);
     expect(w.on.workflow_dispatch).toBeDefined();
     const job = w.jobs.rotate!;
-    const runs = job.steps.map((s) => s.run ?? "");
+    // the job's own env (the policy pack's folder, the stack) expanded, as the runner's shell does
+    const env = (job as unknown as { env?: Record<string, string> }).env ?? {};
+    const runs = job.steps.map((s) =>
+      (s.run ?? "").replace(/"?\$\{?([A-Z_]+)\}?"?/g, (m, k: string) => env[k] ?? m),
+    );
     const up = runs.findIndex((r) => /^pulumi up .*--policy-pack policies\/pack/.test(r));
     expect(up).toBeGreaterThan(0);
     const gate = runs.findIndex((r) => r.includes("fleet.ts policy check"));
