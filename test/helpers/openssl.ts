@@ -36,6 +36,40 @@ export function verifyChain(
   return { ok: r.status === 0 && /: OK/.test(r.out), out: r.out };
 }
 
+/**
+ * `openssl verify -x509_strict -crl_check_all` of one leaf: `chainPem` is the issuing CA up to its
+ * root (the root trusted, the others untrusted), `crlPems` a CRL for every CA of it.
+ */
+export function verifyWithCrls(
+  leafPem: string,
+  chainPem: string,
+  crlPems: string[],
+): { ok: boolean; out: string } {
+  const blocks = chainPem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+  const dir = tmpdir("fleetguard-verify-crl-");
+  try {
+    fs.writeFileSync(path.join(dir, "root.pem"), `${blocks[blocks.length - 1]}\n`);
+    fs.writeFileSync(path.join(dir, "untrusted.pem"), `${blocks.slice(0, -1).join("\n")}\n`);
+    fs.writeFileSync(path.join(dir, "leaf.pem"), leafPem);
+    fs.writeFileSync(path.join(dir, "crls.pem"), crlPems.join(""));
+    const r = openssl([
+      "verify",
+      "-x509_strict",
+      "-crl_check_all",
+      "-CRLfile",
+      path.join(dir, "crls.pem"),
+      "-CAfile",
+      path.join(dir, "root.pem"),
+      "-untrusted",
+      path.join(dir, "untrusted.pem"),
+      path.join(dir, "leaf.pem"),
+    ]);
+    return { ok: r.status === 0 && /: OK/.test(r.out), out: r.out };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 export function x509Text(pem: string): string {
   return execFileSync("openssl", ["x509", "-noout", "-text"], { input: pem, encoding: "utf8" });
 }

@@ -61,6 +61,24 @@ export async function configure(
   if (policy) await stack.setConfig("fleetguard:policy", policy);
 }
 
+/**
+ * A stack of a program with a batch and a local hub (hub-program, rollover-program): the device
+ * count, the farm's port, and the registry, CRL folder and hub state under `work`.
+ */
+export async function configureHubStack(
+  stack: PulumiStack,
+  work: string,
+  port: number,
+  count: number,
+): Promise<void> {
+  await stack.init();
+  await stack.setConfig("fleetguard:count", String(count));
+  await stack.setConfig("fleetguard:stationPort", String(port));
+  await stack.setConfig("fleetguard:registry", path.join(work, "registry.db"));
+  await stack.setConfig("fleetguard:crlDir", path.join(work, "crl"));
+  await stack.setConfig("fleetguard:hubState", path.join(work, "hub"));
+}
+
 export async function withRegistry<T>(work: string, f: (r: Registry) => Promise<T>): Promise<T> {
   const r = await openRegistry(path.join(work, "registry.db"));
   try {

@@ -17,9 +17,9 @@ import { StationClient } from "../../core/station/client";
 import { connectDevices } from "../../core/station/connect";
 import { toPem } from "../../core/x509/pem";
 import { type LocalHub, startLocalHub } from "../../hub/local/server";
-import { openssl, tmpdir } from "../helpers/openssl";
+import { tmpdir, verifyWithCrls } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
-import { FarmProc } from "./batch-helpers";
+import { configureHubStack, FarmProc } from "./batch-helpers";
 
 const PROGRAM = path.join(REPO, "test", "integration", "fixtures", "hub-program");
 const COUNT = 8;
@@ -51,12 +51,7 @@ describe("an intermediate CA revoked with everything under it, real engine", () 
   beforeAll(async () => {
     await farm.start();
     station = new StationClient({ port: farm.port, poolSize: 1, timeoutMs: 60_000 });
-    await stack.init();
-    await stack.setConfig("fleetguard:count", String(COUNT));
-    await stack.setConfig("fleetguard:stationPort", String(farm.port));
-    await stack.setConfig("fleetguard:registry", path.join(work, "registry.db"));
-    await stack.setConfig("fleetguard:crlDir", crlDir);
-    await stack.setConfig("fleetguard:hubState", state);
+    await configureHubStack(stack, work, farm.port, COUNT);
     await stack.run(["up", "--yes", "--skip-preview"]);
     cas = (await stack.outputs()).cas as Cas;
     hub = await startLocalHub({ stateDir: state, port: 0, reloadMs: 200 });
@@ -94,29 +89,11 @@ describe("an intermediate CA revoked with everything under it, real engine", () 
       const onLine = new Set(crlSerials(cas.line!.fingerprintSha256));
       for (const c of certs) expect(onLine.has(c.serial.replace(/^0+/, ""))).toBe(true);
       // OpenSSL with every CA's CRL refuses a device chain (the intermediate is revoked)
-      const d = tmpdir("fg-ca-revoke-verify-");
-      fs.writeFileSync(path.join(d, "root.pem"), cas.root!.certificatePem);
-      fs.writeFileSync(
-        path.join(d, "untrusted.pem"),
-        `${cas.line!.certificatePem}${cas.mfg!.certificatePem}`,
-      );
-      fs.writeFileSync(path.join(d, "leaf.pem"), toPem("CERTIFICATE", certs[0]!.der));
       const crls = [cas.root!, cas.mfg!, cas.line!].map((c) =>
         fs.readFileSync(crlFilesOf(crlDir, c.fingerprintSha256).pem, "utf8"),
       );
-      fs.writeFileSync(path.join(d, "crls.pem"), crls.join(""));
-      const v = openssl([
-        "verify",
-        "-crl_check_all",
-        "-CRLfile",
-        path.join(d, "crls.pem"),
-        "-CAfile",
-        path.join(d, "root.pem"),
-        "-untrusted",
-        path.join(d, "untrusted.pem"),
-        path.join(d, "leaf.pem"),
-      ]);
-      expect(v.status).not.toBe(0);
+      const v = verifyWithCrls(toPem("CERTIFICATE", certs[0]!.der), cas.line!.chainPem, crls);
+      expect(v.ok).toBe(false);
       expect(v.out).toMatch(/certificate revoked/);
     } finally {
       await reg.close();

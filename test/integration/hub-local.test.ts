@@ -26,7 +26,7 @@ import { openssl, tmpdir } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 import { connectDevice, waitFor } from "../hub/mqtt";
 import { makePki } from "../hub/pki";
-import { FarmProc } from "./batch-helpers";
+import { configureHubStack, FarmProc } from "./batch-helpers";
 
 const PROGRAM = path.join(REPO, "test", "integration", "fixtures", "hub-program");
 const id = (i: number) => `fg100-${String(i).padStart(7, "0")}`;
@@ -43,12 +43,7 @@ describe("HubRegistration with the local hub, real engine", () => {
   beforeAll(async () => {
     await farm.start();
     station = new StationClient({ port: farm.port, poolSize: 1, timeoutMs: 60_000 });
-    await stack.init();
-    await stack.setConfig("fleetguard:count", "10");
-    await stack.setConfig("fleetguard:stationPort", String(farm.port));
-    await stack.setConfig("fleetguard:registry", path.join(work, "registry.db"));
-    await stack.setConfig("fleetguard:crlDir", path.join(work, "crl"));
-    await stack.setConfig("fleetguard:hubState", state);
+    await configureHubStack(stack, work, farm.port, 10);
   }, 240_000);
 
   afterAll(async () => {
