@@ -38,23 +38,29 @@ export interface TestPki {
   crlPems(): string[];
 }
 
-export function makePki(name: string): TestPki {
-  const root = issueCa({
-    name: `${name}-root`,
-    role: "root",
-    algorithm: "ecdsa-p256",
-    subject: { commonName: `${name} Root` },
-    validityDays: 3650,
-  });
+/**
+ * A test PKI; with `successorOf`, the successor of that PKI's issuing CA in a rollover: the same
+ * root, the same issuing CA name and subject, a new key.
+ */
+export function makePki(name: string, o: { successorOf?: TestPki } = {}): TestPki {
+  const root =
+    o.successorOf?.root ??
+    issueCa({
+      name: `${name}-root`,
+      role: "root",
+      algorithm: "ecdsa-p256",
+      subject: { commonName: `${name} Root` },
+      validityDays: 3650,
+    });
   const issuing = issueCa(
     {
-      name: `${name}-issuing`,
+      name: `${o.successorOf?.name ?? name}-issuing`,
       role: "issuing",
       algorithm: "ecdsa-p256",
-      subject: { commonName: `${name} Issuing` },
+      subject: { commonName: `${o.successorOf?.name ?? name} Issuing` },
       validityDays: 1000,
     },
-    { name: `${name}-root`, ...root },
+    { name: `${o.successorOf?.name ?? name}-root`, ...root },
   );
   const pc = parseCertificate(pemOne(issuing.certificatePem, "CERTIFICATE", "t"));
   const tpl = new LeafTemplate(
@@ -93,7 +99,8 @@ export function makePki(name: string): TestPki {
     issuing,
     crlPems,
     trusted: () => ({
-      name: `${name}-issuing`,
+      name: `${o.successorOf?.name ?? name}-issuing`,
+      ...(o.successorOf ? { generation: 2 } : {}),
       fingerprint: issuing.fingerprintSha256,
       certificatePem: issuing.certificatePem,
       chainPem: issuing.chainPem,
