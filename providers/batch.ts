@@ -101,7 +101,12 @@ export class DeviceBatchResource extends pulumi.dynamic.Resource {
       { ...outputs, ...args },
       {
         ...opts,
-        additionalSecretOutputs: ["issuerKeyPem", "previousIssuerKeyPem", "registry", ...(opts?.additionalSecretOutputs ?? [])],
+        additionalSecretOutputs: [
+          "issuerKeyPem",
+          "previousIssuerKeyPem",
+          "registry",
+          ...(opts?.additionalSecretOutputs ?? []),
+        ],
       },
     );
   }
