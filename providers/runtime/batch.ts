@@ -333,6 +333,20 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
           { urn: i.progressUrn },
         );
       await engineLog(`batch ${i.name}: ${describeCounts(summary.counts)}`, { urn: i.progressUrn });
+      if (cas.previous && i.previousIssuer) {
+        // a CA rollover: the batch leaves its predecessor's certificates to a RotationSchedule
+        const left = await registry.certificates({
+          batch: i.name,
+          issuer: cas.previous.fingerprint,
+          status: ["live"],
+          limit: 1,
+        });
+        if (left.length)
+          await engineLog(
+            `batch ${i.name}: CA rollover of '${i.issuer.name}': devices still hold certificates of generation ${cas.previous.generation ?? 1}; a RotationSchedule over this batch moves them to generation ${cas.issuer.generation ?? 2} in waves (docs/rotation.md, CA rollover)`,
+            { urn: i.progressUrn },
+          );
+      }
       let manifest: BatchOutputs["manifest"] | undefined;
       if (i.manifestPath) {
         const m = await exportManifest(

@@ -135,6 +135,7 @@ describe("CA rollover of an issuing CA, real engine", () => {
     const g1 = cas.line!;
     const up = await stack.run(["up", "--yes", "--skip-preview"]);
     expect(up.stdout).toMatch(/pki-line-g2 created/);
+    expect(up.stdout).toMatch(/CA rollover of 'line': devices still hold certificates of generation 1/);
     cas = (await stack.outputs()).cas as Cas;
     expect(cas["line@g1"]!.fingerprintSha256).toBe(g1.fingerprintSha256);
     expect(cas.line!.fingerprintSha256).not.toBe(g1.fingerprintSha256);
