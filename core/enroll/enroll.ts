@@ -77,7 +77,9 @@ export async function attest(run: BatchRun, devs: DeviceRecord[], defer?: Transi
   );
   const tx: Transition[] = [];
   const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, d.state, reason));
-  let candidates: Array<{ d: DeviceRecord; id: IdentifyResult; nonce: Buffer }> = [];
+  let candidates: Array<{ d: DeviceRecord; id: IdentifyResult; nonce: Buffer; kh: string }> = [];
+  // the wave's nonces in one draw (32 fresh bytes each)
+  const nonces = crypto.randomBytes(32 * ident.length);
   for (let i = 0; i < ident.length; i++)
     ((res: (typeof ident)[number]): unknown => {
       const d = devs[i]!;
@@ -101,7 +103,7 @@ export async function attest(run: BatchRun, devs: DeviceRecord[], defer?: Transi
       const owner = run.keys?.get(kh);
       if (owner && owner !== d.deviceId)
         return q(d, `duplicate-key: same identity key as ${owner} (cloned key)`);
-      candidates.push({ d, id, nonce: crypto.randomBytes(32) });
+      candidates.push({ d, id, nonce: nonces.subarray(32 * i, 32 * i + 32), kh });
       return undefined;
     })(ident[i]!);
   // a closed device that trusts other roots than ours belongs to another CA: say so before
@@ -151,7 +153,7 @@ export async function attest(run: BatchRun, devs: DeviceRecord[], defer?: Transi
         !verifyAttestation(key, c.d.deviceId, res.value.epoch, c.nonce, res.value.signature)
       )
         return q(c.d, "attestation-failed: the answer is not signed by the identified key (clone suspected)");
-      run.keys?.set(sha(c.id.publicKey!).toString("hex"), c.d.deviceId);
+      run.keys?.set(c.kh, c.d.deviceId);
       if (c.d.state === "pending")
         tx.push({
           deviceId: c.d.deviceId,
