@@ -85,7 +85,8 @@ async function main() {
     seed: crypto.randomBytes(32).toString("hex"),
     ...(farmProf ? { nodeArgs: ["--cpu-prof", "--cpu-prof-dir", farmProf] } : {}),
   });
-  const farmMem = startSampler(child.pid!);
+  // VmHWM is the kernel's own peak: a slow sampler (it runs in this process, charged to the engine) will do
+  const farmMem = startSampler(child.pid!, { intervalMs: 2000 });
   const station = new StationClient({ port, poolSize: 2, maxInFlight: 64, timeoutMs: 120_000 });
   const registry = await openRegistry(path.join(work, "registry.db"));
   const material = issuer();
