@@ -170,8 +170,9 @@ async function runConfig(pg: PostgresServer, work: string, lines: number): Promi
     const size = await pgQuery<{ b: string }>(url, "SELECT pg_database_size(current_database()) AS b");
     const total = lines * DEVICES;
     const cpu: Record<string, number> = {};
+    // each farm per device of its own line; everything else per device of the whole run
     f1.forEach((v, i) => {
-      cpu[`farm ${i + 1}`] = (v - f0[i]!) / total;
+      cpu[`farm ${i + 1} (per device of its line)`] = (v - f0[i]!) / DEVICES;
     });
     for (const [n, v] of Object.entries(up.memory.byName)) if (v.cpuMs > 0) cpu[n] = v.cpuMs / total;
     cpu.postgres = pgReport.processes.reduce((a, p) => a + p.cpuMs, 0) / total;
@@ -253,7 +254,9 @@ async function main() {
     console.log(
       `\n${r.lines} line(s): CPU ms per device: ${Object.entries(r.cpuMsPerDevice)
         .map(([k, v]) => `${k} ${v.toFixed(3)}`)
-        .join(", ")}; PostgreSQL peak RSS (sum of its processes) ${n(r.postgresPeakKb / 1024)} MiB`,
+        .join(
+          ", ",
+        )}; PostgreSQL peak RSS (sum of its processes' peaks: shared buffers counted in each) ${n(r.postgresPeakKb / 1024)} MiB`,
     );
     console.log(formatReport(r.memory));
   }
