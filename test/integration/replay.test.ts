@@ -25,6 +25,7 @@
  * REPLAY_OUT=<file.json> keeps the per-night counts (scripts/replay-plot.ts draws docs/replay-*.svg
  * from it); REPLAY_NIGHTS and REPLAY_LOT shorten the replay for a quick look.
  */
+import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -50,8 +51,17 @@ const PROGRAM = path.join(REPO, "test", "integration", "fixtures", "replay-progr
 const POLICY = path.join(REPO, "policies", "baseline.yaml");
 const PACK = path.join(REPO, "policies", "pack");
 const WORKFLOW = path.join(REPO, "examples", "github", "nightly-rotate.yml");
-const ROTATION = { maxKeyAgeDays: 600 };
+// the nightly runs at 02:00 UTC are inside the maintenance window; a program change deployed by day is not
+const ROTATION = { maxKeyAgeDays: 600, maintenanceWindow: "01:00-05:00" };
 const id = (i: number) => `fg100-${String(i).padStart(7, "0")}`;
+
+/** SHA-256 of the issuing CA the engine last gave the batches. */
+function issuerFp(fleet: ProviderFleet): string {
+  const pem = (fleet.byKind("fleetguard:batch")[0]!.inputs.issuer as { certificatePem: string })
+    .certificatePem;
+  const der = Buffer.from(pem.replace(/-----[A-Z ]+-----|\s/g, ""), "base64");
+  return crypto.createHash("sha256").update(der).digest("hex");
+}
 
 interface LotConfig {
   name: string;
@@ -89,9 +99,9 @@ const EVENTS: ProgramEvent[] = [
   },
   {
     night: Math.round(NIGHTS * 0.51),
-    what: `revoke ${id(LOT + 100)} (keyCompromise) of lot-b`,
+    what: `revoke ${id(LOT + (100 % LOT))} (keyCompromise) of lot-b`,
     apply: (lots) => {
-      lots[1]!.revocations = [{ device: id(LOT + 100), reason: "keyCompromise" }];
+      lots[1]!.revocations = [{ device: id(LOT + (100 % LOT)), reason: "keyCompromise" }];
     },
     says: [
       /batch lot-b: revoked 1 device\(s\) as declared; CRL #\d+/,
@@ -107,14 +117,18 @@ const EVENTS: ProgramEvent[] = [
       delete lots[0]!.revocations;
     },
     says: [
-      new RegExp(
-        `batch lot-a: enroll 0 devices, re-issue 0, decommission ${(LOT - 2).toLocaleString("en-US")}`,
-      ),
+      new RegExp(`batch lot-a: enroll 0 devices, re-issue 0, decommission ${LOT.toLocaleString("en-US")}`),
+      new RegExp(`register 0, disable ${(LOT - 2).toLocaleString("en-US")} at local hub 'hub'`),
     ],
   },
-  // The CA rollover hook (issue 12 point 3): `{ night, what: "CA rollover", caGeneration: 2, apply:
-  // () => {} }` sets fixture config fleetguard:caGeneration, which the program passes to the issuing CA
-  // as `generation: 2`. Not wired: CA rollover has not landed (see docs/replay.md).
+  {
+    // the rollover of the issuing CA (docs/rotation.md, CA rollover): generation 2 in the program
+    night: Math.round(NIGHTS * 0.35),
+    what: "CA rollover of the issuing CA 'line' to generation 2",
+    caGeneration: 2,
+    apply: () => {},
+    says: [/CA rollover of 'line': generation 1 -> 2/, /CA rollover: move [\d,]+ devices to generation 2/],
+  },
 ];
 
 interface NightRecord {
@@ -132,6 +146,8 @@ interface NightRecord {
   live: number;
   hubActive: number;
   audited: boolean;
+  /** the resources whose update ran tonight (engine nights: the whole workflow) */
+  updated: string[];
   ms: number;
 }
 
@@ -164,6 +180,7 @@ describe("the nightly pipeline replayed over three simulated years", () => {
   }, 300_000);
 
   afterAll(async () => {
+    await reader?.close();
     process.chdir(cwd);
     if (passphrase === undefined) delete process.env.PULUMI_CONFIG_PASSPHRASE;
     else process.env.PULUMI_CONFIG_PASSPHRASE = passphrase;
@@ -172,13 +189,50 @@ describe("the nightly pipeline replayed over three simulated years", () => {
     fs.rmSync(work, { recursive: true, force: true });
   }, 120_000);
 
+  /** The test's own reads of the registry: one connection (the providers open their own). */
+  let reader: Registry | undefined;
   async function withRegistry<T>(f: (r: Registry) => Promise<T>): Promise<T> {
-    const r = await openRegistry(registryFile);
+    reader ??= await openRegistry(registryFile);
+    return f(reader);
+  }
+
+  /** Where the replay's time goes, in ms (reported in the JSON). */
+  const spent: Record<string, number> = {};
+  async function timed<T>(what: string, f: () => Promise<T>): Promise<T> {
+    const t = performance.now();
     try {
-      return await f(r);
+      return await f();
     } finally {
-      await r.close();
+      spent[what] = (spent[what] ?? 0) + performance.now() - t;
     }
+  }
+
+  /**
+   * A finding of the audit's known misattribution during a CA rollover (reported to the lead, not
+   * fixed here: policies/deployed.ts): the predecessor and the successor share one subject, and the
+   * audit matches a CRL to its CA by issuer Name, so the predecessor's CRL is taken for the
+   * successor's: FG-REV-003 "signature does not verify against issuer line", and FG-REV-005 for
+   * every predecessor certificate revoked before the rollover, "missing from the CRL of line". The
+   * replay checks both facts itself every night (every revoked certificate on its issuing CA's CRL,
+   * by the CA's fingerprint; every CRL signed by its CA: core/hubs/local-state parseCrl of
+   * `<fingerprint>.crl`), so only these, and only after the rollover, are set aside.
+   */
+  let rolloverFrom: string | undefined;
+  let rolloverAuditExits = 0;
+  let predecessorSerials = new Set<string>();
+  function knownRolloverFinding(check: string, f: { subject: string; message: string }): boolean {
+    if (!rolloverFrom) return false;
+    if (check === "FG-REV-003")
+      return f.subject === "crl:line" && f.message === "signature does not verify against issuer line";
+    if (check === "FG-REV-005") {
+      const m = /^cert:[^@]+@([0-9a-f]+)$/.exec(f.subject);
+      return (
+        !!m &&
+        predecessorSerials.has(m[1]!.replace(/^0+/, "")) &&
+        / is revoked in the registry but missing from the CRL of line /.test(f.message)
+      );
+    }
+    return false;
   }
 
   /**
@@ -230,7 +284,27 @@ describe("the nightly pipeline replayed over three simulated years", () => {
         timeoutMs: 900_000,
       });
       const out = `${r.stdout}${r.stderr}`;
-      expect(r.status, `${s.name}: ${s.run}\n${out}`).toBe(0);
+      const report = path.join(env.FLEET_AUDIT_DIR, "audit.json");
+      if (r.status === 1 && s.run.includes(" audit ") && fs.existsSync(report)) {
+        // exit 1: mandatory findings. Only the audit's known misattribution during a rollover may be
+        // among them (knownRolloverFinding); anything else fails the night
+        const a = JSON.parse(fs.readFileSync(report, "utf8")) as {
+          runs: {
+            id: string;
+            enforcement: string;
+            findings: { subject: string; message: string; waived?: unknown }[];
+          }[];
+        };
+        const other = a.runs
+          .filter((x) => x.enforcement === "mandatory")
+          .flatMap((x) =>
+            x.findings
+              .filter((f) => !f.waived && !knownRolloverFinding(x.id, f))
+              .map((f) => `${x.id} ${f.subject}: ${f.message}`),
+          );
+        expect(other, `${at.toISOString()}: ${s.name}`).toEqual([]);
+        rolloverAuditExits++;
+      } else expect(r.status, `${at.toISOString()}: ${s.name}: ${s.run}\n${out}`).toBe(0);
       log += `${out}\n`;
     }
     return log;
@@ -238,7 +312,11 @@ describe("the nightly pipeline replayed over three simulated years", () => {
 
   it(`${NIGHTS} nights: every invariant holds after each; the engine runs the workflow on the event nights`, async () => {
     const t0 = performance.now();
-    const start = Date.now();
+    // night n runs at 02:00 UTC; night 0 is the first such time after now (the lots are enrolled then)
+    const first = new Date();
+    first.setUTCHours(2, 0, 0, 0);
+    if (first.getTime() <= Date.now()) first.setTime(first.getTime() + DAY);
+    const start = first.getTime();
     const policy = loadPolicyFile(POLICY);
     const spec = policy.spec;
     const maxWave = spec.rotation!.maxWaveFraction!;
@@ -253,159 +331,222 @@ describe("the nightly pipeline replayed over three simulated years", () => {
     let snap: Snapshot | undefined;
     let audit: { at: number; token: string; until: number } | undefined;
     let engineNights = 0;
+    /** the CA rollover: the predecessor's and successor's fingerprints, and when every device had moved */
+    let rollover: { night: number; from: string; to: string; done?: number; hubDropped?: number } | undefined;
     let audits = 0;
     let prevRevoked: Record<string, number> = {};
     const dirs = [crlDir, path.join(hubState, "registrations")];
 
     for (let night = 0; night <= NIGHTS; night++) {
-      const tn = performance.now();
-      clock = start + night * DAY;
-      const at = new Date(clock);
-      const events: string[] = [];
-      const renewed: Record<string, number> = {};
-      const rekeyed: Record<string, number> = {};
-      // an event waits for a quiet night (no rotation or hub work due), as a merge would
-      const due =
-        pending[0] && pending[0].night <= night && (!fleet || (await fleet.quiet(at.toISOString())));
-      const engine = night === 0 || night === NIGHTS || !!due;
-      if (engine) {
-        let said: RegExp[] = [];
-        if (due) {
-          const ev = pending.shift()!;
-          ev.apply(lots);
-          if (ev.caGeneration) await stack.setConfig("fleetguard:caGeneration", String(ev.caGeneration));
-          events.push(ev.what);
-          said = ev.says;
-        }
-        await stack.setConfig("fleetguard:batches", lots);
-        for (const l of lots) counts.set(l.name, l.count);
-        const log = await engineNight(at);
-        engineNights++;
-        for (const w of said) expect(log, `night ${night}: ${events[0]}`).toMatch(w);
-        fleet = new ProviderFleet(await exportStack(stack));
-        // the nightly workflow's rotation runs are part of the record too
-        for (const r of fleet.byKind("fleetguard:rotation")) {
-          const last = r.outputs.lastRun as { at: string; renewed: number; rekeyed: number } | null;
-          if (last && Date.parse(last.at) === clock) {
-            const b = (r.inputs.batch as { name: string }).name;
+      const nightly = start + night * DAY;
+      // a program change is merged and deployed by day (14:00 UTC, outside the schedule's maintenance
+      // window, so the up applies the change and the next nightly run rotates), on a day whose night
+      // has no rotation or hub work due
+      const change =
+        fleet &&
+        pending[0] &&
+        pending[0].night <= night &&
+        (await fleet.quiet(new Date(nightly).toISOString()))
+          ? pending.shift()
+          : undefined;
+      const runs: { at: number; engine: boolean; change?: ProgramEvent }[] = [
+        { at: nightly, engine: night === 0 || night === NIGHTS },
+        ...(change ? [{ at: nightly + DAY / 2, engine: true, change }] : []),
+      ];
+      for (const run of runs) {
+        const tn = performance.now();
+        clock = run.at;
+        const at = new Date(clock);
+        const events: string[] = [];
+        const renewed: Record<string, number> = {};
+        let updated: string[] = [];
+        const rekeyed: Record<string, number> = {};
+        const engine = run.engine;
+        if (engine) {
+          let said: RegExp[] = [];
+          if (run.change) {
+            const ev = run.change;
+            ev.apply(lots);
+            if (ev.caGeneration) {
+              await stack.setConfig("fleetguard:caGeneration", String(ev.caGeneration));
+              rolloverFrom = fleet ? issuerFp(fleet) : undefined;
+              predecessorSerials = new Set(
+                (snap?.certs ?? [])
+                  .filter((c) => c.issuer === rolloverFrom)
+                  .map((c) => c.serial.replace(/^0+/, "")),
+              );
+            }
+            events.push(ev.what);
+            said = ev.says;
+          }
+          await stack.setConfig("fleetguard:batches", lots);
+          for (const l of lots) counts.set(l.name, l.count);
+          const log = await timed("engine nights", () => engineNight(at));
+          engineNights++;
+          for (const w of said) expect(log, `night ${night}: ${events[0]}`).toMatch(w);
+          const before = fleet ? issuerFp(fleet) : "";
+          fleet = new ProviderFleet(await exportStack(stack));
+          if (run.change?.caGeneration) {
+            rollover = { night, from: before, to: issuerFp(fleet) };
+            expect(rollover.to).not.toBe(rollover.from);
+          }
+          // the nightly workflow's rotation runs are part of the record too
+          for (const r of fleet.byKind("fleetguard:rotation")) {
+            const last = r.outputs.lastRun as { at: string; renewed: number; rekeyed: number } | null;
+            if (last && Date.parse(last.at) === clock) {
+              const b = (r.inputs.batch as { name: string }).name;
+              renewed[b] = last.renewed;
+              rekeyed[b] = last.rekeyed;
+            }
+          }
+        } else {
+          const steps = await timed("provider nights", () =>
+            fleet!.night(at.toISOString(), () => withRegistry((r) => tokenOf(r, dirs))),
+          );
+          updated = steps.filter((s) => s.changed).map((s) => s.name);
+          for (const s of steps) {
+            if (s.kind !== "fleetguard:rotation" || !s.changed) continue;
+            const b = (s.outs.batch as { name: string }).name;
+            const last = s.outs.lastRun as {
+              renewed: number;
+              rekeyed: number;
+              waves: number;
+              failed: number;
+            };
             renewed[b] = last.renewed;
             rekeyed[b] = last.rekeyed;
+            expect(last.failed, `night ${night}: ${s.words.join("\n")}`).toBe(0);
+            expect(last.waves).toBeLessThanOrEqual(1);
           }
         }
-      } else {
-        const steps = await fleet!.night(at.toISOString(), () => withRegistry((r) => tokenOf(r, dirs)));
-        for (const s of steps) {
-          if (s.kind !== "fleetguard:rotation" || !s.changed) continue;
-          const b = (s.outs.batch as { name: string }).name;
-          const last = s.outs.lastRun as { renewed: number; rekeyed: number; waves: number; failed: number };
-          renewed[b] = last.renewed;
-          rekeyed[b] = last.rekeyed;
-          expect(last.failed, `night ${night}: ${s.words.join("\n")}`).toBe(0);
-          expect(last.waves).toBeLessThanOrEqual(1);
-        }
-      }
-      // no run changes more than the policy's fraction of a batch
-      for (const [b, n] of Object.entries(renewed))
-        expect(n + (rekeyed[b] ?? 0), `night ${night}: batch ${b}`).toBeLessThanOrEqual(
-          Math.ceil(maxWave * (counts.get(b) ?? 0)),
-        );
+        // no run changes more than the policy's fraction of a batch
+        for (const [b, n] of Object.entries(renewed))
+          expect(n + (rekeyed[b] ?? 0), `night ${night}: batch ${b}`).toBeLessThanOrEqual(
+            Math.ceil(maxWave * (counts.get(b) ?? 0)),
+          );
 
-      // the deployed fleet, read again when anything changed
-      const token = await withRegistry((r) => tokenOf(r, dirs));
-      if (!snap || snap.token !== token) {
-        snap = await withRegistry(async (r) => {
-          const v = await r.verify();
-          expect(
-            v.ok,
-            `night ${night}: the registry's audit chain: ${JSON.stringify(v).slice(0, 2000)}`,
-          ).toBe(true);
-          return snapshot(r, { batches: lots.map((l) => l.name), crlDir, hubState, hub: "hub", token });
-        });
-        // what tonight issued, from the registry (not the provider's own count): within the wave
-        for (const l of lots) {
-          const issued = snap.certs.filter(
-            (c) => c.batch === l.name && c.issuedAt.getTime() > clock - DAY && c.issuedAt.getTime() <= clock,
-          ).length;
-          if (night > 0)
-            expect(issued, `night ${night}: certificates issued for ${l.name}`).toBeLessThanOrEqual(
-              Math.ceil(maxWave * l.count),
+        // the deployed fleet, read again when anything changed
+        const token = await withRegistry((r) => tokenOf(r, dirs));
+        if (!snap || snap.token !== token) {
+          snap = await withRegistry(async (r) => {
+            const v = await timed("registry verify", () => r.verify());
+            expect(
+              v.ok,
+              `night ${night}: the registry's audit chain: ${JSON.stringify(v).slice(0, 2000)}`,
+            ).toBe(true);
+            return timed("snapshots", () =>
+              snapshot(r, { batches: lots.map((l) => l.name), crlDir, hubState, hub: "hub", token }),
             );
-        }
-      }
-      const { problems, facts } = checkNight(snap, at);
-      // the CRLs' freshness at the clock they are signed by (the wall clock)
-      for (const [fp, next] of snap.crlNextUpdate)
-        expect(next.getTime(), `night ${night}: CRL of ${fp.slice(0, 16)}`).toBeGreaterThan(Date.now());
-      expect(problems.slice(0, 20), `night ${night} (${at.toISOString()})`).toEqual([]);
-
-      // the lifecycle checks on the deployed fleet, at the night's clock: the full audit whenever the
-      // fleet changed or the clock crossed a point where a check's answer can change
-      if (!audit || audit.token !== token || clock >= audit.until) {
-        const a = await withRegistry((registry) =>
-          auditDeployed(policy, { registry, caDir: casDir, crlDir, hubStateDir: hubState }, { now: at }),
-        );
-        audits++;
-        for (const r of a.runs.filter((x) => /^FG-(LIFE|REV)-/.test(x.id))) {
-          // CRLs are signed at the wall clock (docs/rotation.md, The clock): at the replay's clock a CRL
-          // is past its nextUpdate once the replay is more than a week ahead; the CRL's freshness at its
-          // own clock is checked here instead
-          const f = r.findings.filter((x) => {
-            const stale = r.id === "FG-REV-003" && /^stale: nextUpdate (\S+) has passed$/.exec(x.message);
-            return !(stale && Date.parse(stale[1]!) + DAY > Date.now());
           });
-          expect(
-            f.map((x) => `${x.subject}: ${x.message}`).slice(0, 10),
-            `night ${night}: ${r.id} ${r.title}`,
-          ).toEqual([]);
-          expect(r.status, r.id).not.toBe("error");
+          // what tonight issued, from the registry (not the provider's own count): within the wave
+          for (const l of lots) {
+            const issued = snap.certs.filter(
+              (c) =>
+                c.batch === l.name && c.issuedAt.getTime() > clock - DAY && c.issuedAt.getTime() <= clock,
+            ).length;
+            if (night > 0)
+              expect(issued, `night ${night}: certificates issued for ${l.name}`).toBeLessThanOrEqual(
+                Math.ceil(maxWave * l.count),
+              );
+          }
         }
-        const caNotAfter = a.inventory.cas.map((c) => new Date(c.notAfter));
-        audit = {
-          at: clock,
-          token,
-          until: nextAuditChange(snap, at, {
-            deviceWindowDays: spec.renewal!.deviceWindowDays!,
-            maxKeyAgeDays: spec.renewal!.maxKeyAgeDays!,
-            caNotAfter,
-            caWindowDays: spec.renewal!.caWindowDays!,
-          }),
-        };
-      }
-      // FG-ROT-001 reads the declaration: the schedule as the engine holds it, over the deployed lots
-      const rot = (fleet!.byKind("fleetguard:rotation")[0]!.inputs.rotation as { maxWaveFraction: number })
-        .maxWaveFraction;
-      const rot001 = evaluate(
-        policy,
-        {
-          declared: {
-            rotation: [{ name: "nightly", batches: lots.map((l) => l.name), waveFraction: rot }],
-            batches: lots.map((l) => ({ id: l.name, count: l.count })) as never,
-          },
-        },
-        { now: at, checks: catalog.filter((c) => c.id === "FG-ROT-001") },
-      );
-      expect(rot001.runs[0]!.status, `night ${night}: FG-ROT-001`).toBe("pass");
+        const { problems, facts } = checkNight(snap, at);
+        if (rollover) {
+          // during the overlap the hub trusts both CAs; once no live certificate needs the predecessor,
+          // every device is under the successor; nothing new is issued under the predecessor
+          const needOld = snap.certs.filter((c) => c.status === "live" && c.issuer === rollover!.from).length;
+          if (needOld) {
+            expect(snap.hubCas.has(rollover.from), `night ${night}: the hub trusts the predecessor`).toBe(
+              true,
+            );
+            expect(snap.hubCas.has(rollover.to), `night ${night}: the hub trusts the successor`).toBe(true);
+          } else rollover.done ??= night;
+          if (rollover.done !== undefined && !snap.hubCas.has(rollover.from)) rollover.hubDropped ??= night;
+          const issuedOld = snap.certs.filter(
+            (c) => c.issuer === rollover!.from && c.issuedAt.getTime() > start + rollover!.night * DAY,
+          );
+          expect(
+            issuedOld.map((c) => c.deviceId).slice(0, 5),
+            `night ${night}: issued under the predecessor`,
+          ).toEqual([]);
+        }
+        // the CRLs' freshness at the clock they are signed by (the wall clock)
+        for (const [fp, next] of snap.crlNextUpdate)
+          expect(next.getTime(), `night ${night}: CRL of ${fp.slice(0, 16)}`).toBeGreaterThan(Date.now());
+        expect(problems.slice(0, 20), `night ${night} (${at.toISOString()})`).toEqual([]);
 
-      const revoked: Record<string, number> = {};
-      for (const [k, n] of Object.entries(facts.revokedByReason))
-        if (n - (prevRevoked[k] ?? 0)) revoked[k] = n - (prevRevoked[k] ?? 0);
-      prevRevoked = facts.revokedByReason;
-      records.push({
-        night,
-        at: at.toISOString(),
-        engine,
-        events,
-        renewed,
-        rekeyed,
-        revoked,
-        expiringNext7Days: facts.expiringThisWeek,
-        inService: facts.inService,
-        live: facts.live,
-        hubActive: facts.hubActive,
-        audited: audit.at === clock,
-        ms: Math.round(performance.now() - tn),
-      });
-      expect(facts.expiringThisWeek, `night ${night}`).toBe(0);
+        // the lifecycle checks on the deployed fleet, at the night's clock: the full audit whenever the
+        // fleet changed or the clock crossed a point where a check's answer can change
+        if (!audit || audit.token !== token || clock >= audit.until) {
+          const a = await timed("audits", () =>
+            withRegistry((registry) =>
+              auditDeployed(policy, { registry, caDir: casDir, crlDir, hubStateDir: hubState }, { now: at }),
+            ),
+          );
+          audits++;
+          for (const r of a.runs.filter((x) => /^FG-(LIFE|REV)-/.test(x.id))) {
+            // CRLs are signed at the wall clock (docs/rotation.md, The clock): at the replay's clock a CRL
+            // is past its nextUpdate once the replay is more than a week ahead; the CRL's freshness at its
+            // own clock is checked here instead
+            const f = r.findings.filter((x) => {
+              const stale = r.id === "FG-REV-003" && /^stale: nextUpdate (\S+) has passed$/.exec(x.message);
+              return !(stale && Date.parse(stale[1]!) + DAY > Date.now()) && !knownRolloverFinding(r.id, x);
+            });
+            expect(
+              f.map((x) => `${x.subject}: ${x.message}`).slice(0, 10),
+              `night ${night}: ${r.id} ${r.title}`,
+            ).toEqual([]);
+            expect(r.status, r.id).not.toBe("error");
+          }
+          const caNotAfter = a.inventory.cas.map((c) => new Date(c.notAfter));
+          audit = {
+            at: clock,
+            token,
+            until: nextAuditChange(snap, at, {
+              deviceWindowDays: spec.renewal!.deviceWindowDays!,
+              maxKeyAgeDays: spec.renewal!.maxKeyAgeDays!,
+              caNotAfter,
+              caWindowDays: spec.renewal!.caWindowDays!,
+            }),
+          };
+        }
+        // FG-ROT-001 reads the declaration: the schedule as the engine holds it, over the deployed lots
+        const rot = (fleet!.byKind("fleetguard:rotation")[0]!.inputs.rotation as { maxWaveFraction: number })
+          .maxWaveFraction;
+        const rot001 = evaluate(
+          policy,
+          {
+            declared: {
+              rotation: [{ name: "nightly", batches: lots.map((l) => l.name), waveFraction: rot }],
+              batches: lots.map((l) => ({ id: l.name, count: l.count })) as never,
+            },
+          },
+          { now: at, checks: catalog.filter((c) => c.id === "FG-ROT-001") },
+        );
+        expect(rot001.runs[0]!.status, `night ${night}: FG-ROT-001`).toBe("pass");
+
+        const revoked: Record<string, number> = {};
+        for (const [k, n] of Object.entries(facts.revokedByReason))
+          if (n - (prevRevoked[k] ?? 0)) revoked[k] = n - (prevRevoked[k] ?? 0);
+        prevRevoked = facts.revokedByReason;
+        records.push({
+          night,
+          at: at.toISOString(),
+          engine,
+          events,
+          renewed,
+          rekeyed,
+          revoked,
+          expiringNext7Days: facts.expiringThisWeek,
+          inService: facts.inService,
+          live: facts.live,
+          hubActive: facts.hubActive,
+          audited: audit.at === clock,
+          updated,
+          ms: Math.round(performance.now() - tn),
+        });
+        expect(facts.expiringThisWeek, `night ${night}`).toBe(0);
+      }
     }
 
     // every event happened; the engine ran the workflow on the first, event and last nights
@@ -413,28 +554,6 @@ describe("the nightly pipeline replayed over three simulated years", () => {
     expect(engineNights).toBe(2 + EVENTS.length);
     const sum = (k: "renewed" | "rekeyed") =>
       records.reduce((a, r) => a + Object.values(r[k]).reduce((x, y) => x + y, 0), 0);
-
-    // the fleet at the end: lot-a retired, lot-b in service on its renewed and re-keyed keys
-    await withRegistry(async (r) => {
-      const a = await r.counts("lot-a");
-      const b = await r.counts("lot-b");
-      expect(a.decommissioned + a.revoked).toBe(LOT);
-      expect(b.active).toBe(LOT - 1);
-      expect(b.revoked).toBe(1);
-      // the devices hold what the registry says they hold (STATUS over the station protocol)
-      const st = new StationClient({ port: farm.port, poolSize: 2, timeoutMs: 60_000 });
-      try {
-        const devs = (await r.listDevices("lot-b", { limit: 1_000_000 })).filter((d) => d.state === "active");
-        const status = await st.statusBatch(devs.map((d) => d.deviceId));
-        for (const [i, d] of devs.entries()) {
-          const [live] = await r.certificates({ deviceId: d.deviceId, status: ["live"] });
-          const s = status[i]!;
-          expect(s.ok && s.value.chain[0]!.equals(live!.der), d.deviceId).toBe(true);
-        }
-      } finally {
-        await st.close();
-      }
-    });
 
     const out = {
       generatedBy: "test/integration/replay.test.ts",
@@ -452,12 +571,55 @@ describe("the nightly pipeline replayed over three simulated years", () => {
         revoked: prevRevoked,
         engineNights,
         audits,
+        rolloverAuditExits,
+        rollover: rollover
+          ? {
+              deployed: rollover.night,
+              everyDeviceMoved: rollover.done,
+              hubTrustsSuccessorAlone: rollover.hubDropped,
+            }
+          : null,
         batchDiffsSkipped: fleet!.skipped,
         seconds: Math.round((performance.now() - t0) / 1000),
+        secondsBy: Object.fromEntries(Object.entries(spent).map(([k, v]) => [k, Math.round(v / 1000)])),
       },
     };
     const file = process.env.REPLAY_OUT ?? path.join(work, "replay.json");
     fs.writeFileSync(file, `${JSON.stringify(out, null, 1)}\n`);
+    // the rollover completed: every device re-issued under the successor, the predecessor's certificates
+    // revoked (superseded, on its CRL: checked every night) or expired, the hub trusting the successor alone
+    expect(rollover?.done, "every device moved to the successor").toBeDefined();
+    const left = snap!.certs.filter(
+      (c) => c.issuer === rollover!.from && c.status === "live" && c.notAfter.getTime() > clock,
+    );
+    expect(left.map((c) => c.deviceId)).toEqual([]);
+    expect(snap!.hubCas.has(rollover!.from)).toBe(false);
+    expect(snap!.hubCas.has(rollover!.to)).toBe(true);
+
+    // the fleet at the end: lot-a retired, lot-b in service on its renewed and re-keyed keys
+    await withRegistry(async (r) => {
+      const a = await r.counts("lot-a");
+      const b = await r.counts("lot-b");
+      expect(a.decommissioned + a.revoked).toBe(LOT);
+      expect(b.active).toBe(LOT - 1);
+      expect(b.revoked).toBe(1);
+      // the devices hold what the registry says they hold (STATUS over the station protocol)
+      const st = new StationClient({ port: farm.port, poolSize: 2, timeoutMs: 60_000 });
+      try {
+        const devs = (await r.listDevices("lot-b", { limit: 1_000_000 })).filter((d) => d.state === "active");
+        const status = [];
+        for (let i = 0; i < devs.length; i += 1000)
+          status.push(...(await st.statusBatch(devs.slice(i, i + 1000).map((d) => d.deviceId))));
+        for (const [i, d] of devs.entries()) {
+          const [live] = await r.certificates({ deviceId: d.deviceId, status: ["live"] });
+          const s = status[i]!;
+          expect(s.ok && s.value.chain[0]!.equals(live!.der), d.deviceId).toBe(true);
+        }
+      } finally {
+        await st.close();
+      }
+    });
+
     if (NIGHTS >= 1095) {
       // several renewals and a re-key of every device in three years
       expect(out.totals.renewed).toBeGreaterThan(3 * LOT);

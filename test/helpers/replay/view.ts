@@ -31,6 +31,8 @@ export interface Snapshot {
   crlNextUpdate: Map<string, Date>;
   /** the local hub's files: certificate serials admitted and disabled */
   hubFiles: { admitted: Set<string>; disabled: Set<string> };
+  /** the CAs the local hub's registrations trust (SHA-256 fingerprints) */
+  hubCas: Set<string>;
 }
 
 const bare = (serial: string) => serial.toLowerCase().replace(/^0+/, "");
@@ -78,14 +80,25 @@ export async function snapshot(
   }
   const admitted = new Set<string>();
   const disabled = new Set<string>();
+  const hubCas = new Set<string>();
   const regs = statePaths(o.hubState).registrations;
   for (const f of fs.existsSync(regs) ? fs.readdirSync(regs) : []) {
     if (!f.endsWith(".json")) continue;
     const r = readRegistration(path.join(regs, f));
     for (const d of Object.values(r?.devices ?? {})) admitted.add(bare(d.serial));
     for (const d of Object.values(r?.disabled ?? {})) disabled.add(bare(d.serial));
+    for (const c of r?.cas ?? []) hubCas.add(c.fingerprint);
   }
-  return { token: o.token, devices, certs, hub, crl, crlNextUpdate, hubFiles: { admitted, disabled } };
+  return {
+    token: o.token,
+    devices,
+    certs,
+    hub,
+    crl,
+    crlNextUpdate,
+    hubFiles: { admitted, disabled },
+    hubCas,
+  };
 }
 
 export interface NightFacts {
@@ -190,9 +203,9 @@ export function checkNight(s: Snapshot, now: Date): { problems: string[]; facts:
 
 /**
  * The earliest instant after `from` at which a clock-dependent audit check could change its answer on
- * an unchanged fleet: a live certificate entering the policy's expiry window (FG-LIFE-002) or
- * expiring, a key reaching the policy's maximum age (FG-LIFE-003), a CA entering the CA window
- * (FG-LIFE-001). Until then, an audit of the same snapshot gives the same result.
+ * an unchanged fleet from pass to fail: a live certificate becoming valid, entering the policy's expiry
+ * window (FG-LIFE-002) or expiring, a key reaching the policy's maximum age (FG-LIFE-003), a CA
+ * entering the CA window (FG-LIFE-001). Until then, an audit of the same snapshot passes as it did.
  */
 export function nextAuditChange(
   s: Snapshot,
@@ -206,6 +219,9 @@ export function nextAuditChange(
     if (x > f && x < next) next = x;
   };
   for (const c of s.certs) {
+    // a revoked certificate is in nobody's hands (FG-LIFE-* read active ones) and its expiry only ends
+    // FG-REV-005's interest in it: a pass stays a pass
+    if (c.status !== "live") continue;
     consider(c.notAfter.getTime() - p.deviceWindowDays * DAY);
     consider(c.notAfter.getTime());
     consider(c.notBefore.getTime());
