@@ -8,7 +8,8 @@
  *     with the same SubjectPublicKeyInfo;
  *   - CA certificates: a CA folder (PEM files, e.g. the one `fleet ca summary` writes) and the CAs a
  *     local hub's registration files carry; a registry certificate's issuer is its CA's SHA-256;
- *   - CRLs: every `X509 CRL` PEM block in the CRL folder, matched to its CA by issuer Name;
+ *   - CRLs: every `X509 CRL` PEM block in the CRL folder, matched to its CA by issuer Name and the
+ *     key that signed it (two CAs share a Name during a rollover);
  *   - hubs: the registry's hub records (every hub, AWS and Azure included: fleetguard does not ask the
  *     cloud itself here) and, for the embedded local hub, its state folder (the certificates it admits).
  * Memory stays bounded by the page size plus small per-device indexes (a key hash and a state per
@@ -227,7 +228,7 @@ export function readCas(sources: Pick<DeployedSources, "caDir" | "hubStateDir">)
   });
 }
 
-/** Every `X509 CRL` block of the CRL folder, attributed to the CA whose subject issued it. */
+/** Every `X509 CRL` block of the CRL folder, attributed to the CA whose key signed it (by its subject, else). */
 export function readCrls(crlDir: string, cas: readonly CaEntry[]): Array<DeployedCrl & { file: string }> {
   const infos = cas.map((c) => parseCertificate(c));
   const out: Array<DeployedCrl & { file: string }> = [];
@@ -245,7 +246,10 @@ export function readCrls(crlDir: string, cas: readonly CaEntry[]): Array<Deploye
           `${f}: got a CRL that does not parse (${(e as Error).message}), want a DER CRL (RFC 5280)`,
         );
       }
-      const ca = infos.find((c) => c.subjectDer === issuerDer);
+      // two CAs may share a name (an issuing CA and its successor in a rollover): the CRL is the
+      // one whose key signed it; a name alone decides only when no CA of that name verifies it
+      const named = infos.filter((c) => c.subjectDer === issuerDer);
+      const ca = named.find((c) => parseCrl({ issuer: c.id, pem }, c).signatureValid === true) ?? named[0];
       out.push({ issuer: ca?.id ?? `unknown-ca:${path.basename(f)}`, pem, file: f });
     }
   }
