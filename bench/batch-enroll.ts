@@ -5,7 +5,8 @@
  *       [--farm 111000] [--old-bound 1] [--farm-prof DIR] [--prof DIR]
  *
  * In one run, on this machine:
- *  1. the enrollment bound (bench/lib/enroll-bound.ts, issue 13 point 1): the cryptography a
+ *  1. the enrollment bound (bench/lib/enroll-bound.ts, issue 13 point 1; 2 threads measured again
+ *     after the runs, the faster of the two used for the goals): the cryptography a
  *     first-contact PUF enrollment cannot avoid on both sides (PUF reconstruction and key
  *     derivation, attestation and CSR signatures, the install's chain check; attestation and CSR
  *     verification, certificate signature), on 1 and 2 worker threads, with the CPU of each side;
@@ -142,9 +143,9 @@ async function main() {
     seed: Buffer.from(seed, "hex"),
   });
   const loadBound = load();
-  const eb2 = await measureEnrollBound({ devices: BOUND, threads: 2, seed: Buffer.from(seed, "hex") });
+  const eb2Before = await measureEnrollBound({ devices: BOUND, threads: 2, seed: Buffer.from(seed, "hex") });
   log(
-    `enrollment bound: 1 thread ${eb1.perSecond.toFixed(0)}/s, 2 threads ${eb2.perSecond.toFixed(0)}/s (load ${loadBound.join(" ")})`,
+    `enrollment bound: 1 thread ${eb1.perSecond.toFixed(0)}/s, 2 threads ${eb2Before.perSecond.toFixed(0)}/s (load ${loadBound.join(" ")})`,
   );
   let old: { oneThread: number; twoThreads: number } | undefined;
   if (OLD_BOUND) {
@@ -195,6 +196,15 @@ async function main() {
     await stopFarmProcess(farm.child);
   }
   const farmReport = farmMem.stop();
+  // the 2-thread bound again, after the runs: on a shared machine the cores' speed moves between the
+  // two; the goals are judged against the faster (stricter) of them
+  const loadBoundAfter = load();
+  const eb2After = await measureEnrollBound({ devices: BOUND, threads: 2, seed: Buffer.from(seed, "hex") });
+  const eb2 = eb2After.perSecond > eb2Before.perSecond ? eb2After : eb2Before;
+  loads["bound after"] = loadBoundAfter;
+  log(
+    `enrollment bound after the runs: 2 threads ${eb2After.perSecond.toFixed(0)}/s (load ${loadBoundAfter.join(" ")})`,
+  );
 
   log(`naive design: ${NAIVE} devices as ${NAIVE} resources`);
   const naive = NAIVE > 0 ? await runNaive({ devices: NAIVE, workDir: path.join(work, "naive") }) : undefined;
@@ -229,7 +239,7 @@ async function main() {
   const summary = {
     machine,
     loads,
-    bound: { oneThread: eb1, twoThreads: eb2 },
+    bound: { oneThread: eb1, twoThreads: eb2, twoThreadsBefore: eb2Before, twoThreadsAfter: eb2After },
     oldBound: old,
     batches: results,
     endToEnd: {
@@ -258,7 +268,10 @@ async function main() {
   const b = (r: EnrollBoundResult) =>
     `${n(r.perSecond)}/s (CPU per device: device ${r.deviceMsPerDevice.toFixed(3)} ms, fleetguard ${r.fleetMsPerDevice.toFixed(3)} ms)`;
   console.log(
-    `enrollment bound (same run, load ${loadBound.join(" ")}): 1 thread ${b(eb1)}; 2 threads ${b(eb2)}`,
+    `enrollment bound (same run, load ${loadBound.join(" ")}): 1 thread ${b(eb1)}; 2 threads ${b(eb2Before)}`,
+  );
+  console.log(
+    `  2 threads again after the runs (load ${loadBoundAfter.join(" ")}): ${b(eb2After)}; the goals use the faster: ${n(eb2.perSecond)}/s`,
   );
   console.log(
     `  not in the bound: one PUF enrollment (helper data, done at first contact by the farm) ${eb1.pufEnrollMs.toFixed(3)} ms on 1 thread`,
