@@ -26,6 +26,7 @@ interface Night {
   live: number;
   hubActive: number;
   audited: boolean;
+  updated?: string[];
   ms: number;
 }
 
@@ -40,7 +41,7 @@ interface Replay {
 const DAY = 86_400_000;
 const W = 960;
 const LEFT = 64;
-const RIGHT = 16;
+const RIGHT = 44;
 const PLOT = W - LEFT - RIGHT;
 const FONT = 'font-family="Helvetica, Arial, sans-serif" font-size="11"';
 const COLORS = {
@@ -132,7 +133,7 @@ function chart(
         const bh = (v / sc.top) * h;
         const by = top + h - ((base + v) / sc.top) * h;
         out.push(
-          `<rect x="${xOf(i).toFixed(2)}" y="${by.toFixed(2)}" width="${Math.max(bw, 1.2).toFixed(2)}" height="${Math.max(bh, 0.8).toFixed(2)}" fill="${s.color}"/>`,
+          `<rect x="${xOf(i).toFixed(2)}" y="${by.toFixed(2)}" width="${Math.max(bw, 1.2).toFixed(2)}" height="${Math.max(bh, 3).toFixed(2)}" fill="${s.color}"/>`,
         );
         base += v;
       }
@@ -186,7 +187,34 @@ function eventMarks(r: Replay, unit: number): { at: number; label: string }[] {
     }));
 }
 
-export function rotationSvg(r: Replay): string {
+/** One entry per night: a change deployed by day adds a second run to its night; their counts add up. */
+export function perNight(r: Replay): Night[] {
+  const out: Night[] = [];
+  const add = (a: Record<string, number>, b: Record<string, number>) => {
+    const o = { ...a };
+    for (const [k, v] of Object.entries(b)) o[k] = (o[k] ?? 0) + v;
+    return o;
+  };
+  for (const x of r.nights) {
+    const last = out[out.length - 1];
+    if (last && last.night === x.night)
+      out[out.length - 1] = {
+        ...x,
+        at: last.at,
+        engine: last.engine || x.engine,
+        events: [...last.events, ...x.events],
+        renewed: add(last.renewed, x.renewed),
+        rekeyed: add(last.rekeyed, x.rekeyed),
+        revoked: add(last.revoked, x.revoked),
+        ms: last.ms + x.ms,
+      };
+    else out.push(x);
+  }
+  return out;
+}
+
+export function rotationSvg(replay: Replay): string {
+  const r = { ...replay, nights: perNight(replay) };
   const n = r.nights.length;
   const renewed = r.nights.map((x) => sum(x.renewed));
   const rekeyed = r.nights.map((x) => sum(x.rekeyed));
@@ -201,7 +229,11 @@ export function rotationSvg(r: Replay): string {
       {
         title: "certificates issued per night",
         stacks: [
-          { label: "renewed (same key)", color: COLORS.renewed, values: renewed },
+          {
+            label: "renewed (same key; in the rollover, under the successor)",
+            color: COLORS.renewed,
+            values: renewed,
+          },
           { label: "re-keyed (new key)", color: COLORS.rekeyed, values: rekeyed },
         ],
         height: 120,
@@ -269,36 +301,59 @@ export function expirySvg(r: Replay): string {
 
 export function summaryMarkdown(r: Replay): string {
   const t = r.totals as Record<string, unknown>;
+  const nights = perNight(r);
   const lines: string[] = [];
   const revoked = t.revoked as Record<string, number>;
   lines.push("| | |", "| --- | --- |");
   lines.push(
-    `| nights | ${fmt(r.nights.length - 1)} (${r.nights[0]!.at.slice(0, 10)} to ${r.nights.at(-1)!.at.slice(0, 10)}) |`,
+    `| nights | ${fmt(nights.at(-1)!.night)} (${nights[0]!.at.slice(0, 10)} to ${nights.at(-1)!.at.slice(0, 10)}) |`,
   );
   lines.push(`| devices | ${r.lots.map((l) => `${l.name} ${fmt(l.count)}`).join(", ")} |`);
-  lines.push(`| certificates renewed | ${fmt(t.renewed as number)} |`);
+  lines.push(`| certificates renewed (the rollover's re-issue included) | ${fmt(t.renewed as number)} |`);
   lines.push(`| certificates re-keyed | ${fmt(t.rekeyed as number)} |`);
   lines.push(
     `| certificates revoked | ${Object.entries(revoked)
       .map(([k, v]) => `${k} ${fmt(v)}`)
       .join(", ")} |`,
   );
-  const busiest = Math.max(...r.nights.map((x) => sum(x.renewed) + sum(x.rekeyed)));
+  const busiest = Math.max(...nights.map((x) => sum(x.renewed) + sum(x.rekeyed)));
   lines.push(`| most certificates issued in one night | ${fmt(busiest)} |`);
   lines.push(
     `| live certificates of devices in service expiring within 7 days, worst night | ${fmt(Math.max(...r.nights.map((x) => x.expiringNext7Days)))} |`,
   );
   lines.push(
-    `| nights on which the provider code changed something | ${fmt(r.nights.filter((x) => !x.engine && (sum(x.renewed) || sum(x.rekeyed) || sum(x.revoked))).length)} |`,
+    `| nights on which the in-process provider run changed something | ${fmt(r.nights.filter((x) => !x.engine && x.updated?.length).length)} |`,
   );
-  lines.push(`| engine nights (the whole workflow) | ${fmt(t.engineNights as number)} |`);
+  const ro = t.rollover as {
+    deployed: number;
+    everyDeviceMoved: number;
+    hubTrustsSuccessorAlone: number;
+  } | null;
+  if (ro)
+    lines.push(
+      `| CA rollover | deployed on day ${ro.deployed}; every device under the successor after night ${ro.everyDeviceMoved}; the hub trusting the successor alone from night ${ro.hubTrustsSuccessorAlone} |`,
+    );
+  lines.push(`| runs of the real engine (the whole workflow) | ${fmt(t.engineNights as number)} |`);
   lines.push(`| full audits (policies/deployed.ts) | ${fmt(t.audits as number)} |`);
-  lines.push(`| test duration | ${fmt(t.seconds as number)} s |`);
+  lines.push(`| batch diffs skipped (same inputs, same registry) | ${fmt(t.batchDiffsSkipped as number)} |`);
+  const by = t.secondsBy as Record<string, number> | undefined;
+  lines.push(
+    `| test duration | ${fmt(t.seconds as number)} s${
+      by
+        ? ` (${Object.entries(by)
+            .map(([k, v]) => `${k} ${fmt(v)} s`)
+            .join(", ")})`
+        : ""
+    } |`,
+  );
   lines.push("");
-  lines.push("| night | date | engine night: what changed in the program |", "| ---: | --- | --- |");
+  lines.push(
+    "| night | run at (UTC) | the real engine ran the workflow: what changed in the program |",
+    "| ---: | --- | --- |",
+  );
   for (const x of r.nights.filter((n) => n.engine))
     lines.push(
-      `| ${x.night} | ${x.at.slice(0, 10)} | ${x.events.length ? esc(x.events.join("; ")) : x.night === 0 ? "first night: enrollment" : "last night"} |`,
+      `| ${x.night} | ${x.at.slice(0, 16).replace("T", " ")} | ${x.events.length ? esc(x.events.join("; ")) : x.night === 0 ? "first night: both lots enrolled" : "last night"} |`,
     );
   return lines.join("\n");
 }
