@@ -9,18 +9,22 @@
  * Every night runs the provider code `pulumi up` runs (providers/runtime/batch.ts, rotation.ts, hub.ts:
  * check, diff, and update where the diff finds work), with the inputs the real engine last wrote
  * (`pulumi stack export`): test/helpers/replay/providers.ts. The real engine runs the nightly
- * workflow itself (examples/github/nightly-rotate.yml: policy check, preview under the policy pack,
- * up, a preview that must show no changes, the CA certificates exported, `fleet audit`) on the first
- * night, on every night with a program change (a revocation, the retirement of a lot, the CA rollover
- * hook) and on the last night. A program change waits for a night with no rotation work, as an
- * operator would merge it.
+ * workflow itself (the `run:` lines of examples/github/nightly-rotate.yml: policy check, preview under
+ * the policy pack, up, a preview that must show no changes, the CA certificates exported, `fleet
+ * audit`) on the first night, on the last night, and on the day of every program change (two
+ * revocations, the CA rollover to generation 2, the retirement of a lot): deployed at 14:00, outside
+ * the schedule's maintenance window, on the first day whose night has no rotation or hub work due,
+ * as an operator would merge it; the next nightly run rotates.
  *
  * After every night: no device in service holds only an expired certificate; no run changes more
  * than the policy's fraction of a batch; every revoked certificate (superseded ones included) is on
  * its issuing CA's published CRL; the hub agrees with the registry (its records and the local hub's
  * files admit exactly the live certificates of devices in good standing); the lifecycle checks
  * (FG-LIFE-*, FG-REV-*, FG-ROT-001) pass on the deployed fleet (policies/deployed.ts, what `fleet
- * audit` runs); the registry's audit chain verifies.
+ * audit` runs); the registry's audit chain verifies. Through the rollover: both CAs trusted at the
+ * hub while a live certificate needs the predecessor, nothing issued under it, every device moved to
+ * the successor, the predecessor's certificates revoked (on its CRL) or expired, then the hub
+ * trusting the successor alone.
  *
  * REPLAY_OUT=<file.json> keeps the per-night counts (scripts/replay-plot.ts draws docs/replay-*.svg
  * from it); REPLAY_NIGHTS and REPLAY_LOT shorten the replay for a quick look.
