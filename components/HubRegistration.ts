@@ -282,6 +282,12 @@ function hubInfrastructure(
   };
 }
 
+/** A resource option's dependsOn as a list (one resource or a list; an output of them is waited for). */
+function dependsOnList(d: pulumi.ResourceOptions["dependsOn"]): pulumi.Input<pulumi.Resource>[] {
+  if (d === undefined) return [];
+  return Array.isArray(d) ? d : [d as pulumi.Input<pulumi.Resource>];
+}
+
 export class HubRegistration extends pulumi.ComponentResource {
   /** one per batch, by batch name */
   readonly registrations: Record<string, HubRegistrationResource>;
@@ -297,6 +303,7 @@ export class HubRegistration extends pulumi.ComponentResource {
       if (policy && Object.keys(hubs).length) enforceAtConstruction(policy, { hubs });
     });
     const infra = hubInfrastructure(registration, args, this);
+    const after = dependsOnList(opts?.dependsOn);
     this.registrations = {};
     for (const b of args.batches ?? []) {
       const ca = b.issuingCa;
@@ -339,7 +346,9 @@ export class HubRegistration extends pulumi.ComponentResource {
           registry: b.registry,
           progressUrn: childUrn(this, `${name}-${b.batchName}`),
         },
-        { parent: this, dependsOn: [b, ...infra.dependsOn] },
+        // the registration's own dependsOn (e.g. a RotationSchedule: its new certificates registered
+        // in the same run) reaches the resource that does the work: a child does not inherit it
+        { parent: this, dependsOn: [b, ...infra.dependsOn, ...after] },
       );
     }
     const rs = Object.values(this.registrations);

@@ -3,7 +3,7 @@
  * CA's published CRL (RFC 5280 5.3: an entry stays at least until the certificate expires).
  */
 import { type Check, notApplicable, result, type Violation } from "../../check";
-import { isoDay } from "../../helpers";
+import { isCaRole, isoDay } from "../../helpers";
 
 export const check: Check = {
   id: "FG-REV-005",
@@ -26,9 +26,24 @@ export const check: Check = {
     const revokedIds = new Set(inventory.filter((c) => c.status === "revoked").map((c) => c.id));
     const revoked = ctx.certificates().filter((c) => revokedIds.has(c.id) && c.notAfter > ctx.now);
     const crls = ctx.crls().filter((c) => c.signatureValid !== false);
+    const caById = new Map(
+      ctx
+        .certificates()
+        .filter((x) => isCaRole(x.role))
+        .map((x) => [x.id, x]),
+    );
     const v: Violation[] = [];
     for (const c of revoked) {
-      const mine = crls.filter((l) => l.issuerDer === c.issuerDer);
+      let mine = crls.filter((l) => l.issuerDer === c.issuerDer);
+      if (mine.length > 1) {
+        // two CAs of one name (a rollover's predecessor and successor): the CRL of the CA that
+        // issued this certificate (its authority key identifier), not merely the newest of the name
+        const own = mine.filter((l) => {
+          const ca = caById.get(l.issuerId);
+          return ca !== undefined && c.x509.checkIssued(ca.x509);
+        });
+        if (own.length) mine = own;
+      }
       if (!mine.length) {
         v.push({
           subject: `cert:${c.id}`,

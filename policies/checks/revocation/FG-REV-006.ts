@@ -18,15 +18,16 @@ export const check: Check = {
     if (ctx.fleet.deployed?.crls === undefined) return notApplicable("no CRL folder in the inventory");
     const cas = ctx.certificates().filter((c) => isCaRole(c.role));
     if (!cas.length) return notApplicable("no CA certificates in the inventory");
-    const published = new Set(
-      ctx
-        .crls()
-        .filter((l) => l.signatureValid !== false)
-        .map((l) => l.issuerDer),
-    );
+    const valid = ctx.crls().filter((l) => l.signatureValid !== false);
+    const published = new Set(valid.map((l) => l.issuerDer));
+    const publishedBy = new Set(valid.map((l) => l.issuerId));
     const v: Violation[] = [];
+    // two CAs of one name (a rollover): each needs a CRL of its own, not one of the name
     for (const ca of cas)
-      if (!published.has(ca.subjectDer))
+      if (
+        !publishedBy.has(ca.id) &&
+        (!published.has(ca.subjectDer) || cas.some((o) => o !== ca && o.subjectDer === ca.subjectDer))
+      )
         v.push({
           subject: `cert:${ca.id}`,
           message: `${ca.role} CA ${ca.id} has no published CRL: verifiers that check the whole chain refuse every certificate under it`,
