@@ -24,9 +24,7 @@ import {
 import { exportManifest } from "../../core/enroll/manifest";
 import {
   checkBatchNames,
-  crlUrlsFor,
   type DeviceCertificateProfile,
-  type IssuerMaterial,
   type NameRules,
   resolveProfile,
 } from "../../core/enroll/profile";
@@ -38,7 +36,7 @@ import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown, UNKNOWN } from "./ca";
 import { checker } from "./check";
 import { engineLog } from "./engine-log";
-import { type IssuerInputs, issuersOf, withStation } from "./issuer";
+import { type IssuerInputs, issuerCrls, issuersOf, withStation } from "./issuer";
 import { registryLocation, shown, withRegistry } from "./registry";
 
 export { registryLocation };
@@ -284,25 +282,22 @@ function outputsOf(
 
 const crlDirOf = (i: BatchInputs) => path.resolve(process.cwd(), i.crlDir || DEFAULT_CRL_DIR);
 
-/**
- * The CRL distribution points of what `ca` issues (the profile's, with a successor's generation:
- * crlUrlsFor): its CRL is published under their names.
- */
-const crlUrlsOf = (i: BatchInputs, ca?: IssuerMaterial): string[] =>
-  crlUrlsFor(i.profile?.crlUrls ?? [], ca?.generation);
+/** The CRLs this batch feeds (issuer.ts issuerCrls): the predecessor's in a rollover, the issuing CA's. */
+const crlsOf = (i: BatchInputs, cas: ReturnType<typeof issuersOf>) =>
+  issuerCrls(i, cas, i.profile?.crlUrls ?? []);
 
 /** Is every CRL this batch feeds current (the registry's revocations, its names, its sequence)? */
 async function crlsCurrent(i: BatchInputs, registry: Registry, cas: ReturnType<typeof issuersOf>) {
-  for (const ca of [cas.issuer, cas.previous])
-    if (ca && !(await crlCurrent(registry, ca, crlDirOf(i), undefined, undefined, crlUrlsOf(i, ca))))
-      return false;
+  for (const c of crlsOf(i, cas))
+    if (!(await crlCurrent(registry, c.ca, crlDirOf(i), undefined, undefined, c.urls))) return false;
   return true;
 }
 
-/** Publish the CRLs this batch feeds; the issuing CA's figures are returned. */
+/** Publish the CRLs this batch feeds; the issuing CA's figures are returned (it comes last). */
 async function publishAll(i: BatchInputs, registry: Registry, cas: ReturnType<typeof issuersOf>) {
-  if (cas.previous) await publish(i, registry, cas.previous, i.previousIssuer!);
-  return publish(i, registry, cas.issuer, i.issuer);
+  let last: Awaited<ReturnType<typeof publish>> | undefined;
+  for (const c of crlsOf(i, cas)) last = await publish(i, registry, c);
+  return last!;
 }
 
 async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<BatchOutputs> {
@@ -365,24 +360,20 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
   );
 }
 
-async function publish(
-  i: BatchInputs,
-  registry: Registry,
-  issuer: IssuerMaterial,
-  ca: { name: string; certificatePem: string },
-) {
+async function publish(i: BatchInputs, registry: Registry, c: ReturnType<typeof crlsOf>[number]) {
+  const issuer = c.ca;
   const p = await publishCrl(
     registry,
-    { certificatePem: ca.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
+    { certificatePem: c.certificatePem, key: issuer.key!, fingerprint: issuer.fingerprint },
     crlDirOf(i),
     undefined,
-    crlUrlsOf(i, issuer),
+    c.urls,
   );
   // the CA publishes its CRL from creation on: none in this folder means the CaHierarchy writes
   // another folder, and the issuing CA then has two CRLs with two sequences (docs/crl.md)
   if (!readCrlMeta(crlDirOf(i), issuer.fingerprint)?.sources?.ca)
     await engineLog(
-      `batch ${i.name}: crlDir: got ${i.crlDir || DEFAULT_CRL_DIR} where the issuing CA '${ca.name}' publishes no CRL of its own, want the CaHierarchy's crlDir (one CRL per CA, docs/crl.md)`,
+      `batch ${i.name}: crlDir: got ${i.crlDir || DEFAULT_CRL_DIR} where the issuing CA '${c.name}' publishes no CRL of its own, want the CaHierarchy's crlDir (one CRL per CA, docs/crl.md)`,
       { urn: i.progressUrn, severity: "warning" },
     );
   return { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };

@@ -8,7 +8,7 @@
  */
 import * as crypto from "node:crypto";
 import { type KeyRef, openCaKey } from "../../core/custody";
-import type { IssuerMaterial } from "../../core/enroll/profile";
+import { crlUrlsFor, type IssuerMaterial } from "../../core/enroll/profile";
 import { invalid } from "../../core/errors";
 import { StationClient } from "../../core/station/client";
 import { loadPrivateKey, type SigningKey } from "../../core/x509/keys";
@@ -66,6 +66,27 @@ export function issuersOf(
   const issuer = issuerOf(i, needKey);
   const previous = previousIssuerOf(i, needKey);
   return { issuer, ...(previous ? { previous } : {}) };
+}
+
+/**
+ * The CRLs a batch feeds: the predecessor's during a rollover, then the issuing CA's; each with
+ * its certificate and the distribution points of what it issues (the profile's, by generation).
+ */
+export function issuerCrls(
+  i: IssuerInputs,
+  cas: { issuer: IssuerMaterial; previous?: IssuerMaterial },
+  profileUrls: readonly string[],
+): { ca: IssuerMaterial; name: string; certificatePem: string; urls: string[] }[] {
+  const one = (ca: IssuerMaterial, pems: { name: string; certificatePem: string }) => ({
+    ca,
+    name: pems.name,
+    certificatePem: pems.certificatePem,
+    urls: crlUrlsFor(profileUrls, ca.generation),
+  });
+  return [
+    ...(cas.previous && i.previousIssuer ? [one(cas.previous, i.previousIssuer)] : []),
+    one(cas.issuer, i.issuer),
+  ];
 }
 
 function materialOf(

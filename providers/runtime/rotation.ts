@@ -15,12 +15,7 @@
 import * as path from "node:path";
 import { crlCurrent, publishCrl } from "../../core/enroll/crl";
 import { BatchEngine } from "../../core/enroll/engine";
-import {
-  compileTemplate,
-  crlUrlsFor,
-  type DeviceCertificateProfile,
-  resolveProfile,
-} from "../../core/enroll/profile";
+import { compileTemplate, type DeviceCertificateProfile, resolveProfile } from "../../core/enroll/profile";
 import {
   describeRotation,
   hasWork,
@@ -37,7 +32,7 @@ import { type BatchPolicyInputs, specOf } from "./batch";
 import { isUnknown } from "./ca";
 import { checker } from "./check";
 import { engineLog } from "./engine-log";
-import { type IssuerInputs, issuersOf, withStation } from "./issuer";
+import { type IssuerInputs, issuerCrls, issuersOf, withStation } from "./issuer";
 import { registryLocation, withRegistry } from "./registry";
 
 /** The governed batch, as its DeviceIdentityBatch resource's outputs carry it. */
@@ -156,23 +151,19 @@ async function run(i: RotationInputs, prev?: Partial<RotationOutputs>): Promise<
       } finally {
         // superseded certificates reach the CRL even when a wave stopped the run; in a rollover
         // they are the predecessor's, on its own CRL
-        const pems = { issuer: i.batch.issuer, previous: i.batch.previousIssuer };
-        for (const k of ["previous", "issuer"] as const) {
-          const ca = cas[k];
-          if (!ca) continue;
-          const urls = crlUrlsFor(engine.spec.profile.crlUrls, ca.generation);
+        for (const c of issuerCrls(i.batch, cas, engine.spec.profile.crlUrls)) {
           if (
             engine.revokedThisRun > 0 ||
-            !(await crlCurrent(registry, ca, dir, undefined, undefined, urls))
+            !(await crlCurrent(registry, c.ca, dir, undefined, undefined, c.urls))
           ) {
             const p = await publishCrl(
               registry,
-              { certificatePem: pems[k]!.certificatePem, key: ca.key!, fingerprint: ca.fingerprint },
+              { certificatePem: c.certificatePem, key: c.ca.key!, fingerprint: c.ca.fingerprint },
               dir,
               undefined,
-              urls,
+              c.urls,
             );
-            if (k === "issuer") crl = { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
+            if (c.ca === issuer) crl = { path: p.path, crlNumber: p.crlNumber, revoked: p.revoked };
           }
         }
       }
