@@ -218,7 +218,8 @@ export function check(olds: Record<string, unknown>, news: CaInputs) {
     return { inputs, failures };
   }
   let parent: ParentFacts | undefined;
-  if (inputs.issuer && !isUnknown(inputs.issuer.certificatePem)) {
+  // a retained CA is not checked against an issuer: its certificate is already what it is
+  if (inputs.issuer && !inputs.retained && !isUnknown(inputs.issuer.certificatePem)) {
     try {
       parent = parentFacts(inputs.issuer.name, inputs.issuer.certificatePem);
     } catch (err) {
