@@ -15,17 +15,24 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openRegistry } from "../../core/registry";
-import type { CertificateRecord } from "../../core/registry/types";
+import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
 import { connectDevices } from "../../core/station/connect";
 import { deviceId } from "../../core/station/ids";
 import { toPem } from "../../core/x509/pem";
-import { type CrlServer, startCrlServer } from "../../hub/crl/server";
+import { startCrlServer } from "../../hub/crl/server";
 import { type LocalHub, startLocalHub } from "../../hub/local/server";
 import { openssl, tmpdir, verifyWithCrls } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
-import { configureHubStack, FarmProc } from "./batch-helpers";
+import {
+  cdpOf,
+  configureHubStack,
+  currentCertificates,
+  FarmProc,
+  fetchCrlPem,
+  planOps,
+  withRegistry,
+} from "./batch-helpers";
 
 const PROGRAM = path.join(REPO, "test", "integration", "fixtures", "rollover-program");
 const COUNT = 20;
@@ -51,22 +58,8 @@ describe("root CA rollover with a cross certificate, real engine", () => {
   let cas: Cas;
   let cross: string;
 
-  const registry = async <T>(f: (r: Awaited<ReturnType<typeof openRegistry>>) => Promise<T>) => {
-    const r = await openRegistry(path.join(work, "registry.db"));
-    try {
-      return await f(r);
-    } finally {
-      await r.close();
-    }
-  };
-  const current = () =>
-    registry(async (r) => {
-      const out = new Map<string, CertificateRecord>();
-      const certs = new Map((await r.certificates({ batch: "lot" })).map((c) => [c.serial, c]));
-      for (const d of await r.listDevices("lot"))
-        if (d.state === "active" && d.certSerial) out.set(d.deviceId, certs.get(d.certSerial)!);
-      return out;
-    });
+  const registry = <T>(f: (r: Registry) => Promise<T>) => withRegistry(work, f);
+  const current = () => currentCertificates(work, "lot");
   const connectAll = () =>
     connectDevices(station, {
       hub: { host: "127.0.0.1", port: hub!.port, caPem: fs.readFileSync(hub!.hubCaFile, "utf8") },
@@ -86,16 +79,6 @@ describe("root CA rollover with a cross certificate, real engine", () => {
     }
     return out;
   };
-  const fetchCrl = async (server: CrlServer, url: string): Promise<string> => {
-    const r = await fetch(`${server.url}${new URL(url).pathname}`);
-    expect(r.status, url).toBe(200);
-    return toPem("X509 CRL", Buffer.from(await r.arrayBuffer()));
-  };
-  const cdpOf = (pem: string): string => {
-    const out = openssl(["x509", "-noout", "-ext", "crlDistributionPoints"], pem).out;
-    return /URI:(\S+)/.exec(out)![1]!;
-  };
-
   beforeAll(async () => {
     await farm.start();
     station = new StationClient({ port: farm.port, poolSize: 1, timeoutMs: 60_000 });
@@ -126,7 +109,7 @@ describe("root CA rollover with a cross certificate, real engine", () => {
     const said = `${pre.stdout}${pre.stderr}`;
     expect(said).toMatch(/CA rollover of root 'root': generation 1 -> 2, cross-signed by generation 1/);
     expect(said).toMatch(/every CA below it gets a successor \(line\)/);
-    const planned = ops(pre.stdout);
+    const planned = planOps(pre.stdout);
     expect(planned.get("pki-root-g2")).toBe("create");
     expect(planned.get("pki-line-g2")).toBe("create");
     expect(planned.get("pki-root")).toBeUndefined();
@@ -227,13 +210,13 @@ describe("root CA rollover with a cross certificate, real engine", () => {
       const oldPem = toPem("CERTIFICATE", old[0]!.der);
       expect(cdpOf(nowPem)).toBe("http://pki.rollover.example.com/crl/line-g2.crl");
       const okNew = verifyWithCrls(nowPem, g2.chainPem, [
-        await fetchCrl(server, cdpOf(nowPem)),
-        await fetchCrl(server, cdpOf(g2.certificatePem)),
+        await fetchCrlPem(server, cdpOf(nowPem)),
+        await fetchCrlPem(server, cdpOf(g2.certificatePem)),
       ]);
       expect(okNew.ok, okNew.out).toBe(true);
       const revoked = verifyWithCrls(oldPem, g1.chainPem, [
-        await fetchCrl(server, cdpOf(oldPem)),
-        await fetchCrl(server, cdpOf(g1.certificatePem)),
+        await fetchCrlPem(server, cdpOf(oldPem)),
+        await fetchCrlPem(server, cdpOf(g1.certificatePem)),
       ]);
       expect(revoked.ok).toBe(false);
       expect(revoked.out).toMatch(/certificate revoked/);
@@ -264,11 +247,3 @@ describe("root CA rollover with a cross certificate, real engine", () => {
     }
   }, 300_000);
 });
-
-/** resource name -> the operation `pulumi preview --diff` plans for it (create, update, delete, ...) */
-function ops(out: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const x of out.matchAll(/: \((\w[\w-]*)\)\n(?:\s+\[id=[^\]]*\]\n)?\s+\[urn=[^\]]*::([^\]:]+)\]/g))
-    m.set(x[2]!, x[1]!);
-  return m;
-}
