@@ -689,6 +689,19 @@ UPDATE audit SET seq = ${all[4]!.seq} WHERE seq = -1`,
     }
   });
 
+  it("a detail stored in another spelling of the same JSON is not a finding (the chain hashes its canonical form)", async () => {
+    const { r, loc, anchor } = await checkpointed();
+    const row = (await r.audit({ deviceId: "d-04" })).find((a) => a.detail !== null)!;
+    // SQLite's own rendering of this row (its chainText shortcut) no longer hashes to the row's hash
+    await backend.raw(
+      loc,
+      `${backend.triggersOff};\nUPDATE audit SET detail = '{ "zeta": 1, "alpha": {"y": [1, "é"], "b": null} }' WHERE seq = ${row.seq};\n${backend.triggersOn}`,
+    );
+    expect(await r.verify({ batch: "lot-1", anchor })).toMatchObject({ ok: true, mode: "checkpoint" });
+    expect((await r.verify()).ok).toBe(true);
+    await r.close();
+  });
+
   it("a checkpoint the attacker makes for their own tables is not the anchor's: it cannot be forged in the database", async () => {
     const { r, loc, anchor } = await checkpointed();
     // the attacker edits a device and computes the digest a clean verify of the edited tables gives
