@@ -2,7 +2,7 @@
  * Batch enrollment on the real engine (issue 5, point 8; issue 13). One command:
  *
  *   npx tsx bench/batch-enroll.ts [--devices 100000] [--sizes 1000,10000] [--naive 1000] [--bound 20000]
- *       [--farm 111000] [--old-bound 1] [--farm-prof DIR] [--prof DIR]
+ *       [--farm 111000] [--old-bound 1] [--farm-prof DIR] [--prof DIR] [--preview-prof DIR]
  *
  * In one run, on this machine:
  *  1. the enrollment bound (bench/lib/enroll-bound.ts, issue 13 point 1; 2 threads measured again
@@ -25,7 +25,8 @@
  *     of the bound, fleetguard's own CPU per device at most twice its part of the bound, a
  *     no-change preview under 5 s, every process under 1 GiB peak with the farm at 111,000.
  * With --prof DIR every node process of the large `pulumi up` (program, dynamic provider) writes a
- * .cpuprofile to DIR (NODE_OPTIONS=--cpu-prof): profiling slows them, so not for the figures.
+ * .cpuprofile to DIR (NODE_OPTIONS=--cpu-prof): profiling slows them, so not for the figures. With
+ * --preview-prof DIR a second no-change preview, after the timed one, does the same.
  * Progress goes to stderr; results to stdout and bench/out/batch-enroll.json.
  */
 import * as fs from "node:fs";
@@ -50,6 +51,7 @@ const BOUND = Number(args.get("bound") ?? 20_000);
 const OLD_BOUND = args.get("old-bound") !== "0";
 const FARM_PROF = args.get("farm-prof");
 const PROF = args.get("prof");
+const PREVIEW_PROF = args.get("preview-prof");
 const ROOT = path.join(__dirname, "..");
 const PROGRAM = path.join(ROOT, "test", "integration", "fixtures", "batch-program");
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -192,6 +194,14 @@ async function main() {
     preview = { seconds: pv.seconds, memory: pv.memory };
     loads["after preview"] = load();
     log(`preview: ${pv.seconds.toFixed(2)} s`);
+    if (PREVIEW_PROF) {
+      // another preview under --cpu-prof, after the timed one (profiling slows it)
+      fs.mkdirSync(PREVIEW_PROF, { recursive: true });
+      big!.env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${PREVIEW_PROF}`;
+      const pp = await big!.run(["preview", "--expect-no-changes"]);
+      delete big!.env.NODE_OPTIONS;
+      log(`profiled preview: ${pp.seconds.toFixed(2)} s, profiles in ${PREVIEW_PROF}`);
+    }
   } finally {
     await stopFarmProcess(farm.child);
   }

@@ -2,7 +2,8 @@
  * The enrollment engine phase by phase, without Pulumi, CPU time per device (issue 9: what device
  * ownership, registry-derived convergence and attesting refresh cost). One command:
  *
- *   npx tsx bench/engine-phases.ts [--devices 10000] [--phases enroll,plan,verify,converge,refresh,reissue]
+ *   npx tsx bench/engine-phases.ts [--devices 10000]
+ *       [--phases enroll,plan,verify,verify-checkpoint,converge,refresh,reissue]
  *       [--prof-phase plan --prof-dir DIR]   # a .cpuprofile of this process for that phase only
  *       [--farm-prof DIR]                    # the farm under node --cpu-prof
  *       [--farm N]                           # the farm's size (default --devices); its peak RSS is reported
@@ -140,6 +141,15 @@ async function main() {
     if (PHASES.has("plan")) await phase("plan (no change)", () => engine().plan());
     // what every preview and up does before the plan (providers/runtime/batch.ts checkIntegrity)
     if (PHASES.has("verify")) await phase("verify (batch)", () => registry.verify({ batch: "lot" }));
+    // what a no-change preview does since issue 13: verify from the checkpoint the last run recorded
+    if (PHASES.has("verify-checkpoint")) {
+      const base = await registry.verify({ batch: "lot" });
+      const anchor = { ...base.head, tables: base.checkpoint! };
+      await phase("verify (batch, from the checkpoint)", async () => {
+        const rep = await registry.verify({ batch: "lot", anchor });
+        if (rep.mode !== "checkpoint") throw new Error("bench: the checkpoint was not used");
+      });
+    }
     if (PHASES.has("converge")) await phase("converge (no change)", () => engine().converge());
     if (PHASES.has("refresh")) await phase("refresh", () => engine().refresh());
     if (PHASES.has("reissue")) await phase("reissue (profile change)", () => engine(180).converge());

@@ -34,6 +34,7 @@
 import * as crypto from "node:crypto";
 import { FleetError, invalid } from "../errors";
 import type {
+  Anchor,
   AuditHead,
   CertificateStatus,
   HubChange,
@@ -45,11 +46,13 @@ import type {
 
 /** The prev_hash of the first row of every log. */
 export const GENESIS = "0".repeat(64);
-const DOMAIN = "fleetguard.audit.v1";
+/** The first element of every hashed row's array. */
+export const AUDIT_DOMAIN = "fleetguard.audit.v1";
+const DOMAIN = AUDIT_DOMAIN;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
-export const sha256Hex = (b: Uint8Array | string): string =>
-  crypto.createHash("sha256").update(b).digest("hex");
+/** One-shot (crypto.hash): for the short inputs hashed per row, about twice createHash's speed. */
+export const sha256Hex = (b: Uint8Array | string): string => crypto.hash("sha256", b);
 
 /** JSON with object keys sorted (recursively), so equal values encode to equal text. */
 export function canonicalJson(v: unknown): string {
@@ -117,7 +120,30 @@ export function chainValues(r: Omit<ChainRow, "hash">): unknown[] {
 }
 
 export function rowHash(r: Omit<ChainRow, "hash">): string {
-  return sha256Hex(JSON.stringify([DOMAIN, ...chainValues(r)]));
+  // the array of chainValues, written out: the verifier hashes every row of the log on every call
+  return crypto.hash(
+    "sha256",
+    JSON.stringify([
+      DOMAIN,
+      r.seq,
+      r.at,
+      r.batch,
+      r.deviceId,
+      r.from,
+      r.to,
+      r.reason,
+      r.detail,
+      r.publicKeySha256,
+      r.epoch,
+      r.certSerial,
+      r.certSha256,
+      r.certIssuer,
+      r.revokeReason,
+      r.revokeAt,
+      r.baseline,
+      r.prevHash,
+    ]),
+  );
 }
 
 /** Give rows their seqs and hashes after `head` (in place); returns them. */
@@ -606,11 +632,21 @@ export function compareDevice(
   return out;
 }
 
+/** A row of the chain as [seq, prev_hash, hash, the text its hash should cover] (VerifySource.chainText). */
+export type ChainText = [number, string | null, string | null, string];
+
 /** What a backend gives the verifier: reads within one snapshot, in pages. */
 export interface VerifySource {
   countAudit(): Promise<number>;
   /** rows with seq > afterSeq, in seq order */
   chainPage(afterSeq: number, limit: number): Promise<ChainRow[]>;
+  /**
+   * Optional, the same rows as [seq, prev_hash, hash, text]: `text` the database's own rendering of
+   * the JSON array the row's hash covers (SQLite json_array), so that pass 1 makes no row objects.
+   * Only a shortcut: a row whose text does not hash to its hash is read again with chainPage and
+   * judged by rowHash, so a rendering that differs from JSON.stringify costs time, never a finding.
+   */
+  chainText?(afterSeq: number, limit: number): Promise<ChainText[]>;
   /** the device ID `offset` rows past `after` in a table's device-ID order, or null if fewer remain */
   rangeEnd(
     table: "devices" | "audit" | "certificates" | "hub_registrations",
@@ -625,17 +661,24 @@ export interface VerifySource {
   hubs(after: string, upTo: string | null): Promise<TableHub[]>;
 }
 
-/** An audit head as text, `SEQ:HASH`: how a batch's outputs and `fleet registry verify --anchor` carry it. */
-export function formatAnchor(h: AuditHead): string {
-  return `${h.seq}:${h.hash}`;
+/**
+ * An anchor as text: `SEQ:HASH`, or `SEQ:HASH:TABLES` with a verified checkpoint (Anchor): how a
+ * batch's outputs and `fleet registry verify --anchor` carry it.
+ */
+export function formatAnchor(h: Anchor): string {
+  return h.tables === undefined ? `${h.seq}:${h.hash}` : `${h.seq}:${h.hash}:${h.tables}`;
 }
 
-/** Parse `SEQ:HASH`; bad input names `field`. */
-export function parseAnchor(v: unknown, field = "anchor"): AuditHead {
-  const m = typeof v === "string" ? /^(\d{1,15}):([0-9a-f]{64})$/.exec(v) : null;
+/** Parse `SEQ:HASH` or `SEQ:HASH:TABLES`; bad input names `field`. */
+export function parseAnchor(v: unknown, field = "anchor"): Anchor {
+  const m = typeof v === "string" ? /^(\d{1,15}):([0-9a-f]{64})(?::([0-9a-f]{64}))?$/.exec(v) : null;
   if (!m)
-    throw invalid(field, v, "SEQ:HASH, a seq and a 64-digit lowercase hex SHA-256 (the batch's audit head)");
-  return { seq: Number(m[1]), hash: m[2]! };
+    throw invalid(
+      field,
+      v,
+      "SEQ:HASH, a seq and a 64-digit lowercase hex SHA-256 (the batch's audit head), optionally :TABLES (another 64 hex digits, its verified checkpoint)",
+    );
+  return { seq: Number(m[1]), hash: m[2]!, ...(m[3] !== undefined ? { tables: m[3] } : {}) };
 }
 
 /**
@@ -666,6 +709,8 @@ export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptio
     if (!Number.isSafeInteger(a.seq) || a.seq < 0) throw invalid("opts.anchor.seq", a.seq, "an integer >= 0");
     if (typeof a.hash !== "string" || !SHA256_HEX.test(a.hash))
       throw invalid("opts.anchor.hash", a.hash, "a SHA-256, 64 lowercase hex digits");
+    if (a.tables !== undefined && (typeof a.tables !== "string" || !SHA256_HEX.test(a.tables)))
+      throw invalid("opts.anchor.tables", a.tables, "a SHA-256, 64 lowercase hex digits (tablesDigest)");
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== "function")
     throw invalid("opts.onProgress", o.onProgress, "a function (done, total)");
@@ -674,7 +719,91 @@ export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptio
   return o;
 }
 
-/** Pass 1 (the chain and the anchor), then pass 2 (every device re-derived and compared). */
+/**
+ * The digest of the tables a verify compares with the log: SHA-256 over a domain, the batch the
+ * verify was of (null: all), the head it was taken at, and one SHA-256 per table over its rows as
+ * the verifier reads them (TableDevice, TableCert with the DER's SHA-256, TableHub: every field the
+ * comparison reads, and nothing else), each row a JSON array on a line of its own, in device-ID
+ * order (then serial; then hub and serial), which is the order of the verifier's ranges.
+ * JSON arrays of strings, integers and null joined by newlines are an injective encoding.
+ */
+class TablesDigest {
+  private readonly h = {
+    devices: crypto.createHash("sha256"),
+    certificates: crypto.createHash("sha256"),
+    hubs: crypto.createHash("sha256"),
+  };
+  devices(ds: readonly TableDevice[]): void {
+    const h = this.h.devices;
+    for (const d of ds)
+      h.update(
+        `${JSON.stringify([d.deviceId, d.batch, d.state, d.reason, d.publicKeySha256, d.epoch, d.certSerial])}\n`,
+      );
+  }
+  certificates(cs: readonly TableCert[]): void {
+    const h = this.h.certificates;
+    for (const c of cs)
+      h.update(
+        `${JSON.stringify([c.serial, c.deviceId, c.batch, c.issuer, c.sha256, c.status, c.revokedAt, c.reason])}\n`,
+      );
+  }
+  hubs(hs: readonly TableHub[]): void {
+    const h = this.h.hubs;
+    for (const x of hs)
+      h.update(`${JSON.stringify([x.hub, x.deviceId, x.batch, x.serial, x.remoteId, x.status, x.reason])}\n`);
+  }
+  digest(batch: string | undefined, head: AuditHead): string {
+    return sha256Hex(
+      JSON.stringify([
+        TABLES_DOMAIN,
+        batch ?? null,
+        head.seq,
+        head.hash,
+        this.h.devices.digest("hex"),
+        this.h.certificates.digest("hex"),
+        this.h.hubs.digest("hex"),
+      ]),
+    );
+  }
+}
+const TABLES_DOMAIN = "fleetguard.verify.tables.v1";
+
+/** The devices a verify of `batch` counts in one range (the ones its comparison would not skip). */
+function counted(batch: string | undefined, ds: readonly TableDevice[], hs: readonly TableHub[]): number {
+  if (batch === undefined) return new Set([...ds.map((d) => d.deviceId), ...hs.map((h) => h.deviceId)]).size;
+  const ids = new Set<string>();
+  for (const d of ds) if (d.batch === batch) ids.add(d.deviceId);
+  for (const h of hs) if (h.batch === batch) ids.add(h.deviceId);
+  return ids.size;
+}
+
+/**
+ * Pass 1 (the chain and the anchor), then pass 2 (every device re-derived and compared), or, when
+ * the anchor carries a verified checkpoint and the log still ends at its row, the checkpoint's
+ * tables digest instead of pass 2.
+ *
+ * Why the checkpoint is sound (threat model: someone who can write the database, SQLite file or
+ * PostgreSQL role, but not the Pulumi state nor fleetguard's code). A verify's report is a
+ * deterministic function of what it reads: the audit log and the three tables. The checkpoint
+ * (Anchor.tables) is the digest of the tables a verify read when its report was ok, at the head it
+ * read (seq, hash), for the same batch. It lives only outside the database, with the head, in the
+ * batch's outputs in Pulumi state: the database holds nothing the verifier takes on trust, so there
+ * is no stored checkpoint to forge, roll back or delete. A later verify always re-hashes the whole
+ * chain (pass 1: every row's content and every link, so an edited, inserted, removed or reordered
+ * log row is found exactly as before) and always reads every row of every table and digests it.
+ * Only when the chain is intact, its last row is the anchor's row with the anchor's hash (so the
+ * log is the one the checkpoint's verify replayed, by the chain's collision resistance) and the
+ * tables' digest equals the checkpoint (so are the tables) is pass 2 skipped: it would re-derive
+ * the same devices from the same rows and compare them with the same table rows, and return ok
+ * again. Any difference (a device, certificate or hub row edited, added or removed; a log row
+ * appended by anyone, this batch's next run included) makes the verify replay in full, which
+ * reports what differs as it always did. What the checkpoint saves is the replay (reading the log
+ * a second time in device order and re-deriving every device), not the reading: a change to any
+ * row is found by every verify, not by some later one.
+ * What it does not cover, as before: someone who can also write the Pulumi state (they can write
+ * any anchor), and a log extended with rows hashed correctly after the anchor, which the replay
+ * judges on their own (they must still derive the tables).
+ */
 export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise<VerifyReport> {
   const max = opts.maxFindings ?? 10_000;
   const findings: VerifyFinding[] = [];
@@ -707,10 +836,25 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
       message: `anchor 0: hash: the empty log is ${GENESIS}, the anchor says ${anchor.hash}`,
     });
   for (let after = 0; ; ) {
-    const page = await src.chainPage(after, PAGE.chain);
-    for (const r of page) {
+    const texts = src.chainText ? await src.chainText(after, PAGE.chain) : undefined;
+    // without chainText, or where a text does not hash to its row's hash, the rows themselves
+    let page: ChainRow[] | undefined;
+    if (texts) {
+      let i = 0;
+      for (; i < texts.length; i++) {
+        const [seq, prevHash, hash, text] = texts[i]!;
+        if (broken || prevHash !== prev || hash === null || crypto.hash("sha256", text) !== hash) break;
+        if (anchor && seq === anchor.seq) {
+          anchorSeen = true;
+          if (hash !== anchor.hash) break;
+        }
+        prev = hash;
+        head = { seq, hash };
+      }
+      if (i < texts.length) page = await src.chainPage(texts[i - 1]?.[0] ?? after, PAGE.chain - i);
+    } else page = await src.chainPage(after, PAGE.chain);
+    for (const r of page ?? []) {
       if (!broken) {
-        const again = rowHash(r);
         if (r.prevHash !== prev) {
           broken = true;
           add({
@@ -721,16 +865,19 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
             expected: prev,
             message: `audit row ${r.seq}: prev_hash: stored ${r.prevHash ?? "none"}, the previous row's hash is ${prev} (a row before it was removed, inserted or rewritten)`,
           });
-        } else if (r.hash !== again) {
-          broken = true;
-          add({
-            kind: "chain",
-            seq: r.seq,
-            field: "hash",
-            stored: r.hash,
-            expected: again,
-            message: `audit row ${r.seq} (device ${r.deviceId}): hash: stored ${r.hash ?? "none"}, its content hashes to ${again} (the row was changed after it was written)`,
-          });
+        } else {
+          const again = rowHash(r);
+          if (r.hash !== again) {
+            broken = true;
+            add({
+              kind: "chain",
+              seq: r.seq,
+              field: "hash",
+              stored: r.hash,
+              expected: again,
+              message: `audit row ${r.seq} (device ${r.deviceId}): hash: stored ${r.hash ?? "none"}, its content hashes to ${again} (the row was changed after it was written)`,
+            });
+          }
         }
       }
       if (anchor && r.seq === anchor.seq) {
@@ -748,9 +895,10 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
       prev = r.hash ?? "";
       head = { seq: r.seq, hash: r.hash ?? "" };
     }
-    progress(page.length);
-    if (page.length < PAGE.chain) break;
-    after = page[page.length - 1]!.seq;
+    const n = texts ? texts.length : page!.length;
+    progress(n);
+    if (n < PAGE.chain) break;
+    after = texts ? texts[n - 1]![0] : page![n - 1]!.seq;
   }
   if (anchor && !anchorSeen)
     add({
@@ -761,26 +909,57 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
       anchor: anchor.hash,
       message: `anchor ${anchor.seq}: seq: the log has no such row (head ${head.seq}), the anchor says it holds ${anchor.hash} (rows were removed)`,
     });
+  const report = (devices: number, mode: VerifyReport["mode"], checkpoint: string | undefined) => ({
+    ok: count === 0,
+    count,
+    findings,
+    truncated: count > findings.length,
+    head,
+    rows,
+    devices,
+    ...(opts.batch !== undefined ? { batch: opts.batch } : {}),
+    ...(count === 0 && checkpoint !== undefined ? { checkpoint } : {}),
+    mode,
+  });
+
+  // the checkpoint: the same log (intact, ending at the anchor's row) and the same tables
+  if (anchor?.tables !== undefined && count === 0 && head.seq === anchor.seq && head.hash === anchor.hash) {
+    const digest = new TablesDigest();
+    let devices = 0;
+    for (let after = ""; ; ) {
+      const upTo = await rangeEnds(src, after, ["devices", "certificates", "hub_registrations"]);
+      const ds = await src.devices(after, upTo);
+      const cs = await src.certificates(after, upTo);
+      const hs = await src.hubs(after, upTo);
+      digest.devices(ds);
+      digest.certificates(cs);
+      digest.hubs(hs);
+      devices += counted(opts.batch, ds, hs);
+      if (upTo === null) break;
+      after = upTo;
+    }
+    const tables = digest.digest(opts.batch, head);
+    if (tables === anchor.tables) {
+      progress(rows);
+      return report(devices, "checkpoint", tables);
+    }
+    // something changed since the checkpoint: the replay says what
+  }
 
   // pass 2: device-ID ranges, each bounded by a page of every table
+  const digest = new TablesDigest();
   let devices = 0;
-  const ends = async (after: string): Promise<string | null> => {
-    // one after the other: a PostgreSQL source runs them on its one snapshot connection
-    const hs: string[] = [];
-    for (const t of ["devices", "audit", "certificates", "hub_registrations"] as const) {
-      const h = await src.rangeEnd(t, after, PAGE[t]);
-      if (h !== null) hs.push(h);
-    }
-    return hs.length ? hs.reduce((m, h) => (cmp(h, m) < 0 ? h : m)) : null;
-  };
   for (let after = ""; ; ) {
-    const upTo = await ends(after);
+    const upTo = await rangeEnds(src, after, ["devices", "audit", "certificates", "hub_registrations"]);
     const [ds, as, cs, hs] = [
       await src.devices(after, upTo),
       await src.audit(after, upTo),
       await src.certificates(after, upTo),
       await src.hubs(after, upTo),
     ];
+    digest.devices(ds);
+    digest.certificates(cs);
+    digest.hubs(hs);
     const byDevice = new Map<string, { t?: TableDevice; a: ChainRow[]; c: TableCert[]; h: TableHub[] }>();
     const slot = (id: string) => {
       let s = byDevice.get(id);
@@ -812,14 +991,20 @@ export async function runVerify(src: VerifySource, opts: VerifyOptions): Promise
     if (upTo === null) break;
     after = upTo;
   }
-  return {
-    ok: count === 0,
-    count,
-    findings,
-    truncated: count > findings.length,
-    head,
-    rows,
-    devices,
-    ...(opts.batch !== undefined ? { batch: opts.batch } : {}),
-  };
+  return report(devices, "replayed", digest.digest(opts.batch, head));
+}
+
+/** The end of the next device-ID range after `after`: at most a page of each table (null: the rest). */
+async function rangeEnds(
+  src: VerifySource,
+  after: string,
+  tables: ReadonlyArray<"devices" | "audit" | "certificates" | "hub_registrations">,
+): Promise<string | null> {
+  // one after the other: a PostgreSQL source runs them on its one snapshot connection
+  const hs: string[] = [];
+  for (const t of tables) {
+    const h = await src.rangeEnd(t, after, PAGE[t]);
+    if (h !== null) hs.push(h);
+  }
+  return hs.length ? hs.reduce((m, h) => (cmp(h, m) < 0 ? h : m)) : null;
 }

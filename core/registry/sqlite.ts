@@ -16,8 +16,10 @@ import Database from "better-sqlite3";
 import { createPrivateFile } from "../durable";
 import { FleetError, invalid } from "../errors";
 import {
+  AUDIT_DOMAIN,
   baselineRow,
   type ChainRow,
+  type ChainText,
   canonicalJson,
   chain,
   chainValues,
@@ -164,6 +166,8 @@ function hashedDetail(v: unknown): string | null {
 
 const AUDIT_COLUMNS = `seq, at, batch, device_id, from_state, to_state, reason, detail, public_key_sha256, epoch,
   cert_serial, cert_sha256, cert_issuer, revoke_reason, revoke_at, baseline, prev_hash, hash`;
+/** the columns a row's hash covers, in chainValues order */
+const CHAINED_COLUMNS = AUDIT_COLUMNS.replace(/, hash$/, "");
 
 /** An audit row as read back, as the chain hashes it (exported for the tests that play the attacker). */
 export function toChainRow(r: Row): ChainRow {
@@ -233,6 +237,33 @@ function toTableDevice(r: Row): TableDevice {
   };
 }
 
+/** toTableDevice of a raw row (DEVICE_COLUMNS order): the verifier reads every device */
+function arrayTableDevice(a: unknown[]): TableDevice {
+  return {
+    deviceId: a[0] as string,
+    batch: a[1] as string,
+    state: a[2] as string,
+    reason: a[3] as string | null,
+    publicKeySha256: a[4] ? sha256Hex(a[4] as Buffer) : null,
+    epoch: a[5] as number | null,
+    certSerial: a[6] as string | null,
+  };
+}
+
+/** toTableCert of a raw row (CERT_COLUMNS order) */
+function arrayTableCert(a: unknown[]): TableCert {
+  return {
+    serial: a[0] as string,
+    deviceId: a[1] as string,
+    batch: a[2] as string,
+    issuer: a[3] as string,
+    sha256: sha256Hex(a[4] as Buffer),
+    status: a[5] as string,
+    revokedAt: a[6] as number | null,
+    reason: a[7] as string | null,
+  };
+}
+
 function toTableCert(r: Row): TableCert {
   return {
     serial: r.serial as string,
@@ -296,6 +327,10 @@ function sqliteSource(db: Database.Database): VerifySource {
   aud.bounded.raw(true);
   aud.open.raw(true);
   const crt = range("certificates", CERT_COLUMNS, "device_id, serial");
+  for (const q of [dev, crt]) {
+    q.bounded.raw(true);
+    q.open.raw(true);
+  }
   const hub = range("hub_registrations", HUB_COLUMNS, "device_id, hub, serial");
   const ends = {
     hub_registrations: p(
@@ -308,15 +343,20 @@ function sqliteSource(db: Database.Database): VerifySource {
     ),
   };
   const page = p(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
+  // SQLite's json_array renders integers, strings and null as JSON.stringify does (runVerify checks)
+  const texts = p(
+    `SELECT seq, prev_hash, hash, json_array('${AUDIT_DOMAIN}', ${CHAINED_COLUMNS}) FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`,
+  ).raw(true);
   const count = p("SELECT COUNT(*) AS n FROM audit");
   return {
     countAudit: async () => (count.get() as { n: number }).n,
     chainPage: async (afterSeq, limit) => (page.all(afterSeq, limit) as unknown[][]).map(arrayChainRow),
+    chainText: async (afterSeq, limit) => texts.all(afterSeq, limit) as ChainText[],
     rangeEnd: async (table, after, offset) =>
       (ends[table].get(after, offset - 1) as { device_id: string } | undefined)?.device_id ?? null,
-    devices: async (after, upTo) => rows(dev, after, upTo).map(toTableDevice),
+    devices: async (after, upTo) => rows<unknown[]>(dev, after, upTo).map(arrayTableDevice),
     audit: async (after, upTo) => rows<unknown[]>(aud, after, upTo).map(arrayChainRow),
-    certificates: async (after, upTo) => rows(crt, after, upTo).map(toTableCert),
+    certificates: async (after, upTo) => rows<unknown[]>(crt, after, upTo).map(arrayTableCert),
     hubs: async (after, upTo) => rows(hub, after, upTo).map(toTableHub),
   };
 }

@@ -127,11 +127,27 @@ export interface AuditHead {
   hash: string;
 }
 
+/**
+ * A head recorded outside the registry (a batch's `auditHead` output in Pulumi state, `fleet registry
+ * verify --anchor`): the row at `seq` must still hash to `hash`. With `tables`, also a verified
+ * checkpoint: the digest of the devices, certificates and hub_registrations tables that a verify
+ * of the same batch found equal to the log replayed up to `seq` (chain.ts tablesDigest). A later
+ * verify whose log still ends at that row and whose tables still have that digest returns the
+ * same report without replaying the log; anything else replays it in full.
+ */
+export interface Anchor extends AuditHead {
+  /** 64 lowercase hex digits (chain.ts tablesDigest) */
+  tables?: string;
+}
+
 export interface VerifyOptions {
   /** compare only the devices of this batch (by the tables or by the audit); the chain is always checked whole */
   batch?: string;
-  /** a head recorded earlier (Pulumi state): the row at anchor.seq must still have anchor.hash */
-  anchor?: AuditHead;
+  /**
+   * a head recorded earlier (Pulumi state): the row at anchor.seq must still have anchor.hash; with
+   * anchor.tables, the checkpoint that lets the replay be skipped while nothing changed (Anchor)
+   */
+  anchor?: Anchor;
   /** work done and total (audit rows hashed plus audit rows replayed), after every page */
   onProgress?: (done: number, total: number) => void;
   /** findings kept in the report (default 10,000); `count` counts them all */
@@ -207,6 +223,13 @@ export interface VerifyReport {
   /** devices compared */
   devices: number;
   batch?: string;
+  /**
+   * when ok: the digest of the tables as verified at `head` (chain.ts tablesDigest), to record with
+   * the head as the next anchor's `tables` (formatAnchor)
+   */
+  checkpoint?: string;
+  /** "replayed": every device re-derived from the log; "checkpoint": log and tables unchanged since anchor.tables */
+  mode: "replayed" | "checkpoint";
 }
 
 export type StateCounts = Record<DeviceState, number>;

@@ -96,9 +96,11 @@ export interface BatchOutputs {
   declarationDigest: string;
   lastRun: { enrolled: number; reissued: number; decommissioned: number; at: string };
   /**
-   * The registry's audit head after this run (`SEQ:HASH`): anchored in the Pulumi state, so a
+   * The registry's audit head after this run (`SEQ:HASH:TABLES`): anchored in the Pulumi state, so a
    * registry rewritten behind fleetguard's back (even with its hash chain recomputed) is noticed
-   * by the next preview, refresh or up (brief, rule 6).
+   * by the next preview, refresh or up (brief, rule 6). TABLES is the verified checkpoint of the
+   * run's closing verify (core/registry/chain.ts runVerify): while the registry is unchanged, the
+   * next verify skips the replay. Older states hold `SEQ:HASH`, which still verifies (in full).
    */
   auditHead: string;
   /** what the last refresh found; attestation figures are the sample it attested (policy identity.refreshAttestSample) */
@@ -242,12 +244,13 @@ function progressLogger(i: BatchInputs) {
  * holds unchanged, and this batch's device and certificate records equal to what the audit log
  * says. Anything else stops the run (INTEGRITY) with what differs and what to run.
  */
-async function checkIntegrity(i: BatchInputs, registry: Registry, anchor: unknown): Promise<void> {
+async function checkIntegrity(i: BatchInputs, registry: Registry, anchor: unknown): Promise<string> {
   const report = await registry.verify({
     batch: i.name,
     ...(typeof anchor === "string" && anchor ? { anchor: parseAnchor(anchor, "auditHead") } : {}),
   });
   if (!report.ok) throw integrityError(report, shown(registryLocation(i.registry)));
+  return formatAnchor({ ...report.head, ...(report.checkpoint ? { tables: report.checkpoint } : {}) });
 }
 
 function outputsOf(
@@ -355,7 +358,9 @@ async function converge(i: BatchInputs, prev?: Partial<BatchOutputs>): Promise<B
           urn: i.progressUrn,
         });
       }
-      return outputsOf(i, summary, prev, crl, manifest, formatAnchor(await registry.auditHead()));
+      // the closing verify: this run's rows replayed once here, so the next preview need not
+      const head = await checkIntegrity(i, registry, prev?.auditHead);
+      return outputsOf(i, summary, prev, crl, manifest, head);
     }),
   );
 }
@@ -508,7 +513,7 @@ export async function read(id: string, props: Record<string, unknown>) {
             attestationFailed: a.failed,
             checkedAt: new Date().toISOString(),
           },
-          auditHead: formatAnchor(await registry.auditHead()),
+          auditHead: await checkIntegrity(i, registry, i.auditHead),
         },
       };
     }),

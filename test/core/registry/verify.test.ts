@@ -12,11 +12,18 @@ import { Client } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../../core/errors";
 import { openRegistry } from "../../../core/registry";
-import { type ChainRow, GENESIS, rowHash, sha256Hex } from "../../../core/registry/chain";
+import {
+  type ChainRow,
+  formatAnchor,
+  GENESIS,
+  parseAnchor,
+  rowHash,
+  sha256Hex,
+} from "../../../core/registry/chain";
 import { toChainRow as pgChainRow } from "../../../core/registry/postgres";
 import { LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "../../../core/registry/schema";
 import { toChainRow as sqliteChainRow } from "../../../core/registry/sqlite";
-import type { Registry, Transition, VerifyFinding } from "../../../core/registry/types";
+import type { Anchor, Registry, Transition, VerifyFinding } from "../../../core/registry/types";
 import { type PostgresServer, startPostgres } from "../../helpers/postgres";
 
 const ISSUER = "a1".repeat(32);
@@ -532,6 +539,186 @@ UPDATE audit SET public_key_sha256 = '${forged}' WHERE seq = ${victim.seq}`,
     expect(rep.findings.length).toBe(3);
     expect(rep).toMatchObject({ ok: false, truncated: true });
     expect(rep.count).toBe((await r.listDevices("lot-1")).length);
+    await r.close();
+  });
+});
+
+/**
+ * The verified checkpoint (issue 13): an anchor with `tables` lets verify skip the replay while the
+ * log ends at the anchor's row and the tables are unchanged; every attack above must still be
+ * found, with the same findings as without it, and nothing stored in the database is trusted.
+ */
+describe.each(backends)("verified checkpoint on $name", (backend) => {
+  /** the seeded registry with a hub record, and the checkpoint of a clean verify of lot-1 */
+  async function checkpointed(): Promise<{ r: Registry; loc: string; anchor: Required<Anchor> }> {
+    const loc = await backend.fresh();
+    const r = await openRegistry(loc);
+    await seed(r);
+    const [c] = await r.certificates({ deviceId: "d-05", status: ["live"] });
+    await r.applyHub([
+      { hub: "local", deviceId: "d-05", batch: "lot-1", serial: c!.serial, from: null, to: "registering" },
+    ]);
+    await r.applyHub([
+      {
+        hub: "local",
+        deviceId: "d-05",
+        batch: "lot-1",
+        serial: c!.serial,
+        from: "registering",
+        to: "active",
+        remoteId: "r-05",
+      },
+    ]);
+    const rep = await r.verify({ batch: "lot-1" });
+    expect(rep).toMatchObject({ ok: true, mode: "replayed" });
+    expect(rep.checkpoint).toMatch(/^[0-9a-f]{64}$/);
+    return { r, loc, anchor: { ...rep.head, tables: rep.checkpoint! } };
+  }
+
+  /** the report without the checkpoint and with it: the same findings, the second replayed too */
+  async function both(r: Registry, anchor: Anchor) {
+    const plain = await r.verify({ batch: "lot-1", anchor: { seq: anchor.seq, hash: anchor.hash } });
+    const fast = await r.verify({ batch: "lot-1", anchor });
+    expect(fields(fast.findings)).toEqual(fields(plain.findings));
+    expect(fast.mode).toBe("replayed");
+    expect(fast.ok).toBe(false);
+    expect(fast.checkpoint).toBeUndefined();
+    return fields(fast.findings);
+  }
+
+  it("an unchanged registry verifies from its checkpoint: the same report, no replay", async () => {
+    const { r, anchor } = await checkpointed();
+    const full = await r.verify({ batch: "lot-1", anchor: { seq: anchor.seq, hash: anchor.hash } });
+    const progress: Array<[number, number]> = [];
+    const fast = await r.verify({ batch: "lot-1", anchor, onProgress: (d, t) => progress.push([d, t]) });
+    expect(fast).toMatchObject({ ok: true, mode: "checkpoint", checkpoint: anchor.tables });
+    expect({ ...fast, mode: "replayed" }).toEqual(full);
+    expect(progress.at(-1)).toEqual([2 * full.rows, 2 * full.rows]);
+    // the checkpoint is of one batch and one head: another batch's verify or the whole registry's replays
+    expect((await r.verify({ anchor })).mode).toBe("replayed");
+    expect((await r.verify({ batch: "lot-2", anchor })).mode).toBe("replayed");
+    // the text form in a batch's outputs carries it; the two-part form still parses
+    expect(parseAnchor(formatAnchor(anchor))).toEqual(anchor);
+    expect(parseAnchor(`${anchor.seq}:${anchor.hash}`)).toEqual({ seq: anchor.seq, hash: anchor.hash });
+    expect(() => parseAnchor(`${anchor.seq}:${anchor.hash}:xyz`, "auditHead")).toThrow(
+      /^auditHead: got .*, want SEQ:HASH/,
+    );
+    await r.close();
+  });
+
+  it("a row written by fleetguard after the checkpoint makes verify replay, and gives the next checkpoint", async () => {
+    const { r, anchor } = await checkpointed();
+    await r.apply([{ deviceId: "d-06", batch: "lot-1", from: "active", to: "active", reason: "seen" }]);
+    const rep = await r.verify({ batch: "lot-1", anchor });
+    expect(rep).toMatchObject({ ok: true, mode: "replayed" });
+    expect(rep.checkpoint).not.toBe(anchor.tables);
+    const next = { ...rep.head, tables: rep.checkpoint! };
+    expect(await r.verify({ batch: "lot-1", anchor: next })).toMatchObject({ ok: true, mode: "checkpoint" });
+    await r.close();
+  });
+
+  it("a device, certificate or hub row changed, added or removed after the checkpoint is found", async () => {
+    // each attack on a registry of its own, seeded and checkpointed the same way (d-07's live certificate is the second one issued)
+    const serial = (c: Registry) =>
+      c.certificates({ deviceId: "d-07", status: ["live"] }).then((x) => x[0]!.serial);
+    const attacks: Array<[(s: string) => string, (s: string) => string[]]> = [
+      [
+        () =>
+          "UPDATE devices SET public_key = (SELECT public_key FROM devices WHERE device_id = 'd-05') WHERE device_id = 'd-06'",
+        () => ["device d-06 publicKey.sha256"],
+      ],
+      [
+        (s) =>
+          `UPDATE certificates SET status = 'revoked', revocation_reason = 'keyCompromise', revoked_at = ${backend.name === "sqlite" ? "0" : "now()"} WHERE serial = '${s}'`,
+        (s) => [
+          `certificate d-07 ${s} status`,
+          `certificate d-07 ${s} revokedAt`,
+          `certificate d-07 ${s} revocationReason`,
+        ],
+      ],
+      [
+        (s) =>
+          `UPDATE certificates SET der = ${backend.name === "sqlite" ? "X'00'" : "'\\x00'::bytea"} WHERE serial = '${s}'`,
+        (s) => [`certificate d-07 ${s} sha256`],
+      ],
+      [() => "UPDATE hub_registrations SET status = 'disabled'", () => ["hub d-05 status"]],
+      [() => "DELETE FROM hub_registrations", () => ["hub d-05 registration"]],
+      [
+        () =>
+          backend.name === "sqlite"
+            ? "INSERT INTO devices (device_id, batch, state, updated_at) VALUES ('x-1', 'lot-1', 'active', 0)"
+            : "INSERT INTO devices (device_id, batch, state, updated_at) VALUES ('x-1', 'lot-1', 'active', now())",
+        () => ["device x-1 device"],
+      ],
+      [() => "DELETE FROM devices WHERE device_id = 'e-1'", () => []],
+    ];
+    for (const [sql, want] of attacks) {
+      const { r, loc, anchor } = await checkpointed();
+      const s = await serial(r);
+      expect(await r.verify({ batch: "lot-1", anchor })).toMatchObject({ ok: true, mode: "checkpoint" });
+      await backend.raw(loc, sql(s));
+      if (want(s).length) expect((await both(r, anchor)).sort(), sql(s)).toEqual(want(s).sort());
+      else {
+        // e-1 is lot-2's: a lot-1 verify does not report it, but it no longer verifies from the checkpoint
+        const rep = await r.verify({ batch: "lot-1", anchor });
+        expect(rep).toMatchObject({ ok: true, mode: "replayed" });
+        expect(fields((await r.verify({ anchor: { seq: anchor.seq, hash: anchor.hash } })).findings)).toEqual(
+          ["device e-1 device"],
+        );
+      }
+      await r.close();
+    }
+  });
+
+  it("an old log row edited, removed or swapped after the checkpoint is found by the chain", async () => {
+    const edits = (all: Array<{ seq: number }>) => [
+      `UPDATE audit SET reason = 'nothing to see' WHERE seq = ${all[3]!.seq}`,
+      `DELETE FROM audit WHERE seq = ${all[3]!.seq}`,
+      // two rows' contents exchanged, hashes and all: each link then points at the wrong row
+      `UPDATE audit SET seq = -1 WHERE seq = ${all[3]!.seq};
+UPDATE audit SET seq = ${all[3]!.seq} WHERE seq = ${all[4]!.seq};
+UPDATE audit SET seq = ${all[4]!.seq} WHERE seq = -1`,
+    ];
+    for (let i = 0; i < 3; i++) {
+      const { r, loc, anchor } = await checkpointed();
+      const sql = edits(await r.audit({}))[i]!;
+      await backend.raw(loc, `${backend.triggersOff};\n${sql};\n${backend.triggersOn}`);
+      const f = await both(r, anchor);
+      expect(f[0], sql).toMatch(/^chain /);
+      await r.close();
+    }
+  });
+
+  it("a detail stored in another spelling of the same JSON is not a finding (the chain hashes its canonical form)", async () => {
+    const { r, loc, anchor } = await checkpointed();
+    const row = (await r.audit({ deviceId: "d-04" })).find((a) => a.detail !== null)!;
+    // SQLite's own rendering of this row (its chainText shortcut) no longer hashes to the row's hash
+    await backend.raw(
+      loc,
+      `${backend.triggersOff};\nUPDATE audit SET detail = '{ "zeta": 1, "alpha": {"y": [1, "é"], "b": null} }' WHERE seq = ${row.seq};\n${backend.triggersOn}`,
+    );
+    expect(await r.verify({ batch: "lot-1", anchor })).toMatchObject({ ok: true, mode: "checkpoint" });
+    expect((await r.verify()).ok).toBe(true);
+    await r.close();
+  });
+
+  it("a checkpoint the attacker makes for their own tables is not the anchor's: it cannot be forged in the database", async () => {
+    const { r, loc, anchor } = await checkpointed();
+    // the attacker edits a device and computes the digest a clean verify of the edited tables gives
+    await backend.raw(loc, "UPDATE devices SET epoch = 7 WHERE device_id = 'd-06'");
+    const theirs = (await r.verify({ batch: "lot-1" })).checkpoint;
+    expect(theirs).toBeUndefined(); // the verify that would give it finds the edit
+    // a digest of their choosing in the anchor: the verify replays and finds the edit
+    const forged = { ...anchor, tables: sha256Hex("forged") };
+    expect(fields((await r.verify({ batch: "lot-1", anchor: forged })).findings)).toEqual([
+      "device d-06 epoch",
+    ]);
+    expect(await both(r, anchor)).toEqual(["device d-06 epoch"]);
+    // a checkpoint that is not a digest is refused, naming the field
+    await expectInvalid(
+      r.verify({ anchor: { ...anchor, tables: "xyz" } }),
+      /^opts\.anchor\.tables: got "xyz", want a SHA-256/,
+    );
     await r.close();
   });
 });
