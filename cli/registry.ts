@@ -2,7 +2,7 @@
  * `fleet registry verify`: check a device registry against its own hash-chained audit log
  * (core/registry/chain.ts), without Pulumi.
  *
- *   fleet registry verify --registry <path|postgres://...> [--batch NAME] [--anchor SEQ:HASH] [--json]
+ *   fleet registry verify --registry <path|postgres://...> [--batch NAME] [--anchor SEQ:HASH[:TABLES]] [--json]
  *
  * It re-hashes the audit chain (reporting the first broken link), checks the anchor if given (the
  * head a batch recorded in Pulumi state: a log rewritten and hashed again is caught there), and
@@ -36,7 +36,11 @@ export const spec: GroupSpec = {
           arg: "NAME",
           help: "compare only this batch's devices (the chain is checked whole)",
         },
-        { name: "anchor", arg: "SEQ:HASH", help: "a head recorded earlier (a batch's auditHead output)" },
+        {
+          name: "anchor",
+          arg: "SEQ:HASH[:TABLES]",
+          help: "a head recorded earlier (a batch's auditHead output; with TABLES, a checkpoint)",
+        },
         JSON_OPTION,
       ],
       json: "{registry, ok, count, findings: [{kind, message, ...}], truncated, head: {seq, hash}, rows, devices, batch?}",
