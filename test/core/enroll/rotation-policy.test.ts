@@ -11,7 +11,6 @@ import {
   wavesOf,
 } from "../../../core/enroll/rotation-policy";
 
-const HOUR = 3_600_000;
 const at = (iso: string) => new Date(iso);
 const t = (iso: string) => Date.parse(iso);
 const P: RotationPolicy = { maxWaveFraction: 0.25, maxFailureFraction: 0.05 };
