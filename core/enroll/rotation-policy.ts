@@ -59,7 +59,11 @@ export function validatePolicy(p: RotationPolicy): void {
   if (p.wavesPerRun !== undefined && !(Number.isInteger(p.wavesPerRun) && p.wavesPerRun >= 1))
     throw invalid("wavesPerRun", p.wavesPerRun, "an integer >= 1");
   if (p.bakeHours !== undefined && !(Number.isFinite(p.bakeHours) && p.bakeHours >= 0 && p.bakeHours <= 8760))
-    throw invalid("bakeHours", p.bakeHours, "a number of hours in [0, 8760] between waves (0: no bake), e.g. 20");
+    throw invalid(
+      "bakeHours",
+      p.bakeHours,
+      "a number of hours in [0, 8760] between waves (0: no bake), e.g. 20",
+    );
 }
 
 /** The bake in ms (the default when unset). */
