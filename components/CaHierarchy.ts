@@ -9,6 +9,7 @@ import * as crypto from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { canonicalJson } from "../core/canonical";
 import { type CustodySpec, DEFAULT_KEY_STORE, type KeyRef, validateCustody } from "../core/custody";
+import { crlUrlsFor } from "../core/enroll/profile";
 import { REVOCATION_REASONS, type RevocationReason } from "../core/x509/crl";
 import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
@@ -42,19 +43,21 @@ export interface CaSpec {
    * cACompromise (its devices' certificates on their CA's CRL, disabled at every hub)
    */
   readonly revoked?: { readonly reason: RevocationReason; readonly at?: string };
+  /**
+   * This CA's generation (default 1). Raising it by one rolls the CA over (docs/rotation.md, "CA
+   * rollover"): a successor with a new key and the same subject is created, the predecessor stays
+   * (trusted at hubs, its CRL re-signed) while devices still hold its certificates, new devices
+   * enroll under the successor and the RotationSchedule re-issues the others in waves. Raising it
+   * again retires the predecessor's predecessor. On a root or an intermediate it rolls the whole
+   * subtree: every CA below gets a successor too (their effective generation, effectiveGenerations),
+   * and a new root is cross-signed by the old one. Raise one generation, by one, per deployment.
+   */
+  readonly generation?: number;
 }
 
 export interface ChildCaSpec extends CaSpec {
   /** name of the CA that signs this one; default: the root (intermediates) or the only intermediate */
   readonly parent?: string;
-  /**
-   * An issuing CA's generation (default 1). Raising it by one rolls the CA over (docs/rotation.md,
-   * "CA rollover"): a successor with a new key and the same subject is created, the predecessor
-   * stays (trusted at hubs, its CRL re-signed) while devices still hold its certificates, new
-   * devices enroll under the successor and the RotationSchedule re-issues the others in waves.
-   * Raising it again retires the predecessor's predecessor.
-   */
-  readonly generation?: number;
 }
 
 /** Bring your own root: PEMs from a file, a vault, or @pulumi/tls resources. */
@@ -111,11 +114,24 @@ export interface PlannedCa {
   spec: CaSpec | ExistingRoot;
 }
 
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+
 const isExisting = (s: CaSpec | ExistingRoot): s is ExistingRoot => "existing" in s;
 
-/** A CA's generation: 1 unless an issuing CA was rolled over (ChildCaSpec.generation). */
-export const generationOf = (p: PlannedCa): number =>
-  isExisting(p.spec) ? 1 : ((p.spec as ChildCaSpec).generation ?? 1);
+/** A CA's own declared generation (CaSpec.generation, default 1). */
+export const generationOf = (p: PlannedCa): number => (isExisting(p.spec) ? 1 : (p.spec.generation ?? 1));
+
+/**
+ * Each CA's effective generation: its own, plus the rollovers of the CAs above it (a new root or
+ * intermediate means a successor for every CA below). Raising any one generation by one raises
+ * the effective generation of that CA and of everything below it by one, so a successor never
+ * takes a resource name that an earlier CA of another lineage had (pure; tested).
+ */
+export function effectiveGenerations(plan: PlannedCa[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const p of plan) out[p.name] = generationOf(p) + (p.parent ? out[p.parent]! - 1 : 0);
+  return out;
+}
 
 /**
  * The resource name of generation `g` of CA `ca`: `<hierarchy>-<ca>` for the first (so a CA that
@@ -244,13 +260,9 @@ export function planHierarchy(args: CaHierarchyArgs): PlannedCa[] {
             `${p.field}.revoked.at: got ${JSON.stringify(s.revoked.at)}, want an ISO 8601 date and time`,
           );
       }
-      const g = (s as ChildCaSpec).generation;
+      const g = s.generation;
       if (g !== undefined && (!Number.isInteger(g) || g < 1))
         problems.push(`${p.field}.generation: got ${JSON.stringify(g)}, want a whole number >= 1`);
-      else if (g !== undefined && g > 1 && p.role !== "issuing")
-        problems.push(
-          `${p.field}.generation: got ${g}, want it only on an issuing CA (a rollover of a root or an intermediate is not built yet)`,
-        );
       if (p.role === "issuing" && s.pathLen !== undefined && s.pathLen !== 0) {
         problems.push(
           `${p.field}.pathLen: got ${s.pathLen}, want 0 or absent (an issuing CA signs only devices)`,
@@ -292,6 +304,11 @@ export interface CaOutputs {
   generation?: number;
   /** during a rollover: the predecessor, still trusted while devices hold its certificates */
   previous?: CaOutputs;
+  /**
+   * After a root rollover: this CA, the CAs above it up to the new root's cross certificate, and
+   * the old root (PEM). A device that trusts only the old root checks commands signed under it.
+   */
+  crossChainPem?: pulumi.Output<string | undefined>;
   /** this CA or one above it is declared revoked: everything it issued is revoked too */
   revokedAbove?: { ca: string; reason: RevocationReason; at?: string };
   /**
@@ -395,9 +412,12 @@ export class CaHierarchy extends pulumi.ComponentResource {
     const crlUrls = crlUrlsByCa(plan);
     const crlDir = args.crlDir ?? ".fleetguard/crl";
     const digests: Record<string, pulumi.Output<string>> = {};
+    const eff = effectiveGenerations(plan);
+    const below = (ca: string): string[] =>
+      plan.filter((x) => x.parent === ca).flatMap((x) => [x.name, ...below(x.name)]);
     for (const p of plan) {
       this.parents[p.name] = p.parent;
-      this.generations[p.name] = generationOf(p);
+      this.generations[p.name] = eff[p.name]!;
       if (!isExisting(p.spec) && p.spec.revoked) this.revocations[p.name] = { ...p.spec.revoked };
       const parentDigest = p.parent ? digests[p.parent]! : pulumi.output("");
       digests[p.name] = isExisting(p.spec)
@@ -407,74 +427,104 @@ export class CaHierarchy extends pulumi.ComponentResource {
         : parentDigest.apply((pd) =>
             declarationDigest(p.spec as CaSpec, p.role, pd, (p.spec as CaSpec).custody ?? args.custody),
           );
-      const parent = p.parent ? this.cas[p.parent]! : undefined;
-      const common = {
-        name: p.name,
-        role: p.role,
-        description: p.spec.description,
-        crlDir,
-        ...(crlUrls[p.name]!.length ? { crlUrls: crlUrls[p.name] } : {}),
-      };
-      const caArgs = isExisting(p.spec)
-        ? {
+      const E = eff[p.name]!;
+      // the CA at effective generation `e` under `parent` (at `parentE`): its CRL is named by what
+      // it issues (`-g<e>` past the first generation), its own certificate names its issuer's
+      const argsFor = (e: number, parent: CertificateAuthority | undefined, parentE: number) => {
+        const common = {
+          name: p.name,
+          role: p.role,
+          description: p.spec.description,
+          crlDir,
+          ...(crlUrls[p.name]!.length ? { crlUrls: crlUrlsFor(crlUrls[p.name]!, e) } : {}),
+          ...(e > 1 ? { generation: e } : {}),
+        };
+        if (isExisting(p.spec))
+          return {
             ...common,
             existing: pulumi.secret({
               certificatePem: p.spec.existing.certificatePem,
               privateKeyPem: p.spec.existing.privateKeyPem,
             }),
-          }
-        : {
-            ...common,
-            algorithm: p.spec.algorithm ?? "ecdsa-p256",
-            subject: p.spec.subject,
-            validityDays: p.spec.validityDays,
-            pathLen: p.spec.pathLen,
-            keyUsage: p.spec.keyUsage,
-            nameConstraints: p.spec.nameConstraints,
-            crlDistributionPoint: p.spec.crlDistributionPoint,
-            crlIntervalHours: p.spec.crlIntervalHours,
-            ...(p.spec.revoked ? { revocation: { ...p.spec.revoked } } : {}),
-            custody: effectiveCustody(p.spec.custody ?? args.custody),
-            // the issuer's key is named, not passed: this CA's provider opens it from its custody
-            issuer: parent
-              ? {
-                  name: p.parent!,
-                  certificatePem: parent.certificatePem,
-                  chainPem: parent.chainPem,
-                  keyRef: parent.keyRef,
-                  keyPem: parent.keyPem,
-                }
-              : undefined,
-            issuerDeclaration: p.parent ? digests[p.parent] : undefined,
           };
-      const g = generationOf(p);
-      if (g > 1) {
-        // a rollover: the predecessor keeps its resource name and inputs (so it is unchanged); the
-        // successor is a new CA with a new key, the same subject, and the generation in its digest
-        const before = caArgs as Record<string, unknown>;
-        const predecessor = g - 1 > 1 ? { ...before, generation: g - 1 } : before;
+        const cdp = p.spec.crlDistributionPoint;
+        return {
+          ...common,
+          algorithm: p.spec.algorithm ?? "ecdsa-p256",
+          subject: p.spec.subject,
+          validityDays: p.spec.validityDays,
+          pathLen: p.spec.pathLen,
+          keyUsage: p.spec.keyUsage,
+          nameConstraints: p.spec.nameConstraints,
+          crlDistributionPoint: cdp === undefined ? undefined : crlUrlsFor([cdp], parentE)[0],
+          crlIntervalHours: p.spec.crlIntervalHours,
+          ...(p.spec.revoked ? { revocation: { ...p.spec.revoked } } : {}),
+          custody: effectiveCustody(p.spec.custody ?? args.custody),
+          // the issuer's key is named, not passed: this CA's provider opens it from its custody
+          issuer: parent
+            ? {
+                name: p.parent!,
+                certificatePem: parent.certificatePem,
+                chainPem: parent.chainPem,
+                keyRef: parent.keyRef,
+                keyPem: parent.keyPem,
+              }
+            : undefined,
+          issuerDeclaration: p.parent ? digests[p.parent] : undefined,
+        };
+      };
+      const parent = p.parent ? this.cas[p.parent]! : undefined;
+      const parentE = p.parent ? eff[p.parent]! : 1;
+      if (E > 1) {
+        // a rollover of this CA or of one above it: the predecessor keeps its resource name and
+        // is kept as its state holds it (`retained`: never replaced, never created afresh); the
+        // successor is a new CA with a new key, the same subject, under the current issuer
+        const own = generationOf(p);
+        const parentPrev = p.parent ? this.previous[p.parent] : undefined;
+        // its issuer then: the parent's predecessor when the rollover came from above (a guess
+        // only the provider's state settles; a retained CA does not depend on it)
+        const prevParent = own === 1 && parentPrev ? parentPrev : parent;
+        const prevParentE = own === 1 && parentPrev ? parentE - 1 : parentE;
         this.previous[p.name] = new CertificateAuthority(
-          resourceName(name, p.name, g - 1),
-          predecessor as never,
-          {
-            parent: this,
-          },
+          resourceName(name, p.name, E - 1),
+          { ...argsFor(E - 1, prevParent, prevParentE), retained: true } as never,
+          { parent: this },
         );
-        const successor = { ...before, generation: g };
-        this.cas[p.name] = new CertificateAuthority(resourceName(name, p.name, g), successor as never, {
+        const prevRoot = p.role === "root" ? this.previous[p.name]! : undefined;
+        this.cas[p.name] = new CertificateAuthority(
+          resourceName(name, p.name, E),
+          {
+            ...argsFor(E, parent, parentE),
+            // a root rollover: the old root cross-signs the new one
+            ...(prevRoot
+              ? {
+                  crossFrom: {
+                    name: p.name,
+                    certificatePem: prevRoot.certificatePem,
+                    keyRef: prevRoot.keyRef,
+                    keyPem: pulumi.secret(prevRoot.keyPem),
+                  },
+                }
+              : {}),
+          } as never,
+          { parent: this },
+        );
+        if (own > 1 || p.role === "root")
+          pulumi.log.info(
+            p.role === "issuing"
+              ? `CA rollover of '${p.name}': generation ${E - 1} -> ${E}; generation ${E - 1} stays trusted (hubs, CRL) until the RotationSchedule has re-issued every device under generation ${E}`
+              : `CA rollover of ${p.role} '${p.name}': generation ${E - 1} -> ${E}${p.role === "root" ? `, cross-signed by generation ${E - 1}` : ""}; every CA below it gets a successor (${below(p.name).join(", ")}); devices move to the new chain in the RotationSchedule's waves, given the new trust anchor under the old one`,
+            this,
+          );
+      } else
+        this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, argsFor(1, parent, 1) as never, {
           parent: this,
         });
-        pulumi.log.info(
-          `CA rollover of '${p.name}': generation ${g - 1} -> ${g}; generation ${g - 1} stays trusted (hubs, CRL) until the RotationSchedule has re-issued every device under generation ${g}`,
-          this,
-        );
-      } else
-        this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, caArgs as never, { parent: this });
     }
     this.rootCertificatePem = this.cas[plan[0]!.name]!.certificatePem;
     // every CA by name; during a rollover the predecessor too, as `<name>@g<generation>`
     const entries: [string, CertificateAuthority, PlannedCa, number][] = plan.flatMap((p) => {
-      const g = generationOf(p);
+      const g = this.generations[p.name]!;
       const prev = this.previous[p.name];
       return [
         [p.name, this.cas[p.name]!, p, g] as [string, CertificateAuthority, PlannedCa, number],
@@ -521,7 +571,14 @@ export class CaHierarchy extends pulumi.ComponentResource {
       throw new CaHierarchyError([
         `issuingCa: got ${JSON.stringify(name)}, want one of ${Object.keys(this.cas).join(", ")}`,
       ]);
-    const outputs = (x: CertificateAuthority, generation: number): CaOutputs => ({
+    const g = this.generations[name] ?? 1;
+    const prev = this.previous[name];
+    const root = this.ancestors(name).pop();
+    const outputs = (
+      x: CertificateAuthority,
+      generation: number,
+      crls: pulumi.Output<string[]>,
+    ): CaOutputs => ({
       name,
       generation,
       certificatePem: x.certificatePem,
@@ -531,16 +588,44 @@ export class CaHierarchy extends pulumi.ComponentResource {
       fingerprintSha256: x.fingerprintSha256,
       subjectKeyId: x.subjectKeyId,
       notAfter: x.notAfter,
-      ancestorCrlPems: pulumi.all(this.ancestors(name).map((a) => this.cas[a]!.crlPem)),
+      ancestorCrlPems: crls,
     });
-    const g = this.generations[name] ?? 1;
-    const prev = this.previous[name];
+    const current = outputs(c, g, pulumi.all(this.ancestors(name).map((a) => this.cas[a]!.crlPem)));
+    // a root rollover: the signer chain through the cross certificate, for a device that trusts
+    // only the old root (its new anchor is set under it: core/enroll/authorize.ts)
+    const prevRoot = root ? this.previous[root] : undefined;
+    if (root && prevRoot)
+      current.crossChainPem = pulumi
+        .all([c.chainPem, this.cas[root]!.crossCertificatePem, prevRoot.certificatePem])
+        .apply(([chain, cross, old]) => {
+          const blocks = chain.match(PEM_CERT) ?? [];
+          if (!cross) return undefined;
+          return `${[...blocks.slice(0, -1), cross.trim(), old.trim()].join("\n")}\n`;
+        });
     const revoked = [name, ...this.ancestors(name)].find((a) => this.revocations[a]);
     return {
-      ...outputs(c, g),
-      ...(prev ? { previous: outputs(prev, g - 1) } : {}),
+      ...current,
+      ...(prev ? { previous: outputs(prev, g - 1, this.crlsAbove(prev)) } : {}),
       ...(revoked ? { revokedAbove: { ca: revoked, ...this.revocations[revoked]! } } : {}),
     };
+  }
+
+  /**
+   * The CRLs of the CAs above `ca` as its own chain names them: a predecessor's issuers may be
+   * predecessors too (a root rollover), so they are found by certificate among every CA here.
+   */
+  private crlsAbove(ca: CertificateAuthority): pulumi.Output<string[]> {
+    const all = [...Object.values(this.cas), ...Object.values(this.previous)];
+    return pulumi
+      .all([ca.chainPem, pulumi.all(all.map((x) => pulumi.all([x.certificatePem, x.crlPem])))])
+      .apply(([chain, cas]) => {
+        const norm = (pem: string) => pem.replace(/\s+/g, "");
+        const byCert = new Map(cas.map(([cert, crl]) => [norm(cert), crl]));
+        return (chain.match(PEM_CERT) ?? [])
+          .slice(1)
+          .map((b) => byCert.get(norm(b)))
+          .filter((x): x is string => typeof x === "string");
+      });
   }
 
   /** The names of the CAs above `name`, its issuer first. */

@@ -177,6 +177,8 @@ function issuerInputs(field: "issuer" | "previousIssuer", ca: CaOutputs): Record
       certificatePem: ca.certificatePem,
       chainPem: ca.chainPem,
       ...(ca.generation && ca.generation > 1 ? { generation: ca.generation } : {}),
+      // a root rollover: commands to a device that trusts only the old root are signed under it
+      ...(ca.crossChainPem ? { crossChainPem: ca.crossChainPem } : {}),
     },
     [`${field}KeyRef`]: ca.keyRef,
     [`${field}KeyPem`]: pulumi.secret(

@@ -70,6 +70,8 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
   declare readonly crlNextUpdate: pulumi.Output<string>;
   /** the published CRL (PEM) in the CRL folder: `<crlDir>/<fingerprint>.crl.pem`, DER beside it */
   declare readonly crlPath: pulumi.Output<string>;
+  /** a root's successor in a root rollover: its cross certificate, issued by the old root (else null) */
+  declare readonly crossCertificatePem: pulumi.Output<string | null>;
 
   constructor(name: string, args: CaResourceArgs, opts?: pulumi.CustomResourceOptions) {
     const outputs = {
@@ -88,6 +90,7 @@ export class CertificateAuthority extends pulumi.dynamic.Resource {
       notBefore: undefined,
       notAfter: undefined,
       subjectDn: undefined,
+      crossCertificatePem: undefined,
     };
     super(
       caProvider,

@@ -12,12 +12,14 @@ import {
   authorityKeyIdentifier,
   basicConstraints,
   crlDistributionPoints,
+  extension,
   KEY_USAGES,
   type KeyUsage,
   keyIdentifier,
   keyUsage,
   type NameConstraints,
   nameConstraints,
+  OID,
   subjectKeyIdentifier,
 } from "../x509/ext";
 import {
@@ -426,6 +428,62 @@ export function issueCa(
 }
 
 /** Bring your own root: check the PEMs and describe them as if we had issued them. */
+/**
+ * The cross certificate of a root rollover (RFC 4210 5.3.13 "newWithOld"): the new root's subject
+ * and key, issued and signed by the old root. Every extension of the new root is kept (its
+ * basicConstraints pathLen too) but the authority key identifier, which names the old root's
+ * key. With the same subject as the old root the certificate is self-issued, so a path
+ * validator does not count it against the old root's pathLen (RFC 5280 6.1.4 (l)): a device or
+ * relying party that trusts only the old root accepts a chain under the new root through it.
+ * Valid from now (less a minute of skew) to the earlier of the two roots' ends.
+ */
+export function crossCertify(
+  newRootPem: string,
+  oldRoot: { certificatePem: string; key: SigningKey },
+  deps: Deps = defaultDeps(),
+): IssuedCaCertificate {
+  const nr = parseCertificate(pemOne(newRootPem, "CERTIFICATE", "certificatePem"), "certificatePem");
+  const old = readParent("previous root", oldRoot.certificatePem, "crossFrom.certificatePem");
+  if (!old.facts.ca)
+    throw invalid("crossFrom.certificatePem", phrase("a certificate that is not a CA"), "the old root CA");
+  const nx = new crypto.X509Certificate(nr.der);
+  const now = deps.now();
+  const notBefore = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+  const ends = [new Date(nx.validTo), old.facts.notAfter];
+  const notAfter = new Date(Math.min(...ends.map((d) => d.getTime())));
+  const oldKid = subjectKeyIdOf(old.cert) ?? keyIdentifier(old.cert.spki);
+  const extensions: Buffer[] = [];
+  for (const [id, e] of nr.extensions)
+    extensions.push(
+      id === OID.authorityKeyIdentifier ? authorityKeyIdentifier(oldKid) : extension(id, e.critical, e.value),
+    );
+  if (!nr.extensions.has(OID.authorityKeyIdentifier)) extensions.push(authorityKeyIdentifier(oldKid));
+  const signerAlg = algorithmOf(oldRoot.key, "crossFrom.key");
+  const tbs = encodeTbs(
+    {
+      serial: randomSerial(deps.rng),
+      issuer: old.cert.subject,
+      subject: nr.subject,
+      notBefore,
+      notAfter,
+      spki: nr.spki,
+      extensions,
+    },
+    signerAlg,
+  );
+  const der = signTbs(tbs, signerAlg, oldRoot.key);
+  return describeCert(
+    der,
+    undefined,
+    toPem("CERTIFICATE", der) + oldRoot.certificatePem,
+    algorithmOf(
+      crypto.createPublicKey({ key: nr.spki, format: "der", type: "spki" }) as never,
+      "certificatePem",
+    ),
+    nx.subject.split("\n").join(", "),
+  );
+}
+
 export function importCa(_name: string, certificatePem: unknown, keyPem: unknown): IssuedCa {
   const blocks = pemBlocks(certificatePem, "CERTIFICATE", "existing.certificatePem");
   const der = blocks[0]!;

@@ -4,7 +4,7 @@
  */
 import type { DeviceRecord, Transition } from "../registry/types";
 import { UNAUTHORIZED } from "../station/messages";
-import { signCommand } from "./authorize";
+import { signCommand, signerChain } from "./authorize";
 import { type BatchRun, isTransient, Meter, staleChallenge } from "./run";
 
 /**
@@ -35,6 +35,7 @@ export async function decommission(run: BatchRun, devices: DeviceRecord[], why: 
                 d.deviceId,
                 { op: "DECOMMISSION", confirm: d.deviceId },
                 s.value.challenge,
+                signerChain(run.ctx.issuer, s.value.trustAnchors),
               )
             : undefined;
         return { device: d.deviceId, auth };

@@ -11,7 +11,7 @@ import type { CommandPayload } from "../station/command";
 import { verifyCsr } from "../station/csr";
 import type { CommandAuth, IdentifyResult, Lifecycle } from "../station/messages";
 import { randomSerial } from "../x509/cert";
-import { signCommand } from "./authorize";
+import { crossSigner, signCommand } from "./authorize";
 import { type CompiledTemplate, deviceNames } from "./profile";
 import { type BatchRun, quarantine, serialHex, sha } from "./run";
 
@@ -114,14 +114,18 @@ export async function attest(run: BatchRun, devs: DeviceRecord[], defer?: Transi
       closed.map((c) => c.d.deviceId),
       opts,
     );
-    const ours = sha(run.rootDer);
+    // ours: the batch's root, and after a root rollover the old root its cross certificate chains to
+    const ours = [run.rootDer, ...(run.ctx.issuer.cross ?? []).slice(-1)].map(sha);
     const dropped = new Set<string>();
     closed.forEach((c, i) => {
       const r = status[i]!;
       if (!r.ok) {
         run.failed(c.d, r, q, "status");
         dropped.add(c.d.deviceId);
-      } else if (r.value.trustAnchors.length > 0 && !r.value.trustAnchors.some((a) => a.equals(ours))) {
+      } else if (
+        r.value.trustAnchors.length > 0 &&
+        !r.value.trustAnchors.some((a) => ours.some((o) => o.equals(a)))
+      ) {
         q(
           c.d,
           "owned-elsewhere: identify: the device is closed under a trust anchor other than this batch's root",
@@ -290,7 +294,8 @@ export async function install(run: BatchRun, items: ToInstall[]): Promise<number
         live.map((x) => ({
           device: x.d.deviceId,
           anchor: run.rootDer,
-          auth: command(run, x, { op: "SET_TRUST", anchor: run.rootDer }),
+          // after a root rollover the new anchor is set under the old one (the cross certificate)
+          auth: command(run, x, { op: "SET_TRUST", anchor: run.rootDer }, crossSigner(run.ctx.issuer)),
         })),
         opts,
       )
@@ -338,7 +343,12 @@ export async function install(run: BatchRun, items: ToInstall[]): Promise<number
 }
 
 /** The signed command a closed device needs (none for a device still on the line). */
-export function command(run: BatchRun, x: ToInstall, payload: CommandPayload): CommandAuth | undefined {
+export function command(
+  run: BatchRun,
+  x: ToInstall,
+  payload: CommandPayload,
+  signer?: Buffer[],
+): CommandAuth | undefined {
   if (x.lifecycle !== "closed" || !x.challenge) return undefined;
-  return signCommand(run.ctx.issuer, x.d.deviceId, payload, x.challenge);
+  return signCommand(run.ctx.issuer, x.d.deviceId, payload, x.challenge, signer);
 }

@@ -480,6 +480,12 @@ export interface IssuerMaterial {
   key?: SigningKey;
   /** chain above the issuing CA up to and including the root (DER), nearest first */
   chain: Buffer[];
+  /**
+   * After a root rollover: the chain above the issuing CA through the new root's cross
+   * certificate to the old root (DER, nearest first), for commands to devices that trust only
+   * the old root (core/enroll/authorize.ts)
+   */
+  cross?: Buffer[];
   fingerprint: string;
   /**
    * The issuing CA's generation (CaHierarchy `generation`, 1 when absent): a successor's

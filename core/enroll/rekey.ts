@@ -12,7 +12,7 @@
 import type { DeviceRecord, Transition } from "../registry/types";
 import { verifyCsr } from "../station/csr";
 import type { Subject } from "../station/messages";
-import { signCommand } from "./authorize";
+import { signCommand, signerChain } from "./authorize";
 import { type CompiledTemplate, deviceNames } from "./profile";
 import { type BoundCsr, bindNonce, vouchIssueInstall } from "./renew";
 import { type BatchRun, quarantine } from "./run";
@@ -54,7 +54,14 @@ export async function rekey(
     const subject = names[i]!.subject;
     const auth =
       s.value.lifecycle === "closed" && s.value.challenge
-        ? signCommand(run.ctx.issuer, d.deviceId, { op: "ROTATE", subject }, s.value.challenge)
+        ? signCommand(
+            run.ctx.issuer,
+            d.deviceId,
+            { op: "ROTATE", subject },
+            s.value.challenge,
+            // after a root rollover a device that trusts only the old root gets the cross chain
+            signerChain(run.ctx.issuer, s.value.trustAnchors),
+          )
         : undefined;
     asked.push({ d, i, subject });
     items.push({ device: d.deviceId, subject, auth });

@@ -35,6 +35,11 @@ export interface CaEntry {
   /** basicConstraints itself */
   basicCa: boolean;
   pathLen: number | undefined;
+  /**
+   * issuer and subject names equal (RFC 5280 3.2: a root, or a root rollover's cross
+   * certificate): not counted against a pathLen above it (RFC 5280 6.1.4 (l))
+   */
+  selfIssued: boolean;
   /** keyUsage keyCertSign, or true when the certificate has no keyUsage extension */
   certSign: boolean;
   /** what our DER reader threw, if it could not read what OpenSSL parsed (rethrown in the check) */
@@ -138,6 +143,7 @@ function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
   }
   let basicCa = false;
   let pathLen: number | undefined;
+  let selfIssued = false;
   let certSign = true;
   let readError: unknown;
   try {
@@ -145,6 +151,7 @@ function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
     const bc = basicConstraintsOf(p);
     basicCa = bc?.ca ?? false;
     pathLen = bc?.pathLen;
+    selfIssued = p.issuer.equals(p.subject);
     const ku = p.extensions.get("2.5.29.15");
     // BIT STRING: tag, length, unused-bits octet, then the bits; bit 5 is 0x04 of the first octet
     if (ku) certSign = ku.value.length > 3 && (ku.value[3]! & 0x04) !== 0;
@@ -158,11 +165,19 @@ function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
     x509Ca: cert.ca,
     basicCa,
     pathLen,
+    selfIssued,
     certSign,
     readError,
     validFrom: new Date(cert.validFrom),
     validTo: new Date(cert.validTo),
   };
+}
+
+/** The CA certificates cas[from .. to-1] that count against a pathLen: all but the self-issued. */
+function casBelow(cas: readonly CaEntry[], from: number, to: number): number {
+  let n = 0;
+  for (let k = from; k < to; k++) if (!cas[k]!.selfIssued) n++;
+  return n;
 }
 
 const unparsable = (i: number) =>
@@ -329,11 +344,13 @@ export function verifyChainWith(
         Status.BAD_CERTIFICATE,
         `chain[${i}].keyUsage: got a CA without keyCertSign, want keyCertSign`,
       );
-    // RFC 5280 4.2.1.9: pathLen bounds the CA certificates that may follow below this one
-    if (e.pathLen !== undefined && i - 1 > e.pathLen)
+    // RFC 5280 4.2.1.9: pathLen bounds the CA certificates that may follow below this one,
+    // self-issued ones (a root rollover's cross certificate) not counted (6.1.4 (l))
+    const below = casBelow(cas, 0, i - 1);
+    if (e.pathLen !== undefined && below > e.pathLen)
       throw new StationError(
         Status.BAD_CERTIFICATE,
-        `chain[${i}].pathLen: got ${i - 1} CA(s) below a CA with pathLen ${e.pathLen}, want at most ${e.pathLen}`,
+        `chain[${i}].pathLen: got ${below} CA(s) below a CA with pathLen ${e.pathLen}, want at most ${e.pathLen}`,
       );
   }
   for (let i = 0; i < n; i++) {
@@ -401,9 +418,11 @@ export function verifySignerChain(
     const e = cas[i]!;
     if (e.readError !== undefined || !e.basicCa || !e.certSign)
       throw refuse(`auth.signer[${i}]: got a certificate that may not sign certificates, want a CA`);
-    // RFC 5280 4.2.1.9: the signer is the path's target, so i - 1 CA certificates lie between
-    if (e.pathLen !== undefined && i - 1 > e.pathLen)
-      throw refuse(`auth.signer[${i}].pathLen: got ${i - 1} CA(s) below, want at most ${e.pathLen}`);
+    // RFC 5280 4.2.1.9: the signer is the path's target, so the CAs at 1 .. i-1 lie between
+    // (self-issued ones, a root rollover's cross certificate, not counted: 6.1.4 (l))
+    const below = casBelow(cas, 1, i);
+    if (e.pathLen !== undefined && below > e.pathLen)
+      throw refuse(`auth.signer[${i}].pathLen: got ${below} CA(s) below, want at most ${e.pathLen}`);
     if (!(e.validFrom <= now && now <= e.validTo))
       throw refuse(
         `auth.signer[${i}].validity: got ${e.validFrom.toISOString()}..${e.validTo.toISOString()}, want it to include ${now.toISOString()}`,

@@ -8,6 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import {
   type CaRequest,
+  crossCertify,
   DEFAULT_CRL_INTERVAL_HOURS,
   type IssuedCaCertificate,
   importCa,
@@ -81,6 +82,18 @@ export interface CaInputs extends CaRequest {
   revocation?: { reason: RevocationReason; at?: string };
   /** CA-level revocations: certificates this CA issued (subordinate CAs) that are revoked */
   revoked?: CrlEntry[];
+  /**
+   * A predecessor kept by a rollover (CaHierarchy `generation`): the CA is what its state holds.
+   * Its declaration no longer governs its key or certificate (it is never replaced, whatever its
+   * issuer or fields now say), and it is never created: a predecessor that is not in the state
+   * means a generation was raised by more than one, or declared above 1 on a new stack.
+   */
+  retained?: boolean;
+  /**
+   * A root's successor in a root rollover: the old root, whose key cross-signs the new root
+   * (outputs `crossCertificatePem`), so that what trusts only the old root accepts the new chain
+   */
+  crossFrom?: { name: string; certificatePem: string; keyRef?: KeyRef; keyPem?: string };
 }
 
 /** True if `v` is, or holds, a value Pulumi does not know yet (a preview of a dependent resource). */
@@ -120,6 +133,7 @@ const STABLE_OUTPUTS = [
   "issuerFingerprint",
   "issuerDeclaration",
   "existingFingerprint",
+  "crossCertificatePem",
 ];
 // crlPem, crlNumber, crlNextUpdate, crlDir and crlPath change on an update that re-signs the CRL
 
@@ -147,6 +161,11 @@ export function check(olds: Record<string, unknown>, news: CaInputs) {
     }
   };
   if (!isUnknown(inputs.custody)) at("custody", () => validateCustody(inputs.custody));
+  if (inputs.retained && Object.keys(olds ?? {}).length === 0)
+    failures.push({
+      property: "generation",
+      reason: `generation: got CA '${inputs.name}' generation ${inputs.generation ?? 1} kept as a predecessor, but it is not in this stack's state; want a generation raised by one on a deployed stack (a new stack starts at generation 1, and a rollover keeps only the CA it replaces)`,
+    });
   if (inputs.revoked !== undefined && !isUnknown(inputs.revoked))
     at("revoked", () => {
       if (!Array.isArray(inputs.revoked))
@@ -199,7 +218,8 @@ export function check(olds: Record<string, unknown>, news: CaInputs) {
     return { inputs, failures };
   }
   let parent: ParentFacts | undefined;
-  if (inputs.issuer && !isUnknown(inputs.issuer.certificatePem)) {
+  // a retained CA is not checked against an issuer: its certificate is already what it is
+  if (inputs.issuer && !inputs.retained && !isUnknown(inputs.issuer.certificatePem)) {
     try {
       parent = parentFacts(inputs.issuer.name, inputs.issuer.certificatePem);
     } catch (err) {
@@ -265,6 +285,8 @@ export function diff(_id: string, olds: Record<string, unknown>, news: CaInputs)
   } else if (olds.existingFingerprint) replaces.push("existing");
   const custody = custodyChange(olds, news);
   if (custody === "replace") replaces.push("custody");
+  // a predecessor is what its state holds: nothing in today's declaration replaces it
+  if (news.retained) replaces.length = 0;
   const descChanged = (olds.description ?? null) !== (news.description ?? null);
   const interval = news.crlIntervalHours ?? DEFAULT_CRL_INTERVAL_HOURS;
   const intervalChanged = !isUnknown(interval) && olds.crlIntervalHours !== interval;
@@ -333,6 +355,14 @@ export function create(inputs: CaInputs) {
     keyRef = made.ref;
     key = made.key;
   }
+  // a root rollover: the old root cross-signs the new root (its key opened here from its custody)
+  const cross =
+    inputs.crossFrom && inputs.role === "root"
+      ? crossCertify(issued.certificatePem, {
+          certificatePem: inputs.crossFrom.certificatePem,
+          key: issuerMaterial({ ...inputs.crossFrom, chainPem: inputs.crossFrom.certificatePem }).key,
+        })
+      : undefined;
   // published from creation on: a relying party finds a CRL for every CA at once
   const crl = publish(inputs, {
     certificatePem: issued.certificatePem,
@@ -370,6 +400,7 @@ export function create(inputs: CaInputs) {
     crlDir: inputs.crlDir ?? DEFAULT_CRL_DIR,
     crlPath: crl.path,
     revocation: null as unknown,
+    crossCertificatePem: cross?.certificatePem ?? null,
   };
   if (inputs.revocation && inputs.issuer) publishRevocation(outs, inputs);
   return { id: `${inputs.name}-${issued.fingerprintSha256.slice(0, 16)}`, outs };
@@ -506,7 +537,15 @@ export function update(_id: string, olds: Record<string, unknown>, news: CaInput
       Number(olds.crlNumber ?? 0),
     );
   }
-  if (news.revocation && news.issuer && !revocationCurrent(olds, news)) publishRevocation(outs, news);
+  if (news.revocation && news.issuer && !revocationCurrent(olds, news)) {
+    if (news.retained && fingerprint(news.issuer.certificatePem) !== olds.issuerFingerprint)
+      throw new FleetError(
+        "INVALID_INPUT",
+        `revoked: got a revocation of CA '${news.name}' generation ${news.generation ?? 1}, kept by a rollover under an issuer the declaration no longer names; want the revocation on its successor, or the rollover completed first`,
+        "revoked",
+      );
+    publishRevocation(outs, news);
+  }
   if (crl)
     Object.assign(outs, {
       crlIntervalHours: interval,

@@ -16,7 +16,14 @@ import { pemBlocks } from "../../core/x509/pem";
 import { isUnknown } from "./ca";
 
 export interface IssuerInputs {
-  issuer: { name: string; certificatePem: string; chainPem: string; generation?: number };
+  issuer: {
+    name: string;
+    certificatePem: string;
+    chainPem: string;
+    generation?: number;
+    /** after a root rollover: the issuing CA up through the new root's cross certificate to the old root */
+    crossChainPem?: string;
+  };
   issuerKeyRef?: KeyRef;
   issuerKeyPem?: string;
   /**
@@ -90,7 +97,7 @@ export function issuerCrls(
 }
 
 function materialOf(
-  ca: NonNullable<IssuerInputs["previousIssuer"]>,
+  ca: NonNullable<IssuerInputs["previousIssuer"]> & { crossChainPem?: string },
   field: string,
   key: (() => SigningKey) | undefined,
 ): IssuerMaterial {
@@ -102,9 +109,21 @@ function materialOf(
       "a chain that does not start with the issuing CA",
       "the issuing CA first, up to its root",
     );
+  let cross: Buffer[] | undefined;
+  if (ca.crossChainPem && !isUnknown(ca.crossChainPem)) {
+    const c = pemBlocks(ca.crossChainPem, "CERTIFICATE", `${field}.crossChainPem`);
+    if (!c[0]?.equals(certificate) || c.length < 3)
+      throw invalid(
+        `${field}.crossChainPem`,
+        "a chain that does not start with the issuing CA",
+        "the issuing CA first, then the CAs above it, the cross certificate and the old root",
+      );
+    cross = c.slice(1);
+  }
   return {
     certificate,
     chain: chain.slice(1),
+    ...(cross ? { cross } : {}),
     key: key?.(),
     fingerprint: crypto.createHash("sha256").update(certificate).digest("hex"),
     ...(ca.generation !== undefined && ca.generation > 1 ? { generation: ca.generation } : {}),

@@ -14,6 +14,7 @@ import {
   CaHierarchyError,
   canonicalJson,
   declarationDigest,
+  effectiveGenerations,
   planHierarchy,
 } from "../../components/CaHierarchy";
 import { tmpdir, verifyChain } from "../helpers/openssl";
@@ -182,20 +183,20 @@ describe("CaHierarchy rollover: an issuing CA's generation (mocks)", () => {
     registered.length = 0;
     const pki = new CaHierarchy("g1", rolled(2));
     const summary = await outputOf(pki.summary);
-    expect(registered.map((r) => r.name).filter((n) => n.startsWith("g1"))).toEqual([
-      "g1",
-      "g1-root",
-      "g1-manufacturing",
-      "g1-line-a",
-      "g1-line-a-g2",
-    ]);
-    // the predecessor is declared exactly as before the rollover: Pulumi sees no change to it
+    expect(
+      registered
+        .map((r) => r.name)
+        .filter((n) => n.startsWith("g1"))
+        .sort(),
+    ).toEqual(["g1", "g1-line-a", "g1-line-a-g2", "g1-manufacturing", "g1-root"]);
+    // the predecessor is declared as before the rollover, marked `retained` (its provider then
+    // never replaces it, nor creates it: test/providers ca-retained): Pulumi sees no change to it
     const { issuer: _a, ...before } = first as Record<string, unknown>;
     const { issuer: _b, ...after } = registered.find((r) => r.name === "g1-line-a")!.inputs as Record<
       string,
       unknown
     >;
-    expect(after).toEqual(before);
+    expect(after).toEqual({ ...before, retained: true });
     expect(registered.find((r) => r.name === "g1-line-a-g2")!.inputs).toMatchObject({
       name: "line-a",
       generation: 2,
@@ -220,13 +221,12 @@ describe("CaHierarchy rollover: an issuing CA's generation (mocks)", () => {
     registered.length = 0;
     const pki = new CaHierarchy("g3", rolled(3));
     await outputOf(pki.summary);
-    expect(registered.map((r) => r.name).filter((n) => n.startsWith("g3"))).toEqual([
-      "g3",
-      "g3-root",
-      "g3-manufacturing",
-      "g3-line-a-g2",
-      "g3-line-a-g3",
-    ]);
+    expect(
+      registered
+        .map((r) => r.name)
+        .filter((n) => n.startsWith("g3"))
+        .sort(),
+    ).toEqual(["g3", "g3-line-a-g2", "g3-line-a-g3", "g3-manufacturing", "g3-root"]);
     expect(registered.find((r) => r.name === "g3-line-a-g2")!.inputs).toMatchObject({ generation: 2 });
   });
   it("revokes a subordinate CA (never the root) with an RFC 5280 reason; what it issued inherits the revocation", async () => {
@@ -256,14 +256,87 @@ describe("CaHierarchy rollover: an issuing CA's generation (mocks)", () => {
       revocation: { reason: "cACompromise" },
     });
   });
-  it("refuses a generation that is not a whole number >= 1, or one on a root or an intermediate", () => {
+  it("refuses a generation that is not a whole number >= 1", () => {
     expect(() => planHierarchy(rolled(0))).toThrow("issuing[0].generation: got 0, want a whole number >= 1");
     expect(() => planHierarchy(rolled(1.5))).toThrow(
       "issuing[0].generation: got 1.5, want a whole number >= 1",
     );
-    expect(() =>
-      planHierarchy({ ...spec, intermediates: [{ ...spec.intermediates![0]!, generation: 2 }] }),
-    ).toThrow(/intermediates\[0\]\.generation: got 2, want it only on an issuing CA/);
+    expect(() => planHierarchy({ ...spec, root: { ...spec.root, generation: -1 } as never })).toThrow(
+      "root.generation: got -1, want a whole number >= 1",
+    );
+  });
+  it("effective generations: a CA's own plus the rollovers above it", () => {
+    const at = (root: number, inter: number, line: number) =>
+      effectiveGenerations(
+        planHierarchy({
+          ...spec,
+          root: { ...spec.root, generation: root } as never,
+          intermediates: [{ ...spec.intermediates![0]!, generation: inter }],
+          issuing: [{ ...spec.issuing[0]!, generation: line }],
+        }),
+      );
+    expect(at(1, 1, 1)).toEqual({ root: 1, manufacturing: 1, "line-a": 1 });
+    expect(at(1, 1, 2)).toEqual({ root: 1, manufacturing: 1, "line-a": 2 });
+    expect(at(2, 1, 1)).toEqual({ root: 2, manufacturing: 2, "line-a": 2 });
+    // an issuing rollover after a root rollover (or before it): each raise is one step below
+    expect(at(2, 1, 2)).toEqual({ root: 2, manufacturing: 2, "line-a": 3 });
+    expect(at(1, 2, 1)).toEqual({ root: 1, manufacturing: 2, "line-a": 2 });
+  });
+  it("root generation 2: a new root cross-signed by the old, a successor for every CA below, the old tree kept", async () => {
+    const { CaHierarchy } = await import("../../components/CaHierarchy");
+    registered.length = 0;
+    const pki = new CaHierarchy("rr", { ...spec, root: { ...spec.root, generation: 2 } as never });
+    const summary = await outputOf(pki.summary);
+    expect(
+      registered
+        .map((r) => r.name)
+        .filter((n) => n.startsWith("rr"))
+        .sort(),
+    ).toEqual([
+      "rr",
+      "rr-line-a",
+      "rr-line-a-g2",
+      "rr-manufacturing",
+      "rr-manufacturing-g2",
+      "rr-root",
+      "rr-root-g2",
+    ]);
+    for (const n of ["rr-root", "rr-manufacturing", "rr-line-a"])
+      expect(registered.find((r) => r.name === n)!.inputs, n).toMatchObject({ retained: true });
+    const newRoot = registered.find((r) => r.name === "rr-root-g2")!.inputs;
+    expect(unwrap(newRoot)).toMatchObject({ generation: 2, crossFrom: { name: "root" } });
+    expect(JSON.stringify(newRoot)).not.toMatch(/PRIVATE KEY/);
+    // each successor names its issuer's CRL: the new root's is root-g2.crl
+    const cross = await outputOf(pki.cas.root!.crossCertificatePem);
+    const old = summary["root@g1"]!;
+    const cur = summary["line-a"]!;
+    expect(cur.generation).toBe(2);
+    expect(summary["manufacturing@g1"]!.generation).toBe(1);
+    // OpenSSL, trusting only the old root, accepts the new issuing CA through the cross certificate
+    expect(
+      verifyChain(old.certificatePem, `${summary.manufacturing!.certificatePem}${cross}`, cur.certificatePem)
+        .ok,
+    ).toBe(true);
+    expect(
+      verifyChain(old.certificatePem, summary.manufacturing!.certificatePem, cur.certificatePem).ok,
+    ).toBe(false);
+    expect(
+      verifyChain(summary.root!.certificatePem, summary.manufacturing!.certificatePem, cur.certificatePem).ok,
+    ).toBe(true);
+    // what a batch gets: the successor, its predecessor (under the old tree) and the cross chain
+    const out = pki.issuingCa("line-a");
+    expect(out.generation).toBe(2);
+    expect(await outputOf(out.previous!.chainPem)).toBe(summary["line-a@g1"]!.chainPem);
+    const crossChain = (await outputOf(out.crossChainPem!))!;
+    const blocks = crossChain.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g)!;
+    expect(blocks).toHaveLength(4);
+    expect(blocks[2]!.replace(/\s+/g, "")).toBe(cross!.trim().replace(/\s+/g, ""));
+    expect(blocks[3]!.replace(/\s+/g, "")).toBe(old.certificatePem.trim().replace(/\s+/g, ""));
+    // the predecessor's CRLs above it are the old tree's
+    const prevCrls = await outputOf(out.previous!.ancestorCrlPems!);
+    expect(prevCrls).toEqual([summary["manufacturing@g1"]!.crlPem, old.crlPem]);
+    const curCrls = await outputOf(out.ancestorCrlPems!);
+    expect(curCrls).toEqual([summary.manufacturing!.crlPem, summary.root!.crlPem]);
   });
 });
 

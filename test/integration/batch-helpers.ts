@@ -5,10 +5,11 @@ import type { ChildProcess } from "node:child_process";
 import * as path from "node:path";
 import { expect } from "vitest";
 import { openRegistry } from "../../core/registry";
-import type { Registry } from "../../core/registry/types";
+import type { CertificateRecord, Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
+import { toPem } from "../../core/x509/pem";
 import { startFarmProcess, stopFarmProcess } from "../../devices/farm/process";
-import { verifyLeaves as verifyMany } from "../helpers/openssl";
+import { openssl, verifyLeaves as verifyMany } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 
 export const SEED = "b1".repeat(32);
@@ -86,6 +87,38 @@ export async function withRegistry<T>(work: string, f: (r: Registry) => Promise<
   } finally {
     await r.close();
   }
+}
+
+/** device -> its live certificate's record, for the active devices of `batch` */
+export function currentCertificates(work: string, batch: string): Promise<Map<string, CertificateRecord>> {
+  return withRegistry(work, async (r) => {
+    const out = new Map<string, CertificateRecord>();
+    const certs = new Map((await r.certificates({ batch })).map((c) => [c.serial, c]));
+    for (const d of await r.listDevices(batch))
+      if (d.state === "active" && d.certSerial) out.set(d.deviceId, certs.get(d.certSerial)!);
+    return out;
+  });
+}
+
+/** resource name -> the operation `pulumi preview --diff` plans for it (create, update, delete, ...) */
+export function planOps(out: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const x of out.matchAll(/: \((\w[\w-]*)\)\n(?:\s+\[id=[^\]]*\]\n)?\s+\[urn=[^\]]*::([^\]:]+)\]/g))
+    m.set(x[2]!, x[1]!);
+  return m;
+}
+
+/** the CRL distribution-point URL a certificate (PEM) names */
+export function cdpOf(pem: string): string {
+  const out = openssl(["x509", "-noout", "-ext", "crlDistributionPoints"], pem).out;
+  return /URI:(\S+)/.exec(out)![1]!;
+}
+
+/** the CRL (PEM) at a distribution point, fetched over HTTP from `fleet crl serve`'s server at the URL's path */
+export async function fetchCrlPem(server: { url: string }, url: string): Promise<string> {
+  const r = await fetch(`${server.url}${new URL(url).pathname}`);
+  expect(r.status, url).toBe(200);
+  return toPem("X509 CRL", Buffer.from(await r.arrayBuffer()));
 }
 
 /**

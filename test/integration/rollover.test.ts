@@ -14,16 +14,23 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { statePaths } from "../../core/hubs/local-state";
-import { openRegistry } from "../../core/registry";
-import type { CertificateRecord } from "../../core/registry/types";
+import type { Registry } from "../../core/registry/types";
 import { StationClient } from "../../core/station/client";
 import { connectDevices } from "../../core/station/connect";
 import { toPem } from "../../core/x509/pem";
-import { type CrlServer, startCrlServer } from "../../hub/crl/server";
+import { startCrlServer } from "../../hub/crl/server";
 import { type LocalHub, startLocalHub } from "../../hub/local/server";
-import { openssl, tmpdir, verifyWithCrls } from "../helpers/openssl";
+import { tmpdir, verifyWithCrls } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
-import { configureHubStack, FarmProc } from "./batch-helpers";
+import {
+  cdpOf,
+  configureHubStack,
+  currentCertificates,
+  FarmProc,
+  fetchCrlPem,
+  planOps,
+  withRegistry,
+} from "./batch-helpers";
 
 const PROGRAM = path.join(REPO, "test", "integration", "fixtures", "rollover-program");
 const COUNT = 20;
@@ -50,23 +57,9 @@ describe("CA rollover of an issuing CA, real engine", () => {
   let cas: Cas;
   const hubLog: string[] = [];
 
-  const registry = async <T>(f: (r: Awaited<ReturnType<typeof openRegistry>>) => Promise<T>) => {
-    const r = await openRegistry(path.join(work, "registry.db"));
-    try {
-      return await f(r);
-    } finally {
-      await r.close();
-    }
-  };
+  const registry = <T>(f: (r: Registry) => Promise<T>) => withRegistry(work, f);
   /** device -> its current certificate record */
-  const current = () =>
-    registry(async (r) => {
-      const out = new Map<string, CertificateRecord>();
-      const certs = new Map((await r.certificates({ batch: "lot" })).map((c) => [c.serial, c]));
-      for (const d of await r.listDevices("lot"))
-        if (d.state === "active" && d.certSerial) out.set(d.deviceId, certs.get(d.certSerial)!);
-      return out;
-    });
+  const current = () => currentCertificates(work, "lot");
   const connectAll = async () => {
     const r = await connectDevices(station, {
       hub: { host: "127.0.0.1", port: hub!.port, caPem: fs.readFileSync(hub!.hubCaFile, "utf8") },
@@ -75,24 +68,12 @@ describe("CA rollover of an issuing CA, real engine", () => {
     });
     return r;
   };
-  /** openssl verify -crl_check_all of a leaf against a chain, with the CRLs (DER) its chain's distribution points gave */
-  const verify = (leaf: Buffer, chainPem: string, crls: Buffer[]) =>
-    verifyWithCrls(
-      toPem("CERTIFICATE", leaf),
-      chainPem,
-      crls.map((der) => toPem("X509 CRL", der)),
-    );
-  /** the CRL at a distribution point, fetched over HTTP from `fleet crl serve`'s server (at the URL's path) */
-  const fetchCrl = async (server: CrlServer, url: string): Promise<Buffer> => {
-    const r = await fetch(`${server.url}${new URL(url).pathname}`);
-    expect(r.status, url).toBe(200);
-    return Buffer.from(await r.arrayBuffer());
-  };
+  /** openssl verify -crl_check_all of a leaf (DER) against a chain, with CRLs (PEM) */
+  const verify = (leaf: Buffer, chainPem: string, crls: string[]) =>
+    verifyWithCrls(toPem("CERTIFICATE", leaf), chainPem, crls);
+  const fetchCrl = fetchCrlPem;
   /** the distribution-point URL a certificate (DER) names */
-  const cdpOf = (der: Buffer): string => {
-    const out = openssl(["x509", "-noout", "-ext", "crlDistributionPoints"], toPem("CERTIFICATE", der)).out;
-    return /URI:(\S+)/.exec(out)![1]!;
-  };
+  const cdpOfDer = (der: Buffer): string => cdpOf(toPem("CERTIFICATE", der));
 
   beforeAll(async () => {
     await farm.start();
@@ -127,7 +108,7 @@ describe("CA rollover of an issuing CA, real engine", () => {
     const pre = await stack.run(["preview", "--diff"]);
     // the program says it (on stderr, where the CLI writes a program's messages)
     expect(`${pre.stdout}${pre.stderr}`).toMatch(/CA rollover of 'line': generation 1 -> 2/);
-    const planned = ops(pre.stdout);
+    const planned = planOps(pre.stdout);
     expect(planned.get("pki-line-g2")).toBe("create");
     expect(planned.get("pki-line")).toBeUndefined(); // the predecessor stays as it is
     expect(planned.get("pki-root")).toBeUndefined();
@@ -190,15 +171,21 @@ describe("CA rollover of an issuing CA, real engine", () => {
     expect(old.every((c) => c.status === "revoked" && c.revocationReason === "superseded")).toBe(true);
     // each CA's CRL under its own distribution point (line.crl generation 1's, line-g2.crl
     // generation 2's), fetched over HTTP at the URLs the certificates name
-    expect(cdpOf(now[0]!.der)).toBe("http://pki.rollover.example.com/crl/line-g2.crl");
-    expect(cdpOf(old[0]!.der)).toBe("http://pki.rollover.example.com/crl/line.crl");
+    expect(cdpOfDer(now[0]!.der)).toBe("http://pki.rollover.example.com/crl/line-g2.crl");
+    expect(cdpOfDer(old[0]!.der)).toBe("http://pki.rollover.example.com/crl/line.crl");
     const server = await startCrlServer({ dir: crlDir, port: 0 });
     try {
-      const issuingCdp = (pem: string) => cdpOf(Buffer.from(new crypto.X509Certificate(pem).raw));
+      const issuingCdp = cdpOf;
       const rootCrl = await fetchCrl(server, issuingCdp(g2.certificatePem));
-      const okNew = verify(now[0]!.der, g2.chainPem, [await fetchCrl(server, cdpOf(now[0]!.der)), rootCrl]);
+      const okNew = verify(now[0]!.der, g2.chainPem, [
+        await fetchCrl(server, cdpOfDer(now[0]!.der)),
+        rootCrl,
+      ]);
       expect(okNew.ok, okNew.out).toBe(true);
-      const revoked = verify(old[0]!.der, g1.chainPem, [await fetchCrl(server, cdpOf(old[0]!.der)), rootCrl]);
+      const revoked = verify(old[0]!.der, g1.chainPem, [
+        await fetchCrl(server, cdpOfDer(old[0]!.der)),
+        rootCrl,
+      ]);
       expect(revoked.ok).toBe(false);
       expect(revoked.out).toMatch(/certificate revoked/);
     } finally {
@@ -219,21 +206,13 @@ describe("CA rollover of an issuing CA, real engine", () => {
     await stack.setConfig("fleetguard:generation", "3");
     const pre = await stack.run(["preview", "--diff"]);
     expect(`${pre.stdout}${pre.stderr}`).toMatch(/CA rollover of 'line': generation 2 -> 3/);
-    const planned = ops(pre.stdout);
+    const planned = planOps(pre.stdout);
     expect(planned.get("pki-line-g3")).toBe("create");
     expect(planned.get("pki-line")).toBe("delete");
     expect(planned.get("pki-line-g2")).toBeUndefined();
     await stack.setConfig("fleetguard:generation", "2");
   }, 300_000);
 });
-
-/** resource name -> the operation `pulumi preview --diff` plans for it (create, update, delete, ...) */
-function ops(out: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const x of out.matchAll(/: \((\w[\w-]*)\)\n(?:\s+\[id=[^\]]*\]\n)?\s+\[urn=[^\]]*::([^\]:]+)\]/g))
-    m.set(x[2]!, x[1]!);
-  return m;
-}
 
 async function waitFor(f: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;

@@ -8,10 +8,13 @@
  * certificates per device in all); a preview shows no changes. The same for a re-key killed
  * mid-wave: every device ends on its next epoch's key and attests with it. And for a CA rollover
  * killed mid-wave: every device ends on a certificate of the successor CA, every certificate of
- * the predecessor is revoked and on the predecessor's CRL. The farm runs in this process on
+ * the predecessor is revoked and on the predecessor's CRL. And for a root rollover killed mid-wave:
+ * every device under the new tree, trusting both roots. The farm runs in this process on
  * the schedule's clock (test/integration/rotation.test.ts).
  */
+
 import { spawn } from "node:child_process";
+import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -232,5 +235,62 @@ describe("a rotation survives kill -9", () => {
     }
     const pv = await stack.run(["preview"]);
     expect(pv.stdout).toMatch(/CA rollover: complete, every device under generation 2/);
+  }, 900_000);
+  it("of pulumi up mid root rollover: recover-stack, up again, every device under the new tree and trusting both roots", async () => {
+    // after the issuing rollover above: the root's generation 2 makes the issuing CA's effective
+    // generation 3 (line-g3 under root-g2), its predecessor line-g2 under the old root
+    const before = (await stack.outputs()).cas as Record<
+      string,
+      { fingerprintSha256: string; certificatePem: string }
+    >;
+    const g2 = before.line!.fingerprintSha256;
+    const r1 = before.root!.certificatePem;
+    await stack.setConfig("fleetguard:rootGeneration", "2");
+    const mid = await killMidWaveAndRecover();
+    expect(mid.active).toBeLessThan(COUNT);
+    const cas = (await stack.outputs()).cas as Record<
+      string,
+      { fingerprintSha256: string; certificatePem: string; generation?: number }
+    >;
+    expect(cas["line@g2"]!.fingerprintSha256).toBe(g2);
+    expect(cas.line!.generation).toBe(3);
+    const g3 = cas.line!.fingerprintSha256;
+    const anchorOf = (pem: string) =>
+      crypto.createHash("sha256").update(new crypto.X509Certificate(pem).raw).digest("hex");
+    const both = [anchorOf(r1), anchorOf(cas.root!.certificatePem)].sort();
+    const st = new StationClient({ port: farm.port });
+    try {
+      await registry(async (r) => {
+        const devs = await r.listDevices("lot");
+        const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
+        expect(all).toHaveLength(5 * COUNT); // nothing issued twice
+        const live = all.filter((c) => c.status === "live");
+        expect(live).toHaveLength(COUNT);
+        expect(live.every((c) => c.issuer === g3)).toBe(true);
+        const liveOf = new Map(live.map((c) => [c.deviceId, c]));
+        for (let i = 0; i < devs.length; i += 1000) {
+          const part = devs.slice(i, i + 1000);
+          const status = await st.statusBatch(part.map((d) => d.deviceId));
+          for (const [j, d] of part.entries()) {
+            expect(d.state).toBe("active");
+            const s = status[j]!;
+            expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
+            if (s.ok) expect(s.value.trustAnchors.map((a) => a.toString("hex")).sort()).toEqual(both);
+          }
+        }
+        const old = all.filter((c) => c.issuer === g2);
+        expect(old).toHaveLength(COUNT);
+        expect(old.every((c) => c.status === "revoked")).toBe(true);
+        const listed = new Set(
+          crlEntriesOf(fs.readFileSync(crlFilesOf(path.join(work, "crl"), g2).der)).map((e) => e.serial),
+        );
+        for (const c of old) expect(listed.has(c.serial)).toBe(true);
+        expect((await r.verify({ batch: "lot" })).ok).toBe(true);
+      });
+    } finally {
+      await st.close();
+    }
+    const pv = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+    expect(pv.status, pv.stdout).toBe(0);
   }, 900_000);
 });

@@ -256,3 +256,60 @@ describe("CA key custody in the provider (issue 9, finding 1)", () => {
     expect(pin.failures[0]!.reason).not.toContain("1234");
   });
 });
+
+describe("a CA kept by a rollover (retained) and a root's cross certificate", () => {
+  const old = create(inputs).outs;
+  it("a retained CA is never replaced, whatever its issuer or fields now say; its CRL still follows", () => {
+    const parent = create({ ...inputs, name: "p", pathLen: 1 }).outs;
+    const other = create({ ...inputs, name: "p", pathLen: 1 }).outs;
+    const issuer = (o: typeof parent) => ({
+      name: "p",
+      certificatePem: o.certificatePem,
+      chainPem: o.chainPem,
+      keyRef: o.keyRef,
+    });
+    const child = {
+      ...inputs,
+      name: "iss",
+      role: "issuing" as const,
+      validityDays: 100,
+      issuer: issuer(parent),
+    };
+    const c = create(child).outs;
+    const moved = { ...child, issuer: issuer(other), subject: { commonName: "Other" } };
+    expect(diff("id", c, moved).replaces).toEqual(["subject", "issuer"]);
+    expect(diff("id", c, { ...moved, retained: true })).toMatchObject({ replaces: [] });
+    expect(diff("id", c, { ...child, retained: true })).toMatchObject({ changes: false, replaces: [] });
+    expect(diff("id", c, { ...child, retained: true, description: "kept" }).changes).toBe(true);
+  });
+  it("refuses to create a retained CA (a generation raised by more than one, or above 1 on a new stack)", () => {
+    const r = check({}, { ...inputs, retained: true, generation: 2 } as never);
+    expect(r.failures).toEqual([
+      {
+        property: "generation",
+        reason: expect.stringMatching(
+          /^generation: got CA 'root' generation 2 kept as a predecessor, but it is not in this stack's state; want a generation raised by one/,
+        ),
+      },
+    ]);
+    expect(check(inputs as never, { ...inputs, retained: true } as never).failures).toEqual([]);
+  });
+  it("a new root with crossFrom carries the cross certificate: its key and subject, issued and signed by the old root", () => {
+    const next = create({
+      ...inputs,
+      generation: 2,
+      crossFrom: { name: "root", certificatePem: old.certificatePem, keyRef: old.keyRef },
+    } as never).outs;
+    const x = new crypto.X509Certificate(String(next.crossCertificatePem));
+    const r1 = new crypto.X509Certificate(old.certificatePem);
+    const r2 = new crypto.X509Certificate(next.certificatePem);
+    expect(x.subject).toBe(r2.subject);
+    expect(x.publicKey.equals(r2.publicKey)).toBe(true);
+    expect(x.checkIssued(r1)).toBe(true);
+    expect(x.verify(r1.publicKey)).toBe(true);
+    expect(x.ca).toBe(true);
+    expect(new Date(x.validTo).getTime()).toBeLessThanOrEqual(new Date(r1.validTo).getTime());
+    expect(old.crossCertificatePem).toBeNull();
+    expect(diff("id", next, { ...inputs, generation: 2 } as never).changes).toBe(false);
+  });
+});
