@@ -245,6 +245,9 @@ describe("a rotation survives kill -9", () => {
     >;
     const g2 = before.line!.fingerprintSha256;
     const r1 = before.root!.certificatePem;
+    // the next night: the issuing rollover's wave (the whole lot) has baked
+    clock = clock! + DAY;
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
     await stack.setConfig("fleetguard:rootGeneration", "2");
     const mid = await killMidWaveAndRecover();
     expect(mid.active).toBeLessThan(COUNT);
