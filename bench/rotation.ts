@@ -185,7 +185,13 @@ async function main() {
 
     // ---------------------------------------------------------------- 2. renewal of all N
     const now = () => new Date();
-    let policy: RotationPolicy = { maxWaveFraction: 1, maxFailureFraction: 0.05, wavesPerRun: 1 };
+    // bakeHours 0: a rerun of the bench within a day renews again (the bake would hold it back)
+    let policy: RotationPolicy = {
+      maxWaveFraction: 1,
+      maxFailureFraction: 0.05,
+      wavesPerRun: 1,
+      bakeHours: 0,
+    };
     const engine = () => new BatchEngine({ registry, station, issuer: material, now }, spec);
     let before = await planRotation(engine(), policy, now());
     if (before.renew < DEVICES) {

@@ -8,7 +8,10 @@
  * due it reports no change, so the nightly run needs no `--refresh` and shows an empty plan
  * (time_rotating, by contrast, rotates only when Read runs, i.e. on refresh). Its update does one
  * run of the schedule for the batch: interrupted devices first, then at most `wavesPerRun` waves
- * (default 1) of at most `maxWaveFraction` of the batch (core/enroll/renew.ts).
+ * (default 1) of at most `maxWaveFraction` of the batch (core/enroll/renew.ts). After a wave the
+ * next is not due for `bakeHours` (default 20: one wave a night, and with a maintenance window one
+ * per window), read back from the registry, so the workflow's convergence preview right after a
+ * nightly up shows no changes while waves are left, and says when the next is due.
  *
  * The schedule is checked against the fleet policy at construction: maxWaveFraction within
  * rotation.maxWaveFraction, renewBeforeDays at least renewal.deviceWindowDays, maxKeyAgeDays
@@ -45,6 +48,11 @@ export interface RotationScheduleArgs {
   readonly maintenanceWindow?: string;
   /** waves one run may do per batch (default 1: the policy's fraction per run) */
   readonly wavesPerRun?: number;
+  /**
+   * hours a wave bakes (soaks) before the next wave of the schedule is due (default 20: one wave a
+   * night from a nightly run, whose convergence preview then shows no changes; 0: waves back to back)
+   */
+  readonly bakeHours?: number;
   /** the schedule's clock, an ISO instant (default: config `fleetguard:now`, else the wall clock) */
   readonly now?: pulumi.Input<string>;
   /** fleet policy (path or loaded) the schedule must obey */
@@ -92,6 +100,7 @@ export function shapeSchedule(
     maxFailureFraction: args.maxFailureFraction ?? 0.05,
     ...(args.maintenanceWindow !== undefined ? { maintenanceWindow: args.maintenanceWindow } : {}),
     ...(args.wavesPerRun !== undefined ? { wavesPerRun: args.wavesPerRun } : {}),
+    ...(args.bakeHours !== undefined ? { bakeHours: args.bakeHours } : {}),
   };
   validatePolicy(rotation);
   const names = args.batches.map((b) => b.batchName);

@@ -30,7 +30,13 @@
  * repeated ROTATE with the same pending key.
  *
  * Waves: at most `maxWaveFraction` of the batch per wave (policy rotation.maxWaveFraction), one
- * wave per run unless the caller asks for more (FG-ROT-001 reads the fraction as "per run"); a
+ * wave per run unless the caller asks for more (FG-ROT-001 reads the fraction as "per run"), and
+ * after a wave the next is not due before its bake is over (`bakeHours`, default 20, and one wave
+ * per maintenance window: rotation-policy.ts nextWaveAt). The waves so far are read from the
+ * registry (the issue times of certificates that replaced another), so a run killed mid-wave is
+ * finished by the next one up to the wave's size, and the preview right after a nightly up finds
+ * nothing due until the next night; a wave's staged devices (a batch at hubs) switch with the next
+ * wave, once their bake is over. A
  * wave in which more than `maxFailureFraction` of its devices fail (quarantined or unreachable)
  * stops the roll-out with POLICY_VIOLATION, the devices not reached keeping their certificates.
  * An optional maintenance window (UTC, "HH:MM-HH:MM", may wrap midnight) holds all work outside it.
@@ -44,9 +50,31 @@ import { randomSerial } from "../x509/cert";
 import { wave as enrollWave, install, type ToInstall } from "./enroll";
 import { type CompiledTemplate, deviceNames } from "./profile";
 import { rekey } from "./rekey";
-import { inWindow, type RotationPolicy, renewAt, validatePolicy } from "./rotation-policy";
+import {
+  allowanceAt,
+  bakeMsOf,
+  DEFAULT_BAKE_HOURS,
+  inWindow,
+  type RotationPolicy,
+  renewAt,
+  validatePolicy,
+  type Wave,
+  wavesOf,
+} from "./rotation-policy";
 
-export { inWindow, parseWindow, type RotationPolicy, renewAt, validatePolicy } from "./rotation-policy";
+export {
+  allowanceAt,
+  DEFAULT_BAKE_HOURS,
+  inWindow,
+  nextWaveAt,
+  nextWindowStart,
+  parseWindow,
+  type RotationPolicy,
+  renewAt,
+  validatePolicy,
+  type Wave,
+  wavesOf,
+} from "./rotation-policy";
 
 import { type BatchRun, fmtPct, pool, quarantine, serialHex } from "./run";
 
@@ -67,6 +95,8 @@ export interface Due {
   resume: DeviceRecord[];
   /** renewed or re-keyed devices whose new certificate a hub of the batch does not hold yet (not switched) */
   held: number;
+  /** staged devices every hub holds, switched once their wave's bake is over (with the next wave) */
+  switchAfterBake: number;
   /** due for a re-key but their key cannot change (injected keys): renewed only, when due */
   rekeyBlocked: number;
   /** the earliest time something not yet due becomes due */
@@ -78,6 +108,12 @@ export interface Due {
    * predecessor's): all due now, counted in renew or rekey as well
    */
   rollover: number;
+  /** renewals and re-keys the schedule may still start now (the wave's allowance: allowanceAt) */
+  allowance: number;
+  /** the last wave's bake is not over: the next wave is due then */
+  nextWaveAt?: Date;
+  /** the last wave (from the registry), while it bakes */
+  wave?: Wave;
 }
 
 /** What is due for one batch at `now`, from the registry alone (one pass over devices and certificates). */
@@ -92,12 +128,22 @@ export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promis
   const working: DeviceRecord[] = [];
   for await (const page of run.pages(["issued", "installed"]))
     for (const d of page) if (run.inRange(d.deviceId)) working.push(d);
-  const held = await heldForHubs(run, working);
-  const resume = working.filter((d) => !held.has(d.deviceId));
+  const held = await heldOf(run, working, bakeMsOf(p));
+  const resume = working.filter((d) => !held.hub.has(d.deviceId) && !held.bake.has(d.deviceId));
+  // the waves so far: every certificate but each device's first (its enrollment) replaced another
+  const baking = bakeMsOf(p) > 0;
+  const first = new Map<string, number>();
+  const issued: Array<{ deviceId: string; t: number }> = [];
   let after: string | undefined;
   for (;;) {
     const page = await run.ctx.registry.certificates({ batch: run.spec.name, after, limit: 2000 });
     for (const c of page) {
+      if (baking) {
+        const t = c.issuedAt.getTime();
+        const f = first.get(c.deviceId);
+        if (f === undefined || t < f) first.set(c.deviceId, t);
+        issued.push({ deviceId: c.deviceId, t });
+      }
       const a = active.get(c.deviceId);
       if (!a) continue;
       if (c.serial === a.d.certSerial && c.status === "live") {
@@ -114,14 +160,22 @@ export async function dueOf(run: BatchRun, p: RotationPolicy, now: Date): Promis
     after = page[page.length - 1]!.serial;
   }
   const t = now.getTime();
+  const waves = wavesOf(
+    p,
+    issued.filter((c) => c.t > first.get(c.deviceId)!).map((c) => c.t),
+  );
+  const allow = allowanceAt(p, waves, waveSizeOf(run, p), now);
   const out: Due = {
     renew: [],
     rekey: [],
     resume,
-    held: held.size,
+    held: held.hub.size,
+    switchAfterBake: held.bake.size,
     rekeyBlocked: 0,
     active: active.size,
     rollover: 0,
+    allowance: allow.devices,
+    ...(allow.nextWaveAt ? { nextWaveAt: allow.nextWaveAt, wave: allow.current } : {}),
   };
   let next = Number.POSITIVE_INFINITY;
   const canRekey = run.spec.source === "puf";
@@ -161,11 +215,17 @@ export interface RotationPlan {
   resume: number;
   /** new certificates issued but not yet installed: a hub of the batch does not hold them yet */
   heldForHubs: number;
+  /** new certificates every hub holds; the devices switch once their wave's bake is over */
+  switchAfterBake: number;
   rekeyBlocked: number;
   /** devices per wave (maxWaveFraction of the batch) */
   waveSize: number;
-  /** waves the due work needs (this run does the first `wavesPerRun`) */
+  /** waves the due work needs (this run does the first `wavesPerRun`, when no wave is baking) */
   waves: number;
+  /** the last wave is baking: the next wave is due then (ISO); this run only finishes what its wave left */
+  nextWaveAt?: string;
+  /** hours a wave bakes before the next (the schedule's bakeHours, its default filled in) */
+  bakeHours: number;
   /** devices this run would change */
   thisRun: number;
   /** false: outside the maintenance window, nothing runs */
@@ -196,10 +256,13 @@ export async function planRotation(run: BatchRun, p: RotationPolicy, now: Date):
     rekey: due.rekey.length,
     resume: due.resume.length,
     heldForHubs: due.held,
+    switchAfterBake: due.switchAfterBake,
     rekeyBlocked: due.rekeyBlocked,
     waveSize: size,
     waves: Math.ceil(n / size),
-    thisRun: open ? Math.min(n, size * (p.wavesPerRun ?? 1)) + due.resume.length : 0,
+    ...(due.nextWaveAt ? { nextWaveAt: due.nextWaveAt.toISOString() } : {}),
+    bakeHours: p.bakeHours ?? DEFAULT_BAKE_HOURS,
+    thisRun: open ? Math.min(n, due.allowance) + due.resume.length : 0,
     inWindow: open,
     ...(p.maintenanceWindow ? { maintenanceWindow: p.maintenanceWindow } : {}),
     ...(due.nextDue ? { nextDue: due.nextDue.toISOString() } : {}),
@@ -222,15 +285,22 @@ export function describeRollover(p: RotationPlan): string {
   return `CA rollover: move ${r.devices.toLocaleString("en-US")} device${r.devices === 1 ? "" : "s"} to generation ${g}`;
 }
 
-/** Does the plan mean work for this run? */
-export const hasWork = (p: RotationPlan) => p.inWindow && p.renew + p.rekey + p.resume > 0;
+/** Does the plan mean work for this run? (Nothing while the last wave bakes, but what it left.) */
+export const hasWork = (p: RotationPlan) => p.inWindow && p.thisRun > 0;
+
+/** "2026-12-03T02:00Z": an instant to the minute, as a plan in words says it */
+const minute = (iso: string) => `${iso.slice(0, 16)}Z`;
 
 /** "renew 1,204 certificates of lot-7 (wave 1 of 9), re-key 0, CA rollover: none" */
 export function describeRotation(p: RotationPlan): string {
   const n = (x: number) => x.toLocaleString("en-US");
   const cert = (x: number) => `${n(x)} certificate${x === 1 ? "" : "s"}`;
   const dev = (x: number) => `${n(x)} device${x === 1 ? "" : "s"}`;
-  const waves = ` (wave 1 of ${n(p.waves)})`;
+  // the last wave bakes: nothing new starts in this run, the next wave is due at nextWaveAt
+  const waiting = p.nextWaveAt !== undefined && p.thisRun - p.resume === 0;
+  const waves = waiting
+    ? ` (${n(p.waves)} wave${p.waves === 1 ? "" : "s"} left, the next due after ${minute(p.nextWaveAt!)}: the last wave bakes ${n(p.bakeHours)} h)`
+    : ` (wave 1 of ${n(p.waves)})`;
   const parts = [
     `renew ${cert(p.renew)} of ${p.batch}${p.renew > 0 ? waves : ""}`,
     `re-key ${n(p.rekey)}${p.renew === 0 && p.rekey > 0 ? waves : ""}`,
@@ -239,7 +309,11 @@ export function describeRotation(p: RotationPlan): string {
   if (p.resume) parts.push(`finish ${dev(p.resume)} interrupted`);
   if (p.heldForHubs)
     parts.push(`${cert(p.heldForHubs)} waiting for hub registration before the devices switch`);
+  if (p.switchAfterBake)
+    parts.push(`${dev(p.switchAfterBake)} registered at the hubs switch with the next wave`);
   if (p.rekeyBlocked) parts.push(`${dev(p.rekeyBlocked)} past the key age cannot re-key (injected keys)`);
+  if (!waiting && p.nextWaveAt !== undefined && p.renew + p.rekey > 0)
+    parts.push(`finish the wave begun before (the next due after ${minute(p.nextWaveAt)})`);
   if (!p.inWindow && p.renew + p.rekey + p.resume > 0)
     parts.push(`waiting for the maintenance window ${p.maintenanceWindow} UTC`);
   if (p.renew + p.rekey === 0 && p.nextDue) parts.push(`next due ${p.nextDue.slice(0, 10)}`);
@@ -259,6 +333,8 @@ export interface RotationResult {
   remaining: number;
   /** the run did nothing: outside the maintenance window */
   outsideWindow: boolean;
+  /** the wave bakes: the next wave is due then (ISO) */
+  nextWaveAt?: string;
 }
 
 /** A run of the schedule for one batch: finish interrupted devices, then up to `wavesPerRun` waves. */
@@ -299,10 +375,12 @@ export async function rotate(
     ...due.rekey.map((x) => ({ ...x, rekey: true })),
     ...due.renew.map((x) => ({ ...x, rekey: false })),
   ];
-  const waves = p.wavesPerRun ?? 1;
+  // the wave's allowance: a full one when the last wave's bake is over, else what it left
+  const todo = all.slice(0, Math.min(all.length, due.allowance));
+  if (due.nextWaveAt) res.nextWaveAt = due.nextWaveAt.toISOString();
   let w = 0;
-  for (; w < waves && w * size < all.length; w++) {
-    const wave = all.slice(w * size, (w + 1) * size);
+  for (; w * size < todo.length; w++) {
+    const wave = todo.slice(w * size, (w + 1) * size);
     const before = { unreachable: run.unreachable, quarantined: await quarantinedOf(run) };
     // the wave's station frames, `concurrency` in flight (as enrollment)
     let at = 0;
@@ -334,7 +412,7 @@ export async function rotate(
         "maxFailureFraction",
       );
   }
-  res.remaining = Math.max(0, all.length - w * size);
+  res.remaining = all.length - todo.length;
   return res;
 }
 
@@ -519,26 +597,48 @@ export async function hubsOf(run: BatchRun): Promise<string[]> {
  * Devices in `issued` during a rotation (their old certificate still live beside the new one)
  * whose new certificate some hub of the batch does not hold yet (`active` there): they are not
  * switched, so a device never presents a certificate its hub would refuse (issue 12, point 2).
- * The batch engine's resume skips them too (engine.ts).
+ * Nor while the wave that staged them bakes (its new certificate issued less than `bakeMs` ago by
+ * the run's clock): they switch with the next wave, so the preview right after the up that staged
+ * and registered them shows no changes. The batch engine's resume skips them too (engine.ts: with
+ * the default bake, the schedule's own is not the batch's to know; the schedule switches them).
  */
-export async function heldForHubs(run: BatchRun, devs: readonly DeviceRecord[]): Promise<Set<string>> {
+export async function heldForHubs(
+  run: BatchRun,
+  devs: readonly DeviceRecord[],
+  bakeMs: number = DEFAULT_BAKE_HOURS * 3_600_000,
+): Promise<Set<string>> {
+  const h = await heldOf(run, devs, bakeMs);
+  return new Set([...h.hub, ...h.bake]);
+}
+
+/** heldForHubs, by reason: `hub` not held by every hub yet, `bake` registered but their wave bakes. */
+export async function heldOf(
+  run: BatchRun,
+  devs: readonly DeviceRecord[],
+  bakeMs: number,
+): Promise<{ hub: Set<string>; bake: Set<string> }> {
   const held = new Set<string>();
+  const bake = new Set<string>();
   const issued = devs.filter((d) => d.state === "issued" && d.certSerial);
-  if (!issued.length) return held;
+  if (!issued.length) return { hub: held, bake };
   const hubs = await hubsOf(run);
-  if (!hubs.length) return held;
+  if (!hubs.length) return { hub: held, bake };
   for (const d of issued) {
     const live = await run.ctx.registry.certificates({ deviceId: d.deviceId, status: ["live"] });
     if (live.length < 2) continue; // an enrollment, not a rotation
+    let atHubs = true;
     for (const h of hubs) {
       const recs = await run.ctx.registry.hubRegistrations(h, { deviceId: d.deviceId });
       if (!recs.some((r) => r.serial === d.certSerial && r.status === "active")) {
         held.add(d.deviceId);
+        atHubs = false;
         break;
       }
     }
+    const mine = live.find((c) => c.serial === d.certSerial);
+    if (atHubs && mine && mine.issuedAt.getTime() > run.now().getTime() - bakeMs) bake.add(d.deviceId);
   }
-  return held;
+  return { hub: held, bake };
 }
 
 /**

@@ -9,7 +9,11 @@
  * `--refresh` (time_rotating rotates only in Read, i.e. on refresh) and shows an empty plan
  * when there is no work. update runs one run of the schedule: the interrupted devices first, then
  * up to `wavesPerRun` waves (default 1: FG-ROT-001 bounds what one run changes), through the
- * station, and publishes the issuing CA's CRL again when certificates were superseded.
+ * station, and publishes the issuing CA's CRL again when certificates were superseded. After a
+ * wave the next is not due until its bake is over (`bakeHours`, default 20, read back from the
+ * registry's certificates at the schedule's clock), so the preview right after an up reports no
+ * change while waves are left, and says when the next is due: the nightly workflow's convergence
+ * check holds.
  * delete forgets the schedule: certificates stay as they are, the registry keeps the history.
  */
 import * as path from "node:path";

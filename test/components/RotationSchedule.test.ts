@@ -163,6 +163,12 @@ describe("RotationSchedule (mocks)", () => {
     expect(() => shapeSchedule("n", { batches: [a], maintenanceWindow: "1-5" })).toThrow(
       /maintenanceWindow: got/,
     );
+    expect(() => shapeSchedule("n", { batches: [a], bakeHours: -2 })).toThrow(
+      /^bakeHours: got -2, want a number of hours in \[0, 8760\] between waves \(0: no bake\), e\.g\. 20$/,
+    );
+    // the bake reaches the provider when declared; left out (the default, 20 h) it is not in the inputs
+    expect(shapeSchedule("n", { batches: [a], bakeHours: 6 }).rotation.bakeHours).toBe(6);
+    expect("bakeHours" in shapeSchedule("n", { batches: [a] }).rotation).toBe(false);
     expect(shapeSchedule("n", { batches: [a], renewBeforeDays: 45 }, policy).declared).toEqual({
       name: "n",
       batches: ["lot-a"],

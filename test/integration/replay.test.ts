@@ -6,15 +6,18 @@
  * embedded local hub, declared by test/integration/fixtures/replay-program. The clock moves one day
  * per night for 1,095 nights.
  *
- * Every night runs the provider code `pulumi up` runs (providers/runtime/batch.ts, rotation.ts, hub.ts:
+ * Every night runs the nightly workflow's steps at 02:00 UTC, inside the schedule's maintenance
+ * window: either the provider code `pulumi up` runs (providers/runtime/batch.ts, rotation.ts, hub.ts:
  * check, diff, and update where the diff finds work), with the inputs the real engine last wrote
- * (`pulumi stack export`): test/helpers/replay/providers.ts. The real engine runs the nightly
+ * (`pulumi stack export`), followed by the workflow's convergence check in process (every diff again,
+ * none may find a change): test/helpers/replay/providers.ts; or the real engine runs the nightly
  * workflow itself (the `run:` lines of examples/github/nightly-rotate.yml: policy check, preview under
  * the policy pack, up, a preview that must show no changes, the CA certificates exported, `fleet
- * audit`) on the first night, on the last night, and on the day of every program change (two
- * revocations, the CA rollover to generation 2, the retirement of a lot): deployed at 14:00, outside
- * the schedule's maintenance window, on the first day whose night has no rotation or hub work due,
- * as an operator would merge it; the next nightly run rotates.
+ * audit`) on the first night, on the first night a rotation wave runs (with three waves left), on
+ * the night of every program change (two revocations, the CA rollover to generation 2, the
+ * retirement of a lot: merged by day, deployed by that night's run whatever is due) and on the last
+ * night. The convergence check holds on nights with waves left because a wave bakes (the schedule's
+ * default 20 hours, one wave per maintenance window) before the next is due.
  *
  * After every night: no device in service holds only an expired certificate; no run changes more
  * than the policy's fraction of a batch; every revoked certificate (superseded ones included) is on
@@ -74,7 +77,7 @@ interface LotConfig {
   revocations?: { device: string; reason: "keyCompromise" | "cessationOfOperation" | "affiliationChanged" }[];
 }
 
-/** A program change: applied on the first night at or after `night` with no rotation work due. */
+/** A program change: merged by day, deployed by the nightly run of `night` (whatever else is due). */
 interface ProgramEvent {
   night: number;
   what: string;
@@ -293,22 +296,23 @@ describe("the nightly pipeline replayed over three simulated years", () => {
     let audits = 0;
     let prevRevoked: Record<string, number> = {};
     const dirs = [crlDir, path.join(hubState, "registrations")];
+    /** the first night on which the schedule or the hub has work (a renewal wave): an engine night */
+    let waveNight: number | undefined;
+    /** nights whose in-process convergence check ran (something changed in the up) */
+    let convergenceChecks = 0;
 
     for (let night = 0; night <= NIGHTS; night++) {
       const nightly = start + night * DAY;
-      // a program change is merged and deployed by day (14:00 UTC, outside the schedule's maintenance
-      // window, so the up applies the change and the next nightly run rotates), on a day whose night
-      // has no rotation or hub work due
-      const change =
+      // a program change is merged by day and deployed by that night's run, waves due or not
+      const change = fleet && pending[0] && pending[0].night <= night ? pending.shift() : undefined;
+      // the first night with rotation work: the real engine runs the workflow, convergence check included
+      const wave =
+        waveNight === undefined &&
         fleet &&
-        pending[0] &&
-        pending[0].night <= night &&
-        (await fleet.quiet(new Date(nightly).toISOString()))
-          ? pending.shift()
-          : undefined;
+        !(await fleet.quiet(new Date(nightly).toISOString(), ["fleetguard:rotation"]));
+      if (wave) waveNight = night;
       const runs: { at: number; engine: boolean; change?: ProgramEvent }[] = [
-        { at: nightly, engine: night === 0 || night === NIGHTS },
-        ...(change ? [{ at: nightly + DAY / 2, engine: true, change }] : []),
+        { at: nightly, engine: night === 0 || night === NIGHTS || !!change || !!wave, change },
       ];
       for (const run of runs) {
         const tn = performance.now();
@@ -335,6 +339,15 @@ describe("the nightly pipeline replayed over three simulated years", () => {
           const log = await timed("engine nights", () => engineNight(at));
           engineNights++;
           for (const w of said) expect(log, `night ${night}: ${events[0]}`).toMatch(w);
+          if (wave) {
+            // a renewal wave ran in the up; the convergence preview passed (engineNight asserts its exit
+            // status) and said when the next wave is due
+            expect(log, `night ${night}: the first wave`).toMatch(/ renewed, /);
+            expect(log, `night ${night}: the convergence preview`).toMatch(
+              /waves? left, the next due after \d{4}-\d\d-\d\dT\d\d:\d\dZ: the last wave bakes 20 h/,
+            );
+            events.push("first renewal wave (the workflow's convergence check with waves left)");
+          }
           const before = fleet ? issuerFp(fleet) : "";
           skippedBefore += fleet?.skipped ?? 0;
           fleet = new ProviderFleet(await exportStack(stack));
@@ -356,6 +369,16 @@ describe("the nightly pipeline replayed over three simulated years", () => {
             fleet!.night(at.toISOString(), () => withRegistry((r) => tokenOf(r, dirs))),
           );
           updated = steps.filter((s) => s.changed).map((s) => s.name);
+          // the workflow's "Confirm convergence" step, in process: after an up that changed something,
+          // every diff again finds nothing (an up that changed nothing leaves the same diffs behind)
+          if (updated.length) {
+            const left = await timed("convergence checks", () => fleet!.converged(at.toISOString()));
+            convergenceChecks++;
+            expect(
+              left.map((l) => `${l.name}: ${l.words.join(" | ")}`),
+              `night ${night}: pulumi preview --expect-no-changes after the up (${updated.join(", ")})`,
+            ).toEqual([]);
+          }
           for (const s of steps) {
             if (s.kind !== "fleetguard:rotation" || !s.changed) continue;
             const b = (s.outs.batch as { name: string }).name;
@@ -503,7 +526,11 @@ describe("the nightly pipeline replayed over three simulated years", () => {
 
     // every event happened; the engine ran the workflow on the first, event and last nights
     expect(pending.map((e) => e.what)).toEqual([]);
-    expect(engineNights).toBe(2 + EVENTS.length);
+    expect(waveNight, "a night with a renewal wave").toBeDefined();
+    expect(engineNights).toBe(3 + EVENTS.length);
+    // the in-process convergence check ran after every in-process up that changed something
+    expect(convergenceChecks).toBe(records.filter((r) => !r.engine && r.updated.length).length);
+    expect(convergenceChecks).toBeGreaterThan(0);
     const sum = (k: "renewed" | "rekeyed") =>
       records.reduce((a, r) => a + Object.values(r[k]).reduce((x, y) => x + y, 0), 0);
 
@@ -522,6 +549,8 @@ describe("the nightly pipeline replayed over three simulated years", () => {
         rekeyed: sum("rekeyed"),
         revoked: prevRevoked,
         engineNights,
+        firstWaveNight: waveNight,
+        convergenceChecks,
         audits,
         rollover: rollover
           ? {
@@ -575,6 +604,8 @@ describe("the nightly pipeline replayed over three simulated years", () => {
       // several renewals and a re-key of every device in three years
       expect(out.totals.renewed).toBeGreaterThan(3 * LOT);
       expect(out.totals.rekeyed).toBeGreaterThan(LOT);
+      // renewals, re-keys and the rollover's waves: many nights with waves left, each converged
+      expect(convergenceChecks).toBeGreaterThanOrEqual(10);
     }
   }, 3_600_000);
 });

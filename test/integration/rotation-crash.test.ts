@@ -2,8 +2,9 @@
  * Crash safety of a renewal (issue 12, point 8) with the real engine: `pulumi up` (engine,
  * language host and the rotation provider: the whole process group) killed by SIGKILL in the
  * middle of a renewal wave, then the documented recovery (docs/batches.md: scripts/recover-stack)
- * and `pulumi up` again. Afterwards every device has exactly one live certificate, the renewed
- * one, and holds it; every superseded certificate is revoked; nothing was issued twice (two
+ * and `pulumi up` again: the rerun finishes the killed wave (the waves are read from the registry,
+ * so the wave's bake does not hold back the devices it had not reached). Afterwards every device
+ * has exactly one live certificate, the renewed one, and holds it; every superseded certificate is revoked; nothing was issued twice (two
  * certificates per device in all); a preview shows no changes. The same for a re-key killed
  * mid-wave: every device ends on its next epoch's key and attests with it. And for a CA rollover
  * killed mid-wave: every device ends on a certificate of the successor CA, every certificate of
@@ -189,6 +190,9 @@ describe("a rotation survives kill -9", () => {
   it("of pulumi up mid CA rollover: recover-stack, up again, every device under the successor, the predecessor's certificates on its CRL", async () => {
     const before = (await stack.outputs()).cas as Record<string, { fingerprintSha256: string }>;
     const g1 = before.line!.fingerprintSha256;
+    // the next night: the re-key's wave (the whole lot, maxWaveFraction 1) has baked
+    clock = clock! + DAY;
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
     await stack.setConfig("fleetguard:generation", "2");
     const mid = await killMidWaveAndRecover();
     expect(mid.active).toBeLessThan(COUNT);
@@ -241,6 +245,9 @@ describe("a rotation survives kill -9", () => {
     >;
     const g2 = before.line!.fingerprintSha256;
     const r1 = before.root!.certificatePem;
+    // the next night: the issuing rollover's wave (the whole lot) has baked
+    clock = clock! + DAY;
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
     await stack.setConfig("fleetguard:rootGeneration", "2");
     const mid = await killMidWaveAndRecover();
     expect(mid.active).toBeLessThan(COUNT);

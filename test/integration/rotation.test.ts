@@ -1,8 +1,11 @@
 /**
  * RotationSchedule on the real engine (issue 12, points 1-2): a batch enrolled by `pulumi up`,
  * the schedule's clock (config fleetguard:now) and the farm's devices moved past the renew
- * window, `pulumi preview` says the plan in words, `pulumi up` renews one wave per run, and once
- * everything is renewed a preview shows no changes without a refresh. The renewed certificates
+ * window, `pulumi preview` says the plan in words, `pulumi up` renews one wave per run, the
+ * nightly workflow's convergence check (`pulumi preview --expect-no-changes` right after the up)
+ * passes with waves left, because a wave bakes (default 20 h) before the next is due, and says when
+ * it is; once the bake is over the next up renews the next wave; once everything is renewed a
+ * preview shows no changes without a refresh. The renewed certificates
  * are verified by OpenSSL at the schedule's clock, and the superseded ones are refused with the
  * published CRL (at the wall clock, when both the old certificate and the CRL are current).
  * The farm runs in this process (its devices must check validity at the same clock as the
@@ -20,6 +23,8 @@ import { openssl } from "../helpers/openssl";
 import { PulumiStack, REPO } from "../helpers/pulumi";
 
 const DAY = 86_400_000;
+const HOUR = 3_600_000;
+const minute = (t: number) => `${new Date(t).toISOString().slice(0, 16)}Z`;
 const COUNT = 40;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-rotation-"));
 const stack = new PulumiStack(
@@ -102,7 +107,7 @@ describe("RotationSchedule with the real engine", () => {
     expect(before.size).toBe(COUNT);
   }, 600_000);
 
-  it("the clock past the renew window: preview says the plan in words, up renews one wave per run", async () => {
+  it("the clock past the renew window: preview says the plan in words, up renews one wave, the convergence preview passes with waves left", async () => {
     clock = Date.now() + 250 * DAY;
     await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
     const pv = await stack.run(["preview"]);
@@ -115,11 +120,39 @@ describe("RotationSchedule with the real engine", () => {
     expect(up.stdout).toMatch(
       /rotation nightly: batch lot: 10 renewed, 0 re-keyed, 0 interrupted finished, 0 failed \(1 wave\)/,
     );
-    const pv2 = await stack.run(["preview"]);
-    expect(pv2.stdout).toContain("rotation nightly: renew 30 certificates of lot (wave 1 of 3)");
+    // the workflow's "Confirm convergence" step, right after the up: the wave bakes, nothing is due
+    // until its bake is over, and the plan says when the next wave is
+    const same = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+    expect(same.status, same.stdout).toBe(0);
+    expect(same.stdout).toContain(
+      `rotation nightly: renew 30 certificates of lot (3 waves left, the next due after ${minute(clock + 20 * HOUR)}: the last wave bakes 20 h), re-key 0, CA rollover: none`,
+    );
+    const plan = ((await stack.outputs()).plans as Record<string, { nextWaveAt?: string }>).lot!;
+    expect(plan.nextWaveAt).toBe(new Date(clock + 20 * HOUR).toISOString());
+  }, 600_000);
+
+  it("after the bake: the next up renews the next wave, and the convergence preview passes again", async () => {
+    // just short of the bake: still nothing to do
+    clock = clock! + 20 * HOUR - 60_000;
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
+    const early = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+    expect(early.status, early.stdout).toBe(0);
+    clock = clock! + 60_000;
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
+    const pv = await stack.run(["preview"]);
+    expect(pv.stdout).toContain("rotation nightly: renew 30 certificates of lot (wave 1 of 3)");
+    const up = await stack.run(["up", "--yes", "--skip-preview"]);
+    expect(up.stdout).toMatch(/rotation nightly: batch lot: 10 renewed, 0 re-keyed, 0 interrupted finished/);
+    const same = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
+    expect(same.status, same.stdout).toBe(0);
+    expect(same.stdout).toContain(
+      `rotation nightly: renew 20 certificates of lot (2 waves left, the next due after ${minute(clock + 20 * HOUR)}`,
+    );
   }, 600_000);
 
   it("more waves per run finish the batch; then a preview without refresh shows no changes", async () => {
+    clock = clock! + DAY; // the next night
+    await stack.setConfig("fleetguard:now", new Date(clock).toISOString());
     await stack.setConfig("fleetguard:rotation", { maxFailureFraction: 0.05, wavesPerRun: 3 });
     await stack.run(["up", "--yes", "--skip-preview"]);
     const same = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });

@@ -105,6 +105,15 @@ describe("example GitHub workflows", () => {
     expect(setup).toBeGreaterThanOrEqual(0);
     expect(gate).toBeLessThan(up);
     expect(setup).toBeLessThan(up);
+    // the convergence check right after the up: the same stack, program and policy pack, no changes
+    // allowed (RotationSchedule's bake keeps it green on nights with waves left)
+    const confirm = runs[up + 1]!;
+    expect(confirm).toMatch(/^pulumi preview .*--expect-no-changes/);
+    const target = (r: string) =>
+      ["--stack", "--cwd", "--policy-pack"].map((f) => new RegExp(`${f} (\\S+)`).exec(r)?.[1]);
+    expect(target(confirm)).toEqual(target(runs[up]!));
+    expect(target(confirm).every((x) => x !== undefined)).toBe(true);
+    expect(job.steps[up + 1]!.name).toMatch(/^Confirm convergence/);
     expect(job["timeout-minutes"]).toBeGreaterThan(0);
     expect(
       (w as unknown as { concurrency: { "cancel-in-progress": boolean } }).concurrency["cancel-in-progress"],

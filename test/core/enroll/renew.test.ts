@@ -9,6 +9,7 @@ import { compileTemplate } from "../../../core/enroll/profile";
 import {
   describeRotation,
   dueOf,
+  hasWork,
   inWindow,
   parseWindow,
   planRotation,
@@ -27,6 +28,8 @@ import { openssl, tmpdir } from "../../helpers/openssl";
 import { batchSpec, engineOf, hierarchy } from "./helpers";
 
 const DAY = 86_400_000;
+const HOUR = 3_600_000;
+const minute = (t: number) => `${new Date(t).toISOString().slice(0, 16)}Z`;
 const T0 = Date.parse("2027-01-10T02:00:00Z");
 let clock = T0;
 const now = () => new Date(clock);
@@ -152,6 +155,9 @@ describe("rotation policy", () => {
     expect(() => validatePolicy({ ...p, maxWaveFraction: 0 })).toThrow(/maxWaveFraction: got 0/);
     expect(() => validatePolicy({ ...p, maintenanceWindow: "25:00-01:00" })).toThrow(/maintenanceWindow/);
     expect(() => validatePolicy({ ...p, wavesPerRun: 0 })).toThrow(/wavesPerRun: got 0/);
+    expect(() => validatePolicy({ ...p, bakeHours: -1 })).toThrow(
+      /bakeHours: got -1, want a number of hours in \[0, 8760\]/,
+    );
   });
   it("maintenance windows in UTC, wrapping midnight", () => {
     expect(parseWindow("01:00-05:00")).toEqual({ start: 60, end: 300 });
@@ -223,9 +229,33 @@ describe("renewal and re-key over a real farm", () => {
       const v = verifyAt(leaf, now());
       expect(v.status, v.out).toBe(0);
     }
+    // the wave bakes (default 20 h): a second run at the same clock (the workflow's convergence
+    // preview, a rerun the same night) has nothing to do and says when the next wave is due
+    const again = await planRotation(engine(), POLICY, now());
+    expect(again).toMatchObject({
+      renew: 15,
+      thisRun: 0,
+      bakeHours: 20,
+      nextWaveAt: new Date(clock + 20 * HOUR).toISOString(),
+    });
+    expect(hasWork(again)).toBe(false);
+    expect(describeRotation(again)).toBe(
+      `renew 15 certificates of lot-r (3 waves left, the next due after ${minute(clock + 20 * HOUR)}: the last wave bakes 20 h), re-key 0, CA rollover: none`,
+    );
+    const head = await registry.auditHead();
+    const r2 = await rotate(engine(), POLICY, template());
+    expect(r2).toMatchObject({ renewed: 0, waves: 0, remaining: 15 });
+    expect(await registry.auditHead()).toEqual(head);
+    // no bake: the next wave is due at once (waves back to back, as before the bake existed)
+    expect(await planRotation(engine(), { ...POLICY, bakeHours: 0 }, now())).toMatchObject({
+      renew: 15,
+      thisRun: 5,
+    });
   });
 
   it("a renewal killed between the device's install and its record is finished by the next run; the old certificate stays live until then", async () => {
+    clock += DAY; // the next night: the first wave's bake is over
+    expect((await planRotation(engine(), POLICY, now())).thisRun).toBe(5);
     const reg = crashing(registry, (ts) => ts.some((t) => t.to === "installed"));
     await expect(
       rotate(engineOf(reg, station, h.material, spec, { now }), POLICY, template()),
@@ -239,17 +269,23 @@ describe("renewal and re-key over a real farm", () => {
     expect(describeRotation(await planRotation(engine(), POLICY, now()))).toMatch(
       /finish \d+ devices? interrupted/,
     );
+    // the rerun finishes the killed wave (what it recorded, and the rest of its allowance), no more
     const r = await rotate(engine(), POLICY, template());
     expect(r.resumed).toBe(mid.length);
+    expect(r.resumed + r.renewed).toBe(5);
+    expect(await planRotation(engine(), POLICY, now())).toMatchObject({ renew: 10, thisRun: 0 });
     await converged();
   });
 
   it("later runs renew the rest, never more than a wave each, then nothing is due", async () => {
     for (let i = 0; i < 5; i++) {
+      clock += DAY; // one run a night
       const p = await planRotation(engine(), POLICY, now());
       if (p.renew === 0) break;
       const r = await rotate(engine(), POLICY, template());
       expect(r.renewed + r.rekeyed).toBeLessThanOrEqual(5);
+      // a second run the same night changes nothing
+      expect(await rotate(engine(), POLICY, template())).toMatchObject({ renewed: 0, rekeyed: 0 });
     }
     const p = await planRotation(engine(), POLICY, now());
     expect(p).toMatchObject({ renew: 0, rekey: 0, resume: 0 });
@@ -341,6 +377,7 @@ describe("renewal and re-key over a real farm", () => {
     setFarmClock(farm);
     station = new StationClient({ port: farm.port, poolSize: 2, timeoutMs: 20_000 });
     for (let i = 0; i < 6; i++) {
+      if (i > 0) clock += DAY; // the same night finishes the killed wave; the rest, a wave a night
       const p = await planRotation(engine(), POLICY, now());
       if (p.renew + p.resume === 0) break;
       await rotate(engine(), POLICY, template());
@@ -381,17 +418,26 @@ describe("renewal and re-key over a real farm", () => {
       expect(s.ok && s.value.chain[0]!.equals(held.der)).toBe(true);
     }
     const plan = await planRotation(engine(), p, now());
-    expect(plan).toMatchObject({ heldForHubs: 5, resume: 0 });
+    expect(plan).toMatchObject({ heldForHubs: 5, switchAfterBake: 0, resume: 0 });
     expect(describeRotation(plan)).toContain(
       "5 certificates waiting for hub registration before the devices switch",
     );
     // the batch engine does not take them for interrupted work either
     expect((await engine().plan()).resume).toBe(0);
-    // the hub sync registers the new certificates; the next run switches the devices
+    // the hub sync registers the new certificates (the same up): the devices switch with the next
+    // wave, once this one's bake is over, so the preview right after the up shows no changes
     await hubHolds(staged.map((d) => ({ deviceId: d.deviceId, serial: d.certSerial! })));
-    expect((await planRotation(engine(), p, now())).resume).toBe(5);
+    const baking = await planRotation(engine(), p, now());
+    expect(baking).toMatchObject({ heldForHubs: 0, switchAfterBake: 5, resume: 0, thisRun: 0 });
+    expect(hasWork(baking)).toBe(false);
+    expect(describeRotation(baking)).toContain("5 devices registered at the hubs switch with the next wave");
+    expect((await engine().plan()).resume).toBe(0);
+    // the next night: the staged devices switch, and the next wave is staged
+    clock += DAY;
+    expect(await planRotation(engine(), p, now())).toMatchObject({ resume: 5, switchAfterBake: 0 });
     const r2 = await rotate(engine(), p, template());
     expect(r2.resumed).toBe(5);
+    expect(r2.renewed).toBe(5);
     for (const d of staged) {
       const now2 = (await registry.getDevice(d.deviceId))!;
       expect(now2).toMatchObject({ state: "active", certSerial: d.certSerial });

@@ -7,6 +7,11 @@
  * night to night is what the engine would change too: the schedule's clock (`now`, from stack config
  * `fleetguard:now`) and the hub's `trust.batchCrl` (an output of the batch).
  *
+ * After the up, `converged` is the workflow's "Confirm convergence" step (`pulumi preview
+ * --expect-no-changes`) in process: every resource's check and diff again, with the inputs the engine
+ * would send now and the outputs the up just wrote; any resource whose diff still finds a change is a
+ * failed night, as the workflow's step fails.
+ *
  * The providers' messages to the engine (their plan in words) go to stderr outside an engine; they are
  * captured here, per resource, instead of flooding the test's output.
  */
@@ -104,14 +109,35 @@ export class ProviderFleet {
   private lastQuiet = new Map<string, string>();
   skipped = 0;
 
-  /** No rotation or hub work due at `now` (their diffs, which only read): a night for a program change. */
-  async quiet(now: string): Promise<boolean> {
+  /** No work due at `now` for the resources of these kinds (their diffs, which only read). */
+  async quiet(
+    now: string,
+    kinds: ResourceKind[] = ["fleetguard:rotation", "fleetguard:hub"],
+  ): Promise<boolean> {
     for (const r of this.resources) {
-      if (r.kind === "fleetguard:batch") continue;
+      if (!kinds.includes(r.kind)) continue;
       const d = await captured(() => PROVIDERS[r.kind].diff(r.id, r.outputs, this.news(r, now) as never));
       if (d.value.changes) return false;
     }
     return true;
+  }
+
+  /**
+   * The convergence check after a night's up (`pulumi preview --expect-no-changes`): check and diff
+   * of every resource, nothing updated. Returns the resources whose diff still reports a change,
+   * with their words (empty: converged).
+   */
+  async converged(now: string): Promise<Array<{ name: string; words: string[] }>> {
+    const left: Array<{ name: string; words: string[] }> = [];
+    for (const r of this.resources) {
+      const p = PROVIDERS[r.kind];
+      const checked = p.check(r.outputs, this.news(r, now) as never);
+      if (checked.failures.length)
+        throw new Error(`${r.name}: check failed: ${JSON.stringify(checked.failures)}`);
+      const d = await captured(() => p.diff(r.id, r.outputs, checked.inputs as never));
+      if (d.value.changes) left.push({ name: r.name, words: d.lines });
+    }
+    return left;
   }
 
   /** One night: check, diff, and update what the diff says changed, in the engine's order. */
