@@ -9,8 +9,8 @@
  */
 import { X509Certificate } from "node:crypto";
 import type { CertificateRecord } from "../registry/types";
+import { children, content, read, whole } from "../x509/der";
 import { algorithmOf, type ExternalSigner } from "../x509/keys";
-import { parseCertificate } from "../x509/parse";
 import {
   type CompiledTemplate,
   compileTemplate,
@@ -22,6 +22,24 @@ import {
 
 // compileTemplate starts the validity one minute before the instant it is given
 const BACKDATE_MS = 60_000;
+
+/**
+ * The parts of a DER certificate the comparison needs: its to-be-signed bytes, serial and SPKI,
+ * read as strictly as parseCertificate (x509/parse.ts) reads them (minimal lengths, no trailing
+ * bytes, the TBS fields in their order) but without decoding the extensions: a certificate whose
+ * TBS is byte for byte the template's has the template's extensions, and any other does not match.
+ */
+function tbsParts(der: Buffer): { tbs: Buffer; serialBytes: Buffer; spki: Buffer } {
+  const root = read(der);
+  if (root.end !== der.length) throw new Error("trailing bytes");
+  const [tbsN] = children(der, root);
+  const t = children(der, tbsN!);
+  let i = t[0]!.tag === 0xa0 ? 1 : 0; // version
+  const serialN = t[i]!;
+  i += 4; // serial, signature algorithm, issuer, validity
+  if (!t[i] || !t[i + 1]) throw new Error("no subject or SPKI");
+  return { tbs: whole(der, tbsN!), serialBytes: content(der, serialN), spki: whole(der, t[i + 1]!) };
+}
 
 export class Conformance {
   private readonly templates = new Map<number, CompiledTemplate | null>();
@@ -52,7 +70,7 @@ export class Conformance {
     const t = this.template(c.notBefore);
     if (!t || t.notAfter.getTime() !== c.notAfter.getTime()) return false;
     try {
-      const p = parseCertificate(c.der);
+      const p = tbsParts(c.der);
       const n = deviceNames(this.profile, c.deviceId, this.batch, this.model, this.rules);
       this.captured = undefined;
       t.issue(p.serialBytes, n.commonName, p.spki, n.san.uri.length || n.san.dns.length ? n.san : undefined);
