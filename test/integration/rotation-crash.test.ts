@@ -108,6 +108,50 @@ async function killMidWaveAndRecover(): Promise<{ superseded: number; active: nu
   return { superseded: mid.superseded, active: mid.counts.active };
 }
 
+/**
+ * After a CA rollover killed mid-wave and converged: `total` certificates in all (nothing issued
+ * twice), one live per device and it is `to`'s and the device holds it (and trusts exactly
+ * `anchors`, when given), the `old` certificates of `from` all revoked and on `from`'s own CRL,
+ * the registry's audit chain intact.
+ */
+async function expectMoved(o: { from: string; to: string; total: number; old: number; anchors?: string[] }) {
+  const st = new StationClient({ port: farm.port });
+  try {
+    await registry(async (r) => {
+      const devs = await r.listDevices("lot");
+      const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
+      expect(all).toHaveLength(o.total);
+      const live = all.filter((c) => c.status === "live");
+      expect(live).toHaveLength(COUNT);
+      expect(live.every((c) => c.issuer === o.to)).toBe(true);
+      const liveOf = new Map(live.map((c) => [c.deviceId, c]));
+      for (let i = 0; i < devs.length; i += 1000) {
+        const part = devs.slice(i, i + 1000);
+        const status = await st.statusBatch(part.map((d) => d.deviceId));
+        for (const [j, d] of part.entries()) {
+          expect(d.state).toBe("active");
+          expect(liveOf.get(d.deviceId)?.serial).toBe(d.certSerial);
+          const s = status[j]!;
+          expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
+          if (o.anchors && s.ok)
+            expect(s.value.trustAnchors.map((a) => a.toString("hex")).sort()).toEqual(o.anchors);
+        }
+      }
+      // every certificate of the predecessor is revoked, and listed on the predecessor's own CRL
+      const old = all.filter((c) => c.issuer === o.from);
+      expect(old).toHaveLength(o.old);
+      expect(old.every((c) => c.status === "revoked")).toBe(true);
+      const listed = new Set(
+        crlEntriesOf(fs.readFileSync(crlFilesOf(path.join(work, "crl"), o.from).der)).map((e) => e.serial),
+      );
+      for (const c of old) expect(listed.has(c.serial)).toBe(true);
+      expect((await r.verify({ batch: "lot" })).ok).toBe(true);
+    });
+  } finally {
+    await st.close();
+  }
+}
+
 describe("a rotation survives kill -9", () => {
   it("of pulumi up mid-wave: recover-stack, up again, converged", async () => {
     const before = await registry(
@@ -200,39 +244,7 @@ describe("a rotation survives kill -9", () => {
     expect(cas["line@g1"]!.fingerprintSha256).toBe(g1);
     const g2 = cas.line!.fingerprintSha256;
     expect(g2).not.toBe(g1);
-    const st = new StationClient({ port: farm.port });
-    try {
-      await registry(async (r) => {
-        const devs = await r.listDevices("lot");
-        const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
-        expect(all).toHaveLength(4 * COUNT); // nothing issued twice
-        const live = all.filter((c) => c.status === "live");
-        expect(live).toHaveLength(COUNT);
-        expect(live.every((c) => c.issuer === g2)).toBe(true);
-        const liveOf = new Map(live.map((c) => [c.deviceId, c]));
-        for (let i = 0; i < devs.length; i += 1000) {
-          const part = devs.slice(i, i + 1000);
-          const status = await st.statusBatch(part.map((d) => d.deviceId));
-          for (const [j, d] of part.entries()) {
-            expect(d.state).toBe("active");
-            expect(liveOf.get(d.deviceId)?.serial).toBe(d.certSerial);
-            const s = status[j]!;
-            expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
-          }
-        }
-        // every certificate of the predecessor is revoked, and listed on the predecessor's own CRL
-        const old = all.filter((c) => c.issuer === g1);
-        expect(old).toHaveLength(3 * COUNT);
-        expect(old.every((c) => c.status === "revoked")).toBe(true);
-        const listed = new Set(
-          crlEntriesOf(fs.readFileSync(crlFilesOf(path.join(work, "crl"), g1).der)).map((e) => e.serial),
-        );
-        for (const c of old) expect(listed.has(c.serial)).toBe(true);
-        expect((await r.verify({ batch: "lot" })).ok).toBe(true);
-      });
-    } finally {
-      await st.close();
-    }
+    await expectMoved({ from: g1, to: g2, total: 4 * COUNT, old: 3 * COUNT });
     const pv = await stack.run(["preview"]);
     expect(pv.stdout).toMatch(/CA rollover: complete, every device under generation 2/);
   }, 900_000);
@@ -261,38 +273,7 @@ describe("a rotation survives kill -9", () => {
     const anchorOf = (pem: string) =>
       crypto.createHash("sha256").update(new crypto.X509Certificate(pem).raw).digest("hex");
     const both = [anchorOf(r1), anchorOf(cas.root!.certificatePem)].sort();
-    const st = new StationClient({ port: farm.port });
-    try {
-      await registry(async (r) => {
-        const devs = await r.listDevices("lot");
-        const all = await r.certificates({ batch: "lot", limit: 1_000_000 });
-        expect(all).toHaveLength(5 * COUNT); // nothing issued twice
-        const live = all.filter((c) => c.status === "live");
-        expect(live).toHaveLength(COUNT);
-        expect(live.every((c) => c.issuer === g3)).toBe(true);
-        const liveOf = new Map(live.map((c) => [c.deviceId, c]));
-        for (let i = 0; i < devs.length; i += 1000) {
-          const part = devs.slice(i, i + 1000);
-          const status = await st.statusBatch(part.map((d) => d.deviceId));
-          for (const [j, d] of part.entries()) {
-            expect(d.state).toBe("active");
-            const s = status[j]!;
-            expect(s.ok && s.value.chain[0]!.equals(liveOf.get(d.deviceId)!.der)).toBe(true);
-            if (s.ok) expect(s.value.trustAnchors.map((a) => a.toString("hex")).sort()).toEqual(both);
-          }
-        }
-        const old = all.filter((c) => c.issuer === g2);
-        expect(old).toHaveLength(COUNT);
-        expect(old.every((c) => c.status === "revoked")).toBe(true);
-        const listed = new Set(
-          crlEntriesOf(fs.readFileSync(crlFilesOf(path.join(work, "crl"), g2).der)).map((e) => e.serial),
-        );
-        for (const c of old) expect(listed.has(c.serial)).toBe(true);
-        expect((await r.verify({ batch: "lot" })).ok).toBe(true);
-      });
-    } finally {
-      await st.close();
-    }
+    await expectMoved({ from: g2, to: g3, total: 5 * COUNT, old: COUNT, anchors: both });
     const pv = await stack.run(["preview", "--expect-no-changes"], { allowFail: true });
     expect(pv.status, pv.stdout).toBe(0);
   }, 900_000);
