@@ -15,6 +15,7 @@ import type { KeyUsage, NameConstraints } from "../core/x509/ext";
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "../core/x509/keys";
 import type { Subject } from "../core/x509/names";
 import { subjectString } from "../core/x509/names";
+import { pemBlocks, toPem } from "../core/x509/pem";
 import type { DeclaredCa } from "../policies/context";
 import { enforceAtConstruction, type PolicyInput } from "../policies/engine";
 import { CertificateAuthority } from "../providers/ca";
@@ -113,8 +114,6 @@ export interface PlannedCa {
   field: string;
   spec: CaSpec | ExistingRoot;
 }
-
-const PEM_CERT = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
 
 const isExisting = (s: CaSpec | ExistingRoot): s is ExistingRoot => "existing" in s;
 
@@ -517,9 +516,13 @@ export class CaHierarchy extends pulumi.ComponentResource {
             this,
           );
       } else
-        this.cas[p.name] = new CertificateAuthority(`${name}-${p.name}`, argsFor(1, parent, 1) as never, {
-          parent: this,
-        });
+        this.cas[p.name] = new CertificateAuthority(
+          resourceName(name, p.name, 1),
+          argsFor(1, parent, 1) as never,
+          {
+            parent: this,
+          },
+        );
     }
     this.rootCertificatePem = this.cas[plan[0]!.name]!.certificatePem;
     // every CA by name; during a rollover the predecessor too, as `<name>@g<generation>`
@@ -598,9 +601,9 @@ export class CaHierarchy extends pulumi.ComponentResource {
       current.crossChainPem = pulumi
         .all([c.chainPem, this.cas[root]!.crossCertificatePem, prevRoot.certificatePem])
         .apply(([chain, cross, old]) => {
-          const blocks = chain.match(PEM_CERT) ?? [];
           if (!cross) return undefined;
-          return `${[...blocks.slice(0, -1), cross.trim(), old.trim()].join("\n")}\n`;
+          const above = pemBlocks(chain, "CERTIFICATE", "chainPem").slice(0, -1);
+          return [...above.map((der) => toPem("CERTIFICATE", der)), cross, old].join("");
         });
     const revoked = [name, ...this.ancestors(name)].find((a) => this.revocations[a]);
     return {
@@ -617,13 +620,12 @@ export class CaHierarchy extends pulumi.ComponentResource {
   private crlsAbove(ca: CertificateAuthority): pulumi.Output<string[]> {
     const all = [...Object.values(this.cas), ...Object.values(this.previous)];
     return pulumi
-      .all([ca.chainPem, pulumi.all(all.map((x) => pulumi.all([x.certificatePem, x.crlPem])))])
+      .all([ca.chainPem, pulumi.all(all.map((x) => pulumi.all([x.fingerprintSha256, x.crlPem])))])
       .apply(([chain, cas]) => {
-        const norm = (pem: string) => pem.replace(/\s+/g, "");
-        const byCert = new Map(cas.map(([cert, crl]) => [norm(cert), crl]));
-        return (chain.match(PEM_CERT) ?? [])
+        const byFingerprint = new Map(cas);
+        return pemBlocks(chain, "CERTIFICATE", "chainPem")
           .slice(1)
-          .map((b) => byCert.get(norm(b)))
+          .map((der) => byFingerprint.get(crypto.createHash("sha256").update(der).digest("hex")))
           .filter((x): x is string => typeof x === "string");
       });
   }

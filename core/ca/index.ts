@@ -340,6 +340,9 @@ function describeCert(
   };
 }
 
+/** A CA certificate's notBefore: `now` to the second, backdated one minute to tolerate small clock skew on devices that verify the chain. */
+const backdated = (now: Date): Date => new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+
 /** Create a CA: self-signed when `parent` is absent (role root), else signed by the parent. */
 export function issueCa(req: CaRequest, parent?: CaMaterial & { name: string }, deps?: Deps): IssuedCa;
 export function issueCa(
@@ -379,8 +382,7 @@ export function issueCa(
   const kid = keyIdentifier(spki);
   const subject = encodeSubject(req.subject);
   const now = deps.now();
-  // backdate one minute: tolerate small clock skew on devices that verify the chain
-  const notBefore = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+  const notBefore = backdated(now);
   let notAfter = new Date(Math.floor(now.getTime() / 1000) * 1000 + req.validityDays * DAY_MS);
   if (facts && notAfter > facts.notAfter) notAfter = facts.notAfter;
 
@@ -427,7 +429,6 @@ export function issueCa(
   );
 }
 
-/** Bring your own root: check the PEMs and describe them as if we had issued them. */
 /**
  * The cross certificate of a root rollover (RFC 4210 5.3.13 "newWithOld"): the new root's subject
  * and key, issued and signed by the old root. Every extension of the new root is kept (its
@@ -447,8 +448,7 @@ export function crossCertify(
   if (!old.facts.ca)
     throw invalid("crossFrom.certificatePem", phrase("a certificate that is not a CA"), "the old root CA");
   const nx = new crypto.X509Certificate(nr.der);
-  const now = deps.now();
-  const notBefore = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+  const notBefore = backdated(deps.now());
   const ends = [new Date(nx.validTo), old.facts.notAfter];
   const notAfter = new Date(Math.min(...ends.map((d) => d.getTime())));
   const oldKid = subjectKeyIdOf(old.cert) ?? keyIdentifier(old.cert.spki);
@@ -476,14 +476,12 @@ export function crossCertify(
     der,
     undefined,
     toPem("CERTIFICATE", der) + oldRoot.certificatePem,
-    algorithmOf(
-      crypto.createPublicKey({ key: nr.spki, format: "der", type: "spki" }) as never,
-      "certificatePem",
-    ),
+    algorithmOf(crypto.createPublicKey({ key: nr.spki, format: "der", type: "spki" }), "certificatePem"),
     nx.subject.split("\n").join(", "),
   );
 }
 
+/** Bring your own root: check the PEMs and describe them as if we had issued them. */
 export function importCa(_name: string, certificatePem: unknown, keyPem: unknown): IssuedCa {
   const blocks = pemBlocks(certificatePem, "CERTIFICATE", "existing.certificatePem");
   const der = blocks[0]!;

@@ -4,12 +4,12 @@
  * signer's chain (the issuing CA up to its root) for the device to check against the trust anchor
  * fused into it. The key may be in memory or in an HSM: it is only ever used through signWith.
  */
-import * as crypto from "node:crypto";
 import { invalid } from "../errors";
 import { type CommandPayload, commandDigest, commandMessage } from "../station/command";
 import type { CommandAuth } from "../station/messages";
 import { algorithmOf, signWith } from "../x509/keys";
 import type { IssuerMaterial } from "./profile";
+import { sha } from "./run";
 
 /**
  * The signer chain a device with trust anchors `anchors` (SHA-256 of its fused roots, from its
@@ -19,10 +19,7 @@ import type { IssuerMaterial } from "./profile";
 export function signerChain(issuer: IssuerMaterial, anchors?: readonly Uint8Array[]): Buffer[] {
   const own = [issuer.certificate, ...issuer.chain];
   if (!issuer.cross || !anchors) return own;
-  const root = crypto
-    .createHash("sha256")
-    .update(own[own.length - 1]!)
-    .digest();
+  const root = sha(own[own.length - 1]!);
   return anchors.some((a) => root.equals(Buffer.from(a))) ? own : crossSigner(issuer);
 }
 
