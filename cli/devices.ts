@@ -97,6 +97,10 @@ export const spec: GroupSpec = {
           arg: "N",
           help: "worker threads for the device-side cryptography (default: one per CPU; 0 = all in the main thread)",
         },
+        {
+          name: "activate-pufs",
+          help: "before serving, activate the PUF of every blank device (helper data made and stored, as a silicon vendor does at wafer sort), so the line's first contact only reconstructs; progress on stderr",
+        },
       ],
       details:
         "prints one line with the port it bound once it serves; the station protocol has no authentication of its own, so it binds loopback only",
@@ -217,6 +221,7 @@ async function serve(flags: Flags): Promise<number> {
       flags["compact-mb"] === undefined ? undefined : int(flags, "compact-mb", 0, 1 << 20) * 1024 * 1024,
     ...limitOptions(flags),
     workers: flags.workers === undefined ? undefined : int(flags, "workers", 0, MAX_WORKERS),
+    activatePufs: flags["activate-pufs"] !== undefined,
   });
   const info = farm.farm.stats();
   console.log(

@@ -24,7 +24,7 @@
  * A signed command to a closed device is verified where the device's keys are (its worker).
  */
 import { createHash } from "node:crypto";
-import { invalid } from "../../core/errors";
+import { FleetError, invalid } from "../../core/errors";
 import type { CborMap, Value } from "../../core/station/cbor";
 import { isMap } from "../../core/station/cbor";
 import { Op, StationError, Status } from "../../core/station/frame";
@@ -52,7 +52,7 @@ import {
 import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
 import { type ConnectJob, connectDevices, Tally } from "../firmware/connect";
 import { lifecycleOf } from "../firmware/lifecycle";
-import { blankState, type DeviceState } from "../firmware/state";
+import { blankState, type DeviceState, encodeState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
 import { WorkerPool } from "./pool";
@@ -193,6 +193,46 @@ export class Farm implements Service {
     t.reconstructions += c.reconstructions;
     t.reconstructionFailures += c.reconstructionFailures;
     t.enrollments += c.enrollments;
+  }
+
+  /**
+   * Activate the PUF of every blank device before the farm serves (DeviceAgent.activate: the
+   * helper data a silicon vendor makes at wafer sort), on the worker threads, in chunks; each
+   * new state goes through the write-ahead log and is durable before this resolves. Devices with
+   * a stored state are skipped, so a farm killed half-way finishes the rest when started again.
+   * `progress` is called after each chunk with the count done so far.
+   */
+  async activate(progress?: (done: number, todo: number) => void): Promise<{ activated: number }> {
+    const todo: number[] = [];
+    for (let i = 0; i < this.o.count; i++) if (!this.o.store.states.has(i)) todo.push(i);
+    const CHUNK = 2048;
+    let activated = 0;
+    let last = 0;
+    for (let at = 0; at < todo.length; at += CHUNK) {
+      const chunk = todo.slice(at, at + CHUNK);
+      const answers = await Promise.all(
+        chunk.map((i) => {
+          const id = deviceId(this.o.model, i);
+          if (this.pool) return this.pool.submit({ kind: "activate", ...this.jobOf(id, i) });
+          const out = this.agent.activate(this.devRef(id, i));
+          return { ok: true as const, result: out.result, next: out.next && encodeState(out.next) };
+        }),
+      );
+      answers.forEach((a, k) => {
+        if (!a.ok)
+          throw new FleetError(
+            "INTERNAL",
+            `activate: device ${deviceId(this.o.model, chunk[k]!)}: ${a.message}`,
+          );
+        if (a.next) {
+          last = this.o.store.putEncoded(chunk[k]!, a.next);
+          activated++;
+        }
+      });
+      progress?.(Math.min(at + CHUNK, todo.length), todo.length);
+    }
+    if (last) await this.o.store.durable(last);
+    return { activated };
   }
 
   /** Stop the worker threads (pending jobs are answered INTERNAL). */

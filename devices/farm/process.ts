@@ -19,6 +19,8 @@ export interface FarmProcessOptions {
   /** pass the farm's stderr through (a benchmark) or collect it for error messages (a test) */
   inheritStderr?: boolean;
   startTimeoutMs?: number;
+  /** activate every blank device's PUF before serving (`--activate-pufs`; allow for it in startTimeoutMs) */
+  activatePufs?: boolean;
   /** extra options for node, e.g. ["--cpu-prof", "--cpu-prof-dir", dir] to profile the farm (after the default --max-semi-space-size=2) */
   nodeArgs?: string[];
 }
@@ -38,6 +40,7 @@ export function startFarmProcess(o: FarmProcessOptions): Promise<{ child: ChildP
     String(o.count),
     "--port",
     String(o.port ?? 0),
+    ...(o.activatePufs ? ["--activate-pufs"] : []),
     ...(o.extraArgs ?? []),
   ];
   args.push("--state", o.state, "--seed", o.seed, ...(o.model ? ["--model", o.model] : []));

@@ -57,6 +57,8 @@ export interface StartOptions {
    * defaultWorkers(), or 0 when a custom `puf` is given (it cannot cross threads)
    */
   workers?: number;
+  /** activate every blank device's PUF before listening (Farm.activate), progress to `log` */
+  activatePufs?: boolean;
   log?: (line: string) => void;
 }
 
@@ -181,6 +183,24 @@ function takeLock(dir: string): string {
   throw new FleetError("CONFLICT", `stateDir: could not lock ${dir}`);
 }
 
+/** Farm.activate with a progress line about every 5 s (count, rate, ETA) and a summary. */
+async function activateAll(farm: Farm, log: (line: string) => void): Promise<void> {
+  const t0 = Date.now();
+  let shown = t0;
+  const rate = (n: number) => Math.round(n / Math.max((Date.now() - t0) / 1000, 1e-3));
+  const { activated } = await farm.activate((done, todo) => {
+    if (Date.now() - shown < 5000 && done < todo) return;
+    shown = Date.now();
+    const r = rate(done);
+    log(
+      `fleet devices: activating PUFs ${done.toLocaleString("en-US")}/${todo.toLocaleString("en-US")}, ${r}/s, ETA ${Math.round((todo - done) / Math.max(r, 1))} s`,
+    );
+  });
+  log(
+    `fleet devices: ${activated.toLocaleString("en-US")} PUFs activated in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+  );
+}
+
 export async function startFarm(o: StartOptions): Promise<RunningFarm> {
   if (!Number.isInteger(o.count) || o.count < 1 || o.count > MAX_COUNT)
     throw invalid("count", o.count, `an integer in 1..${MAX_COUNT}`);
@@ -241,6 +261,7 @@ export async function startFarm(o: StartOptions): Promise<RunningFarm> {
       workers,
       log,
     });
+    if (o.activatePufs) await activateAll(farm, log);
     const server = new StationServer(farm, {
       maxBody: o.maxBody,
       maxInFlight: o.maxInFlight,

@@ -63,7 +63,9 @@ export interface JobDevice {
 export type WorkerJob =
   | (JobDevice & { kind: "op"; op: DeviceOpName; req: unknown })
   /** INSTALL's leaf part: chain = [leaf, issuer?], the whole chain with a closed device's `auth` */
-  | (JobDevice & { kind: "leaf"; chain: Uint8Array[]; auth?: CommandAuth });
+  | (JobDevice & { kind: "leaf"; chain: Uint8Array[]; auth?: CommandAuth })
+  /** the PUF activated before the line (DeviceAgent.activate: helper data, no key) */
+  | (JobDevice & { kind: "activate" });
 
 export type WorkerAnswer =
   | { ok: true; result: unknown; next?: Uint8Array }
@@ -150,6 +152,10 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
           job.auth && (asBuffers(job.auth) as CommandAuth),
         );
         return { ok: true, result: r };
+      }
+      if (job.kind === "activate") {
+        const a = agent.activate(dev);
+        return { ok: true, result: a.result, next: a.next ? encodeState(a.next) : undefined };
       }
       const out = dispatch(agent, job.op, dev, asBuffers(job.req));
       return { ok: true, result: out.result, next: out.next ? encodeState(out.next) : undefined };

@@ -238,6 +238,19 @@ export class DeviceAgent {
     return { key: this.pufKey(dev, helper, e, genuine), source: "puf", next: copy };
   }
 
+  /**
+   * Activate a blank chip's PUF before any station sees it, as a silicon vendor does at wafer sort
+   * (`fleet devices serve --activate-pufs`): the helper data made and kept in NVM, the lifecycle
+   * `provisioned`, exactly what the first contact would otherwise do (ensureHelper). No key is
+   * derived here. A device that has helper data or is past `blank` is left as it is.
+   */
+  activate(dev: DeviceRef): Outcome<{ activated: boolean }> {
+    if (dev.state.helper || lifecycleOf(dev.state.otp) !== "blank") return { result: { activated: false } };
+    const copy = cloneState(dev.state);
+    this.ensureHelper(dev, () => copy);
+    return { result: { activated: true }, next: copy };
+  }
+
   /** The device's command challenge in `state` (none once decommissioned). */
   challenge(dev: DeviceRef, state: DeviceState = dev.state): Buffer | undefined {
     if (lifecycleOf(state.otp) === "decommissioned") return undefined;
