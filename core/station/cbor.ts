@@ -20,6 +20,8 @@ export type Value =
 export type CborMap = { [key: string]: Value | undefined };
 
 const MAX_DEPTH = 16;
+/** text up to this many bytes is decoded without a Buffer view (cbor.ts shortText) */
+const SHORT_TEXT = 32;
 
 class Writer {
   buf: Buffer;
@@ -154,6 +156,20 @@ class Reader {
     this.pos--;
     return this.fail("a definite length or integer argument");
   }
+  private utf8(at: number, n: number): string {
+    return Buffer.from(this.buf.buffer, this.buf.byteOffset + at, n).toString("utf8");
+  }
+  /** Short text (map keys, IDs): ASCII read byte by byte, anything else as UTF-8. */
+  private shortText(n: number): string {
+    const b = this.buf;
+    let s = "";
+    for (let i = this.pos, end = this.pos + n; i < end; i++) {
+      const c = b[i]!;
+      if (c >= 0x80) return this.utf8(this.pos, n);
+      s += String.fromCharCode(c);
+    }
+    return s;
+  }
   value(depth: number): Value {
     if (depth > MAX_DEPTH) this.fail(`nesting at most ${MAX_DEPTH}`);
     this.need(1);
@@ -168,14 +184,15 @@ class Reader {
       case 2: {
         const n = this.arg(info);
         this.need(n);
-        const out = Buffer.from(this.buf.subarray(this.pos, this.pos + n));
+        // a copy in an allocation of its own (never a slice of Node's shared pool)
+        const out = Buffer.copyBytesFrom(this.buf, this.pos, n);
         this.pos += n;
         return out;
       }
       case 3: {
         const n = this.arg(info);
         this.need(n);
-        const out = Buffer.from(this.buf.buffer, this.buf.byteOffset + this.pos, n).toString("utf8");
+        const out = n <= SHORT_TEXT ? this.shortText(n) : this.utf8(this.pos, n);
         this.pos += n;
         return out;
       }

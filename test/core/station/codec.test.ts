@@ -36,6 +36,25 @@ describe("CBOR subset", () => {
       { numRuns: 300 },
     );
   });
+  it("decodes any text, short or long, valid UTF-8 or not, as Buffer's UTF-8 decoder does", () => {
+    // the decoder reads short ASCII text byte by byte: the result must be the same as the general path
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 80 }), (bytes) => {
+        const head = bytes.length < 24 ? [0x60 | bytes.length] : [0x78, bytes.length];
+        const got = decode(Buffer.concat([Buffer.from(head), bytes]));
+        expect(got).toBe(Buffer.from(bytes).toString("utf8"));
+      }),
+      { numRuns: 500 },
+    );
+    for (const s of ["", "a".repeat(32), "a".repeat(33), "Zürich", "ü".repeat(16), "日本", "\u{1F600}"])
+      expect(decode(encode({ [s]: s }))).toEqual(Object.assign(Object.create(null), { [s]: s }));
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", maxLength: 40 }), (s) => {
+        expect(decode(encode(s))).toBe(Buffer.from(s, "utf8").toString("utf8"));
+      }),
+      { numRuns: 300 },
+    );
+  });
   it("matches RFC 8949 Appendix A encodings", () => {
     const hex = (v: Value) => encode(v).toString("hex");
     expect(hex(0)).toBe("00");
