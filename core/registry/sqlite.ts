@@ -80,6 +80,7 @@ import type {
   VerifyOptions,
   VerifyReport,
 } from "./types";
+import { verifyOnThread } from "./verify-thread";
 
 export interface SqliteOptions {
   /** FULL (default): every commit is durable. NORMAL: faster; a power loss may drop the last commits. */
@@ -359,6 +360,24 @@ function sqliteSource(db: Database.Database): VerifySource {
     certificates: async (after, upTo) => rows<unknown[]>(crt, after, upTo).map(arrayTableCert),
     hubs: async (after, upTo) => rows(hub, after, upTo).map(toTableHub),
   };
+}
+
+/**
+ * A verify of the SQLite file at `location` on a connection of its own: its read transaction is a
+ * snapshot, and the registry's writes go on. Also the body of the verify thread (verify-thread.ts),
+ * which opens the file itself: a better-sqlite3 connection cannot cross threads.
+ */
+export async function verifySnapshot(location: string, o: VerifyOptions): Promise<VerifyReport> {
+  const db = new Database(location, { readonly: true, fileMustExist: true });
+  try {
+    db.pragma("cache_size = -65536");
+    db.exec("BEGIN");
+    const report = await runVerify(sqliteSource(db), o);
+    db.exec("COMMIT");
+    return report;
+  } finally {
+    db.close();
+  }
 }
 
 /** Positional, in AUDIT_COLUMNS order (named binding of 18 values costs more than the insert). */
@@ -940,17 +959,8 @@ export class SqliteRegistry implements Registry {
   async verify(opts?: VerifyOptions): Promise<VerifyReport> {
     this.open();
     const o = checkVerifyOptions(opts);
-    // a connection of its own: its read transaction is a snapshot, and this one's writes go on
-    const db = new Database(this.location, { readonly: true, fileMustExist: true });
-    try {
-      db.pragma("cache_size = -65536");
-      db.exec("BEGIN");
-      const report = await runVerify(sqliteSource(db), o);
-      db.exec("COMMIT");
-      return report;
-    } finally {
-      db.close();
-    }
+    // the same reads either way; on a thread they leave this one free (a preview plans meanwhile)
+    return o.thread ? verifyOnThread(this.location, o) : verifySnapshot(this.location, o);
   }
 
   /** The underlying handle, for tests that must prove the database itself refuses a write. */
