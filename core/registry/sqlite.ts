@@ -121,22 +121,25 @@ function toDevice(r: Row): DeviceRecord {
   };
 }
 
-function toCert(r: Row): CertificateRecord {
+const CERT_RECORD_COLUMNS =
+  "serial, device_id, batch, issuer, der, not_before, not_after, issued_at, status, revoked_at, revocation_reason";
+
+/** A certificate record from a raw row (CERT_RECORD_COLUMNS order). */
+function arrayCert(a: unknown[]): CertificateRecord {
   const c: CertificateRecord = {
-    serial: r.serial as string,
-    deviceId: r.device_id as string,
-    batch: r.batch as string,
-    issuer: r.issuer as string,
-    der: r.der as Buffer,
-    notBefore: date(r.not_before),
-    notAfter: date(r.not_after),
-    issuedAt: date(r.issued_at),
-    status: r.status as CertificateStatus,
+    serial: a[0] as string,
+    deviceId: a[1] as string,
+    batch: a[2] as string,
+    issuer: a[3] as string,
+    der: a[4] as Buffer,
+    notBefore: date(a[5]),
+    notAfter: date(a[6]),
+    issuedAt: date(a[7]),
+    status: a[8] as CertificateStatus,
   };
-  const revokedAt = optDate(r.revoked_at);
+  const revokedAt = optDate(a[9]);
   if (revokedAt) c.revokedAt = revokedAt;
-  if (r.revocation_reason !== null && r.revocation_reason !== undefined)
-    c.revocationReason = r.revocation_reason as string;
+  if (a[10] !== null && a[10] !== undefined) c.revocationReason = a[10] as string;
   return c;
 }
 
@@ -604,6 +607,17 @@ export class SqliteRegistry implements Registry {
       );
   }
 
+  /** stmt, returning rows as arrays in the order of the columns selected */
+  private rawStmt(sql: string): Database.Statement {
+    const key = `raw:${sql}`;
+    let s = this.cache.get(key);
+    if (!s) {
+      s = this.db.prepare(sql).raw(true);
+      this.cache.set(key, s);
+    }
+    return s;
+  }
+
   private stmt(sql: string): Database.Statement {
     let s = this.cache.get(sql);
     if (!s) {
@@ -898,12 +912,13 @@ export class SqliteRegistry implements Registry {
       where.push("serial > ?");
       args.push(q.after);
     }
-    let sql = `SELECT * FROM certificates${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY serial`;
+    let sql = `SELECT ${CERT_RECORD_COLUMNS} FROM certificates${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY serial`;
     if (limit !== undefined) {
       sql += " LIMIT ?";
       args.push(limit);
     }
-    return (this.stmt(sql).all(...args) as Row[]).map(toCert);
+    // rows as arrays: a plan reads every live certificate, and named rows cost a fifth more
+    return (this.rawStmt(sql).all(...args) as unknown[][]).map(arrayCert);
   }
 
   async revokedBy(
