@@ -917,7 +917,7 @@ export class SqliteRegistry implements Registry {
       sql += " LIMIT ?";
       args.push(limit);
     }
-    // rows as arrays: a plan reads every live certificate, and named rows cost a fifth more
+    // rows as arrays: a plan reads every live certificate, and named rows cost up to a fifth more
     return (this.rawStmt(sql).all(...args) as unknown[][]).map(arrayCert);
   }
 
