@@ -7,6 +7,8 @@
  *       [--prof-phase plan --prof-dir DIR]   # a .cpuprofile of this process for that phase only
  *       [--farm-prof DIR]                    # the farm under node --cpu-prof
  *       [--farm N]                           # the farm's size (default --devices); its peak RSS is reported
+ *       [--keep DIR]                         # keep the enrolled registry and issuer in DIR (then --from DIR)
+ *       [--from DIR]                         # no farm, no enrollment: the plan and verify phases on a kept registry
  *
  * A farm of --devices PUF devices in its own process (`fleet devices serve`, default workers), the
  * engine in this process with a SQLite registry. Phases, each timed (wall) and charged CPU from
@@ -74,8 +76,38 @@ function issuer(): IssuerMaterial {
   };
 }
 
+/** The issuer as PEMs (--keep), and back (--from). */
+function saveIssuer(m: IssuerMaterial, file: string) {
+  const pem = (b: Uint8Array) =>
+    `-----BEGIN CERTIFICATE-----\n${Buffer.from(b).toString("base64")}\n-----END CERTIFICATE-----\n`;
+  fs.writeFileSync(
+    file,
+    JSON.stringify({
+      certificate: pem(m.certificate),
+      chain: m.chain.map(pem),
+      key: (m.key as crypto.KeyObject).export({ format: "pem", type: "pkcs8" }),
+      fingerprint: m.fingerprint,
+    }),
+  );
+}
+function loadIssuer(file: string): IssuerMaterial {
+  const j = JSON.parse(fs.readFileSync(file, "utf8"));
+  return {
+    certificate: pemBlocks(j.certificate, "CERTIFICATE", "certificate")[0]!,
+    chain: j.chain.map((c: string) => pemBlocks(c, "CERTIFICATE", "chain")[0]!),
+    key: loadPrivateKey(j.key, "key"),
+    fingerprint: j.fingerprint,
+  };
+}
+
 async function main() {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "fg-phases-"));
+  const argOf0 = (k: string) =>
+    process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
+  const from = argOf0("from");
+  if (from) return fromKept(from);
+  const keep = argOf0("keep");
+  const work = keep ?? fs.mkdtempSync(path.join(os.tmpdir(), "fg-phases-"));
+  if (keep) fs.mkdirSync(keep, { recursive: true });
   const farmProf = process.argv.includes("--farm-prof")
     ? process.argv[process.argv.indexOf("--farm-prof") + 1]
     : undefined;
@@ -91,6 +123,7 @@ async function main() {
   const station = new StationClient({ port, poolSize: 2, maxInFlight: 64, timeoutMs: 120_000 });
   const registry = await openRegistry(path.join(work, "registry.db"));
   const material = issuer();
+  if (keep) saveIssuer(material, path.join(work, "issuer.json"));
   const spec = (validityDays: number): BatchSpec => ({
     name: "lot",
     model: "fg100",
@@ -161,12 +194,91 @@ async function main() {
     rows.push(
       `| farm of ${farmCount.toLocaleString("en-US")}: peak RSS ${(peak / 1024).toFixed(0)} MiB | | | |`,
     );
-    fs.rmSync(work, { recursive: true, force: true });
+    if (!keep) fs.rmSync(work, { recursive: true, force: true });
   }
   console.log(`## engine phases, ${N.toLocaleString("en-US")} devices, load ${os.loadavg()[0]!.toFixed(1)}`);
   console.log("| phase | wall (s) | engine CPU ms/device | farm CPU ms/device |");
   console.log("|---|---|---|---|");
   for (const r of rows) console.log(r);
+}
+
+/**
+ * --from DIR: the phases that need no devices (plan, verify, verify-checkpoint, and `parallel`: the
+ * verify from the checkpoint on a thread beside the plan, as a preview's diff runs them), on the
+ * registry and issuer --keep left in DIR, CPU of this process (worker threads included).
+ */
+async function fromKept(dir: string) {
+  const registry = await openRegistry(path.join(dir, "registry.db"));
+  const material = loadIssuer(path.join(dir, "issuer.json"));
+  const spec: BatchSpec = {
+    name: "lot",
+    model: "fg100",
+    source: "puf",
+    firstSerial: 0,
+    count: N,
+    profile: resolveProfile({ subject: { organization: "Acme" }, validityDays: 365 }),
+    maxQuarantinedFraction: 0.01,
+    maxWaveFraction: 1,
+  };
+  const engine = () => new BatchEngine({ registry, station: undefined as never, issuer: material }, spec);
+  const profPhase = process.argv.includes("--prof-phase")
+    ? process.argv[process.argv.indexOf("--prof-phase") + 1]
+    : undefined;
+  const profDir = process.argv.includes("--prof-dir")
+    ? process.argv[process.argv.indexOf("--prof-dir") + 1]!
+    : ".";
+  const rows: string[] = [];
+  const phase = async (name: string, f: () => Promise<unknown>) => {
+    const session = profPhase && name.startsWith(profPhase) ? new Session() : undefined;
+    if (session) {
+      session.connect();
+      await session.post("Profiler.enable");
+      await session.post("Profiler.start");
+    }
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await f();
+    const wall = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    if (session) {
+      const { profile } = await session.post("Profiler.stop");
+      fs.mkdirSync(profDir, { recursive: true });
+      fs.writeFileSync(path.join(profDir, `engine-${profPhase}.cpuprofile`), JSON.stringify(profile));
+      session.disconnect();
+    }
+    rows.push(`| ${name} | ${wall.toFixed(2)} | ${((c.user + c.system) / 1e6).toFixed(2)} |`);
+    process.stderr.write(`${rows[rows.length - 1]}\n`);
+  };
+  const base = await registry.verify({ batch: "lot" });
+  const anchor = { ...base.head, tables: base.checkpoint! };
+  const checkpointed = (thread: boolean) => async () => {
+    const rep = await registry.verify({ batch: "lot", anchor, thread });
+    if (!rep.ok || rep.mode !== "checkpoint") throw new Error("bench: the checkpoint was not used");
+  };
+  const repeat = Number(argOf1("repeat") ?? 1);
+  for (let k = 0; k < repeat; k++) {
+    if (PHASES.has("plan")) await phase("plan (no change)", () => engine().plan());
+    if (PHASES.has("verify")) await phase("verify (batch)", () => registry.verify({ batch: "lot" }));
+    if (PHASES.has("verify-checkpoint"))
+      await phase("verify (batch, from the checkpoint)", checkpointed(false));
+    if (PHASES.has("verify-thread"))
+      await phase("verify (batch, from the checkpoint, on a thread)", checkpointed(true));
+    if (PHASES.has("parallel"))
+      await phase("parallel: verify on a thread + plan", () =>
+        Promise.all([checkpointed(true)(), engine().plan()]),
+      );
+  }
+  await registry.close();
+  console.log(
+    `## engine phases on ${dir}, ${N.toLocaleString("en-US")} devices, load ${os.loadavg()[0]!.toFixed(1)}`,
+  );
+  console.log("| phase | wall (s) | CPU of this process (s) |");
+  console.log("|---|---:|---:|");
+  for (const r of rows) console.log(r);
+}
+
+function argOf1(k: string) {
+  return process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
 }
 
 main().catch((e) => {

@@ -32,6 +32,8 @@ copy("providers/runtime/index.js");
 
 // the farm's worker entry loads the compiled worker.js beside it when there is one
 copy("devices/farm/worker-entry.js");
+// so does the registry's verify thread (core/registry/verify-thread.ts)
+copy("core/registry/verify-worker-entry.js");
 
 // The CrossGuard pack as a directory the engine can start (`pulumi preview --policy-pack
 // node_modules/fleetguard/dist/policies/pack`): compiled, so no TypeScript option.

@@ -387,6 +387,9 @@ class NamePlan {
     if (this.o) subject.push(["O", this.o]);
     if (this.ou) subject.push(["OU", this.ou]);
     subject.push(["CN", commonName]);
+    // no SAN (the common profile): one shared empty SAN, which callers give the template as none
+    // at all, so it needs no entry in PLANNED (a WeakMap entry per device was most of this call)
+    if (!uri.length && !dns.length) return { commonName, subject, san: NO_SAN };
     const san = Object.freeze({ uri: Object.freeze(uri) as string[], dns: Object.freeze(dns) as string[] });
     PLANNED.set(san, { commonName, hosts, rules: this.key });
     return { commonName, subject, san };
@@ -394,6 +397,10 @@ class NamePlan {
 }
 
 const PLANS = new WeakMap<ResolvedProfile, NamePlan>();
+const NO_SAN: DeviceNames["san"] = Object.freeze({
+  uri: Object.freeze([]) as unknown as string[],
+  dns: Object.freeze([]) as unknown as string[],
+});
 
 /**
  * Check a profile's names for one batch, exactly (the real batch name and model, every serial),

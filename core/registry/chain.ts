@@ -700,7 +700,8 @@ export const PAGE = { chain: 2000, devices: 1000, audit: 5000, certificates: 200
 
 export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptions {
   const o = opts ?? {};
-  if (typeof o !== "object") throw invalid("opts", o, "{ batch?, anchor?, onProgress? }");
+  if (typeof o !== "object")
+    throw invalid("opts", o, "{ batch?, anchor?, onProgress?, maxFindings?, thread? }");
   if (o.batch !== undefined && (typeof o.batch !== "string" || o.batch === ""))
     throw invalid("opts.batch", o.batch, "a batch name");
   if (o.anchor !== undefined) {
@@ -716,6 +717,8 @@ export function checkVerifyOptions(opts: VerifyOptions | undefined): VerifyOptio
     throw invalid("opts.onProgress", o.onProgress, "a function (done, total)");
   if (o.maxFindings !== undefined && !(Number.isInteger(o.maxFindings) && o.maxFindings >= 0))
     throw invalid("opts.maxFindings", o.maxFindings, "an integer >= 0");
+  if (o.thread !== undefined && typeof o.thread !== "boolean")
+    throw invalid("opts.thread", o.thread, "a boolean");
   return o;
 }
 

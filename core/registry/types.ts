@@ -152,6 +152,13 @@ export interface VerifyOptions {
   onProgress?: (done: number, total: number) => void;
   /** findings kept in the report (default 10,000); `count` counts them all */
   maxFindings?: number;
+  /**
+   * run the verify on a worker thread of its own, so that this thread can do other work meanwhile
+   * (a preview plans while its registry is verified). SQLite: the thread opens its own read-only
+   * connection, the same snapshot read as without it. Other backends ignore it (PostgreSQL's verify
+   * is already I/O on a connection of its own, overlapping whatever else awaits).
+   */
+  thread?: boolean;
 }
 
 /** One difference verify found. `message` is the same in words, for people. */

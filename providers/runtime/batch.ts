@@ -244,10 +244,16 @@ function progressLogger(i: BatchInputs) {
  * holds unchanged, and this batch's device and certificate records equal to what the audit log
  * says. Anything else stops the run (INTEGRITY) with what differs and what to run.
  */
-async function checkIntegrity(i: BatchInputs, registry: Registry, anchor: unknown): Promise<string> {
+async function checkIntegrity(
+  i: BatchInputs,
+  registry: Registry,
+  anchor: unknown,
+  thread = false,
+): Promise<string> {
   const report = await registry.verify({
     batch: i.name,
     ...(typeof anchor === "string" && anchor ? { anchor: parseAnchor(anchor, "auditHead") } : {}),
+    ...(thread ? { thread } : {}),
   });
   if (!report.ok) throw integrityError(report, shown(registryLocation(i.registry)));
   return formatAnchor({ ...report.head, ...(report.checkpoint ? { tables: report.checkpoint } : {}) });
@@ -444,13 +450,22 @@ export async function diff(_id: string, olds: Record<string, unknown>, news: Bat
         `registry: got ${shown(news.registry)}, which holds no batch '${news.name}', want the registry its devices are recorded in (${shown(o.registry)}): a batch does not move by a change of location, which would enroll every device again into an empty registry. Set registry back, or copy the registry to the new location first (SQLite: copy the file while no run is going; PostgreSQL: pg_dump | psql) and run again`,
         "registry",
       );
-    await checkIntegrity(news, registry, o.auditHead);
-    const plan = await new BatchEngine(
-      { registry, station: undefined as never, ...cas },
-      specOf(news),
-    ).plan();
-    const crlStale = !(await crlsCurrent(news, registry, cas));
-    return { plan, crlStale };
+    // the verify on a thread of its own (SQLite; PostgreSQL's is I/O on its own connection) while
+    // this one plans: a plan is only looked at once its registry verified, and a registry that
+    // fails is refused with the verify's error whatever the plan made of it
+    const [verified, planned] = await Promise.allSettled([
+      checkIntegrity(news, registry, o.auditHead, true),
+      (async () => {
+        const plan = await new BatchEngine(
+          { registry, station: undefined as never, ...cas },
+          specOf(news),
+        ).plan();
+        return { plan, crlStale: !(await crlsCurrent(news, registry, cas)) };
+      })(),
+    ]);
+    if (verified.status === "rejected") throw verified.reason;
+    if (planned.status === "rejected") throw planned.reason;
+    return planned.value;
   });
   const revoke = Object.values(plan.revoke ?? {}).reduce((a, b) => a + b, 0);
   const outstanding = plan.enroll + plan.resume + plan.reissue + plan.decommission + revoke > 0 || crlStale;

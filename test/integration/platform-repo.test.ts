@@ -160,6 +160,7 @@ describe("a platform repository that installs the packed fleetguard", () => {
       "dist/providers/runtime/index.js",
       "dist/providers/runtime/ca.js",
       "dist/devices/farm/worker-entry.js",
+      "dist/core/registry/verify-worker-entry.js",
       "dist/cli/fleet.js",
     ])
       expect(files, f).toContain(f);
