@@ -11,6 +11,7 @@ export default defineConfig({
           include: ["test/**/*.test.ts"],
           exclude: ["test/integration/**"],
           testTimeout: 60_000,
+          setupFiles: ["test/helpers/yield-between-tests.ts"],
         },
       },
       {
