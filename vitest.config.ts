@@ -21,6 +21,7 @@ export default defineConfig({
           testTimeout: 900_000,
           hookTimeout: 300_000,
           fileParallelism: false,
+          setupFiles: ["test/helpers/yield-between-tests.ts"],
         },
       },
     ],

@@ -1,5 +1,5 @@
 /**
- * Setup file of the unit project (vitest.config.ts): after every test, one turn of the event loop.
+ * Setup file of both test projects (vitest.config.ts): after every test, one turn of the event loop.
  * Vitest's worker reports results to the main process over an RPC that times out after 60 s
  * without an answer, and the answer is read only when the worker's event loop turns. A file whose
  * tests are all synchronous (spawnSync of the CLI, execFileSync of pulumi) never lets it turn
