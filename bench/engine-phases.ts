@@ -36,17 +36,44 @@ import { pemBlocks } from "../core/x509/pem";
 import { startFarmProcess, stopFarmProcess } from "../devices/farm/process";
 import { start as startSampler } from "./lib/procmem";
 
+/** The value after `--k`, if given. */
+const argOf = (k: string) =>
+  process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
 const arg = (name: string, def: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
+  const v = argOf(name);
+  return v === undefined ? def : Number(v);
 };
 const N = arg("devices", 10_000);
-const PHASES = new Set(
-  (process.argv[process.argv.indexOf("--phases") + 1] && process.argv.includes("--phases")
-    ? process.argv[process.argv.indexOf("--phases") + 1]!
-    : "enroll,plan,converge,refresh,reissue"
-  ).split(","),
-);
+const PROF_PHASE = argOf("prof-phase");
+const PROF_DIR = argOf("prof-dir") ?? ".";
+
+/** The batch every phase runs on (validityDays: a profile change re-issues). */
+const specOf = (validityDays = 365): BatchSpec => ({
+  name: "lot",
+  model: "fg100",
+  source: "puf",
+  firstSerial: 0,
+  count: N,
+  profile: resolveProfile({ subject: { organization: "Acme" }, validityDays }),
+  maxQuarantinedFraction: 0.01,
+  maxWaveFraction: 1,
+});
+
+/** Run `f`, under this process's CPU profiler when the phase is --prof-phase's (its .cpuprofile in --prof-dir). */
+async function profiled<T>(name: string, f: () => Promise<T>): Promise<T> {
+  const session = PROF_PHASE && name.startsWith(PROF_PHASE) ? new Session() : undefined;
+  if (!session) return f();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.start");
+  const out = await f();
+  const { profile } = await session.post("Profiler.stop");
+  fs.mkdirSync(PROF_DIR, { recursive: true });
+  fs.writeFileSync(path.join(PROF_DIR, `engine-${PROF_PHASE}.cpuprofile`), JSON.stringify(profile));
+  session.disconnect();
+  return out;
+}
+const PHASES = new Set((argOf("phases") ?? "enroll,plan,converge,refresh,reissue").split(","));
 
 function issuer(): IssuerMaterial {
   const root = issueCa({
@@ -101,16 +128,12 @@ function loadIssuer(file: string): IssuerMaterial {
 }
 
 async function main() {
-  const argOf0 = (k: string) =>
-    process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
-  const from = argOf0("from");
+  const from = argOf("from");
   if (from) return fromKept(from);
-  const keep = argOf0("keep");
+  const keep = argOf("keep");
   const work = keep ?? fs.mkdtempSync(path.join(os.tmpdir(), "fg-phases-"));
   if (keep) fs.mkdirSync(keep, { recursive: true });
-  const farmProf = process.argv.includes("--farm-prof")
-    ? process.argv[process.argv.indexOf("--farm-prof") + 1]
-    : undefined;
+  const farmProf = argOf("farm-prof");
   const farmCount = arg("farm", N);
   const { child, port } = await startFarmProcess({
     count: farmCount,
@@ -124,50 +147,25 @@ async function main() {
   const registry = await openRegistry(path.join(work, "registry.db"));
   const material = issuer();
   if (keep) saveIssuer(material, path.join(work, "issuer.json"));
-  const spec = (validityDays: number): BatchSpec => ({
-    name: "lot",
-    model: "fg100",
-    source: "puf",
-    firstSerial: 0,
-    count: N,
-    profile: resolveProfile({ subject: { organization: "Acme" }, validityDays }),
-    maxQuarantinedFraction: 0.01,
-    maxWaveFraction: 1,
-  });
-  const engine = (days = 365) => new BatchEngine({ registry, station, issuer: material }, spec(days));
+  const engine = (days = 365) => new BatchEngine({ registry, station, issuer: material }, specOf(days));
   const farmCpu = async () => {
     const s = await station.stats();
     return (s.cpuUserMs ?? 0) + (s.cpuSystemMs ?? 0);
   };
   const rows: string[] = [];
-  const argOf = (k: string) =>
-    process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
-  const profPhase = argOf("prof-phase");
-  const profDir = argOf("prof-dir");
-  const phase = async (name: string, f: () => Promise<unknown>) => {
-    const session = profPhase && name.startsWith(profPhase) ? new Session() : undefined;
-    if (session) {
-      session.connect();
-      await session.post("Profiler.enable");
-      await session.post("Profiler.start");
-    }
-    const f0 = await farmCpu();
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    await f();
-    const wall = (performance.now() - t0) / 1000;
-    const c = process.cpuUsage(c0);
-    const farm = (await farmCpu()) - f0;
-    const engineMs = (c.user + c.system) / 1000;
-    if (session) {
-      const { profile } = await session.post("Profiler.stop");
-      fs.mkdirSync(profDir ?? ".", { recursive: true });
-      fs.writeFileSync(path.join(profDir ?? ".", `engine-${profPhase}.cpuprofile`), JSON.stringify(profile));
-      session.disconnect();
-    }
-    rows.push(`| ${name} | ${wall.toFixed(2)} | ${(engineMs / N).toFixed(3)} | ${(farm / N).toFixed(3)} |`);
-    process.stderr.write(`${rows[rows.length - 1]}\n`);
-  };
+  const phase = (name: string, f: () => Promise<unknown>) =>
+    profiled(name, async () => {
+      const f0 = await farmCpu();
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      await f();
+      const wall = (performance.now() - t0) / 1000;
+      const c = process.cpuUsage(c0);
+      const farm = (await farmCpu()) - f0;
+      const engineMs = (c.user + c.system) / 1000;
+      rows.push(`| ${name} | ${wall.toFixed(2)} | ${(engineMs / N).toFixed(3)} | ${(farm / N).toFixed(3)} |`);
+      process.stderr.write(`${rows[rows.length - 1]}\n`);
+    });
   try {
     // enrollment always runs: the other phases need enrolled devices
     await phase("enroll", () => engine().converge());
@@ -210,52 +208,25 @@ async function main() {
 async function fromKept(dir: string) {
   const registry = await openRegistry(path.join(dir, "registry.db"));
   const material = loadIssuer(path.join(dir, "issuer.json"));
-  const spec: BatchSpec = {
-    name: "lot",
-    model: "fg100",
-    source: "puf",
-    firstSerial: 0,
-    count: N,
-    profile: resolveProfile({ subject: { organization: "Acme" }, validityDays: 365 }),
-    maxQuarantinedFraction: 0.01,
-    maxWaveFraction: 1,
-  };
-  const engine = () => new BatchEngine({ registry, station: undefined as never, issuer: material }, spec);
-  const profPhase = process.argv.includes("--prof-phase")
-    ? process.argv[process.argv.indexOf("--prof-phase") + 1]
-    : undefined;
-  const profDir = process.argv.includes("--prof-dir")
-    ? process.argv[process.argv.indexOf("--prof-dir") + 1]!
-    : ".";
+  const engine = () => new BatchEngine({ registry, station: undefined as never, issuer: material }, specOf());
   const rows: string[] = [];
-  const phase = async (name: string, f: () => Promise<unknown>) => {
-    const session = profPhase && name.startsWith(profPhase) ? new Session() : undefined;
-    if (session) {
-      session.connect();
-      await session.post("Profiler.enable");
-      await session.post("Profiler.start");
-    }
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    await f();
-    const wall = (performance.now() - t0) / 1000;
-    const c = process.cpuUsage(c0);
-    if (session) {
-      const { profile } = await session.post("Profiler.stop");
-      fs.mkdirSync(profDir, { recursive: true });
-      fs.writeFileSync(path.join(profDir, `engine-${profPhase}.cpuprofile`), JSON.stringify(profile));
-      session.disconnect();
-    }
-    rows.push(`| ${name} | ${wall.toFixed(2)} | ${((c.user + c.system) / 1e6).toFixed(2)} |`);
-    process.stderr.write(`${rows[rows.length - 1]}\n`);
-  };
+  const phase = (name: string, f: () => Promise<unknown>) =>
+    profiled(name, async () => {
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      await f();
+      const wall = (performance.now() - t0) / 1000;
+      const c = process.cpuUsage(c0);
+      rows.push(`| ${name} | ${wall.toFixed(2)} | ${((c.user + c.system) / 1e6).toFixed(2)} |`);
+      process.stderr.write(`${rows[rows.length - 1]}\n`);
+    });
   const base = await registry.verify({ batch: "lot" });
   const anchor = { ...base.head, tables: base.checkpoint! };
   const checkpointed = (thread: boolean) => async () => {
     const rep = await registry.verify({ batch: "lot", anchor, thread });
     if (!rep.ok || rep.mode !== "checkpoint") throw new Error("bench: the checkpoint was not used");
   };
-  const repeat = Number(argOf1("repeat") ?? 1);
+  const repeat = arg("repeat", 1);
   for (let k = 0; k < repeat; k++) {
     if (PHASES.has("plan")) await phase("plan (no change)", () => engine().plan());
     if (PHASES.has("verify")) await phase("verify (batch)", () => registry.verify({ batch: "lot" }));
@@ -275,10 +246,6 @@ async function fromKept(dir: string) {
   console.log("| phase | wall (s) | CPU of this process (s) |");
   console.log("|---|---:|---:|");
   for (const r of rows) console.log(r);
-}
-
-function argOf1(k: string) {
-  return process.argv.includes(`--${k}`) ? process.argv[process.argv.indexOf(`--${k}`) + 1] : undefined;
 }
 
 main().catch((e) => {
