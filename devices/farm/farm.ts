@@ -52,12 +52,12 @@ import {
 import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
 import { type ConnectJob, connectDevices, Tally } from "../firmware/connect";
 import { lifecycleOf } from "../firmware/lifecycle";
-import { blankState, type DeviceState, encodeState } from "../firmware/state";
+import { blankState, type DeviceState } from "../firmware/state";
 import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
 import { WorkerPool } from "./pool";
 import type { StateStore } from "./store";
-import { asBuffers, type JobDevice, type LeafAnswer, WORKER_OPS } from "./worker";
+import { asBuffers, type JobDevice, type LeafAnswer, runJobs, WORKER_OPS, type WorkerJob } from "./worker";
 
 export interface FaultSpec {
   id: string;
@@ -212,10 +212,9 @@ export class Farm implements Service {
       const chunk = todo.slice(at, at + CHUNK);
       const answers = await Promise.all(
         chunk.map((i) => {
-          const id = deviceId(this.o.model, i);
-          if (this.pool) return this.pool.submit({ kind: "activate", ...this.jobOf(id, i) });
-          const out = this.agent.activate(this.devRef(id, i));
-          return { ok: true as const, result: out.result, next: out.next && encodeState(out.next) };
+          // the same job on a worker or, without workers, in this thread (worker.ts runJobs)
+          const job: WorkerJob = { kind: "activate", ...this.jobOf(deviceId(this.o.model, i), i) };
+          return this.pool ? this.pool.submit(job) : runJobs(this.agent, [job])[0]!;
         }),
       );
       answers.forEach((a, k) => {
