@@ -203,6 +203,12 @@ export async function issue(
     { deviceTimeoutMs: run.ctx.deviceTimeoutMs },
   );
   const tx: Transition[] = [...carry];
+  // a carried pending -> attested becomes, for a device issued here, one pending -> issued with
+  // the key and the certificate (one compare-and-set and one audit row, not two)
+  const carried = new Map<string, number>();
+  tx.forEach((t, i) => {
+    if (t.from === "pending" && t.to === "attested") carried.set(t.deviceId, i);
+  });
   const out: ToInstall[] = [];
   const now = run.now();
   const q = (d: DeviceRecord, reason: string) => tx.push(quarantine(d, d.state, reason));
@@ -226,10 +232,11 @@ export async function issue(
         spki,
         n.san.uri.length || n.san.dns.length ? n.san : undefined,
       );
-      tx.push({
+      const at = d.state === "attested" ? carried.get(d.deviceId) : undefined;
+      const t: Transition = {
+        ...(at === undefined ? { from: d.state } : { ...tx[at]!, from: "pending" }),
         deviceId: d.deviceId,
         batch: d.batch,
-        from: d.state,
         to: "issued",
         certificate: {
           serial: serialHex(serial),
@@ -241,7 +248,9 @@ export async function issue(
           notAfter: template.notAfter,
           issuedAt: now,
         },
-      });
+      };
+      if (at === undefined) tx.push(t);
+      else tx[at] = t;
       out.push({
         d: { ...d, state: "issued" },
         chain: [der, ...run.chainDer],
@@ -256,7 +265,7 @@ export async function issue(
 }
 
 /**
- * set trust + install; records installed then active (or quarantined), in one transaction. Returns how many ended
+ * set trust + install; records active (issued -> active with the confirmed epoch) or quarantined, in one transaction. Returns how many ended
  * final. A closed device gets both as signed commands, the install for the challenge the
  * set-trust answer hands on; a resumed device's lifecycle and challenge come from STATUS.
  */
@@ -323,20 +332,16 @@ export async function install(run: BatchRun, items: ToInstall[]): Promise<number
       if (!r.ok) return run.failed(d, r, q, "install");
       if (r.value.lifecycle !== "closed")
         return q(d, `install-unconfirmed: device lifecycle ${r.value.lifecycle}, want closed`);
-      if (d.state === "issued")
-        tx.push({
-          deviceId: d.deviceId,
-          batch: d.batch,
-          from: "issued",
-          to: "installed",
-          epoch: r.value.epoch,
-        });
+      // issued: installed and active in one step, with the epoch the device confirmed; a device an
+      // interrupted run left installed becomes active
+      tx.push(
+        d.state === "issued"
+          ? { deviceId: d.deviceId, batch: d.batch, from: "issued", to: "active", epoch: r.value.epoch }
+          : { deviceId: d.deviceId, batch: d.batch, from: d.state, to: "active" },
+      );
       installed.push(d);
       return undefined;
     })(inst[i]!);
-  // installed then active in one transaction (the registry applies them in order)
-  for (const d of installed)
-    tx.push({ deviceId: d.deviceId, batch: d.batch, from: "installed", to: "active" });
   if (tx.length) await run.ctx.registry.apply(tx, run.now());
   run.enrolled += installed.length;
   return installed.length + quarantined;

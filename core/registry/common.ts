@@ -98,6 +98,23 @@ export function validateTransitions(ts: readonly Transition[]): void {
           : `nothing: ${t.from} is terminal`,
       );
     }
+    // the two steps that stand for two: what each skipped state would have recorded must be there
+    if (
+      t.from === "pending" &&
+      t.to === "issued" &&
+      (t.publicKey === undefined || t.certificate === undefined)
+    )
+      throw invalid(
+        dev,
+        phrase(`pending -> issued without ${t.publicKey === undefined ? "publicKey" : "certificate"}`),
+        "pending -> issued carrying the attested publicKey and the certificate (attested and issued in one step)",
+      );
+    if (t.from === "issued" && t.to === "active" && t.epoch === undefined)
+      throw invalid(
+        dev,
+        phrase("issued -> active without epoch"),
+        "issued -> active carrying the epoch the device confirmed the install at (installed and active in one step)",
+      );
     if (t.reason !== undefined && typeof t.reason !== "string")
       throw invalid(`${dev}.reason`, t.reason, "a string");
     if (t.publicKey !== undefined && !(Buffer.isBuffer(t.publicKey) && t.publicKey.length > 0))

@@ -27,9 +27,11 @@ export type DeviceState = (typeof DEVICE_STATES)[number];
 
 /** Legal transitions: from -> allowed next states. A transition to the same state is a no-op. */
 export const TRANSITIONS: Readonly<Record<DeviceState, readonly DeviceState[]>> = {
-  pending: ["attested", "quarantined", "decommissioned"],
+  // pending -> issued and issued -> active: an enrollment's attest+issue and install+confirm, each
+  // recorded as one step (apply requires the facts of both: key and certificate, the epoch)
+  pending: ["attested", "issued", "quarantined", "decommissioned"],
   attested: ["pending", "issued", "quarantined", "decommissioned"],
-  issued: ["installed", "attested", "revoked", "quarantined", "decommissioned"],
+  issued: ["installed", "active", "attested", "revoked", "quarantined", "decommissioned"],
   installed: ["active", "issued", "revoked", "quarantined", "decommissioned"],
   // active -> issued: a re-issue (profile or CA changed); the old certificate is superseded
   active: ["issued", "attested", "revoked", "quarantined", "decommissioned"],

@@ -256,7 +256,8 @@ describe("renewal and re-key over a real farm", () => {
   it("a renewal killed between the device's install and its record is finished by the next run; the old certificate stays live until then", async () => {
     clock += DAY; // the next night: the first wave's bake is over
     expect((await planRotation(engine(), POLICY, now())).thisRun).toBe(5);
-    const reg = crashing(registry, (ts) => ts.some((t) => t.to === "installed"));
+    // the crash hits the commit that records the install (issued -> active)
+    const reg = crashing(registry, (ts) => ts.some((t) => t.from === "issued" && t.to === "active"));
     await expect(
       rotate(engineOf(reg, station, h.material, spec, { now }), POLICY, template()),
     ).rejects.toThrow(/crash/);

@@ -114,7 +114,9 @@ function walk(deviceId: string, batch: string, states: DeviceState[], tag: strin
   const out: Transition[] = [];
   for (let i = 1; i < states.length; i++) {
     const t: Transition = { deviceId, batch, from: states[i - 1]!, to: states[i]! };
-    if (t.to === "attested") t.publicKey = Buffer.from(`pk-${deviceId}`);
+    if (t.to === "attested" || (t.from === "pending" && t.to === "issued"))
+      t.publicKey = Buffer.from(`pk-${deviceId}`);
+    if (t.from === "issued" && t.to === "active") t.epoch = 1;
     if (t.to === "issued")
       t.certificate = cert(deviceId, batch, `${tag}${i}`.replace(/[^0-9a-f]/g, "") || "1");
     out.push(t);
@@ -295,7 +297,7 @@ describe.each(backends)("registry on $name", (backend) => {
     const paths = pathsFromPending();
     const cases: Array<[DeviceState, DeviceState]> = [];
     for (const from of DEVICE_STATES) for (const to of [...TRANSITIONS[from], from]) cases.push([from, to]);
-    expect(cases.length).toBe(34);
+    expect(cases.length).toBe(36);
     const ids = cases.map((_, i) => `dev-${String(i).padStart(2, "0")}`);
     await r.addDevices("lot-1", ids);
     // walk every device to its `from` and then take the transition, all in one call (several
@@ -306,6 +308,9 @@ describe.each(backends)("registry on $name", (backend) => {
       ts.push(...walk(id, "lot-1", paths[from], `${(i + 1).toString(16)}0`));
       const t: Transition = { deviceId: id, batch: "lot-1", from, to, reason: `case ${i}` };
       if (to === "issued") t.certificate = cert(id, "lot-1", `${(i + 1).toString(16)}f`);
+      // the one-step transitions carry what the skipped state records
+      if (from === "pending" && to === "issued") t.publicKey = Buffer.from(`key of ${id}`);
+      if (from === "issued" && to === "active") t.epoch = 3;
       ts.push(t);
     });
     await r.apply(ts);
@@ -328,8 +333,14 @@ describe.each(backends)("registry on $name", (backend) => {
     await r.addDevices("lot-1", ["d-1", "d-2"]);
     const before = await snapshot(r, "lot-1");
     const illegal: Array<[DeviceState, DeviceState, RegExp]> = [
-      ["pending", "active", /want pending -> one of attested, quarantined, decommissioned/],
-      ["pending", "issued", /got pending -> issued/],
+      ["pending", "active", /want pending -> one of attested, issued, quarantined, decommissioned/],
+      // the one-step transitions without the facts of the state they skip
+      [
+        "pending",
+        "issued",
+        /got pending -> issued without publicKey, want pending -> issued carrying the attested publicKey and the certificate/,
+      ],
+      ["issued", "active", /got issued -> active without epoch, want issued -> active carrying the epoch/],
       ["attested", "active", /got attested -> active/],
       ["quarantined", "active", /got quarantined -> active/],
       ["revoked", "active", /got revoked -> active/],
@@ -346,6 +357,14 @@ describe.each(backends)("registry on $name", (backend) => {
         re,
       );
     }
+    // a key without the certificate is no issue either
+    await expectFleetError(
+      r.apply([
+        { deviceId: "d-2", batch: "lot-1", from: "pending", to: "issued", publicKey: Buffer.from("pk-d-2") },
+      ]),
+      "INVALID_INPUT",
+      /^transitions\[0\] \(device d-2\): got pending -> issued without certificate, want /,
+    );
     await expectFleetError(
       r.apply([{ deviceId: "d-1", batch: "lot-1", from: "pending", to: "zapped" as DeviceState }]),
       "INVALID_INPUT",
