@@ -234,7 +234,7 @@ export async function issue(
       );
       const at = d.state === "attested" ? carried.get(d.deviceId) : undefined;
       const t: Transition = {
-        ...(at === undefined ? { from: d.state } : { ...tx[at]!, from: "pending" }),
+        ...(at === undefined ? { from: d.state } : tx[at]!),
         deviceId: d.deviceId,
         batch: d.batch,
         to: "issued",
@@ -334,11 +334,13 @@ export async function install(run: BatchRun, items: ToInstall[]): Promise<number
         return q(d, `install-unconfirmed: device lifecycle ${r.value.lifecycle}, want closed`);
       // issued: installed and active in one step, with the epoch the device confirmed; a device an
       // interrupted run left installed becomes active
-      tx.push(
-        d.state === "issued"
-          ? { deviceId: d.deviceId, batch: d.batch, from: "issued", to: "active", epoch: r.value.epoch }
-          : { deviceId: d.deviceId, batch: d.batch, from: d.state, to: "active" },
-      );
+      tx.push({
+        deviceId: d.deviceId,
+        batch: d.batch,
+        from: d.state,
+        to: "active",
+        ...(d.state === "issued" ? { epoch: r.value.epoch } : {}),
+      });
       installed.push(d);
       return undefined;
     })(inst[i]!);
