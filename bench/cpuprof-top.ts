@@ -62,10 +62,9 @@ function main() {
     if (args[i] === "--top") top = Number(args[++i]);
     else {
       const a = args[i]!;
-      if (fs.statSync(a).isDirectory())
-        for (const f of fs.readdirSync(a).sort())
-          if (f.endsWith(".cpuprofile")) files.push(path.join(a, f));
-          else files.push(a);
+      if (fs.statSync(a).isDirectory()) {
+        for (const f of fs.readdirSync(a).sort()) if (f.endsWith(".cpuprofile")) files.push(path.join(a, f));
+      } else files.push(a);
     }
   }
   for (const f of files) {
