@@ -5,14 +5,14 @@
  * farm of a million devices costs memory only for what was written to it.
  *
  * With `workers: 0` each request is handled synchronously by the device agent
- * (firmware/agent.ts) in this thread. With workers (pool.ts), the operations that use a device
- * key (and INSTALL's leaf check) run in worker threads, devices sharded by index; this thread
- * keeps the network, the device states, the log, and the order of requests per device: an
- * operation starts only when the previous one for the same device has finished (different
- * devices run in parallel), and reads the state that one left. Either way a changed state goes
- * to the write-ahead log and the answer waits until it, and any earlier change to the same
- * device, is durable. Batches answer once, with one result per device, in order. Fault knobs
- * make some devices misbehave:
+ * (firmware/agent.ts) in this thread. With workers (pool.ts), every device operation runs in the
+ * worker thread of its device (devices sharded by index), on the state as the log holds it
+ * (encoded), and hands back the next state encoded; this thread keeps the network, the device
+ * states, the log, and the order of requests per device: an operation starts only when the
+ * previous one for the same device has finished (different devices run in parallel), and reads
+ * the state that one left. Either way a changed state goes to the write-ahead log and the answer
+ * waits until it, and any earlier change to the same device, is durable. Batches answer once,
+ * with one result per device, in order. Fault knobs make some devices misbehave:
  *   clones  an existing ID without its PUF or chip key: key reconstruction and injection fail
  *   noisy   PUF reads at a bit error rate beyond what the fuzzy extractor corrects
  *   drop    the operation runs, then the connection is closed instead of answered
@@ -49,7 +49,7 @@ import {
   type Outcome,
   runDeviceOp,
 } from "../firmware/agent";
-import { type LeafFacts, leafCheckFrom } from "../firmware/chain";
+import type { CaCacheStats } from "../firmware/chain";
 import { type ConnectJob, connectDevices, Tally } from "../firmware/connect";
 import { lifecycleOf } from "../firmware/lifecycle";
 import { blankState, type DeviceState } from "../firmware/state";
@@ -57,7 +57,7 @@ import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
 import { WorkerPool } from "./pool";
 import type { StateStore } from "./store";
-import { asBuffers, type JobDevice, type LeafAnswer, runJobs, WORKER_OPS, type WorkerJob } from "./worker";
+import { asBuffers, type JobDevice, runJobs, type WorkerJob } from "./worker";
 
 export interface FaultSpec {
   id: string;
@@ -160,7 +160,7 @@ export class Farm implements Service {
           noisyBer: o.noisyBer,
           conditions: o.conditions,
         },
-        (c) => this.addCounters(c),
+        (c, cache) => this.addCounters(c, cache),
         o.log ?? ((l: string) => process.stderr.write(`${l}\n`)),
       );
     }
@@ -188,11 +188,21 @@ export class Farm implements Service {
     this.farmId = createHash("sha256").update("fleetguard/farm").update(o.seed).digest("hex").slice(0, 16);
   }
 
-  private addCounters(c: AgentCounters): void {
+  /**
+   * With workers, this thread's agent runs no device operation: its counters and its CA cache's
+   * stats are the sums of the workers'.
+   */
+  private addCounters(c: AgentCounters, cache?: CaCacheStats): void {
     const t = this.agent.counters;
     t.reconstructions += c.reconstructions;
     t.reconstructionFailures += c.reconstructionFailures;
     t.enrollments += c.enrollments;
+    if (!cache) return;
+    const k = this.agent.caCache.stats;
+    k.parses += cache.parses;
+    k.parseHits += cache.parseHits;
+    k.linkChecks += cache.linkChecks;
+    k.linkHits += cache.linkHits;
   }
 
   /**
@@ -351,55 +361,21 @@ export class Farm implements Service {
   }
 
   /**
-   * Workers: one operation on a device this call holds; the state is read now. An operation of
-   * a worker gets the stored encoded state and hands back the next one encoded: the main thread
-   * neither decodes nor encodes it.
+   * Workers: one operation on a device this call holds, in the device's worker; the state is read
+   * now. The worker gets the stored encoded state and hands back the next one encoded: this
+   * thread neither decodes nor encodes it.
    */
   private async exec(name: DeviceOpName, index: number, req: { device: string }): Promise<Reply> {
     try {
-      if (
-        WORKER_OPS.has(name) ||
-        (name === "SET_TRUST" && signedTrust(name, this.devRef(req.device, index), req))
-      ) {
-        const a = await this.pool!.submit({ kind: "op", op: name, req, ...this.jobOf(req.device, index) });
-        if (!a.ok) return { kind: "error", status: a.status, message: a.message };
-        if (a.next) this.o.store.putEncoded(index, a.next);
-        return { kind: "ok", body: asBuffers(a.result) as CborMap };
-      }
-      const dev = this.devRef(req.device, index);
-      const r = this.execHere(name, dev, req);
-      const out: Outcome<unknown> | Reply = r instanceof Promise ? await r : r;
-      if ("kind" in out) return out;
-      if (out.next) this.o.store.put(index, out.next);
-      return { kind: "ok", body: out.result as unknown as CborMap };
+      const a = await this.pool!.submit({ kind: "op", op: name, req, ...this.jobOf(req.device, index) });
+      if (!a.ok) return { kind: "error", status: a.status, message: a.message };
+      if (a.next) this.o.store.putEncoded(index, a.next);
+      return { kind: "ok", body: asBuffers(a.result) as CborMap };
     } catch (e) {
       return errorReply(e);
     } finally {
       this.release(index);
     }
-  }
-
-  /** Workers: the operations of this thread; INSTALL sends its leaf check to the device's worker. */
-  private execHere(
-    name: DeviceOpName,
-    dev: DeviceRef,
-    req: unknown,
-  ): Outcome<unknown> | Promise<Outcome<unknown> | Reply> {
-    if (name !== "INSTALL") return this.dispatch(name, dev, req);
-    const begun = this.agent.installBegin(dev, req as never);
-    if ("done" in begun) return begun.done;
-    // a closed device's authorization covers the whole chain; otherwise the leaf and its issuer do
-    const chain = begun.lc === "closed" ? begun.chain : begun.chain.slice(0, 2);
-    return this.pool!.submit({
-      kind: "leaf",
-      chain,
-      auth: begun.auth,
-      ...this.jobOf(dev.id, dev.index),
-    }).then((a) => {
-      if (!a.ok) return { kind: "error", status: a.status, message: a.message };
-      const { target, facts } = a.result as LeafAnswer;
-      return this.agent.installEnd(dev, begun, { target, check: leafCheckFrom(facts as LeafFacts) });
-    });
   }
 
   private dispatch(name: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
@@ -575,10 +551,3 @@ export class Farm implements Service {
 }
 
 export const MAX_WORKERS = 64;
-
-/** SET_TRUST of a closed device with a signed command: its check runs in the device's worker. */
-function signedTrust(name: DeviceOpName, dev: DeviceRef, req: unknown): boolean {
-  return (
-    name === "SET_TRUST" && !!(req as { auth?: unknown }).auth && lifecycleOf(dev.state.otp) === "closed"
-  );
-}

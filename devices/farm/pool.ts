@@ -1,7 +1,8 @@
 /**
  * The farm's worker threads: real devices each have their own CPU, so the emulation spreads
- * the device-side cryptography (PUF enrollment and reconstruction, key derivation, ECDSA
- * signatures, the leaf check of INSTALL) over a pool of worker_threads (worker.ts).
+ * the device operations (PUF enrollment and reconstruction, key derivation, ECDSA signatures,
+ * INSTALL's chain check, the device state decoded and encoded again) over a pool of
+ * worker_threads (worker.ts).
  *
  * Devices are sharded by a hash of their index (not the index modulo the number of workers:
  * a station that takes every 20th device would put them all on one worker), so a device's key
@@ -19,6 +20,7 @@ import { Worker } from "node:worker_threads";
 import { Status } from "../../core/station/frame";
 import type { ConnectResult } from "../../core/station/messages";
 import type { AgentCounters } from "../firmware/agent";
+import type { CaCacheStats } from "../firmware/chain";
 import type { ConnectWork, FromWorker, ToWorker, WorkerAnswer, WorkerJob, WorkerSetup } from "./worker";
 
 // not worker.js: a resolver that prefers .js to .ts would load the entry for "./worker"
@@ -60,7 +62,8 @@ export class WorkerPool {
   constructor(
     readonly size: number,
     private readonly setup: WorkerSetup,
-    private readonly onCounters: (c: AgentCounters) => void,
+    /** what a worker's message added to its agent's counters and CA cache stats */
+    private readonly onCounters: (c: AgentCounters, cache?: CaCacheStats) => void,
     private readonly log: (line: string) => void,
   ) {
     this.slots = Array.from({ length: size }, () => ({
@@ -165,7 +168,7 @@ export class WorkerPool {
       const resolvers = slot.pending.get(m.id);
       if (!resolvers) return;
       slot.pending.delete(m.id);
-      this.onCounters(m.counters);
+      this.onCounters(m.counters, m.cache);
       for (let i = 0; i < m.answers.length; i++) resolvers[i]!(m.answers[i]!);
     });
     let why = "";

@@ -1,6 +1,6 @@
 /**
- * Body of one farm worker thread (devices/farm/pool.ts): the device-side cryptography of the
- * devices of one shard (device index modulo the number of workers). It runs the device agent
+ * Body of one farm worker thread (devices/farm/pool.ts): every device operation of the devices
+ * of one shard (pool.ts shardOf: a hash of the device index). It runs the device agent
  * (devices/firmware/agent.ts) with its own "keys in RAM" cache, so a device's private key is
  * derived, kept and used in this thread only and never crosses to another one.
  *
@@ -11,18 +11,13 @@
  *
  * Protocol: parent -> {type: "jobs", id, jobs} | {type: "crash"} (tests: the next job list
  * raises an uncaught error instead of being answered, as a bug in the device code would);
- * worker -> {type: "done", id, answers, counters} (counters: what this list added).
+ * worker -> {type: "done", id, answers, counters, cache} (counters and the CA cache's stats: what
+ * this list added).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { CommandAuth, ConnectResult, DeviceOpName } from "../../core/station/messages";
-import {
-  type AgentCounters,
-  DeviceAgent,
-  type DeviceRef,
-  type Outcome,
-  runDeviceOp,
-} from "../firmware/agent";
-import type { LeafFacts } from "../firmware/chain";
+import type { ConnectResult, DeviceOpName } from "../../core/station/messages";
+import { type AgentCounters, DeviceAgent, type DeviceRef, runDeviceOp } from "../firmware/agent";
+import type { CaCacheStats } from "../firmware/chain";
 import { type ConnectJob, connectDevices } from "../firmware/connect";
 import { blankState, decodeState, encodeState } from "../firmware/state";
 import { SiliconVendor } from "../injection/vendor";
@@ -41,16 +36,6 @@ export interface WorkerSetup {
   conditions?: PufConditions;
 }
 
-/** The operations that run in a worker (those that use the device key or the chip key). */
-export const WORKER_OPS = new Set<DeviceOpName>([
-  "IDENTIFY",
-  "ATTEST",
-  "CSR",
-  "ROTATE",
-  "DECOMMISSION",
-  "INJECT",
-]);
-
 export interface JobDevice {
   id: string;
   index: number;
@@ -62,19 +47,12 @@ export interface JobDevice {
 
 export type WorkerJob =
   | (JobDevice & { kind: "op"; op: DeviceOpName; req: unknown })
-  /** INSTALL's leaf part: chain = [leaf, issuer?], the whole chain with a closed device's `auth` */
-  | (JobDevice & { kind: "leaf"; chain: Uint8Array[]; auth?: CommandAuth })
   /** the PUF activated before the line (DeviceAgent.activate: helper data, no key) */
   | (JobDevice & { kind: "activate" });
 
 export type WorkerAnswer =
   | { ok: true; result: unknown; next?: Uint8Array }
   | { ok: false; status: number; message: string };
-
-export interface LeafAnswer {
-  target: number;
-  facts: LeafFacts;
-}
 
 /** CONNECT for the devices of one shard (devices/firmware/connect.ts runs their sessions here). */
 export interface ConnectWork {
@@ -87,7 +65,7 @@ export type ToWorker =
   | { type: "connect"; id: number; work: ConnectWork }
   | { type: "crash" };
 export type FromWorker =
-  | { type: "done"; id: number; answers: WorkerAnswer[]; counters: AgentCounters }
+  | { type: "done"; id: number; answers: WorkerAnswer[]; counters: AgentCounters; cache: CaCacheStats }
   | { type: "connected"; id: number; result: ConnectResult; counters: AgentCounters };
 
 /**
@@ -145,19 +123,11 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
   return jobs.map((job) => {
     try {
       const dev = refOf(job);
-      if (job.kind === "leaf") {
-        const r: LeafAnswer = agent.installLeafFacts(
-          dev,
-          job.chain.map((c) => asBuffers(c) as Buffer),
-          job.auth && (asBuffers(job.auth) as CommandAuth),
-        );
-        return { ok: true, result: r };
-      }
       if (job.kind === "activate") {
         const a = agent.activate(dev);
         return { ok: true, result: a.result, next: a.next ? encodeState(a.next) : undefined };
       }
-      const out = dispatch(agent, job.op, dev, asBuffers(job.req));
+      const out = runDeviceOp(agent, job.op, dev, asBuffers(job.req));
       return { ok: true, result: out.result, next: out.next ? encodeState(out.next) : undefined };
     } catch (e) {
       const r = errorReply(e);
@@ -168,11 +138,14 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
   });
 }
 
-function dispatch(a: DeviceAgent, op: DeviceOpName, dev: DeviceRef, req: unknown): Outcome<unknown> {
-  // SET_TRUST comes here only as a closed device's signed command (farm.ts signedTrust)
-  if (!WORKER_OPS.has(op) && op !== "SET_TRUST")
-    throw new Error(`worker: got ${op}, want an operation that runs in a worker`);
-  return runDeviceOp(a, op, dev, req);
+/** What the CA cache's stats added since `k0`. */
+function statsSince(k: CaCacheStats, k0: CaCacheStats): CaCacheStats {
+  return {
+    parses: k.parses - k0.parses,
+    parseHits: k.parseHits - k0.parseHits,
+    linkChecks: k.linkChecks - k0.linkChecks,
+    linkHits: k.linkHits - k0.linkHits,
+  };
 }
 
 export function workerAgent(s: WorkerSetup): DeviceAgent {
@@ -207,6 +180,7 @@ if (port && (workerData as { fleetFarmWorker?: WorkerSetup })?.fleetFarmWorker) 
     // uncaught: the worker dies with this list unanswered
     if (crashNext) throw new Error("farm worker: crash requested");
     const c0 = { ...agent.counters };
+    const k0 = { ...agent.caCache.stats };
     const answers = runJobs(agent, m.jobs);
     const c = agent.counters;
     const done: FromWorker = {
@@ -218,6 +192,7 @@ if (port && (workerData as { fleetFarmWorker?: WorkerSetup })?.fleetFarmWorker) 
         reconstructionFailures: c.reconstructionFailures - c0.reconstructionFailures,
         enrollments: c.enrollments - c0.enrollments,
       },
+      cache: statsSince(agent.caCache.stats, k0),
     };
     port.postMessage(done);
   });

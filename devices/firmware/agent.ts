@@ -26,16 +26,7 @@ import { decodeSecrets } from "../injection/hsm";
 import { deriveRaw, P256_SPKI_PREFIX, privateKeyObject } from "../injection/keys";
 import { open as openLicense } from "../injection/license";
 import type { SiliconVendor } from "../injection/vendor";
-import {
-  CaCache,
-  type LeafCheck,
-  type LeafFacts,
-  leafCertifies,
-  leafCheckOf,
-  leafFactsOf,
-  parseLeaf,
-  verifyChainWith,
-} from "./chain";
+import { CaCache, type LeafCheck, leafCertifies, leafCheckOf, parseLeaf, verifyChainWith } from "./chain";
 import { challengeOf, checkCommand } from "./command";
 import type { Credentials } from "./connect";
 import {
@@ -375,10 +366,12 @@ export class DeviceAgent {
 
   /**
    * INSTALL, first part (no key needed): the lifecycle, the trust anchors, and a repeat of the
-   * installed chain. The farm's worker threads split INSTALL here: this and installEnd run
-   * where the device state is, installLeaf where the device key is.
+   * installed chain.
    */
-  installBegin(dev: DeviceRef, req: M.InstallRequest): { done: Outcome<M.InstallResult> } | InstallBegun {
+  private installBegin(
+    dev: DeviceRef,
+    req: M.InstallRequest,
+  ): { done: Outcome<M.InstallResult> } | InstallBegun {
     const lc = lifecycleOf(dev.state.otp);
     if (lc !== "provisioned" && lc !== "closed")
       fail(Status.INVALID_STATE, `lifecycle: got ${lc}, want provisioned or closed`);
@@ -402,7 +395,7 @@ export class DeviceAgent {
    * then parse the leaf, find which of the device's keys it certifies (the current epoch's, else
    * the pending rotation's), and hand back the leaf check for that key.
    */
-  installLeaf(dev: DeviceRef, chain: Buffer[], auth?: M.CommandAuth): InstallLeaf {
+  private installLeaf(dev: DeviceRef, chain: Buffer[], auth?: M.CommandAuth): InstallLeaf {
     if (lifecycleOf(dev.state.otp) === "closed") this.authorize(dev, { op: "INSTALL", chain }, auth);
     const leaf = parseLeaf(chain[0]!);
     let target = dev.state.epoch;
@@ -417,18 +410,8 @@ export class DeviceAgent {
     return { target, check: leafCheckOf(leaf, chain[0]!, key.spki) };
   }
 
-  /** installLeaf with every answer computed, to send to another thread (chain: leaf, issuer). */
-  installLeafFacts(
-    dev: DeviceRef,
-    chain: Buffer[],
-    auth?: M.CommandAuth,
-  ): { target: number; facts: LeafFacts } {
-    const { target, check } = this.installLeaf(dev, chain, auth);
-    return { target, facts: leafFactsOf(check, chain[1], this.caCache) };
-  }
-
   /** INSTALL, last part: the chain check against the fused anchors, then the new state. */
-  installEnd(dev: DeviceRef, begun: InstallBegun, leaf: InstallLeaf): Outcome<M.InstallResult> {
+  private installEnd(dev: DeviceRef, begun: InstallBegun, leaf: InstallLeaf): Outcome<M.InstallResult> {
     const { chain, anchors, lc } = begun;
     verifyChainWith(chain, anchors, this.clock(), this.caCache, leaf.check);
     const next = cloneState(dev.state);

@@ -25,9 +25,21 @@ export function sha256(b: Uint8Array): Buffer {
   return createHash("sha256").update(b).digest();
 }
 
+/**
+ * A cheap lookup key for certificate bytes: the length and the last 16 bytes (the end of the
+ * signature, as good as random). Not an identity: a hit must be confirmed by comparing the bytes.
+ * It spares a SHA-256 per lookup of the CA certificates every device of a lot repeats.
+ */
+export function bytesKey(b: Uint8Array): string {
+  const tail = Math.min(16, b.length);
+  return `${b.length}:${Buffer.from(b.buffer, b.byteOffset + b.length - tail, tail).toString("latin1")}`;
+}
+
 /** What a chain check needs of a certificate that does not change with the device or time. */
 export interface CaEntry {
   hash: Buffer;
+  /** the hash in hex (the cache's keys) */
+  hex: string;
   cert: X509Certificate;
   publicKey: KeyObject;
   /** X509Certificate.ca (basicConstraints CA and, per OpenSSL, a keyUsage allowing it) */
@@ -55,9 +67,22 @@ export interface CaCacheStats {
   linkHits: number;
 }
 
-/** A bounded memo of parsed CA certificates and verified (child, parent) links. */
+/** A CA certificate the cache holds: its entry, its bytes (a copy) and its bytesKey. */
+interface Held {
+  e: CaEntry;
+  der: Buffer;
+  q: string;
+}
+
+/**
+ * A bounded memo of parsed CA certificates and verified (child, parent) links. A certificate is
+ * found by its bytes (bytesKey, then a byte comparison) and, failing that, by its SHA-256.
+ */
 export class CaCache {
-  private readonly entries = new Map<string, CaEntry>();
+  /** by SHA-256 (hex), least recently used first */
+  private readonly entries = new Map<string, Held>();
+  /** by bytesKey; on a clash of keys the later certificate is found by its hash only */
+  private readonly byBytes = new Map<string, Held>();
   private readonly links = new Map<string, true>();
   readonly stats: CaCacheStats = { parses: 0, parseHits: 0, linkChecks: 0, linkHits: 0 };
 
@@ -68,22 +93,33 @@ export class CaCache {
 
   /** The parsed certificate, or undefined if the bytes are not a certificate. */
   entry(der: Uint8Array): CaEntry | undefined {
+    const q = bytesKey(der);
+    const same = this.byBytes.get(q);
+    if (same?.der.equals(der)) return this.hit(same);
     const hash = sha256(der);
     const k = hash.toString("hex");
-    const hit = this.entries.get(k);
-    if (hit) {
-      this.stats.parseHits++;
-      this.entries.delete(k);
-      this.entries.set(k, hit);
-      return hit;
-    }
+    const held = this.entries.get(k);
+    if (held) return this.hit(held);
     this.stats.parses++;
     const e = describe(der, hash);
     if (e && this.capacity > 0) {
-      this.entries.set(k, e);
-      if (this.entries.size > this.capacity) this.entries.delete(this.entries.keys().next().value!);
+      const h: Held = { e, der: Buffer.from(der), q };
+      this.entries.set(k, h);
+      if (!this.byBytes.has(q)) this.byBytes.set(q, h);
+      if (this.entries.size > this.capacity) {
+        const [oldest, old] = this.entries.entries().next().value!;
+        this.entries.delete(oldest);
+        if (this.byBytes.get(old.q) === old) this.byBytes.delete(old.q);
+      }
     }
     return e;
+  }
+
+  private hit(h: Held): CaEntry {
+    this.stats.parseHits++;
+    this.entries.delete(h.e.hex);
+    this.entries.set(h.e.hex, h);
+    return h.e;
   }
 
   /**
@@ -91,17 +127,12 @@ export class CaCache {
    * "names" or "signature" for the first check that fails; remembers only successes.
    */
   link(child: CaEntry, parent: CaEntry): "ok" | "names" | "signature" {
-    return this.remember(`l${child.hash.toString("hex")}${parent.hash.toString("hex")}`, () =>
-      linkOf(child.cert, parent),
-    );
+    return this.remember(`l${child.hex}${parent.hex}`, () => linkOf(child.cert, parent));
   }
 
   /** Whether a certificate's signature verifies under its own key (issuer names not checked). */
   selfSigned(e: CaEntry): boolean {
-    return (
-      this.remember(`s${e.hash.toString("hex")}`, () => (e.cert.verify(e.publicKey) ? "ok" : "signature")) ===
-      "ok"
-    );
+    return this.remember(`s${e.hex}`, () => (e.cert.verify(e.publicKey) ? "ok" : "signature")) === "ok";
   }
 
   private remember<R extends string>(k: string, check: () => R | "ok"): R | "ok" {
@@ -136,8 +167,11 @@ function linkOf(child: X509Certificate, parent: CaEntry): "ok" | "names" | "sign
 
 function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
   let cert: X509Certificate;
+  let publicKey: KeyObject;
   try {
     cert = new X509Certificate(Buffer.from(der.buffer, der.byteOffset, der.length));
+    // OpenSSL parses a certificate whose key it cannot decode, and throws only when asked for it
+    publicKey = cert.publicKey;
   } catch {
     return undefined;
   }
@@ -160,8 +194,9 @@ function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
   }
   return {
     hash,
+    hex: hash.toString("hex"),
     cert,
-    publicKey: cert.publicKey,
+    publicKey,
     x509Ca: cert.ca,
     basicCa,
     pathLen,
@@ -215,14 +250,17 @@ export function leafCertifies(leaf: X509Certificate, leafDer: Uint8Array, spki: 
     rawSpki.set(leaf, raw);
   }
   if (raw?.equals(spki)) return true;
-  return leaf.publicKey.export({ type: "spki", format: "der" }).equals(spki);
+  try {
+    return leaf.publicKey.export({ type: "spki", format: "der" }).equals(spki);
+  } catch {
+    // a key OpenSSL cannot decode is not this device's key
+    return false;
+  }
 }
 
 /**
- * What a chain check needs of the leaf. In one thread it is the parsed X509Certificate
- * (`leafCheckOf`); the farm's worker threads parse the leaf and verify its signature where the
- * device key lives and send the answers (`LeafFacts`, `leafCheckFrom`). Either way the chain
- * check asks the same questions in the same order, so it names the same first failure.
+ * What a chain check needs of the leaf: the parsed X509Certificate behind it (`leafCheckOf`),
+ * its answers computed when asked.
  */
 export interface LeafCheck {
   validFrom: Date;
@@ -235,17 +273,6 @@ export interface LeafCheck {
   certifies(): boolean;
 }
 
-/** The answers of a LeafCheck, computed up front, plain data (structured-clonable). */
-export interface LeafFacts {
-  validFromMs: number;
-  validToMs: number;
-  ca: boolean;
-  /** the hash of the issuer the link was checked against (chain[1]), and the answer */
-  issuerHash?: Uint8Array;
-  link?: "ok" | "names" | "signature";
-  certifies: boolean;
-}
-
 /** The check of a parsed leaf for the device key `spki`; answers are computed when asked. */
 export function leafCheckOf(leaf: X509Certificate, leafDer: Uint8Array, spki: Buffer): LeafCheck {
   return {
@@ -254,38 +281,6 @@ export function leafCheckOf(leaf: X509Certificate, leafDer: Uint8Array, spki: Bu
     ca: leaf.ca,
     linkTo: (issuer) => linkOf(leaf, issuer),
     certifies: () => leafCertifies(leaf, leafDer, spki),
-  };
-}
-
-/**
- * Every answer of `check` computed now, for chain[1] parsed by `cache` as the issuer (if the
- * chain has one and it parses: otherwise a chain check fails before it asks).
- */
-export function leafFactsOf(check: LeafCheck, issuerDer: Uint8Array | undefined, cache: CaCache): LeafFacts {
-  const issuer = issuerDer === undefined ? undefined : cache.entry(issuerDer);
-  return {
-    validFromMs: check.validFrom.getTime(),
-    validToMs: check.validTo.getTime(),
-    ca: check.ca,
-    issuerHash: issuer?.hash,
-    link: issuer ? check.linkTo(issuer) : undefined,
-    certifies: check.certifies(),
-  };
-}
-
-/** A LeafCheck answered from facts computed elsewhere (for the same chain[1]). */
-export function leafCheckFrom(f: LeafFacts): LeafCheck {
-  return {
-    validFrom: new Date(f.validFromMs),
-    validTo: new Date(f.validToMs),
-    ca: f.ca,
-    linkTo(issuer) {
-      // the facts hold the link to chain[1] only, which is the only link a chain check asks for
-      if (f.link === undefined || !f.issuerHash || !issuer.hash.equals(f.issuerHash))
-        throw new Error("leaf facts: asked for a link to another issuer than chain[1]");
-      return f.link;
-    },
-    certifies: () => f.certifies,
   };
 }
 

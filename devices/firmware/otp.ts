@@ -52,7 +52,8 @@ export class Otp {
   locks: number;
 
   constructor(words?: Uint32Array, locks = 0) {
-    this.words = words ? Uint32Array.from(words) : new Uint32Array(OTP_WORDS);
+    // a copy (slice, not Uint32Array.from: that goes through the iterator, word by word)
+    this.words = words ? words.slice() : new Uint32Array(OTP_WORDS);
     if (this.words.length !== OTP_WORDS) throw invalid("otp.words", this.words.length, `${OTP_WORDS}`);
     this.locks = locks;
   }
@@ -131,17 +132,19 @@ export class Otp {
 
   /** Compact encoding: programmed words only, as (index u8, value u32) pairs. */
   encode(): Buffer {
+    const words = this.words;
     let n = 0;
-    for (const w of this.words) if (w !== 0) n++;
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0) n++;
     const out = Buffer.alloc(4 + n * 5);
     out.writeUInt32BE(this.locks, 0);
     let p = 4;
-    this.words.forEach((w, i) => {
-      if (w === 0) return;
+    for (let i = 0; i < words.length; i++) {
+      const w = words[i]!;
+      if (w === 0) continue;
       out[p] = i;
       out.writeUInt32BE(w, p + 1);
       p += 5;
-    });
+    }
     return out;
   }
 

@@ -6,9 +6,9 @@
  * refused operation leaves nothing half-written. The encoding (CBOR) is what the farm's
  * write-ahead log and snapshots carry.
  */
-import { createHash } from "node:crypto";
 import { invalid } from "../../core/errors";
 import { decode, encode, isMap } from "../../core/station/cbor";
+import { bytesKey } from "./chain";
 import { Otp } from "./otp";
 
 export interface DeviceState {
@@ -53,13 +53,14 @@ export function encodeState(s: DeviceState): Buffer {
  * (farm-wide, bounded) instead of one per device. Buffers are never mutated, so sharing is safe.
  */
 const CA_INTERN_MAX = 1024;
+/** by bytesKey, confirmed by comparing the bytes; a certificate whose key clashes is not shared */
 const caIntern = new Map<string, Buffer>();
 export function internCaCert(c: Uint8Array): Buffer {
-  const key = createHash("sha256").update(c).digest("base64");
+  const key = bytesKey(c);
   const hit = caIntern.get(key);
-  if (hit) return hit;
+  if (hit?.equals(c)) return hit;
   const copy = Buffer.from(c);
-  if (caIntern.size < CA_INTERN_MAX) caIntern.set(key, copy);
+  if (!hit && caIntern.size < CA_INTERN_MAX) caIntern.set(key, copy);
   return copy;
 }
 

@@ -1,6 +1,6 @@
-// INSTALL and SET_TRUST through a farm whose CA cache is warm: the farm remembers verified CA
-// links across devices, and tampered chains and anchors are still refused, leaving the device
-// as it was.
+// INSTALL and SET_TRUST through a farm whose CA cache is warm: the farm (its one worker thread,
+// where every device operation runs) remembers verified CA links across devices, and tampered
+// chains and anchors are still refused, leaving the device as it was.
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StationClient } from "../../../core/station/client";
@@ -65,7 +65,8 @@ describe("install with a warm CA cache", () => {
   let farm: RunningFarm;
   let client: StationClient;
   beforeAll(async () => {
-    farm = await farmFor(dir.path);
+    // one worker: each worker has its own cache, and which worker a device goes to is a hash
+    farm = await farmFor(dir.path, { workers: 1 });
     client = new StationClient({ port: farm.port, timeoutMs: 5000 });
   });
   afterAll(async () => {
@@ -86,6 +87,7 @@ describe("install with a warm CA cache", () => {
       const leaf = cert(id(i), spki, "Issuing", issKey, false);
       expect((await client.install(id(i), [leaf, iss, inter, root])).lifecycle).toBe("closed");
     }
+    // with workers, the farm's agent holds the sums of the workers' cache stats
     const s = farm.farm.agent.caCache.stats;
     expect(s.parses).toBe(3); // root, intermediate, issuing
     // anchor issued by itself (SET_TRUST), root self-signature (INSTALL), inter <- root, issuing <- inter

@@ -11,8 +11,9 @@ import {
 import { describe, expect, it } from "vitest";
 import { StationError, Status } from "../../../core/station/frame";
 import type { Subject } from "../../../core/station/messages";
-import { CaCache, sha256, verifyChain } from "../../../devices/firmware/chain";
+import { bytesKey, CaCache, sha256, verifyChain } from "../../../devices/firmware/chain";
 import { buildCertificate } from "../../../devices/firmware/pkix";
+import { internCaCert } from "../../../devices/firmware/state";
 
 interface Key {
   privateKey: KeyObject;
@@ -222,6 +223,67 @@ describe("CA cache in the device's chain check", () => {
     // same key, other bytes: OpenSSL 3.0 keeps the compressed form, so the device refuses it
     expect(want).not.toBe("ok");
     expect(outcome([leafFor(k), iss, inter, root], k.spki, cache)).toBe("ok");
+  });
+
+  it("finds a certificate by its own bytes, not by another one's length and tail", () => {
+    const cache = new CaCache();
+    const genuine = cache.entry(inter)!;
+    // same length, same last 16 bytes (the lookup key), one byte of the serial changed
+    const serial = Buffer.from(new X509Certificate(inter).serialNumber, "hex");
+    const other = Buffer.from(inter);
+    other[inter.indexOf(serial) + serial.length - 1]! ^= 0x01;
+    expect(bytesKey(other)).toBe(bytesKey(inter));
+    const e = cache.entry(other)!;
+    expect(e.hash.equals(sha256(other))).toBe(true);
+    expect(e).not.toBe(genuine);
+    expect(cache.entry(inter)).toBe(genuine);
+    expect(cache.entry(Buffer.from(inter))).toBe(genuine);
+    // the farm's shared copies of CA certificates go by the same key: never the other's bytes
+    const shared = internCaCert(inter);
+    expect(internCaCert(Buffer.from(inter))).toBe(shared);
+    const copy = internCaCert(other);
+    expect(copy.equals(other)).toBe(true);
+    expect(copy).not.toBe(shared);
+  });
+
+  it("takes a CA certificate whose key does not decode as one that does not parse", () => {
+    // the format byte of the key's point (04, uncompressed): OpenSSL parses the certificate, not its key
+    const k = createPublicKey(interKey.privateKey).export({ type: "spki", format: "der" });
+    const bad = Buffer.from(inter);
+    bad[inter.indexOf(k) + 23]! ^= 0xff;
+    expect(() => new X509Certificate(bad).publicKey).toThrow();
+    expect(new CaCache().entry(bad)).toBeUndefined();
+    const leaf = leafFor(key());
+    expect(outcome([leaf, iss, bad, root], key().spki, new CaCache())).toBe(
+      `${Status.BAD_CERTIFICATE} chain[2]: got bytes that do not parse, want a DER certificate`,
+    );
+    // a leaf the issuer signed over such a key: not this device's key, not an internal error
+    const dk = key();
+    const broken = Buffer.from(dk.spki);
+    broken[26]! ^= 0xff; // P-256: the point's format byte
+    const badLeaf = cert("dev", { privateKey: dk.privateKey, spki: broken }, "Issuing", issKey, {
+      ca: false,
+      akiOf: issKey,
+    });
+    expect(() => new X509Certificate(badLeaf).publicKey).toThrow();
+    expect(outcome([badLeaf, iss, inter, root], dk.spki, new CaCache())).toBe(
+      `${Status.BAD_CERTIFICATE} chain[0].subjectPublicKey: got another key, want this device's key`,
+    );
+  });
+
+  it("parses an evicted certificate again, whichever way it was found", () => {
+    const cache = new CaCache(2, 8);
+    cache.entry(root);
+    cache.entry(inter);
+    cache.entry(root); // root is now the most recently used
+    cache.entry(iss); // evicts inter
+    const before = cache.stats.parses;
+    cache.entry(root);
+    cache.entry(iss);
+    expect(cache.stats.parses).toBe(before);
+    cache.entry(inter);
+    expect(cache.stats.parses).toBe(before + 1);
+    expect(cache.size.entries).toBe(2);
   });
 
   it("stays within its bounds", () => {
