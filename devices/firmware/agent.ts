@@ -41,7 +41,7 @@ import {
 import { lifecycleOf, transition } from "./lifecycle";
 import { CONFIG } from "./otp";
 import { buildCsr } from "./pkix";
-import { cloneState, type DeviceState, storedChain } from "./state";
+import { cloneState, type DeviceState } from "./state";
 
 export interface DeviceRef {
   id: string;
@@ -415,7 +415,9 @@ export class DeviceAgent {
     const { chain, anchors, lc } = begun;
     verifyChainWith(chain, anchors, this.clock(), this.caCache, leaf.check);
     const next = cloneState(dev.state);
-    next.chain = storedChain(chain);
+    // installBegin's copies of the request's certificates; the farm's store keeps one copy of
+    // each CA certificate for all devices (farm/pack.ts)
+    next.chain = chain;
     if (leaf.target !== next.epoch) {
       next.epoch = leaf.target;
       next.pendingEpoch = null;

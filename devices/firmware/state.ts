@@ -8,7 +8,6 @@
  */
 import { invalid } from "../../core/errors";
 import { decode, encode, isMap } from "../../core/station/cbor";
-import { bytesKey } from "./chain";
 import { Otp } from "./otp";
 
 export interface DeviceState {
@@ -48,26 +47,6 @@ export function encodeState(s: DeviceState): Buffer {
   });
 }
 
-/**
- * CA certificates are the same for every device of a lot: keep one copy per distinct certificate
- * (farm-wide, bounded) instead of one per device. Buffers are never mutated, so sharing is safe.
- */
-const CA_INTERN_MAX = 1024;
-/** by bytesKey, confirmed by comparing the bytes; a certificate whose key clashes is not shared */
-const caIntern = new Map<string, Buffer>();
-export function internCaCert(c: Uint8Array): Buffer {
-  const key = bytesKey(c);
-  const hit = caIntern.get(key);
-  if (hit?.equals(c)) return hit;
-  const copy = Buffer.from(c);
-  if (!hit && caIntern.size < CA_INTERN_MAX) caIntern.set(key, copy);
-  return copy;
-}
-
-/** A chain as a device stores it: its own leaf, and shared copies of the CA certificates. */
-export const storedChain = (chain: readonly Uint8Array[]): Buffer[] =>
-  chain.map((c, i) => (i === 0 ? Buffer.from(c) : internCaCert(c)));
-
 export function decodeState(b: Uint8Array): DeviceState {
   const v = decode(b);
   if (!isMap(v) || !(v.otp instanceof Uint8Array))
@@ -78,7 +57,8 @@ export function decodeState(b: Uint8Array): DeviceState {
   if (!Array.isArray(chain) || !chain.every((c) => c instanceof Uint8Array))
     throw invalid("deviceState.chain", "a malformed chain", "an array of bytes");
   // the decoder hands out fresh copies of byte strings: use them as they are. A decoded state is
-  // short-lived (the farm stores states encoded), so CA certificates are not interned here.
+  // short-lived (the farm stores states encoded, one copy of each CA certificate for all
+  // devices: farm/pack.ts), so CA certificates are not shared here.
   const own = (b: Uint8Array) => (Buffer.isBuffer(b) ? b : Buffer.from(b));
   return {
     otp: Otp.decode(v.otp),

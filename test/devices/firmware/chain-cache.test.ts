@@ -13,7 +13,6 @@ import { StationError, Status } from "../../../core/station/frame";
 import type { Subject } from "../../../core/station/messages";
 import { bytesKey, CaCache, sha256, verifyChain } from "../../../devices/firmware/chain";
 import { buildCertificate } from "../../../devices/firmware/pkix";
-import { internCaCert } from "../../../devices/firmware/state";
 
 interface Key {
   privateKey: KeyObject;
@@ -238,12 +237,6 @@ describe("CA cache in the device's chain check", () => {
     expect(e).not.toBe(genuine);
     expect(cache.entry(inter)).toBe(genuine);
     expect(cache.entry(Buffer.from(inter))).toBe(genuine);
-    // the farm's shared copies of CA certificates go by the same key: never the other's bytes
-    const shared = internCaCert(inter);
-    expect(internCaCert(Buffer.from(inter))).toBe(shared);
-    const copy = internCaCert(other);
-    expect(copy.equals(other)).toBe(true);
-    expect(copy).not.toBe(shared);
   });
 
   it("takes a CA certificate whose key does not decode as one that does not parse", () => {
