@@ -101,7 +101,7 @@ export class CaCache {
     const held = this.entries.get(k);
     if (held) return this.hit(held);
     this.stats.parses++;
-    const e = describe(der, hash);
+    const e = describe(der, hash, k);
     if (e && this.capacity > 0) {
       const h: Held = { e, der: Buffer.from(der), q };
       this.entries.set(k, h);
@@ -165,7 +165,7 @@ function linkOf(child: X509Certificate, parent: CaEntry): "ok" | "names" | "sign
   return "ok";
 }
 
-function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
+function describe(der: Uint8Array, hash: Buffer, hex: string): CaEntry | undefined {
   let cert: X509Certificate;
   let publicKey: KeyObject;
   try {
@@ -194,7 +194,7 @@ function describe(der: Uint8Array, hash: Buffer): CaEntry | undefined {
   }
   return {
     hash,
-    hex: hash.toString("hex"),
+    hex,
     cert,
     publicKey,
     x509Ca: cert.ca,
