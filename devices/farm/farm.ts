@@ -57,7 +57,7 @@ import type { SiliconVendor } from "../injection/vendor";
 import { errorReply, type Reply, type Service } from "../protocol/server";
 import { WorkerPool } from "./pool";
 import type { StateStore } from "./store";
-import { asBuffers, type JobDevice, runJobs, type WorkerJob } from "./worker";
+import { addCounts, asBuffers, type JobDevice, runJobs, type WorkerJob } from "./worker";
 
 export interface FaultSpec {
   id: string;
@@ -193,16 +193,8 @@ export class Farm implements Service {
    * stats are the sums of the workers'.
    */
   private addCounters(c: AgentCounters, cache?: CaCacheStats): void {
-    const t = this.agent.counters;
-    t.reconstructions += c.reconstructions;
-    t.reconstructionFailures += c.reconstructionFailures;
-    t.enrollments += c.enrollments;
-    if (!cache) return;
-    const k = this.agent.caCache.stats;
-    k.parses += cache.parses;
-    k.parseHits += cache.parseHits;
-    k.linkChecks += cache.linkChecks;
-    k.linkHits += cache.linkHits;
+    addCounts(this.agent.counters, c);
+    if (cache) addCounts(this.agent.caCache.stats, cache);
   }
 
   /**

@@ -138,14 +138,16 @@ export function runJobs(agent: DeviceAgent, jobs: WorkerJob[]): WorkerAnswer[] {
   });
 }
 
-/** What the CA cache's stats added since `k0`. */
-function statsSince(k: CaCacheStats, k0: CaCacheStats): CaCacheStats {
-  return {
-    parses: k.parses - k0.parses,
-    parseHits: k.parseHits - k0.parseHits,
-    linkChecks: k.linkChecks - k0.linkChecks,
-    linkHits: k.linkHits - k0.linkHits,
-  };
+/** What a record of counts (agent counters, CA cache stats) added since the copy `then`. */
+function countsSince<T extends Record<keyof T, number>>(now: T, then: T): T {
+  const out = { ...now };
+  for (const k of Object.keys(now) as (keyof T)[]) out[k] = (now[k] - then[k]) as T[keyof T];
+  return out;
+}
+
+/** Add the counts `more` into `into` (the farm's sums of its workers' counts). */
+export function addCounts<T extends Record<keyof T, number>>(into: T, more: T): void {
+  for (const k of Object.keys(more) as (keyof T)[]) into[k] = (into[k] + more[k]) as T[keyof T];
 }
 
 export function workerAgent(s: WorkerSetup): DeviceAgent {
@@ -182,17 +184,12 @@ if (port && (workerData as { fleetFarmWorker?: WorkerSetup })?.fleetFarmWorker) 
     const c0 = { ...agent.counters };
     const k0 = { ...agent.caCache.stats };
     const answers = runJobs(agent, m.jobs);
-    const c = agent.counters;
     const done: FromWorker = {
       type: "done",
       id: m.id,
       answers,
-      counters: {
-        reconstructions: c.reconstructions - c0.reconstructions,
-        reconstructionFailures: c.reconstructionFailures - c0.reconstructionFailures,
-        enrollments: c.enrollments - c0.enrollments,
-      },
-      cache: statsSince(agent.caCache.stats, k0),
+      counters: countsSince(agent.counters, c0),
+      cache: countsSince(agent.caCache.stats, k0),
     };
     port.postMessage(done);
   });
